@@ -1,0 +1,76 @@
+"""Models: create (with the access key, once), list, read, change, delete, rotate the key."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar.params import FromPath, JSONBody
+from litestar import Controller, Request, delete, get, patch, post
+
+from modelport.api.common import Cursor, Limit, ModelName, state, who
+from modelport.registry import models as rows
+from modelport.registry.paging import clamp_limit, decode_cursor
+from modelport.registry.records import AccessKey, Model, ModelCreated, Page
+
+
+class ModelCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: ModelName
+    description: str = ""
+    auth: bool = True
+
+
+class ModelPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    description: str | None = None
+    auth: bool | None = None
+
+
+class ModelsController(Controller):
+    path = "/api/v1/models"
+    tags = ["models"]
+
+    @post("/", opt={"perm": "write"}, status_code=201)
+    async def create(self, request: Request, data: JSONBody[ModelCreate]) -> ModelCreated:
+        """Create a model; the response holds its access key, shown this once."""
+        app = state(request)
+        secret, key_hash = app.auth.new_model_key(data.name)
+        model = await rows.create(
+            app.db, name=data.name, description=data.description, auth=data.auth,
+            owner=who(request).actor, key_hash=key_hash,
+        )
+        app.auth.remember_key(data.name, key_hash)
+        return ModelCreated(**msgspec.structs.asdict(model), access_key=secret)
+
+    @get("/", opt={"perm": "read"})
+    async def list_models(self, request: Request, limit: Limit = None, cursor: Cursor = None) -> Page[Model]:
+        """Every model, by name, a page at a time."""
+        key = decode_cursor(cursor)
+        return await rows.list_models(
+            state(request).db, limit=clamp_limit(limit), cursor=key if isinstance(key, str) else None
+        )
+
+    @get("/{name:str}", opt={"perm": "read"})
+    async def read(self, request: Request, name: FromPath[str]) -> Model:
+        """One model, with the deployment serving it now (or null)."""
+        return await rows.get(state(request).db, name)
+
+    @patch("/{name:str}", opt={"perm": "write"})
+    async def change(self, request: Request, name: FromPath[str], data: JSONBody[ModelPatch]) -> Model:
+        """Change the description or the auth flag."""
+        changes = msgspec.structs.asdict(data)
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return await rows.update(state(request).db, name, who(request).actor, changes)
+
+    @delete("/{name:str}", opt={"perm": "write"}, status_code=204)
+    async def remove(self, request: Request, name: FromPath[str]) -> None:
+        """Delete a model and its builds; refused while a deployment still serves it."""
+        app = state(request)
+        await rows.delete(app.db, name, who(request).actor)
+        app.auth.forget_model(name)
+
+    @post("/{name:str}/access-key/rotate", opt={"perm": "write"}, status_code=200)
+    async def rotate_key(self, request: Request, name: FromPath[str]) -> AccessKey:
+        """A new access key, shown once; the old one stops working at once."""
+        app = state(request)
+        secret, key_hash = app.auth.new_model_key(name)
+        await rows.set_access_key(app.db, name, who(request).actor, key_hash)
+        app.auth.remember_key(name, key_hash)
+        return AccessKey(secret)

@@ -1,0 +1,158 @@
+"""Tokens, model access keys and roles, with an in-memory cache so the hot path never asks SQLite.
+
+Secrets are `mp_…` strings with 256 bits of randomness; the registry keeps only their sha256.
+A salted slow hash (bcrypt, argon2) defends guessable passwords; a 256-bit random secret cannot be
+guessed, so one sha256 is enough and keeps a lookup at a dictionary's cost. Lookups are keyed by
+that hash, never by the secret, so the time a lookup takes says nothing about the secret's bytes;
+where a presented secret is checked against one known hash, `hmac.compare_digest` does it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Literal
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+
+from modelport.clock import in_days_iso, now_iso
+from modelport.errors import AuthDenied, AuthInvalid, AuthMissing
+from modelport.registry import models as model_rows
+from modelport.registry import tokens as token_rows
+from modelport.registry.db import Database
+from modelport.registry.records import Token
+
+TOKEN_PREFIX = "mp_tok_"
+KEY_PREFIX = "mp_key_"
+
+Permission = Literal["public", "any", "read", "write", "admin"]
+ALLOWED: dict[str, set[str]] = {
+    "any": {"admin", "deployer", "viewer", "predict"},
+    "read": {"admin", "deployer", "viewer"},
+    "write": {"admin", "deployer"},
+    "admin": {"admin"},
+}
+
+
+class Identity(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    role: str
+    models: tuple[str, ...] = ()
+    expires_at: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.name
+
+
+SYSTEM = Identity(id="system", name="system", role="admin")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def bearer(header: str | None) -> str:
+    if not header:
+        raise AuthMissing()
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthInvalid("Send the token as `Authorization: Bearer <token>`.")
+    return value.strip()
+
+
+class Auth:
+    """Who a token or key is; loaded once from the registry, kept current by every change."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._tokens: dict[str, Identity] = {}
+        self._keys: dict[str, str] = {}  # access key hash → model name
+        self._used: dict[str, str] = {}
+
+    async def load(self) -> None:
+        self._tokens = {r["hash"]: self._identity(r) for r in await token_rows.active_rows(self.db)}
+        self._keys = await model_rows.access_key_hashes(self.db)
+
+    @staticmethod
+    def _identity(r: dict) -> Identity:
+        models = tuple(msgspec.json.decode(r["models"]))
+        return Identity(r["id"], r["name"], r["role"], models, r["expires_at"])
+
+    def token_identity(self, secret: str) -> Identity:
+        """The token's identity; raises auth.invalid for unknown, expired or revoked ones."""
+        digest = hash_secret(secret)
+        found = self._tokens.get(digest)
+        if found is None:
+            raise AuthInvalid()
+        if found.expires_at is not None and found.expires_at <= now_iso():
+            raise AuthInvalid("The token has expired.")
+        self._used[found.id] = now_iso()
+        return found
+
+    def key_model(self, secret: str) -> str | None:
+        """The model a secret is the access key of, or None."""
+        return self._keys.get(hash_secret(secret))
+
+    def authenticate(self, header: str | None, permission: Permission) -> Identity:
+        identity = self.token_identity(bearer(header))
+        if identity.role not in ALLOWED[permission]:
+            raise AuthDenied(f"A token of role '{identity.role}' may not do this.")
+        return identity
+
+    async def issue_token(
+        self, *, name: str, role: str, expires_in_days: float | None, models: list[str], actor: str
+    ) -> tuple[Token, str]:
+        secret = new_secret(TOKEN_PREFIX)
+        token = await token_rows.insert(
+            self.db, token_id="tok_" + secrets.token_hex(6), name=name, role=role, models=models,
+            secret_hash=hash_secret(secret),
+            expires_at=in_days_iso(expires_in_days) if expires_in_days else None, actor=actor,
+        )
+        self._tokens[hash_secret(secret)] = Identity(
+            token.id, name, role, tuple(models), token.expires_at
+        )
+        return token, secret
+
+    async def revoke_token(self, token_id: str, actor: str) -> Token:
+        token = await token_rows.revoke(self.db, token_id, actor)
+        self._tokens = {h: i for h, i in self._tokens.items() if i.id != token_id}
+        return token
+
+    def new_model_key(self, model: str) -> tuple[str, str]:
+        """A fresh access key for a model: (secret, hash); `remember_key` once it is stored."""
+        secret = new_secret(KEY_PREFIX)
+        return secret, hash_secret(secret)
+
+    def remember_key(self, model: str, key_hash: str) -> None:
+        self.forget_model(model)
+        self._keys[key_hash] = model
+
+    def forget_model(self, model: str) -> None:
+        self._keys = {h: m for h, m in self._keys.items() if m != model}
+
+    async def flush_usage(self) -> None:
+        used, self._used = self._used, {}
+        await token_rows.touch(self.db, used)
+
+
+def permission_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Every route says what it needs in `opt["perm"]` (default admin); public routes say so."""
+    permission: Permission = handler.opt.get("perm", "admin")
+    if permission == "public":
+        return
+    auth: Auth = connection.app.state.auth
+    connection.scope["identity"] = auth.authenticate(
+        connection.headers.get("authorization"), permission
+    )
+
+
+def identity_of(connection: ASGIConnection) -> Identity:
+    return connection.scope.get("identity", SYSTEM)

@@ -1,0 +1,25 @@
+"""The `modelport` command: one click group; `serve` runs the server, every other verb is a client."""
+
+from __future__ import annotations
+
+import click
+
+from modelport import __version__
+from modelport.cli.common import ApiErrorHandlingGroup
+
+
+@click.group(cls=ApiErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelport")
+def main() -> None:
+    """modelport: turn a Python function into a versioned, load-balanced REST API."""
+
+
+def _register() -> None:
+    from modelport.cli import manage, serve, store
+
+    for module in (serve, manage, store):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -1,0 +1,62 @@
+"""`modelport serve`: the server on uvicorn with uvloop and httptools."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+import uvicorn
+
+from modelport.cli.common import err_console
+
+
+class CleanExitServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; we shut down cleanly, exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level: str) -> None:
+    """Run the server: the REST API, predictions and the web UI at /."""
+    from modelport.app import create_app
+    from modelport.datadir import DataDirBusy, DataDirLock, prepare
+    from modelport.observability.logs import configure
+    from modelport.settings import Settings
+
+    configure(log_format, log_level)
+    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, log_format=log_format,
+                                 log_level=log_level)
+    prepare(settings)
+    try:
+        lock = DataDirLock(settings.lock_path).acquire()
+    except DataDirBusy as exc:
+        err_console.print(f"[red]error[/red] {exc}")
+        sys.exit(1)
+    app = create_app(settings, lock=lock)
+    click.echo(f"modelport serving {settings.url}  (data dir {settings.data_dir})", err=True)
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        log_config=None, log_level=log_level, access_log=False, server_header=False,
+        timeout_keep_alive=5, timeout_graceful_shutdown=10,
+    )
+    try:
+        CleanExitServer(config).run()
+    finally:
+        lock.release()
+
+
+COMMANDS = [serve]

@@ -1,0 +1,83 @@
+"""`modelport verify` and `modelport gc`: the artifact store checked and pruned, on the data dir itself."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+
+import click
+
+from modelport.cli.common import console, err_console, json_option, print_json
+
+
+def _settings(data_dir: str | None):
+    from modelport.settings import Settings
+
+    return Settings.from_env(data_dir=data_dir)
+
+
+@click.command()
+@click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
+@click.option("--quarantine", is_flag=True, help="Move corrupt objects aside.")
+@json_option
+def verify(data_dir: str | None, quarantine: bool, as_json: bool) -> None:
+    """Re-hash every object in the store; exit 1 when any is missing or corrupt."""
+    from modelport.store.cas import Store
+
+    settings = _settings(data_dir)
+    store = Store(settings.store_dir)
+    problems = store.verify(quarantine=quarantine)
+    missing = _missing_objects(settings, store)
+    if as_json:
+        print_json({"objects": store.stats().objects, "problems": problems, "missing": missing})
+    else:
+        for problem in problems:
+            err_console.print(f"[red]corrupt[/red] {problem.digest}: {problem.reason}")
+        for digest in missing:
+            err_console.print(f"[red]missing[/red] {digest} (referenced by a build)")
+        if not problems and not missing:
+            console.print(f"[green]ok[/green] {store.stats().objects} objects verified")
+    sys.exit(1 if problems or missing else 0)
+
+
+def live_digests(settings) -> set[str]:
+    """Every object a build refers to, read straight from the registry file."""
+    if not settings.registry_path.exists():
+        return set()
+    conn = sqlite3.connect(f"file:{settings.registry_path}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT DISTINCT digest FROM build_objects")}
+    finally:
+        conn.close()
+
+
+def _missing_objects(settings, store) -> list[str]:
+    return sorted(d for d in live_digests(settings) if not store.has(d))
+
+
+@click.command()
+@click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
+@click.option("--grace-s", default=3600, show_default=True,
+              help="Keep objects younger than this: a build may still be writing them.")
+@json_option
+def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
+    """Remove objects no build refers to (the server must be stopped)."""
+    from modelport.datadir import DataDirBusy, DataDirLock
+    from modelport.store.cas import Store
+
+    settings = _settings(data_dir)
+    try:
+        lock = DataDirLock(settings.lock_path).acquire()
+    except DataDirBusy as exc:
+        err_console.print(f"[red]error[/red] {exc}")
+        sys.exit(1)
+    try:
+        result = Store(settings.store_dir).gc(live_digests(settings), grace_s=grace_s)
+    finally:
+        lock.release()
+    if as_json:
+        return print_json(result)
+    console.print(f"removed {result.removed} objects, {result.freed_bytes} bytes")
+
+
+COMMANDS = [verify, gc]

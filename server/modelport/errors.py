@@ -1,0 +1,206 @@
+"""Every error the API can answer with: its HTTP status and the SPEC's code, and one handler."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+log = logging.getLogger("modelport")
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+class ModelportError(Exception):
+    """Base: subclasses set `status` and `code`; the message is for people."""
+
+    status = 500
+    code = "internal"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str = "", *, field: str | None = None, headers: dict | None = None):
+        super().__init__(message or self.__doc__ or self.code)
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.field = field
+        if headers:
+            self.headers = headers
+
+
+class RequestMalformed(ModelportError):
+    """The body is not valid JSON or MessagePack, or not an object."""
+
+    status, code = 400, "request.malformed"
+
+
+class RequestInvalid(ModelportError):
+    """The request does not match what this route accepts."""
+
+    status, code = 422, "request.invalid"
+
+
+class RequestTooLarge(ModelportError):
+    """The body is over the size limit."""
+
+    status, code = 413, "request.too_large"
+
+
+class AuthMissing(ModelportError):
+    """No token or key: send `Authorization: Bearer <token>`."""
+
+    status, code = 401, "auth.missing"
+
+
+class AuthInvalid(ModelportError):
+    """The token or key is unknown, expired or revoked."""
+
+    status, code = 401, "auth.invalid"
+
+
+class AuthDenied(ModelportError):
+    """This token or key may not do that."""
+
+    status, code = 403, "auth.denied"
+
+
+class NotFound(ModelportError):
+    """No such thing."""
+
+    status, code = 404, "not_found"
+
+
+class RouteNotFound(NotFound):
+    code = "route.not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model.not_found"
+
+
+class BuildNotFound(NotFound):
+    code = "build.not_found"
+
+
+class DeploymentNotFound(NotFound):
+    code = "deployment.not_found"
+
+
+class TokenNotFound(NotFound):
+    code = "token.not_found"
+
+
+class ModelNotDeployed(NotFound):
+    code = "model.not_deployed"
+
+
+class MethodNotAllowed(ModelportError):
+    status, code = 405, "method.not_allowed"
+
+
+class Conflict(ModelportError):
+    status, code = 409, "conflict"
+
+
+class ModelExists(Conflict):
+    code = "model.exists"
+
+
+class ModelActive(Conflict):
+    code = "model.active"
+
+
+class BuildNotReady(Conflict):
+    code = "build.not_ready"
+
+
+class ModelBusy(ModelportError):
+    status, code = 429, "model.busy"
+
+
+class RateLimited(ModelportError):
+    status, code = 429, "rate.limited"
+
+
+class ModelFailed(ModelportError):
+    status, code = 500, "model.error"
+
+
+class ModelCrashed(ModelportError):
+    status, code = 502, "model.crashed"
+
+
+class ModelUnavailable(ModelportError):
+    status, code = 503, "model.unavailable"
+
+
+class ModelTimeout(ModelportError):
+    status, code = 504, "model.timeout"
+
+
+def error_json(status: int, code: str, message: str, field: str | None = None) -> bytes:
+    return msgspec.json.encode(ErrorEnvelope(ErrorBody(code, message, field)))
+
+
+_BACKTICK = re.compile(r"`([^`]+)`")
+
+
+def _from_validation(exc: ValidationException) -> ModelportError:
+    """Litestar's body/query validation failure → the SPEC's request.malformed / request.invalid."""
+    extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
+    first = extra[0] if isinstance(extra[0], dict) else {}
+    message, key = str(first.get("message", exc.detail)), first.get("key")
+    if key == "data" and (message.startswith("Expected `object`") or message == "'data'"):
+        return RequestMalformed("The body must be a JSON object.")
+    if key in (None, "data"):
+        named = _BACKTICK.search(message)
+        key = named.group(1) if named and "field" in message else None
+    elif "field `" in message:
+        key = f"{key}.{_BACKTICK.search(message).group(1)}"
+    return RequestInvalid(message, field=key)
+
+
+def to_modelport_error(exc: Exception) -> ModelportError:
+    if isinstance(exc, ModelportError):
+        return exc
+    if hasattr(exc, "code") and hasattr(exc, "status") and isinstance(exc.status, int):
+        err = ModelportError(str(exc))  # e.g. store.archive's errors: they carry status and code
+        err.status, err.code = exc.status, exc.code
+        return err
+    if isinstance(exc, ValidationException):
+        return _from_validation(exc)
+    if isinstance(exc, HTTPException):
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            return RouteNotFound("No such route.")
+        if exc.status_code == 405:
+            return MethodNotAllowed("Method not allowed on this route.")
+        if exc.status_code == 413:
+            return RequestTooLarge(detail)
+        if exc.status_code == 400:
+            return RequestMalformed(detail)
+        err = ModelportError(detail)
+        err.status, err.code = exc.status_code, "http.error"
+        return err
+    log.exception("unhandled error", exc_info=exc)
+    return ModelportError("Internal server error; see the server log.")
+
+
+def handle_exception(request: Request, exc: Exception) -> Response:
+    """The one handler: every error becomes {"error": {"code", "message", "field"}}."""
+    err = to_modelport_error(exc)
+    return Response(
+        content=error_json(err.status, err.code, err.message, err.field),
+        status_code=err.status,
+        media_type="application/json",
+        headers=err.headers or None,
+    )

@@ -1,0 +1,109 @@
+"""Model rows: create, read, list, change, delete; the access key is kept as a hash only."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from modelport.clock import now_iso
+from modelport.errors import ModelActive, ModelExists, ModelNotFound
+from modelport.registry import audit
+from modelport.registry.db import Database
+from modelport.registry.deployments import current_by_model, to_deployment
+from modelport.registry.paging import next_cursor
+from modelport.registry.records import Model, Page
+
+
+def _to_model(row: dict, deployment_row: dict | None = None) -> Model:
+    return Model(
+        name=row["name"],
+        description=row["description"],
+        auth=bool(row["auth"]),
+        owner=row["owner"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deployment=to_deployment(deployment_row, row["name"]) if deployment_row else None,
+    )
+
+
+async def row(db: Database, name: str) -> dict:
+    found = await db.one("SELECT * FROM models WHERE name = ?", (name,))
+    if found is None:
+        raise ModelNotFound(f"No model named '{name}'.")
+    return found
+
+
+async def get(db: Database, name: str) -> Model:
+    found = await row(db, name)
+    current = await current_by_model(db, [found["id"]])
+    return _to_model(found, current.get(found["id"]))
+
+
+async def list_models(db: Database, *, limit: int, cursor: str | None) -> Page[Model]:
+    rows = await db.all(
+        "SELECT * FROM models WHERE name > ? ORDER BY name LIMIT ?", (cursor or "", limit + 1)
+    )
+    nxt = next_cursor(rows, limit, "name")
+    current = await current_by_model(db, [r["id"] for r in rows])
+    return Page([_to_model(r, current.get(r["id"])) for r in rows], nxt)
+
+
+async def create(
+    db: Database, *, name: str, description: str, auth: bool, owner: str, key_hash: str
+) -> Model:
+    at = now_iso()
+    try:
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO models (name, description, auth, owner, access_key_hash, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, description, int(auth), owner, key_hash, at, at),
+            )
+            await audit.record(conn, owner, "model.create", model=name,
+                               detail={"auth": auth, "description": description})
+    except sqlite3.IntegrityError:
+        raise ModelExists(f"A model named '{name}' already exists.") from None
+    return await get(db, name)
+
+
+async def update(db: Database, name: str, actor: str, changes: dict) -> Model:
+    await row(db, name)
+    if changes:
+        sets = ", ".join(f"{col} = ?" for col in changes)
+        values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+        async with db.write() as conn:
+            await conn.execute(
+                f"UPDATE models SET {sets}, updated_at = ? WHERE name = ?",
+                (*values, now_iso(), name),
+            )
+            await audit.record(conn, actor, "model.update", model=name, detail=changes)
+    return await get(db, name)
+
+
+async def set_access_key(db: Database, name: str, actor: str, key_hash: str) -> None:
+    await row(db, name)
+    async with db.write() as conn:
+        await conn.execute(
+            "UPDATE models SET access_key_hash = ?, updated_at = ? WHERE name = ?",
+            (key_hash, now_iso(), name),
+        )
+        await audit.record(conn, actor, "model.access_key.rotate", model=name)
+
+
+async def delete(db: Database, name: str, actor: str) -> None:
+    found = await row(db, name)
+    current = await current_by_model(db, [found["id"]])
+    if found["id"] in current:
+        state = current[found["id"]]["status"]
+        raise ModelActive(
+            f"Model '{name}' still has a deployment ({state}); stop it first "
+            f"(`modelport stop {name}` or POST /api/v1/models/{name}/stop)."
+        )
+    async with db.write() as conn:
+        await conn.execute("DELETE FROM models WHERE id = ?", (found["id"],))
+        await audit.record(conn, actor, "model.delete", model=name)
+
+
+async def access_key_hashes(db: Database) -> dict[str, str]:
+    """hash → model name, for the in-memory key cache."""
+    rows = await db.all("SELECT name, access_key_hash FROM models")
+    return {r["access_key_hash"]: r["name"] for r in rows}

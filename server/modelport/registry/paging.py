@@ -1,0 +1,44 @@
+"""Opaque list cursors: `?limit=&cursor=` in, `{"items", "next"}` out."""
+
+from __future__ import annotations
+
+import base64
+
+import msgspec
+
+from modelport.errors import RequestInvalid
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+
+
+def encode_cursor(key: str | int) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | int | None:
+    if not cursor:
+        return None
+    try:
+        key = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except Exception:
+        raise RequestInvalid("The cursor is not one this server gave out.", field="cursor") from None
+    if not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise RequestInvalid("The cursor is not one this server gave out.", field="cursor")
+    return key
+
+
+def clamp_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    if limit < 1 or limit > MAX_LIMIT:
+        raise RequestInvalid(f"limit must be between 1 and {MAX_LIMIT}.", field="limit")
+    return limit
+
+
+def next_cursor(rows: list[dict], limit: int, key: str) -> str | None:
+    """Callers fetch limit+1 rows; a next page exists when they got more than limit."""
+    if len(rows) <= limit:
+        return None
+    del rows[limit:]
+    return encode_cursor(rows[-1][key])

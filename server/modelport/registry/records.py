@@ -1,0 +1,125 @@
+"""The registry's records as they cross module boundaries and leave through the API (SPEC "Shapes")."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+Role = Literal["admin", "deployer", "viewer", "predict"]
+BuildStatus = Literal["queued", "building", "built", "failed"]
+DeploymentStatus = Literal["pending", "deploying", "deployed", "failed", "stopping", "stopped"]
+ReplicaState = Literal["starting", "ready", "draining", "exited", "crashed"]
+
+ACTIVE_DEPLOYMENT = ("pending", "deploying", "deployed", "stopping")
+
+
+class Page(msgspec.Struct, Generic[T]):
+    items: list[T]
+    next: str | None = None
+
+
+class DeploymentEvent(msgspec.Struct):
+    at: str
+    kind: str
+    actor: str | None = None
+    detail: dict[str, Any] = {}
+
+
+class Deployment(msgspec.Struct):
+    id: int
+    model: str
+    build: int
+    status: DeploymentStatus
+    replicas: int
+    memory_mb: int | None
+    timeout_s: float
+    max_concurrency: int
+    queue_timeout_s: float
+    max_body_mb: float
+    env_keys: list[str]
+    created_by: str
+    created_at: str
+    finished_at: str | None = None
+    reason: str | None = None
+    events: list[DeploymentEvent] = []
+
+
+class Model(msgspec.Struct):
+    name: str
+    description: str
+    auth: bool
+    owner: str
+    created_at: str
+    updated_at: str
+    deployment: Deployment | None = None
+
+
+class ModelCreated(Model, kw_only=True):
+    access_key: str
+
+
+class AccessKey(msgspec.Struct):
+    access_key: str
+
+
+class Build(msgspec.Struct, kw_only=True):
+    model: str
+    number: int
+    status: BuildStatus
+    digest: str | None
+    entrypoint: str
+    python: str
+    message: str
+    labels: dict[str, str]
+    created_by: str
+    created_at: str
+    finished_at: str | None
+    error: str | None
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    example_input: Any = None
+    example_output: Any = None
+    size_bytes: int = 0
+    new_bytes: int = 0
+    git_commit: str | None = None
+    requirements: str | None = None
+
+
+class Replica(msgspec.Struct):
+    id: str
+    build: int
+    state: ReplicaState
+    pid: int | None
+    in_flight: int
+    served: int
+    failed: int
+    restarts: int
+    started_at: str | None
+
+
+class Token(msgspec.Struct):
+    id: str
+    name: str
+    role: Role
+    models: list[str]
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None = None
+
+
+class TokenCreated(Token, kw_only=True):
+    token: str
+
+
+class AuditEntry(msgspec.Struct):
+    id: int
+    at: str
+    actor: str
+    action: str
+    model: str | None
+    target: str | None
+    detail: dict[str, Any]

