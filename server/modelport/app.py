@@ -15,16 +15,19 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from modelport import __version__
 from modelport.api.audit import audit_log
+from modelport.api.builds import BuildsController, import_build
 from modelport.api.health import health
 from modelport.api.models import ModelsController
 from modelport.api.tokens import TokensController
+from modelport.builder.pipeline import Builder
+from modelport.runtime_home import ensure_runtime
 from modelport.auth import Auth, permission_guard
 from modelport.datadir import DataDirLock, prepare, write_admin_token
 from modelport.errors import handle_exception
 from modelport.registry.db import Database
 from modelport.registry.tokens import count as token_count
 from modelport.settings import Settings
-# STORE-PENDING from modelport.store.cas import Store
+from modelport.store.cas import ContentStore
 
 log = logging.getLogger("modelport")
 
@@ -62,20 +65,25 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
         db = await Database(settings.registry_path).open()
         auth = Auth(db)
         await auth.load()
-        app.state.update(db=db, auth=auth)  # STORE-PENDING
+        store = ContentStore(settings.store_dir)
+        builder = Builder(settings, db, store, ensure_runtime(settings.data_dir))
+        app.state.update(db=db, auth=auth, store=store, builder=builder)
         app.state.admin_token = await first_start(auth, settings)
+        await builder.start()
         flusher = asyncio.create_task(_flush_usage_forever(auth))
         try:
             yield
         finally:
             flusher.cancel()
+            await builder.stop()
             await auth.flush_usage()
             await db.close()
             if lock is None:
                 held.release()
 
     return Litestar(
-        route_handlers=[health, audit_log, ModelsController, TokensController],
+        route_handlers=[health, audit_log, ModelsController, TokensController, BuildsController,
+                        import_build],
         guards=[permission_guard],
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],

@@ -113,5 +113,137 @@ class Client:
         return self.request("GET", "/api/v1/audit", params=_params(model=model, limit=limit))
 
 
+    # Builds
+
+    def upload_build(self, folder: str | Path, name: str, entry: str, *, requirements=None,
+                     python=None, example_input=None, example_output=None, message="",
+                     labels=None, create=True, on_pack=None, on_upload=None) -> dict:
+        """Pack the folder (honouring .gitignore/.modelportignore), upload it; the build is queued."""
+        import tempfile
+
+        from modelport.store.archive import pack
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ApiError(0, "client.invalid", f"{folder} is not a folder")
+        if create:
+            try:
+                self.model(name)
+            except ApiError as exc:
+                if exc.code != "model.not_found":
+                    raise
+                self.created_model = self.create_model(name)
+        fields = _build_fields(entry, requirements, python, example_input, example_output,
+                               message, labels, git_commit(folder))
+        with tempfile.TemporaryFile() as tmp:
+            self.last_pack = pack(folder, tmp, progress=on_pack)
+            size = tmp.tell()
+            tmp.seek(0)
+            self.last_upload_size = size
+            files = {"archive": ("project.tar.zst", _ProgressFile(tmp, on_upload),
+                                 "application/zstd")}
+            return self.request("POST", f"/api/v1/models/{name}/builds", data=fields, files=files,
+                                timeout=None)
+
+    def builds(self, name: str, limit: int | None = None) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/builds", params=_params(limit=limit))
+
+    def get_build(self, name: str, number: int) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/builds/{number}")
+
+    def build_log(self, name: str, number: int) -> str:
+        return self.http.get(f"/api/v1/models/{name}/builds/{number}/log").text
+
+    def follow_build_log(self, name: str, number: int):
+        """Yield the build's log lines as they are written, until the build ends."""
+        with self.http.stream("GET", f"/api/v1/models/{name}/builds/{number}/log",
+                              params={"follow": "1"}, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._decode(response)
+            yield from response.iter_lines()
+
+    def wait_build(self, name: str, number: int, on_line=None) -> dict:
+        """Follow the log until the build is built or failed; return the build."""
+        for line in self.follow_build_log(name, number):
+            if on_line:
+                on_line(line)
+        return self.get_build(name, number)
+
+    def build(self, folder, name: str, entry: str, **kwargs) -> dict:
+        """Upload and wait: the finished build (status built or failed)."""
+        on_line = kwargs.pop("on_line", None)
+        queued = self.upload_build(folder, name, entry, **kwargs)
+        return self.wait_build(name, queued["number"], on_line)
+
+    def build_files(self, name: str, number: int) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/builds/{number}/files")
+
+    def diff(self, name: str, number: int, other: int) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/builds/{number}/diff/{other}")
+
+    def export_build(self, name: str, number: int, out: str | Path, on_bytes=None) -> int:
+        written = 0
+        with self.http.stream("GET", f"/api/v1/models/{name}/builds/{number}/export",
+                              timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._decode(response)
+            with open(out, "wb") as f:
+                for chunk in response.iter_bytes(1 << 20):
+                    f.write(chunk)
+                    written += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+        return written
+
+    def import_build(self, path: str | Path, model: str | None = None, on_upload=None) -> dict:
+        data = {"model": model} if model else {}
+        with open(path, "rb") as f:
+            files = {"archive": (Path(path).name, _ProgressFile(f, on_upload), "application/zstd")}
+            return self.request("POST", "/api/v1/builds/import", data=data, files=files,
+                                timeout=None)
+
+
 def _params(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
+
+
+class _ProgressFile:
+    """A file whose reads report progress (for streaming uploads)."""
+
+    def __init__(self, f, progress):
+        self._f, self._progress = f, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if self._progress and data:
+            self._progress(len(data))
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def git_commit(folder: Path) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _build_fields(entry: str, requirements, python, example_input, example_output, message,
+                  labels, commit) -> dict[str, str]:
+    fields = {"entrypoint": entry, "message": message or ""}
+    optional = {"requirements": requirements, "python": python, "git_commit": commit}
+    fields.update({k: v for k, v in optional.items() if v})
+    for key, value in (("example_input", example_input), ("example_output", example_output)):
+        if value is not None:
+            fields[key] = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    if labels:
+        fields["labels"] = msgspec.json.encode(labels).decode()
+    return fields

@@ -36,8 +36,10 @@ MIGRATIONS: list[str] = [
         example_output TEXT,
         size_bytes INTEGER NOT NULL DEFAULT 0,
         new_bytes INTEGER NOT NULL DEFAULT 0,
+        snapshot TEXT,
         manifest TEXT,
         lock_digest TEXT,
+        env_python TEXT,
         git_commit TEXT,
         UNIQUE (model_id, number)
     );

@@ -1,0 +1,211 @@
+"""Builds: upload a project (→ 202 queued), list, read, log, files, diff, export and import."""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+
+from modelport.api.common import Cursor, Limit, state, who
+from modelport.builder import exchange, service
+from modelport.builder.buildlog import follow, log_path
+from modelport.builder.diff import BuildDiff, diff_dependencies, diff_files, diff_schema
+from modelport.builder.upload import read_upload
+from modelport.errors import NotFound, RequestInvalid
+from modelport.registry import builds as build_rows
+from modelport.registry import models as model_rows
+from modelport.registry.paging import clamp_limit, decode_cursor
+from modelport.registry.records import Build, Page
+from modelport.store import manifest as mf
+from modelport.store.archive import ArchiveLimits
+
+NO_LIMIT = {"request_max_body_size": None}
+
+
+class FileItem(msgspec.Struct):
+    path: str
+    size: int
+    mode: int
+    digest: str
+
+
+class FileList(msgspec.Struct):
+    items: list[FileItem]
+    next: str | None = None
+
+
+class ImportedBuild(Build, kw_only=True):
+    access_key: str | None = None
+
+
+async def _build_row(request: Request, name: str, number: int) -> tuple[dict, dict]:
+    app = state(request)
+    model = await model_rows.row(app.db, name)
+    return model, await build_rows.row(app.db, model["id"], number, name)
+
+
+async def _manifest(request: Request, row: dict) -> mf.Manifest:
+    if not row["manifest"]:
+        raise NotFound(f"Build #{row['number']} has no manifest: it is {row['status']}.")
+    data = await asyncio.to_thread(state(request).store.read_bytes, row["manifest"])
+    return mf.decode(data)
+
+
+async def _upload(request: Request, max_bytes: int):
+    tmp = state(request).settings.data_dir / "uploads"
+    return await read_upload(request.headers.get("content-type", ""), request.stream(), tmp,
+                             max_bytes)
+
+
+class BuildsController(Controller):
+    path = "/api/v1/models/{name:str}/builds"
+    tags = ["builds"]
+    opt = {"perm": "read"}
+
+    @post("/", opt={"perm": "write", **NO_LIMIT}, status_code=202, request_max_body_size=None)
+    async def create(self, request: Request, name: FromPath[str]) -> Build:
+        """Upload a project folder (multipart: archive, entrypoint, …); the build is queued."""
+        app = state(request)
+        await model_rows.row(app.db, name)
+        upload = await _upload(request, app.settings.archive_max_bytes)
+        try:
+            form = service.parse_form(upload.fields)
+            return await service.create_build(app, name, who(request).actor, form, upload.archive)
+        finally:
+            service.remove_quietly(upload.archive)
+
+    @get("/")
+    async def list_builds(self, request: Request, name: FromPath[str], limit: Limit = None,
+                          cursor: Cursor = None) -> Page[Build]:
+        """The model's builds, newest first."""
+        model = await model_rows.row(state(request).db, name)
+        key = decode_cursor(cursor)
+        return await build_rows.list_builds(state(request).db, model["id"], name,
+                                            limit=clamp_limit(limit),
+                                            cursor=key if isinstance(key, int) else None)
+
+    @get("/{number:int}")
+    async def read(self, request: Request, name: FromPath[str], number: FromPath[int]) -> Build:
+        """One build: status, digest, schemas, examples, sizes."""
+        _, row = await _build_row(request, name, number)
+        return build_rows.to_build(row, name)
+
+    @get("/{number:int}/log", media_type="text/plain")
+    async def log(self, request: Request, name: FromPath[str], number: FromPath[int],
+                  follow_: Annotated[bool, QueryParameter(name="follow", required=False)] = False
+                  ) -> Response:
+        """The build's log; `?follow=1` streams it until the build ends."""
+        _, row = await _build_row(request, name, number)
+        path = log_path(state(request).settings.logs_dir, name, number)
+        if not follow_:
+            text = await asyncio.to_thread(path.read_bytes) if path.exists() else b""
+            return Response(text, media_type="text/plain; charset=utf-8")
+        db = state(request).db
+
+        async def finished() -> bool:
+            status = await db.value("SELECT status FROM builds WHERE id = ?", (row["id"],))
+            return status not in ("queued", "building")
+
+        return Stream(follow(path, finished), media_type="text/plain; charset=utf-8")
+
+    @get("/{number:int}/files")
+    async def files(self, request: Request, name: FromPath[str], number: FromPath[int]) -> FileList:
+        """Every file of the build's snapshot: path, size, mode, digest."""
+        _, row = await _build_row(request, name, number)
+        snapshot = await service.snapshot_of(state(request), row)
+        return FileList([FileItem(e.path, e.size, e.mode, e.digest) for e in snapshot.files])
+
+    @get("/{number:int}/files/{path:path}")
+    async def file(self, request: Request, name: FromPath[str], number: FromPath[int],
+                   path: FromPath[str]) -> Response:
+        """One file's content."""
+        _, row = await _build_row(request, name, number)
+        snapshot = await service.snapshot_of(state(request), row)
+        wanted = path.lstrip("/")
+        entry = next((e for e in snapshot.files if e.path == wanted), None)
+        if entry is None:
+            raise NotFound(f"Build #{number} has no file '{wanted}'.")
+        data = await asyncio.to_thread(state(request).store.read_bytes, entry.digest)
+        kind = mimetypes.guess_type(wanted)[0] or "application/octet-stream"
+        if kind.startswith("text/") or wanted.endswith((".py", ".txt", ".md", ".toml", ".cfg")):
+            kind = "text/plain; charset=utf-8"
+        return Response(data, media_type=kind)
+
+    @get("/{number:int}/diff/{other:int}")
+    async def diff(self, request: Request, name: FromPath[str], number: FromPath[int],
+                   other: FromPath[int]) -> BuildDiff:
+        """Files, dependencies and schemas changed from build `number` to build `other`."""
+        _, a = await _build_row(request, name, number)
+        _, b = await _build_row(request, name, other)
+        snap_a = await service.snapshot_of(state(request), a)
+        snap_b = await service.snapshot_of(state(request), b)
+        deps_a = await self._versions(request, a)
+        deps_b = await self._versions(request, b)
+        schemas = [diff_schema(kind, msgspec.json.decode(a[col] or "null"),
+                               msgspec.json.decode(b[col] or "null"))
+                   for kind, col in (("input", "input_schema"), ("output", "output_schema"))]
+        return BuildDiff(
+            model=name, base=number, other=other, files=diff_files(snap_a.files, snap_b.files),
+            dependencies=diff_dependencies(deps_a, deps_b),
+            schemas=[s for s in schemas if s is not None],
+            entrypoint=None if a["entrypoint"] == b["entrypoint"] else [a["entrypoint"],
+                                                                        b["entrypoint"]],
+        )
+
+    async def _versions(self, request: Request, row: dict) -> dict[str, str]:
+        if not row["manifest"]:
+            return {}
+        manifest = await _manifest(request, row)
+        return {w.name: w.version for w in manifest.derived.wheels}
+
+    @get("/{number:int}/export", media_type="application/zstd")
+    async def export(self, request: Request, name: FromPath[str], number: FromPath[int]) -> Stream:
+        """The whole build, wheels included, as one portable .tar.zst."""
+        _, row = await _build_row(request, name, number)
+        manifest = await _manifest(request, row)
+        store = state(request).store
+        tmp_dir = state(request).settings.data_dir / "uploads"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="export-")
+        with os.fdopen(fd, "wb") as out:
+            await asyncio.to_thread(exchange.export, store, manifest, out)
+        return Stream(_stream_file(Path(path)), media_type="application/zstd", headers={
+            "Content-Disposition": f'attachment; filename="{name}-{number}.tar.zst"',
+            "Content-Length": str(os.path.getsize(path)),
+        })
+
+
+async def _stream_file(path: Path, chunk: int = 1 << 20):
+    try:
+        with open(path, "rb") as f:
+            while data := await asyncio.to_thread(f.read, chunk):
+                yield data
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@post("/api/v1/builds/import", opt={"perm": "write"}, status_code=201, tags=["builds"],
+      request_max_body_size=None)
+async def import_build(request: Request) -> ImportedBuild:
+    """Import an exported build (multipart `archive`, optional `model`); keeps its digest."""
+    app = state(request)
+    upload = await _upload(request, app.settings.archive_max_bytes)
+    try:
+        unknown = set(upload.fields) - {"model"}
+        if unknown:
+            raise RequestInvalid(f"Unknown field `{sorted(unknown)[0]}`.", field=sorted(unknown)[0])
+        return await service.import_build(app, upload.fields.get("model"), who(request).actor,
+                                          upload.archive, ArchiveLimits(
+                                              max_archive_bytes=app.settings.archive_max_bytes,
+                                              max_total_bytes=app.settings.archive_max_expanded_bytes,
+                                              max_ratio=app.settings.archive_max_ratio))
+    finally:
+        service.remove_quietly(upload.archive)

@@ -1,0 +1,44 @@
+"""A build's log: lines with a time, appended to a file as the build goes, readable while it grows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+def log_path(logs_dir: Path, model: str, number: int) -> Path:
+    return logs_dir / "builds" / model / f"{number}.log"
+
+
+class BuildLog:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a", buffering=1, encoding="utf-8")
+
+    def __call__(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime())
+        for part in str(line).rstrip("\n").split("\n"):
+            self._file.write(f"{stamp} {part}\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def follow(path: Path, finished, poll_s: float = 0.2) -> AsyncIterator[bytes]:
+    """Yield the log's bytes as they are written until `finished()` says the build is over."""
+    offset = 0
+    while True:
+        done = await finished()
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+        if done:
+            return
+        await asyncio.sleep(poll_s)

@@ -1,0 +1,216 @@
+"""The build pipeline: queued → building → built | failed, a bounded number at a time, each step logged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from modelport.builder import deps
+from modelport.builder.buildlog import BuildLog, log_path
+from modelport.builder.inspect import InspectFailed, inspect_build
+from modelport.builder.snapshot import materialize as write_snapshot
+from modelport.registry import builds as build_rows
+from modelport.registry.db import Database
+from modelport.settings import Settings
+from modelport.store import manifest as mf
+from modelport.store.cas import ContentStore
+
+log = logging.getLogger("modelport.builder")
+
+
+class BuildFailed(Exception):
+    pass
+
+
+def project_dir(settings: Settings, digest: str) -> Path:
+    return settings.data_dir / "projects" / digest.removeprefix("sha256:")
+
+
+def ensure_project(store: ContentStore, settings: Settings, digest: str,
+                   snapshot: mf.Snapshot) -> Path:
+    """The build's files on disk, once per digest, shared by its replicas (blocking)."""
+    target = project_dir(settings, digest)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        write_snapshot(store, snapshot, staging)
+        os.rename(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    return target
+
+
+class Builder:
+    """Runs queued builds in the background; the API never waits on one."""
+
+    def __init__(self, settings: Settings, db: Database, store: ContentStore, runtime_dir: Path):
+        self.settings, self.db, self.store, self.runtime_dir = settings, db, store, runtime_dir
+        self.queue: asyncio.Queue[int] = asyncio.Queue()
+        self.running: set[int] = set()
+        self._workers: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        for row in await build_rows.unfinished(self.db):
+            BuildLog(log_path(self.settings.logs_dir, row["model"], row["number"]))(
+                "The server restarted during this build; building again from its stored snapshot."
+            )
+            self.queue.put_nowait(row["id"])
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self.settings.build_workers)]
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def submit(self, build_id: int) -> None:
+        self.queue.put_nowait(build_id)
+
+    async def _work(self) -> None:
+        while True:
+            build_id = await self.queue.get()
+            self.running.add(build_id)
+            try:
+                await self.run(build_id)
+            except Exception:
+                log.exception("build %s crashed the builder", build_id)
+            finally:
+                self.running.discard(build_id)
+
+    async def run(self, build_id: int) -> None:
+        row = await self.db.one(
+            "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
+            " WHERE b.id = ?", (build_id,))
+        if row is None or row["status"] not in ("queued", "building"):
+            return
+        blog = BuildLog(log_path(self.settings.logs_dir, row["model"], row["number"]))
+        await build_rows.set_building(self.db, build_id)
+        blog(f"Building {row['model']} #{row['number']}: {row['entrypoint']} on Python {row['python']}")
+        try:
+            fields, objects = await self._steps(row, blog)
+        except (BuildFailed, deps.DependencyError, InspectFailed) as exc:
+            fields, objects = {"status": "failed", "error": str(exc)}, []
+            blog(f"FAILED: {exc}")
+        except Exception as exc:  # a bug of ours: still a finished build, with the reason
+            log.exception("build %s failed unexpectedly", build_id)
+            fields, objects = {"status": "failed", "error": f"internal error: {exc!r}"}, []
+            blog(f"FAILED (internal error): {exc!r}")
+        await build_rows.finish(self.db, build_id, model=row["model"], number=row["number"],
+                                fields=fields, objects=objects)
+        blog("Built " + fields["digest"] if fields["status"] == "built" else "Build failed")
+        blog.close()
+
+    async def _steps(self, row: dict, blog: BuildLog) -> tuple[dict[str, Any], list[str]]:
+        snapshot = msgspec.json.decode(await asyncio.to_thread(self.store.read_bytes, row["snapshot"]),
+                                       type=mf.Snapshot)
+        requirements = await self._requirements_text(row, snapshot)
+        example_input = None if row["example_input"] is None else msgspec.json.decode(row["example_input"])
+        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".build-") as work:
+            blog("→ resolving dependencies with uv")
+            lock = await asyncio.to_thread(
+                deps.resolve, requirements, row["python"], workdir=Path(work), log=blog,
+                index_url=self.settings.index_url)
+            blog(f"  locked {len(lock.packages)} packages: "
+                 + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
+            content = mf.Content(snapshot.files, lock.text, row["entrypoint"], row["python"],
+                                 example_input)
+            digest = mf.content_digest(content)
+            wheels, new_bytes = await self._wheels(lock, Path(work), blog)
+            blog("→ installing the environment (offline, from the stored wheels)")
+            python = await self.environment(lock, wheels, blog)
+        project = await asyncio.to_thread(ensure_project, self.store, self.settings, digest, snapshot)
+        blog("→ checking the function")
+        result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
+                                     example_input, blog)
+        described = result["describe"]
+        example_output = self._check_example(row, example_input, result.get("example_output"), blog)
+        manifest = mf.Manifest(
+            format=mf.FORMAT, digest=digest, content=content,
+            derived=mf.Derived(wheels=wheels, lock_digest=lock.digest, requirements=row["requirements"],
+                               form=described["form"], is_async=described["is_async"],
+                               input_schema=described["input_schema"],
+                               output_schema=described["output_schema"],
+                               example_output=example_output),
+            meta=mf.Meta(model=row["model"], number=row["number"], message=row["message"],
+                         labels=msgspec.json.decode(row["labels"]), created_by=row["created_by"],
+                         created_at=row["created_at"], git_commit=row["git_commit"]),
+        )
+        put = await asyncio.to_thread(self.store.put_bytes, mf.encode(manifest))
+        fields = {
+            "status": "built", "digest": digest, "manifest": put.digest, "lock_digest": lock.digest,
+            "env_python": str(python), "input_schema": described["input_schema"],
+            "output_schema": described["output_schema"],
+            "example_output": None if example_output is None
+            else msgspec.json.encode(example_output).decode(),
+            "size_bytes": row["size_bytes"] + sum(w.size for w in wheels),
+            "new_bytes": row["new_bytes"] + new_bytes + put.new_bytes, "error": None,
+        }
+        return fields, [put.digest, *(w.digest for w in wheels)]
+
+    async def _requirements_text(self, row: dict, snapshot: mf.Snapshot) -> str:
+        if not row["requirements"]:
+            return ""
+        for entry in snapshot.files:
+            if entry.path == row["requirements"]:
+                data = await asyncio.to_thread(self.store.read_bytes, entry.digest)
+                return data.decode("utf-8", "replace")
+        raise BuildFailed(f"The requirements file '{row['requirements']}' is not in the upload.")
+
+    async def _wheels(self, lock: deps.Lock, work: Path, blog) -> tuple[list[mf.Wheel], int]:
+        """Every locked wheel in the store; fetched only when the store lacks one."""
+        wanted = [mf.Wheel(p.name, p.version, p.wheel, "sha256:" + p.sha256, 0) for p in lock.packages]
+        if all(self.store.has(w.digest) for w in wanted):
+            blog("→ wheels: all already in the store")
+            return [mf.Wheel(w.name, w.version, w.filename, w.digest, self.store.size(w.digest))
+                    for w in wanted], 0
+        blog("→ fetching wheels")
+        paths = await asyncio.to_thread(deps.fetch_wheels, lock, work / "wheels", log=blog,
+                                        index_url=self.settings.index_url)
+        by_name = {p.name: p for p in paths}
+        wheels, new_bytes = [], 0
+        for w in wanted:
+            put = await asyncio.to_thread(self.store.put_file, by_name[w.filename])
+            if put.digest != w.digest:
+                raise BuildFailed(f"{w.filename}: its hash changed between lock and fetch")
+            new_bytes += put.new_bytes
+            wheels.append(mf.Wheel(w.name, w.version, w.filename, w.digest, put.size))
+        blog(f"  stored {len(wheels)} wheels ({new_bytes} new bytes)")
+        return wheels, new_bytes
+
+    async def environment(self, lock: deps.Lock, wheels: list[mf.Wheel], blog) -> Path:
+        """The lock's environment: reused when it exists, else installed from stored wheels only."""
+        if found := deps.env_python(self.settings.envs_dir, lock.digest):
+            blog(f"  reusing environment {lock.digest[7:19]}")
+            return found
+        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".wheels-") as tmp:
+            for w in wheels:
+                await asyncio.to_thread(self.store.copy_to, w.digest, Path(tmp) / w.filename)
+            return await asyncio.to_thread(deps.materialize, lock, Path(tmp),
+                                           self.settings.envs_dir, log=blog)
+
+    @staticmethod
+    def _check_example(row: dict, example_input: Any, output: Any, blog) -> Any:
+        if example_input is None:
+            return None if row["example_output"] is None else msgspec.json.decode(row["example_output"])
+        if row["example_output"] is not None:
+            expected = msgspec.json.decode(row["example_output"])
+            if expected != output:
+                raise BuildFailed(
+                    "The example output does not match: expected "
+                    f"{msgspec.json.encode(expected).decode()[:500]}, got "
+                    f"{msgspec.json.encode(output).decode()[:500]}")
+        blog(f"  example output: {msgspec.json.encode(output).decode()[:500]}")
+        return output

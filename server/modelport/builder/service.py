@@ -1,0 +1,154 @@
+"""What the builds routes do: take an upload into a queued build, and read builds back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from typing import Annotated, Any
+
+import msgspec
+
+from modelport.builder.snapshot import ingest
+from modelport.errors import RequestInvalid
+from modelport.registry import builds as build_rows
+from modelport.registry import models as model_rows
+from modelport.registry.records import Build
+from modelport.store.archive import ArchiveLimits
+from modelport.store.manifest import Snapshot
+
+ENTRY = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|:))[^:\x00]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+PYTHON = re.compile(r"^3\.\d{1,2}$")
+
+
+def default_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class BuildForm(msgspec.Struct, forbid_unknown_fields=True):
+    entrypoint: Annotated[str, msgspec.Meta(pattern=ENTRY.pattern)]
+    requirements: str | None = None
+    python: Annotated[str, msgspec.Meta(pattern=PYTHON.pattern)] | None = None
+    example_input: Any = None
+    example_output: Any = None
+    message: Annotated[str, msgspec.Meta(max_length=10_000)] = ""
+    labels: dict[str, str] = {}
+    git_commit: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{7,64}$")] | None = None
+
+
+JSON_FIELDS = ("example_input", "example_output", "labels")
+
+
+def parse_form(fields: dict[str, str]) -> BuildForm:
+    values: dict[str, Any] = {}
+    for key, text in fields.items():
+        if key in JSON_FIELDS:
+            try:
+                values[key] = msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                raise RequestInvalid(f"`{key}` is not valid JSON.", field=key) from None
+        else:
+            values[key] = text
+    try:
+        form = msgspec.convert(values, BuildForm)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.rsplit("$.", 1)[-1].rstrip("`") if "$." in message else None
+        if field is None and "`" in message:
+            field = message.split("`")[1]
+        if field == "entrypoint":
+            message = "entrypoint must look like path/to/file.py:function"
+        raise RequestInvalid(message, field=field) from None
+    if form.example_input is not None and not isinstance(form.example_input, dict):
+        raise RequestInvalid("example_input must be a JSON object.", field="example_input")
+    return form
+
+
+async def create_build(app, model_name: str, actor: str, form: BuildForm, archive) -> Build:
+    """Ingest the archive into the store, record a queued build and hand it to the builder."""
+    settings, store = app.settings, app.store
+    model = await model_rows.row(app.db, model_name)
+    limits = ArchiveLimits(max_archive_bytes=settings.archive_max_bytes,
+                           max_total_bytes=settings.archive_max_expanded_bytes,
+                           max_ratio=settings.archive_max_ratio)
+    with open(archive, "rb") as f, store.lease() as lease:
+        ingested = await asyncio.to_thread(ingest, store, f, limits)
+        paths = {e.path for e in ingested.snapshot.files}
+        requirements = form.requirements
+        if requirements is None and "requirements.txt" in paths:
+            requirements = "requirements.txt"
+        if requirements is not None and requirements not in paths:
+            raise RequestInvalid(f"The requirements file '{requirements}' is not in the archive.",
+                                 field="requirements")
+        snap = await asyncio.to_thread(store.put_bytes, msgspec.json.encode(ingested.snapshot))
+        lease.add(snap.digest)
+        row = await build_rows.create(app.db, model["id"], model_name, actor, build_rows.NewBuild(
+            entrypoint=form.entrypoint, python=form.python or default_python(),
+            requirements=requirements, message=form.message, labels=form.labels,
+            example_input=form.example_input, example_output=form.example_output,
+            git_commit=form.git_commit, snapshot=snap.digest, size_bytes=ingested.size_bytes,
+            new_bytes=ingested.new_bytes + snap.new_bytes,
+            objects=[snap.digest, *(e.digest for e in ingested.snapshot.files)],
+        ))
+    app.builder.submit(row["id"])
+    return build_rows.to_build(row, model_name)
+
+
+async def snapshot_of(app, row: dict) -> Snapshot:
+    data = await asyncio.to_thread(app.store.read_bytes, row["snapshot"])
+    return msgspec.json.decode(data, type=Snapshot)
+
+
+def remove_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+async def import_build(app, model_name: str | None, actor: str, archive, limits) -> Any:
+    """An exported build into this server: its model made when missing, the next number, same digest."""
+    from modelport.api.common import MODEL_NAME
+    from modelport.api.builds import ImportedBuild
+    from modelport.builder import exchange
+    from modelport.errors import ModelNotFound
+    from modelport.store import manifest as mf
+
+    store = app.store
+    with open(archive, "rb") as f, store.lease() as lease:
+        manifest = await asyncio.to_thread(exchange.ingest_export, store, f, limits)
+        name = model_name or manifest.meta.model
+        if not re.match(MODEL_NAME, name):
+            raise RequestInvalid(f"'{name}' is not a valid model name.", field="model")
+        access_key = None
+        try:
+            model = await model_rows.row(app.db, name)
+        except ModelNotFound:
+            access_key, key_hash = app.auth.new_model_key(name)
+            await model_rows.create(app.db, name=name, description="", auth=True, owner=actor,
+                                    key_hash=key_hash)
+            app.auth.remember_key(name, key_hash)
+            model = await model_rows.row(app.db, name)
+        snap = await asyncio.to_thread(store.put_bytes, exchange.snapshot_bytes(manifest))
+        put = await asyncio.to_thread(store.put_bytes, mf.encode(manifest))
+        lease.add(snap.digest)
+        objects = [snap.digest, put.digest, *exchange.referenced(manifest)]
+        meta, derived = manifest.meta, manifest.derived
+        row = await build_rows.create(app.db, model["id"], name, actor, build_rows.NewBuild(
+            entrypoint=manifest.content.entrypoint, python=manifest.content.python,
+            requirements=derived.requirements,
+            message=meta.message or f"imported from {meta.model} #{meta.number}",
+            labels=meta.labels, example_input=manifest.content.example_input,
+            example_output=derived.example_output, git_commit=meta.git_commit,
+            snapshot=snap.digest, size_bytes=sum(e.size for e in manifest.content.files)
+            + sum(w.size for w in derived.wheels), new_bytes=0, objects=objects,
+        ), status="building")
+        await build_rows.finish(app.db, row["id"], model=name, number=row["number"], fields={
+            "status": "built", "digest": manifest.digest, "manifest": put.digest,
+            "lock_digest": derived.lock_digest, "input_schema": derived.input_schema,
+            "output_schema": derived.output_schema,
+        })
+    row = await build_rows.row(app.db, model["id"], row["number"], name)
+    return ImportedBuild(**msgspec.structs.asdict(build_rows.to_build(row, name)),
+                         access_key=access_key)

@@ -1,0 +1,130 @@
+"""Build rows: numbered per model, queued → building → built | failed, and the objects they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from modelport.clock import now_iso
+from modelport.errors import BuildNotFound
+from modelport.registry import audit
+from modelport.registry.db import Database
+from modelport.registry.paging import next_cursor
+from modelport.registry.records import Build, Page
+
+_json = msgspec.json.encode
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else msgspec.json.decode(text)
+
+
+def to_build(r: dict, model: str) -> Build:
+    return Build(
+        model=model, number=r["number"], status=r["status"], digest=r["digest"],
+        entrypoint=r["entrypoint"], python=r["python"], message=r["message"],
+        labels=_decode(r["labels"]), created_by=r["created_by"], created_at=r["created_at"],
+        finished_at=r["finished_at"], error=r["error"],
+        input_schema=_decode(r["input_schema"]), output_schema=_decode(r["output_schema"]),
+        example_input=_decode(r["example_input"]), example_output=_decode(r["example_output"]),
+        size_bytes=r["size_bytes"], new_bytes=r["new_bytes"], git_commit=r["git_commit"],
+        requirements=r["requirements"],
+    )
+
+
+class NewBuild(msgspec.Struct, kw_only=True):
+    entrypoint: str
+    python: str
+    requirements: str | None
+    message: str = ""
+    labels: dict[str, str] = {}
+    example_input: Any = None
+    example_output: Any = None
+    git_commit: str | None = None
+    snapshot: str
+    size_bytes: int
+    new_bytes: int
+    objects: list[str]
+
+
+async def create(db: Database, model_id: int, model: str, actor: str, new: NewBuild,
+                 *, status: str = "queued") -> dict:
+    """Record a build with the next number; its snapshot's objects are referenced at once."""
+    async with db.write() as conn:
+        cur = await conn.execute(
+            "UPDATE models SET next_build = next_build + 1 WHERE id = ? RETURNING next_build - 1",
+            (model_id,),
+        )
+        number = (await cur.fetchone())["next_build - 1"]
+        cur = await conn.execute(
+            "INSERT INTO builds (model_id, number, status, entrypoint, python, requirements,"
+            " message, labels, created_by, created_at, example_input, example_output, git_commit,"
+            " snapshot, size_bytes, new_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (model_id, number, status, new.entrypoint, new.python, new.requirements, new.message,
+             _json(new.labels).decode(), actor, now_iso(),
+             None if new.example_input is None else _json(new.example_input).decode(),
+             None if new.example_output is None else _json(new.example_output).decode(),
+             new.git_commit, new.snapshot, new.size_bytes, new.new_bytes),
+        )
+        build_id = cur.lastrowid
+        await conn.executemany(
+            "INSERT OR IGNORE INTO build_objects (build_id, digest) VALUES (?, ?)",
+            [(build_id, d) for d in new.objects],
+        )
+        await audit.record(conn, actor, "build.create", model=model, target=str(number),
+                           detail={"entrypoint": new.entrypoint, "message": new.message})
+    return await db.one("SELECT * FROM builds WHERE id = ?", (build_id,))
+
+
+async def row(db: Database, model_id: int, number: int, model: str = "") -> dict:
+    found = await db.one("SELECT * FROM builds WHERE model_id = ? AND number = ?",
+                         (model_id, number))
+    if found is None:
+        raise BuildNotFound(f"Model '{model}' has no build #{number}.")
+    return found
+
+
+async def list_builds(db: Database, model_id: int, model: str, *, limit: int,
+                      cursor: int | None) -> Page[Build]:
+    rows = await db.all(
+        "SELECT * FROM builds WHERE model_id = ? AND number < ? ORDER BY number DESC LIMIT ?",
+        (model_id, cursor if cursor is not None else 2**62, limit + 1),
+    )
+    nxt = next_cursor(rows, limit, "number")
+    return Page([to_build(r, model) for r in rows], nxt)
+
+
+async def set_building(db: Database, build_id: int) -> None:
+    await db.execute("UPDATE builds SET status = 'building', started_at = ?, error = NULL"
+                     " WHERE id = ?", (now_iso(), build_id))
+
+
+async def finish(db: Database, build_id: int, *, model: str, number: int, fields: dict[str, Any],
+                 objects: Iterable[str] = ()) -> None:
+    """Mark a build built or failed with what it learnt, and reference its new objects."""
+    encoded = {k: (_json(v).decode() if isinstance(v, (dict, list)) else v)
+               for k, v in fields.items()}
+    sets = ", ".join(f"{k} = ?" for k in encoded)
+    async with db.write() as conn:
+        await conn.execute(f"UPDATE builds SET {sets}, finished_at = ? WHERE id = ?",
+                           (*encoded.values(), now_iso(), build_id))
+        await conn.executemany(
+            "INSERT OR IGNORE INTO build_objects (build_id, digest) VALUES (?, ?)",
+            [(build_id, d) for d in objects],
+        )
+        await audit.record(conn, "system", f"build.{fields.get('status', 'finish')}", model=model,
+                           target=str(number), detail={"error": fields.get("error")}
+                           if fields.get("error") else {})
+
+
+async def unfinished(db: Database) -> list[dict]:
+    return await db.all(
+        "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
+        " WHERE b.status IN ('queued', 'building') ORDER BY b.id"
+    )
+
+
+async def object_digests(db: Database) -> set[str]:
+    return {r["digest"] for r in await db.all("SELECT DISTINCT digest FROM build_objects")}

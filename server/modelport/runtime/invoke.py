@@ -1,0 +1,149 @@
+"""One prediction: decode the body with the typed decoder, call the function, encode its output."""
+
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from typing import Any
+
+import msgspec
+
+from .codec import json_encoder, msgpack_encoder
+from .context import _METRICS
+from .protocol import Call, Failure, Result
+from .signature import Signature
+
+__all__ = ["CallFailed", "Invoker", "error_text", "field_of"]
+
+_AT = re.compile(r" - at `\$(.*)`$")
+_NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
+
+
+class CallFailed(Exception):
+    """A call that ends in an error response: HTTP status, the SPEC's code, message, field."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def failure(self, call_id: int) -> Failure:
+        return Failure(call_id, self.status, self.code, self.message, self.field)
+
+
+def error_text(exc: BaseException) -> str:
+    """``ExceptionType: message`` (just the type when the message is empty), no traceback."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def field_of(message: str) -> str | None:
+    """The path of the bad value in a msgspec ValidationError message, without ``$.``.
+
+    ``Expected `float`, got `str` - at `$.features[0]``` → ``features[0]``;
+    ``Object missing required field `k``` → ``k``; at the root with no name → None.
+    """
+    match = _AT.search(message)
+    path = match.group(1) if match else ""
+    path = path.removeprefix(".")
+    named = _NAMED.match(message)
+    if named:
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
+    return path or None
+
+
+def _invalid(exc: msgspec.ValidationError) -> CallFailed:
+    message = str(exc)
+    field = field_of(message)
+    if field is None and message.startswith("Expected `object`"):
+        return CallFailed(
+            400, "request.malformed", f"the request body must be an object: {message}"
+        )
+    return CallFailed(422, "request.invalid", message, field)
+
+
+class Invoker:
+    """Runs calls of one analysed function; built once per replica."""
+
+    __slots__ = ("_call", "_json", "_msgpack", "sig")
+
+    def __init__(self, sig: Signature) -> None:
+        self.sig = sig
+        self._call = sig.call
+        self._json = sig.json_decoder.decode
+        self._msgpack = sig.msgpack_decoder.decode
+
+    def decode(self, body: Any, content_type: str = "json") -> Any:
+        """The decoded, validated input; CallFailed 400/422 otherwise."""
+        try:
+            return (self._msgpack if content_type == "msgpack" else self._json)(body)
+        except msgspec.ValidationError as exc:
+            raise _invalid(exc) from exc
+        except msgspec.DecodeError as exc:
+            kind = "MessagePack" if content_type == "msgpack" else "JSON"
+            message = f"the body is not valid {kind}: {exc}"
+            raise CallFailed(400, "request.malformed", message) from exc
+
+    @staticmethod
+    def encode(value: Any, accept: str = "json") -> bytes:
+        """The return value in the accepted format; CallFailed 500 when it cannot be encoded."""
+        try:
+            return (msgpack_encoder if accept == "msgpack" else json_encoder).encode(value)
+        except Exception as exc:
+            raise CallFailed(
+                500, "model.error", f"{error_text(exc)} (the return value cannot be sent)"
+            ) from exc
+
+    def run(
+        self, body: Any, content_type: str = "json", accept: str = "json"
+    ) -> tuple[bytes, dict[str, float]]:
+        """Decode → call → encode for a sync function; raises CallFailed. Async: ``run_async``."""
+        args = self.decode(body, content_type)
+        metrics: dict[str, float] = {}
+        token = _METRICS.set(metrics)
+        try:
+            out = self._call(args)
+        except (Exception, SystemExit) as exc:  # sys.exit() in a call is the model's error
+            raise _model_error(exc) from exc
+        finally:
+            _METRICS.reset(token)
+        return self.encode(out, accept), metrics
+
+    async def run_async(
+        self, body: Any, content_type: str = "json", accept: str = "json"
+    ) -> tuple[bytes, dict[str, float]]:
+        args = self.decode(body, content_type)
+        metrics: dict[str, float] = {}
+        token = _METRICS.set(metrics)
+        try:
+            out = await self._call(args)
+        except (Exception, SystemExit) as exc:  # sys.exit() in a call is the model's error
+            raise _model_error(exc) from exc
+        finally:
+            _METRICS.reset(token)
+        return self.encode(out, accept), metrics
+
+    def handle(self, call: Call) -> Result | Failure:
+        """A Call of a synchronous function → its Result or Failure (safe to run in a thread)."""
+        try:
+            body, metrics = self.run(call.body, call.content_type, call.accept)
+        except CallFailed as exc:
+            return exc.failure(call.id)
+        return Result(call.id, body, metrics)
+
+    async def handle_async(self, call: Call) -> Result | Failure:
+        """A Call of an async function → its Result or Failure."""
+        try:
+            body, metrics = await self.run_async(call.body, call.content_type, call.accept)
+        except CallFailed as exc:
+            return exc.failure(call.id)
+        return Result(call.id, body, metrics)
+
+
+def _model_error(exc: BaseException) -> CallFailed:
+    # The client gets the type and text; the replica's stderr (kept as its log) gets the traceback.
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return CallFailed(500, "model.error", error_text(exc))

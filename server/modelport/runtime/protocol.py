@@ -1,0 +1,247 @@
+"""The server↔replica wire protocol: a 4-byte big-endian length + a msgpack union of Structs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Optional, Union
+
+import msgspec
+
+__all__ = [
+    "MAX_FRAME",
+    "Boot",
+    "Call",
+    "Failure",
+    "FrameReader",
+    "Message",
+    "MessageProtocol",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Ready",
+    "Result",
+    "decode_payload",
+    "encode_frame",
+    "read_frame",
+    "recv_frame",
+    "send_frame",
+]
+
+# Struct field types are spelled with typing.Optional/Union on purpose: msgspec evaluates them
+# at run time, and a model's environment may run a Python (3.9) older than `X | None`.
+
+
+class Call(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Server → replica: call the function with ``body`` (encoded as ``content_type``)."""
+
+    id: int
+    body: bytes
+    content_type: str = "json"  # "json" | "msgpack"
+    accept: str = "json"  # encoding of Result.body: "json" | "msgpack"
+    request_id: str = ""
+
+
+class Ping(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Server → replica: liveness probe, answered by Pong with the same id."""
+
+    id: int
+
+
+class Result(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Replica → server: the return value, already encoded as the Call's ``accept``."""
+
+    id: int
+    body: bytes
+    metrics: dict[str, float] = {}
+
+
+class Failure(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Replica → server: the call failed; status/code are the SPEC's HTTP status and error code."""
+
+    id: int
+    # 400 request.malformed | 422 request.invalid | 500 model.error | 503 model.unavailable
+    status: int
+    code: str
+    message: str
+    field: Optional[str] = None  # noqa: UP045
+
+
+class Pong(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Replica → server: answer to Ping."""
+
+    id: int
+    served: int  # calls answered (Result or Failure) since start
+    in_flight: int
+    rss_kb: int
+
+
+class Ready(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Replica → server, once: the module imported and the signature is understood."""
+
+    pid: int
+    form: str  # "dict" | "params" | "struct"
+    is_async: bool
+
+
+class Boot(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Replica → server, once, instead of Ready: the import failed; the worker then exits 3."""
+
+    error: str  # "ExceptionType: message"
+
+
+Message = Union[Call, Ping, Result, Failure, Pong, Ready, Boot]  # noqa: UP007
+
+HEADER = 4
+MAX_FRAME = 1 << 30  # a length beyond this is a corrupt stream, not a big body
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+_pack_len = struct.Struct(">I").pack_into
+_unpack_len = struct.Struct(">I").unpack_from
+
+
+class ProtocolError(Exception):
+    """The byte stream is not a sequence of valid frames."""
+
+
+def encode_frame(msg: Message) -> bytearray:
+    """One frame: the length prefix and the msgpack payload, in one buffer (no concatenation)."""
+    buf = bytearray(HEADER)
+    _encoder.encode_into(msg, buf, HEADER)
+    _pack_len(buf, 0, len(buf) - HEADER)
+    return buf
+
+
+def decode_payload(payload: bytes | bytearray | memoryview) -> Message:
+    """Decode a frame's payload (without its length prefix)."""
+    try:
+        return _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad frame: {exc}") from None
+
+
+class FrameReader:
+    """Sans-I/O frame parser: ``feed`` the bytes as they arrive, get the complete messages back."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> list[Message]:
+        buf = self._buf
+        if buf:
+            buf += data
+            data = buf
+        out: list[Message] = []
+        end = len(data)
+        pos = 0
+        with memoryview(data) as view:
+            while end - pos >= HEADER:
+                (size,) = _unpack_len(data, pos)
+                if size > MAX_FRAME:
+                    raise ProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
+                stop = pos + HEADER + size
+                if stop > end:
+                    break
+                out.append(decode_payload(view[pos + HEADER:stop]))
+                pos = stop
+            if data is buf:
+                del_prefix = pos
+            else:
+                del_prefix = -1
+                if pos < end:
+                    buf += view[pos:]
+        if del_prefix > 0:
+            del buf[:del_prefix]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a complete frame."""
+        return len(self._buf)
+
+
+class MessageProtocol(asyncio.Protocol):
+    """An asyncio protocol speaking frames: override ``message_received``; ``send`` writes one."""
+
+    transport: asyncio.Transport | None = None
+
+    def __init__(self) -> None:
+        self._frames = FrameReader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._frames.feed(data)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+            return
+        for msg in messages:
+            self.message_received(msg)
+
+    def message_received(self, msg: Message) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """The peer sent garbage: the stream cannot be resynchronised, so close it."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, msg: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(msg))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Message | None:
+    """Read one message from a StreamReader; None at a clean end of stream."""
+    try:
+        header = await reader.readexactly(HEADER)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("stream ended inside a frame header") from None
+        return None
+    (size,) = _unpack_len(header)
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
+    try:
+        payload = await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("stream ended inside a frame") from None
+    return decode_payload(payload)
+
+
+def send_frame(sock: socket.socket, msg: Message) -> None:
+    """Blocking: write one message."""
+    sock.sendall(encode_frame(msg))
+
+
+def recv_frame(sock: socket.socket) -> Message | None:
+    """Blocking: read one message; None at a clean end of stream."""
+    header = _recv_exactly(sock, HEADER, at_start=True)
+    if header is None:
+        return None
+    (size,) = _unpack_len(header)
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
+    payload = _recv_exactly(sock, size, at_start=False)
+    assert payload is not None
+    return decode_payload(payload)
+
+
+def _recv_exactly(sock: socket.socket, size: int, *, at_start: bool) -> bytearray | None:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            if got == 0 and at_start:
+                return None
+            raise ProtocolError("stream ended inside a frame")
+        got += n
+    return buf

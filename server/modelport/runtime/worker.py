@@ -1,0 +1,279 @@
+"""A replica process: import the model once, then serve Calls from the server over a Unix socket.
+
+    python -u -m modelport.runtime.worker --project DIR --entry FILE:FUNC
+        (--socket PATH | --fd N) [--max-concurrency N] [--loop auto|uvloop|asyncio]
+
+Exit codes: 0 stopped (end of stream, SIGTERM/SIGINT after in-flight calls finish),
+2 bad command line, 3 boot failure (import or entry error; Boot was sent — do not restart),
+4 cannot connect to the server's socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import signal
+import socket
+import sys
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from .invoke import Invoker, error_text
+from .protocol import (
+    Boot,
+    Call,
+    Failure,
+    MessageProtocol,
+    Ping,
+    Pong,
+    Ready,
+    Result,
+    encode_frame,
+    send_frame,
+)
+from .signature import analyze, load_entry
+
+__all__ = ["EXIT_BOOT", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "main", "serve"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_BOOT = 3
+EXIT_CONNECT = 4
+
+
+class _Replica(MessageProtocol):
+    """Dispatches frames: Calls run inline (sync, max_concurrency 1), in threads, or as tasks."""
+
+    def __init__(self, invoker: Invoker, max_concurrency: int, done: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.invoker = invoker
+        self.handle = invoker.handle
+        self.is_async = invoker.sig.is_async
+        self.inline = max_concurrency <= 1 and not self.is_async
+        self.pool = (
+            ThreadPoolExecutor(max_concurrency, thread_name_prefix="predict")
+            if not self.is_async and not self.inline else None
+        )
+        self.limit = asyncio.Semaphore(max_concurrency) if self.is_async else None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.done = done
+        self.served = 0
+        self.in_flight = 0
+        self.draining = False
+
+    # -- frames -----------------------------------------------------------------------------------
+
+    def message_received(self, msg: Any) -> None:
+        kind = type(msg)
+        if kind is Call:
+            if self.draining:
+                self.send(Failure(msg.id, 503, "model.unavailable", "the replica is stopping"))
+            elif self.inline:
+                self.in_flight = 1
+                out = self.handle(msg)
+                self.in_flight = 0
+                self.served += 1
+                self.transport.write(encode_frame(out))  # type: ignore[union-attr]
+            elif self.is_async:
+                self.in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._run_async(msg))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            else:
+                self.in_flight += 1
+                fut = self.pool.submit(self.handle, msg)  # type: ignore[union-attr]
+                loop = asyncio.get_running_loop()
+                fut.add_done_callback(
+                    lambda f, i=msg.id: loop.call_soon_threadsafe(self._finished, i, f)
+                )
+        elif kind is Ping:
+            self.send(Pong(msg.id, self.served, self.in_flight, rss_kb()))
+        else:
+            print(f"modelport worker: ignoring unexpected {kind.__name__} frame", file=sys.stderr)
+
+    async def _run_async(self, call: Call) -> None:
+        try:
+            async with self.limit:  # type: ignore[union-attr]
+                out = await self.invoker.handle_async(call)
+        except BaseException as exc:  # cancelled, or the model raised SystemExit
+            out = Failure(call.id, 500, "model.error", error_text(exc))
+        self._complete(out)
+
+    def _finished(self, call_id: int, fut: Future[Any]) -> None:
+        try:
+            out = fut.result()
+        except BaseException as exc:  # SystemExit/KeyboardInterrupt raised by the model in a thread
+            out = Failure(call_id, 500, "model.error", error_text(exc))
+        self._complete(out)
+
+    def _complete(self, out: Result | Failure) -> None:
+        self.in_flight -= 1
+        self.served += 1
+        self.send(out)
+        if self.draining and self.in_flight == 0:
+            self._close()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """SIGTERM/SIGINT: answer new Calls with 503, finish the in-flight ones, then stop."""
+        self.draining = True
+        if self.in_flight == 0:
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # flushes what is buffered first
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def serve(
+    sock: socket.socket, invoker: Invoker, max_concurrency: int = 1, loop_kind: str = "auto"
+) -> int:
+    """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code."""
+    loop = _new_loop(loop_kind)
+    asyncio.set_event_loop(loop)
+    done: asyncio.Future[None] = loop.create_future()
+    replica = _Replica(invoker, max_concurrency, done)
+    unix = sock.family == socket.AF_UNIX
+    connect = loop.create_unix_connection if unix else loop.create_connection
+    loop.run_until_complete(connect(lambda: replica, sock=sock))  # type: ignore[operator]
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, replica.drain)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
+            pass
+    loop.run_until_complete(done)
+    _flush()
+    if replica.in_flight:  # the server is gone: nobody is waiting for these results
+        os._exit(EXIT_OK)
+    if replica.pool is not None:
+        replica.pool.shutdown(wait=False)
+    loop.close()
+    return EXIT_OK
+
+
+def rss_kb() -> int:
+    """Resident memory of this process in KiB (the peak on systems without /proc)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_KB
+    except (OSError, ValueError, IndexError):
+        try:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return peak // 1024 if sys.platform == "darwin" else peak
+        except Exception:
+            return 0
+
+
+try:
+    _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+except (AttributeError, ValueError, OSError):
+    _PAGE_KB = 4
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            if kind == "uvloop":
+                raise
+    return asyncio.new_event_loop()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the thread that spawned it dies (the socket EOF covers
+    the rest)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _line_buffered() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _connect(args: argparse.Namespace) -> socket.socket:
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(args.socket)
+        except OSError:
+            sock.close()
+            raise
+    sock.setblocking(True)
+    return sock
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m modelport.runtime.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--project", required=True, help="the build's project folder")
+    p.add_argument("--entry", required=True, help="path/to/file.py:function")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="the server's Unix socket to connect to")
+    where.add_argument("--fd", type=int, help="an inherited, connected socket's file descriptor")
+    p.add_argument("--max-concurrency", type=int, default=1,
+                   help="calls served at once (default 1)")
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _line_buffered()
+    _die_with_parent()
+    try:
+        sock = _connect(args)
+    except OSError as exc:
+        print(f"modelport worker: cannot connect to the server: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    try:
+        invoker = Invoker(analyze(load_entry(args.project, args.entry)))
+    except (Exception, SystemExit) as exc:
+        traceback.print_exc()
+        _flush()
+        try:
+            send_frame(sock, Boot(error_text(exc)))
+        except OSError:
+            pass
+        return EXIT_BOOT
+    gc.collect()
+    gc.freeze()  # the model's objects (weights) need not be scanned by every collection
+    send_frame(sock, Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
+    return serve(sock, invoker, max(1, args.max_concurrency), args.loop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

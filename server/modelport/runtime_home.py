@@ -1,0 +1,44 @@
+"""Our replica runtime, copied out of the server's package to a folder a model's environment imports.
+
+Only `modelport/__init__.py` and `modelport/runtime/` go there (standard library + msgspec), so a
+model's interpreter can run `python -m modelport.runtime.worker` and `from modelport import
+track_metric` without seeing the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import modelport
+
+PACKAGE = Path(modelport.__file__).parent
+
+
+def _sources() -> list[Path]:
+    runtime = sorted(p for p in (PACKAGE / "runtime").glob("*.py"))
+    return [PACKAGE / "__init__.py", *runtime]
+
+
+def ensure_runtime(data_dir: Path) -> Path:
+    """The folder to put on a replica's PYTHONPATH; made once per version of the runtime's code."""
+    h = hashlib.sha256()
+    for src in _sources():
+        h.update(src.name.encode() + b"\0" + src.read_bytes())
+    target = data_dir / "runtime" / h.hexdigest()[:16]
+    if (target / "modelport" / "runtime").is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    (staging / "modelport" / "runtime").mkdir(parents=True)
+    for src in _sources():
+        rel = src.relative_to(PACKAGE)
+        shutil.copyfile(src, staging / "modelport" / rel)
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

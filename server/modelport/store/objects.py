@@ -1,0 +1,227 @@
+"""One object: its on-disk format, the streaming writer and the verifying reader."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import io
+import os
+import re
+import struct
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import msgspec
+import zstandard
+
+if TYPE_CHECKING:
+    from modelport.store.cas import ContentStore
+
+CHUNK = 1 << 20  # read/write granularity; memory stays O(CHUNK) whatever the object size
+SMALL = 1 << 20  # objects up to this size are compressed in one shot at SMALL_LEVEL
+SMALL_LEVEL = 3  # ~10% smaller than level 1 on code/text; speed is irrelevant at this size
+LEVEL = 1  # large objects: on float32 weights levels 1-3 give the same ratio, 1 is fastest
+# Every object starts with a zstd *skippable frame* holding its uncompressed size, so an object
+# is still a valid .zst file (`zstd -d` skips the frame) and size() costs one 16-byte read.
+HEADER = struct.Struct("<IIQ")  # magic, payload length (8), uncompressed size
+MAGIC = 0x184D2A5D
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class ObjectMissing(StoreError):
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"object sha256:{digest} is not in the store")
+        self.digest = f"sha256:{digest}"
+
+
+class CorruptObject(StoreError):
+    def __init__(self, digest: str, path: Path, reason: str) -> None:
+        super().__init__(f"object sha256:{digest} at {path} is corrupt: {reason}")
+        self.digest, self.path, self.reason = f"sha256:{digest}", path, reason
+
+
+class PutResult(msgspec.Struct, frozen=True):
+    digest: str  # "sha256:<hex>" of the uncompressed bytes
+    size: int  # uncompressed bytes
+    stored_bytes: int  # the object's size on disk
+    new_bytes: int  # bytes this put added to the store; 0 when the content was already there
+
+
+def parse_digest(digest: str) -> str:
+    """`sha256:<hex>` or bare hex → the bare lowercase hex; ValueError otherwise."""
+    hexd = (digest[7:] if digest.startswith("sha256:") else digest).lower()
+    if not _HEX.fullmatch(hexd):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return hexd
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Writer:
+    """Streams bytes into a locked temp file while hashing; commit() names and installs it.
+
+    Use as a context manager: leaving the block without commit() discards everything.
+    """
+
+    def __init__(self, store: ContentStore) -> None:
+        self._store = store
+        fd, name = tempfile.mkstemp(dir=store.tmp, prefix="put-")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells clean_temp this writer is alive
+        self._tmp, self._f = Path(name), open(fd, "wb")
+        self._f.write(bytes(HEADER.size))  # filled in by commit()
+        self._hash, self._size = hashlib.sha256(), 0
+        self._buf: bytearray | None = bytearray()  # until SMALL is exceeded
+        self._z: zstandard.ZstdCompressionWriter | None = None
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._done:
+            raise ValueError("writer is closed")
+        self._hash.update(data)
+        self._size += len(data)
+        if self._z is None:
+            if len(self._buf) + len(data) <= SMALL:
+                self._buf += data
+                return len(data)
+            # a large object: switch to streaming, multi-threaded compression
+            cctx = zstandard.ZstdCompressor(level=self._store.level, threads=self._store.threads)
+            self._z = cctx.stream_writer(self._f, closefd=False)
+            self._z.write(self._buf)
+            self._buf = None
+        self._z.write(data)
+        return len(data)
+
+    def commit(self) -> PutResult:
+        if self._done:
+            raise ValueError("writer is closed")
+        self._done = True
+        try:
+            if self._z is None:
+                self._f.write(zstandard.ZstdCompressor(level=SMALL_LEVEL).compress(self._buf))
+            else:
+                self._z.close()  # ends the frame; the file stays open
+            self._f.flush()
+            stored = self._f.tell()
+            os.pwrite(self._f.fileno(), HEADER.pack(MAGIC, 8, self._size), 0)
+            if (on_disk := os.fstat(self._f.fileno()).st_size) != stored:
+                raise OSError(f"short write to {self._tmp}: {on_disk} of {stored} bytes")
+            os.fsync(self._f.fileno())
+            self._f.close()
+            return self._store._install(self._tmp, self._hash.hexdigest(), self._size, stored)
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._discard()
+
+    def _discard(self) -> None:
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    async def awrite(self, data: bytes) -> int:
+        return await asyncio.to_thread(self.write, data)
+
+    async def acommit(self) -> PutResult:
+        return await asyncio.to_thread(self.commit)
+
+    async def aabort(self) -> None:
+        await asyncio.to_thread(self.abort)
+
+
+def read_header(f: BinaryIO, hexd: str, path: Path) -> int:
+    header = f.read(HEADER.size)
+    if len(header) != HEADER.size:
+        raise CorruptObject(hexd, path, "shorter than its header")
+    magic, length, size = HEADER.unpack(header)
+    if magic != MAGIC or length != 8:
+        raise CorruptObject(hexd, path, "bad header")
+    return size
+
+
+class ObjectReader(io.RawIOBase):
+    """Decompresses and re-hashes while read; at EOF raises CorruptObject unless all matches.
+
+    A caller that stops before EOF gets no verdict: read to the end to trust the bytes.
+    """
+
+    def __init__(self, hexd: str, raw: BinaryIO) -> None:
+        self.digest, self.path, self._raw, self._z = f"sha256:{hexd}", Path(raw.name), raw, None
+        self._hexd, self._hash, self._got = hexd, hashlib.sha256(), 0
+        try:
+            self.size = read_header(raw, hexd, self.path)  # uncompressed size it must have
+            self._z = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
+        except BaseException:
+            raw.close()
+            raise
+        self._error: CorruptObject | None = None
+        self._verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            return self.readall()
+        if self._error:
+            raise self._error
+        if self._verified or n == 0:
+            return b""
+        try:
+            data = self._z.read(n)
+        except zstandard.ZstdError as e:
+            raise self._fail(f"zstd data is corrupt ({e})") from None
+        if data:
+            self._hash.update(data)
+            self._got += len(data)
+            if self._got > self.size:
+                raise self._fail(f"longer than the {self.size} bytes its header says")
+            return data
+        if self._got != self.size:
+            raise self._fail(f"ends after {self._got} of the {self.size} bytes its header says")
+        if (actual := self._hash.hexdigest()) != self._hexd:
+            raise self._fail(f"content hashes to sha256:{actual}")
+        self._verified = True
+        return b""
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(CHUNK):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def readinto(self, buf) -> int:
+        view = memoryview(buf).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _fail(self, reason: str) -> CorruptObject:
+        self._error = CorruptObject(self._hexd, self.path, reason)
+        return self._error
+
+    def close(self) -> None:
+        if self._z is not None:
+            self._z.close()
+        self._raw.close()
+        super().close()
