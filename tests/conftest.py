@@ -119,3 +119,80 @@ def app_client(tmp_path: Path):
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {client.app.state.admin_token}"
         yield client
+
+
+def _tiny_package(root: Path, name: str, version: str, body: str = "") -> Path:
+    src = root / f"{name}-{version}"
+    (src / name).mkdir(parents=True)
+    (src / name / "__init__.py").write_text(f'VERSION = "{version}"\n{body}')
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["flit_core>=3.2,<5"]\nbuild-backend = "flit_core.buildapi"\n'
+        f'[project]\nname = "{name}"\nversion = "{version}"\ndescription = "tiny"\n'
+    )
+    return src
+
+
+@pytest.fixture(scope="session")
+def wheel_links(tmp_path_factory) -> Path:
+    """A local wheel folder: msgspec's wheel (fetched once from the configured index) and tiny
+    packages made here (tinypkg 1.0 and 2.0), so build tests need no index at all."""
+    from importlib.metadata import version
+
+    links = tmp_path_factory.mktemp("links")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "--no-deps",
+         "-d", str(links), f"msgspec=={version('msgspec')}", "flit_core>=3.2,<5"], check=True,
+    )
+    import uv
+
+    src = tmp_path_factory.mktemp("src")
+    for ver in ("1.0", "2.0"):
+        project = _tiny_package(src, "tinypkg", ver)
+        subprocess.run([uv.find_uv_bin(), "build", "--wheel", "-q", "--no-index", "--find-links",
+                        str(links), "--out-dir", str(links), str(project)], check=True)
+    return links
+
+
+@pytest.fixture
+def offline_server(make_server, wheel_links):
+    """A server whose builds resolve only against the local wheel folder."""
+    def make(**kwargs) -> Server:
+        srv = make_server(**kwargs)
+        srv.env["MODELPORT_FIND_LINKS"] = str(wheel_links)
+        srv.env["MODELPORT_NO_INDEX"] = "1"
+        return srv
+    return make
+
+
+def write_project(folder: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, content in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return folder
+
+
+def pack_bytes(folder: Path) -> bytes:
+    import io
+
+    from modelport.store.archive import pack
+
+    buf = io.BytesIO()
+    pack(folder, buf)
+    return buf.getvalue()
+
+
+def upload_build(client: httpx.Client, model: str, archive: bytes, **fields) -> httpx.Response:
+    data = {k: v if isinstance(v, str) else __import__("json").dumps(v) for k, v in fields.items()}
+    return client.post(f"/api/v1/models/{model}/builds",
+                       files={"archive": ("project.tar.zst", archive)}, data=data)
+
+
+def wait_build(client: httpx.Client, model: str, number: int, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        build = client.get(f"/api/v1/models/{model}/builds/{number}").json()
+        if build["status"] in ("built", "failed"):
+            return build
+        time.sleep(0.05)
+    raise TimeoutError(f"build {model} #{number} still {build['status']}")

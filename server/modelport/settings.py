@@ -27,7 +27,9 @@ class Settings(msgspec.Struct, kw_only=True):
     archive_max_bytes: int = 2 * 1024**3
     archive_max_expanded_bytes: int = 8 * 1024**3
     archive_max_ratio: int = 200
-    index_url: str | None = None
+    index_url: str | None = None  # MODELPORT_INDEX_URL; else uv's own configuration
+    find_links: list[str] = []  # MODELPORT_FIND_LINKS (os.pathsep-separated): local wheel folders
+    no_index: bool = False  # MODELPORT_NO_INDEX=1: only find_links, never an index
     # Serving defaults (a deployment may override them)
     max_body_mb: float = 5.0
     queue_timeout_s: float = 30.0
@@ -76,6 +78,13 @@ class Settings(msgspec.Struct, kw_only=True):
             values["index_url"] = env["MODELPORT_INDEX_URL"]
         if "MODELPORT_CORS_ORIGINS" in env:
             values["cors_origins"] = [o for o in env["MODELPORT_CORS_ORIGINS"].split(",") if o]
+        if env.get("MODELPORT_FIND_LINKS"):
+            values["find_links"] = [p for p in env["MODELPORT_FIND_LINKS"].split(os.pathsep) if p]
+        if env.get("MODELPORT_NO_INDEX", "") not in ("", "0", "false"):
+            values["no_index"] = True
+        for key in ("archive_max_bytes", "archive_max_expanded_bytes", "archive_max_ratio"):
+            if f"MODELPORT_{key.upper()}" in env:
+                values[key] = int(env[f"MODELPORT_{key.upper()}"])
         if "MODELPORT_BUILD_WORKERS" in env:
             values["build_workers"] = int(env["MODELPORT_BUILD_WORKERS"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -244,6 +244,20 @@ def test_concurrency_runs_calls_in_parallel(model_dir, sock_dir, entry):
     run(go())
 
 
+def test_ping_is_answered_while_threaded_calls_run(model_dir, sock_dir):
+    async def go():
+        w = await start(model_dir, "model.py:slow", sock_dir, "--max-concurrency", "2")
+        await w.send(Call(1, b'{"seconds": 0.5}'))
+        await asyncio.sleep(0.1)
+        await w.send(Ping(2))
+        pong = await asyncio.wait_for(read_frame(w.reader), 0.3)
+        assert isinstance(pong, Pong) and (pong.id, pong.in_flight, pong.served) == (2, 1, 0)
+        res = await asyncio.wait_for(read_frame(w.reader), 10)
+        assert isinstance(res, Result) and res.id == 1
+        assert (await w.close())[0] == 0
+    run(go())
+
+
 def test_max_concurrency_one_serialises(model_dir, sock_dir):
     async def go():
         w = await start(model_dir, "model.py:slow", sock_dir)

@@ -74,6 +74,14 @@ def raw_tar(*blocks: bytes) -> bytes:
     return b"".join(blocks) + bytes(1024)
 
 
+def zst_window(data: bytes, window_log: int) -> bytes:
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=window_log)
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False) as w:
+        w.write(data)
+    return out.getvalue()
+
+
 @functools.cache
 def zstd_bomb() -> bytes:
     """A .tar.zst of ~130 KB holding one 4 GiB file of zeros, never in memory whole."""
@@ -169,8 +177,8 @@ HOSTILE = {
                       ArchiveTooLarge, "zeros.bin"),
     "tar-bomb-total": (tar(*(entry(f"z{i}", bytes(300 * 1024)) for i in range(5))), SMALL,
                        ArchiveTooLarge, "z3"),
-    "upload-too-large": (tar(entry("a.txt", b"1"), entry("big.bin", os.urandom(100_000))),
-                         ArchiveLimits(max_archive_bytes=50_000), ArchiveTooLarge, "big.bin"),
+    "upload-too-large": (tar(entry("a.txt", b"1"), entry("big.bin", os.urandom(2 * MiB))),
+                         ArchiveLimits(max_archive_bytes=MiB), ArchiveTooLarge, "big.bin"),
     "pax-header-huge": (
         tar(entry("a", b"x"), entry("b", b"y", pax={"comment": "z" * (2 * MiB)})), None,
         ArchiveTooLarge, "a"),
@@ -193,6 +201,8 @@ HOSTILE = {
     "gzip": (gzip.compress(GOOD), None, ArchiveInvalid, None),
     "bzip2": (bz2.compress(GOOD), None, ArchiveInvalid, None),
     "xz": (lzma.compress(GOOD), None, ArchiveInvalid, None),
+    "zip": (b"PK\x03\x04" + bytes(600), None, ArchiveInvalid, None),
+    "zstd-1GiB-window": (zst_window(GOOD, 30), None, ArchiveInvalid, None),
     "random-bytes": (random.Random(7).randbytes(4096), None, ArchiveInvalid, None),
     "empty-file": (b"", None, ArchiveInvalid, None),
     "short-file": (b"hello", None, ArchiveInvalid, None),
@@ -297,6 +307,10 @@ def test_unicode_names_and_dot_prefix():
     assert paths == ["café/ünïcødé.py", "数据/模型.bin", "emoji 🚀.txt"]
 
 
+def test_zstd_window_up_to_128_MiB_is_accepted():
+    assert drain(zst_window(GOOD, 27)) == drain(GOOD)
+
+
 def test_tar_and_tar_zst_give_the_same_members():
     data = tar(entry("a/b/c.py", b"x" * 10_000, mode=0o755), entry("d.txt", b""),
                entry("e", type=tarfile.SYMTYPE, link="a/b/c.py"))
@@ -326,27 +340,45 @@ def test_links_inside_are_yielded_for_the_caller():
     members = [m for m, _ in drain(data)]
     files = {m.path: m for m in members if m.kind == "file"}
     links = [m for m in members if m.kind != "file"]
-    with pytest.raises(ArchiveInvalid, match="'root': points to ''"):
-        resolve_links(files, links)  # a link to a folder
-    assert resolve_links(files, [m for m in links if m.path != "root"]) == {
-        "weights/latest.pt": "weights/v3.pt", "snap/x/model.pt": "weights/v3.pt",
-        "copy.pt": "weights/v3.pt", "chain": "weights/v3.pt"}
+    with pytest.raises(ArchiveUnsafe, match="'root': points to '', a folder holding it"):
+        resolve_links(files, links)
+    copies, warnings = resolve_links(files, [m for m in links if m.path != "root"])
+    assert copies == {"weights/latest.pt": "weights/v3.pt", "snap/x/model.pt": "weights/v3.pt",
+                      "copy.pt": "weights/v3.pt", "chain": "weights/v3.pt"}
+    assert warnings == []
 
 
-def test_resolve_links_refuses_what_is_not_a_file():
+def link(path, target):
+    return Member(path, 0o644, 0, "symlink", target)
+
+
+def test_resolve_links_to_folders_chains_and_nothing():
+    files = {p: Member(p, 0o644, 10) for p in ["code/a.py", "code/sub/b.py", "code-x/c.py"]}
+    links = [link("alias", "code"), link("code/l", "code/a.py"), link("again", "alias"),
+             link("gone", "nowhere")]
+    copies, warnings = resolve_links(files, links)
+    assert copies == {
+        "alias/a.py": "code/a.py", "alias/sub/b.py": "code/sub/b.py",  # not code-x/c.py
+        "alias/l": "code/a.py",  # a link inside the folder, followed to its file
+        "code/l": "code/a.py",
+        "again/a.py": "code/a.py", "again/sub/b.py": "code/sub/b.py", "again/l": "code/a.py",
+    }
+    assert warnings == ["link 'gone' points to 'nowhere', not in the archive"]
+
+
+def test_resolve_links_refusals():
     files = {"a.py": Member("a.py", 0o644, 600), "d/b.py": Member("d/b.py", 0o644, 1)}
-
-    def link(path, target):
-        return Member(path, 0o644, 0, "symlink", target)
-
-    for links, error, member in [
-        ([link("l", "d")], ArchiveInvalid, "l"),  # a folder
-        ([link("l", "missing.py")], ArchiveInvalid, "l"),
-        ([link("x", "y"), link("y", "x")], ArchiveInvalid, "x"),  # a loop
-        ([link("l1", "a.py"), link("l2", "a.py")], ArchiveTooLarge, "l2"),  # copies count
+    for links, limits, error, member in [
+        ([link("x", "y"), link("y", "x")], None, ArchiveUnsafe, "x"),  # a loop
+        ([link("d/up", "d")], None, ArchiveUnsafe, "d/up"),  # a folder holding it
+        ([link("root", "")], None, ArchiveUnsafe, "root"),
+        ([link("l1", "a.py"), link("l2", "a.py")], ArchiveLimits(max_total_bytes=1500),
+         ArchiveTooLarge, "l2"),
+        ([link(f"l{i}", "d") for i in range(5)], ArchiveLimits(max_members=5),
+         ArchiveTooLarge, "l3"),
     ]:
         with pytest.raises(error) as caught:
-            resolve_links(files, links, ArchiveLimits(max_total_bytes=1500))
+            resolve_links(files, links, limits)
         assert caught.value.member == member
 
 

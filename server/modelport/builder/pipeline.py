@@ -34,22 +34,33 @@ def project_dir(settings: Settings, digest: str) -> Path:
     return settings.data_dir / "projects" / digest.removeprefix("sha256:")
 
 
-def ensure_project(store: ContentStore, settings: Settings, digest: str,
-                   snapshot: mf.Snapshot) -> Path:
-    """The build's files on disk, once per digest, shared by its replicas (blocking)."""
-    target = project_dir(settings, digest)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+def stage_project(store: ContentStore, settings: Settings, snapshot: mf.Snapshot) -> Path:
+    """The snapshot on disk under a temporary name (blocking); `place_project` names it."""
+    root = settings.data_dir / "projects"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    write_snapshot(store, snapshot, staging, settings.data_dir / "files")
+    return staging
+
+
+def place_project(staging: Path, target: Path) -> Path:
+    """Rename the staged folder to its digest's name; an existing one (same content) wins."""
     try:
-        write_snapshot(store, snapshot, staging)
         os.rename(staging, target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if not target.is_dir():
             raise
     return target
+
+
+def ensure_project(store: ContentStore, settings: Settings, digest: str,
+                   snapshot: mf.Snapshot) -> Path:
+    """The build's files on disk, once per digest, shared by its replicas (blocking)."""
+    target = project_dir(settings, digest)
+    if target.is_dir():
+        return target
+    return place_project(stage_project(store, settings, snapshot), target)
 
 
 class Builder:
@@ -118,20 +129,14 @@ class Builder:
                                        type=mf.Snapshot)
         requirements = await self._requirements_text(row, snapshot)
         example_input = None if row["example_input"] is None else msgspec.json.decode(row["example_input"])
-        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".build-") as work:
-            blog("→ resolving dependencies with uv")
-            lock = await asyncio.to_thread(
-                deps.resolve, requirements, row["python"], workdir=Path(work), log=blog,
-                index_url=self.settings.index_url)
-            blog(f"  locked {len(lock.packages)} packages: "
-                 + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
-            content = mf.Content(snapshot.files, lock.text, row["entrypoint"], row["python"],
-                                 example_input)
-            digest = mf.content_digest(content)
-            wheels, new_bytes = await self._wheels(lock, Path(work), blog)
-            blog("→ installing the environment (offline, from the stored wheels)")
-            python = await self.environment(lock, wheels, blog)
-        project = await asyncio.to_thread(ensure_project, self.store, self.settings, digest, snapshot)
+        staging = await asyncio.to_thread(stage_project, self.store, self.settings, snapshot)
+        try:
+            lock, digest, content, wheels, new_bytes, python = await self._dependencies(
+                row, snapshot, requirements, example_input, staging, blog)
+            project = await asyncio.to_thread(place_project, staging,
+                                              project_dir(self.settings, digest))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         blog("→ checking the function")
         result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
                                      example_input, blog)
@@ -160,6 +165,27 @@ class Builder:
         }
         return fields, [put.digest, *(w.digest for w in wheels)]
 
+    async def _dependencies(self, row, snapshot, requirements, example_input, project, blog):
+        """Lock → digest → wheels in the store → the environment."""
+        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".build-") as work:
+            blog("→ resolving dependencies with uv")
+            lock = await asyncio.to_thread(
+                deps.resolve, requirements, row["python"], workdir=Path(work), log=blog,
+                project_dir=project, **self._index_options())
+            blog(f"  locked {len(lock.packages)} packages: "
+                 + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
+            content = mf.Content(snapshot.files, lock.text, row["entrypoint"], row["python"],
+                                 example_input)
+            wheels, new_bytes = await self._wheels(lock, Path(work), blog)
+            blog("→ installing the environment (offline, from the stored wheels)")
+            python = await self.environment(lock, wheels, blog)
+        return lock, mf.content_digest(content), content, wheels, new_bytes, python
+
+    def _index_options(self) -> dict:
+        s = self.settings
+        return {"index_url": s.index_url, "find_links": s.find_links, "no_index": s.no_index,
+                "cache_dir": s.data_dir / "wheels"}
+
     async def _requirements_text(self, row: dict, snapshot: mf.Snapshot) -> str:
         if not row["requirements"]:
             return ""
@@ -178,7 +204,7 @@ class Builder:
                     for w in wanted], 0
         blog("→ fetching wheels")
         paths = await asyncio.to_thread(deps.fetch_wheels, lock, work / "wheels", log=blog,
-                                        index_url=self.settings.index_url)
+                                        **self._index_options())
         by_name = {p.name: p for p in paths}
         wheels, new_bytes = [], 0
         for w in wanted:

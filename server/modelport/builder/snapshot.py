@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
 
-from modelport.store.archive import ArchiveLimits, ArchiveUnsafe, Member, iter_members
+from modelport.store.archive import ArchiveLimits, Member, iter_members, resolve_links
 from modelport.store.cas import ContentStore
 from modelport.store.ignore import IgnoreRules
 from modelport.store.manifest import FileEntry, Snapshot
@@ -38,31 +39,13 @@ def ingest(store: ContentStore, fileobj: BinaryIO, limits: ArchiveLimits) -> Ing
             files[member.path] = FileEntry(member.path, member.mode, put.size, put.digest)
         else:
             links.append(member)
-    warnings = _resolve_links(files, links)
+    copies, warnings = resolve_links(files, links, limits)
+    for path, real in copies.items():  # a link becomes a copy of the file it names
+        found = files[real]
+        files[path] = FileEntry(path, found.mode, found.size, found.digest)
     ignored = _ignored(store, files)
     entries = sorted((e for p, e in files.items() if p not in ignored), key=lambda e: e.path)
     return Ingested(Snapshot(entries), sum(e.size for e in entries), new_bytes, warnings)
-
-
-def _resolve_links(files: dict[str, FileEntry], links: list[Member]) -> list[str]:
-    """A link becomes a copy of what it names: a file, or every file under a folder."""
-    warnings = []
-    for link in links:
-        target = link.link_target or ""
-        if target in files:
-            found = files[target]
-            files[link.path] = FileEntry(link.path, found.mode, found.size, found.digest)
-            continue
-        prefix = target + "/" if target else ""
-        under = [e for p, e in list(files.items()) if p.startswith(prefix)]
-        if link.path == target or (prefix and link.path.startswith(prefix)):
-            raise ArchiveUnsafe(f"'{link.path}': a link to a folder that holds it")
-        for entry in under:
-            path = link.path + "/" + entry.path[len(prefix):]
-            files[path] = FileEntry(path, entry.mode, entry.size, entry.digest)
-        if not under:
-            warnings.append(f"'{link.path}' links to '{target}', which is not in the archive")
-    return warnings
 
 
 def _ignored(store: ContentStore, files: dict[str, FileEntry]) -> set[str]:
@@ -74,9 +57,26 @@ def _ignored(store: ContentStore, files: dict[str, FileEntry]) -> set[str]:
     return {p for p in files if p != IGNORE_FILE and rules.matches(p)}
 
 
-def materialize(store: ContentStore, snapshot: Snapshot, dest: Path) -> None:
-    """Write the snapshot's files under dest (verified on the way out; blocking)."""
+def checkout(store: ContentStore, digest: str, mode: int, files_dir: Path) -> Path:
+    """One uncompressed, read-only copy of an object per mode, shared by every project that holds it."""
+    target = files_dir / f"{digest.removeprefix('sha256:')}-{mode:o}"
+    if not target.exists():
+        files_dir.mkdir(parents=True, exist_ok=True)
+        store.copy_to(digest, target, mode=mode & 0o555)
+    return target
+
+
+def materialize(store: ContentStore, snapshot: Snapshot, dest: Path, files_dir: Path) -> None:
+    """The snapshot's files under dest, as hard links to checked-out objects (blocking).
+
+    A 5 GB weights file is decompressed once, however many builds hold it; the links are
+    read-only, so nothing a replica does can change a build's files.
+    """
     for entry in snapshot.files:
         target = dest / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        store.copy_to(entry.digest, target, mode=entry.mode)
+        source = checkout(store, entry.digest, entry.mode, files_dir)
+        try:
+            os.link(source, target)
+        except OSError:  # another filesystem: a copy does
+            store.copy_to(entry.digest, target, mode=entry.mode & 0o555)

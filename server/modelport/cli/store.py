@@ -22,7 +22,7 @@ def _settings(data_dir: str | None):
 @json_option
 def verify(data_dir: str | None, quarantine: bool, as_json: bool) -> None:
     """Re-hash every object in the store; exit 1 when any is missing or corrupt."""
-    from modelport.store.cas import Store
+    from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)
     store = Store(settings.store_dir)
@@ -63,7 +63,7 @@ def _missing_objects(settings, store) -> list[str]:
 def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     """Remove objects no build refers to (the server must be stopped)."""
     from modelport.datadir import DataDirBusy, DataDirLock
-    from modelport.store.cas import Store
+    from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)
     try:

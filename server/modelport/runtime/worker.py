@@ -116,6 +116,10 @@ class _Replica(MessageProtocol):
         if self.draining and self.in_flight == 0:
             self._close()
 
+    def protocol_error(self, exc: Exception) -> None:
+        print(f"modelport worker: {exc}; closing the connection", file=sys.stderr)
+        super().protocol_error(exc)  # type: ignore[arg-type]
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def drain(self) -> None:

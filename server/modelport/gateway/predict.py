@@ -1,0 +1,262 @@
+"""The prediction hot path as a raw ASGI app in front of the management app: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import msgspec
+
+from modelport.errors import (
+    AuthDenied, AuthInvalid, AuthMissing, ModelNotDeployed, ModelNotFound, ModelportError,
+    ModelUnavailable, RequestInvalid, RequestMalformed, RequestTooLarge, error_json,
+)
+from modelport.runtime.invoke import field_of
+from modelport.runtime.protocol import Result
+from modelport.serving.balancer import Draining
+
+from .routes import Routes
+
+__all__ = ["Gateway", "OnResult"]
+
+log = logging.getLogger("modelport.gateway")
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+# on_result(model, build, status, seconds, request_id, metrics): called after every prediction
+OnResult = Callable[[str, "int | None", int, float, str, dict], None]
+
+MiB = 1024 * 1024
+_PREDICT_ROLES = frozenset({"predict", "deployer", "admin"})
+_JSON = (b"content-type", b"application/json")
+_MSGPACK = (b"content-type", b"application/msgpack")
+_ID_CHARS = bytes(range(0x21, 0x7F))  # a client's X-Request-Id: visible ASCII only
+
+
+class _ClouderaRequest(msgspec.Struct):
+    """POST /model: the inner ``request`` is forwarded as the bytes it came in, never re-encoded."""
+
+    request: msgspec.Raw
+    accessKey: str | None = None  # noqa: N815 - Cloudera's name
+
+
+class _ClientGone(Exception):
+    pass
+
+
+_cloudera_json = msgspec.json.Decoder(_ClouderaRequest).decode
+_cloudera_msgpack = msgspec.msgpack.Decoder(_ClouderaRequest).decode
+_msgpack_encode = msgspec.msgpack.encode
+
+
+class Gateway:
+    """Handles ``POST /models/{name}/predict`` and ``POST /model``; every other request goes to
+    ``app`` (Litestar). ``auth`` is the server's ``modelport.auth.Auth`` (its in-memory caches)."""
+
+    def __init__(self, app: ASGIApp, routes: Routes, auth: Any, *,
+                 default_max_body_mb: float = 5.0, on_result: OnResult | None = None) -> None:
+        self.app, self.routes, self.auth = app, routes, auth
+        self.default_max_body = int(default_max_body_mb * MiB)
+        self.on_result = on_result
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex() + "-"
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path[:8] == "/models/" and path[-8:] == "/predict":
+                name = path[8:-8]
+                if name and "/" not in name:
+                    return await self._handle(scope, receive, send, name)
+            elif path == "/model":
+                return await self._handle(scope, receive, send, None)
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope: dict, receive: Callable, send: Callable,
+                      name: str | None) -> None:
+        ctype = accept = authz = rid = b""
+        length = -1
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                ctype = value
+            elif key == b"accept":
+                accept = value
+            elif key == b"authorization":
+                authz = value
+            elif key == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif key == b"x-request-id":
+                rid = value
+        if not rid or len(rid) > 128 or rid.translate(None, _ID_CHARS):
+            rid = (self._id_prefix + format(next(self._ids), "x")).encode()
+        content_type = "msgpack" if b"msgpack" in ctype else "json"
+        wants = "msgpack" if b"msgpack" in accept else "json"
+        started = time.perf_counter() if self.on_result is not None else 0.0
+        group = replica = None
+        status = 500
+        try:
+            if name is None:
+                name, body, content_type = await self._cloudera(
+                    scope, receive, length, content_type, authz)
+                group = self._group(name)
+            else:
+                flag = self.routes.auth_flag(name)
+                if flag is None:
+                    raise ModelNotFound(f"No model named '{name}'.")
+                if flag:
+                    self._authorize(name, authz)
+                group = self._group(name)
+                body = await _read(receive, length, group.max_body)
+                group = self._group(name)  # it may have been switched while the body came in
+            group, replica, msg = await self._call(name, group, body, content_type, wants, rid)
+            if type(msg) is Result:
+                status = 200
+                out = msg.body
+                if scope["path"] == "/model":
+                    out = _cloudera_body(out, replica.id_bytes, wants)
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    _MSGPACK if wants == "msgpack" else _JSON,
+                    (b"content-length", str(len(out)).encode()), *group.headers,
+                    (b"x-replica-id", replica.id_bytes), (b"x-request-id", rid)]})
+                await send({"type": "http.response.body", "body": out})
+                metrics = msg.metrics
+            else:
+                status = msg.status
+                await _error(send, status, error_json(status, msg.code, msg.message, msg.field),
+                             rid, group, replica, None)
+                metrics = {}
+        except _ClientGone:
+            return
+        except ModelportError as exc:
+            status = exc.status
+            await _error(send, status, error_json(status, exc.code, exc.message, exc.field), rid,
+                         group, replica, exc.headers)
+            metrics = {}
+        except Exception:
+            log.exception("prediction failed inside the gateway")
+            await _error(send, 500, error_json(500, "internal", "Internal server error."), rid,
+                         group, replica, None)
+            metrics = {}
+        if self.on_result is not None and name is not None:
+            self.on_result(name, group.spec.build if group is not None else None, status,
+                           time.perf_counter() - started, rid.decode(), metrics)
+
+    def _group(self, name: str):
+        group = self.routes.group(name)
+        if group is None:
+            raise ModelNotDeployed(f"Model '{name}' has no deployment.")
+        return group
+
+    async def _call(self, name: str, group, body: bytes, content_type: str, wants: str,
+                    rid: bytes) -> tuple:
+        for _ in range(3):
+            try:
+                replica, msg = await group.call(body, content_type, wants, rid.decode())
+                return group, replica, msg
+            except Draining:  # replaced while we were on our way: follow the route
+                newer = self.routes.group(name)
+                if newer is None or newer is group:
+                    break
+                group = newer
+        raise ModelUnavailable(f"Model '{name}' is stopping.")
+
+    def _authorize(self, name: str, header: bytes) -> None:
+        if not header:
+            raise AuthMissing("Send `Authorization: Bearer <the model's access key or a token>`.")
+        scheme, _, secret = header.decode("latin-1").partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise AuthInvalid("Send the key as `Authorization: Bearer <key>`.")
+        owner = self.auth.key_model(secret)
+        if owner is not None:
+            if owner == name:
+                return
+            raise AuthDenied(f"This is the access key of another model, not of '{name}'.")
+        identity = self.auth.token_identity(secret)
+        if identity.role not in _PREDICT_ROLES:
+            raise AuthDenied(f"A token of role '{identity.role}' may not call models.")
+        if identity.role == "predict" and identity.models and name not in identity.models:
+            raise AuthDenied(f"This token may not call model '{name}'.")
+
+    async def _cloudera(self, scope: dict, receive: Callable, length: int, content_type: str,
+                        authz: bytes) -> tuple[str, bytes, str]:
+        """POST /model: the model named by the access key, and the inner request's bytes."""
+        key = None
+        query = scope.get("query_string")
+        if query and b"accessKey" in query:
+            key = (parse_qs(query.decode("latin-1")).get("accessKey") or [None])[0]
+        name = self.auth.key_model(key) if key else None
+        limit = self._group(name).max_body if name else self.routes.max_body(self.default_max_body)
+        raw = await _read(receive, length, limit)
+        try:
+            req = (_cloudera_msgpack if content_type == "msgpack" else _cloudera_json)(raw)
+        except msgspec.ValidationError as exc:
+            text, field = str(exc), field_of(str(exc))
+            if field is None and text.startswith("Expected `object`"):
+                raise RequestMalformed(f"The body must be an object: {text}") from None
+            raise RequestInvalid(text, field=field) from None
+        except msgspec.DecodeError as exc:
+            raise RequestMalformed(f"The body is not valid {content_type.upper()}: {exc}") from None
+        key = key or req.accessKey
+        if not key and authz[:7].lower() == b"bearer ":
+            key = authz[7:].decode("latin-1").strip()
+        if not key:
+            raise AuthMissing("Send the model's access key as `accessKey`.")
+        name = self.auth.key_model(key)
+        if name is None:
+            raise AuthInvalid("The access key is unknown or was rotated.")
+        if self.routes.auth_flag(name) is None:
+            raise ModelNotFound("The model of this access key no longer exists.")
+        if len(raw) > self._group(name).max_body:
+            raise RequestTooLarge(f"The body is over {self._group(name).max_body} bytes.")
+        return name, bytes(req.request), content_type
+
+
+async def _read(receive: Callable, length: int, limit: int) -> bytes:
+    """The whole body, refusing (413) past ``limit`` bytes before reading it all."""
+    if length > limit:
+        raise RequestTooLarge(f"The body is {length} bytes, over the limit of {limit} bytes.")
+    msg = await receive()
+    if msg["type"] == "http.disconnect":
+        raise _ClientGone()
+    body = msg.get("body", b"")
+    if not msg.get("more_body", False):
+        if len(body) > limit:
+            raise RequestTooLarge(f"The body is over the limit of {limit} bytes.")
+        return body
+    chunks, size = [body], len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise _ClientGone()
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"The body is over the limit of {limit} bytes.")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _cloudera_body(out: bytes, replica_id: bytes, wants: str) -> bytes:
+    if wants == "msgpack":
+        return _msgpack_encode({"success": True, "response": msgspec.Raw(out),
+                                "ReplicaID": replica_id.decode()})
+    return b'{"success":true,"response":' + out + b',"ReplicaID":"' + replica_id + b'"}'
+
+
+async def _error(send: Callable, status: int, body: bytes, rid: bytes, group, replica,
+                 extra: dict | None) -> None:
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid)]
+    if group is not None:
+        headers += group.headers
+    if replica is not None:
+        headers.append((b"x-replica-id", replica.id_bytes))
+    if extra:
+        headers += [(k.lower().encode(), str(v).encode()) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,75 @@
+"""What a replica group serves (GroupSpec), the supervisor's timings (Tuning), and what it reports."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["GroupInfo", "GroupSpec", "ReplicaInfo", "Tuning"]
+
+MiB = 1024 * 1024
+
+
+class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """One deployment as the supervisor runs it: a build, where its code and interpreter are, and
+    the deployment's settings (the SPEC's defaults)."""
+
+    model: str
+    build: int
+    python: str  # the build environment's interpreter
+    project: str  # the build's project folder (the replica's cwd)
+    entry: str  # path/to/file.py:function
+    digest: str = ""
+    deployment_id: str = ""  # opaque to serving; handed back in hooks
+    replicas: int = 1
+    memory_mb: int | None = None  # resident memory limit per replica; None = no limit
+    timeout_s: float = 30.0
+    max_concurrency: int = 1
+    queue_timeout_s: float = 30.0
+    max_body_mb: float = 5.0
+    max_queue: int = 1000  # requests waiting for a free replica before 429 at once
+    env: dict[str, str] = {}
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MiB)
+
+
+class Tuning(msgspec.Struct, kw_only=True, frozen=True):
+    """Timings of the supervisor; tests shorten them."""
+
+    boot_timeout_s: float = 300.0  # import + weights loading until Ready
+    stop_grace_s: float = 10.0  # SIGTERM → this → SIGKILL
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 30.0  # idle and silent this long → hung → recycled
+    rss_interval_s: float = 0.5  # memory_mb polling
+    log_max_bytes: int = 10 * MiB
+    log_keep_bytes: int = 1 * MiB
+    log_check_s: float = 10.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    flap_max_crashes: int = 5
+    flap_window_s: float = 60.0
+    healthy_after_s: float = 30.0
+
+
+class ReplicaInfo(msgspec.Struct):
+    """The SPEC's replica shape."""
+
+    id: str
+    build: int
+    state: str  # starting | ready | draining | exited | crashed
+    pid: int | None
+    in_flight: int
+    served: int
+    failed: int
+    restarts: int
+    started_at: str | None
+
+
+class GroupInfo(msgspec.Struct):
+    model: str
+    build: int
+    deployment_id: str
+    state: str  # starting | running | draining | stopped | failed
+    reason: str | None
+    replicas: list[ReplicaInfo]

@@ -1,0 +1,324 @@
+"""One replica slot: its worker process on a private socketpair, and the multiplexed pipe client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from modelport.clock import now_iso
+from modelport.errors import ModelCrashed, ModelTimeout
+from modelport.runtime.protocol import (
+    Boot, Call, Failure, MessageProtocol, Ping, Pong, Ready, Result, encode_frame,
+)
+
+from . import procs
+from .config import ReplicaInfo, Tuning
+
+__all__ = ["BootFailed", "NotSent", "Replica", "replica_id"]
+
+log = logging.getLogger("modelport.serving")
+
+
+class NotSent(Exception):
+    """The call never reached the replica (it was gone first): safe to send elsewhere."""
+
+
+class BootFailed(Exception):
+    """The replica never became ready; ``str()`` is the reason (the import error, or stderr)."""
+
+
+def replica_id(model: str, build: int, slot: int) -> str:
+    return f"{model}-{build}-{slot}-{secrets.token_hex(2)}"
+
+
+class _Pipe(MessageProtocol):
+    def __init__(self, replica: "Replica") -> None:
+        super().__init__()
+        self.replica = replica
+
+    def message_received(self, msg) -> None:  # type: ignore[override]
+        self.replica._message(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.replica._lost()
+
+
+class Replica:
+    """A slot of a group. ``spawn()`` (again after a crash) starts its process; ``call()`` sends
+    one Call and awaits its Result or Failure; ``on_exit(replica, reason, recycle)`` is called
+    when a process that was ready ends without ``stop()``."""
+
+    def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
+                 env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
+                 on_exit: Callable[["Replica", str, bool], None]) -> None:
+        self.id, self.slot, self.build = rid, slot, build
+        self.id_bytes = rid.encode()
+        self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
+        self.memory_kb = memory_mb * 1024 if memory_mb else 0
+        self.stdout_path, self.stderr_path = procs.log_paths(logs_dir, rid)
+        self.on_exit = on_exit
+        self.state = "starting"
+        self.accepting = False  # ready and taking calls: what the balancer looks at
+        self.pid: int | None = None
+        self.in_flight = self.served = self.failed = self.restarts = 0
+        self.started_at: str | None = None
+        self.rss_kb = 0
+        self._started = 0.0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._seq = 0
+        self._first: asyncio.Future | None = None
+        self._closed: asyncio.Future | None = None
+        self._exited: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None
+        self._stopping = self._booted = False
+        self._kill_reason: str | None = None
+        self._recycle = False
+        self._heard = 0.0
+        self._marker = ""
+
+    # -- the hot path -----------------------------------------------------------------------------
+
+    async def call(self, body: bytes, content_type: str, accept: str, request_id: str,
+                   timeout: float) -> Result | Failure:
+        """Send one Call; NotSent when it could not be written, ModelCrashed when the replica died
+        with it, ModelTimeout past ``timeout`` seconds (the replica is then recycled)."""
+        transport = self._transport
+        if not self.accepting or transport is None or transport.is_closing():
+            raise NotSent(self.id)
+        self._seq += 1
+        cid = self._seq
+        transport.write(encode_frame(Call(cid, body, content_type, accept, request_id)))
+        if transport.is_closing():  # the write failed: the peer is gone
+            raise NotSent(self.id)
+        fut = self._loop.create_future()
+        self._pending[cid] = fut
+        self.in_flight += 1
+        timer = self._loop.call_later(timeout, self._expire, cid, timeout)
+        try:
+            msg = await fut
+        except BaseException:
+            self.failed += 1
+            self._pending.pop(cid, None)
+            raise
+        finally:
+            timer.cancel()
+            self.in_flight -= 1
+        self.served += 1
+        if type(msg) is Failure and msg.status >= 500:
+            self.failed += 1
+        return msg
+
+    def _message(self, msg) -> None:
+        kind = type(msg)
+        self._heard = time.monotonic()
+        if kind is Result or kind is Failure:
+            fut = self._pending.pop(msg.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif kind is Pong:
+            self.rss_kb = msg.rss_kb
+        elif kind is Ready or kind is Boot:
+            if self._first is not None and not self._first.done():
+                self._first.set_result(msg)
+
+    def _expire(self, cid: int, timeout: float) -> None:
+        fut = self._pending.pop(cid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ModelTimeout(
+                f"The function ran past timeout_s={timeout:g}s; replica {self.id} is recycled."))
+            self.kill(f"a call ran past timeout_s={timeout:g}s", recycle=True)
+
+    def _lost(self) -> None:
+        self.accepting = False
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._transport = None
+        reason = self._kill_reason or "its process ended"
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ModelCrashed(
+                    f"Replica {self.id} died while handling the request: {reason}."))
+        proc = self._proc
+        if self._booted and not self._stopping and proc is not None and proc.returncode is None:
+            # Usually the process is dying and about to be reaped; if it is not, it cannot serve.
+            self._loop.call_later(1.0, self._orphaned, proc)
+
+    def _abort(self, transport: asyncio.Transport) -> None:
+        if transport is self._transport:
+            transport.abort()  # → _lost: pending calls fail as crashed
+
+    def _orphaned(self, proc: asyncio.subprocess.Process) -> None:
+        if proc is self._proc and proc.returncode is None and not self._stopping:
+            self.kill("killed: its pipe to the server closed")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def spawn(self) -> None:
+        """Start the process and wait for Ready; BootFailed with the reason otherwise."""
+        self._loop = asyncio.get_running_loop()
+        self.state, self.accepting, self._booted = "starting", False, False
+        self._stopping, self._kill_reason, self._recycle = False, None, False
+        self.started_at = now_iso()
+        self._marker = f"--- modelport: replica {self.id} starting at {self.started_at} ---"
+        t = self.tuning
+        out_fd, err_fd = await asyncio.to_thread(self._open_logs, t.log_max_bytes, t.log_keep_bytes)
+        ours, theirs = socket.socketpair()
+        try:
+            argv = [*self.argv, "--fd", str(theirs.fileno())]
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_fd, stderr=err_fd, pass_fds=(theirs.fileno(),), start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(out_fd)
+            os.close(err_fd)
+        self.pid = self._proc.pid
+        self._started = time.monotonic()
+        self._first = self._loop.create_future()
+        self._closed = self._loop.create_future()
+        self._transport, _ = await self._loop.create_unix_connection(lambda: _Pipe(self), sock=ours)
+        self._exited = asyncio.create_task(self._wait_exit(self._proc))
+        await asyncio.wait({self._first, self._exited}, timeout=t.boot_timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if self._exited.done() and not self._first.done():  # read what it sent before exiting
+            await asyncio.wait({self._first, self._closed}, timeout=1.0)
+        first = self._first.result() if self._first.done() else None
+        if type(first) is Ready and not self._exited.done():
+            self.state, self.accepting, self._booted = "ready", True, True
+            self._heard = time.monotonic()
+            self._monitor = asyncio.create_task(self._watch())
+            return
+        if type(first) is Boot:
+            reason = first.error
+        elif self._exited.done():
+            tail = await asyncio.to_thread(procs.tail_text, self.stderr_path, 2000, self._marker)
+            reason = f"{procs.describe_exit(self._proc.returncode)} before it was ready" + (
+                f":\n{tail}" if tail else "")
+        else:
+            reason = f"not ready within boot_timeout_s={t.boot_timeout_s:g}s"
+        if type(first) is Boot:  # it exits by itself (code 3) once its stderr is flushed
+            await asyncio.wait({self._exited}, timeout=2.0)
+        if self._proc.returncode is None:
+            self.kill(reason)
+        await asyncio.shield(self._exited)
+        self.state = "crashed"
+        raise BootFailed(reason)
+
+    def _open_logs(self, max_bytes: int, keep_bytes: int) -> tuple[int, int]:
+        header = self._marker + "\n"
+        out = procs.open_log(self.stdout_path, header, max_bytes, keep_bytes)
+        try:
+            return out, procs.open_log(self.stderr_path, header, max_bytes, keep_bytes)
+        except BaseException:
+            os.close(out)
+            raise
+
+    async def _wait_exit(self, proc: asyncio.subprocess.Process) -> None:
+        returncode = await proc.wait()
+        self.accepting = False
+        if self._monitor is not None:
+            self._monitor.cancel()
+        if self._transport is not None:  # the EOF normally comes first; a forked child of the
+            self._loop.call_later(0.5, self._abort, self._transport)  # model's may hold the socket
+        if self._stopping:
+            self.state = "exited"
+            return
+        self.state = "crashed"
+        if not self._booted:
+            return  # died while booting: spawn() reports it
+        reason = self._kill_reason or procs.describe_exit(returncode)
+        log.warning("replica %s (pid %s) %s", self.id, proc.pid, reason)
+        self.on_exit(self, reason, self._recycle)
+
+    async def _watch(self) -> None:
+        """Memory limit, liveness pings and log size, while the process runs."""
+        t = self.tuning
+        tick = min(t.rss_interval_s, t.ping_interval_s) if self.memory_kb else t.ping_interval_s
+        next_ping = next_logs = time.monotonic()
+        ping_id = 0
+        while True:
+            await asyncio.sleep(tick)
+            pid, now = self.pid, time.monotonic()
+            if self.memory_kb and pid:
+                rss = procs.rss_kb(pid)
+                if rss > self.memory_kb:
+                    self.kill(f"killed: resident memory {rss // 1024} MiB is over memory_mb="
+                              f"{self.memory_kb // 1024}")
+                    return
+            if now >= next_ping:
+                next_ping = now + t.ping_interval_s
+                if self.in_flight == 0 and now - self._heard > t.ping_timeout_s:
+                    self.kill(f"killed: no answer to pings for {t.ping_timeout_s:g}s", recycle=True)
+                    return
+                ping_id += 1
+                if self._transport is not None and not self._transport.is_closing():
+                    self._transport.write(encode_frame(Ping(ping_id)))
+            if now >= next_logs:
+                next_logs = now + t.log_check_s
+                for path in (self.stdout_path, self.stderr_path):
+                    await asyncio.to_thread(procs.trim_log, path, t.log_max_bytes, t.log_keep_bytes)
+
+    def kill(self, reason: str, *, recycle: bool = False) -> None:
+        """SIGKILL the replica's session now, noting why (in its stderr log and the server log)."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self.accepting = False
+        if self._kill_reason is None:
+            self._kill_reason, self._recycle = reason, recycle
+            log.warning("replica %s (pid %s): %s", self.id, proc.pid, reason)
+            _append_line(self.stderr_path, f"--- modelport: {reason} ---\n")
+        procs.kill_group(proc.pid, signal.SIGKILL)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM (the worker finishes its in-flight calls) → ``grace`` → SIGKILL → reaped."""
+        self._stopping, self.accepting = True, False
+        proc, exited = self._proc, self._exited
+        if proc is None or exited is None:
+            self.state = "exited"
+            return
+        if proc.returncode is None:
+            self.state = "draining"
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), grace)
+            except TimeoutError:
+                procs.kill_group(proc.pid, signal.SIGKILL)
+        await asyncio.shield(exited)
+        self.state = "exited"
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def info(self) -> ReplicaInfo:
+        return ReplicaInfo(self.id, self.build, self.state, self.pid, self.in_flight, self.served,
+                           self.failed, self.restarts, self.started_at)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One short line (a kill reason) to a log; small enough to write from the event loop."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,53 @@
+"""Least-connections choice with round-robin ties: pure function, no processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelport.serving.balancer import choose
+
+
+@dataclass
+class R:
+    in_flight: int = 0
+    accepting: bool = True
+
+
+def rotate(replicas: list[R], n: int, max_concurrency: int = 1) -> list[int]:
+    """n sequential requests, each finished before the next."""
+    cursor, picks = 0, []
+    for _ in range(n):
+        i = choose(replicas, max_concurrency, cursor)
+        picks.append(i)
+        cursor = i + 1
+    return picks
+
+
+def test_sequential_requests_rotate():
+    assert rotate([R(), R(), R()], 7) == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_least_connections_wins_over_the_cursor():
+    replicas = [R(2), R(1), R(0), R(1)]
+    assert choose(replicas, 4, 0) == 2
+    assert choose(replicas, 4, 3) == 2
+
+
+def test_ties_go_to_the_first_at_or_after_the_cursor():
+    replicas = [R(1), R(1), R(1)]
+    assert choose(replicas, 4, 0) == 0
+    assert choose(replicas, 4, 2) == 2
+    assert choose(replicas, 4, 3) == 0  # a cursor past the end wraps (the list may shrink)
+
+
+def test_full_and_not_ready_replicas_are_skipped():
+    assert choose([R(1), R(0, accepting=False), R(1)], 1, 0) == -1
+    assert choose([R(1), R(0, accepting=False), R(0)], 1, 0) == 2
+    assert choose([R(3), R(2)], 4, 0) == 1
+    assert choose([R(4), R(4)], 4, 0) == -1
+    assert choose([], 1, 0) == -1
+
+
+def test_rotation_skips_a_replica_that_is_not_ready():
+    replicas = [R(), R(accepting=False), R()]
+    assert rotate(replicas, 4) == [0, 2, 0, 2]
