@@ -1,4 +1,4 @@
-"""create_app(settings): opens the registry, the store and the rest in order, and wires the routes."""
+"""create_app(settings): the services in order, the routes, and the gateway in front for predictions."""
 
 from __future__ import annotations
 
@@ -16,16 +16,21 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from modelport import __version__
 from modelport.api.audit import audit_log
 from modelport.api.builds import BuildsController, import_build
+from modelport.api.deployments import DeploymentsController
 from modelport.api.health import health
 from modelport.api.models import ModelsController
 from modelport.api.tokens import TokensController
-from modelport.builder.pipeline import Builder
-from modelport.runtime_home import ensure_runtime
 from modelport.auth import Auth, permission_guard
+from modelport.builder.pipeline import Builder
 from modelport.datadir import DataDirLock, prepare, write_admin_token
 from modelport.errors import handle_exception
+from modelport.gateway.predict import Gateway
+from modelport.gateway.routes import Routes
 from modelport.registry.db import Database
 from modelport.registry.tokens import count as token_count
+from modelport.runtime_home import ensure_runtime, runtime_dir
+from modelport.serving.deployer import Deployer
+from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
 from modelport.store.cas import ContentStore
 
@@ -48,46 +53,85 @@ async def first_start(auth: Auth, settings: Settings) -> str | None:
     return secret
 
 
-async def _flush_usage_forever(auth: Auth, every_s: float = 5.0) -> None:
+async def _every(seconds: float, job) -> None:
     while True:
-        await asyncio.sleep(every_s)
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:
+            log.exception("periodic job %s failed", getattr(job, "__name__", job))
+
+
+class Services:
+    """Everything the server runs, built without I/O; `open` and `close` do the work, in order."""
+
+    def __init__(self, settings: Settings, lock: DataDirLock | None = None):
+        self.settings, self._lock = settings, lock
+        self.db = Database(settings.registry_path)
+        self.auth = Auth(self.db)
+        self.deployer: Deployer | None = None
+        self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
+                                     logs_dir=settings.logs_dir, on_change=self._on_change)
+        self.routes = Routes(self.supervisor)
+        self._jobs: list[asyncio.Task] = []
+
+    async def _on_change(self, group, event: str, detail: dict) -> None:
+        if self.deployer is not None:
+            await self.deployer.on_change(group, event, detail)
+
+    async def open(self, state: State) -> None:
+        s = self.settings
+        prepare(s)
+        self._held = self._lock or DataDirLock(s.lock_path).acquire()
+        await self.db.open()
+        await self.auth.load()
+        for row in await self.db.all("SELECT name, auth FROM models"):
+            self.routes.set_model(row["name"], auth=bool(row["auth"]))
+        self.store = await asyncio.to_thread(ContentStore, s.store_dir)
+        runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
+        self.builder = Builder(s, self.db, self.store, runtime)
+        self.deployer = Deployer(self.db, self.builder, self.supervisor)
+        state.update(db=self.db, auth=self.auth, store=self.store, builder=self.builder,
+                     supervisor=self.supervisor, routes=self.routes, deployer=self.deployer)
+        state.admin_token = await first_start(self.auth, s)
+        await self.builder.start()
+        await self.deployer.restore()
+        self._jobs = [asyncio.create_task(_every(5.0, self.auth.flush_usage))]
+
+    async def close(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        if self.deployer is not None:
+            await self.deployer.close()
+        await self.supervisor.shutdown(drain_timeout=10.0)
+        if hasattr(self, "builder"):
+            await self.builder.stop()
         with contextlib.suppress(Exception):
-            await auth.flush_usage()
+            await self.auth.flush_usage()
+        await self.db.close()
+        if self._lock is None and hasattr(self, "_held"):
+            self._held.release()
 
 
 def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litestar:
-    state = State({"settings": settings})
+    """The management app (Litestar); `create_asgi` puts the prediction gateway in front of it."""
+    services = Services(settings, lock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        prepare(settings)
-        held = lock or DataDirLock(settings.lock_path).acquire()
-        db = await Database(settings.registry_path).open()
-        auth = Auth(db)
-        await auth.load()
-        store = ContentStore(settings.store_dir)
-        builder = Builder(settings, db, store, ensure_runtime(settings.data_dir))
-        app.state.update(db=db, auth=auth, store=store, builder=builder)
-        app.state.admin_token = await first_start(auth, settings)
-        await builder.start()
-        flusher = asyncio.create_task(_flush_usage_forever(auth))
         try:
+            await services.open(app.state)
             yield
         finally:
-            flusher.cancel()
-            await builder.stop()
-            await auth.flush_usage()
-            await db.close()
-            if lock is None:
-                held.release()
+            await services.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, audit_log, ModelsController, TokensController, BuildsController,
-                        import_build],
+                        import_build, DeploymentsController],
         guards=[permission_guard],
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
-        state=state,
+        state=State({"settings": settings}),
         cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(
             title="modelport management API", version=__version__, path="/schema",
@@ -97,3 +141,12 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
         logging_config=None,
         debug=False,
     )
+    app.state.services = services
+    return app
+
+
+def create_asgi(settings: Settings, *, lock: DataDirLock | None = None) -> Gateway:
+    """What `modelport serve` runs: predictions on the lean path, everything else to Litestar."""
+    app = create_app(settings, lock=lock)
+    services: Services = app.state.services
+    return Gateway(app, services.routes, services.auth, default_max_body_mb=settings.max_body_mb)

@@ -205,6 +205,72 @@ class Client:
                                 timeout=None)
 
 
+    # Deployments and predictions
+    def deploy(self, name: str, build: int, **settings) -> dict:
+        body = {"build": build, **{k: v for k, v in settings.items() if v is not None}}
+        return self.request("POST", f"/api/v1/models/{name}/deployments", json=body)
+
+    def deployments(self, name: str, limit: int | None = None) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/deployments",
+                            params=_params(limit=limit))
+
+    def deployment(self, name: str, deployment_id: int | str = "current") -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/deployments/{deployment_id}")
+
+    def wait_deployment(self, name: str, deployment_id: int, timeout: float = 600,
+                        on_status=None) -> dict:
+        """Poll until the deployment is deployed, failed or stopped; return it."""
+        import time
+
+        deadline, seen = time.monotonic() + timeout, None
+        while True:
+            found = self.deployment(name, deployment_id)
+            if on_status and found["status"] != seen:
+                on_status(found)
+                seen = found["status"]
+            if found["status"] in ("deployed", "failed", "stopped") or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def scale(self, name: str, replicas: int) -> dict:
+        return self.request("PATCH", f"/api/v1/models/{name}/deployments/current",
+                            json={"replicas": replicas})
+
+    def rollback(self, name: str, to_build: int | None = None) -> dict:
+        body = {"to_build": to_build} if to_build else {}
+        return self.request("POST", f"/api/v1/models/{name}/rollback", json=body)
+
+    def stop(self, name: str) -> dict:
+        return self.request("POST", f"/api/v1/models/{name}/stop")
+
+    def restart(self, name: str) -> dict:
+        return self.request("POST", f"/api/v1/models/{name}/restart")
+
+    def replicas(self, name: str) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/replicas")
+
+    def replica_logs(self, name: str, replica_id: str, stream: str = "stdout") -> str:
+        response = self.http.get(f"/api/v1/models/{name}/replicas/{replica_id}/logs",
+                                 params={"stream": stream})
+        if response.status_code >= 400:
+            self._decode(response)
+        return response.text
+
+    def follow_replica_logs(self, name: str, replica_id: str, stream: str = "stdout"):
+        with self.http.stream("GET", f"/api/v1/models/{name}/replicas/{replica_id}/logs",
+                              params={"stream": stream, "follow": "1"}, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._decode(response)
+            yield from response.iter_text()
+
+    def predict(self, name: str, body: Any, key: str | None = None) -> Any:
+        """Call a model: `body` is the function's arguments; returns its result."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = self.http.post(f"/models/{name}/predict", json=body, headers=headers)
+        self.last_headers = response.headers
+        return self._decode(response)
+
 def _params(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 

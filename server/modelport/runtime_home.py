@@ -23,12 +23,17 @@ def _sources() -> list[Path]:
     return [PACKAGE / "__init__.py", *runtime]
 
 
-def ensure_runtime(data_dir: Path) -> Path:
-    """The folder to put on a replica's PYTHONPATH; made once per version of the runtime's code."""
+def runtime_dir(data_dir: Path) -> Path:
+    """Where this version of the runtime's code lives under the data dir (nothing written)."""
     h = hashlib.sha256()
     for src in _sources():
         h.update(src.name.encode() + b"\0" + src.read_bytes())
-    target = data_dir / "runtime" / h.hexdigest()[:16]
+    return data_dir / "runtime" / h.hexdigest()[:16]
+
+
+def ensure_runtime(data_dir: Path) -> Path:
+    """The folder to put on a replica's PYTHONPATH; made once per version of the runtime's code."""
+    target = runtime_dir(data_dir)
     if (target / "modelport" / "runtime").is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

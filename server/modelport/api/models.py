@@ -37,6 +37,7 @@ class ModelsController(Controller):
             owner=who(request).actor, key_hash=key_hash,
         )
         app.auth.remember_key(data.name, key_hash)
+        app.routes.set_model(data.name, auth=data.auth)
         return ModelCreated(**msgspec.structs.asdict(model), access_key=secret)
 
     @get("/", opt={"perm": "read"})
@@ -57,7 +58,9 @@ class ModelsController(Controller):
         """Change the description or the auth flag."""
         changes = msgspec.structs.asdict(data)
         changes = {k: v for k, v in changes.items() if v is not None}
-        return await rows.update(state(request).db, name, who(request).actor, changes)
+        model = await rows.update(state(request).db, name, who(request).actor, changes)
+        state(request).routes.set_model(name, auth=model.auth)
+        return model
 
     @delete("/{name:str}", opt={"perm": "write"}, status_code=204)
     async def remove(self, request: Request, name: FromPath[str]) -> None:
@@ -65,6 +68,7 @@ class ModelsController(Controller):
         app = state(request)
         await rows.delete(app.db, name, who(request).actor)
         app.auth.forget_model(name)
+        app.routes.drop_model(name)
 
     @post("/{name:str}/access-key/rotate", opt={"perm": "write"}, status_code=200)
     async def rotate_key(self, request: Request, name: FromPath[str]) -> AccessKey:

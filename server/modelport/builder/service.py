@@ -129,6 +129,7 @@ async def import_build(app, model_name: str | None, actor: str, archive, limits)
             await model_rows.create(app.db, name=name, description="", auth=True, owner=actor,
                                     key_hash=key_hash)
             app.auth.remember_key(name, key_hash)
+            app.routes.set_model(name, auth=True)
             model = await model_rows.row(app.db, name)
         snap = await asyncio.to_thread(store.put_bytes, exchange.snapshot_bytes(manifest))
         put = await asyncio.to_thread(store.put_bytes, mf.encode(manifest))

@@ -32,7 +32,7 @@ class CleanExitServer(uvicorn.Server):
               show_default=True)
 def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level: str) -> None:
     """Run the server: the REST API, predictions and the web UI at /."""
-    from modelport.app import create_app
+    from modelport.app import create_asgi
     from modelport.datadir import DataDirBusy, DataDirLock, prepare
     from modelport.observability.logs import configure
     from modelport.settings import Settings
@@ -46,7 +46,7 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
     except DataDirBusy as exc:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
-    app = create_app(settings, lock=lock)
+    app = create_asgi(settings, lock=lock)
     click.echo(f"modelport serving {settings.url}  (data dir {settings.data_dir})", err=True)
     config = uvicorn.Config(
         app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",

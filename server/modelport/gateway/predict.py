@@ -133,8 +133,11 @@ class Gateway:
             return
         except ModelportError as exc:
             status = exc.status
+            extra = exc.headers
+            if status == 413:  # the rest of the body is not read: do not keep the connection
+                extra = {**extra, "Connection": "close"}
             await _error(send, status, error_json(status, exc.code, exc.message, exc.field), rid,
-                         group, replica, exc.headers)
+                         group, replica, extra)
             metrics = {}
         except Exception:
             log.exception("prediction failed inside the gateway")

@@ -44,3 +44,103 @@ async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, 
         [*ids, *ACTIVE_DEPLOYMENT],
     )
     return {row["model_id"]: row for row in rows}
+
+
+async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
+    rows = await db.all("SELECT * FROM deployment_events WHERE deployment_id = ? ORDER BY id",
+                        (deployment_id,))
+    return [DeploymentEvent(r["at"], r["kind"], r["actor"], msgspec.json.decode(r["detail"]))
+            for r in rows]
+
+
+async def full(db: Database, row: dict, model: str) -> Deployment:
+    return to_deployment(row, model, await events_of(db, row["id"]))
+
+
+async def by_id(db: Database, model_id: int, deployment_id: int) -> dict | None:
+    return await db.one("SELECT * FROM deployments WHERE id = ? AND model_id = ?",
+                        (deployment_id, model_id))
+
+
+async def current(db: Database, model_id: int) -> dict | None:
+    return (await current_by_model(db, [model_id])).get(model_id)
+
+
+async def history(db: Database, model_id: int, *, limit: int, cursor: int | None) -> list[dict]:
+    return await db.all(
+        "SELECT * FROM deployments WHERE model_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (model_id, cursor if cursor is not None else 2**62, limit + 1))
+
+
+async def create(db: Database, *, model_id: int, model: str, build_id: int, build_number: int,
+                 settings: dict, actor: str, reason: str | None = None) -> dict:
+    from modelport.clock import now_iso
+    from modelport.registry import audit
+
+    async with db.write() as conn:
+        cur = await conn.execute(
+            "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
+            " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
+            " created_by, created_at, reason) VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?)",
+            (model_id, build_id, build_number, settings["replicas"], settings["memory_mb"],
+             settings["timeout_s"], settings["max_concurrency"], settings["queue_timeout_s"],
+             settings["max_body_mb"], msgspec.json.encode(settings["env"]).decode(), actor,
+             now_iso(), reason))
+        await conn.execute(
+            "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
+            " VALUES (?, ?, 'created', ?, ?)",
+            (cur.lastrowid, now_iso(), actor,
+             msgspec.json.encode({"build": build_number, "reason": reason}).decode()))
+        await audit.record(conn, actor, "deployment.create", model=model, target=str(cur.lastrowid),
+                           detail={"build": build_number, "replicas": settings["replicas"],
+                                   "reason": reason})
+        deployment_id = cur.lastrowid
+    return await db.one("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+
+
+async def transition(db: Database, deployment_id: int, status: str | None, kind: str, *,
+                     actor: str | None = None, detail: dict | None = None,
+                     reason: str | None = None, finished: bool = False,
+                     replicas: int | None = None) -> None:
+    """Record an event of a deployment, and change its status (and what goes with it) if given."""
+    from modelport.clock import now_iso
+
+    at = now_iso()
+    sets, params = [], []
+    if status is not None:
+        sets.append("status = ?")
+        params.append(status)
+    if reason is not None:
+        sets.append("reason = ?")
+        params.append(reason)
+    if finished:
+        sets.append("finished_at = ?")
+        params.append(at)
+    if replicas is not None:
+        sets.append("replicas = ?")
+        params.append(replicas)
+    async with db.write() as conn:
+        if sets:
+            await conn.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?",
+                               (*params, deployment_id))
+        await conn.execute(
+            "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (deployment_id, at, kind, actor, msgspec.json.encode(detail or {}).decode()))
+
+
+async def previous_build(db: Database, model_id: int, current_id: int,
+                         current_build: int) -> int | None:
+    """The build that served before the current deployment (one that reached deployed)."""
+    return await db.value(
+        "SELECT d.build_number FROM deployments d WHERE d.model_id = ? AND d.id < ?"
+        " AND d.build_number != ? AND EXISTS (SELECT 1 FROM deployment_events e"
+        " WHERE e.deployment_id = d.id AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
+        (model_id, current_id, current_build))
+
+
+async def to_restore(db: Database) -> list[dict]:
+    """At startup: what should serve again, and what was left half-way."""
+    return await db.all(
+        "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
+        " WHERE d.status IN ('pending', 'deploying', 'deployed', 'stopping') ORDER BY d.id")

@@ -98,6 +98,7 @@ class Replica:
         cid = self._seq
         transport.write(encode_frame(Call(cid, body, content_type, accept, request_id)))
         if transport.is_closing():  # the write failed: the peer is gone
+            self.accepting = False
             raise NotSent(self.id)
         fut = self._loop.create_future()
         self._pending[cid] = fut
@@ -139,6 +140,8 @@ class Replica:
 
     def _lost(self) -> None:
         self.accepting = False
+        if self._booted and not self._stopping:
+            self.state = "crashed"
         if not self._closed.done():
             self._closed.set_result(None)
         self._transport = None

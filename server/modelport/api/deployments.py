@@ -1,0 +1,169 @@
+"""Deployments and replicas: deploy, history, scale, stop, restart, rollback; replicas and their logs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+
+from modelport.api.common import Cursor, Limit, state, who
+from modelport.errors import DeploymentNotFound, ModelNotDeployed, NotFound
+from modelport.registry import deployments as rows
+from modelport.registry import models as model_rows
+from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
+from modelport.registry.records import Deployment, Page, Replica
+
+EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
+
+
+class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
+    build: Annotated[int, msgspec.Meta(ge=1)]
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    memory_mb: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] | None = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 30.0
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    queue_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 30.0
+    max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 5.0
+    env: dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]] = {}
+
+
+class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=64)]
+
+
+class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    to_build: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+async def _model(request: Request, name: str) -> dict:
+    return await model_rows.row(state(request).db, name)
+
+
+async def _shown(request: Request, row: dict, name: str) -> Deployment:
+    return await rows.full(state(request).db, row, name)
+
+
+class DeploymentsController(Controller):
+    path = "/api/v1/models/{name:str}"
+    tags = ["deployments"]
+    opt = {"perm": "read"}
+
+    @post("/deployments", opt={"perm": "write"}, status_code=202)
+    async def create(self, request: Request, name: FromPath[str],
+                     data: DeploymentCreate) -> Deployment:
+        """Deploy a build; replaces the current deployment with no failed request."""
+        model = await _model(request, name)
+        settings = msgspec.structs.asdict(data)
+        settings.pop("build")
+        row = await state(request).deployer.deploy(model, data.build, settings, who(request).actor)
+        return await _shown(request, row, name)
+
+    @get("/deployments")
+    async def history(self, request: Request, name: FromPath[str], limit: Limit = None,
+                      cursor: Cursor = None) -> Page[Deployment]:
+        """Every deployment of the model, newest first, with its events."""
+        model = await _model(request, name)
+        key, size = decode_cursor(cursor), clamp_limit(limit)
+        found = await rows.history(state(request).db, model["id"], limit=size,
+                                   cursor=key if isinstance(key, int) else None)
+        nxt = next_cursor(found, size, "id")
+        return Page([await _shown(request, r, name) for r in found], nxt)
+
+    @get("/deployments/current")
+    async def current(self, request: Request, name: FromPath[str]) -> Deployment:
+        """The deployment serving (or about to serve) the model."""
+        model = await _model(request, name)
+        row = await rows.current(state(request).db, model["id"])
+        if row is None:
+            raise ModelNotDeployed(f"Model '{name}' has no deployment.")
+        return await _shown(request, row, name)
+
+    @patch("/deployments/current", opt={"perm": "write"})
+    async def scale(self, request: Request, name: FromPath[str], data: ScaleRequest) -> Deployment:
+        """Scale the current deployment; recorded as an event of it, not a new deployment."""
+        model = await _model(request, name)
+        row = await state(request).deployer.scale(model, data.replicas, who(request).actor)
+        return await _shown(request, row, name)
+
+    @get("/deployments/{deployment_id:int}")
+    async def read(self, request: Request, name: FromPath[str],
+                   deployment_id: FromPath[int]) -> Deployment:
+        """One deployment with its events."""
+        model = await _model(request, name)
+        row = await rows.by_id(state(request).db, model["id"], deployment_id)
+        if row is None:
+            raise DeploymentNotFound(f"Model '{name}' has no deployment {deployment_id}.")
+        return await _shown(request, row, name)
+
+    @post("/rollback", opt={"perm": "write"}, status_code=202)
+    async def rollback(self, request: Request, name: FromPath[str],
+                       data: RollbackRequest | None = None) -> Deployment:
+        """Deploy the build that served before the current one (or `to_build`)."""
+        model = await _model(request, name)
+        to_build = data.to_build if data else None
+        row = await state(request).deployer.rollback(model, to_build, who(request).actor)
+        return await _shown(request, row, name)
+
+    @post("/stop", opt={"perm": "write"}, status_code=200)
+    async def stop(self, request: Request, name: FromPath[str]) -> Deployment:
+        """Stop serving: in-flight requests finish, then the replicas exit."""
+        model = await _model(request, name)
+        row = await state(request).deployer.stop(model, who(request).actor)
+        return await _shown(request, row, name)
+
+    @post("/restart", opt={"perm": "write"}, status_code=202)
+    async def restart(self, request: Request, name: FromPath[str]) -> Deployment:
+        """Fresh replicas for the current deployment, ready before the old ones drain."""
+        model = await _model(request, name)
+        row = await state(request).deployer.restart(model, who(request).actor)
+        return await _shown(request, row, name)
+
+    @get("/replicas")
+    async def replicas(self, request: Request, name: FromPath[str]) -> Page[Replica]:
+        """The replicas serving the model now: state, pid, in flight, served, failed, restarts."""
+        await _model(request, name)
+        infos = state(request).supervisor.replicas(name)
+        return Page([msgspec.convert(msgspec.structs.asdict(i), Replica) for i in infos])
+
+    @get("/replicas/{replica_id:str}/logs", media_type="text/plain")
+    async def replica_logs(
+        self, request: Request, name: FromPath[str], replica_id: FromPath[str],
+        stream: Annotated[Literal["stdout", "stderr"], QueryParameter(required=False)] = "stdout",
+        follow: Annotated[bool, QueryParameter(required=False)] = False,
+        tail: Annotated[int, QueryParameter(required=False, ge=0, le=10_000_000)] = 1_000_000,
+    ) -> Response:
+        """A replica's stdout or stderr (`?follow=1` streams new lines)."""
+        await _model(request, name)
+        if not replica_id.startswith(f"{name}-") or "/" in replica_id:
+            raise NotFound(f"Model '{name}' has no replica '{replica_id}'.")
+        path = state(request).settings.logs_dir / "replicas" / f"{replica_id}.{stream}"
+        if not path.exists():
+            raise NotFound(f"Model '{name}' has no replica '{replica_id}'.")
+        if follow:
+            return Stream(_follow(path, tail), media_type="text/plain; charset=utf-8")
+        data = await asyncio.to_thread(_tail, path, tail)
+        return Response(data, media_type="text/plain; charset=utf-8")
+
+
+def _tail(path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - size))
+        return f.read()
+
+
+async def _follow(path, tail: int, poll_s: float = 0.25):
+    data = await asyncio.to_thread(_tail, path, tail)
+    yield data
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        while True:
+            chunk = await asyncio.to_thread(f.read)
+            if chunk:
+                yield chunk
+            else:
+                await asyncio.sleep(poll_s)

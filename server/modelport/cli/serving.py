@@ -1,0 +1,207 @@
+"""`modelport deploy`, `predict`, `rollback`, `scale`, `stop`, `restart`, `replicas`, `deployments`, `logs`."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+import msgspec
+
+from modelport.cli.builds import _json_arg, _labels, build_options, run_build
+from modelport.cli.common import client_options, console, err_console, json_option, print_json, print_table
+
+
+def _env(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--env")
+        out[key] = value
+    return out
+
+
+def _wait(client, name: str, deployment: dict, quiet: bool) -> dict:
+    def show(found: dict) -> None:
+        if not quiet:
+            err_console.print(f"deployment {found['id']} (build #{found['build']}): {found['status']}")
+
+    done = client.wait_deployment(name, deployment["id"], on_status=show)
+    if done["status"] == "failed" and not quiet:
+        err_console.print(f"[red]failed[/red]: {done['reason']}")
+    return done
+
+
+def _serving_options(func):
+    for option in reversed([
+        click.option("--replicas", type=int, default=1, show_default=True),
+        click.option("--memory-mb", type=int, help="Memory limit per replica."),
+        click.option("--timeout-s", type=float, help="Per-request time limit (default 30)."),
+        click.option("--max-concurrency", type=int, help="Requests at once per replica (default 1)."),
+        click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the replicas, repeatable."),
+    ]):
+        func = option(func)
+    return func
+
+
+@click.command()
+@build_options
+@_serving_options
+@client_options
+@json_option
+def deploy(client, folder, name, entry, requirements, python, example_input, example_output,
+           message, label, replicas, memory_mb, timeout_s, max_concurrency, env_pairs,
+           as_json) -> None:
+    """Build FOLDER and deploy it as model NAME; waits until it serves."""
+    client.created_model = None
+    built = run_build(client, folder, name, entry, quiet=as_json, requirements=requirements,
+                      python=python, example_input=_json_arg(example_input, "--example-input"),
+                      example_output=_json_arg(example_output, "--example-output"),
+                      message=message, labels=_labels(label))
+    if built["status"] != "built":
+        if as_json:
+            print_json({"build": built, "deployment": None})
+        sys.exit(1)
+    started = time.monotonic()
+    deployment = client.deploy(name, built["number"], replicas=replicas, memory_mb=memory_mb,
+                               timeout_s=timeout_s, max_concurrency=max_concurrency,
+                               env=_env(env_pairs) or None)
+    done = _wait(client, name, deployment, as_json)
+    key = (client.created_model or {}).get("access_key")
+    if as_json:
+        print_json({"build": built, "deployment": done, "access_key": key,
+                    "endpoint": f"{client.url}/models/{name}/predict"})
+        sys.exit(0 if done["status"] == "deployed" else 1)
+    if done["status"] != "deployed":
+        sys.exit(1)
+    endpoint = f"{client.url}/models/{name}/predict"
+    example = msgspec.json.encode(built.get("example_input") or {}).decode()
+    console.print(f"[green]✓[/green] built #{built['number']} · {replicas} replica(s) ready in "
+                  f"{time.monotonic() - started:.1f}s · {endpoint}")
+    if key:
+        console.print(f"access key (shown once): [bold]{key}[/bold]")
+    console.print(f"curl -s {endpoint} -H 'Authorization: Bearer {key or '<access key>'}' "
+                  f"-H 'Content-Type: application/json' -d '{example}'")
+
+
+@click.command()
+@click.argument("name")
+@click.argument("body")
+@click.option("--key", envvar="MODELPORT_KEY", help="The model's access key (default: the token).")
+@client_options
+def predict(client, name: str, body: str, key: str | None) -> None:
+    """Call model NAME with the JSON BODY; prints the response body."""
+    result = client.predict(name, _json_arg(body, "BODY"), key=key)
+    click.echo(msgspec.json.encode(result).decode())
+
+
+@click.command()
+@click.argument("name")
+@click.option("--to", "to_build", type=int, help="The build to serve (default: the one before).")
+@client_options
+@json_option
+def rollback(client, name: str, to_build: int | None, as_json: bool) -> None:
+    """Serve the build deployed before the current one again (or --to N)."""
+    done = _wait(client, name, client.rollback(name, to_build), as_json)
+    if as_json:
+        print_json(done)
+    elif done["status"] == "deployed":
+        console.print(f"[green]✓[/green] {name} serves build #{done['build']} again")
+    sys.exit(0 if done["status"] == "deployed" else 1)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("replicas", type=int)
+@client_options
+@json_option
+def scale(client, name: str, replicas: int, as_json: bool) -> None:
+    """Run REPLICAS replicas of the current deployment."""
+    done = client.scale(name, replicas)
+    print_json(done) if as_json else console.print(f"{name}: {done['replicas']} replicas")
+
+
+@click.command()
+@click.argument("name")
+@client_options
+@json_option
+def stop(client, name: str, as_json: bool) -> None:
+    """Stop serving NAME (in-flight requests finish first)."""
+    done = client.stop(name)
+    print_json(done) if as_json else console.print(f"{name}: {done['status']}")
+
+
+@click.command()
+@click.argument("name")
+@client_options
+@json_option
+def restart(client, name: str, as_json: bool) -> None:
+    """Fresh replicas for NAME, ready before the old ones drain."""
+    done = client.restart(name)
+    print_json(done) if as_json else console.print(f"{name}: restarting deployment {done['id']}")
+
+
+@click.command()
+@click.argument("name")
+@client_options
+@json_option
+def replicas(client, name: str, as_json: bool) -> None:
+    """The replicas serving NAME now."""
+    page = client.replicas(name)
+    if as_json:
+        return print_json(page)
+    print_table(page["items"], [("id", "id"), ("build", "build"), ("state", "state"),
+                                ("pid", "pid"), ("in_flight", "in flight"), ("served", "served"),
+                                ("failed", "failed"), ("restarts", "restarts"),
+                                ("started_at", "started")])
+
+
+@click.command()
+@click.argument("name")
+@client_options
+@json_option
+def deployments(client, name: str, as_json: bool) -> None:
+    """Every deployment of NAME, newest first: which build served when, who, outcome."""
+    page = client.deployments(name, limit=200)
+    if as_json:
+        return print_json(page)
+    print_table(page["items"], [("id", "id"), ("build", "build"), ("status", "status"),
+                                ("replicas", "replicas"), ("created_by", "who"),
+                                ("created_at", "from"), ("finished_at", "until"),
+                                ("reason", "reason")])
+
+
+@click.command()
+@click.argument("name")
+@click.option("--build", "build_number", type=int, help="A build's log.")
+@click.option("--replica", "replica_id", help="A replica's output (default: every replica).")
+@click.option("--stderr", is_flag=True, help="The replica's stderr instead of stdout.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@client_options
+def logs(client, name, build_number, replica_id, stderr, follow) -> None:
+    """A build's log, or the replicas' output."""
+    if build_number is not None:
+        lines = (client.follow_build_log(name, build_number) if follow
+                 else client.build_log(name, build_number).splitlines())
+        for line in lines:
+            click.echo(line)
+        return
+    stream = "stderr" if stderr else "stdout"
+    ids = [replica_id] if replica_id else [r["id"] for r in client.replicas(name)["items"]]
+    if not ids:
+        err_console.print(f"{name} has no replicas running; see `modelport logs {name} --build N`")
+        return
+    if follow:
+        if len(ids) > 1:
+            err_console.print(f"following {ids[0]} (use --replica to choose)")
+        for text in client.follow_replica_logs(name, ids[0], stream):
+            click.echo(text, nl=False)
+        return
+    for rid in ids:
+        if len(ids) > 1:
+            click.echo(f"==> {rid} <==")
+        click.echo(client.replica_logs(name, rid, stream), nl=False)
+
+
+COMMANDS = [deploy, predict, rollback, scale, stop, restart, replicas, deployments, logs]

@@ -1,0 +1,225 @@
+"""Deployments: rolling deploys, scale, stop, restart, rollback, and bringing them back after a restart.
+
+The registry says what should serve; the supervisor makes it so. One operation per model at a
+time; a deployment whose build cannot start leaves the one before it serving, and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import msgspec
+
+from modelport.builder import deps
+from modelport.builder.pipeline import Builder, ensure_project
+from modelport.errors import BuildNotReady, ModelNotDeployed, RequestInvalid
+from modelport.registry import builds as build_rows
+from modelport.registry import deployments as rows
+from modelport.registry.db import Database
+from modelport.serving.config import GroupSpec
+from modelport.serving.supervisor import GroupFailed, ReplicaGroup, Supervisor
+from modelport.store import manifest as mf
+
+log = logging.getLogger("modelport.deployer")
+
+SETTING_KEYS = ("replicas", "memory_mb", "timeout_s", "max_concurrency", "queue_timeout_s",
+                "max_body_mb", "env")
+
+
+class Deployer:
+    def __init__(self, db: Database, builder: Builder, supervisor: Supervisor):
+        self.db, self.builder, self.supervisor = db, builder, supervisor
+        self.store, self.settings = builder.store, builder.settings
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- what the API asks for -------------------------------------------------------------------
+
+    async def deploy(self, model: dict, build_number: int, settings: dict, actor: str,
+                     reason: str | None = None) -> dict:
+        """Record a pending deployment and roll it out in the background."""
+        build = await build_rows.row(self.db, model["id"], build_number, model["name"])
+        if build["status"] != "built":
+            raise BuildNotReady(f"Build #{build_number} is {build['status']}, not built.")
+        row = await rows.create(self.db, model_id=model["id"], model=model["name"],
+                                build_id=build["id"], build_number=build_number,
+                                settings=settings, actor=actor, reason=reason)
+        self._spawn(self._roll_out(model["name"], row, build, actor))
+        return row
+
+    async def rollback(self, model: dict, to_build: int | None, actor: str) -> dict:
+        current = await self._current(model)
+        if to_build is None:
+            to_build = await rows.previous_build(self.db, model["id"], current["id"],
+                                                 current["build_number"])
+            if to_build is None:
+                raise RequestInvalid("No earlier build has served this model; name one with "
+                                     "to_build.", field="to_build")
+        settings = self.settings_of(current)
+        return await self.deploy(model, to_build, settings, actor,
+                                 reason=f"rollback from #{current['build_number']} to #{to_build}")
+
+    async def scale(self, model: dict, replicas: int, actor: str) -> dict:
+        current = await self._current(model)
+        async with self._locks[model["name"]]:
+            group = self.supervisor.group(model["name"])
+            if group is not None:
+                await group.scale(replicas)
+            await rows.transition(self.db, current["id"], None, "scaled", actor=actor,
+                                  detail={"from": current["replicas"], "to": replicas},
+                                  replicas=replicas)
+        return await rows.by_id(self.db, model["id"], current["id"])
+
+    async def stop(self, model: dict, actor: str) -> dict:
+        current = await self._current(model)
+        async with self._locks[model["name"]]:
+            await rows.transition(self.db, current["id"], "stopping", "stopping", actor=actor)
+            await self.supervisor.stop(model["name"], drain_timeout=current["timeout_s"])
+            await rows.transition(self.db, current["id"], "stopped", "stopped", actor=actor,
+                                  finished=True, reason=f"stopped by {actor}")
+        return await rows.by_id(self.db, model["id"], current["id"])
+
+    async def restart(self, model: dict, actor: str) -> dict:
+        """New replicas of the same deployment; ready before the old ones drain."""
+        current = await self._current(model)
+        build = await build_rows.row(self.db, model["id"], current["build_number"], model["name"])
+        await rows.transition(self.db, current["id"], None, "restarting", actor=actor)
+        self._spawn(self._roll_out(model["name"], current, build, actor, restart=True))
+        return current
+
+    # -- the work --------------------------------------------------------------------------------
+
+    async def _roll_out(self, name: str, row: dict, build: dict, actor: str,
+                        restart: bool = False) -> None:
+        async with self._locks[name]:
+            if not restart:
+                await rows.transition(self.db, row["id"], "deploying", "deploying", actor=actor)
+            try:
+                spec = await self.spec_for(name, row, build)
+                await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
+            except (GroupFailed, deps.DependencyError, OSError) as exc:
+                await self._failed(row, str(exc), restart)
+                return
+            except Exception as exc:
+                log.exception("deployment %s of %s failed", row["id"], name)
+                await self._failed(row, f"internal error: {exc!r}", restart)
+                return
+            if restart:
+                await rows.transition(self.db, row["id"], None, "restarted", actor=actor)
+                return
+            await rows.transition(self.db, row["id"], "deployed", "deployed", actor=actor,
+                                  detail={"replicas": spec.replicas})
+            await self._retire_others(name, row["id"])
+
+    async def _failed(self, row: dict, reason: str, restart: bool) -> None:
+        if restart:  # the running replicas keep serving
+            await rows.transition(self.db, row["id"], None, "restart_failed", detail={"error": reason})
+            return
+        await rows.transition(self.db, row["id"], "failed", "failed", reason=reason, finished=True,
+                              detail={"error": reason})
+
+    async def _retire_others(self, name: str, keep_id: int) -> None:
+        """The deployments this one replaced are stopped, in the registry too."""
+        model_id = await self.db.value("SELECT model_id FROM deployments WHERE id = ?", (keep_id,))
+        for other in await self.db.all(
+                "SELECT id FROM deployments WHERE model_id = ? AND id != ? AND status IN"
+                " ('pending', 'deploying', 'deployed', 'stopping')", (model_id, keep_id)):
+            await rows.transition(self.db, other["id"], "stopped", "replaced", finished=True,
+                                  reason=f"replaced by deployment {keep_id}",
+                                  detail={"by": keep_id})
+
+    async def spec_for(self, name: str, row: dict, build: dict) -> GroupSpec:
+        """Everything a replica needs on disk, from the store alone (no package index)."""
+        manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build["manifest"]))
+        python = await self.environment(manifest)
+        snapshot = mf.Snapshot(manifest.content.files)
+        project = await asyncio.to_thread(ensure_project, self.store, self.settings,
+                                          manifest.digest, snapshot)
+        return GroupSpec(
+            model=name, build=build["number"], python=str(python), project=str(project),
+            entry=manifest.content.entrypoint, digest=manifest.digest,
+            deployment_id=str(row["id"]), replicas=row["replicas"], memory_mb=row["memory_mb"],
+            timeout_s=row["timeout_s"], max_concurrency=row["max_concurrency"],
+            queue_timeout_s=row["queue_timeout_s"], max_body_mb=row["max_body_mb"],
+            env=msgspec.json.decode(row["env"]))
+
+    async def environment(self, manifest: mf.Manifest) -> Path:
+        derived = manifest.derived
+        lock = deps.Lock(
+            python=manifest.content.python, text=manifest.content.lock,
+            packages=[deps.LockedPackage(w.name, w.version, w.filename,
+                                         w.digest.removeprefix("sha256:"))
+                      for w in derived.wheels],
+            digest=derived.lock_digest)
+        return await self.builder.environment(lock, derived.wheels, lambda line: None)
+
+    # -- startup and hooks -----------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Serve again what served before the server stopped; settle what was half-way."""
+        latest: dict[str, dict] = {}
+        for row in await rows.to_restore(self.db):
+            if row["status"] == "deployed":
+                previous = latest.get(row["model"])
+                if previous is not None:
+                    await rows.transition(self.db, previous["id"], "stopped", "replaced",
+                                          finished=True, reason=f"replaced by deployment {row['id']}")
+                latest[row["model"]] = row
+            elif row["status"] == "stopping":
+                await rows.transition(self.db, row["id"], "stopped", "stopped", finished=True,
+                                      reason="stopped (the server restarted while stopping)")
+            else:
+                await rows.transition(self.db, row["id"], "failed", "failed", finished=True,
+                                      reason="interrupted by a server restart")
+        for name, row in latest.items():
+            build = await self.db.one("SELECT * FROM builds WHERE id = ?", (row["build_id"],))
+            await rows.transition(self.db, row["id"], None, "restoring",
+                                  detail={"reason": "server restarted"})
+            self._spawn(self._restore_one(name, row, build))
+
+    async def _restore_one(self, name: str, row: dict, build: dict) -> None:
+        async with self._locks[name]:
+            try:
+                spec = await self.spec_for(name, row, build)
+                await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
+                await rows.transition(self.db, row["id"], None, "restored")
+            except Exception as exc:
+                await rows.transition(self.db, row["id"], "failed", "failed", finished=True,
+                                      reason=f"could not be restored: {exc}")
+
+    async def on_change(self, group: ReplicaGroup, event: str, detail: dict) -> None:
+        """Supervisor hook: what a user needs in the deployment's history."""
+        if event not in ("group.failed", "replica.crashed", "replica.gave_up"):
+            return
+        try:
+            deployment_id = int(group.spec.deployment_id)
+        except ValueError:
+            return
+        await rows.transition(self.db, deployment_id, None, event, detail=detail)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _current(self, model: dict) -> dict:
+        current = await rows.current(self.db, model["id"])
+        if current is None:
+            raise ModelNotDeployed(f"Model '{model['name']}' has no deployment.")
+        return current
+
+    @staticmethod
+    def settings_of(row: dict) -> dict:
+        values = {k: row[k] for k in SETTING_KEYS if k != "env"}
+        values["env"] = msgspec.json.decode(row["env"])
+        return values
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

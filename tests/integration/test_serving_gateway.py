@@ -1,0 +1,277 @@
+"""The prediction gateway through a real uvicorn on a free port, with real replicas behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import uvicorn
+import uvloop
+
+from modelport.auth import Auth, Identity, hash_secret
+from modelport.gateway.predict import Gateway
+from modelport.gateway.routes import Routes
+from modelport.runtime_home import ensure_runtime
+from modelport.serving.config import GroupSpec, Tuning
+from modelport.serving.supervisor import ReplicaGroup, Supervisor
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+KEYS = {"add": "mp_key_add", "echo": "mp_key_echo", "raises": "mp_key_raises"}
+TOKENS = {
+    "admin": Identity("t1", "admin", "admin"),
+    "viewer": Identity("t2", "viewer", "viewer"),
+    "predict-add": Identity("t3", "p", "predict", ("add",)),
+    "predict-any": Identity("t4", "p", "predict"),
+}
+
+
+def spec(name: str, project: str, build: int = 1, **kw) -> GroupSpec:
+    return GroupSpec(model=name, build=build, python=sys.executable, project=str(MODELS / project),
+                     entry="model.py:predict", digest=f"sha256:{build:064x}", **kw)
+
+
+async def fallback(scope, receive, send):
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"fallback " + scope["path"].encode()})
+
+
+class Harness:
+    """uvicorn serving the gateway on a uvloop in a thread; the supervisor lives on that loop."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.results: list[tuple] = []
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._thread, daemon=True)
+
+    def _thread(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self.sup = Supervisor(runtime_dir=ensure_runtime(self.tmp), logs_dir=self.tmp / "logs",
+                              tuning=Tuning(stop_grace_s=3, backoff_base_s=0.05))
+        self.routes = Routes(self.sup)
+        self.auth = Auth(None)
+        for model, key in KEYS.items():
+            self.auth.remember_key(model, hash_secret(key))
+        for secret, identity in TOKENS.items():
+            self.auth._tokens[hash_secret(secret)] = identity
+        gateway = Gateway(fallback, self.routes, self.auth,
+                          on_result=lambda *a: self.results.append(a))
+        self.server = uvicorn.Server(uvicorn.Config(
+            gateway, host="127.0.0.1", port=self.port, loop="none", lifespan="off",
+            log_level="warning", access_log=False))
+        serving = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+        self.ready.set()
+        await serving
+        await self.sup.shutdown(5)
+
+    def start(self) -> "Harness":
+        self.thread.start()
+        assert self.ready.wait(30)
+        return self
+
+    def run(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def hx(tmp_path_factory):
+    h = Harness(tmp_path_factory.mktemp("gateway")).start()
+    h.run(h.sup.deploy(spec("add", "add", replicas=2)))
+    h.run(h.sup.deploy(spec("echo", "echo_dict")))
+    h.run(h.sup.deploy(spec("raises", "raises")))
+    h.routes.set_model("add", auth=True)
+    h.routes.set_model("echo", auth=False)
+    h.routes.set_model("raises", auth=True)
+    h.routes.set_model("idle", auth=False)  # a model with nothing deployed
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def client(hx):
+    with httpx.Client(base_url=hx.url, timeout=30) as c:
+        yield c
+
+
+def bearer(secret: str) -> dict:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def err(resp: httpx.Response) -> tuple:
+    body = resp.json()["error"]
+    return resp.status_code, body["code"], body.get("field")
+
+
+def test_predict_rotates_and_sets_headers(hx, client):
+    seen = []
+    for i in range(4):
+        r = client.post("/models/add/predict", json={"a": i, "b": 1}, headers=bearer(KEYS["add"]))
+        assert r.status_code == 200 and r.json() == i + 1
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["x-model-build"] == "1"
+        assert r.headers["x-model-digest"] == "sha256:" + "0" * 63 + "1"
+        assert r.headers["x-request-id"]
+        seen.append(r.headers["x-replica-id"])
+    assert seen[0] != seen[1] and seen[:2] == seen[2:]
+    r = client.post("/models/add/predict", json={"a": 1}, headers={
+        **bearer(KEYS["add"]), "X-Request-Id": "my-request-1"})
+    assert r.headers["x-request-id"] == "my-request-1"
+    assert ("add", 1, 200) == hx.results[-1][:3] and hx.results[-1][4] == "my-request-1"
+
+
+def test_json_and_msgpack_both_ways(client):
+    auth = bearer(KEYS["add"])
+    mp = {"Content-Type": "application/msgpack"}
+    r = client.post("/models/add/predict", content=msgspec.msgpack.encode({"a": 1, "b": 2}),
+                    headers={**auth, **mp, "Accept": "application/msgpack"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/msgpack"
+    assert msgspec.msgpack.decode(r.content) == 3.0
+    r = client.post("/models/add/predict", content=msgspec.msgpack.encode({"a": 1}),
+                    headers={**auth, **mp})
+    assert r.json() == 1.0
+    r = client.post("/models/add/predict", json={"a": 5}, headers={**auth, "Accept": "application/msgpack"})
+    assert msgspec.msgpack.decode(r.content) == 5.0
+    r = client.post("/models/echo/predict", content=b'{"x": [1, 2.5, "three", null]}')
+    assert r.json()["echo"] == {"x": [1, 2.5, "three", None]}
+
+
+def test_errors(client):
+    auth = bearer(KEYS["add"])
+    r = client.post("/models/add/predict", json={"a": "one"}, headers=auth)
+    assert err(r) == (422, "request.invalid", "a")
+    assert r.json()["error"]["message"] == "Expected `float`, got `str` - at `$.a`"
+    assert err(client.post("/models/add/predict", json={"b": 1}, headers=auth)) == (
+        422, "request.invalid", "a")
+    assert err(client.post("/models/add/predict", content=b"{a", headers=auth))[:2] == (
+        400, "request.malformed")
+    assert err(client.post("/models/add/predict", json=[1, 2], headers=auth))[:2] == (
+        400, "request.malformed")
+    r = client.post("/models/raises/predict", json={"x": 3}, headers=bearer(KEYS["raises"]))
+    assert err(r)[:2] == (500, "model.error")
+    assert r.json()["error"]["message"] == "ValueError: cannot handle 3"
+    assert r.headers["x-replica-id"].startswith("raises-1-1-")
+    assert err(client.post("/models/nope/predict", json={})) == (404, "model.not_found", None)
+    assert err(client.post("/models/idle/predict", json={})) == (404, "model.not_deployed", None)
+
+
+def test_auth(client):
+    post = lambda headers: client.post("/models/add/predict", json={"a": 1}, headers=headers)
+    assert err(post({})) == (401, "auth.missing", None)
+    assert err(post(bearer("mp_key_unknown"))) == (401, "auth.invalid", None)
+    assert err(post({"Authorization": "Basic abc"})) == (401, "auth.invalid", None)
+    assert err(post(bearer(KEYS["echo"]))) == (403, "auth.denied", None)  # another model's key
+    assert err(post(bearer("viewer"))) == (403, "auth.denied", None)
+    r = client.post("/models/raises/predict", json={"x": 1}, headers=bearer("predict-add"))
+    assert err(r) == (403, "auth.denied", None)  # a predict token scoped to another model
+    for ok in (KEYS["add"], "admin", "predict-add", "predict-any"):
+        assert post(bearer(ok)).status_code == 200, ok
+    assert client.post("/models/echo/predict", json={"open": True}).status_code == 200
+
+
+def test_cloudera_model_endpoint(client):
+    r = client.post("/model", json={"accessKey": KEYS["echo"], "request": {"b": [1, {"c": None}]}})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["success"] is True and body["response"]["echo"] == {"b": [1, {"c": None}]}
+    assert body["ReplicaID"] == r.headers["x-replica-id"] and body["ReplicaID"].startswith("echo-1-1-")
+    r = client.post(f"/model?accessKey={KEYS['add']}", json={"request": {"a": 2, "b": 3}})
+    assert r.json()["response"] == 5.0
+    r = client.post("/model", content=msgspec.msgpack.encode(
+        {"accessKey": KEYS["add"], "request": {"a": 1}}), headers={
+        "Content-Type": "application/msgpack", "Accept": "application/msgpack"})
+    assert msgspec.msgpack.decode(r.content)["response"] == 1.0
+    assert err(client.post("/model", json={"request": {}})) == (401, "auth.missing", None)
+    assert err(client.post("/model", json={"accessKey": "mp_key_x", "request": {}}))[:2] == (
+        401, "auth.invalid")
+    assert err(client.post("/model", json={"accessKey": KEYS["add"]})) == (
+        422, "request.invalid", "request")
+    assert err(client.post("/model", json={"accessKey": KEYS["add"], "request": {"a": "x"}})) == (
+        422, "request.invalid", "a")
+    assert err(client.post("/model", content=b"[1]"))[:2] == (400, "request.malformed")
+
+
+def test_body_limit(client):
+    big = b'{"x": "' + b"y" * (5 * 1024 * 1024) + b'"}'
+    r = client.post("/models/echo/predict", content=big)
+    assert err(r)[:2] == (413, "request.too_large")
+
+    def chunks():  # no Content-Length: counted while reading
+        for _ in range(6):
+            yield b"z" * (1024 * 1024)
+    r = client.post("/models/echo/predict", content=chunks())
+    assert err(r)[:2] == (413, "request.too_large")
+    assert client.post("/models/echo/predict", json={"ok": 1}).status_code == 200
+    r = client.post("/model", content=big.replace(b'{"x"', b'{"accessKey": "mp_key_echo", "x"'))
+    assert err(r)[:2] == (413, "request.too_large")
+
+
+def test_other_requests_pass_through(client):
+    assert client.get("/api/v1/health").text == "fallback /api/v1/health"
+    assert client.get("/models/add/predict").text == "fallback /models/add/predict"
+    assert client.post("/models/a/b/predict").text == "fallback /models/a/b/predict"
+
+
+def test_starting_group_is_503(hx, client):
+    async def route_to_unstarted():
+        group = ReplicaGroup(spec("starting", "add"), runtime_dir=hx.sup.runtime_dir,
+                             logs_dir=hx.sup.logs_dir)
+        hx.routes.set_model("starting", auth=False)
+        hx.routes.set_group("starting", group)
+    hx.run(route_to_unstarted())
+    assert err(client.post("/models/starting/predict", json={"a": 1}))[:2] == (
+        503, "model.unavailable")
+
+
+def test_switching_builds_under_load_fails_nothing(hx):
+    hx.run(hx.sup.deploy(spec("sw", "slow", build=1, replicas=2)))
+    hx.routes.set_model("sw", auth=False)
+    builds: list[str] = []
+    failures: list[tuple] = []
+    stop = threading.Event()
+
+    def client_loop():
+        with httpx.Client(base_url=hx.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/models/sw/predict", json={"seconds": 0.02})
+                if r.status_code == 200:
+                    builds.append(r.headers["x-model-build"])
+                else:
+                    failures.append((r.status_code, r.text))
+    threads = [threading.Thread(target=client_loop) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        hx.run(hx.sup.deploy(spec("sw", "slow", build=2, replicas=2)))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    assert builds[0] == "1" and builds[-1] == "2" and builds.count("1") > 5 and builds.count("2") > 5
+    switched = builds.index("2")
+    assert builds[switched + 12:].count("1") == 0  # after the switch, only stragglers of build 1

@@ -1,0 +1,414 @@
+"""Replica groups with real worker subprocesses: rotation, crashes, timeouts, memory, queueing,
+boot failures, restarts, draining and scaling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from modelport.errors import ModelBusy, ModelCrashed, ModelTimeout, ModelUnavailable
+from modelport.runtime.protocol import Failure, Result
+from modelport.runtime_home import ensure_runtime
+from modelport.serving.balancer import Draining
+from modelport.serving.config import GroupSpec, Tuning
+from modelport.serving.supervisor import GroupFailed, ReplicaGroup, Supervisor
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+TUNING = Tuning(boot_timeout_s=30, stop_grace_s=3, ping_interval_s=0.5, ping_timeout_s=10,
+                rss_interval_s=0.05, backoff_base_s=0.05, backoff_cap_s=0.5, log_check_s=0.5)
+
+
+def spec(model: str, **kw) -> GroupSpec:
+    return GroupSpec(model=model.replace("_", "-"), build=kw.pop("build", 1),
+                     python=sys.executable, project=str(MODELS / model),
+                     entry="model.py:predict", **kw)
+
+
+class Env:
+    def __init__(self, tmp: Path, **tuning) -> None:
+        self.tmp = tmp
+        self.events: list[tuple[str, dict]] = []
+        self.sup = Supervisor(runtime_dir=ensure_runtime(tmp), logs_dir=tmp / "logs",
+                              tuning=msgspec.structs.replace(TUNING, **tuning),
+                              on_change=lambda g, e, d: self.events.append((e, d)))
+
+    def run(self, test) -> None:
+        async def go():
+            try:
+                await test(self.sup)
+            finally:
+                await self.sup.shutdown(5)
+        asyncio.run(go())
+
+    def named(self, event: str) -> list[dict]:
+        return [d for e, d in self.events if e == event]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+async def call(group, body: object = None, *, raw: bytes | None = None, ctype: str = "json",
+               accept: str = "json"):
+    data = raw if raw is not None else (
+        msgspec.msgpack.encode(body) if ctype == "msgpack" else msgspec.json.encode(body))
+    return await group.call(data, ctype, accept, "req")
+
+
+async def until(pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()
+    except FileNotFoundError:
+        return True
+
+
+def test_sequential_requests_rotate_over_ready_replicas(env):
+    async def t(sup):
+        group = await sup.deploy(spec("add", replicas=2))
+        ids = [r.id for r in group.replicas]
+        assert all(re.fullmatch(r"add-1-[12]-[0-9a-f]{4}", i) for i in ids)
+        assert [r.state for r in group.replicas] == ["ready", "ready"]
+        seen = []
+        for i in range(6):
+            replica, msg = await call(group, {"a": i, "b": 0.5})
+            assert msg == Result(msg.id, str(i + 0.5).encode(), {})
+            seen.append(replica.id)
+        assert seen == ids * 3
+        replica, msg = await call(group, {"a": 1, "b": 2}, ctype="msgpack", accept="msgpack")
+        assert msgspec.msgpack.decode(msg.body) == 3.0
+        assert [r.served for r in group.replicas] == [4, 3]
+        assert group.info().state == "running"
+    env.run(t)
+    assert [e for e, _ in env.events][:4] == [
+        "group.starting", "replica.ready", "replica.ready", "group.ready"]
+    stdout = sorted((env.tmp / "logs" / "replicas").glob("add-1-1-*.stdout"))[0].read_text()
+    assert "add: loaded in pid" in stdout
+
+
+def test_model_errors_come_back_as_failures(env):
+    async def t(sup):
+        group = await sup.deploy(spec("raises"))
+        _, msg = await call(group, {"x": 3})
+        assert (msg.status, msg.code, msg.message) == (500, "model.error", "ValueError: cannot handle 3")
+        _, msg = await call(group, {"x": "three"})
+        assert (msg.status, msg.code, msg.field) == (422, "request.invalid", "x")
+        _, msg = await call(group, raw=b"{nope")
+        assert (msg.status, msg.code) == (400, "request.malformed")
+        assert group.replicas[0].failed == 1 and group.replicas[0].served == 3
+        metrics = await sup.deploy(spec("metrics"))
+        _, msg = await call(metrics, {"x": 2})
+        assert msg.body == b"4.0" and msg.metrics == {"input": 2.0, "doubled": 4.0}
+    env.run(t)
+    stderr = next((env.tmp / "logs" / "replicas").glob("raises-1-1-*.stderr")).read_text()
+    assert "Traceback" in stderr and "ValueError: cannot handle 3" in stderr
+
+
+def test_crash_mid_request_is_502_and_the_replica_restarts(env):
+    async def t(sup):
+        group = await sup.deploy(spec("crash_on_call"))
+        replica = group.replicas[0]
+        rid, pid = replica.id, replica.pid
+        with pytest.raises(ModelCrashed) as info:
+            await call(group, {"crash": True})
+        assert info.value.status == 502 and rid in info.value.message
+        await until(lambda: replica.state == "ready")
+        assert (replica.id, replica.restarts, replica.failed) == (rid, 1, 1)
+        assert replica.pid != pid and gone(pid)
+        _, msg = await call(group, {})
+        assert msgspec.json.decode(msg.body) == {"pid": replica.pid}
+    env.run(t)
+    crashed = env.named("replica.crashed")
+    assert crashed[0]["reason"] == "exited with code 7" and crashed[0]["restart_in_s"] == 0.05
+
+
+def test_timeout_is_504_and_the_replica_is_replaced(env):
+    async def t(sup):
+        group = await sup.deploy(spec("hang", timeout_s=0.5))
+        replica = group.replicas[0]
+        pid = replica.pid
+        started = time.monotonic()
+        with pytest.raises(ModelTimeout) as info:
+            await call(group, {"hang": True})
+        assert 0.5 <= time.monotonic() - started < 2 and info.value.status == 504
+        await until(lambda: replica.state == "ready" and replica.pid != pid)
+        assert replica.restarts == 1 and gone(pid)
+        _, msg = await call(group, {})
+        assert isinstance(msg, Result)
+    env.run(t)
+    stderr = next((env.tmp / "logs" / "replicas").glob("hang-1-1-*.stderr")).read_text()
+    assert "a call ran past timeout_s=0.5s" in stderr
+    assert env.named("replica.crashed")[0]["restart_in_s"] == 0.0
+
+
+def test_memory_limit_kills_and_logs_why(env, caplog):
+    async def t(sup):
+        group = await sup.deploy(spec("hog", memory_mb=120))
+        replica = group.replicas[0]
+        _, msg = await call(group, {"mb": 1, "hold_s": 0})
+        assert isinstance(msg, Result)
+        with pytest.raises(ModelCrashed) as info:
+            await call(group, {"mb": 300})
+        assert "memory_mb=120" in info.value.message
+        await until(lambda: replica.state == "ready")
+        assert replica.restarts == 1
+    env.run(t)
+    stderr = next((env.tmp / "logs" / "replicas").glob("hog-1-1-*.stderr")).read_text()
+    assert re.search(r"killed: resident memory \d+ MiB is over memory_mb=120", stderr)
+    assert "over memory_mb=120" in caplog.text
+
+
+def test_busy_is_429_after_the_queue_timeout_and_the_queue_is_fifo(env):
+    async def t(sup):
+        group = await sup.deploy(spec("slow", queue_timeout_s=0.2, max_queue=1))
+        outcomes = await asyncio.gather(
+            call(group, {"seconds": 0.6}), call(group, {"seconds": 0.6}),
+            call(group, {"seconds": 0.6}), return_exceptions=True)
+        assert isinstance(outcomes[0][1], Result)
+        for busy in outcomes[1:]:  # one waited 0.2 s, the other found the queue full
+            assert isinstance(busy, ModelBusy) and busy.headers == {"Retry-After": "1"}
+        fifo = await sup.deploy(spec("slow", build=2, queue_timeout_s=10))
+        done: list[int] = []
+
+        async def one(i: int):
+            await call(fifo, {"seconds": 0.05})
+            done.append(i)
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.create_task(one(i)))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+        assert done == [0, 1, 2, 3, 4]
+    env.run(t)
+
+
+def test_no_ready_replica_is_503(env):
+    async def t(sup):
+        group = ReplicaGroup(spec("add"), runtime_dir=sup.runtime_dir, logs_dir=sup.logs_dir)
+        with pytest.raises(ModelUnavailable):  # starting: nothing ready yet
+            await call(group, {"a": 1})
+    env.run(t)
+
+
+def test_boot_failure_fails_the_group_with_the_error_and_no_restart(env):
+    async def t(sup):
+        with pytest.raises(GroupFailed) as info:
+            await sup.deploy(spec("fails_import", replicas=2))
+        assert str(info.value) == "ModuleNotFoundError: No module named 'modelport_no_such_package'"
+        with pytest.raises(GroupFailed) as info:
+            await sup.deploy(spec("dies_at_import"))
+        assert "exited with code 9 before it was ready" in str(info.value)
+        assert "loading the weights failed: corrupt file" in str(info.value)
+        assert sup.active == {} and sup.groups == set()
+        await asyncio.sleep(0.3)
+    env.run(t)
+    assert [d["reason"] for d in env.named("group.failed")][0].startswith("ModuleNotFoundError")
+    assert env.named("replica.ready") == [] and env.named("replica.crashed") == []
+    stderr = next((env.tmp / "logs" / "replicas").glob("fails-import-1-1-*.stderr")).read_text()
+    assert "Traceback" in stderr and stderr.count("starting at") == 1
+
+
+def test_flapping_gives_up_and_then_nothing_is_ready(tmp_path):
+    env = Env(tmp_path, flap_max_crashes=3, flap_window_s=60)
+
+    async def t(sup):
+        group = await sup.deploy(spec("crash_on_call"))
+        replica = group.replicas[0]
+        for restarts in (1, 2):
+            with pytest.raises(ModelCrashed):
+                await call(group, {"crash": True})
+            await until(lambda: replica.state == "ready" and replica.restarts == restarts)
+        with pytest.raises(ModelCrashed):
+            await call(group, {"crash": True})
+        await until(lambda: group.state == "failed")
+        assert group.reason.startswith("flapping: 3 crashes within 60s")
+        await asyncio.sleep(0.3)
+        assert replica.state == "crashed" and replica.restarts == 2
+        with pytest.raises(ModelUnavailable):
+            await call(group, {})
+    env.run(t)
+    assert env.named("group.failed")[0]["reason"].startswith("flapping")
+
+
+def test_a_call_that_never_reached_a_dead_replica_is_retried(env):
+    async def t(sup):
+        group = await sup.deploy(spec("echo_dict", replicas=2))
+        first, second = group.replicas
+        os.kill(second.pid, signal.SIGKILL)
+        time.sleep(0.2)  # block the loop: its EOF is not seen yet, it still looks ready
+        assert second.accepting
+        group.balancer._cursor = 1  # and it is the next choice
+        replica, msg = await call(group, {"n": 1})
+        assert replica is first and isinstance(msg, Result)
+        await until(lambda: second.state == "ready" and second.restarts == 1)
+
+        single = await sup.deploy(spec("echo_dict", build=2))
+        only = single.replicas[0]
+        pid = only.pid
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        replica, msg = await call(single, {"n": 2})  # waits for the restart instead of failing
+        assert replica is only and msgspec.json.decode(msg.body)["pid"] == only.pid != pid
+        assert only.restarts == 1
+        assert [r.failed for r in (*group.replicas, only)] == [0, 0, 0]
+    env.run(t)
+
+
+def test_sigkill_under_load_fails_only_what_was_in_flight(env):
+    async def t(sup):
+        group = await sup.deploy(spec("slow", replicas=2, queue_timeout_s=10))
+        stop = False
+        ok, errors = [], []
+
+        async def client():
+            while not stop:
+                try:
+                    _, msg = await call(group, {"seconds": 0.01})
+                    assert isinstance(msg, Result)
+                    ok.append(1)
+                except ModelCrashed as exc:
+                    errors.append(exc)
+        tasks = [asyncio.create_task(client()) for _ in range(6)]
+        await asyncio.sleep(0.4)
+        victim = group.replicas[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        await until(lambda: victim.restarts == 1 and victim.state == "ready")
+        await asyncio.sleep(0.3)
+        stop = True
+        await asyncio.gather(*tasks)
+        assert len(errors) <= 1  # max_concurrency 1: at most one call was inside it
+        assert len(ok) > 40
+        assert victim.served > 0 and group.replicas[1].served > 0
+    env.run(t)
+
+
+def test_drain_waits_for_in_flight_calls_then_stops_the_processes(env):
+    async def t(sup):
+        group = await sup.deploy(spec("slow", replicas=2))
+        pids = [r.pid for r in group.replicas]
+        calls = [asyncio.create_task(call(group, {"seconds": 0.5})) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        drained = asyncio.create_task(sup.stop("slow", drain_timeout=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Draining):
+            await call(group, {})
+        results = await asyncio.gather(*calls)  # the third was queued: it is served too
+        assert all(isinstance(m, Result) for _, m in results)
+        await drained
+        assert group.state == "stopped" and [r.state for r in group.replicas] == ["exited"] * 2
+        assert all(gone(p) for p in pids)
+        assert "slow" not in sup.active
+    env.run(t)
+    assert env.named("group.stopped") == [{"clean": True}]
+
+
+def test_scale_up_and_down_keeps_slots(env):
+    async def t(sup):
+        group = await sup.deploy(spec("add"))
+        first = group.replicas[0]
+        await group.scale(3)
+        assert [r.slot for r in group.replicas] == [1, 2, 3]
+        assert all(r.state == "ready" for r in group.replicas)
+        seen = {(await call(group, {"a": 1}))[0].id for _ in range(3)}
+        assert len(seen) == 3
+        removed = group.replicas[1:]
+        await group.scale(1)
+        assert group.replicas == [first] and all(r.state == "exited" for r in removed)
+        assert all(gone(r.pid) for r in removed)
+        await group.scale(2)
+        assert [r.slot for r in group.replicas] == [1, 2]
+    env.run(t)
+    assert env.named("group.scaled") == [{"from": 1, "to": 3}, {"from": 3, "to": 1},
+                                         {"from": 1, "to": 2}]
+
+
+PARENT = """
+import asyncio, sys
+from pathlib import Path
+from modelport.serving.config import GroupSpec
+from modelport.serving.supervisor import Supervisor
+
+async def main():
+    sup = Supervisor(runtime_dir=Path(sys.argv[1]), logs_dir=Path(sys.argv[2]))
+    group = await sup.deploy(GroupSpec(model="add", build=1, python=sys.executable,
+                                       project=sys.argv[3], entry="model.py:predict", replicas=2))
+    print(" ".join(str(r.pid) for r in group.replicas), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_replicas_die_with_a_killed_server(tmp_path):
+    import subprocess
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(ensure_runtime(tmp_path)), str(tmp_path / "logs"),
+         str(MODELS / "add")], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and not any(gone(p) for p in pids)
+        parent.kill()  # SIGKILL: no cleanup runs in the parent
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while not all(gone(p) for p in pids):
+            assert time.monotonic() < deadline, f"replicas {pids} outlived their server"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def test_a_replica_that_stops_answering_pings_is_recycled(tmp_path):
+    env = Env(tmp_path, ping_interval_s=0.1, ping_timeout_s=0.6)
+
+    async def t(sup):
+        group = await sup.deploy(spec("add"))
+        replica = group.replicas[0]
+        pid = replica.pid
+        await asyncio.sleep(0.5)  # idle but answering: left alone
+        assert replica.pid == pid and replica.state == "ready"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await until(lambda: replica.pid != pid and replica.state == "ready", timeout=5)
+        finally:
+            if not gone(pid):
+                os.kill(pid, signal.SIGCONT)
+        assert replica.restarts == 1
+        _, msg = await call(group, {"a": 1})
+        assert msg.body == b"1.0"
+    env.run(t)
+    assert env.named("replica.crashed")[0]["reason"] == "killed: no answer to pings for 0.6s"
+
+
+def test_replica_logs_are_bounded(tmp_path):
+    from modelport.serving.procs import open_log, trim_log
+
+    path = tmp_path / "r.stdout"
+    path.write_bytes(b"".join(b"line %07d\n" % i for i in range(100_000)))  # 1.3 MB
+    assert not trim_log(path, 2_000_000, 10_000)
+    assert trim_log(path, 1_000_000, 10_000)
+    data = path.read_bytes()
+    assert len(data) < 10_100 and data.endswith(b"line 0099999\n")
+    assert data.startswith(b"--- modelport: log truncated, ") and b"\nline 0099" in data
+    fd = open_log(path, "--- header ---\n", 1_000_000, 10_000)
+    os.write(fd, b"more\n")
+    os.close(fd)
+    assert path.read_bytes().endswith(b"line 0099999\n--- header ---\nmore\n")
