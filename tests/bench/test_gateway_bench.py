@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import uvicorn
 import uvloop
-
 from modelport.auth import Auth, hash_secret
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
@@ -153,8 +152,9 @@ def test_gateway_alone(benchmark):
         id_bytes = b"add-1-1-abcd"
 
     class Group:
-        headers = [(b"x-model-build", b"1"), (b"x-model-digest", b"sha256:" + b"ab" * 32)]
-        max_body = 5 * 1024 * 1024
+        def __init__(self) -> None:
+            self.headers = [(b"x-model-build", b"1"), (b"x-model-digest", b"sha256:" + b"ab" * 32)]
+            self.max_body = 5 * 1024 * 1024
 
         async def call(self, body, content_type, accept, request_id):
             return Answer, Result(1, b"3.5", {})

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 import uvicorn
 import uvloop
-
 from modelport.auth import Auth, Identity, hash_secret
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
@@ -83,7 +82,7 @@ class Harness:
         await serving
         await self.sup.shutdown(5)
 
-    def start(self) -> "Harness":
+    def start(self) -> Harness:
         self.thread.start()
         assert self.ready.wait(30)
         return self
@@ -275,3 +274,28 @@ def test_switching_builds_under_load_fails_nothing(hx):
     assert builds[0] == "1" and builds[-1] == "2" and builds.count("1") > 5 and builds.count("2") > 5
     switched = builds.index("2")
     assert builds[switched + 12:].count("1") == 0  # after the switch, only stragglers of build 1
+
+
+def test_stopping_is_503_then_not_deployed(hx, client):
+    hx.run(hx.sup.deploy(spec("st", "slow")))
+    hx.routes.set_model("st", auth=False)
+    slow = threading.Thread(target=lambda: httpx.post(
+        f"{hx.url}/models/st/predict", json={"seconds": 0.5}, timeout=30))
+    slow.start()
+    time.sleep(0.15)
+    stopping = asyncio.run_coroutine_threadsafe(hx.sup.stop("st"), hx.loop)
+    time.sleep(0.1)
+    assert err(client.post("/models/st/predict", json={}))[:2] == (503, "model.unavailable")
+    stopping.result(30)
+    slow.join(30)
+    assert err(client.post("/models/st/predict", json={})) == (404, "model.not_deployed", None)
+
+
+def test_metrics_reach_the_on_result_hook(hx, client):
+    hx.run(hx.sup.deploy(spec("metrics", "metrics", build=4)))
+    hx.routes.set_model("metrics", auth=False)
+    r = client.post("/models/metrics/predict", json={"x": 2}, headers={"X-Request-Id": "m-1"})
+    assert r.json() == 4.0 and r.headers["x-model-build"] == "4"
+    model, build, status, seconds, request_id, metrics = hx.results[-1]
+    assert (model, build, status, request_id) == ("metrics", 4, 200, "m-1")
+    assert metrics == {"input": 2.0, "doubled": 4.0} and 0 < seconds < 5

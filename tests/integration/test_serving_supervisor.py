@@ -13,9 +13,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from modelport.errors import ModelBusy, ModelCrashed, ModelTimeout, ModelUnavailable
-from modelport.runtime.protocol import Failure, Result
+from modelport.runtime.protocol import Result
 from modelport.runtime_home import ensure_runtime
 from modelport.serving.balancer import Draining
 from modelport.serving.config import GroupSpec, Tuning
@@ -98,7 +97,7 @@ def test_sequential_requests_rotate_over_ready_replicas(env):
     env.run(t)
     assert [e for e, _ in env.events][:4] == [
         "group.starting", "replica.ready", "replica.ready", "group.ready"]
-    stdout = sorted((env.tmp / "logs" / "replicas").glob("add-1-1-*.stdout"))[0].read_text()
+    stdout = next((env.tmp / "logs" / "replicas").glob("add-1-1-*.stdout")).read_text()
     assert "add: loaded in pid" in stdout
 
 
@@ -118,6 +117,42 @@ def test_model_errors_come_back_as_failures(env):
     env.run(t)
     stderr = next((env.tmp / "logs" / "replicas").glob("raises-1-1-*.stderr")).read_text()
     assert "Traceback" in stderr and "ValueError: cannot handle 3" in stderr
+
+
+def test_numpy_values_go_out_as_json(env):
+    pytest.importorskip("numpy")
+
+    async def t(sup):
+        group = await sup.deploy(spec("numpy_out"))
+        _, msg = await call(group, {"n": 3})
+        assert msgspec.json.decode(msg.body) == {"values": [0.0, 1.5, 3.0], "mean": 1.5, "count": 3}
+    env.run(t)
+
+
+def test_routing_while_starting_and_stopping(env):
+    async def t(sup):
+        deploying = asyncio.create_task(sup.deploy(spec("slow")))
+        await until(lambda: sup.group("slow") is not None)
+        group = sup.group("slow")
+        assert group.state == "starting"
+        with pytest.raises(ModelUnavailable):  # routed while starting: 503, not 404
+            await call(group, {})
+        await deploying
+        assert sup.group("slow") is group and group.state == "running"
+        in_flight = asyncio.create_task(call(group, {"seconds": 0.3}))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(sup.stop("slow"))
+        await asyncio.sleep(0.05)
+        assert sup.group("slow") is group  # still routed while it drains (the gateway says 503)
+        with pytest.raises(Draining):
+            await call(group, {})
+        assert isinstance((await in_flight)[1], Result)
+        await stopping
+        assert sup.group("slow") is None and sup.groups == set()
+        with pytest.raises(GroupFailed):
+            await sup.deploy(spec("fails_import"))
+        assert sup.group("fails-import") is None
+    env.run(t)
 
 
 def test_crash_mid_request_is_502_and_the_replica_restarts(env):
@@ -218,7 +253,7 @@ def test_boot_failure_fails_the_group_with_the_error_and_no_restart(env):
         assert sup.active == {} and sup.groups == set()
         await asyncio.sleep(0.3)
     env.run(t)
-    assert [d["reason"] for d in env.named("group.failed")][0].startswith("ModuleNotFoundError")
+    assert env.named("group.failed")[0]["reason"].startswith("ModuleNotFoundError")
     assert env.named("replica.ready") == [] and env.named("replica.crashed") == []
     stderr = next((env.tmp / "logs" / "replicas").glob("fails-import-1-1-*.stderr")).read_text()
     assert "Traceback" in stderr and stderr.count("starting at") == 1
@@ -233,7 +268,7 @@ def test_flapping_gives_up_and_then_nothing_is_ready(tmp_path):
         for restarts in (1, 2):
             with pytest.raises(ModelCrashed):
                 await call(group, {"crash": True})
-            await until(lambda: replica.state == "ready" and replica.restarts == restarts)
+            await until(lambda n=restarts: replica.state == "ready" and replica.restarts == n)
         with pytest.raises(ModelCrashed):
             await call(group, {"crash": True})
         await until(lambda: group.state == "failed")
@@ -251,7 +286,7 @@ def test_a_call_that_never_reached_a_dead_replica_is_retried(env):
         group = await sup.deploy(spec("echo_dict", replicas=2))
         first, second = group.replicas
         os.kill(second.pid, signal.SIGKILL)
-        time.sleep(0.2)  # block the loop: its EOF is not seen yet, it still looks ready
+        time.sleep(0.2)  # noqa: ASYNC251 - block the loop: its EOF is not seen, it looks ready
         assert second.accepting
         group.balancer._cursor = 1  # and it is the next choice
         replica, msg = await call(group, {"n": 1})
@@ -262,7 +297,7 @@ def test_a_call_that_never_reached_a_dead_replica_is_retried(env):
         only = single.replicas[0]
         pid = only.pid
         os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
+        time.sleep(0.2)  # noqa: ASYNC251 - as above
         replica, msg = await call(single, {"n": 2})  # waits for the restart instead of failing
         assert replica is only and msgspec.json.decode(msg.body)["pid"] == only.pid != pid
         assert only.restarts == 1

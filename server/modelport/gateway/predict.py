@@ -13,8 +13,17 @@ from urllib.parse import parse_qs
 import msgspec
 
 from modelport.errors import (
-    AuthDenied, AuthInvalid, AuthMissing, ModelNotDeployed, ModelNotFound, ModelportError,
-    ModelUnavailable, RequestInvalid, RequestMalformed, RequestTooLarge, error_json,
+    AuthDenied,
+    AuthInvalid,
+    AuthMissing,
+    ModelNotDeployed,
+    ModelNotFound,
+    ModelportError,
+    ModelUnavailable,
+    RequestInvalid,
+    RequestMalformed,
+    RequestTooLarge,
+    error_json,
 )
 from modelport.runtime.invoke import field_of
 from modelport.runtime.protocol import Result
@@ -41,7 +50,7 @@ class _ClouderaRequest(msgspec.Struct):
     """POST /model: the inner ``request`` is forwarded as the bytes it came in, never re-encoded."""
 
     request: msgspec.Raw
-    accessKey: str | None = None  # noqa: N815 - Cloudera's name
+    accessKey: str | None = None
 
 
 class _ClientGone(Exception):

@@ -21,9 +21,14 @@ class Routes:
 
     __slots__ = ("_auth", "_groups")
 
-    def __init__(self, supervisor: "Supervisor | None" = None) -> None:
+    def __init__(self, supervisor: Supervisor | None = None) -> None:
         self._auth: dict[str, bool] = {}
-        self._groups: dict[str, "ReplicaGroup"] = supervisor.active if supervisor else {}
+        self._groups: dict[str, ReplicaGroup] = supervisor.active if supervisor else {}
+
+    def attach(self, supervisor: Supervisor) -> None:
+        """Read the groups from this supervisor (when it is made after the Routes)."""
+        supervisor.active.update(self._groups)
+        self._groups = supervisor.active
 
     def set_model(self, name: str, *, auth: bool = True) -> None:
         self._auth[name] = auth
@@ -31,7 +36,7 @@ class Routes:
     def drop_model(self, name: str) -> None:
         self._auth.pop(name, None)
 
-    def set_group(self, name: str, group: "ReplicaGroup | None") -> None:
+    def set_group(self, name: str, group: ReplicaGroup | None) -> None:
         if group is None:
             self._groups.pop(name, None)
         else:
@@ -41,7 +46,7 @@ class Routes:
         """The model's ``auth`` flag; None when there is no such model."""
         return self._auth.get(name)
 
-    def group(self, name: str) -> "ReplicaGroup | None":
+    def group(self, name: str) -> ReplicaGroup | None:
         return self._groups.get(name)
 
     def max_body(self, default: int) -> int:

@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 __all__ = [
-    "describe_exit", "kill_group", "log_paths", "open_log", "rss_kb", "tail_text", "trim_log",
+    "append_line", "describe_exit", "kill_group", "log_paths", "open_log", "rss_kb", "tail_text", "trim_log",
 ]
 
 try:
@@ -106,3 +106,15 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def append_line(path: Path, line: str) -> None:
+    """One short line (a kill reason) to a log; small enough to write from the event loop."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

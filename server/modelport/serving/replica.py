@@ -15,7 +15,15 @@ from pathlib import Path
 from modelport.clock import now_iso
 from modelport.errors import ModelCrashed, ModelTimeout
 from modelport.runtime.protocol import (
-    Boot, Call, Failure, MessageProtocol, Ping, Pong, Ready, Result, encode_frame,
+    Boot,
+    Call,
+    Failure,
+    MessageProtocol,
+    Ping,
+    Pong,
+    Ready,
+    Result,
+    encode_frame,
 )
 
 from . import procs
@@ -39,7 +47,7 @@ def replica_id(model: str, build: int, slot: int) -> str:
 
 
 class _Pipe(MessageProtocol):
-    def __init__(self, replica: "Replica") -> None:
+    def __init__(self, replica: Replica) -> None:
         super().__init__()
         self.replica = replica
 
@@ -57,7 +65,7 @@ class Replica:
 
     def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
-                 on_exit: Callable[["Replica", str, bool], None]) -> None:
+                 on_exit: Callable[[Replica, str, bool], None]) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.id_bytes = rid.encode()
         self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
@@ -127,9 +135,8 @@ class Replica:
                 fut.set_result(msg)
         elif kind is Pong:
             self.rss_kb = msg.rss_kb
-        elif kind is Ready or kind is Boot:
-            if self._first is not None and not self._first.done():
-                self._first.set_result(msg)
+        elif (kind is Ready or kind is Boot) and self._first is not None and not self._first.done():
+            self._first.set_result(msg)
 
     def _expire(self, cid: int, timeout: float) -> None:
         fut = self._pending.pop(cid, None)
@@ -283,7 +290,7 @@ class Replica:
         if self._kill_reason is None:
             self._kill_reason, self._recycle = reason, recycle
             log.warning("replica %s (pid %s): %s", self.id, proc.pid, reason)
-            _append_line(self.stderr_path, f"--- modelport: {reason} ---\n")
+            procs.append_line(self.stderr_path, f"--- modelport: {reason} ---\n")
         procs.kill_group(proc.pid, signal.SIGKILL)
 
     async def stop(self, grace: float) -> None:
@@ -314,14 +321,3 @@ class Replica:
         return ReplicaInfo(self.id, self.build, self.state, self.pid, self.in_flight, self.served,
                            self.failed, self.restarts, self.started_at)
 
-
-def _append_line(path: Path, line: str) -> None:
-    """One short line (a kill reason) to a log; small enough to write from the event loop."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

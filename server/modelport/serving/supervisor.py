@@ -1,235 +1,14 @@
-"""Replica groups (one per deployment) and the supervisor that routes each model to one of them."""
+"""The supervisor: every replica group, and which group serves each model (switched atomically)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from modelport.builder.inspect import replica_env
-from modelport.errors import ModelUnavailable
-
-from .balancer import Balancer
-from .config import GroupInfo, GroupSpec, ReplicaInfo, Tuning
-from .replica import BootFailed, Replica, replica_id
-from .restart_policy import RestartPolicy
+from .config import GroupSpec, ReplicaInfo, Tuning
+from .group import GroupFailed, OnChange, ReplicaGroup
 
 __all__ = ["GroupFailed", "OnChange", "ReplicaGroup", "Supervisor"]
-
-log = logging.getLogger("modelport.serving")
-
-OnChange = Callable[["ReplicaGroup", str, dict], Any]  # may return an awaitable
-
-
-class GroupFailed(Exception):
-    """A group could not start (or scale up); ``str()`` is the reason: the boot error text."""
-
-
-class ReplicaGroup:
-    """The replicas of one deployment, their restarts, and the balancer in front of them.
-
-    States: starting → running → draining → stopped; failed (could not start, or gave up
-    restarting: replicas still alive keep serving). Events for ``on_change``: group.starting,
-    group.ready, group.failed, group.scaled, group.draining, group.stopped, replica.ready,
-    replica.crashed; each with a JSON-able detail dict."""
-
-    def __init__(self, spec: GroupSpec, *, runtime_dir: Path, logs_dir: Path,
-                 tuning: Tuning | None = None, on_change: OnChange | None = None,
-                 policy: RestartPolicy | None = None) -> None:
-        self.spec = spec
-        self.tuning = t = tuning or Tuning()
-        self.logs_dir = logs_dir
-        self.on_change = on_change
-        self.policy = policy or RestartPolicy(
-            base_s=t.backoff_base_s, cap_s=t.backoff_cap_s, max_crashes=t.flap_max_crashes,
-            window_s=t.flap_window_s, healthy_after_s=t.healthy_after_s)
-        self.state = "starting"
-        self.reason: str | None = None
-        self.replicas: list[Replica] = []
-        self.balancer = Balancer(
-            self.replicas, max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
-            queue_timeout_s=spec.queue_timeout_s, max_queue=spec.max_queue)
-        self.call = self.balancer.call  # the hot path: gateway → balancer → replica
-        # Precomputed for the gateway: response headers and the body limit.
-        self.headers = [(b"x-model-build", str(spec.build).encode()),
-                        (b"x-model-digest", spec.digest.encode())]
-        self.max_body = spec.max_body_bytes
-        self._argv = [spec.python, "-u", "-m", "modelport.runtime.worker", "--project",
-                      spec.project, "--entry", spec.entry, "--max-concurrency",
-                      str(max(1, spec.max_concurrency))]
-        self._env = replica_env(runtime_dir, dict(spec.env))
-        self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Start every replica and wait until all are ready; GroupFailed with the reason."""
-        self._emit("group.starting", {"replicas": self.spec.replicas})
-        fresh = self._add(self.spec.replicas)
-        try:
-            await self._spawn_all(fresh)
-        except GroupFailed as exc:
-            self._fail(str(exc))
-            raise
-        self.state = "running"
-        self.balancer.recoverable = True
-        self._emit("group.ready", {"replicas": len(self.replicas)})
-
-    async def scale(self, n: int) -> None:
-        """Add or remove replicas (removed ones finish their calls first). GroupFailed when new
-        ones cannot start; the group keeps running with the others."""
-        if self.state != "running":
-            raise GroupFailed(f"cannot scale a group that is {self.state}")
-        before = len(self.replicas)
-        if n > before:
-            await self._spawn_all(self._add(n - before))
-        elif n < before:
-            gone = self.replicas[n:]
-            del self.replicas[n:]
-            for r in gone:
-                self.policy.forget(r.slot)
-            await asyncio.gather(*(r.stop(self.tuning.stop_grace_s) for r in gone))
-        self._emit("group.scaled", {"from": before, "to": len(self.replicas)})
-
-    async def drain(self, timeout: float | None = None) -> bool:
-        """Take no new requests, let the accepted ones (queued included) finish within
-        ``timeout``, then stop every replica: SIGTERM → grace → SIGKILL → reaped. True when
-        every accepted request finished."""
-        if self.state in ("draining", "stopped"):
-            return True
-        self.state = "draining"
-        self._stop.set()
-        self._emit("group.draining", {})
-        if timeout is None:
-            timeout = max(self.spec.timeout_s, 30.0)
-        clean = await self.balancer.close(timeout)
-        for r in self.replicas:
-            if r.state == "starting":
-                r.kill("the group is stopping")
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(r.stop(self.tuning.stop_grace_s) for r in self.replicas))
-        self.balancer.fail_waiters(ModelUnavailable("The deployment is stopping."))
-        self.state = "stopped"
-        self._emit("group.stopped", {"clean": clean})
-        return clean
-
-    # -- replicas ---------------------------------------------------------------------------------
-
-    def _add(self, count: int) -> list[Replica]:
-        used = {r.slot for r in self.replicas}
-        fresh = []
-        slot = 0
-        for _ in range(count):
-            slot += 1
-            while slot in used:
-                slot += 1
-            fresh.append(Replica(
-                rid=replica_id(self.spec.model, self.spec.build, slot), slot=slot,
-                build=self.spec.build, argv=self._argv, cwd=self.spec.project, env=self._env,
-                logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
-                on_exit=self._exited))
-        self.replicas.extend(fresh)
-        return fresh
-
-    async def _spawn_all(self, fresh: list[Replica]) -> None:
-        try:
-            results = await asyncio.gather(*(r.spawn() for r in fresh), return_exceptions=True)
-        except BaseException:  # cancelled: leave no process behind
-            await asyncio.gather(*(r.stop(0) for r in fresh), return_exceptions=True)
-            raise
-        failed = [e for e in results if isinstance(e, BaseException)]
-        if failed:
-            await asyncio.gather(*(r.stop(self.tuning.stop_grace_s) for r in fresh))
-            self.replicas[:] = [r for r in self.replicas if r not in fresh]
-            boot = [e for e in failed if isinstance(e, BootFailed)]
-            raise GroupFailed(str((boot or failed)[0]) or repr(failed[0]))
-        for r in fresh:
-            self._emit("replica.ready", {"replica": r.id, "pid": r.pid, "restarts": r.restarts})
-            self.balancer.replica_ready()
-
-    def _exited(self, replica: Replica, reason: str, recycle: bool) -> None:
-        if self.state not in ("running", "failed") or replica not in self.replicas:
-            return
-        if self.state == "failed":
-            decision = None
-        elif recycle:
-            decision = self.policy.recycled(replica.slot)
-        else:
-            decision = self.policy.crashed(replica.slot, replica.uptime_s, reason)
-        restart = decision is not None and decision.restart
-        self._emit("replica.crashed", {
-            "replica": replica.id, "pid": replica.pid, "reason": reason,
-            "restart_in_s": decision.delay if restart else None})
-        if decision is not None and not restart:
-            self._fail(decision.reason)
-        elif decision is None and not any(r.accepting for r in self.replicas):
-            self.balancer.fail_waiters(ModelUnavailable(f"The deployment failed: {self.reason}"))
-        if restart:
-            task = asyncio.create_task(self._restart(replica, decision.delay))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _restart(self, replica: Replica, delay: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay)
-            return  # the group is stopping
-        except TimeoutError:
-            pass
-        if self.state != "running" or replica not in self.replicas:
-            return
-        replica.restarts += 1
-        try:
-            await replica.spawn()
-        except BootFailed as exc:
-            if self.state == "running":
-                self._fail(self.policy.boot_failed(replica.slot, str(exc)).reason)
-            return
-        if self.state != "running":
-            await replica.stop(self.tuning.stop_grace_s)
-            return
-        self._emit("replica.ready", {"replica": replica.id, "pid": replica.pid,
-                                     "restarts": replica.restarts})
-        self.balancer.replica_ready()
-
-    def _fail(self, reason: str) -> None:
-        log.error("model %s build %s: %s", self.spec.model, self.spec.build, reason)
-        self.state, self.reason = "failed", reason
-        self.balancer.recoverable = False
-        if not any(r.accepting for r in self.replicas):
-            self.balancer.fail_waiters(ModelUnavailable(f"The deployment failed: {reason}"))
-        self._emit("group.failed", {"reason": reason})
-
-    # -- reporting --------------------------------------------------------------------------------
-
-    def _emit(self, event: str, detail: dict) -> None:
-        if self.on_change is None:
-            return
-        try:
-            out = self.on_change(self, event, detail)
-            if inspect.isawaitable(out):
-                task = asyncio.ensure_future(out)
-                self._tasks.add(task)
-                task.add_done_callback(_log_hook_error)
-                task.add_done_callback(self._tasks.discard)
-        except Exception:
-            log.exception("on_change hook failed for %s", event)
-
-    def replica(self, rid: str) -> Replica | None:
-        return next((r for r in self.replicas if r.id == rid), None)
-
-    def info(self) -> GroupInfo:
-        return GroupInfo(self.spec.model, self.spec.build, self.spec.deployment_id, self.state,
-                         self.reason, [r.info() for r in self.replicas])
-
-
-def _log_hook_error(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("on_change hook failed", exc_info=task.exception())
 
 
 class Supervisor:
@@ -252,52 +31,61 @@ class Supervisor:
         group = self.active.get(model)
         return [r.info() for r in group.replicas] if group else []
 
-    async def start_group(self, spec: GroupSpec) -> ReplicaGroup:
-        """A started group (not routed yet); GroupFailed with the boot error otherwise."""
+    async def start_group(self, spec: GroupSpec, *, route_while_starting: bool = False
+                          ) -> ReplicaGroup:
+        """A started group (not routed yet); GroupFailed with the boot error otherwise. With
+        ``route_while_starting`` and nothing serving the model, the model is routed to the group
+        while it starts, so that predictions get 503 model.unavailable rather than 404."""
         group = ReplicaGroup(spec, runtime_dir=self.runtime_dir, logs_dir=self.logs_dir,
                              tuning=self.tuning, on_change=self.on_change)
         self.groups.add(group)
+        placeholder = route_while_starting and spec.model not in self.active
+        if placeholder:
+            self.active[spec.model] = group
         try:
             await group.start()
         except BaseException:
             self.groups.discard(group)
+            if placeholder and self.active.get(spec.model) is group:
+                del self.active[spec.model]
             raise
         return group
 
     def activate(self, group: ReplicaGroup) -> ReplicaGroup | None:
         """Route the model to ``group`` (one dict store: atomic for the gateway); the previous
-        group is returned, still running: the caller drains it."""
+        group is returned, still running: the caller drains it (``retire``)."""
         old = self.active.get(group.spec.model)
         self.active[group.spec.model] = group
         return old if old is not group else None
 
     async def deploy(self, spec: GroupSpec, *, drain_timeout: float | None = None) -> ReplicaGroup:
-        """Zero downtime: start the new group, switch to it once ready, then drain the old one.
-        On GroupFailed the old group keeps serving."""
-        group = await self.start_group(spec)
+        """Zero downtime: start the new group, switch to it once ready, then drain the old one
+        (this returns after the drain). On GroupFailed the old group keeps serving."""
+        group = await self.start_group(spec, route_while_starting=True)
         old = self.activate(group)
         if old is not None:
             await self.retire(old, drain_timeout)
         return group
 
     async def stop(self, model: str, *, drain_timeout: float | None = None) -> bool:
-        """Unroute the model and drain its group; False when nothing was serving it."""
-        group = self.active.pop(model, None)
+        """Drain the model's group (predictions get 503 meanwhile), then unroute it (404
+        model.not_deployed). False when nothing was serving it."""
+        group = self.active.get(model)
         if group is None:
             return False
         await self.retire(group, drain_timeout)
         return True
 
     async def retire(self, group: ReplicaGroup, drain_timeout: float | None = None) -> None:
-        if self.active.get(group.spec.model) is group:
-            del self.active[group.spec.model]
+        """Drain a group and forget it; unroute it if it is still the model's route."""
         try:
             await group.drain(drain_timeout)
         finally:
             self.groups.discard(group)
+            if self.active.get(group.spec.model) is group:
+                del self.active[group.spec.model]
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Server shutdown: drain every group at once."""
-        self.active.clear()
         await asyncio.gather(*(self.retire(g, drain_timeout) for g in list(self.groups)),
                              return_exceptions=True)

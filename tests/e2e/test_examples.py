@@ -1,0 +1,48 @@
+"""The examples deploy and answer: Cloudera style, typed with track_metric, conflicting pins side by side."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from modelport.client import Client
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.url, server.token) as c:
+        yield c
+
+
+def _deploy(client: Client, folder: str, name: str, **kwargs) -> dict:
+    built = client.build(ROOT / "examples" / folder, name, "predict.py:predict", **kwargs)
+    assert built["status"] == "built", built["error"]
+    done = client.wait_deployment(name, client.deploy(name, built["number"])["id"])
+    assert done["status"] == "deployed", done["reason"]
+    return built
+
+
+@pytest.mark.slow
+def test_conflicting_pins_serve_side_by_side(client):
+    _deploy(client, "pins-old", "pins-old")
+    _deploy(client, "pins-new", "pins-new")
+    assert client.predict("pins-old", {"version": "1.0rc1"}) == {"packaging": "23.2",
+                                                                "is_prerelease": True}
+    assert client.predict("pins-new", {"version": "1.0"}) == {"packaging": "26.3",
+                                                             "is_prerelease": False}
+
+
+def test_cloudera_example_through_post_model(client, server):
+    built = _deploy(client, "cloudera", "words", example_input={"text": "a b c"})
+    assert built["example_output"] == {"words": 3, "chars": 5, "upper": "A B C"}
+    key = client.rotate_key("words")["access_key"]
+    r = httpx.post(f"{server.url}/model", json={"accessKey": key, "request": {"text": "hi there"}})
+    assert r.json()["success"] is True and r.json()["response"]["words"] == 2
+
+
+def test_adder_example_schema(client):
+    built = _deploy(client, "adder", "adder", example_input={"a": 2, "b": 3})
+    assert built["example_output"] == 5.0
+    assert built["input_schema"]["required"] == ["a"]
+    assert client.predict("adder", {"a": -1.5}) == -1.5
