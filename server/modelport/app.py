@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from modelport import __version__
+from modelport.api.admin import store_gc, store_status, store_verify
 from modelport.api.audit import audit_log
 from modelport.api.builds import BuildsController, import_build
 from modelport.api.deployments import DeploymentsController
@@ -127,7 +128,7 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
 
     app = Litestar(
         route_handlers=[health, audit_log, ModelsController, TokensController, BuildsController,
-                        import_build, DeploymentsController],
+                        import_build, DeploymentsController, store_status, store_verify, store_gc],
         guards=[permission_guard],
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],

@@ -123,6 +123,18 @@ class BuildNotReady(Conflict):
     code = "build.not_ready"
 
 
+class StoreCorrupt(ModelportError):
+    """An object in the artifact store failed its check; run `modelport verify`."""
+
+    status, code = 500, "store.corrupt"
+
+
+class StoreMissing(ModelportError):
+    """An object a build refers to is missing from the artifact store; run `modelport verify`."""
+
+    status, code = 500, "store.missing"
+
+
 class ModelBusy(ModelportError):
     status, code = 429, "model.busy"
 
@@ -178,6 +190,15 @@ def to_modelport_error(exc: Exception) -> ModelportError:
         return err
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
+    from modelport.store.objects import CorruptObject, ObjectMissing
+
+    if isinstance(exc, CorruptObject):
+        log.error("store: %s", exc)
+        return StoreCorrupt(f"Object {exc.digest} is corrupt ({exc.reason}); it was not served. "
+                            "Run `modelport verify`.")
+    if isinstance(exc, ObjectMissing):
+        log.error("store: %s", exc)
+        return StoreMissing(f"Object {exc.digest} is missing from the store. Run `modelport verify`.")
     if isinstance(exc, HTTPException):
         detail = str(exc.detail)
         if exc.status_code == 404:

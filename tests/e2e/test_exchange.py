@@ -162,3 +162,38 @@ def test_cli_build_builds_export_import(offline_server, make_server, tmp_path):
     assert imported.returncode == 0 and "cli-copy #1" in imported.stdout
     failed = run("build", str(folder), "--name", "cli", "--entry", "predict.py:missing")
     assert failed.returncode == 1 and "missing" in failed.stderr
+
+
+def test_corruption_is_never_served_and_verify_and_gc_work(offline_server, tmp_path):
+    srv = offline_server().start()
+    built = _built(srv, tmp_path)
+    with srv.client() as c:
+        files = {f["path"]: f for f in c.get("/api/v1/models/src/builds/1/files").json()["items"]}
+        digest = files["params/w.bin"]["digest"].removeprefix("sha256:")
+        obj = srv.data_dir / "store" / "objects" / digest[:2] / digest[2:]
+        obj.chmod(0o644)
+        data = bytearray(obj.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped bit in the stored object
+        obj.write_bytes(bytes(data))
+        served = c.get("/api/v1/models/src/builds/1/files/params/w.bin")
+        assert served.status_code == 500
+        assert served.json()["error"]["code"] == "store.corrupt"
+        assert digest in served.json()["error"]["message"]
+        checked = c.post("/api/v1/store/verify").json()
+        assert [p["digest"] for p in checked["corrupt"]] == ["sha256:" + digest]
+        # an unreferenced object is collected by gc, referenced ones are kept
+        c.post("/api/v1/models", json={"name": "tmp"})
+        assert c.delete("/api/v1/models/src").status_code == 204
+        before = c.get("/api/v1/store").json()["objects"]
+    srv.stop()
+    cli = subprocess.run([*MODELPORT, "verify", "--data-dir", str(srv.data_dir)],
+                         capture_output=True, text=True, env=srv.env, timeout=60)
+    assert cli.returncode == 1 and digest in cli.stderr
+    gc = subprocess.run([*MODELPORT, "gc", "--data-dir", str(srv.data_dir), "--grace-s", "0",
+                         "--json"], capture_output=True, text=True, env=srv.env, timeout=60)
+    assert gc.returncode == 0, gc.stderr
+    assert __import__("json").loads(gc.stdout)["removed"] == before
+    again = subprocess.run([*MODELPORT, "verify", "--data-dir", str(srv.data_dir)],
+                           capture_output=True, text=True, env=srv.env, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert built["status"] == "built"

@@ -111,7 +111,8 @@ class Builder:
         await build_rows.set_building(self.db, build_id)
         blog(f"Building {row['model']} #{row['number']}: {row['entrypoint']} on Python {row['python']}")
         try:
-            fields, objects = await self._steps(row, blog)
+            with self.store.lease() as lease:  # gc keeps every object this build touches
+                fields, objects = await self._steps(row, blog, lease)
         except (BuildFailed, deps.DependencyError, InspectFailed) as exc:
             fields, objects = {"status": "failed", "error": str(exc)}, []
             blog(f"FAILED: {exc}")
@@ -124,7 +125,7 @@ class Builder:
         blog("Built " + fields["digest"] if fields["status"] == "built" else "Build failed")
         blog.close()
 
-    async def _steps(self, row: dict, blog: BuildLog) -> tuple[dict[str, Any], list[str]]:
+    async def _steps(self, row: dict, blog: BuildLog, lease) -> tuple[dict[str, Any], list[str]]:
         snapshot = msgspec.json.decode(await asyncio.to_thread(self.store.read_bytes, row["snapshot"]),
                                        type=mf.Snapshot)
         requirements = await self._requirements_text(row, snapshot)
@@ -132,7 +133,7 @@ class Builder:
         staging = await asyncio.to_thread(stage_project, self.store, self.settings, snapshot)
         try:
             lock, digest, content, wheels, new_bytes, python = await self._dependencies(
-                row, snapshot, requirements, example_input, staging, blog)
+                row, snapshot, requirements, example_input, staging, blog, lease)
             project = await asyncio.to_thread(place_project, staging,
                                               project_dir(self.settings, digest))
         finally:
@@ -165,7 +166,8 @@ class Builder:
         }
         return fields, [put.digest, *(w.digest for w in wheels)]
 
-    async def _dependencies(self, row, snapshot, requirements, example_input, project, blog):
+    async def _dependencies(self, row, snapshot, requirements, example_input, project, blog,
+                            lease):
         """Lock → digest → wheels in the store → the environment."""
         with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".build-") as work:
             blog("→ resolving dependencies with uv")
@@ -176,7 +178,7 @@ class Builder:
                  + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
             content = mf.Content(snapshot.files, lock.text, row["entrypoint"], row["python"],
                                  example_input)
-            wheels, new_bytes = await self._wheels(lock, Path(work), blog)
+            wheels, new_bytes = await self._wheels(lock, Path(work), blog, lease)
             blog("→ installing the environment (offline, from the stored wheels)")
             python = await self.environment(lock, wheels, blog)
         return lock, mf.content_digest(content), content, wheels, new_bytes, python
@@ -195,9 +197,12 @@ class Builder:
                 return data.decode("utf-8", "replace")
         raise BuildFailed(f"The requirements file '{row['requirements']}' is not in the upload.")
 
-    async def _wheels(self, lock: deps.Lock, work: Path, blog) -> tuple[list[mf.Wheel], int]:
+    async def _wheels(self, lock: deps.Lock, work: Path, blog,
+                      lease) -> tuple[list[mf.Wheel], int]:
         """Every locked wheel in the store; fetched only when the store lacks one."""
         wanted = [mf.Wheel(p.name, p.version, p.wheel, "sha256:" + p.sha256, 0) for p in lock.packages]
+        for w in wanted:
+            lease.add(w.digest)
         if all(self.store.has(w.digest) for w in wanted):
             blog("→ wheels: all already in the store")
             return [mf.Wheel(w.name, w.version, w.filename, w.digest, self.store.size(w.digest))

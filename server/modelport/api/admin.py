@@ -1,0 +1,58 @@
+"""Store maintenance while the server runs (admin): stats, verify, garbage collection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from litestar import Request, get, post
+
+from modelport.api.common import state
+from modelport.registry import audit
+from modelport.registry.builds import object_digests
+
+
+class StoreStatus(msgspec.Struct):
+    objects: int
+    bytes: int
+
+
+class VerifyResult(msgspec.Struct):
+    objects: int
+    corrupt: list[dict]
+    missing: list[str]
+
+
+class GcDone(msgspec.Struct):
+    removed: int
+    freed_bytes: int
+
+
+@get("/api/v1/store", opt={"perm": "admin"}, tags=["store"])
+async def store_status(request: Request) -> StoreStatus:
+    """How many objects the artifact store holds, and their bytes on disk."""
+    stats = await asyncio.to_thread(state(request).store.stats)
+    return StoreStatus(stats.objects, stats.bytes)
+
+
+@post("/api/v1/store/verify", opt={"perm": "admin"}, tags=["store"], status_code=200)
+async def store_verify(request: Request) -> VerifyResult:
+    """Re-hash every object; list the corrupt ones and those builds refer to but are missing."""
+    app = state(request)
+    problems = await asyncio.to_thread(app.store.verify)
+    live = await object_digests(app.db)
+    missing = sorted(d for d in live if not app.store.has(d))
+    stats = await asyncio.to_thread(app.store.stats)
+    return VerifyResult(stats.objects, [msgspec.structs.asdict(p) for p in problems], missing)
+
+
+@post("/api/v1/store/gc", opt={"perm": "admin"}, tags=["store"], status_code=200)
+async def store_gc(request: Request) -> GcDone:
+    """Remove objects no build refers to; never one a build in progress is writing."""
+    app = state(request)
+    live = await object_digests(app.db)
+    result = await asyncio.to_thread(app.store.gc, live)
+    async with app.db.write() as conn:
+        await audit.record(conn, request.scope["identity"].actor, "store.gc",
+                           detail={"removed": result.removed, "freed_bytes": result.freed_bytes})
+    return GcDone(result.removed, result.freed_bytes)
