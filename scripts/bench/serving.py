@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Load against `POST /models/{name}/predict` next to a bare baseline measured in the same run.
+
+    scripts/bench/serving.py [--duration 10] [--models adder,iris]
+
+wrk (Debian's package; installed when missing) with one thread, since the machine has 2 cores.
+Every run is bounded in time and stops by itself; servers bind to 127.0.0.1 and are stopped by pid.
+Figures are reported as ratios to the bare baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+BODIES = {"adder": {"a": 1.5, "b": 2.25},
+          "iris": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+ENTRY = {"adder": "examples/adder", "iris": "examples/iris"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_wrk() -> str:
+    if shutil.which("wrk"):
+        return shutil.which("wrk")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    return shutil.which("wrk")
+
+
+def lua_script(body: dict, headers: dict, folder: Path) -> Path:
+    script = folder / f"post-{abs(hash(json.dumps([body, headers], sort_keys=True)))}.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
+             'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    return script
+
+
+def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
+    out = subprocess.run(
+        [ensure_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
+         "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": to_ms(lat.get("50", "0ms")), "p99_ms": to_ms(lat.get("99", "0ms")),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def to_ms(text: str) -> float:
+    value, unit = float(re.match(r"[\d.]+", text).group()), re.sub(r"[\d.]+", "", text)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def start(cmd: list[str], env: dict | None = None, ready: str | None = None, url: str | None = None):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if ready and ready in (proc.stdout.readline() or ""):
+            return proc
+        if url:
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                time.sleep(0.1)
+    raise RuntimeError(f"{cmd} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def modelport_server(data: Path):
+    port = free_port()
+    env = {**os.environ, "MODELPORT_HOME": str(data)}
+    proc = start([PY, "-m", "modelport.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                 env=env, url=f"http://127.0.0.1:{port}/api/v1/health")
+    return proc, f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip()
+
+
+def deploy(client, name: str, replicas: int) -> str:
+    from modelport.client import ApiError
+
+    try:
+        key = client.create_model(name)["access_key"]
+    except ApiError:
+        key = client.rotate_key(name)["access_key"]
+    built = client.build(ROOT / ENTRY[name], name, "predict.py:predict")
+    assert built["status"] == "built", built["error"]
+    done = client.wait_deployment(name, client.deploy(name, built["number"], replicas=replicas)["id"])
+    assert done["status"] == "deployed", done["reason"]
+    return key
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--models", default="adder,iris")
+    ap.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "server"))
+    from modelport.client import Client
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
+        tmp = Path(tmp)
+        server, url, token = modelport_server(tmp / "data")
+        try:
+            for name in args.models.split(","):
+                port = free_port()
+                bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port), name],
+                             ready="ready")
+                try:
+                    script = lua_script(BODIES[name], {}, tmp)
+                    base = {c: wrk(f"http://127.0.0.1:{port}/", script, c, args.duration)
+                            for c in (1, 64)}
+                finally:
+                    stop(bare)
+                for c in (1, 64):
+                    rows.append({"model": name, "target": "bare", "replicas": "-", "c": c, **base[c]})
+                with Client(url, token) as client:
+                    for replicas in (1, 2):
+                        key = deploy(client, name, replicas)
+                        script = lua_script(BODIES[name], {"Authorization": f"Bearer {key}"}, tmp)
+                        for c in (1, 64):
+                            got = wrk(f"{url}/models/{name}/predict", script, c, args.duration)
+                            rows.append({"model": name, "target": "modelport", "replicas": replicas,
+                                         "c": c, **got,
+                                         "ratio": round(got["rps"] / base[c]["rps"], 3)})
+        finally:
+            stop(server)
+    print(f"{'model':6} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+          f" {'non2xx':>6} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['model']:6} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
+              f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
