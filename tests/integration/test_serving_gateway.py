@@ -247,48 +247,57 @@ def test_starting_group_is_503(hx, client):
 def test_switching_builds_under_load_fails_nothing(hx):
     hx.run(hx.sup.deploy(spec("sw", "slow", build=1, replicas=2)))
     hx.routes.set_model("sw", auth=False)
-    builds: list[str] = []
+    sent: list[tuple[float, str]] = []  # (when the request was sent, the build that answered)
     failures: list[tuple] = []
     stop = threading.Event()
 
     def client_loop():
         with httpx.Client(base_url=hx.url, timeout=30) as c:
             while not stop.is_set():
+                t = time.monotonic()
                 r = c.post("/models/sw/predict", json={"seconds": 0.02})
                 if r.status_code == 200:
-                    builds.append(r.headers["x-model-build"])
+                    sent.append((t, r.headers["x-model-build"]))
                 else:
                     failures.append((r.status_code, r.text))
     threads = [threading.Thread(target=client_loop) for _ in range(6)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: len(sent) >= 10)
+        before = time.monotonic()
         hx.run(hx.sup.deploy(spec("sw", "slow", build=2, replicas=2)))
-        time.sleep(0.5)
+        after = time.monotonic()  # switched, and the old group drained
+        wait_for(lambda: sum(t > after for t, _ in list(sent)) >= 10)
     finally:
         stop.set()
         for t in threads:
             t.join(30)
     assert failures == []
-    assert builds[0] == "1" and builds[-1] == "2" and builds.count("1") > 5 and builds.count("2") > 5
-    switched = builds.index("2")
-    assert builds[switched + 12:].count("1") == 0  # after the switch, only stragglers of build 1
+    assert {b for t, b in sent if t < before} == {"1"}
+    assert {b for t, b in sent if t > after} == {"2"}
 
 
 def test_stopping_is_503_then_not_deployed(hx, client):
-    hx.run(hx.sup.deploy(spec("st", "slow")))
+    group = hx.run(hx.sup.deploy(spec("st", "slow")))
     hx.routes.set_model("st", auth=False)
     slow = threading.Thread(target=lambda: httpx.post(
-        f"{hx.url}/models/st/predict", json={"seconds": 0.5}, timeout=30))
+        f"{hx.url}/models/st/predict", json={"seconds": 1.0}, timeout=30))
     slow.start()
-    time.sleep(0.15)
+    wait_for(lambda: group.replicas[0].in_flight == 1)
     stopping = asyncio.run_coroutine_threadsafe(hx.sup.stop("st"), hx.loop)
-    time.sleep(0.1)
+    wait_for(lambda: group.state == "draining")
     assert err(client.post("/models/st/predict", json={}))[:2] == (503, "model.unavailable")
     stopping.result(30)
     slow.join(30)
     assert err(client.post("/models/st/predict", json={})) == (404, "model.not_deployed", None)
+
+
+def wait_for(pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
 
 
 def test_metrics_reach_the_on_result_hook(hx, client):

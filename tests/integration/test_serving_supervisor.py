@@ -233,6 +233,19 @@ def test_busy_is_429_after_the_queue_timeout_and_the_queue_is_fifo(env):
     env.run(t)
 
 
+def test_max_concurrency_lets_a_replica_run_calls_side_by_side(env):
+    async def t(sup):
+        group = await sup.deploy(spec("slow", max_concurrency=3, queue_timeout_s=0.1))
+        started = time.monotonic()
+        results = await asyncio.gather(*(call(group, {"seconds": 0.4}) for _ in range(3)))
+        assert time.monotonic() - started < 1.0  # together, not one after the other
+        assert all(isinstance(m, Result) for _, m in results)
+        outcomes = await asyncio.gather(*(call(group, {"seconds": 0.4}) for _ in range(4)),
+                                        return_exceptions=True)
+        assert sum(isinstance(o, ModelBusy) for o in outcomes) == 1  # the fourth had to wait
+    env.run(t)
+
+
 def test_no_ready_replica_is_503(env):
     async def t(sup):
         group = ReplicaGroup(spec("add"), runtime_dir=sup.runtime_dir, logs_dir=sup.logs_dir)

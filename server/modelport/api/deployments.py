@@ -165,5 +165,7 @@ async def _follow(path, tail: int, poll_s: float = 0.25):
             chunk = await asyncio.to_thread(f.read)
             if chunk:
                 yield chunk
-            else:
-                await asyncio.sleep(poll_s)
+                continue
+            await asyncio.sleep(poll_s)
+            if path.stat().st_size < f.tell():  # the log was trimmed to its tail: start over
+                f.seek(0)

@@ -15,7 +15,7 @@ import msgspec
 
 from modelport.builder import deps
 from modelport.builder.pipeline import Builder, ensure_project
-from modelport.errors import BuildNotReady, ModelNotDeployed, RequestInvalid
+from modelport.errors import BuildNotReady, Conflict, ModelNotDeployed, RequestInvalid
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database
@@ -27,6 +27,10 @@ log = logging.getLogger("modelport.deployer")
 
 SETTING_KEYS = ("replicas", "memory_mb", "timeout_s", "max_concurrency", "queue_timeout_s",
                 "max_body_mb", "env")
+
+
+class ScaleFailed(Conflict):
+    code = "deployment.scale_failed"
 
 
 class Deployer:
@@ -67,7 +71,12 @@ class Deployer:
         async with self._locks[model["name"]]:
             group = self.supervisor.group(model["name"])
             if group is not None:
-                await group.scale(replicas)
+                try:
+                    await group.scale(replicas)
+                except GroupFailed as exc:
+                    await rows.transition(self.db, current["id"], None, "scale_failed",
+                                          actor=actor, detail={"to": replicas, "error": str(exc)})
+                    raise ScaleFailed(f"Scaling to {replicas} replicas failed: {exc}") from None
             await rows.transition(self.db, current["id"], None, "scaled", actor=actor,
                                   detail={"from": current["replicas"], "to": replicas},
                                   replicas=replicas)
@@ -192,7 +201,7 @@ class Deployer:
 
     async def on_change(self, group: ReplicaGroup, event: str, detail: dict) -> None:
         """Supervisor hook: what a user needs in the deployment's history."""
-        if event not in ("group.failed", "replica.crashed", "replica.gave_up"):
+        if event not in ("group.failed", "replica.crashed"):
             return
         try:
             deployment_id = int(group.spec.deployment_id)

@@ -62,6 +62,7 @@ class ReplicaGroup:
                       str(max(1, spec.max_concurrency))]
         self._env = replica_env(runtime_dir, dict(spec.env))
         self._stop = asyncio.Event()
+        self._drained: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -82,6 +83,8 @@ class ReplicaGroup:
     async def scale(self, n: int) -> None:
         """Add or remove replicas (removed ones finish their calls first). GroupFailed when new
         ones cannot start; the group keeps running with the others."""
+        if n < 0:
+            raise ValueError("replicas must be 0 or more")
         if self.state != "running":
             raise GroupFailed(f"cannot scale a group that is {self.state}")
         before = len(self.replicas)
@@ -99,8 +102,18 @@ class ReplicaGroup:
         """Take no new requests, let the accepted ones (queued included) finish within
         ``timeout``, then stop every replica: SIGTERM → grace → SIGKILL → reaped. True when
         every accepted request finished."""
-        if self.state in ("draining", "stopped"):
-            return True
+        if self._drained is not None:  # already draining or drained: wait for the first one
+            return await asyncio.shield(self._drained)
+        self._drained = asyncio.get_running_loop().create_future()
+        try:
+            clean = await self._drain(timeout)
+        except BaseException as exc:
+            self._drained.set_exception(exc)
+            raise
+        self._drained.set_result(clean)
+        return clean
+
+    async def _drain(self, timeout: float | None) -> bool:
         self.state = "draining"
         self._stop.set()
         self._emit("group.draining", {})

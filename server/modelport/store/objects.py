@@ -23,10 +23,11 @@ CHUNK = 1 << 20  # read/write granularity; memory stays O(CHUNK) whatever the ob
 WRITEBACK = 32 << 20  # start writeback of a large object each time this much more is written
 SMALL = 1 << 20  # objects up to this size are compressed in one shot at SMALL_LEVEL
 SMALL_LEVEL = 3  # ~10% smaller than level 1 on code/text; speed is irrelevant at this size
-# Large objects, measured on 1 GB: float32 weights shrink 7.4% at levels 1-3 alike, level 1
-# is fastest; random bytes go out as raw blocks at level 1 as fast as at negative levels, so
-# incompressible data needs no special case.
+# Large objects, measured on 1 GB: float32 weights shrink 7.4% at levels 1-3 alike, level 1 is
+# fastest. Random bytes cost zstd ~1 CPU-s/GB at any level for nothing, so a large object whose
+# first MiB shrinks by less than 3% is written as raw zstd blocks instead (a plain copy).
 LEVEL = 1
+INCOMPRESSIBLE = 0.97
 # Every object starts with a zstd *skippable frame* holding its uncompressed size, so an object
 # is still a valid .zst file (`zstd -d` skips the frame) and size() costs one 16-byte read.
 HEADER = struct.Struct("<IIQ")  # magic, payload length (8), uncompressed size
@@ -94,28 +95,37 @@ class Writer:
         self._f.write(bytes(HEADER.size))  # filled in by commit()
         self._hash, self._size = hashlib.sha256(), 0
         self._buf: bytearray | None = bytearray()  # until SMALL is exceeded
-        self._z: zstandard.ZstdCompressionWriter | None = None
+        self._z: zstandard.ZstdCompressionWriter | RawFrame | None = None
         self._done, self._written_back = False, 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._done:
             raise ValueError("writer is closed")
-        self._hash.update(data)
-        self._size += len(data)
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self._hash.update(view)
+        self._size += n
         if self._z is None:
-            if len(self._buf) + len(data) <= SMALL:
-                self._buf += data
-                return len(data)
-            # a large object: switch to streaming, multi-threaded compression
-            cctx = zstandard.ZstdCompressor(level=self._store.level, threads=self._store.threads)
-            self._z = cctx.stream_writer(self._f, closefd=False)
+            room = SMALL - len(self._buf)
+            self._buf += view[:room]
+            if n <= room:
+                return n
+            self._z = self._open_frame()  # a large object: from here on, stream
             self._z.write(self._buf)
-            self._buf = None
-        self._z.write(data)
+            self._buf, view = None, view[room:]
+        self._z.write(view)
         if (pos := self._f.tell()) - self._written_back >= WRITEBACK:
             start_writeback(self._f.fileno(), self._written_back)
             self._written_back = pos
-        return len(data)
+        return n
+
+    def _open_frame(self) -> zstandard.ZstdCompressionWriter | RawFrame:
+        """zstd, unless the first SMALL bytes (the buffer) do not compress."""
+        probe = zstandard.ZstdCompressor(level=self._store.level).compress(self._buf)
+        if len(probe) > INCOMPRESSIBLE * len(self._buf):
+            return RawFrame(self._f)
+        cctx = zstandard.ZstdCompressor(level=self._store.level, threads=self._store.threads)
+        return cctx.stream_writer(self._f, closefd=False)
 
     def commit(self) -> PutResult:
         if self._done:
@@ -161,6 +171,26 @@ class Writer:
 
     async def aabort(self) -> None:
         await asyncio.to_thread(self.abort)
+
+
+class RawFrame:
+    """A zstd frame of raw (stored) blocks: any zstd decoder reads it, and writing costs a copy."""
+
+    BLOCK = 1 << 17  # the largest block zstd allows
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        f.write(b"\x28\xb5\x2f\xfd\x00\x38")  # magic; no size or checksum; 128 KiB window
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        for i in range(0, len(view), self.BLOCK):
+            block = view[i : i + self.BLOCK]
+            self._f.write((len(block) << 3).to_bytes(3, "little"))  # raw block, not the last
+            self._f.write(block)
+
+    def close(self) -> None:
+        self._f.write(b"\x01\x00\x00")  # an empty last block ends the frame
 
 
 def read_header(f: BinaryIO, hexd: str, path: Path) -> int:
