@@ -33,6 +33,7 @@ class CleanExitServer(uvicorn.Server):
 def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level: str) -> None:
     """Run the server: the REST API, predictions and the web UI at /."""
     from modelport.app import create_asgi
+    from modelport.gateway.http import PredictionProtocol
     from modelport.datadir import DataDirBusy, DataDirLock, prepare
     from modelport.observability.logs import configure
     from modelport.settings import Settings
@@ -48,8 +49,9 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         sys.exit(1)
     app = create_asgi(settings, lock=lock)
     click.echo(f"modelport serving {settings.url}  (data dir {settings.data_dir})", err=True)
+    protocol = type("Protocol", (PredictionProtocol,), {"gateway": app})
     config = uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        app, host=host, port=port, loop="uvloop", http=protocol, lifespan="on", proxy_headers=False,
         log_config=None, log_level=log_level, access_log=False, server_header=False,
         timeout_keep_alive=5, timeout_graceful_shutdown=10,
     )

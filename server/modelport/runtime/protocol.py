@@ -171,6 +171,7 @@ class MessageProtocol(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._frames = FrameReader()
+        self._gathered: list | None = None  # frames sent while one read is dispatched
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -181,8 +182,16 @@ class MessageProtocol(asyncio.Protocol):
         except ProtocolError as exc:
             self.protocol_error(exc)
             return
-        for msg in messages:
-            self.message_received(msg)
+        # Frames sent while these messages are handled leave in one write: under load a read
+        # holds many calls, and one syscall (one wake-up of the peer) answers them all.
+        self._gathered = gathered = []
+        try:
+            for msg in messages:
+                self.message_received(msg)
+        finally:
+            self._gathered = None
+            if gathered and self.transport is not None and not self.transport.is_closing():
+                self.transport.write(b"".join(gathered) if len(gathered) > 1 else gathered[0])
 
     def message_received(self, msg: Message) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -193,7 +202,9 @@ class MessageProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, msg: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._gathered is not None:
+            self._gathered.append(encode_frame(msg))
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode_frame(msg))
 
 

@@ -31,7 +31,6 @@ from .protocol import (
     Pong,
     Ready,
     Result,
-    encode_frame,
     send_frame,
 )
 from .signature import analyze, load_entry
@@ -76,7 +75,7 @@ class _Replica(MessageProtocol):
                 out = self.handle(msg)
                 self.in_flight = 0
                 self.served += 1
-                self.transport.write(encode_frame(out))  # type: ignore[union-attr]
+                self.send(out)
             elif self.is_async:
                 self.in_flight += 1
                 task = asyncio.get_running_loop().create_task(self._run_async(msg))

@@ -82,6 +82,8 @@ class Replica:
         self._proc: asyncio.subprocess.Process | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._outbox: list[bytearray] = []  # frames of this loop iteration's calls: one write
+        self._unsent: set[int] = set()  # their ids: a replica lost before the write never saw them
         self._seq = 0
         self._first: asyncio.Future | None = None
         self._closed: asyncio.Future | None = None
@@ -104,19 +106,23 @@ class Replica:
             raise NotSent(self.id)
         self._seq += 1
         cid = self._seq
-        transport.write(encode_frame(Call(cid, body, content_type, accept, request_id)))
-        if transport.is_closing():  # the write failed: the peer is gone
-            self.accepting = False
-            raise NotSent(self.id)
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id)))
+        self._unsent.add(cid)
         fut = self._loop.create_future()
         self._pending[cid] = fut
         self.in_flight += 1
         timer = self._loop.call_later(timeout, self._expire, cid, timeout)
         try:
             msg = await fut
+        except NotSent:
+            self._pending.pop(cid, None)
+            raise
         except BaseException:
             self.failed += 1
             self._pending.pop(cid, None)
+            self._unsent.discard(cid)
             raise
         finally:
             timer.cancel()
@@ -125,6 +131,18 @@ class Replica:
         if type(msg) is Failure and msg.status >= 500:
             self.failed += 1
         return msg
+
+    def _flush(self) -> None:
+        """Write every Call queued in this loop iteration at once."""
+        out, self._outbox = self._outbox, []
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # _lost fails the unsent calls with NotSent: they are retried elsewhere
+        transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if transport.is_closing():  # the write failed: the peer is gone, and never saw these
+            self.accepting = False
+            return
+        self._unsent.clear()
 
     def _message(self, msg) -> None:
         kind = type(msg)
@@ -154,8 +172,14 @@ class Replica:
         self._transport = None
         reason = self._kill_reason or "its process ended"
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
+        unsent, self._unsent = self._unsent, set()
+        self._outbox = []
+        for cid, fut in pending.items():
+            if fut.done():
+                continue
+            if cid in unsent:  # never written: the balancer tries another replica
+                fut.set_exception(NotSent(self.id))
+            else:
                 fut.set_exception(ModelCrashed(
                     f"Replica {self.id} died while handling the request: {reason}."))
         proc = self._proc
