@@ -66,6 +66,23 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
             "non_2xx": int(errors.group(1)) if errors else 0}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (robust to other load on the box)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def replica_pids(server_pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def to_ms(text: str) -> float:
     value, unit = float(re.match(r"[\d.]+", text).group()), re.sub(r"[\d.]+", "", text)
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -149,17 +166,24 @@ def main() -> None:
                         key = deploy(client, name, replicas)
                         script = lua_script(BODIES[name], {"Authorization": f"Bearer {key}"}, tmp)
                         for c in (1, 64):
+                            reps = replica_pids(server.pid)
+                            before = cpu_seconds([server.pid]), cpu_seconds(reps)
                             got = wrk(f"{url}/models/{name}/predict", script, c, args.duration)
+                            n = got["rps"] * args.duration
+                            srv_us = (cpu_seconds([server.pid]) - before[0]) / n * 1e6
+                            rep_us = (cpu_seconds(reps) - before[1]) / n * 1e6
                             rows.append({"model": name, "target": "modelport", "replicas": replicas,
-                                         "c": c, **got,
+                                         "c": c, **got, "server_cpu_us": round(srv_us, 1),
+                                         "replica_cpu_us": round(rep_us, 1),
                                          "ratio": round(got["rps"] / base[c]["rps"], 3)})
         finally:
             stop(server)
     print(f"{'model':6} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'non2xx':>6} {'ratio':>6}")
+          f" {'non2xx':>6} {'ratio':>6} {'srv µs/req':>10} {'rep µs/req':>10}")
     for r in rows:
         print(f"{r['model']:6} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
-              f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}")
+              f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}"
+              f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -460,3 +460,49 @@ def test_replica_logs_are_bounded(tmp_path):
     os.write(fd, b"more\n")
     os.close(fd)
     assert path.read_bytes().endswith(b"line 0099999\n--- header ---\nmore\n")
+
+
+def test_an_inline_replica_holds_one_queued_call_and_a_crash_retries_it(env):
+    """A replica that runs calls one at a time gets the next one queued in its pipe; when the
+    running call kills it, the queued one never started: it is answered by another replica."""
+    async def t(sup):
+        group = await sup.deploy(spec("crash_on_call", replicas=2))
+        first, second = group.replicas
+        assert first.inline and group.balancer.depth == 2
+        group.balancer._cursor = 0
+        crash = asyncio.create_task(call(group, {"crash": True, "after": 0.3}))
+        await asyncio.sleep(0.05)
+        busy_other = asyncio.create_task(call(group, {}))  # least connections: the idle one
+        queued = asyncio.create_task(call(group, {}))      # both hold one: queued behind a call
+        results = await asyncio.gather(crash, busy_other, queued, return_exceptions=True)
+        assert isinstance(results[0], ModelCrashed)
+        assert all(isinstance(r[1], Result) for r in results[1:]), results
+        assert first.failed == 1 and second.failed == 0
+    env.run(t)
+
+
+def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_path):
+    project = tmp_path / "counting"
+    project.mkdir()
+    (project / "model.py").write_text(
+        "import time\n"
+        "def predict(seconds: float, tag: str) -> str:\n"
+        "    with open('runs.log', 'a') as f:\n"
+        "        f.write(tag + '\\n')\n"
+        "    time.sleep(seconds)\n"
+        "    return tag\n")
+
+    async def t(sup):
+        group = await sup.deploy(GroupSpec(model="counting", build=1, python=sys.executable,
+                                           project=str(project), entry="model.py:predict",
+                                           queue_timeout_s=0.2))
+        running = asyncio.create_task(call(group, {"seconds": 0.8, "tag": "first"}))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ModelBusy):  # queued in the pipe, past its start deadline
+            await call(group, {"seconds": 0.0, "tag": "late"})
+        _, msg = await running
+        assert isinstance(msg, Result)
+        _, after = await call(group, {"seconds": 0.0, "tag": "after"})
+        assert isinstance(after, Result)
+    env.run(t)
+    assert (project / "runs.log").read_text().split() == ["first", "after"]

@@ -41,6 +41,9 @@ class Call(msgspec.Struct, tag=True, array_like=True, gc=False):
     content_type: str = "json"  # "json" | "msgpack"
     accept: str = "json"  # encoding of Result.body: "json" | "msgpack"
     request_id: str = ""
+    # time.monotonic() by which the call must start (0: no limit). CLOCK_MONOTONIC is one clock
+    # for every process on the machine: a call still queued past it is answered 429, not run.
+    start_by: float = 0.0
 
 
 class Ping(msgspec.Struct, tag=True, array_like=True, gc=False):

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -70,6 +71,9 @@ class _Replica(MessageProtocol):
         if kind is Call:
             if self.draining:
                 self.send(Failure(msg.id, 503, "model.unavailable", "the replica is stopping"))
+            elif msg.start_by and time.monotonic() > msg.start_by:
+                self.send(Failure(msg.id, 429, "model.busy",
+                                  "Every replica is busy and the request waited queue_timeout_s."))
             elif self.inline:
                 self.in_flight = 1
                 out = self.handle(msg)

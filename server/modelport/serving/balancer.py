@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
@@ -51,6 +52,7 @@ class Balancer:
                  queue_timeout_s: float, max_queue: int) -> None:
         self.replicas = replicas
         self.max_concurrency = max(1, max_concurrency)
+        self.depth = self.max_concurrency  # calls a replica may hold: +1 queued when it is inline
         self.timeout_s = timeout_s
         self.queue_timeout_s = queue_timeout_s
         self.max_queue = max_queue
@@ -69,6 +71,7 @@ class Balancer:
         if self.closed:
             raise Draining()
         self.active += 1
+        start_by = time.monotonic() + self.queue_timeout_s
         try:
             attempts = 0
             replica = None if self._waiters or self._handoff else self._pick()
@@ -77,7 +80,7 @@ class Balancer:
                     replica = await self._wait()
                 try:
                     return replica, await replica.call(
-                        body, content_type, accept, request_id, self.timeout_s)
+                        body, content_type, accept, request_id, self.timeout_s, start_by)
                 except NotSent:  # it died before the call reached it: try another one
                     attempts += 1
                     if attempts > len(self.replicas) + 2:
@@ -90,9 +93,14 @@ class Balancer:
             if self.closed and self.active == 0 and self._idle is not None:
                 self._idle.set()
 
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a free replica (for monitoring)."""
+        return len(self._waiters)
+
     def _pick(self) -> Replica | None:
         replicas = self.replicas
-        i = choose(replicas, self.max_concurrency, self._cursor)
+        i = choose(replicas, self.depth, self._cursor)
         if i < 0:
             return None
         self._cursor = i + 1
@@ -151,9 +159,11 @@ class Balancer:
                 self._handoff += 1
                 n -= 1
 
-    def replica_ready(self) -> None:
-        """A replica (re)started: it can take max_concurrency calls."""
-        self._wake(self.max_concurrency)
+    def replica_ready(self, inline: bool = False) -> None:
+        """A replica (re)started: it can take `depth` calls (one more queued when it is inline:
+        it runs calls one at a time, in order, so a queued one is known not to have started)."""
+        self.depth = self.max_concurrency + (1 if inline and self.max_concurrency == 1 else 0)
+        self._wake(self.depth)
 
     def fail_waiters(self, exc: Exception) -> None:
         """Nothing will become ready (the group failed): the queued requests fail now."""

@@ -145,7 +145,7 @@ class ReplicaGroup:
                 rid=replica_id(self.spec.model, self.spec.build, slot), slot=slot,
                 build=self.spec.build, argv=self._argv, cwd=self.spec.project, env=self._env,
                 logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
-                on_exit=self._exited))
+                on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency)))
         self.replicas.extend(fresh)
         return fresh
 
@@ -163,7 +163,7 @@ class ReplicaGroup:
             raise GroupFailed(str((boot or failed)[0]) or repr(failed[0]))
         for r in fresh:
             self._emit("replica.ready", {"replica": r.id, "pid": r.pid, "restarts": r.restarts})
-            self.balancer.replica_ready()
+            self.balancer.replica_ready(r.inline)
 
     def _exited(self, replica: Replica, reason: str, recycle: bool) -> None:
         if self.state not in ("running", "failed") or replica not in self.replicas:
@@ -207,7 +207,7 @@ class ReplicaGroup:
             return
         self._emit("replica.ready", {"replica": replica.id, "pid": replica.pid,
                                      "restarts": replica.restarts})
-        self.balancer.replica_ready()
+        self.balancer.replica_ready(replica.inline)
 
     def _fail(self, reason: str) -> None:
         if self.state in ("draining", "stopped"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import logging
 import os
 import secrets
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelport.clock import now_iso
-from modelport.errors import ModelCrashed, ModelTimeout
+from modelport.errors import ModelBusy, ModelCrashed, ModelTimeout
 from modelport.runtime.protocol import (
     Boot,
     Call,
@@ -65,7 +66,7 @@ class Replica:
 
     def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
-                 on_exit: Callable[[Replica, str, bool], None]) -> None:
+                 on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.id_bytes = rid.encode()
         self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
@@ -82,6 +83,14 @@ class Replica:
         self._proc: asyncio.subprocess.Process | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self.max_concurrency = max_concurrency
+        # Inline: a sync function with max_concurrency 1 runs calls one at a time, in order. Such
+        # a replica may hold one more call queued in its pipe, so that it never waits for the next
+        # one; only the oldest pending call has started, so on a crash the others are NotSent.
+        self.inline = False
+        self._order: deque[int] = deque()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timeout = 30.0
         self._outbox: list[bytearray] = []  # frames of this loop iteration's calls: one write
         self._unsent: set[int] = set()  # their ids: a replica lost before the write never saw them
         self._seq = 0
@@ -98,7 +107,7 @@ class Replica:
     # -- the hot path -----------------------------------------------------------------------------
 
     async def call(self, body: bytes, content_type: str, accept: str, request_id: str,
-                   timeout: float) -> Result | Failure:
+                   timeout: float, start_by: float = 0.0) -> Result | Failure:
         """Send one Call; NotSent when it could not be written, ModelCrashed when the replica died
         with it, ModelTimeout past ``timeout`` seconds (the replica is then recycled)."""
         transport = self._transport
@@ -108,12 +117,22 @@ class Replica:
         cid = self._seq
         if not self._outbox:
             self._loop.call_soon(self._flush)
-        self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id)))
+        self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id,
+                                              start_by)))
         self._unsent.add(cid)
         fut = self._loop.create_future()
         self._pending[cid] = fut
         self.in_flight += 1
-        timer = self._loop.call_later(timeout, self._expire, cid, timeout)
+        self._timeout = timeout
+        if self.inline:
+            self._order.append(cid)
+            if len(self._order) == 1:  # the head: it starts now; a queued one when it is the head
+                self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
+            elif start_by:  # queued behind another call: it must start by start_by
+                self._timers[cid] = self._loop.call_later(
+                    max(0.0, start_by - time.monotonic()), self._not_started, cid)
+        else:
+            self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
         try:
             msg = await fut
         except NotSent:
@@ -125,7 +144,9 @@ class Replica:
             self._unsent.discard(cid)
             raise
         finally:
-            timer.cancel()
+            timer = self._timers.pop(cid, None)
+            if timer is not None:
+                timer.cancel()
             self.in_flight -= 1
         self.served += 1
         if type(msg) is Failure and msg.status >= 500:
@@ -148,6 +169,17 @@ class Replica:
         kind = type(msg)
         self._heard = time.monotonic()
         if kind is Result or kind is Failure:
+            order = self._order
+            if order and order[0] == msg.id:
+                order.popleft()
+                if order:  # the queued call starts now: its clock too
+                    nxt = order[0]
+                    queued = self._timers.pop(nxt, None)
+                    if queued is not None:
+                        queued.cancel()
+                    if nxt in self._pending:
+                        self._timers[nxt] = self._loop.call_later(
+                            self._timeout, self._expire, nxt, self._timeout)
             fut = self._pending.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -155,6 +187,15 @@ class Replica:
             self.rss_kb = msg.rss_kb
         elif (kind is Ready or kind is Boot) and self._first is not None and not self._first.done():
             self._first.set_result(msg)
+
+    def _not_started(self, cid: int) -> None:
+        """A call queued in the pipe did not start by its deadline: 429 now (the replica will
+        answer it 429 too, without running it)."""
+        fut = self._pending.pop(cid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ModelBusy(
+                "Every replica is busy and the request waited queue_timeout_s.",
+                headers={"Retry-After": "1"}))
 
     def _expire(self, cid: int, timeout: float) -> None:
         fut = self._pending.pop(cid, None)
@@ -173,6 +214,9 @@ class Replica:
         reason = self._kill_reason or "its process ended"
         pending, self._pending = self._pending, {}
         unsent, self._unsent = self._unsent, set()
+        if self.inline and self._order:  # queued behind the call that was running: never started
+            unsent.update(list(self._order)[1:])
+        self._order.clear()
         self._outbox = []
         for cid, fut in pending.items():
             if fut.done():
@@ -231,6 +275,7 @@ class Replica:
             await asyncio.wait({self._first, self._closed}, timeout=1.0)
         first = self._first.result() if self._first.done() else None
         if type(first) is Ready and not self._exited.done():
+            self.inline = self.max_concurrency == 1 and not first.is_async
             self.state, self.accepting, self._booted = "ready", True, True
             self._heard = time.monotonic()
             self._monitor = asyncio.create_task(self._watch())
