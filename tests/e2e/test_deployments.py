@@ -279,7 +279,12 @@ def test_deployments_come_back_after_a_server_kill(offline_server, tmp_path):
             break
         time.sleep(0.1)
     assert r.status_code == 200 and r.json() == 2.0
-    current = d2.c.get("/api/v1/models/m/deployments/current").json()
+    deadline = time.monotonic() + 10  # serving starts a moment before the event is written
+    while time.monotonic() < deadline:
+        current = d2.c.get("/api/v1/models/m/deployments/current").json()
+        if "restored" in [e["kind"] for e in current["events"]]:
+            break
+        time.sleep(0.05)
     assert current["status"] == "deployed" and "restored" in [e["kind"] for e in current["events"]]
 
 

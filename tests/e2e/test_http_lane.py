@@ -1,0 +1,116 @@
+"""The prediction lane inside the HTTP protocol, on raw sockets: pipelining, 100-continue, chunked
+bodies, oversized bodies, and management requests on the same connection."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.e2e.test_deployments import Deployed, typed
+
+
+@pytest.fixture(scope="module")
+def live(offline_server_module, tmp_path_factory):
+    d = Deployed(offline_server_module.start(), tmp_path_factory.mktemp("lane"))
+    d.model("m")
+    d.deploy("m", d.build("m", {"predict.py": typed(1.0)}), replicas=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def offline_server_module(tmp_path_factory, wheel_links):
+    from tests.conftest import Server, free_port, server_env
+
+    data = tmp_path_factory.mktemp("lane-data") / "data"
+    srv = Server(data_dir=data, port=free_port(), env=server_env(data))
+    srv.env.update({"MODELPORT_FIND_LINKS": str(wheel_links), "MODELPORT_NO_INDEX": "1"})
+    yield srv
+    srv.stop()
+
+
+def request(live, body: bytes, *, extra: str = "", path: str = "/models/m/predict") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live.keys['m']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            ).encode() + body
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    data, out = b"", []
+    sock.settimeout(10)
+    while len(out) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        while True:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            if not sep:
+                break
+            status = int(head.split(b" ", 2)[1])
+            if status == 100:
+                data = rest
+                out.append((100, b""))
+                continue
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            if len(rest) < length:
+                break
+            out.append((status, rest[:length]))
+            data = rest[length:]
+    return out
+
+
+def connect(live) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", live.srv.port))
+
+
+def test_pipelined_predictions_answer_in_order(live):
+    with connect(live) as s:
+        s.sendall(b"".join(request(live, f'{{"a": {i}}}'.encode()) for i in range(5)))
+        answers = read_responses(s, 5)
+    assert answers == [(200, f"{i + 1.0}".encode()) for i in range(5)]
+
+
+def test_prediction_then_management_on_one_connection(live):
+    get = (f"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    with connect(live) as s:
+        s.sendall(request(live, b'{"a": 1}') + get + request(live, b'{"a": 2}'))
+        answers = read_responses(s, 3)
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert answers[0][1] == b"2.0" and b'"status":"ok"' in answers[1][1] and answers[2][1] == b"3.0"
+
+
+def test_expect_100_continue(live):
+    body = b'{"a": 4}'
+    with connect(live) as s:
+        s.sendall(request(live, b"", extra="Expect: 100-continue\r\n").replace(
+            b"Content-Length: 0", f"Content-Length: {len(body)}".encode()))
+        assert read_responses(s, 1) == [(100, b"")]
+        s.sendall(body)
+        assert read_responses(s, 1) == [(200, b"5.0")]
+
+
+def test_chunked_body(live):
+    head = (f"POST /models/m/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{live.keys['m']}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    with connect(live) as s:
+        s.sendall(head + b"4\r\n{\"a\"\r\n4\r\n: 6}\r\n0\r\n\r\n")
+        assert read_responses(s, 1) == [(200, b"7.0")]
+
+
+def test_too_large_by_content_length_closes(live):
+    with connect(live) as s:
+        s.sendall(f"POST /models/m/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  f"{live.keys['m']}\r\nContent-Length: {6 << 20}\r\n\r\n".encode()
+                  + b" " * (6 << 20))
+        (status, body), = read_responses(s, 1)
+    assert status == 413 and b"request.too_large" in body
+
+
+def test_http_1_0_closes_after_the_answer(live):
+    with connect(live) as s:
+        s.sendall(request(live, b'{"a": 1}').replace(b"HTTP/1.1", b"HTTP/1.0"))
+        assert read_responses(s, 1) == [(200, b"2.0")]
+        s.settimeout(5)
+        assert s.recv(10) == b""
