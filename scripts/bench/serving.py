@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 BODIES = {"adder": {"a": 1.5, "b": 2.25},
           "iris": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
-ENTRY = {"adder": "examples/adder", "iris": "examples/iris"}
+ENTRY = {"adder": ("tests/models/add", "model.py:predict"),
+         "iris": ("examples/iris", "predict.py:predict")}
 
 
 def free_port() -> int:
@@ -128,7 +129,8 @@ def deploy(client, name: str, replicas: int) -> str:
         key = client.create_model(name)["access_key"]
     except ApiError:
         key = client.rotate_key(name)["access_key"]
-    built = client.build(ROOT / ENTRY[name], name, "predict.py:predict")
+    folder, entry = ENTRY[name]
+    built = client.build(ROOT / folder, name, entry)
     assert built["status"] == "built", built["error"]
     done = client.wait_deployment(name, client.deploy(name, built["number"], replicas=replicas)["id"])
     assert done["status"] == "deployed", done["reason"]

@@ -10,6 +10,9 @@ import pytest
 from tests.e2e.test_deployments import Deployed, typed
 
 
+LIMIT_S = 3  # the slow-client limits of this module's server (20 s and 30 s by default)
+
+
 @pytest.fixture(scope="module")
 def live(offline_server_module, tmp_path_factory):
     d = Deployed(offline_server_module.start(), tmp_path_factory.mktemp("lane"))
@@ -24,7 +27,9 @@ def offline_server_module(tmp_path_factory, wheel_links):
 
     data = tmp_path_factory.mktemp("lane-data") / "data"
     srv = Server(data_dir=data, port=free_port(), env=server_env(data))
-    srv.env.update({"MODELPORT_FIND_LINKS": str(wheel_links), "MODELPORT_NO_INDEX": "1"})
+    srv.env.update({"MODELPORT_FIND_LINKS": str(wheel_links), "MODELPORT_NO_INDEX": "1",
+                    "MODELPORT_HEADER_TIMEOUT_S": str(LIMIT_S),
+                    "MODELPORT_BODY_IDLE_S": str(LIMIT_S)})
     yield srv
     srv.stop()
 
@@ -114,3 +119,36 @@ def test_http_1_0_closes_after_the_answer(live):
         assert read_responses(s, 1) == [(200, b"2.0")]
         s.settimeout(5)
         assert s.recv(10) == b""
+
+
+def _trickle_until_closed(sock: socket.socket, first: bytes) -> bool:
+    """Send `first`, then a byte a second; True when the server closed the connection."""
+    import time
+
+    sock.sendall(first)
+    deadline = time.monotonic() + LIMIT_S + 10
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            sock.sendall(b"X")
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+    return False
+
+
+def test_slow_headers_are_cut_off(live):
+    """A client that trickles its headers (slowloris) is disconnected; others are served."""
+    with connect(live) as slow:
+        slow.sendall(b"POST /models/m/predict HTTP/1.1\r\nHost: x\r\n")
+        with connect(live) as other:  # the server keeps serving everyone else meanwhile
+            other.sendall(request(live, b'{"a": 1}'))
+            assert read_responses(other, 1) == [(200, b"2.0")]
+        assert _trickle_until_closed(slow, b"X-Slow: ")
+
+
+def test_a_stalled_body_is_cut_off(live):
+    with connect(live) as slow:
+        head = request(live, b"", extra="").replace(b"Content-Length: 0", b"Content-Length: 100")
+        slow.sendall(head + b'{"a": ')
+        slow.settimeout(LIMIT_S + 10)
+        assert slow.recv(100) == b""  # closed, nothing answered

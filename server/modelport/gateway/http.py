@@ -7,11 +7,16 @@ checks by regex, two writes): the URL, headers and body are taken straight from 
 callbacks, the gateway runs once the body is complete, and the answer leaves in one write.
 Pipelined requests keep their order: an ASGI request queues behind an unfinished prediction
 (uvicorn's own pipeline), and predictions answer in the order they came.
+
+Slow clients cannot hold connections (uvicorn times out only idle keep-alive connections): a
+request's headers must arrive within HEADER_TIMEOUT_S of its first byte, and while its body is
+being read, every BODY_IDLE_S window must bring some bytes; otherwise the connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 from http import HTTPStatus
 
@@ -40,8 +45,18 @@ def _is_prediction_path(path: bytes) -> bool:
         and len(path) > 16
 
 
+HEADER_TIMEOUT_S = float(os.environ.get("MODELPORT_HEADER_TIMEOUT_S", 20))
+BODY_IDLE_S = float(os.environ.get("MODELPORT_BODY_IDLE_S", 30))
+
+
 class PredictionProtocol(HttpToolsProtocol):
     """Set `gateway` on the class (or a subclass) before uvicorn starts."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    body_idle_s = BODY_IDLE_S
+    _reading: asyncio.TimerHandle | None = None  # the slow-client watchdog of the request
+    _progress = 0  # bytes received while a request is being read
+    _seen = 0
 
     gateway: Gateway | None = None
     _lane: list | None = None  # [scope, body chunks, size, cap, keep_alive] of a prediction
@@ -49,7 +64,40 @@ class PredictionProtocol(HttpToolsProtocol):
     _tail: asyncio.Future | None = None  # written when the latest prediction's answer is out
     _close_after = False
 
+    def data_received(self, data: bytes) -> None:
+        self._progress += len(data)
+        super().data_received(data)
+
+    def _watch(self, delay: float, check) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+        self._seen = self._progress
+        self._reading = self.loop.call_later(delay, check)
+
+    def _headers_too_slow(self) -> None:
+        self._reading = None
+        log.info("closing a connection whose request headers took over %ss", self.header_timeout_s)
+        self.transport.close()
+
+    def _body_check(self) -> None:
+        self._reading = None
+        if self._progress == self._seen:
+            log.info("closing a connection whose request body stalled for %ss", self.body_idle_s)
+            self.transport.close()
+            return
+        self._watch(self.body_idle_s, self._body_check)
+
+    def _stop_watch(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_watch()
+        super().connection_lost(exc)
+
     def on_message_begin(self) -> None:
+        self._watch(self.header_timeout_s, self._headers_too_slow)
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -57,6 +105,7 @@ class PredictionProtocol(HttpToolsProtocol):
         self.scope = None  # made in on_headers_complete, only for requests that go through ASGI
 
     def on_headers_complete(self) -> None:
+        self._watch(self.body_idle_s, self._body_check)
         if self.gateway is not None and self.parser.get_method() == b"POST" and \
                 (self.cycle is None or self.cycle.response_complete):
             parsed = httptools.parse_url(self.url)
@@ -87,6 +136,7 @@ class PredictionProtocol(HttpToolsProtocol):
         lane[2] += len(body)
 
     def on_message_complete(self) -> None:
+        self._stop_watch()
         lane = self._lane
         if lane is None:
             return super().on_message_complete()
