@@ -257,10 +257,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Limits set before the model is imported, hard as well as soft so that it cannot raise them:
+# open files, processes of this user (not enforced for root), and no core dumps of its memory.
+LIMITS = {"RLIMIT_NOFILE": 4096, "RLIMIT_NPROC": 4096, "RLIMIT_CORE": 0}
+
+
+def _limit_resources() -> None:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    for name, wanted in LIMITS.items():
+        kind = getattr(resource, name, None)
+        if kind is None:
+            continue
+        try:
+            _, hard = resource.getrlimit(kind)
+            value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(kind, (value, value))
+        except (ValueError, OSError) as exc:
+            print(f"modelport worker: cannot set {name}: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _line_buffered()
     _die_with_parent()
+    _limit_resources()
     try:
         sock = _connect(args)
     except OSError as exc:

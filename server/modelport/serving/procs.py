@@ -118,3 +118,13 @@ def append_line(path: Path, line: str) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def kill_leftovers(pgid: int) -> None:
+    """After a replica's worker was reaped: SIGKILL what is left of its process group (children
+    the model started). The group's id stays taken while it has members; without members this
+    is a no-op. Never a plain kill(pid): that pid may already belong to another process."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -307,6 +307,7 @@ class Replica:
 
     async def _wait_exit(self, proc: asyncio.subprocess.Process) -> None:
         returncode = await proc.wait()
+        procs.kill_leftovers(proc.pid)  # processes the model started die with its replica
         self.accepting = False
         if self._monitor is not None:
             self._monitor.cancel()
