@@ -19,7 +19,9 @@ from modelport.api.audit import audit_log
 from modelport.api.builds import BuildsController, import_build
 from modelport.api.deployments import DeploymentsController
 from modelport.api.health import health
+from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.models import ModelsController
+from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
 from modelport.auth import Auth, permission_guard
 from modelport.builder.pipeline import Builder
@@ -27,6 +29,7 @@ from modelport.datadir import DataDirLock, prepare, write_admin_token
 from modelport.errors import handle_exception
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
+from modelport.observability.monitor import Monitor
 from modelport.registry.db import Database
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
@@ -74,6 +77,7 @@ class Services:
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
                                      logs_dir=settings.logs_dir, on_change=self._on_change)
         self.routes = Routes(self.supervisor)
+        self.monitor = Monitor(self.db, self.supervisor, self.routes)
         self._jobs: list[asyncio.Task] = []
 
     async def _on_change(self, group, event: str, detail: dict) -> None:
@@ -93,11 +97,13 @@ class Services:
         self.builder = Builder(s, self.db, self.store, runtime)
         self.deployer = Deployer(self.db, self.builder, self.supervisor)
         state.update(db=self.db, auth=self.auth, store=self.store, builder=self.builder,
-                     supervisor=self.supervisor, routes=self.routes, deployer=self.deployer)
+                     supervisor=self.supervisor, routes=self.routes, deployer=self.deployer,
+                     monitor=self.monitor)
         state.admin_token = await first_start(self.auth, s)
         await self.builder.start()
         await self.deployer.restore()
-        self._jobs = [asyncio.create_task(_every(5.0, self.auth.flush_usage))]
+        self._jobs = [asyncio.create_task(_every(5.0, self.auth.flush_usage)),
+                      asyncio.create_task(self.monitor.run())]
 
     async def close(self) -> None:
         for job in self._jobs:
@@ -109,6 +115,11 @@ class Services:
             await self.builder.stop()
         with contextlib.suppress(Exception):
             await self.auth.flush_usage()
+        if self._jobs:  # opened: what was counted since the last flush is kept
+            try:
+                await self.monitor.flush(final=True)
+            except Exception:
+                log.exception("the last monitoring flush failed")
         await self.db.close()
         if self._lock is None and hasattr(self, "_held"):
             self._held.release()
@@ -128,7 +139,9 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
 
     app = Litestar(
         route_handlers=[health, audit_log, ModelsController, TokensController, BuildsController,
-                        import_build, DeploymentsController, store_status, store_verify, store_gc],
+                        import_build, DeploymentsController, store_status, store_verify, store_gc,
+                        prometheus, MonitoringController,
+                        *spa_routes],
         guards=[permission_guard],
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
@@ -150,4 +163,5 @@ def create_asgi(settings: Settings, *, lock: DataDirLock | None = None) -> Gatew
     """What `modelport serve` runs: predictions on the lean path, everything else to Litestar."""
     app = create_app(settings, lock=lock)
     services: Services = app.state.services
-    return Gateway(app, services.routes, services.auth, default_max_body_mb=settings.max_body_mb)
+    return Gateway(app, services.routes, services.auth, default_max_body_mb=settings.max_body_mb,
+                   on_result=services.monitor.on_result if settings.metrics else None)

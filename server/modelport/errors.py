@@ -103,6 +103,10 @@ class ModelNotDeployed(NotFound):
     code = "model.not_deployed"
 
 
+class PredictionNotFound(NotFound):
+    code = "prediction.not_found"
+
+
 class MethodNotAllowed(ModelportError):
     status, code = 405, "method.not_allowed"
 

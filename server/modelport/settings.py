@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, kw_only=True):
     max_body_mb: float = 5.0
     queue_timeout_s: float = 30.0
     timeout_s: float = 30.0
+    # Monitoring: MODELPORT_METRICS=0 stops counting predictions (the serving benchmark's baseline)
+    metrics: bool = True
     # Web
     cors_origins: list[str] = []
 
@@ -85,6 +87,8 @@ class Settings(msgspec.Struct, kw_only=True):
         for key in ("archive_max_bytes", "archive_max_expanded_bytes", "archive_max_ratio"):
             if f"MODELPORT_{key.upper()}" in env:
                 values[key] = int(env[f"MODELPORT_{key.upper()}"])
+        if env.get("MODELPORT_METRICS", "") in ("0", "false"):
+            values["metrics"] = False
         if "MODELPORT_BUILD_WORKERS" in env:
             values["build_workers"] = int(env["MODELPORT_BUILD_WORKERS"])
         values.update({k: v for k, v in overrides.items() if v is not None})

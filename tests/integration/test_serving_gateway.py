@@ -305,6 +305,6 @@ def test_metrics_reach_the_on_result_hook(hx, client):
     hx.routes.set_model("metrics", auth=False)
     r = client.post("/models/metrics/predict", json={"x": 2}, headers={"X-Request-Id": "m-1"})
     assert r.json() == 4.0 and r.headers["x-model-build"] == "4"
-    model, build, status, seconds, request_id, metrics = hx.results[-1]
+    model, build, status, seconds, request_id, metrics = hx.results[-1][:6]
     assert (model, build, status, request_id) == ("metrics", 4, 200, "m-1")
     assert metrics == {"input": 2.0, "doubled": 4.0} and 0 < seconds < 5

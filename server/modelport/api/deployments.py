@@ -29,6 +29,8 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     queue_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 30.0
     max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 5.0
     env: dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]] = {}
+    capture_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+    capture_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=16 * 2**20)] = 65_536
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -36,8 +36,11 @@ __all__ = ["Gateway", "OnResult"]
 log = logging.getLogger("modelport.gateway")
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
-# on_result(model, build, status, seconds, request_id, metrics): called after every prediction
-OnResult = Callable[[str, "int | None", int, float, str, dict], None]
+# on_result(model, build, status, seconds, request_id, metrics, group, replica, body, out): called
+# after every prediction, synchronously (keep it to in-memory counting). ``group`` and ``replica``
+# are None when the request never reached them; ``body`` and ``out`` are the request and response
+# bodies as sent (b"" when not read).
+OnResult = Callable[[str, "int | None", int, float, str, dict, Any, Any, bytes, bytes], None]
 
 MiB = 1024 * 1024
 _PREDICT_ROLES = frozenset({"predict", "deployer", "admin"})
@@ -107,6 +110,7 @@ class Gateway:
         started = time.perf_counter() if self.on_result is not None else 0.0
         group = replica = None
         status = 500
+        body = out = b""
         try:
             if name is None:
                 name, body, content_type = await self._cloudera(
@@ -135,8 +139,8 @@ class Gateway:
                 metrics = msg.metrics
             else:
                 status = msg.status
-                await _error(send, status, error_json(status, msg.code, msg.message, msg.field),
-                             rid, group, replica, None)
+                out = error_json(status, msg.code, msg.message, msg.field)
+                await _error(send, status, out, rid, group, replica, None)
                 metrics = {}
         except _ClientGone:
             return
@@ -145,17 +149,18 @@ class Gateway:
             extra = exc.headers
             if status == 413:  # the rest of the body is not read: do not keep the connection
                 extra = {**extra, "Connection": "close"}
-            await _error(send, status, error_json(status, exc.code, exc.message, exc.field), rid,
-                         group, replica, extra)
+            out = error_json(status, exc.code, exc.message, exc.field)
+            await _error(send, status, out, rid, group, replica, extra)
             metrics = {}
         except Exception:
             log.exception("prediction failed inside the gateway")
-            await _error(send, 500, error_json(500, "internal", "Internal server error."), rid,
-                         group, replica, None)
+            out = error_json(500, "internal", "Internal server error.")
+            await _error(send, 500, out, rid, group, replica, None)
             metrics = {}
         if self.on_result is not None and name is not None:
             self.on_result(name, group.spec.build if group is not None else None, status,
-                           time.perf_counter() - started, rid.decode(), metrics)
+                           time.perf_counter() - started, rid.decode(), metrics, group, replica,
+                           body, out)
 
     def _group(self, name: str):
         group = self.routes.group(name)

@@ -45,6 +45,8 @@ class Deployment(msgspec.Struct):
     finished_at: str | None = None
     reason: str | None = None
     events: list[DeploymentEvent] = []
+    capture_percent: float = 0.0
+    capture_max_bytes: int = 65_536
 
 
 class Model(msgspec.Struct):

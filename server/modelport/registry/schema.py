@@ -115,4 +115,51 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_model ON audit (model, id);
     """,
+    # 2: monitoring series, per-prediction metrics, request captures, capture settings
+    """
+    CREATE TABLE metric_points (
+        model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+        build INTEGER NOT NULL,
+        res INTEGER NOT NULL,
+        t INTEGER NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        server_errors INTEGER NOT NULL DEFAULT 0,
+        latency_s REAL NOT NULL DEFAULT 0,
+        hist BLOB,
+        request_bytes INTEGER NOT NULL DEFAULT 0,
+        response_bytes INTEGER NOT NULL DEFAULT 0,
+        cpu_s REAL NOT NULL DEFAULT 0,
+        memory_bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (model_id, t, build, res)
+    ) WITHOUT ROWID;
+    CREATE INDEX metric_points_res_t ON metric_points (res, t);
+    CREATE TABLE tracked_metrics (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+        request_id TEXT NOT NULL,
+        build INTEGER,
+        at REAL NOT NULL,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (model_id, request_id)
+    );
+    CREATE INDEX tracked_metrics_at ON tracked_metrics (model_id, at, id);
+    CREATE INDEX tracked_metrics_age ON tracked_metrics (at);
+    CREATE TABLE captures (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+        build INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        status INTEGER NOT NULL,
+        latency_s REAL NOT NULL,
+        request BLOB NOT NULL,
+        response BLOB NOT NULL,
+        truncated INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX captures_build ON captures (model_id, build, id);
+    CREATE INDEX captures_age ON captures (at);
+    ALTER TABLE deployments ADD COLUMN capture_percent REAL NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN capture_max_bytes INTEGER NOT NULL DEFAULT 65536;
+    """,
 ]

@@ -28,6 +28,8 @@ class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
     max_body_mb: float = 5.0
     max_queue: int = 1000  # requests waiting for a free replica before 429 at once
     env: dict[str, str] = {}
+    capture_percent: float = 0.0  # requests sampled (with their answers) for replay; 0 = none
+    capture_max_bytes: int = 65_536  # each captured body is cut to this
 
     @property
     def max_body_bytes(self) -> int:

@@ -26,7 +26,7 @@ from modelport.store import manifest as mf
 log = logging.getLogger("modelport.deployer")
 
 SETTING_KEYS = ("replicas", "memory_mb", "timeout_s", "max_concurrency", "queue_timeout_s",
-                "max_body_mb", "env")
+                "max_body_mb", "env", "capture_percent", "capture_max_bytes")
 
 
 class ScaleFailed(Conflict):
@@ -153,7 +153,8 @@ class Deployer:
             deployment_id=str(row["id"]), replicas=row["replicas"], memory_mb=row["memory_mb"],
             timeout_s=row["timeout_s"], max_concurrency=row["max_concurrency"],
             queue_timeout_s=row["queue_timeout_s"], max_body_mb=row["max_body_mb"],
-            env=msgspec.json.decode(row["env"]))
+            env=msgspec.json.decode(row["env"]), capture_percent=row["capture_percent"],
+            capture_max_bytes=row["capture_max_bytes"])
 
     async def environment(self, manifest: mf.Manifest) -> Path:
         derived = manifest.derived

@@ -21,6 +21,9 @@ export class ApiError extends Error {
 
 const STATUS_WORDS = {
   0: "The server could not be reached",
+  200: "OK",
+  201: "Created",
+  202: "Accepted",
   400: "The request was not understood",
   401: "Not signed in",
   403: "Not allowed",

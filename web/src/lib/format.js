@@ -27,7 +27,10 @@ export function ago(iso, now = Date.now()) {
   if (Number.isNaN(t)) return iso;
   const s = (now - t) / 1000;
   if (s < 5) return "just now";
-  return `${duration(s)} ago`;
+  if (s < 60) return `${Math.round(s)}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m ago`;
+  return `${Math.floor(s / 86400)} days ago`;
 }
 
 export function since(iso, now = Date.now()) {
