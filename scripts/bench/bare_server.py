@@ -38,7 +38,7 @@ def iris():
 
     root = pathlib.Path(__file__).resolve().parents[2] / "examples" / "iris"
     saved = pickle.loads((root / "model.pkl").read_bytes())
-    model, names = saved["model"], saved["names"]
+    model, names = saved["model"], [str(n) for n in saved["names"]]
     decode = msgspec.json.Decoder(IrisArgs).decode
 
     def work(body: bytes) -> bytes:
