@@ -18,7 +18,7 @@ from modelport.api.admin import store_gc, store_status, store_verify
 from modelport.api.audit import audit_log
 from modelport.api.builds import BuildsController, import_build
 from modelport.api.deployments import DeploymentsController
-from modelport.api.health import health
+from modelport.api.health import health, whoami
 from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.models import ModelsController
 from modelport.api.spa import spa_routes
@@ -138,7 +138,7 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
             await services.close()
 
     app = Litestar(
-        route_handlers=[health, audit_log, ModelsController, TokensController, BuildsController,
+        route_handlers=[health, whoami, audit_log, ModelsController, TokensController, BuildsController,
                         import_build, DeploymentsController, store_status, store_verify, store_gc,
                         prometheus, MonitoringController,
                         *spa_routes],

@@ -261,3 +261,15 @@ def test_links_inside_the_folder_become_copies(srv):
         files = {f["path"]: f for f in c.get("/api/v1/models/m/builds/1/files").json()["items"]}
     assert set(files) == {"predict.py", "alias.py", "params/w.txt", "p2/w.txt"}
     assert files["alias.py"]["digest"] == files["predict.py"]["digest"]
+
+
+def test_manifest_and_whoami(srv, tmp_path):
+    built = build(srv, tmp_path, {"predict.py": TYPED, "requirements.txt": "tinypkg==1.0\n"})
+    with srv.client() as c:
+        manifest = c.get("/api/v1/models/m/builds/1/manifest").json()
+        me = c.get("/api/v1/whoami").json()
+    assert manifest["digest"] == built["digest"]
+    assert {w["name"]: w["version"] for w in manifest["derived"]["wheels"]}["tinypkg"] == "1.0"
+    assert [f["path"] if isinstance(f, dict) else f[0] for f in manifest["content"]["files"]] == \
+        ["predict.py", "requirements.txt"]
+    assert me["role"] == "admin" and me["name"] == "admin"

@@ -116,6 +116,13 @@ class BuildsController(Controller):
 
         return Stream(follow(path, finished), media_type="text/plain; charset=utf-8")
 
+    @get("/{number:int}/manifest")
+    async def manifest(self, request: Request, name: FromPath[str],
+                       number: FromPath[int]) -> mf.Manifest:
+        """The build's manifest: files, the lock and its wheels, entrypoint, schemas, metadata."""
+        _, row = await _build_row(request, name, number)
+        return await _manifest(request, row)
+
     @get("/{number:int}/files")
     async def files(self, request: Request, name: FromPath[str], number: FromPath[int]) -> FileList:
         """Every file of the build's snapshot: path, size, mode, digest."""
