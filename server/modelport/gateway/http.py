@@ -54,8 +54,9 @@ class PredictionProtocol(HttpToolsProtocol):
 
     header_timeout_s = HEADER_TIMEOUT_S
     body_idle_s = BODY_IDLE_S
-    _reading: asyncio.TimerHandle | None = None  # the slow-client watchdog of the request
-    _progress = 0  # bytes received while a request is being read
+    _phase = 0  # 0 between requests, 1 reading headers, 2 reading the body (for the sweeper)
+    _since = 0.0  # when the phase began, or the body last made progress
+    _progress = 0  # bytes received on this connection
     _seen = 0
 
     gateway: Gateway | None = None
@@ -64,40 +65,31 @@ class PredictionProtocol(HttpToolsProtocol):
     _tail: asyncio.Future | None = None  # written when the latest prediction's answer is out
     _close_after = False
 
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        _Sweeper.watch(self)
+
     def data_received(self, data: bytes) -> None:
         self._progress += len(data)
         super().data_received(data)
 
-    def _watch(self, delay: float, check) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-        self._seen = self._progress
-        self._reading = self.loop.call_later(delay, check)
-
-    def _headers_too_slow(self) -> None:
-        self._reading = None
-        log.info("closing a connection whose request headers took over %ss", self.header_timeout_s)
-        self.transport.close()
-
-    def _body_check(self) -> None:
-        self._reading = None
-        if self._progress == self._seen:
-            log.info("closing a connection whose request body stalled for %ss", self.body_idle_s)
-            self.transport.close()
-            return
-        self._watch(self.body_idle_s, self._body_check)
-
-    def _stop_watch(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-            self._reading = None
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_watch()
+        _Sweeper.forget(self)
         super().connection_lost(exc)
 
+    def _too_slow(self, now: float) -> str | None:
+        """Why this connection is to be closed now, if it is (checked once a second)."""
+        if self._phase == 1 and now - self._since > self.header_timeout_s:
+            return f"its request headers took over {self.header_timeout_s:g}s"
+        if self._phase == 2:
+            if self._progress != self._seen:
+                self._seen, self._since = self._progress, now
+            elif now - self._since > self.body_idle_s:
+                return f"its request body stalled for {self.body_idle_s:g}s"
+        return None
+
     def on_message_begin(self) -> None:
-        self._watch(self.header_timeout_s, self._headers_too_slow)
+        self._phase, self._since = 1, _Sweeper.now
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -105,7 +97,7 @@ class PredictionProtocol(HttpToolsProtocol):
         self.scope = None  # made in on_headers_complete, only for requests that go through ASGI
 
     def on_headers_complete(self) -> None:
-        self._watch(self.body_idle_s, self._body_check)
+        self._phase, self._since, self._seen = 2, _Sweeper.now, self._progress
         if self.gateway is not None and self.parser.get_method() == b"POST" and \
                 (self.cycle is None or self.cycle.response_complete):
             parsed = httptools.parse_url(self.url)
@@ -121,7 +113,8 @@ class PredictionProtocol(HttpToolsProtocol):
     def _start_lane(self, parsed) -> None:
         keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
         scope = {"type": "http", "method": "POST", "path": parsed.path.decode("latin-1"),
-                 "query_string": parsed.query or b"", "headers": self.headers}
+                 "query_string": parsed.query or b"", "headers": self.headers,
+                 "client": self.client}
         cap = self.gateway.routes.max_body(self.gateway.default_max_body) + 1
         self._lane = [scope, [], 0, cap, keep_alive]
         if self.expect_100_continue:
@@ -136,7 +129,7 @@ class PredictionProtocol(HttpToolsProtocol):
         lane[2] += len(body)
 
     def on_message_complete(self) -> None:
-        self._stop_watch()
+        self._phase = 0
         lane = self._lane
         if lane is None:
             return super().on_message_complete()
@@ -214,3 +207,34 @@ class PredictionProtocol(HttpToolsProtocol):
             self._close_after = True  # the answers in progress are sent, then the connection ends
             return
         super().shutdown()
+
+
+class _Sweeper:
+    """One timer for every connection: once a second, close those whose client is too slow.
+    (No timer per request on the hot path.)"""
+
+    connections: set[PredictionProtocol] = set()
+    handle: asyncio.TimerHandle | None = None
+    now = 0.0
+
+    @classmethod
+    def watch(cls, conn: PredictionProtocol) -> None:
+        cls.connections.add(conn)
+        if cls.handle is None:
+            cls.now = conn.loop.time()
+            cls.handle = conn.loop.call_later(1.0, cls.sweep, conn.loop)
+
+    @classmethod
+    def forget(cls, conn: PredictionProtocol) -> None:
+        cls.connections.discard(conn)
+
+    @classmethod
+    def sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        cls.now = now = loop.time()
+        for conn in list(cls.connections):
+            why = conn._too_slow(now)
+            if why is not None:
+                log.info("closing a slow connection: %s", why)
+                cls.connections.discard(conn)
+                conn.transport.close()
+        cls.handle = loop.call_later(1.0, cls.sweep, loop) if cls.connections else None
