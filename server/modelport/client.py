@@ -271,6 +271,28 @@ class Client:
         self.last_headers = response.headers
         return self._decode(response)
 
+    # Monitoring and tracked metrics
+    def metrics(self, name: str, since: str | None = None, step: int | None = None) -> dict:
+        """The monitoring series: requests, errors, latency percentiles per build."""
+        return self.request("GET", f"/api/v1/models/{name}/metrics",
+                            params=_params(since=since, step=step))
+
+    def prediction_metrics(self, name: str, request_id: str) -> dict:
+        """What `track_metric` recorded for one prediction (by its X-Request-Id)."""
+        return self.request("GET", f"/api/v1/models/{name}/predictions/{request_id}/metrics")
+
+    def track_delayed_metrics(self, name: str, request_id: str, metrics: dict) -> dict:
+        """Add metrics to a past prediction later (ground truth), as Cloudera's
+        track_delayed_metrics."""
+        return self.request("POST", f"/api/v1/models/{name}/predictions/{request_id}/metrics",
+                            json={"metrics": metrics})
+
+    def read_metrics(self, name: str, metric: str | None = None, since: str | None = None,
+                     until: str | None = None) -> dict:
+        """Tracked metrics over a time range, as Cloudera's read_metrics."""
+        return self.request("GET", f"/api/v1/models/{name}/metrics/tracked",
+                            params=_params(name=metric, since=since, until=until))
+
 def _params(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 

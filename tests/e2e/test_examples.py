@@ -46,3 +46,17 @@ def test_adder_example_schema(client):
     assert built["example_output"] == 5.0
     assert built["input_schema"]["required"] == ["a"]
     assert client.predict("adder", {"a": -1.5}) == -1.5
+
+
+def test_client_reads_tracked_metrics_and_series(client):
+    _deploy(client, "adder", "adder")
+    assert client.predict("adder", {"a": -2, "b": 3}) == 1.0
+    request_id = client.last_headers["x-request-id"]
+    assert client.prediction_metrics("adder", request_id)["metrics"] == {"magnitude": 5.0}
+    client.track_delayed_metrics("adder", request_id, {"truth": 1.0})
+    assert client.prediction_metrics("adder", request_id)["metrics"] == {"magnitude": 5.0,
+                                                                         "truth": 1.0}
+    tracked = client.read_metrics("adder", metric="magnitude")["items"]
+    assert [t["request_id"] for t in tracked] == [request_id]
+    series = client.metrics("adder")
+    assert sum(p["requests"] for p in series["points"]) >= 1
