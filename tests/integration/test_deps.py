@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from modelport.builder import deps
+
+from tests.conftest import _tiny_package
 from modelport.builder.wheelhouse import sha256_file
 
 OFFLINE_INDEX = "http://127.0.0.1:9/nonexistent"
@@ -34,14 +36,7 @@ def uv_cache(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _project(root: Path, name: str, version: str) -> Path:
-    src = root / f"{name}-{version}"
-    (src / name).mkdir(parents=True)
-    (src / name / "__init__.py").write_text(f'"""{name}."""\nVERSION = "{version}"\n')
-    (src / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["flit_core>=3.2,<5"]\nbuild-backend = "flit_core.buildapi"\n'
-        f'[project]\nname = "{name}"\nversion = "{version}"\ndescription = "tiny"\n'
-    )
-    return src
+    return _tiny_package(root, name, version)
 
 
 @pytest.fixture(scope="session")

@@ -128,8 +128,7 @@ class DeploymentsController(Controller):
     async def replicas(self, request: Request, name: FromPath[str]) -> Page[Replica]:
         """The replicas serving the model now: state, pid, in flight, served, failed, restarts."""
         await _model(request, name)
-        infos = state(request).supervisor.replicas(name)
-        return Page([msgspec.convert(msgspec.structs.asdict(i), Replica) for i in infos])
+        return Page(state(request).supervisor.replicas(name))
 
     @get("/replicas/{replica_id:str}/logs", media_type="text/plain")
     async def replica_logs(

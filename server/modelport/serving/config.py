@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from modelport.registry.records import Replica
+
 __all__ = ["GroupInfo", "GroupSpec", "ReplicaInfo", "Tuning"]
 
 MiB = 1024 * 1024
@@ -54,18 +56,7 @@ class Tuning(msgspec.Struct, kw_only=True, frozen=True):
     healthy_after_s: float = 30.0
 
 
-class ReplicaInfo(msgspec.Struct):
-    """The SPEC's replica shape."""
-
-    id: str
-    build: int
-    state: str  # starting | ready | draining | exited | crashed
-    pid: int | None
-    in_flight: int
-    served: int
-    failed: int
-    restarts: int
-    started_at: str | None
+ReplicaInfo = Replica  # the SPEC's replica shape, as the API shows it
 
 
 class GroupInfo(msgspec.Struct):
