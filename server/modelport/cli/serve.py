@@ -48,7 +48,8 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     app = create_asgi(settings, lock=lock)
-    click.echo(f"modelport serving {settings.url}  (data dir {settings.data_dir})", err=True)
+    click.echo(f"modelport serving {settings.url}  (web UI at /, API at /api/v1, OpenAPI at "
+               f"/schema; data dir {settings.data_dir})", err=True)
     protocol = type("Protocol", (PredictionProtocol,), {"gateway": app})
     config = uvicorn.Config(
         app, host=host, port=port, loop="uvloop", http=protocol, lifespan="on", proxy_headers=False,
