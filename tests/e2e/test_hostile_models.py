@@ -3,7 +3,6 @@ Other models keep serving throughout."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest

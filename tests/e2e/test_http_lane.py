@@ -78,7 +78,7 @@ def test_pipelined_predictions_answer_in_order(live):
 
 
 def test_prediction_then_management_on_one_connection(live):
-    get = (f"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    get = ("GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n").encode()
     with connect(live) as s:
         s.sendall(request(live, b'{"a": 1}') + get + request(live, b'{"a": 2}'))
         answers = read_responses(s, 3)
