@@ -51,3 +51,12 @@ def test_full_and_not_ready_replicas_are_skipped():
 def test_rotation_skips_a_replica_that_is_not_ready():
     replicas = [R(), R(accepting=False), R()]
     assert rotate(replicas, 4) == [0, 2, 0, 2]
+
+
+def test_queue_depth_follows_how_long_calls_take():
+    from modelport.serving.balancer import depth_for
+
+    assert depth_for(0.0002) == 8      # a + b: many queued calls, few wake-ups
+    assert depth_for(0.003) == 4
+    assert depth_for(0.5) == 2         # slow calls: at most one waits behind a running one
+    assert depth_for(0.0) == 8

@@ -91,6 +91,8 @@ class Replica:
         self._order: deque[int] = deque()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._timeout = 30.0
+        self.service_s = 0.0  # inline: moving average of how long a call runs
+        self._head_since = 0.0
         self._outbox: list[bytearray] = []  # frames of this loop iteration's calls: one write
         self._unsent: set[int] = set()  # their ids: a replica lost before the write never saw them
         self._seq = 0
@@ -127,6 +129,7 @@ class Replica:
         if self.inline:
             self._order.append(cid)
             if len(self._order) == 1:  # the head: it starts now; a queued one when it is the head
+                self._head_since = self._loop.time()
                 self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
             elif start_by:  # queued behind another call: it must start by start_by
                 self._timers[cid] = self._loop.call_later(
@@ -172,6 +175,9 @@ class Replica:
             order = self._order
             if order and order[0] == msg.id:
                 order.popleft()
+                now = self._loop.time()
+                self.service_s += (now - self._head_since - self.service_s) * 0.1
+                self._head_since = now
                 if order:  # the queued call starts now: its clock too
                     nxt = order[0]
                     queued = self._timers.pop(nxt, None)
