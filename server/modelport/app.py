@@ -21,6 +21,7 @@ from modelport.api.deployments import DeploymentsController
 from modelport.api.health import health, whoami
 from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.models import ModelsController
+from modelport.api.openapi import StructSchema, finish_routes
 from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
 from modelport.auth import Auth, permission_guard
@@ -90,8 +91,11 @@ class Services:
         self._held = self._lock or DataDirLock(s.lock_path).acquire()
         await self.db.open()
         await self.auth.load()
-        for row in await self.db.all("SELECT name, auth FROM models"):
-            self.routes.set_model(row["name"], auth=bool(row["auth"]))
+        for row in await self.db.all(
+                "SELECT name, auth, rate_limit_per_s, rate_limit_burst FROM models"):
+            self.routes.set_model(row["name"], auth=bool(row["auth"]),
+                                  rate_limit_per_s=row["rate_limit_per_s"],
+                                  rate_limit_burst=row["rate_limit_burst"])
         self.store = await asyncio.to_thread(ContentStore, s.store_dir)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
         self.builder = Builder(s, self.db, self.store, runtime)
@@ -150,11 +154,14 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
         openapi_config=OpenAPIConfig(
             title="modelport management API", version=__version__, path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
-            openapi_router=Router("/schema", route_handlers=[], opt={"perm": "public"}),
+            openapi_router=Router("/schema", route_handlers=[], opt={"perm": "public"},
+                                  include_in_schema=False),
         ),
+        plugins=[StructSchema()],
         logging_config=None,
         debug=False,
     )
+    finish_routes(app)
     app.state.services = services
     return app
 

@@ -167,6 +167,8 @@ def error_json(status: int, code: str, message: str, field: str | None = None) -
     return msgspec.json.encode(ErrorEnvelope(ErrorBody(code, message, field)))
 
 
+TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
+            "deep).")
 _BACKTICK = re.compile(r"`([^`]+)`")
 
 
@@ -194,6 +196,10 @@ def to_modelport_error(exc: Exception) -> ModelportError:
         return err
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):  # msgspec, on a deep body
+        return RequestMalformed(TOO_DEEP)
+    if isinstance(exc, OverflowError) and "SQLite INTEGER" in str(exc):  # an id past 2**63 - 1
+        return NotFound("Nothing has a number that large.")
     from modelport.store.objects import CorruptObject, ObjectMissing
 
     if isinstance(exc, CorruptObject):
@@ -207,8 +213,8 @@ def to_modelport_error(exc: Exception) -> ModelportError:
         detail = str(exc.detail)
         if exc.status_code == 404:
             return RouteNotFound("No such route.")
-        if exc.status_code == 405:
-            return MethodNotAllowed("Method not allowed on this route.")
+        if exc.status_code == 405:  # with the `Allow` header Litestar's router sets
+            return MethodNotAllowed("Method not allowed on this route.", headers=exc.headers)
         if exc.status_code == 413:
             return RequestTooLarge(detail)
         if exc.status_code == 400:

@@ -174,3 +174,82 @@ def test_unknown_route_is_json_404(app_client):
 def test_wrong_method_is_json_405(app_client):
     response = app_client.put("/api/v1/models")
     assert response.status_code == 405 and error(response)["code"] == "method.not_allowed"
+
+
+def test_rate_limit_settings_shape_and_validation(app_client):
+    made = app_client.post("/api/v1/models", json={"name": "rl", "rate_limit_per_s": 2.5})
+    assert made.status_code == 201
+    assert (made.json()["rate_limit_per_s"], made.json()["rate_limit_burst"]) == (2.5, None)
+    assert app_client.app.state.routes.limits["rl"].burst == 3  # one second's worth
+    plain = app_client.post("/api/v1/models", json={"name": "plain"}).json()
+    assert (plain["rate_limit_per_s"], plain["rate_limit_burst"]) == (None, None)
+    assert "plain" not in app_client.app.state.routes.limits
+    changed = app_client.patch("/api/v1/models/rl", json={"rate_limit_burst": 10}).json()
+    assert (changed["rate_limit_per_s"], changed["rate_limit_burst"]) == (2.5, 10)
+    cleared = app_client.patch("/api/v1/models/rl", json={"rate_limit_per_s": None}).json()
+    assert cleared["rate_limit_per_s"] is None and "rl" not in app_client.app.state.routes.limits
+    for body, field in [({"name": "x", "rate_limit_per_s": 0}, "rate_limit_per_s"),
+                        ({"name": "x", "rate_limit_per_s": 2e6}, "rate_limit_per_s"),
+                        ({"name": "x", "rate_limit_burst": 0}, "rate_limit_burst"),
+                        ({"name": "x", "rate_limit_burst": 1.5}, "rate_limit_burst"),
+                        ({"name": "x", "description": "d" * 10_001}, "description")]:
+        r = app_client.post("/api/v1/models", json=body)
+        assert r.status_code == 422 and error(r)["field"] == field, r.text
+
+
+def test_a_version_2_registry_gains_the_rate_limit_columns(tmp_path):
+    import asyncio
+    import sqlite3
+
+    from modelport.registry import models as rows
+    from modelport.registry.db import Database
+    from modelport.registry.schema import MIGRATIONS
+
+    path = tmp_path / "registry.sqlite3"
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    conn.execute("INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
+                 " VALUES ('old', 'me', 'h', 't', 't')")
+    conn.commit()
+    conn.close()
+
+    async def read():
+        db = await Database(path).open()
+        try:
+            return await rows.get(db, "old")
+        finally:
+            await db.close()
+
+    model = asyncio.run(read())
+    assert model.name == "old" and model.rate_limit_per_s is None and model.rate_limit_burst is None
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_deep_json_is_400_on_the_management_api(app_client):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for method, path in [("POST", "/api/v1/models"), ("PATCH", "/api/v1/models/x"),
+                         ("POST", "/api/v1/tokens")]:
+        r = app_client.request(method, path, content=deep,
+                               headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and error(r)["code"] == "request.malformed", r.text
+    assert app_client.get("/api/v1/health").status_code == 200
+
+
+def test_deep_example_input_and_captured_bodies():
+    from modelport.api.metrics import _body
+    from modelport.builder.service import MAX_EXAMPLE_DEPTH, parse_form
+    from modelport.errors import RequestInvalid
+
+    ok = "[" * MAX_EXAMPLE_DEPTH + "]" * MAX_EXAMPLE_DEPTH
+    assert parse_form({"entrypoint": "m.py:f", "example_output": ok}).example_output is not None
+    for depth in (MAX_EXAMPLE_DEPTH + 1, 100_000):
+        with pytest.raises(RequestInvalid) as caught:
+            parse_form({"entrypoint": "m.py:f",
+                        "example_input": '{"a":' + "[" * depth + "]" * depth + "}"})
+        assert caught.value.field == "example_input"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    value, b64 = _body(deep, truncated=False)  # a captured deep request: shown as base64
+    assert value is None and b64
+    value, b64 = _body(b'{"a": [1]}', truncated=False)
+    assert bytes(value) == b'{"a": [1]}' and b64 is None

@@ -413,6 +413,28 @@ def test_ratio_is_not_checked_below_the_floor():
     assert drain(zeros)[0][0].size == 5 * MiB
 
 
+# --- found by scripts/fuzz/archive.py (atheris) ---------------------------------------------
+
+
+def _pax_record_past_ssize_t() -> bytes:
+    record = b"99999999999999999999999 comment=x\n"  # a record length past 2**63
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(record)
+    body = tarfile.TarInfo("a.txt")
+    body.size = 1
+    return (pax.tobuf(tarfile.USTAR_FORMAT) + record.ljust(512, b"\0")
+            + body.tobuf(tarfile.USTAR_FORMAT) + b"x".ljust(512, b"\0") + b"\0" * 1024)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.zst"])
+def test_a_pax_record_length_past_ssize_t_is_invalid_not_a_crash(compress):
+    data = _pax_record_past_ssize_t()
+    if compress:
+        data = zstandard.ZstdCompressor().compress(data)
+    with pytest.raises(ArchiveInvalid):
+        list(iter_members(io.BytesIO(data)))
+
+
 # --- ignore rules (the server applies .modelportignore to uploaded members) ---------------
 
 

@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
-from modelport.api.common import Cursor, Limit, state, who
+from modelport.api.common import Cursor, Limit, PathNumber, RowNumber, state, who
 from modelport.errors import DeploymentNotFound, ModelNotDeployed, NotFound
 from modelport.registry import deployments as rows
 from modelport.registry import models as model_rows
@@ -21,7 +21,7 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_l
 
 
 class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
-    build: Annotated[int, msgspec.Meta(ge=1)]
+    build: RowNumber
     replicas: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     memory_mb: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] | None = None
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 30.0
@@ -38,7 +38,7 @@ class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
-    to_build: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    to_build: RowNumber | None = None
 
 
 async def _model(request: Request, name: str) -> dict:
@@ -93,7 +93,7 @@ class DeploymentsController(Controller):
 
     @get("/deployments/{deployment_id:int}")
     async def read(self, request: Request, name: FromPath[str],
-                   deployment_id: FromPath[int]) -> Deployment:
+                   deployment_id: PathNumber) -> Deployment:
         """One deployment with its events."""
         model = await _model(request, name)
         row = await rows.by_id(state(request).db, model["id"], deployment_id)

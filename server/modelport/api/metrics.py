@@ -12,7 +12,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, QueryParameter
 
-from modelport.api.common import Cursor, Limit, state
+from modelport.api.common import Cursor, Limit, PathNumber, state
 from modelport.clock import iso, parse_iso
 from modelport.errors import PredictionNotFound, RequestInvalid
 from modelport.observability.prometheus import exposition
@@ -84,8 +84,9 @@ def _iso(unix: float) -> str:
 def _body(blob: bytes, truncated: bool) -> tuple[Any, str | None]:
     if not truncated:
         try:
-            return msgspec.json.decode(blob), None
-        except msgspec.DecodeError:
+            msgspec.json.decode(blob, type=msgspec.Raw)  # checked, then sent as it is (any depth)
+            return msgspec.Raw(blob), None
+        except (msgspec.DecodeError, RecursionError):
             pass
     return None, base64.b64encode(blob).decode()
 
@@ -94,12 +95,14 @@ def _prediction(row: dict) -> PredictionMetrics:
     return PredictionMetrics(row["request_id"], row["metrics"], row["build"], _iso(row["at"]))
 
 
-@get("/metrics", opt={"perm": "any"}, tags=["monitoring"])
+@get("/metrics", opt={"perm": "any"}, tags=["monitoring"], media_type="text/plain")
 async def prometheus(request: Request) -> Response:
     """Prometheus text (OpenMetrics when asked): requests, latency, bytes, replicas, builds."""
     monitor = state(request).monitor
     body, content_type = exposition(monitor.recorder, monitor.groups(),
                                     await monitor.build_counts(), request.headers.get("accept"))
+    if content_type.startswith("text/"):  # Litestar adds the charset to text/* itself
+        content_type = content_type.replace("; charset=utf-8", "")
     return Response(body, media_type=content_type)
 
 
@@ -173,7 +176,7 @@ class MonitoringController(Controller):
         return _prediction(row)
 
     @get("/builds/{number:int}/captures")
-    async def captures(self, request: Request, name: FromPath[str], number: FromPath[int],
+    async def captures(self, request: Request, name: FromPath[str], number: PathNumber,
                        limit: Limit = None, cursor: Cursor = None) -> Page[CapturedRequest]:
         """Requests and responses sampled while this build served (newest first)."""
         model = await model_rows.row(state(request).db, name)

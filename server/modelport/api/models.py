@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar.params import FromPath, JSONBody
 from litestar import Controller, Request, delete, get, patch, post
 
-from modelport.api.common import Cursor, Limit, ModelName, state, who
+from modelport.api.common import Cursor, Limit, ModelName, positive, state, who
 from modelport.registry import models as rows
 from modelport.registry.paging import clamp_limit, decode_cursor
 from modelport.registry.records import AccessKey, Model, ModelCreated, Page
 
 
+Description = Annotated[str, msgspec.Meta(max_length=10_000)]
+RatePerSecond = Annotated[float, positive(
+    le=1_000_000, description="Requests a second per key, token or (auth off) client "
+    "address; null: no limit")]
+Burst = Annotated[int, msgspec.Meta(
+    ge=1, le=1_000_000, description="Requests at once above the rate; null: one second's worth")]
+
+
 class ModelCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: ModelName
-    description: str = ""
+    description: Description = ""
     auth: bool = True
+    rate_limit_per_s: RatePerSecond | None = None
+    rate_limit_burst: Burst | None = None
 
 
 class ModelPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    description: str | None = None
+    """Fields left out are unchanged; the rate limit's fields may be set to null (no limit)."""
+
+    description: Description | None = None
     auth: bool | None = None
+    rate_limit_per_s: RatePerSecond | None | msgspec.UnsetType = msgspec.UNSET
+    rate_limit_burst: Burst | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class ModelsController(Controller):
@@ -34,10 +50,12 @@ class ModelsController(Controller):
         secret, key_hash = app.auth.new_model_key(data.name)
         model = await rows.create(
             app.db, name=data.name, description=data.description, auth=data.auth,
-            owner=who(request).actor, key_hash=key_hash,
+            owner=who(request).actor, key_hash=key_hash, rate_limit_per_s=data.rate_limit_per_s,
+            rate_limit_burst=data.rate_limit_burst,
         )
         app.auth.remember_key(data.name, key_hash)
-        app.routes.set_model(data.name, auth=data.auth)
+        app.routes.set_model(data.name, auth=data.auth, rate_limit_per_s=model.rate_limit_per_s,
+                             rate_limit_burst=model.rate_limit_burst)
         return ModelCreated(**msgspec.structs.asdict(model), access_key=secret)
 
     @get("/", opt={"perm": "read"})
@@ -55,11 +73,13 @@ class ModelsController(Controller):
 
     @patch("/{name:str}", opt={"perm": "write"})
     async def change(self, request: Request, name: FromPath[str], data: JSONBody[ModelPatch]) -> Model:
-        """Change the description or the auth flag."""
-        changes = msgspec.structs.asdict(data)
-        changes = {k: v for k, v in changes.items() if v is not None}
+        """Change the description, the auth flag or the rate limit."""
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items()
+                   if v is not msgspec.UNSET and (v is not None or k.startswith("rate_limit_"))}
         model = await rows.update(state(request).db, name, who(request).actor, changes)
-        state(request).routes.set_model(name, auth=model.auth)
+        state(request).routes.set_model(name, auth=model.auth,
+                                        rate_limit_per_s=model.rate_limit_per_s,
+                                        rate_limit_burst=model.rate_limit_burst)
         return model
 
     @delete("/{name:str}", opt={"perm": "write"}, status_code=204)

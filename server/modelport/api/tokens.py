@@ -8,7 +8,7 @@ import msgspec
 from litestar.params import FromPath, JSONBody
 from litestar import Controller, Request, delete, get, post
 
-from modelport.api.common import Cursor, Limit, ModelName, state, who
+from modelport.api.common import Cursor, Limit, ModelName, positive, state, who
 from modelport.errors import RequestInvalid
 from modelport.registry import tokens as rows
 from modelport.registry.paging import clamp_limit, decode_cursor
@@ -18,7 +18,7 @@ from modelport.registry.records import Page, Role, Token, TokenCreated
 class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     role: Role
-    expires_in_days: Annotated[float, msgspec.Meta(gt=0, le=36500)] | None = 365
+    expires_in_days: Annotated[float, positive(le=36500)] | None = 365
     models: list[ModelName] = []
 
 

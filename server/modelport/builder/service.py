@@ -38,6 +38,18 @@ class BuildForm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 JSON_FIELDS = ("example_input", "example_output", "labels")
+MAX_EXAMPLE_DEPTH = 100  # stored, then sent back in every read of the build
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in a decoded JSON value (a scalar is 0); no recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo and deepest <= MAX_EXAMPLE_DEPTH:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            todo.extend((c, level + 1) for c in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def parse_form(fields: dict[str, str]) -> BuildForm:
@@ -46,8 +58,14 @@ def parse_form(fields: dict[str, str]) -> BuildForm:
         if key in JSON_FIELDS:
             try:
                 values[key] = msgspec.json.decode(text)
+                deep = _depth(values[key]) > MAX_EXAMPLE_DEPTH
             except msgspec.DecodeError:
                 raise RequestInvalid(f"`{key}` is not valid JSON.", field=key) from None
+            except RecursionError:  # msgspec stops at Python's recursion limit
+                deep = True
+            if deep:
+                raise RequestInvalid(f"`{key}` nests deeper than {MAX_EXAMPLE_DEPTH} levels.",
+                                     field=key)
         else:
             values[key] = text
     try:

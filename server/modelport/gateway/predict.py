@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,9 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from modelport.auth import hash_secret
 from modelport.errors import (
+    TOO_DEEP,
     AuthDenied,
     AuthInvalid,
     AuthMissing,
@@ -20,6 +23,7 @@ from modelport.errors import (
     ModelNotFound,
     ModelportError,
     ModelUnavailable,
+    RateLimited,
     RequestInvalid,
     RequestMalformed,
     RequestTooLarge,
@@ -29,6 +33,7 @@ from modelport.runtime.invoke import field_of
 from modelport.runtime.protocol import Result
 from modelport.serving.balancer import Draining
 
+from .ratelimit import RateLimit
 from .routes import Routes
 
 __all__ = ["Gateway", "OnResult"]
@@ -72,6 +77,7 @@ class Gateway:
     def __init__(self, app: ASGIApp, routes: Routes, auth: Any, *,
                  default_max_body_mb: float = 5.0, on_result: OnResult | None = None) -> None:
         self.app, self.routes, self.auth = app, routes, auth
+        self._limits = routes.limits  # model → RateLimit, only for models that have one
         self.default_max_body = int(default_max_body_mb * MiB)
         self.on_result = on_result
         self._ids = itertools.count(1)
@@ -113,15 +119,20 @@ class Gateway:
         body = out = b""
         try:
             if name is None:
-                name, body, content_type = await self._cloudera(
+                name, body, content_type, caller = await self._cloudera(
                     scope, receive, length, content_type, authz)
+                limit = self._limits.get(name)
+                if limit is not None:
+                    _throttle(limit, caller)
                 group = self._group(name)
             else:
                 flag = self.routes.auth_flag(name)
                 if flag is None:
                     raise ModelNotFound(f"No model named '{name}'.")
-                if flag:
-                    self._authorize(name, authz)
+                caller = self._authorize(name, authz) if flag else None
+                limit = self._limits.get(name)
+                if limit is not None:
+                    _throttle(limit, caller or _address(scope))
                 group = self._group(name)
                 body = await _read(receive, length, group.max_body)
                 group = self._group(name)  # it may have been switched while the body came in
@@ -181,27 +192,31 @@ class Gateway:
                 group = newer
         raise ModelUnavailable(f"Model '{name}' is stopping.")
 
-    def _authorize(self, name: str, header: bytes) -> None:
+    def _authorize(self, name: str, header: bytes) -> str:
+        """The caller's key or token hash, once it may call ``name``; else auth.* errors."""
         if not header:
             raise AuthMissing("Send `Authorization: Bearer <the model's access key or a token>`.")
         scheme, _, secret = header.decode("latin-1").partition(" ")
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
             raise AuthInvalid("Send the key as `Authorization: Bearer <key>`.")
-        owner = self.auth.key_model(secret)
+        digest = hash_secret(secret)
+        owner = self.auth.key_model_hashed(digest)
         if owner is not None:
             if owner == name:
-                return
+                return digest
             raise AuthDenied(f"This is the access key of another model, not of '{name}'.")
-        identity = self.auth.token_identity(secret)
+        identity = self.auth.token_identity_hashed(digest)
         if identity.role not in _PREDICT_ROLES:
             raise AuthDenied(f"A token of role '{identity.role}' may not call models.")
         if identity.role == "predict" and identity.models and name not in identity.models:
             raise AuthDenied(f"This token may not call model '{name}'.")
+        return digest
 
     async def _cloudera(self, scope: dict, receive: Callable, length: int, content_type: str,
-                        authz: bytes) -> tuple[str, bytes, str]:
-        """POST /model: the model named by the access key, and the inner request's bytes."""
+                        authz: bytes) -> tuple[str, bytes, str, str]:
+        """POST /model: the model named by the access key, the inner request's bytes, its content
+        type and the key's hash."""
         key = None
         query = scope.get("query_string")
         if query and b"accessKey" in query:
@@ -218,19 +233,38 @@ class Gateway:
             raise RequestInvalid(text, field=field) from None
         except msgspec.DecodeError as exc:
             raise RequestMalformed(f"The body is not valid {content_type.upper()}: {exc}") from None
+        except RecursionError:
+            raise RequestMalformed(TOO_DEEP) from None
         key = key or req.accessKey
         if not key and authz[:7].lower() == b"bearer ":
             key = authz[7:].decode("latin-1").strip()
         if not key:
             raise AuthMissing("Send the model's access key as `accessKey`.")
-        name = self.auth.key_model(key)
+        digest = hash_secret(key)
+        name = self.auth.key_model_hashed(digest)
         if name is None:
             raise AuthInvalid("The access key is unknown or was rotated.")
         if self.routes.auth_flag(name) is None:
             raise ModelNotFound("The model of this access key no longer exists.")
         if len(raw) > self._group(name).max_body:
             raise RequestTooLarge(f"The body is over {self._group(name).max_body} bytes.")
-        return name, bytes(req.request), content_type
+        return name, bytes(req.request), content_type, digest
+
+
+def _address(scope: dict) -> str:
+    """Who calls a model whose auth is off: the client's IP address (the peer, not a header)."""
+    client = scope.get("client")
+    return "ip:" + client[0] if client else "ip:?"
+
+
+def _throttle(limit: RateLimit, caller: str) -> None:
+    wait = limit.take(caller)
+    if wait:
+        retry = max(1, math.ceil(wait))
+        raise RateLimited(
+            f"Over this model's rate limit of {limit.rate:g} requests a second (burst "
+            f"{limit.burst:g}) for this key; retry in {retry} s.",
+            headers={"Retry-After": str(retry)})
 
 
 async def _read(receive: Callable, length: int, limit: int) -> bytes:

@@ -1,8 +1,11 @@
-"""What the gateway knows of each model: whether it exists, its auth flag, the group serving it."""
+"""What the gateway knows of each model: whether it exists, its auth flag and rate limit, the group
+serving it."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from .ratelimit import RateLimit
 
 if TYPE_CHECKING:
     from modelport.serving.supervisor import ReplicaGroup, Supervisor
@@ -13,16 +16,20 @@ __all__ = ["Routes"]
 class Routes:
     """In memory, no database: the lead keeps it current.
 
-    - ``set_model(name, auth=...)`` when a model is created, its ``auth`` flag changes, or at
-      startup for every model in the registry; ``drop_model(name)`` when it is deleted.
+    - ``set_model(name, auth=..., rate_limit_per_s=..., rate_limit_burst=...)`` when a model is
+      created or changed, or at startup for every model in the registry; ``drop_model(name)``
+      when it is deleted.
+    - ``limits`` holds a RateLimit only for models that have one, so an unlimited model costs the
+      hot path one dict lookup.
     - The serving group comes from the supervisor's ``active`` table (switched by the supervisor
       itself: one dict store, atomic for the event loop). Without a supervisor, ``set_group``.
     """
 
-    __slots__ = ("_auth", "_groups")
+    __slots__ = ("_auth", "_groups", "limits")
 
     def __init__(self, supervisor: Supervisor | None = None) -> None:
         self._auth: dict[str, bool] = {}
+        self.limits: dict[str, RateLimit] = {}
         self._groups: dict[str, ReplicaGroup] = supervisor.active if supervisor else {}
 
     def attach(self, supervisor: Supervisor) -> None:
@@ -30,11 +37,19 @@ class Routes:
         supervisor.active.update(self._groups)
         self._groups = supervisor.active
 
-    def set_model(self, name: str, *, auth: bool = True) -> None:
+    def set_model(self, name: str, *, auth: bool = True, rate_limit_per_s: float | None = None,
+                  rate_limit_burst: int | None = None) -> None:
         self._auth[name] = auth
+        if rate_limit_per_s is None:
+            self.limits.pop(name, None)
+            return
+        current = self.limits.get(name)
+        if current is None or not current.same_as(rate_limit_per_s, rate_limit_burst):
+            self.limits[name] = RateLimit(rate_limit_per_s, rate_limit_burst)
 
     def drop_model(self, name: str) -> None:
         self._auth.pop(name, None)
+        self.limits.pop(name, None)
 
     def set_group(self, name: str, group: ReplicaGroup | None) -> None:
         if group is None:

@@ -50,6 +50,10 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # One query at a time on the reader: while a statement is open (executed, not yet
+        # fetched and closed), SQLite keeps that connection's read snapshot, and a query of
+        # another task run meanwhile would not see a write committed just before it.
+        self._read_lock = asyncio.Lock()
 
     async def open(self) -> "Database":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +84,11 @@ class Database:
         self._reader = self._writer = None
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        async with self._reader.execute(sql, tuple(params)) as cur:
+        async with self._read_lock, self._reader.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        async with self._reader.execute(sql, tuple(params)) as cur:
+        async with self._read_lock, self._reader.execute(sql, tuple(params)) as cur:
             return await cur.fetchall()
 
     async def value(self, sql: str, params: Iterable[Any] = ()) -> Any:

@@ -22,6 +22,8 @@ def _to_model(row: dict, deployment_row: dict | None = None) -> Model:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deployment=to_deployment(deployment_row, row["name"]) if deployment_row else None,
+        rate_limit_per_s=row["rate_limit_per_s"],
+        rate_limit_burst=row["rate_limit_burst"],
     )
 
 
@@ -48,18 +50,23 @@ async def list_models(db: Database, *, limit: int, cursor: str | None) -> Page[M
 
 
 async def create(
-    db: Database, *, name: str, description: str, auth: bool, owner: str, key_hash: str
+    db: Database, *, name: str, description: str, auth: bool, owner: str, key_hash: str,
+    rate_limit_per_s: float | None = None, rate_limit_burst: int | None = None,
 ) -> Model:
     at = now_iso()
+    detail: dict = {"auth": auth, "description": description}
+    if rate_limit_per_s is not None:
+        detail.update(rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
     try:
         async with db.write() as conn:
             await conn.execute(
                 "INSERT INTO models (name, description, auth, owner, access_key_hash, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, description, int(auth), owner, key_hash, at, at),
+                " updated_at, rate_limit_per_s, rate_limit_burst)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, description, int(auth), owner, key_hash, at, at, rate_limit_per_s,
+                 rate_limit_burst),
             )
-            await audit.record(conn, owner, "model.create", model=name,
-                               detail={"auth": auth, "description": description})
+            await audit.record(conn, owner, "model.create", model=name, detail=detail)
     except sqlite3.IntegrityError:
         raise ModelExists(f"A model named '{name}' already exists.") from None
     return await get(db, name)

@@ -57,6 +57,8 @@ class Model(msgspec.Struct):
     created_at: str
     updated_at: str
     deployment: Deployment | None = None
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
 
 
 class ModelCreated(Model, kw_only=True):

@@ -162,4 +162,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deployments ADD COLUMN capture_percent REAL NOT NULL DEFAULT 0;
     ALTER TABLE deployments ADD COLUMN capture_max_bytes INTEGER NOT NULL DEFAULT 65536;
     """,
+    # 3: a model's per-caller rate limit (null: none)
+    """
+    ALTER TABLE models ADD COLUMN rate_limit_per_s REAL;
+    ALTER TABLE models ADD COLUMN rate_limit_burst INTEGER;
+    """,
 ]

@@ -18,6 +18,8 @@ __all__ = ["CallFailed", "Invoker", "error_text", "field_of"]
 
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
+_TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
+             "deep).")
 
 
 class CallFailed(Exception):
@@ -86,6 +88,8 @@ class Invoker:
             kind = "MessagePack" if content_type == "msgpack" else "JSON"
             message = f"the body is not valid {kind}: {exc}"
             raise CallFailed(400, "request.malformed", message) from exc
+        except RecursionError as exc:  # msgspec stops at Python's recursion limit
+            raise CallFailed(400, "request.malformed", _TOO_DEEP) from exc
 
     @staticmethod
     def encode(value: Any, accept: str = "json") -> bytes:

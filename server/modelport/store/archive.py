@@ -182,7 +182,9 @@ class _TarInfo(tarfile.TarInfo):
             raise tarfile.ReadError(f"corrupt tar header ({exc})") from None
 
 
-_CORRUPT = (tarfile.TarError, zstandard.ZstdError, UnicodeError, EOFError, ValueError)
+# OverflowError: tarfile's pax parser takes a record length past 2**63 as a position (atheris).
+_CORRUPT = (tarfile.TarError, zstandard.ZstdError, UnicodeError, EOFError, ValueError,
+            OverflowError)
 
 
 class _MemberStream(io.RawIOBase):

@@ -1,0 +1,120 @@
+"""What the route table tells clients: every route's error answers in the OpenAPI document, in
+our shape, Structs as they are on the wire, and the whole `Allow` list on OPTIONS."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Litestar
+from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.routes import HTTPRoute
+
+from modelport.errors import ErrorEnvelope
+
+_EVERY = {
+    400: "`request.malformed`: the body or a parameter cannot be read",
+    404: "`*.not_found`: no such model, build, deployment, token, …",
+    422: "`request.invalid`: the request does not match what this route accepts; `field` names "
+         "the first bad value",
+    500: "`internal`, `store.corrupt`, `store.missing`",
+}
+_GUARDED = {
+    401: "`auth.missing` / `auth.invalid`: no token, or one unknown, expired or revoked",
+    403: "`auth.denied`: this token's role may not do this",
+    409: "`model.exists`, `model.active`, `build.not_ready`, …: the state does not allow it",
+}
+_WITH_BODY = {413: "`request.too_large`: the body is over the limit"}
+
+
+class StructSchema(StructSchemaPlugin):
+    """Litestar's Struct schemas, plus what the decoder and encoder do: `additionalProperties:
+    false` where unknown fields are refused, and an array (`prefixItems`) for array_like Structs
+    such as the manifest's file entries. Give it in ``Litestar(plugins=[...])``: it comes first."""
+
+    def to_openapi_schema(self, field_definition, schema_creator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        struct = field_definition.type_
+        config = struct.__struct_config__
+        if config.forbid_unknown_fields:
+            schema.additional_properties = False
+        for field in msgspec.inspect.type_info(struct).fields:
+            _constrain(schema.properties.get(field.encode_name) if schema.properties else None,
+                       field.type)
+        if config.array_like and schema.properties:
+            fields = msgspec.inspect.type_info(struct).fields
+            schema.prefix_items = [schema.properties[f.encode_name] for f in fields]
+            schema.min_items = sum(1 for f in fields if f.required)
+            schema.max_items = len(fields)
+            schema.type, schema.properties, schema.required = OpenAPIType.ARRAY, None, None
+        return schema
+
+
+def _constrain(prop, info) -> None:
+    """What Litestar leaves out of a field's schema: a dict's size and key rules, the rules of a
+    list's strings (it writes a dict's size as a string length, and drops the others)."""
+    if not isinstance(prop, Schema):
+        return
+    mi = msgspec.inspect
+    info = _bare(info)
+    if isinstance(info, mi.DictType):
+        prop.min_length = prop.max_length = None
+        prop.min_properties, prop.max_properties = info.min_length, info.max_length
+        if isinstance(_bare(info.key_type), mi.StrType):
+            prop.property_names = _string(_bare(info.key_type))
+    elif isinstance(info, mi.ListType) and isinstance(_bare(info.item_type), mi.StrType) \
+            and isinstance(prop.items, Schema):
+        prop.items = _string(_bare(info.item_type)) or prop.items
+
+
+def _bare(info):
+    return info.type if isinstance(info, msgspec.inspect.Metadata) else info
+
+
+def _string(info) -> Schema | None:
+    if info.pattern is None and info.min_length is None and info.max_length is None:
+        return None
+    return Schema(type=OpenAPIType.STRING, pattern=info.pattern, min_length=info.min_length,
+                  max_length=info.max_length)
+
+
+def _spec(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorEnvelope, description=description,
+                        generate_examples=False)
+
+
+def finish_routes(app: Litestar) -> None:
+    """Call once the app is made, before the document is first generated."""
+    document_errors(app)
+    fix_options_allow(app)
+
+
+def fix_options_allow(app: Litestar) -> None:
+    """Litestar makes a path's OPTIONS handler with its first route object and keeps it when more
+    methods of that path join a new route object, so `Allow` lists only the first ones (`OPTIONS,
+    POST` on /api/v1/models). Point each OPTIONS handler at the route it serves."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.http_methods != {"OPTIONS"} or handler.include_in_schema:
+                continue
+            for cell in getattr(handler.fn, "__closure__", None) or ():
+                if isinstance(cell.cell_contents, HTTPRoute) and cell.cell_contents is not route:
+                    cell.cell_contents = route
+
+
+def document_errors(app: Litestar) -> None:
+    """Add the error answers to every route handler's documented responses (a handler's own
+    ``responses`` win)."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if not getattr(handler, "include_in_schema", True):
+                continue
+            codes = dict(_EVERY)
+            if handler.opt.get("perm", "admin") != "public":
+                codes.update(_GUARDED)
+            if handler.http_methods & {"POST", "PUT", "PATCH"}:
+                codes.update(_WITH_BODY)
+            handler.responses = {**{c: _spec(d) for c, d in codes.items()},
+                                 **(handler.responses or {})}
