@@ -20,6 +20,7 @@ from modelport.api.builds import BuildsController, import_build
 from modelport.api.deployments import DeploymentsController
 from modelport.api.health import health, whoami
 from modelport.api.metrics import MonitoringController, prometheus
+from modelport.api.model_openapi import model_openapi
 from modelport.api.models import ModelsController
 from modelport.api.openapi import StructSchema, finish_routes
 from modelport.api.spa import spa_routes
@@ -142,7 +143,8 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
             await services.close()
 
     app = Litestar(
-        route_handlers=[health, whoami, audit_log, ModelsController, TokensController, BuildsController,
+        route_handlers=[health, whoami, model_openapi, audit_log, ModelsController,
+                        TokensController, BuildsController,
                         import_build, DeploymentsController, store_status, store_verify, store_gc,
                         prometheus, MonitoringController,
                         *spa_routes],

@@ -321,3 +321,37 @@ def test_cli_deploy_predict_rollback(offline_server, tmp_path):
     assert run("stop", "cli").returncode == 0
     bad = run("predict", "cli", '{"a": 1}')
     assert bad.returncode == 1 and "model.not_deployed" in bad.stderr
+
+
+def test_the_prediction_endpoints_openapi(d):
+    d.model("shapes")
+    code = ("import msgspec\n"
+            "class Point(msgspec.Struct):\n    x: float\n    y: float\n"
+            "class Req(msgspec.Struct):\n    points: list[Point]\n    scale: float = 1.0\n"
+            "def predict(req: Req) -> list[float]:\n"
+            "    return [p.x * req.scale for p in req.points]\n")
+    assert d.c.get("/api/v1/models/shapes/openapi.json").status_code == 404
+    d.deploy("shapes", d.build("shapes", {"predict.py": code},
+                               example_input={"points": [{"x": 1, "y": 2}]}))
+    doc = d.c.get("/api/v1/models/shapes/openapi.json").json()
+    post = doc["paths"]["/models/shapes/predict"]["post"]
+    body = post["requestBody"]["content"]["application/json"]
+    assert body["example"] == {"points": [{"x": 1, "y": 2}]}
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "type": "array", "items": {"type": "number"}}
+    assert post["responses"]["422"]["description"].startswith("request.invalid")
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(doc)
+    assert refs and all(r.startswith("#/components/schemas/") for r in refs)
+    assert all(r.split("/")[-1] in doc["components"]["schemas"] for r in refs)
+    assert "Point" in doc["components"]["schemas"]
+    assert d.predict("shapes", {"points": [{"x": 2, "y": 0}], "scale": 3}).json() == [6.0]
