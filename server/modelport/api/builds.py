@@ -23,7 +23,7 @@ from modelport.errors import NotFound, RequestInvalid
 from modelport.registry import builds as build_rows
 from modelport.registry import models as model_rows
 from modelport.registry.paging import clamp_limit, decode_cursor
-from modelport.registry.records import Build, Page
+from modelport.registry.records import Build, ImportedBuild, Page
 from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
 
@@ -40,10 +40,6 @@ class FileItem(msgspec.Struct):
 class FileList(msgspec.Struct):
     items: list[FileItem]
     next: str | None = None
-
-
-class ImportedBuild(Build, kw_only=True):
-    access_key: str | None = None
 
 
 async def _build_row(request: Request, name: str, number: int) -> tuple[dict, dict]:

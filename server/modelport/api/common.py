@@ -9,8 +9,8 @@ from litestar import Request
 from litestar.params import PathParameter, QueryParameter
 
 from modelport.auth import Identity, identity_of
+from modelport.registry.records import MODEL_NAME
 
-MODEL_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_NAME, description="Model name")]
 
 ROW_MAX = 2**53 - 1  # the largest integer every JSON client reads exactly; ids never get there

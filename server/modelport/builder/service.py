@@ -10,11 +10,13 @@ from typing import Annotated, Any
 
 import msgspec
 
+from modelport.builder import exchange
 from modelport.builder.snapshot import ingest
-from modelport.errors import RequestInvalid
+from modelport.errors import ModelNotFound, RequestInvalid
 from modelport.registry import builds as build_rows
 from modelport.registry import models as model_rows
-from modelport.registry.records import Build
+from modelport.registry.records import MODEL_NAME, Build, ImportedBuild
+from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
 from modelport.store.manifest import Snapshot
 
@@ -125,14 +127,8 @@ def remove_quietly(path) -> None:
         pass
 
 
-async def import_build(app, model_name: str | None, actor: str, archive, limits) -> Any:
+async def import_build(app, model_name: str | None, actor: str, archive, limits) -> ImportedBuild:
     """An exported build into this server: its model made when missing, the next number, same digest."""
-    from modelport.api.common import MODEL_NAME
-    from modelport.api.builds import ImportedBuild
-    from modelport.builder import exchange
-    from modelport.errors import ModelNotFound
-    from modelport.store import manifest as mf
-
     store = app.store
     with open(archive, "rb") as f, store.lease() as lease:
         manifest = await asyncio.to_thread(exchange.ingest_export, store, f, limits)

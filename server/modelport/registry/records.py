@@ -14,6 +14,7 @@ DeploymentStatus = Literal["pending", "deploying", "deployed", "failed", "stoppi
 ReplicaState = Literal["starting", "ready", "draining", "exited", "crashed"]
 
 ACTIVE_DEPLOYMENT = ("pending", "deploying", "deployed", "stopping")
+MODEL_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # the SPEC's rule for a model's name
 
 
 class Page(msgspec.Struct, Generic[T]):
@@ -90,6 +91,12 @@ class Build(msgspec.Struct, kw_only=True):
     new_bytes: int = 0
     git_commit: str | None = None
     requirements: str | None = None
+
+
+class ImportedBuild(Build, kw_only=True):
+    """An imported build; `access_key` is set, once, when the import created its model."""
+
+    access_key: str | None = None
 
 
 class Replica(msgspec.Struct):
