@@ -21,8 +21,8 @@ async def audit_log(
     model: Annotated[str | None, QueryParameter(required=False)] = None,
 ) -> Page[AuditEntry]:
     """The audit trail, newest first; `?model=` narrows it to one model."""
-    key = decode_cursor(cursor)
+    key = decode_cursor(cursor, int)
     return await audit.list_entries(
-        state(request).db, limit=clamp_limit(limit), cursor=key if isinstance(key, int) else None,
+        state(request).db, limit=clamp_limit(limit), cursor=key,
         model=model,
     )

@@ -83,10 +83,10 @@ class BuildsController(Controller):
                           cursor: Cursor = None) -> Page[Build]:
         """The model's builds, newest first."""
         model = await model_rows.row(state(request).db, name)
-        key = decode_cursor(cursor)
+        key = decode_cursor(cursor, int)
         return await build_rows.list_builds(state(request).db, model["id"], name,
                                             limit=clamp_limit(limit),
-                                            cursor=key if isinstance(key, int) else None)
+                                            cursor=key)
 
     @get("/{number:int}")
     async def read(self, request: Request, name: FromPath[str], number: FromPath[int]) -> Build:

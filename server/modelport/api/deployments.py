@@ -69,9 +69,9 @@ class DeploymentsController(Controller):
                       cursor: Cursor = None) -> Page[Deployment]:
         """Every deployment of the model, newest first, with its events."""
         model = await _model(request, name)
-        key, size = decode_cursor(cursor), clamp_limit(limit)
+        key, size = decode_cursor(cursor, int), clamp_limit(limit)
         found = await rows.history(state(request).db, model["id"], limit=size,
-                                   cursor=key if isinstance(key, int) else None)
+                                   cursor=key)
         nxt = next_cursor(found, size, "id")
         return Page([await _shown(request, r, name) for r in found], nxt)
 

@@ -181,9 +181,9 @@ class MonitoringController(Controller):
         """Requests and responses sampled while this build served (newest first)."""
         model = await model_rows.row(state(request).db, name)
         size = clamp_limit(limit)
-        key = decode_cursor(cursor)
+        key = decode_cursor(cursor, int)
         rows = await state(request).monitor.captures(
-            model["id"], number, after_id=key if isinstance(key, int) else None, limit=size)
+            model["id"], number, after_id=key, limit=size)
         nxt = None
         if len(rows) > size:
             del rows[size:]

@@ -61,9 +61,9 @@ class ModelsController(Controller):
     @get("/", opt={"perm": "read"})
     async def list_models(self, request: Request, limit: Limit = None, cursor: Cursor = None) -> Page[Model]:
         """Every model, by name, a page at a time."""
-        key = decode_cursor(cursor)
+        key = decode_cursor(cursor, str)
         return await rows.list_models(
-            state(request).db, limit=clamp_limit(limit), cursor=key if isinstance(key, str) else None
+            state(request).db, limit=clamp_limit(limit), cursor=key
         )
 
     @get("/{name:str}", opt={"perm": "read"})

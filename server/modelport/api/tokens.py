@@ -43,9 +43,9 @@ class TokensController(Controller):
         self, request: Request, limit: Limit = None, cursor: Cursor = None
     ) -> Page[Token]:
         """Every token that is not revoked (never the secrets)."""
-        key = decode_cursor(cursor)
+        key = decode_cursor(cursor, str)
         return await rows.list_tokens(
-            state(request).db, limit=clamp_limit(limit), cursor=key if isinstance(key, str) else None
+            state(request).db, limit=clamp_limit(limit), cursor=key
         )
 
     @delete("/{token_id:str}", status_code=200)

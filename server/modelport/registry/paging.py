@@ -16,7 +16,9 @@ def encode_cursor(key: str | int) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> str | int | None:
+def decode_cursor(cursor: str | None, kind: type | None = None) -> str | int | None:
+    """The key a cursor holds; with `kind`, None unless the key is of that type (a cursor of
+    another list starts from the beginning)."""
     if not cursor:
         return None
     try:
@@ -25,6 +27,8 @@ def decode_cursor(cursor: str | None) -> str | int | None:
         raise RequestInvalid("The cursor is not one this server gave out.", field="cursor") from None
     if not isinstance(key, (str, int)) or isinstance(key, bool):
         raise RequestInvalid("The cursor is not one this server gave out.", field="cursor")
+    if kind is not None and not isinstance(key, kind):
+        return None
     return key
 
 
