@@ -355,3 +355,13 @@ def test_the_prediction_endpoints_openapi(d):
     assert all(r.split("/")[-1] in doc["components"]["schemas"] for r in refs)
     assert "Point" in doc["components"]["schemas"]
     assert d.predict("shapes", {"points": [{"x": 2, "y": 0}], "scale": 3}).json() == [6.0]
+
+
+def test_a_deployments_own_body_limit(d):
+    d.model("big")
+    code = "def predict(text: str) -> int:\n    return len(text)\n"
+    d.deploy("big", d.build("big", {"predict.py": code}), max_body_mb=8)
+    six = "x" * (6 << 20)  # over the 5 MiB default, under this deployment's 8
+    assert d.predict("big", {"text": six}).json() == len(six)
+    nine = d.predict("big", {"text": "x" * (9 << 20)})
+    assert nine.status_code == 413 and nine.json()["error"]["code"] == "request.too_large"

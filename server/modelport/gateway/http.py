@@ -115,10 +115,19 @@ class PredictionProtocol(HttpToolsProtocol):
         scope = {"type": "http", "method": "POST", "path": parsed.path.decode("latin-1"),
                  "query_string": parsed.query or b"", "headers": self.headers,
                  "client": self.client}
-        cap = self.gateway.routes.max_body(self.gateway.default_max_body) + 1
+        cap = self._body_limit(parsed.path) + 1  # past it, bytes are counted, not kept
         self._lane = [scope, [], 0, cap, keep_alive]
         if self.expect_100_continue:
             self.transport.write(_CONTINUE)
+
+    def _body_limit(self, path: bytes) -> int:
+        """The model's own limit; for POST /model (model unknown until the key is read) the
+        largest of all."""
+        gateway = self.gateway
+        if path == b"/model":
+            return gateway.routes.max_body(gateway.default_max_body)
+        group = gateway.routes.group(path[8:-8].decode("latin-1"))
+        return group.max_body if group is not None else gateway.default_max_body
 
     def on_body(self, body: bytes) -> None:
         lane = self._lane
