@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import msgspec
 
+from modelport.clock import now_iso
+from modelport.registry import audit
 from modelport.registry.db import Database
 from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
 
@@ -76,9 +78,6 @@ async def history(db: Database, model_id: int, *, limit: int, cursor: int | None
 
 async def create(db: Database, *, model_id: int, model: str, build_id: int, build_number: int,
                  settings: dict, actor: str, reason: str | None = None) -> dict:
-    from modelport.clock import now_iso
-    from modelport.registry import audit
-
     async with db.write() as conn:
         cur = await conn.execute(
             "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
@@ -107,8 +106,6 @@ async def transition(db: Database, deployment_id: int, status: str | None, kind:
                      reason: str | None = None, finished: bool = False,
                      replicas: int | None = None) -> None:
     """Record an event of a deployment, and change its status (and what goes with it) if given."""
-    from modelport.clock import now_iso
-
     at = now_iso()
     sets, params = [], []
     if status is not None:
