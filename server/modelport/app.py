@@ -35,6 +35,7 @@ from modelport.observability.monitor import Monitor
 from modelport.registry.db import Database
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
+from modelport.serving.config import Tuning
 from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
@@ -77,7 +78,8 @@ class Services:
         self.auth = Auth(self.db)
         self.deployer: Deployer | None = None
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
-                                     logs_dir=settings.logs_dir, on_change=self._on_change)
+                                     logs_dir=settings.logs_dir, on_change=self._on_change,
+                                     tuning=Tuning(busy_poll_us=settings.busy_poll_us))
         self.routes = Routes(self.supervisor)
         self.monitor = Monitor(self.db, self.supervisor, self.routes)
         self._jobs: list[asyncio.Task] = []
@@ -173,4 +175,5 @@ def create_asgi(settings: Settings, *, lock: DataDirLock | None = None) -> Gatew
     app = create_app(settings, lock=lock)
     services: Services = app.state.services
     return Gateway(app, services.routes, services.auth, default_max_body_mb=settings.max_body_mb,
-                   on_result=services.monitor.on_result if settings.metrics else None)
+                   on_result=services.monitor.on_result if settings.metrics else None,
+                   poller=services.supervisor.poller)

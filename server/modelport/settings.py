@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, kw_only=True):
     max_body_mb: float = 5.0
     queue_timeout_s: float = 30.0
     timeout_s: float = 30.0
+    # Busy polling window (µs) of the server and replicas; 0 = off (modelport.runtime.busy_poll)
+    busy_poll_us: int = 250
     # Monitoring: MODELPORT_METRICS=0 stops counting predictions (the serving benchmark's baseline)
     metrics: bool = True
     # Web
@@ -89,6 +91,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 values[key] = int(env[f"MODELPORT_{key.upper()}"])
         if env.get("MODELPORT_METRICS", "") in ("0", "false"):
             values["metrics"] = False
+        if "MODELPORT_BUSY_POLL_US" in env:
+            values["busy_poll_us"] = int(env["MODELPORT_BUSY_POLL_US"])
         if "MODELPORT_BUILD_WORKERS" in env:
             values["build_workers"] = int(env["MODELPORT_BUILD_WORKERS"])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -3,12 +3,13 @@ bodies, oversized bodies, and management requests on the same connection."""
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 
 import pytest
 
 from tests.e2e.test_deployments import Deployed, typed
-
 
 LIMIT_S = 3  # the slow-client limits of this module's server (20 s and 30 s by default)
 
@@ -152,3 +153,24 @@ def test_a_stalled_body_is_cut_off(live):
         slow.sendall(head + b'{"a": ')
         slow.settimeout(LIMIT_S + 10)
         assert slow.recv(100) == b""  # closed, nothing answered
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_polling_stops_when_the_traffic_does(live):
+    """Back-to-back predictions make the server and the replicas poll between messages; once the
+    traffic stops, neither keeps a CPU busy."""
+    replicas = live.c.get("/api/v1/models/m/replicas").json()["items"]
+    pids = [live.srv.proc.pid] + [r["pid"] for r in replicas]
+    with socket.create_connection(("127.0.0.1", live.srv.port)) as sock:
+        for _ in range(300):
+            sock.sendall(request(live, b'{"a": 1, "b": 2}'))
+            assert read_responses(sock, 1)[0][0] == 200
+    time.sleep(0.2)
+    before = sum(cpu_seconds(p) for p in pids)
+    time.sleep(1.0)
+    used = sum(cpu_seconds(p) for p in pids) - before
+    assert used < 0.15, f"{used:.2f} CPU seconds in one idle second"

@@ -16,8 +16,8 @@ being read, every BODY_IDLE_S window must bring some bytes; otherwise the connec
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 from http import HTTPStatus
 
 import httptools
@@ -204,6 +204,7 @@ class PredictionProtocol(HttpToolsProtocol):
         transport = self.transport
         if not transport.is_closing():
             transport.write(b"".join(head))
+            self.gateway.poller.responded(self.loop)
             if keep_alive and not self._close_after:
                 self.on_response_complete()
             else:

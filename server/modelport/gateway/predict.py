@@ -32,6 +32,7 @@ from modelport.errors import (
 from modelport.runtime.invoke import field_of
 from modelport.runtime.protocol import Result
 from modelport.serving.balancer import Draining
+from modelport.serving.poller import Poller
 
 from .ratelimit import RateLimit
 from .routes import Routes
@@ -75,8 +76,10 @@ class Gateway:
     ``app`` (Litestar). ``auth`` is the server's ``modelport.auth.Auth`` (its in-memory caches)."""
 
     def __init__(self, app: ASGIApp, routes: Routes, auth: Any, *,
-                 default_max_body_mb: float = 5.0, on_result: OnResult | None = None) -> None:
+                 default_max_body_mb: float = 5.0, on_result: OnResult | None = None,
+                 poller: Poller | None = None) -> None:
         self.app, self.routes, self.auth = app, routes, auth
+        self.poller = poller or Poller(0)  # the supervisor's: see modelport.serving.poller
         self._limits = routes.limits  # model → RateLimit, only for models that have one
         self.default_max_body = int(default_max_body_mb * MiB)
         self.on_result = on_result

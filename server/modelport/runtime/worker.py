@@ -22,6 +22,7 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from .busy_poll import Gap, Spinner
 from .invoke import Invoker, error_text
 from .protocol import (
     Boot,
@@ -38,6 +39,8 @@ from .signature import analyze, load_entry
 
 __all__ = ["EXIT_BOOT", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "main", "serve"]
 
+_clock = time.perf_counter
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_BOOT = 3
@@ -47,7 +50,8 @@ EXIT_CONNECT = 4
 class _Replica(MessageProtocol):
     """Dispatches frames: Calls run inline (sync, max_concurrency 1), in threads, or as tasks."""
 
-    def __init__(self, invoker: Invoker, max_concurrency: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, invoker: Invoker, max_concurrency: int, done: asyncio.Future[None],
+                 busy_poll_s: float = 0.0) -> None:
         super().__init__()
         self.invoker = invoker
         self.handle = invoker.handle
@@ -63,12 +67,19 @@ class _Replica(MessageProtocol):
         self.served = 0
         self.in_flight = 0
         self.draining = False
+        # Inline: poll for the next call for a short while after answering one, when calls
+        # have been coming that close together (see busy_poll).
+        self.poll = self.inline and busy_poll_s > 0
+        self.gap = Gap(busy_poll_s)
+        self.spinner = Spinner()
 
     # -- frames -----------------------------------------------------------------------------------
 
     def message_received(self, msg: Any) -> None:
         kind = type(msg)
         if kind is Call:
+            if self.poll:
+                self.gap.stop(_clock())
             if self.draining:
                 self.send(Failure(msg.id, 503, "model.unavailable", "the replica is stopping"))
             elif msg.start_by and time.monotonic() > msg.start_by:
@@ -80,6 +91,11 @@ class _Replica(MessageProtocol):
                 self.in_flight = 0
                 self.served += 1
                 self.send(out)
+                if self.poll:
+                    now = _clock()
+                    window = self.gap.start(now)
+                    if window:
+                        self.spinner.spin(asyncio.get_running_loop(), now + window)
             elif self.is_async:
                 self.in_flight += 1
                 task = asyncio.get_running_loop().create_task(self._run_async(msg))
@@ -141,13 +157,14 @@ class _Replica(MessageProtocol):
 
 
 def serve(
-    sock: socket.socket, invoker: Invoker, max_concurrency: int = 1, loop_kind: str = "auto"
+    sock: socket.socket, invoker: Invoker, max_concurrency: int = 1, loop_kind: str = "auto",
+    busy_poll_s: float = 0.0,
 ) -> int:
     """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code."""
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     done: asyncio.Future[None] = loop.create_future()
-    replica = _Replica(invoker, max_concurrency, done)
+    replica = _Replica(invoker, max_concurrency, done, busy_poll_s)
     unix = sock.family == socket.AF_UNIX
     connect = loop.create_unix_connection if unix else loop.create_connection
     loop.run_until_complete(connect(lambda: replica, sock=sock))  # type: ignore[operator]
@@ -254,6 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=1,
                    help="calls served at once (default 1)")
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    p.add_argument("--busy-poll-us", type=int, default=0,
+                   help="poll this long for the next call instead of sleeping (0: never)")
     return p
 
 
@@ -302,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()  # the model's objects (weights) need not be scanned by every collection
     send_frame(sock, Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
-    return serve(sock, invoker, max(1, args.max_concurrency), args.loop)
+    return serve(sock, invoker, max(1, args.max_concurrency), args.loop,
+                 max(0, args.busy_poll_us) / 1e6)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class Tuning(msgspec.Struct, kw_only=True, frozen=True):
     flap_max_crashes: int = 5
     flap_window_s: float = 60.0
     healthy_after_s: float = 30.0
+    busy_poll_us: int = 250  # polling window instead of sleeping (modelport.runtime.busy_poll)
 
 
 ReplicaInfo = Replica  # the SPEC's replica shape, as the API shows it

@@ -14,6 +14,7 @@ from modelport.errors import ModelUnavailable
 
 from .balancer import Balancer
 from .config import GroupInfo, GroupSpec, Tuning
+from .poller import Poller
 from .replica import BootFailed, Replica, replica_id
 from .restart_policy import RestartPolicy
 
@@ -38,8 +39,9 @@ class ReplicaGroup:
 
     def __init__(self, spec: GroupSpec, *, runtime_dir: Path, logs_dir: Path,
                  tuning: Tuning | None = None, on_change: OnChange | None = None,
-                 policy: RestartPolicy | None = None) -> None:
+                 policy: RestartPolicy | None = None, poller: Poller | None = None) -> None:
         self.spec = spec
+        self.poller = poller or Poller(0)
         self.tuning = t = tuning or Tuning()
         self.logs_dir = logs_dir
         self.on_change = on_change
@@ -59,7 +61,7 @@ class ReplicaGroup:
         self.max_body = spec.max_body_bytes
         self._argv = [spec.python, "-u", "-m", "modelport.runtime.worker", "--project",
                       spec.project, "--entry", spec.entry, "--max-concurrency",
-                      str(max(1, spec.max_concurrency))]
+                      str(max(1, spec.max_concurrency)), "--busy-poll-us", str(t.busy_poll_us)]
         self._env = replica_env(runtime_dir, dict(spec.env))
         self._stop = asyncio.Event()
         self._drained: asyncio.Future | None = None
@@ -145,7 +147,8 @@ class ReplicaGroup:
                 rid=replica_id(self.spec.model, self.spec.build, slot), slot=slot,
                 build=self.spec.build, argv=self._argv, cwd=self.spec.project, env=self._env,
                 logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
-                on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency)))
+                on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency),
+                poller=self.poller))
         self.replicas.extend(fresh)
         return fresh
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 import logging
 import os
 import secrets
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from modelport.runtime.protocol import (
 
 from . import procs
 from .config import ReplicaInfo, Tuning
+from .poller import Poller
 
 __all__ = ["BootFailed", "NotSent", "Replica", "replica_id"]
 
@@ -66,13 +67,15 @@ class Replica:
 
     def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
-                 on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1) -> None:
+                 on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1,
+                 poller: Poller | None = None) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.id_bytes = rid.encode()
         self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
         self.memory_kb = memory_mb * 1024 if memory_mb else 0
         self.stdout_path, self.stderr_path = procs.log_paths(logs_dir, rid)
         self.on_exit = on_exit
+        self.poller = poller or Poller(0)
         self.state = "starting"
         self.accepting = False  # ready and taking calls: what the balancer looks at
         self.pid: int | None = None
@@ -136,6 +139,8 @@ class Replica:
                     max(0.0, start_by - time.monotonic()), self._not_started, cid)
         else:
             self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
+        poller = self.poller
+        poller.sent(self._loop)
         try:
             msg = await fut
         except NotSent:
@@ -147,6 +152,7 @@ class Replica:
             self._unsent.discard(cid)
             raise
         finally:
+            poller.answered()
             timer = self._timers.pop(cid, None)
             if timer is not None:
                 timer.cancel()

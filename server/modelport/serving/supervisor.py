@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import GroupSpec, ReplicaInfo, Tuning
 from .group import GroupFailed, OnChange, ReplicaGroup
+from .poller import Poller
 
 __all__ = ["GroupFailed", "OnChange", "ReplicaGroup", "Supervisor"]
 
@@ -20,6 +21,7 @@ class Supervisor:
                  on_change: OnChange | None = None) -> None:
         self.runtime_dir, self.logs_dir = runtime_dir, logs_dir
         self.tuning = tuning or Tuning()
+        self.poller = Poller(self.tuning.busy_poll_us / 1e6)  # shared by every replica
         self.on_change = on_change
         self.active: dict[str, ReplicaGroup] = {}
         self.groups: set[ReplicaGroup] = set()  # every group not yet stopped
@@ -37,7 +39,7 @@ class Supervisor:
         ``route_while_starting`` and nothing serving the model, the model is routed to the group
         while it starts, so that predictions get 503 model.unavailable rather than 404."""
         group = ReplicaGroup(spec, runtime_dir=self.runtime_dir, logs_dir=self.logs_dir,
-                             tuning=self.tuning, on_change=self.on_change)
+                             tuning=self.tuning, on_change=self.on_change, poller=self.poller)
         self.groups.add(group)
         placeholder = route_while_starting and spec.model not in self.active
         if placeholder:

@@ -1,0 +1,102 @@
+"""Busy polling decides by the waits it has seen: short ones open the window, long ones close it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from modelport.runtime.busy_poll import Gap, Spinner
+from modelport.serving.poller import Poller
+
+MAX = 250e-6
+
+
+def waits(gap: Gap, seconds: float, n: int) -> None:
+    t = 100.0
+    for _ in range(n):
+        gap.start(t)
+        gap.stop(t + seconds)
+        t += 1.0
+
+
+def test_short_waits_open_the_window_up_to_the_maximum():
+    gap = Gap(MAX)
+    assert gap.start(0.0) > 0  # nothing seen yet: try
+    gap.cancel()
+    waits(gap, 40e-6, 20)
+    assert 40e-6 < gap.start(50.0) <= MAX  # about twice the waits seen
+
+
+def test_long_waits_close_it_and_short_ones_open_it_again():
+    gap = Gap(MAX)
+    waits(gap, 40e-6, 20)
+    waits(gap, 5.0, 6)  # a model called now and then
+    assert gap.start(200.0) == 0.0
+    gap.cancel()
+    waits(gap, 40e-6, 12)
+    assert gap.start(300.0) > 0
+
+
+def test_a_cancelled_wait_is_not_measured():
+    gap = Gap(MAX)
+    waits(gap, 40e-6, 10)
+    before = gap.avg_s
+    gap.start(10.0)
+    gap.cancel()
+    gap.stop(20.0)
+    assert gap.avg_s == before
+
+
+def test_off_never_polls():
+    gap = Gap(0.0)
+    assert gap.start(1.0) == 0.0
+    poller = Poller(0.0)
+    loop = asyncio.new_event_loop()
+    try:
+        poller.sent(loop)
+        poller.answered()
+        poller.responded(loop)
+        assert poller.out == 0 and not poller.spinner._on
+    finally:
+        loop.close()
+
+
+def test_the_spinner_stops_at_its_deadline_and_when_not_allowed():
+    async def main():
+        loop = asyncio.get_running_loop()
+        turns = 0
+        allowed = True
+
+        def allow():
+            nonlocal turns
+            turns += 1
+            return allowed
+
+        spinner = Spinner(allow)
+        spinner.spin(loop, time.perf_counter() + 0.01)
+        await asyncio.sleep(0.05)
+        assert not spinner._on and turns > 1  # it turned, then stopped by itself
+        spinner.spin(loop, time.perf_counter() + 60)
+        await asyncio.sleep(0)
+        allowed = False
+        await asyncio.sleep(0.01)
+        assert not spinner._on
+
+    asyncio.run(main())
+
+
+def test_the_server_polls_only_while_one_call_is_out():
+    async def main():
+        loop = asyncio.get_running_loop()
+        poller = Poller(MAX)
+        poller.sent(loop)
+        assert poller.spinner._on  # the lone call's answer is polled for
+        poller.sent(loop)  # a second call: the loop is busy, no polling
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not poller.spinner._on
+        poller.answered()
+        poller.answered()
+        assert poller.out == 0
+
+    asyncio.run(main())
