@@ -44,6 +44,9 @@ class Call(msgspec.Struct, tag=True, array_like=True, gc=False):
     # time.monotonic() by which the call must start (0: no limit). CLOCK_MONOTONIC is one clock
     # for every process on the machine: a call still queued past it is answered 429, not run.
     start_by: float = 0.0
+    # The server has no other call out: after answering, the replica may poll for the next one
+    # (modelport.runtime.busy_poll). Under load it must not: the CPU is needed for the work.
+    poll: bool = False
 
 
 class Ping(msgspec.Struct, tag=True, array_like=True, gc=False):

@@ -67,8 +67,8 @@ class _Replica(MessageProtocol):
         self.served = 0
         self.in_flight = 0
         self.draining = False
-        # Inline: poll for the next call for a short while after answering one, when calls
-        # have been coming that close together (see busy_poll).
+        # Inline: poll for the next call for a short while after answering one, when the server
+        # had no other call out and calls have been coming that close together (see busy_poll).
         self.poll = self.inline and busy_poll_s > 0
         self.gap = Gap(busy_poll_s)
         self.spinner = Spinner()
@@ -91,7 +91,7 @@ class _Replica(MessageProtocol):
                 self.in_flight = 0
                 self.served += 1
                 self.send(out)
-                if self.poll:
+                if self.poll and msg.poll:
                     now = _clock()
                     window = self.gap.start(now)
                     if window:

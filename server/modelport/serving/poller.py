@@ -31,10 +31,12 @@ class Poller:
     def _alone(self) -> bool:
         return self.out <= 1
 
-    def sent(self, loop: asyncio.AbstractEventLoop) -> None:
+    def sent(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Count a call going out; True when it is the only one (its replica may poll after
+        answering it)."""
         self.out += 1
         if not self.on:
-            return
+            return False
         if self.out == 1:
             now = _clock()
             self.request.stop(now)
@@ -43,9 +45,11 @@ class Poller:
                 self.spinner.spin(loop, now + window)
             else:
                 self.spinner.stop()
-        elif self.out == 2:  # not alone any more: these waits are not the ones measured
+            return True
+        if self.out == 2:  # not alone any more: these waits are not the ones measured
             self.answer.cancel()
             self.request.cancel()
+        return False
 
     def answered(self) -> None:
         self.out -= 1

@@ -122,8 +122,10 @@ class Replica:
         cid = self._seq
         if not self._outbox:
             self._loop.call_soon(self._flush)
+        poller = self.poller
+        alone = poller.sent(self._loop)
         self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id,
-                                              start_by)))
+                                              start_by, alone)))
         self._unsent.add(cid)
         fut = self._loop.create_future()
         self._pending[cid] = fut
@@ -139,8 +141,6 @@ class Replica:
                     max(0.0, start_by - time.monotonic()), self._not_started, cid)
         else:
             self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
-        poller = self.poller
-        poller.sent(self._loop)
         try:
             msg = await fut
         except NotSent:
