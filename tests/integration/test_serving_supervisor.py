@@ -87,7 +87,8 @@ def test_sequential_requests_rotate_over_ready_replicas(env):
         seen = []
         for i in range(6):
             replica, msg = await call(group, {"a": i, "b": 0.5})
-            assert msg == Result(msg.id, str(i + 0.5).encode(), {})
+            assert (msg.id, msg.body, msg.metrics) == (msg.id, str(i + 0.5).encode(), {})
+            assert 0 < msg.took < 1  # how long the replica ran it
             seen.append(replica.id)
         assert seen == ids * 3
         replica, msg = await call(group, {"a": 1, "b": 2}, ctype="msgpack", accept="msgpack")
@@ -506,3 +507,29 @@ def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_pat
         assert isinstance(after, Result)
     env.run(t)
     assert (project / "runs.log").read_text().split() == ["first", "after"]
+
+
+def test_a_queued_call_has_its_own_timeout_from_when_it_starts(env, tmp_path):
+    """Two calls of 0.6 s on one replica with timeout_s=1: the second waits in the pipe, then
+    runs; 1.2 s after the first arrived, but 0.6 s after it started — both answer."""
+    project = tmp_path / "sleepy"
+    project.mkdir()
+    (project / "model.py").write_text(
+        "import time\n"
+        "def predict(seconds: float) -> float:\n"
+        "    time.sleep(seconds)\n"
+        "    return seconds\n")
+
+    async def t(sup):
+        group = await sup.deploy(GroupSpec(model="sleepy", build=1, python=sys.executable,
+                                           project=str(project), entry="model.py:predict",
+                                           timeout_s=1.0))
+        first = asyncio.create_task(call(group, {"seconds": 0.6}))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(call(group, {"seconds": 0.6}))
+        results = await asyncio.gather(first, second)
+        assert [type(msg) for _, msg in results] == [Result, Result]
+        assert group.replicas[0].restarts == 0 and group.replicas[0].state == "ready"
+        with pytest.raises(ModelTimeout):  # and one that runs past it still times out
+            await call(group, {"seconds": 3.0})
+    env.run(t)

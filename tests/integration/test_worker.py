@@ -335,7 +335,7 @@ def test_inherited_fd(model_dir):
         assert isinstance(recv_frame(ours), Ready)
         send_frame(ours, Call(5, b'{"a": 40, "b": 2}'))
         res = recv_frame(ours)
-        assert res == Result(5, b"42.0", {"a_plus_one": 41.0, "count": 1.0})
+        assert (res.id, res.body, res.metrics) == (5, b"42.0", {"a_plus_one": 41.0, "count": 1.0})
     assert proc.wait(10) == 0
     proc.stdout.close()
     proc.stderr.close()

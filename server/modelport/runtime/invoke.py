@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -13,6 +14,8 @@ from .codec import json_encoder, msgpack_encoder
 from .context import _METRICS
 from .protocol import Call, Failure, Result
 from .signature import Signature
+
+_clock = time.perf_counter
 
 __all__ = ["CallFailed", "Invoker", "error_text", "field_of"]
 
@@ -132,19 +135,21 @@ class Invoker:
 
     def handle(self, call: Call) -> Result | Failure:
         """A Call of a synchronous function → its Result or Failure (safe to run in a thread)."""
+        started = _clock()
         try:
             body, metrics = self.run(call.body, call.content_type, call.accept)
         except CallFailed as exc:
             return exc.failure(call.id)
-        return Result(call.id, body, metrics)
+        return Result(call.id, body, metrics, _clock() - started)
 
     async def handle_async(self, call: Call) -> Result | Failure:
         """A Call of an async function → its Result or Failure."""
+        started = _clock()
         try:
             body, metrics = await self.run_async(call.body, call.content_type, call.accept)
         except CallFailed as exc:
             return exc.failure(call.id)
-        return Result(call.id, body, metrics)
+        return Result(call.id, body, metrics, _clock() - started)
 
 
 def _model_error(exc: BaseException) -> CallFailed:

@@ -61,6 +61,7 @@ class Result(msgspec.Struct, tag=True, array_like=True, gc=False):
     id: int
     body: bytes
     metrics: dict[str, float] = {}
+    took: float = 0.0  # seconds the call ran in the replica (decode, function, encode)
 
 
 class Failure(msgspec.Struct, tag=True, array_like=True, gc=False):

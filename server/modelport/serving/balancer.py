@@ -45,13 +45,16 @@ def choose(replicas: Sequence[_Slot], max_concurrency: int, cursor: int) -> int:
 
 def depth_for(service_s: float) -> int:
     """Calls an inline replica may hold (one running, the rest queued in its pipe), by how long
-    its calls take: deep for fast calls (fewer wake-ups per call), shallow for slow ones (a
-    request should not wait behind long calls while another replica frees up)."""
-    if service_s < 0.001:
-        return 8
-    if service_s < 0.010:
-        return 4
-    return 2
+    its calls take: about QUEUED_WORK_S of work, between 2 and 32. Deep for fast calls: a call
+    queued in a pipe costs the server a fraction of one waiting in the balancer, and a batch of
+    them one write and one wake-up of the replica; shallow for slow ones, since a queued call is
+    committed to its replica and should not wait behind long calls while another one frees up."""
+    if service_s <= 0.0:
+        return 8  # nothing measured yet
+    return max(2, min(32, int(QUEUED_WORK_S / service_s)))
+
+
+QUEUED_WORK_S = 0.002
 
 
 class Balancer:

@@ -91,11 +91,15 @@ class Replica:
         # a replica may hold one more call queued in its pipe, so that it never waits for the next
         # one; only the oldest pending call has started, so on a crash the others are NotSent.
         self.inline = False
-        self._order: deque[int] = deque()
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        # Its deadlines are watched by one timer (no timer per call): the running call's timeout
+        # (_head_deadline) and the queued calls' start_by, checked when the watchdog fires.
+        self._order: deque[tuple[int, float]] = deque()  # (call id, start_by), oldest first
+        self._head_deadline = 0.0  # time.monotonic() when the running call times out
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # not inline: a timeout per call
         self._timeout = 30.0
-        self.service_s = 0.0  # inline: moving average of how long a call runs
-        self._head_since = 0.0
+        self.service_s = 0.0  # moving average of how long a call runs (as the replica timed it)
         self._outbox: list[bytearray] = []  # frames of this loop iteration's calls: one write
         self._unsent: set[int] = set()  # their ids: a replica lost before the write never saw them
         self._seq = 0
@@ -132,13 +136,13 @@ class Replica:
         self.in_flight += 1
         self._timeout = timeout
         if self.inline:
-            self._order.append(cid)
-            if len(self._order) == 1:  # the head: it starts now; a queued one when it is the head
-                self._head_since = self._loop.time()
-                self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
+            order = self._order
+            order.append((cid, start_by))
+            if len(order) == 1:  # the head: it starts now; a queued one when it is the head
+                self._head_deadline = deadline = time.monotonic() + timeout
+                self._arm(deadline)
             elif start_by:  # queued behind another call: it must start by start_by
-                self._timers[cid] = self._loop.call_later(
-                    max(0.0, start_by - time.monotonic()), self._not_started, cid)
+                self._arm(start_by)
         else:
             self._timers[cid] = self._loop.call_later(timeout, self._expire, cid, timeout)
         try:
@@ -153,9 +157,10 @@ class Replica:
             raise
         finally:
             poller.answered()
-            timer = self._timers.pop(cid, None)
-            if timer is not None:
-                timer.cancel()
+            if not self.inline:
+                timer = self._timers.pop(cid, None)
+                if timer is not None:
+                    timer.cancel()
             self.in_flight -= 1
         self.served += 1
         if type(msg) is Failure and msg.status >= 500:
@@ -178,20 +183,14 @@ class Replica:
         kind = type(msg)
         self._heard = time.monotonic()
         if kind is Result or kind is Failure:
+            if kind is Result and msg.took:
+                self.service_s += (msg.took - self.service_s) * 0.1
             order = self._order
-            if order and order[0] == msg.id:
+            if order and order[0][0] == msg.id:
                 order.popleft()
-                now = self._loop.time()
-                self.service_s += (now - self._head_since - self.service_s) * 0.1
-                self._head_since = now
                 if order:  # the queued call starts now: its clock too
-                    nxt = order[0]
-                    queued = self._timers.pop(nxt, None)
-                    if queued is not None:
-                        queued.cancel()
-                    if nxt in self._pending:
-                        self._timers[nxt] = self._loop.call_later(
-                            self._timeout, self._expire, nxt, self._timeout)
+                    self._head_deadline = deadline = time.monotonic() + self._timeout
+                    self._arm(deadline)
             fut = self._pending.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -199,6 +198,40 @@ class Replica:
             self.rss_kb = msg.rss_kb
         elif (kind is Ready or kind is Boot) and self._first is not None and not self._first.done():
             self._first.set_result(msg)
+
+    def _arm(self, when: float) -> None:
+        """Make sure the watchdog fires by ``when`` (time.monotonic())."""
+        if self._watchdog is None or when < self._watch_at:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watch_at = when
+            self._watchdog = self._loop.call_later(max(0.0, when - time.monotonic()), self._check)
+
+    def _check(self) -> None:
+        """The watchdog: time out the running call, refuse the queued ones past their start_by,
+        and wait for the next deadline."""
+        self._watchdog = None
+        order = self._order
+        if not order:
+            return
+        now = time.monotonic()
+        head = order[0][0]
+        if now >= self._head_deadline:  # (recycled even if its caller went away: it is stuck)
+            timeout = self._timeout
+            fut = self._pending.pop(head, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ModelTimeout(f"The function ran past timeout_s={timeout:g}s; "
+                                               f"replica {self.id} is recycled."))
+            self.kill(f"a call ran past timeout_s={timeout:g}s", recycle=True)
+            return
+        following = 0.0
+        for cid, start_by in list(order)[1:]:
+            if start_by and cid in self._pending:
+                if start_by <= now:
+                    self._not_started(cid)
+                elif not following or start_by < following:
+                    following = start_by
+        self._arm(min(self._head_deadline, following) if following else self._head_deadline)
 
     def _not_started(self, cid: int) -> None:
         """A call queued in the pipe did not start by its deadline: 429 now (the replica will
@@ -227,8 +260,11 @@ class Replica:
         pending, self._pending = self._pending, {}
         unsent, self._unsent = self._unsent, set()
         if self.inline and self._order:  # queued behind the call that was running: never started
-            unsent.update(list(self._order)[1:])
+            unsent.update(cid for cid, _ in list(self._order)[1:])
         self._order.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._outbox = []
         for cid, fut in pending.items():
             if fut.done():
