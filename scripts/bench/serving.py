@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Load against `POST /models/{name}/predict` next to a bare baseline measured in the same run.
 
-    scripts/bench/serving.py [--duration 10] [--models adder,iris]
+    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris]
 
 wrk (Debian's package; installed when missing) with one thread, since the machine has 2 cores.
 Every run is bounded in time and stops by itself; servers bind to 127.0.0.1 and are stopped by pid.
-Figures are reported as ratios to the bare baseline of the same run.
+Figures are reported as ratios to the bare baseline of the same round: each round measures the
+bare server right before modelport's deployments (1 and 2 replicas), and the median round is
+reported with the spread of all rounds, since this machine's speed drifts by 2× at times.
 """
 
 from __future__ import annotations
@@ -122,14 +124,14 @@ def modelport_server(data: Path):
     return proc, f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip()
 
 
-def deploy(client, name: str, replicas: int) -> str:
+def deploy(client, kind: str, name: str, replicas: int) -> str:
     from modelport.client import ApiError
 
     try:
         key = client.create_model(name)["access_key"]
     except ApiError:
         key = client.rotate_key(name)["access_key"]
-    folder, entry = ENTRY[name]
+    folder, entry = ENTRY[kind]
     built = client.build(ROOT / folder, name, entry)
     assert built["status"] == "built", built["error"]
     done = client.wait_deployment(name, client.deploy(name, built["number"], replicas=replicas)["id"])
@@ -137,9 +139,33 @@ def deploy(client, name: str, replicas: int) -> str:
     return key
 
 
+def measure(url: str, script: Path, c: int, duration: int, server_pid: int | None) -> dict:
+    """One wrk run; with ``server_pid``, also the CPU that the server and its replicas spent per
+    request."""
+    if server_pid is None:
+        return wrk(url, script, c, duration)
+    reps = replica_pids(server_pid)
+    before = cpu_seconds([server_pid]), cpu_seconds(reps)
+    got = wrk(url, script, c, duration)
+    n = max(1.0, got["rps"] * duration)
+    got["server_cpu_us"] = round((cpu_seconds([server_pid]) - before[0]) / n * 1e6, 1)
+    got["replica_cpu_us"] = round((cpu_seconds(reps) - before[1]) / n * 1e6, 1)
+    return got
+
+
+def median_row(runs: list[dict]) -> dict:
+    """The run with the median ratio (or req/s), its own figures kept together."""
+    key = "ratio" if "ratio" in runs[0] else "rps"
+    ordered = sorted(runs, key=lambda r: r[key])
+    return {**ordered[len(ordered) // 2], "spread": [r[key] for r in ordered]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="each round measures the bare baseline right before modelport; the "
+                         "median round is reported (this machine's speed drifts)")
     ap.add_argument("--models", default="adder,iris")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
@@ -151,41 +177,46 @@ def main() -> None:
         tmp = Path(tmp)
         server, url, token = modelport_server(tmp / "data")
         try:
-            for name in args.models.split(","):
+            for kind in args.models.split(","):
                 port = free_port()
-                bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port), name],
+                bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port), kind],
                              ready="ready")
                 try:
-                    script = lua_script(BODIES[name], {}, tmp)
-                    base = {c: wrk(f"http://127.0.0.1:{port}/", script, c, args.duration)
-                            for c in (1, 64)}
+                    targets = [("bare", "-", f"http://127.0.0.1:{port}/",
+                                lua_script(BODIES[kind], {}, tmp), None)]
+                    with Client(url, token) as client:
+                        for replicas in (1, 2):
+                            name = f"{kind}-{replicas}"
+                            key = deploy(client, kind, name, replicas)
+                            script = lua_script(BODIES[kind], {"Authorization": f"Bearer {key}"},
+                                                tmp)
+                            targets.append(("modelport", replicas, f"{url}/models/{name}/predict",
+                                            script, server.pid))
+                    for c in (1, 64):
+                        runs: dict[tuple, list[dict]] = {}
+                        for _ in range(args.rounds):
+                            base = None
+                            for target, replicas, where, script, pid in targets:
+                                got = measure(where, script, c, args.duration, pid)
+                                if base is None:
+                                    base = got
+                                else:
+                                    got["ratio"] = round(got["rps"] / base["rps"], 3)
+                                runs.setdefault((target, replicas), []).append(got)
+                        for (target, replicas), found in runs.items():
+                            rows.append({"model": kind, "target": target, "replicas": replicas,
+                                         "c": c, **median_row(found)})
                 finally:
                     stop(bare)
-                for c in (1, 64):
-                    rows.append({"model": name, "target": "bare", "replicas": "-", "c": c, **base[c]})
-                with Client(url, token) as client:
-                    for replicas in (1, 2):
-                        key = deploy(client, name, replicas)
-                        script = lua_script(BODIES[name], {"Authorization": f"Bearer {key}"}, tmp)
-                        for c in (1, 64):
-                            reps = replica_pids(server.pid)
-                            before = cpu_seconds([server.pid]), cpu_seconds(reps)
-                            got = wrk(f"{url}/models/{name}/predict", script, c, args.duration)
-                            n = got["rps"] * args.duration
-                            srv_us = (cpu_seconds([server.pid]) - before[0]) / n * 1e6
-                            rep_us = (cpu_seconds(reps) - before[1]) / n * 1e6
-                            rows.append({"model": name, "target": "modelport", "replicas": replicas,
-                                         "c": c, **got, "server_cpu_us": round(srv_us, 1),
-                                         "replica_cpu_us": round(rep_us, 1),
-                                         "ratio": round(got["rps"] / base[c]["rps"], 3)})
         finally:
             stop(server)
     print(f"{'model':6} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'non2xx':>6} {'ratio':>6} {'srv µs/req':>10} {'rep µs/req':>10}")
+          f" {'non2xx':>6} {'ratio':>6} {'srv µs/req':>10} {'rep µs/req':>10}  spread")
     for r in rows:
         print(f"{r['model']:6} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
               f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}"
-              f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}")
+              f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}"
+              f"  {' '.join(f'{v:g}' for v in r['spread'])}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -111,6 +112,10 @@ class Services:
         await self.deployer.restore()
         self._jobs = [asyncio.create_task(_every(5.0, self.auth.flush_usage)),
                       asyncio.create_task(self.monitor.run())]
+        # What start-up made (the app, its routes, the libraries) lives as long as the server: out
+        # of the collector's sight, a full collection no longer walks it (a pause in predictions).
+        gc.collect()
+        gc.freeze()
 
     async def close(self) -> None:
         for job in self._jobs:
