@@ -30,7 +30,6 @@ log = logging.getLogger("modelport.gateway")
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CLOSE = b"connection: close\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_DISCONNECT = {"type": "http.disconnect"}
 _INTERNAL = (b'{"error":{"code":"internal","message":"Internal server error."}}')
 
 
@@ -158,46 +157,32 @@ class PredictionProtocol(HttpToolsProtocol):
 
     async def _answer(self, lane: list, previous: asyncio.Future | None,
                       done: asyncio.Future) -> None:
-        scope, chunks, size, _, keep_alive = lane
+        scope, chunks, _, _, keep_alive = lane
         body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        path = scope["path"]
         head: list[bytes] = []
-        out: list[bytes] = []
-        sent = False
-
-        async def receive() -> dict:
-            nonlocal sent
-            if sent:
-                return _DISCONNECT
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict) -> None:
-            nonlocal keep_alive
-            if message["type"] == "http.response.start":
-                head.append(_STATUS_LINES.get(message["status"]) or
-                            f"HTTP/1.1 {message['status']} \r\n".encode())
-                for name, value in self.server_state.default_headers:
-                    head.extend((name, b": ", value, b"\r\n"))
-                for name, value in message["headers"]:
-                    if name == b"connection" and value == b"close":
-                        keep_alive = False
-                        continue
-                    head.extend((name, b": ", value, b"\r\n"))
-            else:
-                out.append(message.get("body", b""))
-
         try:
-            await self.gateway(scope, receive, send)
+            answer = await self.gateway.answer(scope, None if path == "/model" else path[8:-8],
+                                               body)
+            status, headers, out = answer  # (never None: the body is here already)
+            head.append(_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode())
+            for name, value in self.server_state.default_headers:
+                head.extend((name, b": ", value, b"\r\n"))
+            for name, value in headers:
+                if name == b"connection" and value == b"close":
+                    keep_alive = False
+                    continue
+                head.extend((name, b": ", value, b"\r\n"))
         except BaseException:
             log.exception("prediction failed in the HTTP layer")
             head[:] = [_STATUS_LINES[500], b"content-type: application/json\r\ncontent-length: ",
                        str(len(_INTERNAL)).encode(), b"\r\n"]
-            out[:] = [_INTERNAL]
+            out = _INTERNAL
             keep_alive = False
         if not keep_alive or self._close_after:
             head.append(_CLOSE)
         head.append(b"\r\n")
-        head.extend(out)
+        head.append(out)
         if previous is not None and not previous.done():
             await previous  # an earlier pipelined prediction answers first
         self._answering -= 1

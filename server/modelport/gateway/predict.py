@@ -37,7 +37,7 @@ from modelport.serving.poller import Poller
 from .ratelimit import RateLimit
 from .routes import Routes
 
-__all__ = ["Gateway", "OnResult"]
+__all__ = ["Answer", "Gateway", "OnResult"]
 
 log = logging.getLogger("modelport.gateway")
 
@@ -46,6 +46,7 @@ ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 # after every prediction, synchronously (keep it to in-memory counting). ``group`` and ``replica``
 # are None when the request never reached them; ``body`` and ``out`` are the request and response
 # bodies as sent (b"" when not read).
+Answer = tuple[int, list, bytes]  # status, headers (lowercase name, value), body
 OnResult = Callable[[str, "int | None", int, float, str, dict, Any, Any, bytes, bytes], None]
 
 MiB = 1024 * 1024
@@ -89,16 +90,28 @@ class Gateway:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
+            name = False
             if path[:8] == "/models/" and path[-8:] == "/predict":
                 name = path[8:-8]
-                if name and "/" not in name:
-                    return await self._handle(scope, receive, send, name)
+                if not name or "/" in name:
+                    name = False
             elif path == "/model":
-                return await self._handle(scope, receive, send, None)
+                name = None
+            if name is not False:
+                answer = await self.answer(scope, name, receive=receive)
+                if answer is not None:
+                    status, headers, out = answer
+                    await send({"type": "http.response.start", "status": status,
+                                "headers": headers})
+                    await send({"type": "http.response.body", "body": out})
+                return
         await self.app(scope, receive, send)
 
-    async def _handle(self, scope: dict, receive: Callable, send: Callable,
-                      name: str | None) -> None:
+    async def answer(self, scope: dict, name: str | None, given: bytes | None = None,
+                     receive: Callable | None = None) -> Answer | None:
+        """One prediction: its status, headers and body (None when the client went away while
+        sending). ``name`` is None for ``POST /model``. The body is given whole (the HTTP lane)
+        or read with ``receive`` (ASGI)."""
         ctype = accept = authz = rid = b""
         length = -1
         for key, value in scope["headers"]:
@@ -118,12 +131,12 @@ class Gateway:
         wants = "msgpack" if b"msgpack" in accept else "json"
         started = time.perf_counter() if self.on_result is not None else 0.0
         group = replica = None
-        status = 500
-        body = out = b""
+        metrics: dict = {}
+        body = b""  # as read, once it is
         try:
             if name is None:
                 name, body, content_type, caller = await self._cloudera(
-                    scope, receive, length, content_type, authz)
+                    scope, receive, given, length, content_type, authz)
                 limit = self._limits.get(name)
                 if limit is not None:
                     _throttle(limit, caller)
@@ -137,44 +150,48 @@ class Gateway:
                 if limit is not None:
                     _throttle(limit, caller or _address(scope))
                 group = self._group(name)
-                body = await _read(receive, length, group.max_body)
-                group = self._group(name)  # it may have been switched while the body came in
-            group, replica, msg = await self._call(name, group, body, content_type, wants, rid)
+                if given is None:
+                    body = await _read(receive, length, group.max_body)
+                    group = self._group(name)  # it may have been switched meanwhile
+                else:
+                    body = _whole(given, length, group.max_body)
+            try:
+                replica, msg = await group.call(body, content_type, wants, rid.decode())
+            except Draining:  # replaced while we were on our way: follow the route
+                group, replica, msg = await self._follow(name, group, body, content_type, wants,
+                                                         rid)
             if type(msg) is Result:
                 status = 200
                 out = msg.body
                 if scope["path"] == "/model":
                     out = _cloudera_body(out, replica.id_bytes, wants)
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    _MSGPACK if wants == "msgpack" else _JSON,
-                    (b"content-length", str(len(out)).encode()), *group.headers,
-                    (b"x-replica-id", replica.id_bytes), (b"x-request-id", rid)]})
-                await send({"type": "http.response.body", "body": out})
+                headers = [_MSGPACK if wants == "msgpack" else _JSON,
+                           (b"content-length", str(len(out)).encode()), *group.headers,
+                           (b"x-replica-id", replica.id_bytes), (b"x-request-id", rid)]
                 metrics = msg.metrics
             else:
                 status = msg.status
                 out = error_json(status, msg.code, msg.message, msg.field)
-                await _error(send, status, out, rid, group, replica, None)
-                metrics = {}
+                headers = _error_headers(out, rid, group, replica, None)
         except _ClientGone:
-            return
+            return None
         except ModelportError as exc:
             status = exc.status
             extra = exc.headers
             if status == 413:  # the rest of the body is not read: do not keep the connection
                 extra = {**extra, "Connection": "close"}
             out = error_json(status, exc.code, exc.message, exc.field)
-            await _error(send, status, out, rid, group, replica, extra)
-            metrics = {}
+            headers = _error_headers(out, rid, group, replica, extra)
         except Exception:
             log.exception("prediction failed inside the gateway")
+            status = 500
             out = error_json(500, "internal", "Internal server error.")
-            await _error(send, 500, out, rid, group, replica, None)
-            metrics = {}
+            headers = _error_headers(out, rid, group, replica, None)
         if self.on_result is not None and name is not None:
             self.on_result(name, group.spec.build if group is not None else None, status,
                            time.perf_counter() - started, rid.decode(), metrics, group, replica,
                            body, out)
+        return status, headers, out
 
     def _group(self, name: str):
         group = self.routes.group(name)
@@ -182,17 +199,19 @@ class Gateway:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return group
 
-    async def _call(self, name: str, group, body: bytes, content_type: str, wants: str,
-                    rid: bytes) -> tuple:
-        for _ in range(3):
+    async def _follow(self, name: str, group, body: bytes, content_type: str, wants: str,
+                      rid: bytes) -> tuple:
+        """The model's group was replaced while the request was on its way: call the new one."""
+        for _ in range(2):
+            newer = self.routes.group(name)
+            if newer is None or newer is group:
+                break
+            group = newer
             try:
                 replica, msg = await group.call(body, content_type, wants, rid.decode())
                 return group, replica, msg
-            except Draining:  # replaced while we were on our way: follow the route
-                newer = self.routes.group(name)
-                if newer is None or newer is group:
-                    break
-                group = newer
+            except Draining:
+                continue
         raise ModelUnavailable(f"Model '{name}' is stopping.")
 
     def _authorize(self, name: str, header: bytes) -> str:
@@ -216,8 +235,9 @@ class Gateway:
             raise AuthDenied(f"This token may not call model '{name}'.")
         return digest
 
-    async def _cloudera(self, scope: dict, receive: Callable, length: int, content_type: str,
-                        authz: bytes) -> tuple[str, bytes, str, str]:
+    async def _cloudera(self, scope: dict, receive: Callable | None, raw: bytes | None,
+                        length: int, content_type: str, authz: bytes
+                        ) -> tuple[str, bytes, str, str]:
         """POST /model: the model named by the access key, the inner request's bytes, its content
         type and the key's hash."""
         key = None
@@ -226,7 +246,7 @@ class Gateway:
             key = (parse_qs(query.decode("latin-1")).get("accessKey") or [None])[0]
         name = self.auth.key_model(key) if key else None
         limit = self._group(name).max_body if name else self.routes.max_body(self.default_max_body)
-        raw = await _read(receive, length, limit)
+        raw = await _read(receive, length, limit) if raw is None else _whole(raw, length, limit)
         try:
             req = (_cloudera_msgpack if content_type == "msgpack" else _cloudera_json)(raw)
         except msgspec.ValidationError as exc:
@@ -270,6 +290,15 @@ def _throttle(limit: RateLimit, caller: str) -> None:
             headers={"Retry-After": str(retry)})
 
 
+def _whole(body: bytes, length: int, limit: int) -> bytes:
+    """A body received whole, refused (413) past ``limit`` bytes, as ``_read`` would."""
+    if length > limit:
+        raise RequestTooLarge(f"The body is {length} bytes, over the limit of {limit} bytes.")
+    if len(body) > limit:
+        raise RequestTooLarge(f"The body is over the limit of {limit} bytes.")
+    return body
+
+
 async def _read(receive: Callable, length: int, limit: int) -> bytes:
     """The whole body, refusing (413) past ``limit`` bytes before reading it all."""
     if length > limit:
@@ -303,8 +332,7 @@ def _cloudera_body(out: bytes, replica_id: bytes, wants: str) -> bytes:
     return b'{"success":true,"response":' + out + b',"ReplicaID":"' + replica_id + b'"}'
 
 
-async def _error(send: Callable, status: int, body: bytes, rid: bytes, group, replica,
-                 extra: dict | None) -> None:
+def _error_headers(body: bytes, rid: bytes, group, replica, extra: dict | None) -> list:
     headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid)]
     if group is not None:
         headers += group.headers
@@ -312,5 +340,4 @@ async def _error(send: Callable, status: int, body: bytes, rid: bytes, group, re
         headers.append((b"x-replica-id", replica.id_bytes))
     if extra:
         headers += [(k.lower().encode(), str(v).encode()) for k, v in extra.items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return headers
