@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from modelport.api.common import Cursor, Limit, PathNumber, RowNumber, state, who
@@ -56,7 +56,7 @@ class DeploymentsController(Controller):
 
     @post("/deployments", opt={"perm": "write"}, status_code=202)
     async def create(self, request: Request, name: FromPath[str],
-                     data: DeploymentCreate) -> Deployment:
+                     data: JSONBody[DeploymentCreate]) -> Deployment:
         """Deploy a build; replaces the current deployment with no failed request."""
         model = await _model(request, name)
         settings = msgspec.structs.asdict(data)
@@ -85,7 +85,7 @@ class DeploymentsController(Controller):
         return await _shown(request, row, name)
 
     @patch("/deployments/current", opt={"perm": "write"})
-    async def scale(self, request: Request, name: FromPath[str], data: ScaleRequest) -> Deployment:
+    async def scale(self, request: Request, name: FromPath[str], data: JSONBody[ScaleRequest]) -> Deployment:
         """Scale the current deployment; recorded as an event of it, not a new deployment."""
         model = await _model(request, name)
         row = await state(request).deployer.scale(model, data.replicas, who(request).actor)
@@ -103,7 +103,7 @@ class DeploymentsController(Controller):
 
     @post("/rollback", opt={"perm": "write"}, status_code=202)
     async def rollback(self, request: Request, name: FromPath[str],
-                       data: RollbackRequest | None = None) -> Deployment:
+                       data: JSONBody[RollbackRequest | None] = None) -> Deployment:
         """Deploy the build that served before the current one (or `to_build`)."""
         model = await _model(request, name)
         to_build = data.to_build if data else None

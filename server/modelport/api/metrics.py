@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from modelport.api.common import Cursor, Limit, PathNumber, state
 from modelport.clock import iso, parse_iso
@@ -167,7 +167,7 @@ class MonitoringController(Controller):
 
     @post("/predictions/{request_id:str}/metrics", opt={"perm": "write"}, status_code=200)
     async def add(self, request: Request, name: FromPath[str], request_id: FromPath[str],
-                  data: MetricsIn) -> PredictionMetrics:
+                  data: JSONBody[MetricsIn]) -> PredictionMetrics:
         """Delayed metrics (ground truth) for a prediction, merged into what it recorded."""
         if len(request_id) > 128:
             raise RequestInvalid("A request id has at most 128 characters.", field="request_id")
