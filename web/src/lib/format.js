@@ -15,10 +15,12 @@ export function duration(seconds) {
   const s = Math.max(0, Math.round(seconds));
   if (s < 60) return `${s}s`;
   const m = Math.floor(s / 60);
-  if (m < 60) return `${m}m ${s % 60}s`;
+  const two = (big, bigUnit, small, smallUnit) =>
+    small ? `${big}${bigUnit} ${small}${smallUnit}` : `${big}${bigUnit}`;  // "1m", not "1m 0s"
+  if (m < 60) return two(m, "m", s % 60, "s");
   const h = Math.floor(m / 60);
-  if (h < 48) return `${h}h ${m % 60}m`;
-  return `${Math.floor(h / 24)}d ${h % 24}h`;
+  if (h < 48) return two(h, "h", m % 60, "m");
+  return two(Math.floor(h / 24), "d", h % 24, "h");
 }
 
 export function ago(iso, now = Date.now()) {
