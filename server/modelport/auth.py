@@ -18,7 +18,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from modelport.clock import in_days_iso, now_iso
-from modelport.errors import AuthDenied, AuthInvalid, AuthMissing
+from modelport.errors import AuthDenied, AuthInvalid, AuthMissing, Conflict
 from modelport.registry import models as model_rows
 from modelport.registry import tokens as token_rows
 from modelport.registry.db import Database
@@ -128,6 +128,14 @@ class Auth:
         return token, secret
 
     async def revoke_token(self, token_id: str, actor: str) -> Token:
+        """Revoke a token; 409 for the last admin token that works (nobody could manage the
+        server after it: make another admin token first)."""
+        now = now_iso()
+        admins = {i.id for i in self._tokens.values()
+                  if i.role == "admin" and (i.expires_at is None or i.expires_at > now)}
+        if admins == {token_id}:
+            raise Conflict("This is the last admin token that works: revoking it would lock "
+                           "everyone out of the API. Create another admin token first.")
         token = await token_rows.revoke(self.db, token_id, actor)
         self._tokens = {h: i for h, i in self._tokens.items() if i.id != token_id}
         return token

@@ -115,3 +115,21 @@ def test_last_used_is_recorded(app_client):
     app_client.blocking_portal.call(app_client.app.state.auth.flush_usage)
     listed = {t["id"]: t for t in app_client.get("/api/v1/tokens").json()["items"]}
     assert listed[viewer["id"]]["last_used_at"] is not None
+
+
+def test_the_last_admin_token_cannot_be_revoked(app_client):
+    """Revoking the only admin token that works would lock everyone out: 409, and it still works;
+    once another admin token exists, it can go."""
+    mine = app_client.get("/api/v1/whoami").json()
+    tokens = app_client.get("/api/v1/tokens").json()["items"]
+    admins = [t for t in tokens if t["role"] == "admin"]
+    for other in admins[1:]:
+        if other["id"] != mine["id"]:
+            app_client.delete(f"/api/v1/tokens/{other['id']}")
+    refused = app_client.delete(f"/api/v1/tokens/{mine['id']}")
+    assert refused.status_code == 409 and code(refused) == "conflict"
+    assert "last admin token" in refused.json()["error"]["message"]
+    assert app_client.get("/api/v1/models").status_code == 200
+    second = token_for(app_client, "admin")
+    assert app_client.delete(f"/api/v1/tokens/{mine['id']}").status_code == 200
+    assert app_client.get("/api/v1/models", headers=as_(second)).status_code == 200
