@@ -88,8 +88,9 @@ class Replica:
         self._pending: dict[int, asyncio.Future] = {}
         self.max_concurrency = max_concurrency
         # Inline: a sync function with max_concurrency 1 runs calls one at a time, in order. Such
-        # a replica may hold one more call queued in its pipe, so that it never waits for the next
-        # one; only the oldest pending call has started, so on a crash the others are NotSent.
+        # a replica may hold more calls queued in its pipe (balancer.depth_for), so that it never
+        # waits for the next one; only the oldest pending call has started, so on a crash the
+        # others are NotSent.
         self.inline = False
         # Its deadlines are watched by one timer (no timer per call): the running call's timeout
         # (_head_deadline) and the queued calls' start_by, checked when the watchdog fires.
