@@ -185,6 +185,10 @@ def test_corruption_is_never_served_and_verify_and_gc_work(offline_server, tmp_p
         c.post("/api/v1/models", json={"name": "tmp"})
         assert c.delete("/api/v1/models/src").status_code == 204
         before = c.get("/api/v1/store").json()["objects"]
+        # while the server runs, gc keeps an hour's grace: nothing this young goes
+        live = c.post("/api/v1/store/gc").json()
+        assert live == {"removed": 0, "freed_bytes": 0, "folders_removed": 0,
+                        "files_removed": 0}
     srv.stop()
     cli = subprocess.run([*MODELPORT, "verify", "--data-dir", str(srv.data_dir)],
                          capture_output=True, text=True, env=srv.env, timeout=60)
@@ -192,7 +196,12 @@ def test_corruption_is_never_served_and_verify_and_gc_work(offline_server, tmp_p
     gc = subprocess.run([*MODELPORT, "gc", "--data-dir", str(srv.data_dir), "--grace-s", "0",
                          "--json"], capture_output=True, text=True, env=srv.env, timeout=60)
     assert gc.returncode == 0, gc.stderr
-    assert __import__("json").loads(gc.stdout)["removed"] == before
+    collected = __import__("json").loads(gc.stdout)
+    assert collected["removed"] == before
+    # the deleted model's project folder, environment and checked-out files went with it
+    assert collected["folders_removed"] == 2 and collected["files_removed"] > 0
+    for folder in ("projects", "envs", "files"):
+        assert list((srv.data_dir / folder).iterdir()) == [], folder
     again = subprocess.run([*MODELPORT, "verify", "--data-dir", str(srv.data_dir)],
                            capture_output=True, text=True, env=srv.env, timeout=60)
     assert again.returncode == 0, again.stderr

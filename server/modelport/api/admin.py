@@ -9,7 +9,8 @@ from litestar import Request, get, post
 
 from modelport.api.common import state
 from modelport.registry import audit
-from modelport.registry.builds import object_digests
+from modelport.builder.prune import live_hex, prune
+from modelport.registry.builds import folder_digests, object_digests
 
 
 class StoreStatus(msgspec.Struct):
@@ -24,8 +25,10 @@ class VerifyResult(msgspec.Struct):
 
 
 class GcDone(msgspec.Struct):
-    removed: int
-    freed_bytes: int
+    removed: int  # store objects
+    freed_bytes: int  # by all of it
+    folders_removed: int = 0  # project folders and environments no build names
+    files_removed: int = 0  # checked-out files no project links to
 
 
 @get("/api/v1/store", opt={"perm": "admin"}, tags=["store"])
@@ -48,11 +51,17 @@ async def store_verify(request: Request) -> VerifyResult:
 
 @post("/api/v1/store/gc", opt={"perm": "admin"}, tags=["store"], status_code=200)
 async def store_gc(request: Request) -> GcDone:
-    """Remove objects no build refers to; never one a build in progress is writing."""
+    """Remove objects no build refers to, and the project folders, environments and checked-out
+    files of builds that are gone; never what a build in progress is writing (an hour's grace)."""
     app = state(request)
     live = await object_digests(app.db)
     result = await asyncio.to_thread(app.store.gc, live)
+    projects, envs = await folder_digests(app.db)
+    pruned = await asyncio.to_thread(prune, app.builder.settings.data_dir, live_hex(projects),
+                                     live_hex(envs))
+    done = GcDone(result.removed, result.freed_bytes + pruned.freed_bytes, pruned.folders,
+                  pruned.files)
     async with app.db.write() as conn:
         await audit.record(conn, request.scope["identity"].actor, "store.gc",
-                           detail={"removed": result.removed, "freed_bytes": result.freed_bytes})
-    return GcDone(result.removed, result.freed_bytes)
+                           detail=msgspec.structs.asdict(done))
+    return done

@@ -51,6 +51,19 @@ def live_digests(settings) -> set[str]:
         conn.close()
 
 
+def _folder_digests(settings) -> tuple[set[str], set[str]]:
+    from modelport.registry.builds import FOLDER_DIGESTS
+
+    if not settings.registry_path.exists():
+        return set(), set()
+    conn = sqlite3.connect(f"file:{settings.registry_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(FOLDER_DIGESTS).fetchall()
+    finally:
+        conn.close()
+    return {r[0] for r in rows if r[0]}, {r[1] for r in rows if r[1]}
+
+
 def _missing_objects(settings, store) -> list[str]:
     return sorted(d for d in live_digests(settings) if not store.has(d))
 
@@ -61,7 +74,9 @@ def _missing_objects(settings, store) -> list[str]:
               help="Keep objects younger than this: a build may still be writing them.")
 @json_option
 def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
-    """Remove objects no build refers to (the server must be stopped)."""
+    """Remove objects no build refers to, and the project folders, environments and checked-out
+    files of builds that are gone (the server must be stopped)."""
+    from modelport.builder.prune import live_hex, prune
     from modelport.datadir import DataDirBusy, DataDirLock
     from modelport.store.cas import ContentStore as Store
 
@@ -73,11 +88,16 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         sys.exit(1)
     try:
         result = Store(settings.store_dir).gc(live_digests(settings), grace_s=grace_s)
+        projects, envs = _folder_digests(settings)
+        pruned = prune(settings.data_dir, live_hex(projects), live_hex(envs), grace_s)
     finally:
         lock.release()
+    freed = result.freed_bytes + pruned.freed_bytes
     if as_json:
-        return print_json(result)
-    console.print(f"removed {result.removed} objects, {result.freed_bytes} bytes")
+        return print_json({"removed": result.removed, "freed_bytes": freed,
+                           "folders_removed": pruned.folders, "files_removed": pruned.files})
+    console.print(f"removed {result.removed} objects, {pruned.folders} folders and "
+                  f"{pruned.files} checked-out files: {freed} bytes freed")
 
 
 COMMANDS = [verify, gc]

@@ -128,3 +128,13 @@ async def unfinished(db: Database) -> list[dict]:
 
 async def object_digests(db: Database) -> set[str]:
     return {r["digest"] for r in await db.all("SELECT DISTINCT digest FROM build_objects")}
+
+
+FOLDER_DIGESTS = "SELECT digest, lock_digest FROM builds"
+
+
+async def folder_digests(db: Database) -> tuple[set[str], set[str]]:
+    """The build digests (project folders) and lock digests (environments) builds name."""
+    rows = await db.all(FOLDER_DIGESTS)
+    return ({r["digest"] for r in rows if r["digest"]},
+            {r["lock_digest"] for r in rows if r["lock_digest"]})
