@@ -8,8 +8,8 @@ import msgspec
 from litestar import Request, get, post
 
 from modelport.api.common import state
-from modelport.registry import audit
 from modelport.builder.prune import live_hex, prune
+from modelport.registry import audit
 from modelport.registry.builds import folder_digests, object_digests
 
 

@@ -1,4 +1,4 @@
-"""`modelport verify` and `modelport gc`: the artifact store checked and pruned, on the data dir itself."""
+"""`modelport verify` and `modelport gc`: the artifact store checked and pruned, on the data dir."""
 
 from __future__ import annotations
 
