@@ -174,3 +174,15 @@ def test_busy_polling_stops_when_the_traffic_does(live):
     time.sleep(1.0)
     used = sum(cpu_seconds(p) for p in pids) - before
     assert used < 0.15, f"{used:.2f} CPU seconds in one idle second"
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_a_prediction(live):
+    """No timer per request: the once-a-second sweep closes a connection left idle for the
+    keep-alive timeout (5 s) after its last answer."""
+    with socket.create_connection(("127.0.0.1", live.srv.port)) as sock:
+        sock.sendall(request(live, b'{"a": 1, "b": 2}'))
+        assert read_responses(sock, 1)[0][0] == 200
+        started = time.monotonic()
+        sock.settimeout(15)
+        assert sock.recv(1) == b""  # closed by the server
+        assert 4 < time.monotonic() - started < 12

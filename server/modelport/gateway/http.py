@@ -16,6 +16,7 @@ being read, every BODY_IDLE_S window must bring some bytes; otherwise the connec
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import logging
 import os
 from http import HTTPStatus
@@ -44,6 +45,7 @@ def _is_prediction_path(path: bytes) -> bool:
         and len(path) > 16
 
 
+IDLE = "idle for timeout_keep_alive"  # not slow: kept alive and unused (not logged)
 HEADER_TIMEOUT_S = float(os.environ.get("MODELPORT_HEADER_TIMEOUT_S", 20))
 BODY_IDLE_S = float(os.environ.get("MODELPORT_BODY_IDLE_S", 30))
 
@@ -60,9 +62,14 @@ class PredictionProtocol(HttpToolsProtocol):
 
     gateway: Gateway | None = None
     _lane: list | None = None  # [scope, body chunks, size, cap, keep_alive] of a prediction
-    _answering = 0  # predictions of this connection not answered yet
-    _tail: asyncio.Future | None = None  # written when the latest prediction's answer is out
+    _answers: deque | None = None  # this connection's predictions in order: [answer or None]
     _close_after = False
+    _idle_since = 0.0  # keep-alive after a prediction: the sweeper closes it past the timeout
+
+    @property
+    def _answering(self) -> int:
+        """Predictions of this connection not answered yet."""
+        return len(self._answers) if self._answers else 0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -78,6 +85,9 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def _too_slow(self, now: float) -> str | None:
         """Why this connection is to be closed now, if it is (checked once a second)."""
+        if self._idle_since and not self._phase and not self._answering and \
+                now - self._idle_since > self.timeout_keep_alive:
+            return IDLE
         if self._phase == 1 and now - self._since > self.header_timeout_s:
             return f"its request headers took over {self.header_timeout_s:g}s"
         if self._phase == 2:
@@ -88,7 +98,7 @@ class PredictionProtocol(HttpToolsProtocol):
         return None
 
     def on_message_begin(self) -> None:
-        self._phase, self._since = 1, _Sweeper.now
+        self._phase, self._since, self._idle_since = 1, _Sweeper.now, 0.0
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -142,9 +152,11 @@ class PredictionProtocol(HttpToolsProtocol):
         if lane is None:
             return super().on_message_complete()
         self._lane = None
-        self._answering += 1
-        previous, self._tail = self._tail, self.loop.create_future()
-        task = self.loop.create_task(self._answer(lane, previous, self._tail))
+        slot = [None]
+        if self._answers is None:
+            self._answers = deque()
+        self._answers.append(slot)
+        task = self.loop.create_task(self._answer(lane, slot))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -155,8 +167,7 @@ class PredictionProtocol(HttpToolsProtocol):
             return
         super()._start_asgi_task(cycle, app)
 
-    async def _answer(self, lane: list, previous: asyncio.Future | None,
-                      done: asyncio.Future) -> None:
+    async def _answer(self, lane: list, slot: list) -> None:
         scope, chunks, _, _, keep_alive = lane
         body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         path = scope["path"]
@@ -183,19 +194,34 @@ class PredictionProtocol(HttpToolsProtocol):
             head.append(_CLOSE)
         head.append(b"\r\n")
         head.append(out)
-        if previous is not None and not previous.done():
-            await previous  # an earlier pipelined prediction answers first
-        self._answering -= 1
-        transport = self.transport
-        if not transport.is_closing():
-            transport.write(b"".join(head))
+        slot[0] = (b"".join(head), keep_alive)
+        self._write_answers()
+
+    def _write_answers(self) -> None:
+        """Write the answers that are ready, in the order their requests came (pipelining)."""
+        answers = self._answers
+        while answers and answers[0][0] is not None:
+            data, keep_alive = answers.popleft()[0]
+            transport = self.transport
+            if transport.is_closing():
+                continue
+            transport.write(data)
             self.gateway.poller.responded(self.loop)
             if keep_alive and not self._close_after:
-                self.on_response_complete()
+                self._prediction_complete()
             else:
                 transport.close()
-        if not done.done():
-            done.set_result(None)
+
+    def _prediction_complete(self) -> None:
+        """uvicorn's on_response_complete, without a keep-alive timer per request: the sweeper
+        closes a connection idle for timeout_keep_alive."""
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        if self.pipeline and not self._answering:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif not self._phase:
+            self._idle_since = _Sweeper.now or self.loop.time()
 
     def shutdown(self) -> None:
         if self._answering:
@@ -229,7 +255,8 @@ class _Sweeper:
         for conn in list(cls.connections):
             why = conn._too_slow(now)
             if why is not None:
-                log.info("closing a slow connection: %s", why)
+                if why is not IDLE:
+                    log.info("closing a slow connection: %s", why)
                 cls.connections.discard(conn)
                 conn.transport.close()
         cls.handle = loop.call_later(1.0, cls.sweep, loop) if cls.connections else None
