@@ -16,9 +16,9 @@ being read, every BODY_IDLE_S window must bring some bytes; otherwise the connec
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 import logging
 import os
+from collections import deque
 from http import HTTPStatus
 
 import httptools
