@@ -159,3 +159,14 @@ def test_captures_and_the_debug_request_log(obs):
     assert mine and mine[0]["logger"] == "modelport.requests" and mine[0]["level"] == "debug"
     assert mine[0]["model"] == "obs" and mine[0]["build"] == 1 and mine[0]["status"] == 200
     assert mine[0]["replica"].startswith("obs-1-") and mine[0]["latency_ms"] > 0
+
+
+def test_a_deleted_models_counters_leave_metrics(obs):
+    obs.model("gone")
+    refused = obs.predict("gone", {"x": 1})  # known, not deployed: counted
+    assert refused.json()["error"]["code"] == "model.not_deployed"
+    assert samples(families(obs.c.get("/metrics").text)["modelport_requests"], model="gone")
+    assert obs.c.delete("/api/v1/models/gone").status_code == 204
+    after = families(obs.c.get("/metrics").text)
+    assert not samples(after["modelport_requests"], model="gone")
+    assert samples(after["modelport_requests"], model="obs")  # the others stay

@@ -89,6 +89,7 @@ class ModelsController(Controller):
         await rows.delete(app.db, name, who(request).actor)
         app.auth.forget_model(name)
         app.routes.drop_model(name)
+        app.monitor.recorder.forget(name)
 
     @post("/{name:str}/access-key/rotate", opt={"perm": "write"}, status_code=200)
     async def rotate_key(self, request: Request, name: FromPath[str]) -> AccessKey:

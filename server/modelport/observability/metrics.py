@@ -201,6 +201,16 @@ class Recorder:
         b.cpu_s += cpu_s
         b.memory_bytes = max(b.memory_bytes, memory_bytes)
 
+    def forget(self, model: str) -> None:
+        """A deleted model: its counters leave /metrics, and nothing of it is written later."""
+        self.stats = {k: st for k, st in self.stats.items() if k[0] != model}
+        self.closed = [c for c in self.closed if c[0] != model]
+        self.tracked = {k: t for k, t in self.tracked.items() if k[0] != model}
+        kept = [c for c in self.captures if c.model != model]
+        if len(kept) != len(self.captures):
+            self.captures = kept
+            self.capture_bytes = sum(len(c.request) + len(c.response) for c in kept)
+
     def take_tracked(self) -> dict[tuple[str, str], Tracked]:
         taken, self.tracked = self.tracked, {}
         return taken
