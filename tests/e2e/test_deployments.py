@@ -318,6 +318,12 @@ def test_cli_deploy_predict_rollback(offline_server, tmp_path):
     assert len(listed) == 1
     history = msgspec.json.decode(run("deployments", "cli", "--json").stdout)["items"]
     assert [h["build"] for h in history] == [1, 2, 1]
+    series = msgspec.json.decode(run("metrics", "cli", "--json").stdout)
+    assert series["step_s"] == 10 and sum(p["requests"] for p in series["points"]) >= 2
+    assert {p["build"] for p in series["points"]} == {1, 2}
+    table = run("metrics", "cli", "--since", "15m", "--step", "60")
+    assert table.returncode == 0 and "p99 ms" in table.stdout
+    assert "cli: 60 s per row" in table.stdout
     assert run("stop", "cli").returncode == 0
     bad = run("predict", "cli", '{"a": 1}')
     assert bad.returncode == 1 and "model.not_deployed" in bad.stderr

@@ -1,4 +1,5 @@
-"""`modelport deploy`, `predict`, `rollback`, `scale`, `stop`, `restart`, `replicas`, `deployments`, `logs`."""
+"""`modelport deploy`, `predict`, `rollback`, `scale`, `stop`, `restart`, `replicas`, `deployments`,
+`logs`, `metrics`."""
 
 from __future__ import annotations
 
@@ -204,4 +205,30 @@ def logs(client, name, build_number, replica_id, stderr, follow) -> None:
         click.echo(client.replica_logs(name, rid, stream), nl=False)
 
 
-COMMANDS = [deploy, predict, rollback, scale, stop, restart, replicas, deployments, logs]
+@click.command()
+@click.argument("name")
+@click.option("--since", default="1h", show_default=True,
+              help="How far back: 15m, 6h, 7d, seconds, or an ISO-8601 time.")
+@click.option("--step", type=int, help="Seconds per row (default: by the window, 10 s to 1 h).")
+@client_options
+@json_option
+def metrics(client, name: str, since: str, step: int | None, as_json: bool) -> None:
+    """Requests, errors, latency and resources of model NAME over time, per build."""
+    series = client.metrics(name, since=since, step=step)
+    if as_json:
+        return print_json(series)
+    points = series["points"]
+    if not points:
+        console.print(f"No predictions of {name} since {since}.")
+        return
+    rows = [{**p, "t": p["t"][11:19] if p["t"][:10] == points[-1]["t"][:10] else p["t"][:16],
+             "error_rate": f"{100 * p['errors'] / p['requests']:.1f} %" if p["requests"] else "—",
+             "cpu": f"{p['cpu_percent']:.0f} %", "memory": f"{p['memory_mb']:.0f} MB"}
+            for p in points]
+    print_table(rows, [("t", "time (UTC)"), ("build", "build"), ("requests", "requests"),
+                       ("error_rate", "errors"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+                       ("p99_ms", "p99 ms"), ("cpu", "CPU"), ("memory", "memory")],
+                title=f"{name}: {series['step_s']} s per row")
+
+
+COMMANDS = [deploy, predict, rollback, scale, stop, restart, replicas, deployments, logs, metrics]
