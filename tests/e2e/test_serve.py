@@ -66,7 +66,17 @@ def test_openapi_schema_is_served(server):
     with server.client(token="") as anonymous:  # public documentation
         schema = anonymous.get("/schema/openapi.json")
     assert schema.status_code == 200
-    assert "/api/v1/models" in schema.json()["paths"]
+    paths = schema.json()["paths"]
+    assert "/api/v1/models" in paths
+    # the streamed multipart uploads are described too, as the SPEC has them
+    form = paths["/api/v1/models/{name}/builds"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]
+    assert form["required"] == ["archive", "entrypoint"]
+    assert form["properties"]["archive"]["format"] == "binary"
+    assert {"requirements", "python", "example_input", "message", "labels"} <= set(
+        form["properties"])
+    assert "model" in paths["/api/v1/builds/import"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["properties"]
 
 
 def test_cli_lists_models_with_the_data_dir_token(server):

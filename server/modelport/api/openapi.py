@@ -1,13 +1,15 @@
 """What the route table tells clients: every route's error answers in the OpenAPI document, in
-our shape, Structs as they are on the wire, and the whole `Allow` list on OPTIONS."""
+our shape, Structs as they are on the wire, the whole `Allow` list on OPTIONS, and the fields of
+the streamed multipart uploads."""
 
 from __future__ import annotations
 
 import msgspec
 from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.routes import HTTPRoute
 
 from modelport.errors import ErrorEnvelope
@@ -87,6 +89,47 @@ def finish_routes(app: Litestar) -> None:
     """Call once the app is made, before the document is first generated."""
     document_errors(app)
     fix_options_allow(app)
+    describe_uploads(app)
+
+
+def _text(description: str, **extra) -> Schema:
+    return Schema(type=OpenAPIType.STRING, description=description, **extra)
+
+
+# The multipart routes read their body as a stream (a 5 GB archive never sits in memory), so
+# Litestar sees no body parameter to describe: their fields are written here, as the SPEC has them.
+UPLOADS = {
+    ("/api/v1/models/{name}/builds", "post"): (["archive", "entrypoint"], {
+        "archive": _text("The project folder's contents at the archive's root (.tar or "
+                         ".tar.zst).", format="binary"),
+        "entrypoint": _text("path/to/file.py:function"),
+        "requirements": _text("A requirements file inside the archive (default "
+                              "requirements.txt when present)."),
+        "python": _text("Python version of the environment, e.g. 3.11 (default: the "
+                        "server's)."),
+        "example_input": _text("JSON: an input the build calls the function with."),
+        "example_output": _text("JSON: the output expected for example_input; the build fails "
+                                "when it differs."),
+        "message": _text("What this build changes."),
+        "labels": _text("JSON object of string labels."),
+        "git_commit": _text("The source folder's git commit."),
+    }),
+    ("/api/v1/builds/import", "post"): (["archive"], {
+        "archive": _text("A build exported by GET …/builds/{number}/export.", format="binary"),
+        "model": _text("Import as this model (default: the exported build's model)."),
+    }),
+}
+
+
+def describe_uploads(app: Litestar) -> None:
+    """Add the multipart request bodies of the upload routes to the OpenAPI document (made now,
+    once: Litestar keeps it)."""
+    doc = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    for (path, method), (required, properties) in UPLOADS.items():
+        operation = getattr(doc.paths[path], method)
+        operation.request_body = RequestBody(required=True, content={
+            "multipart/form-data": OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.OBJECT, required=required, properties=properties))})
 
 
 def fix_options_allow(app: Litestar) -> None:
