@@ -42,9 +42,14 @@ def test_build_records_schema_example_and_log(srv, tmp_path):
     assert built["message"] == "first cut" and built["labels"] == {"team": "ml"}
     assert built["created_by"] == "admin" and built["finished_at"]
     with srv.client() as c:
-        log = c.get("/api/v1/models/m/builds/1/log").text
+        got = c.get("/api/v1/models/m/builds/1/log")
+        log = got.text
         files = c.get("/api/v1/models/m/builds/1/files").json()["items"]
-        content = c.get("/api/v1/models/m/builds/1/files/predict.py").text
+        raw = c.get("/api/v1/models/m/builds/1/files/predict.py")
+        content = raw.text
+        followed = c.get("/api/v1/models/m/builds/1/log", params={"follow": 1})
+    for answer in (got, raw, followed):  # one charset, not two
+        assert answer.headers["content-type"] == "text/plain; charset=utf-8"
     assert "resolving dependencies" in log and "msgspec==" in log and "example output" in log
     assert [f["path"] for f in files] == ["predict.py"] and content == TYPED
 

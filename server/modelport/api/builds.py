@@ -103,14 +103,14 @@ class BuildsController(Controller):
         path = log_path(state(request).settings.logs_dir, name, number)
         if not follow_:
             text = await asyncio.to_thread(path.read_bytes) if path.exists() else b""
-            return Response(text, media_type="text/plain; charset=utf-8")
+            return Response(text, media_type="text/plain")
         db = state(request).db
 
         async def finished() -> bool:
             status = await db.value("SELECT status FROM builds WHERE id = ?", (row["id"],))
             return status not in ("queued", "building")
 
-        return Stream(follow(path, finished), media_type="text/plain; charset=utf-8")
+        return Stream(follow(path, finished), media_type="text/plain")
 
     @get("/{number:int}/manifest")
     async def manifest(self, request: Request, name: FromPath[str],
@@ -139,7 +139,7 @@ class BuildsController(Controller):
         data = await asyncio.to_thread(state(request).store.read_bytes, entry.digest)
         kind = mimetypes.guess_type(wanted)[0] or "application/octet-stream"
         if kind.startswith("text/") or wanted.endswith((".py", ".txt", ".md", ".toml", ".cfg")):
-            kind = "text/plain; charset=utf-8"
+            kind = "text/plain"  # Litestar adds the charset (utf-8)
         return Response(data, media_type=kind)
 
     @get("/{number:int}/diff/{other:int}")

@@ -12,6 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.routes import HTTPRoute
 
+from modelport.builder.service import ENTRY, PYTHON
 from modelport.errors import ErrorEnvelope
 
 _EVERY = {
@@ -102,11 +103,11 @@ UPLOADS = {
     ("/api/v1/models/{name}/builds", "post"): (["archive", "entrypoint"], {
         "archive": _text("The project folder's contents at the archive's root (.tar or "
                          ".tar.zst).", format="binary"),
-        "entrypoint": _text("path/to/file.py:function"),
+        "entrypoint": _text("path/to/file.py:function", pattern=ENTRY.pattern),
         "requirements": _text("A requirements file inside the archive (default "
                               "requirements.txt when present)."),
         "python": _text("Python version of the environment, e.g. 3.11 (default: the "
-                        "server's)."),
+                        "server's).", pattern=PYTHON.pattern),
         "example_input": _text("JSON: an input the build calls the function with."),
         "example_output": _text("JSON: the output expected for example_input; the build fails "
                                 "when it differs."),
