@@ -31,6 +31,19 @@ def spec(model: str, **kw) -> GroupSpec:
                      entry="model.py:predict", **kw)
 
 
+def one_file_model(project: Path, code: str) -> Path:
+    """A project folder made by the test: model.py with ``code``."""
+    project.mkdir()
+    (project / "model.py").write_text(code)
+    return project
+
+
+def local_spec(project: Path, **kw) -> GroupSpec:
+    """A group of the model in ``project`` (named after the folder), run by this Python."""
+    return GroupSpec(model=project.name, build=1, python=sys.executable, project=str(project),
+                     entry="model.py:predict", **kw)
+
+
 class Env:
     def __init__(self, tmp: Path, **tuning) -> None:
         self.tmp = tmp
@@ -483,20 +496,16 @@ def test_an_inline_replica_holds_one_queued_call_and_a_crash_retries_it(env):
 
 
 def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_path):
-    project = tmp_path / "counting"
-    project.mkdir()
-    (project / "model.py").write_text(
+    project = one_file_model(tmp_path / "counting", (
         "import time\n"
         "def predict(seconds: float, tag: str) -> str:\n"
         "    with open('runs.log', 'a') as f:\n"
         "        f.write(tag + '\\n')\n"
         "    time.sleep(seconds)\n"
-        "    return tag\n")
+        "    return tag\n"))
 
     async def t(sup):
-        group = await sup.deploy(GroupSpec(model="counting", build=1, python=sys.executable,
-                                           project=str(project), entry="model.py:predict",
-                                           queue_timeout_s=0.2))
+        group = await sup.deploy(local_spec(project, queue_timeout_s=0.2))
         running = asyncio.create_task(call(group, {"seconds": 0.8, "tag": "first"}))
         await asyncio.sleep(0.05)
         with pytest.raises(ModelBusy):  # queued in the pipe, past its start deadline
@@ -512,18 +521,14 @@ def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_pat
 def test_a_queued_call_has_its_own_timeout_from_when_it_starts(env, tmp_path):
     """Two calls of 0.6 s on one replica with timeout_s=1: the second waits in the pipe, then
     runs; 1.2 s after the first arrived, but 0.6 s after it started — both answer."""
-    project = tmp_path / "sleepy"
-    project.mkdir()
-    (project / "model.py").write_text(
+    project = one_file_model(tmp_path / "sleepy", (
         "import time\n"
         "def predict(seconds: float) -> float:\n"
         "    time.sleep(seconds)\n"
-        "    return seconds\n")
+        "    return seconds\n"))
 
     async def t(sup):
-        group = await sup.deploy(GroupSpec(model="sleepy", build=1, python=sys.executable,
-                                           project=str(project), entry="model.py:predict",
-                                           timeout_s=1.0))
+        group = await sup.deploy(local_spec(project, timeout_s=1.0))
         first = asyncio.create_task(call(group, {"seconds": 0.6}))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(call(group, {"seconds": 0.6}))
