@@ -49,6 +49,17 @@ def ensure_wrk() -> str:
     return shutil.which("wrk")
 
 
+def ensure_model_deps(kind: str) -> None:
+    """The bare baseline does the model's work in this Python: it needs the model's packages."""
+    if kind != "iris":
+        return
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        subprocess.run([PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
+                        str(ROOT / "examples/iris/requirements.txt")], check=True)
+
+
 def lua_script(body: dict, headers: dict, folder: Path) -> Path:
     script = folder / f"post-{abs(hash(json.dumps([body, headers], sort_keys=True)))}.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
@@ -178,6 +189,7 @@ def main() -> None:
         server, url, token = modelport_server(tmp / "data")
         try:
             for kind in args.models.split(","):
+                ensure_model_deps(kind)
                 port = free_port()
                 bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port), kind],
                              ready="ready")
