@@ -16,6 +16,7 @@ from modelport.registry import deployments as rows
 from modelport.registry import models as model_rows
 from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
 from modelport.registry.records import Deployment, Page, Replica
+from modelport.serving.procs import read_tail
 
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
 
@@ -146,19 +147,12 @@ class DeploymentsController(Controller):
             raise NotFound(f"Model '{name}' has no replica '{replica_id}'.")
         if follow:
             return Stream(_follow(path, tail), media_type="text/plain; charset=utf-8")
-        data = await asyncio.to_thread(_tail, path, tail)
+        data = await asyncio.to_thread(read_tail, path, tail)
         return Response(data, media_type="text/plain; charset=utf-8")
 
 
-def _tail(path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - size))
-        return f.read()
-
-
 async def _follow(path, tail: int, poll_s: float = 0.25):
-    data = await asyncio.to_thread(_tail, path, tail)
+    data = await asyncio.to_thread(read_tail, path, tail)
     yield data
     with open(path, "rb") as f:
         f.seek(0, 2)

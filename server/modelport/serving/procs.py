@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 __all__ = [
-    "append_line", "describe_exit", "kill_group", "log_paths", "open_log", "rss_kb", "tail_text", "trim_log",
+    "append_line", "describe_exit", "kill_group", "log_paths", "open_log", "read_tail", "rss_kb",
+    "tail_text", "trim_log",
 ]
+
+# A trim empties the file before it writes the kept tail back: readers in this process take the
+# lock so that they never see it in between (the replica itself keeps appending meanwhile).
+_trimming = threading.Lock()
 
 try:
     _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -47,24 +53,29 @@ def trim_log(path: Path, max_bytes: int, keep_bytes: int) -> bool:
     cut = tail.find(b"\n")
     if 0 <= cut < len(tail) - 1:
         tail = tail[cut + 1:]  # start at a line boundary
-    os.truncate(path, 0)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, f"--- modelport: log truncated, {size - len(tail)} earlier bytes dropped ---\n"
-                 .encode() + tail)
-    finally:
-        os.close(fd)
+    note = f"--- modelport: log truncated, {size - len(tail)} earlier bytes dropped ---\n"
+    with _trimming:
+        os.truncate(path, 0)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, note.encode() + tail)
+        finally:
+            os.close(fd)
     return True
+
+
+def read_tail(path: Path, max_bytes: int) -> bytes:
+    """The last ``max_bytes`` of a log file, never caught half-way through a trim. Blocking."""
+    with _trimming, open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - max_bytes))
+        return f.read()
 
 
 def tail_text(path: Path, max_bytes: int = 4096, after: str | None = None) -> str:
     """The end of a log file as text (from the last ``after`` marker when given). Blocking."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode(errors="replace")
+        data = read_tail(path, max_bytes).decode(errors="replace")
     except OSError:
         return ""
     if after and after in data:
