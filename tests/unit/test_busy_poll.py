@@ -11,10 +11,10 @@ from modelport.serving.poller import Poller
 MAX = 250e-6
 
 
-def waits(gap: Gap, seconds: float, n: int) -> None:
+def waits(gap: Gap, seconds: float, n: int, turns: int = 1) -> None:
     t = 100.0
     for _ in range(n):
-        gap.start(t)
+        gap.start(t, turns)
         gap.stop(t + seconds)
         t += 1.0
 
@@ -35,6 +35,17 @@ def test_long_waits_close_it_and_short_ones_open_it_again():
     gap.cancel()
     waits(gap, 40e-6, 12)
     assert gap.start(300.0) > 0
+
+
+def test_a_wait_spanning_the_other_replicas_turns_has_a_wider_bound():
+    # Two replicas in rotation at c=1: each waits two hand-offs for its next call.
+    alone, rotating = Gap(MAX), Gap(MAX)
+    waits(alone, 1.5 * MAX, 20, turns=1)
+    waits(rotating, 1.5 * MAX, 20, turns=2)
+    assert alone.start(50.0) == 0.0  # one replica: that long a wait is not worth polling
+    assert MAX < rotating.start(50.0, 2) <= 2 * MAX
+    waits(rotating, 5.0, 6, turns=2)  # called now and then: closed again
+    assert rotating.start(200.0, 2) == 0.0
 
 
 def test_a_cancelled_wait_is_not_measured():

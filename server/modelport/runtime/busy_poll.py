@@ -32,20 +32,25 @@ class Gap:
     ``stop()`` when the message came. ``window()`` is how long to poll for the next one: twice
     the average, up to ``max_s``; 0 when the average is ``max_s`` or more."""
 
-    __slots__ = ("max_s", "avg_s", "_since")
+    __slots__ = ("max_s", "avg_s", "_since", "_most")
 
     def __init__(self, max_s: float) -> None:
         self.max_s = max_s
         self.avg_s = 0.0
         self._since = 0.0
+        self._most = max_s  # the bound of the wait in progress
 
-    def start(self, now: float) -> float:
-        """Begin a wait at ``now``; the window to poll for (0: do not)."""
+    def start(self, now: float, turns: int = 1) -> float:
+        """Begin a wait at ``now``; the window to poll for (0: do not). ``turns``: the wait spans
+        that many hand-offs (a replica whose next call comes after the others' in a rotation),
+        so the bound is ``turns × max_s``."""
         self._since = now
+        most = self.max_s * turns if turns > 1 else self.max_s
+        self._most = most
         avg = self.avg_s
-        if avg >= self.max_s:
+        if avg >= most:
             return 0.0
-        return min(self.max_s, 2.0 * avg + 20e-6)
+        return min(most, 2.0 * avg + 20e-6)
 
     def cancel(self) -> None:
         """The wait ended some other way (it is not measured)."""
@@ -57,7 +62,7 @@ class Gap:
             self._since = 0.0
             # A long wait counts as twice the window: a few of them close the gate, and a few
             # short ones open it again.
-            waited = min(now - since, 2.0 * self.max_s)
+            waited = min(now - since, 2.0 * self._most)
             self.avg_s += (waited - self.avg_s) * 0.25
 
 

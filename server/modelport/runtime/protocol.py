@@ -47,6 +47,9 @@ class Call(msgspec.Struct, tag=True, array_like=True, gc=False):
     # The server has no other call out: after answering, the replica may poll for the next one
     # (modelport.runtime.busy_poll). Under load it must not: the CPU is needed for the work.
     poll: bool = False
+    # With ``poll``: this replica's next call is expected after this many calls (the ready
+    # replicas that sequential requests rotate over), so its wait spans that many hand-offs.
+    turns: int = 1
 
 
 class Ping(msgspec.Struct, tag=True, array_like=True, gc=False):

@@ -93,7 +93,7 @@ class _Replica(MessageProtocol):
                 self.send(out)
                 if self.poll and msg.poll:
                     now = _clock()
-                    window = self.gap.start(now)
+                    window = self.gap.start(now, msg.turns)
                     if window:
                         self.spinner.spin(asyncio.get_running_loop(), now + window)
             elif self.is_async:

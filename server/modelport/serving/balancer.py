@@ -122,7 +122,10 @@ class Balancer:
         if i < 0:
             return None
         self._cursor = i + 1
-        return replicas[i]
+        replica = replicas[i]
+        if replica.in_flight == 0 and len(replicas) > 1:  # idle: sequential requests rotate
+            replica.turns = sum(1 for r in replicas if r.accepting)
+        return replica
 
     async def _wait(self) -> Replica:
         """Queue (FIFO) until a replica frees up, up to queue_timeout_s."""

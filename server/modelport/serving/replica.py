@@ -87,6 +87,7 @@ class Replica:
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self.max_concurrency = max_concurrency
+        self.turns = 1  # ready replicas in the rotation (the balancer's): see Call.turns
         # Inline: a sync function with max_concurrency 1 runs calls one at a time, in order. Such
         # a replica may hold more calls queued in its pipe (balancer.depth_for), so that it never
         # waits for the next one; only the oldest pending call has started, so on a crash the
@@ -130,7 +131,7 @@ class Replica:
         poller = self.poller
         alone = poller.sent(self._loop)
         self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id,
-                                              start_by, alone)))
+                                              start_by, alone, self.turns if alone else 1)))
         self._unsent.add(cid)
         fut = self._loop.create_future()
         self._pending[cid] = fut
