@@ -329,6 +329,41 @@ def test_cli_deploy_predict_rollback(offline_server, tmp_path):
     assert bad.returncode == 1 and "model.not_deployed" in bad.stderr
 
 
+def test_cli_deploy_of_a_new_version_keeps_how_the_model_is_served(offline_server, tmp_path):
+    srv = offline_server().start()
+    env = {**srv.env, "MODELPORT_URL": srv.url}
+
+    def run(*args):
+        return subprocess.run([*MODELPORT, *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    code = ("import os\n"
+            "def predict(a: float, b: float = {b}) -> dict:\n"
+            "    return {{'sum': a + b, 'greeting': os.environ.get('GREETING')}}\n")
+    first = write_project(tmp_path / "v1", {"predict.py": code.format(b=1.0)})
+    out = run("deploy", str(first), "--name", "keep", "--entry", "predict.py:predict",
+              "--replicas", "2", "--timeout-s", "7", "--env", "GREETING=hello")
+    assert out.returncode == 0, out.stderr
+    # No example input: the curl line shows the required fields, on one line, to copy as it is.
+    curl = [line for line in out.stdout.splitlines() if line.startswith("curl ")]
+    assert len(curl) == 1 and curl[0].endswith("""-d '{"a":0}'""")
+    second = write_project(tmp_path / "v2", {"predict.py": code.format(b=2.0)})
+    out = run("deploy", str(second), "--name", "keep", "--entry", "predict.py:predict")
+    assert out.returncode == 0, out.stderr
+    assert "2 replica(s)" in out.stdout
+    now = msgspec.json.decode(run("deployments", "keep", "--json").stdout)["items"][0]
+    assert (now["build"], now["replicas"], now["timeout_s"], now["env_keys"]) == (
+        2, 2, 7.0, ["GREETING"])
+    answer = msgspec.json.decode(run("predict", "keep", '{"a": 1}').stdout)
+    assert answer == {"sum": 3.0, "greeting": "hello"}
+    out = run("deploy", str(first), "--name", "keep", "--entry", "predict.py:predict",
+              "--replicas", "1", "--env", "GREETING=bye")
+    assert out.returncode == 0, out.stderr
+    now = msgspec.json.decode(run("deployments", "keep", "--json").stdout)["items"][0]
+    assert (now["replicas"], now["timeout_s"]) == (1, 7.0)
+    assert msgspec.json.decode(run("predict", "keep", '{"a": 1}').stdout)["greeting"] == "bye"
+
+
 def test_the_prediction_endpoints_openapi(d):
     d.model("shapes")
     code = ("import msgspec\n"

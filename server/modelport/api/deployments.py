@@ -32,6 +32,8 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     env: dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]] = {}
     capture_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
     capture_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=16 * 2**20)] = 65_536
+    # With no ``env`` given: the current deployment's env (whose values the API never shows).
+    keep_env: bool = False
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,6 +64,10 @@ class DeploymentsController(Controller):
         model = await _model(request, name)
         settings = msgspec.structs.asdict(data)
         settings.pop("build")
+        if settings.pop("keep_env") and not data.env:
+            current = await rows.current(state(request).db, model["id"])
+            if current is not None:
+                settings["env"] = msgspec.json.decode(current["env"])
         row = await state(request).deployer.deploy(model, data.build, settings, who(request).actor)
         return await _shown(request, row, name)
 

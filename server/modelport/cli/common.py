@@ -13,8 +13,10 @@ from rich.table import Table
 
 from modelport.client import ApiError, Client
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: long lines (a curl command, a key) are left for the terminal to wrap, never broken
+# with newlines, so that they can be copied and pasted.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class ApiErrorHandlingGroup(click.Group):

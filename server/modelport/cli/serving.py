@@ -34,13 +34,39 @@ def _wait(client, name: str, deployment: dict, quiet: bool) -> dict:
     return done
 
 
+_BLANKS = {"number": 0, "integer": 0, "string": "", "boolean": False, "array": [], "object": {}}
+
+
+def sample_input(schema: dict) -> dict:
+    """A body for the curl line when the build has no example input: each required field with a
+    blank of its type (``{"a": 0}``), so the line shows the fields to fill in."""
+    defs = schema.get("$defs", {})
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        schema = defs.get(ref[8:], {})
+    out = {}
+    for field in schema.get("required", []):
+        prop = schema.get("properties", {}).get(field, {})
+        if "$ref" in prop:
+            prop = defs.get(prop["$ref"].rpartition("/")[2], {})
+        kind = prop.get("type")
+        out[field] = _BLANKS.get(kind[0] if isinstance(kind, list) else kind)
+    return out
+
+
 def _serving_options(func):
     for option in reversed([
-        click.option("--replicas", type=int, default=1, show_default=True),
-        click.option("--memory-mb", type=int, help="Memory limit per replica."),
-        click.option("--timeout-s", type=float, help="Per-request time limit (default 30)."),
-        click.option("--max-concurrency", type=int, help="Requests at once per replica (default 1)."),
-        click.option("--env", "env_pairs", multiple=True, help="KEY=VALUE for the replicas, repeatable."),
+        click.option("--replicas", type=int,
+                     help="Replica processes (default: as many as serve now, else 1)."),
+        click.option("--memory-mb", type=int,
+                     help="Memory limit per replica (default: the current deployment's)."),
+        click.option("--timeout-s", type=float,
+                     help="Per-request time limit (default: the current deployment's, else 30)."),
+        click.option("--max-concurrency", type=int,
+                     help="Requests at once per replica (default: the current deployment's, else 1)."),
+        click.option("--env", "env_pairs", multiple=True,
+                     help="KEY=VALUE for the replicas, repeatable (default: the current "
+                          "deployment's env)."),
     ]):
         func = option(func)
     return func
@@ -65,9 +91,16 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
             print_json({"build": built, "deployment": None})
         sys.exit(1)
     started = time.monotonic()
-    deployment = client.deploy(name, built["number"], replicas=replicas, memory_mb=memory_mb,
-                               timeout_s=timeout_s, max_concurrency=max_concurrency,
-                               env=_env(env_pairs) or None)
+    settings = {"replicas": replicas, "memory_mb": memory_mb, "timeout_s": timeout_s,
+                "max_concurrency": max_concurrency}
+    current = client.model(name).get("deployment")
+    if current and current["status"] in ("deployed", "deploying"):
+        # A new version keeps how the model is served now unless told otherwise.
+        settings = {k: current[k] if v is None else v for k, v in settings.items()}
+        settings |= {k: current[k] for k in
+                     ("queue_timeout_s", "max_body_mb", "capture_percent", "capture_max_bytes")}
+        settings["keep_env"] = not env_pairs
+    deployment = client.deploy(name, built["number"], **settings, env=_env(env_pairs) or None)
     done = _wait(client, name, deployment, as_json)
     key = (client.created_model or {}).get("access_key")
     if as_json:
@@ -77,13 +110,17 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     if done["status"] != "deployed":
         sys.exit(1)
     endpoint = f"{client.url}/models/{name}/predict"
-    example = msgspec.json.encode(built.get("example_input") or {}).decode()
-    console.print(f"[green]✓[/green] built #{built['number']} · {replicas} replica(s) ready in "
-                  f"{time.monotonic() - started:.1f}s · {endpoint}")
+    example = built.get("example_input")
+    if example is None:
+        example = sample_input(built.get("input_schema") or {})
+    example = msgspec.json.encode(example).decode()
+    console.print(f"[green]✓[/green] built #{built['number']} · {done['replicas']} replica(s) "
+                  f"ready in {time.monotonic() - started:.1f}s · {endpoint}")
     if key:
         console.print(f"access key (shown once): [bold]{key}[/bold]")
     console.print(f"curl -s {endpoint} -H 'Authorization: Bearer {key or '<access key>'}' "
-                  f"-H 'Content-Type: application/json' -d '{example}'")
+                  f"-H 'Content-Type: application/json' -d '{example}'", markup=False,
+                  highlight=False)
 
 
 @click.command()
