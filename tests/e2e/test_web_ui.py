@@ -132,6 +132,7 @@ def test_deploy_another_build_and_roll_back_with_clicks(page, site):
     page.get_by_role("button", name="Deploy a build…").click()
     dialog = page.get_by_role("dialog")
     expect(dialog.locator("#deploy-build")).to_have_value("2")
+    expect(dialog.locator("#deploy-timeout")).to_have_value("12")  # how it is served now
     dialog.get_by_role("button", name="Deploy build #2").click()
     expect(dialog).to_be_hidden()
     expect(timeline).to_have_count(2)
@@ -140,7 +141,8 @@ def test_deploy_another_build_and_roll_back_with_clicks(page, site):
     expect(now).to_contain_text("Build #2")
     expect(timeline.nth(1)).to_have_attribute("data-status", "stopped")
     expect(timeline.nth(1)).to_contain_text("replaced by deployment")
-    assert site.current_build("adder") == 2
+    current = site.current("adder")
+    assert (current["build"], current["timeout_s"], current["env_keys"]) == (2, 12, ["GREETING"])
     shot(page, "12-deployments-deployed-2")
 
     page.get_by_role("button", name="Roll back…").click()

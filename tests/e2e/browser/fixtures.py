@@ -62,8 +62,11 @@ class Site:
     def api(self) -> httpx.Client:
         return self.server.client()
 
+    def current(self, model: str) -> dict:
+        return self.api().get(f"/api/v1/models/{model}/deployments/current").json()
+
     def current_build(self, model: str) -> int:
-        return self.api().get(f"/api/v1/models/{model}/deployments/current").json()["build"]
+        return self.current(model)["build"]
 
     def start_build(self, model: str, files: dict, **fields) -> int:
         """Upload a project; returns the build's number without waiting for it."""
@@ -74,8 +77,8 @@ class Site:
         return response.json()["number"]
 
 
-def _deploy(c: httpx.Client, model: str, build: int) -> None:
-    response = c.post(f"/api/v1/models/{model}/deployments", json={"build": build})
+def _deploy(c: httpx.Client, model: str, build: int, **settings) -> None:
+    response = c.post(f"/api/v1/models/{model}/deployments", json={"build": build, **settings})
     assert response.status_code == 202, response.text
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -123,7 +126,7 @@ def site_fixture(tmp_path_factory, wheel_links):
             _build(c, projects, "adder", {"predict.py": ADDER_V2, "notes.txt": "v2 adds c\n",
                                           "requirements.txt": "tinypkg==1.0\n"},
                    example_input={"a": 1, "b": 2, "c": 3}, message="adds c")
-            _deploy(c, "adder", one)
+            _deploy(c, "adder", one, timeout_s=12, env={"GREETING": "hi"})
             _deploy(c, "echo", echo)
         yield site
     finally:
