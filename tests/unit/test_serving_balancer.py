@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelport.serving.balancer import choose
+from modelport.serving.balancer import Balancer, choose
 
 
 @dataclass
 class R:
     in_flight: int = 0
     accepting: bool = True
+    turns: int = 1
 
 
 def rotate(replicas: list[R], n: int, max_concurrency: int = 1) -> list[int]:
@@ -61,3 +62,11 @@ def test_queue_depth_follows_how_long_calls_take():
     assert depth_for(0.003) == 2
     assert depth_for(0.5) == 2         # slow calls: at most one waits behind a running one
     assert depth_for(0.0) == 8
+
+
+def test_an_idle_replica_is_told_how_many_ready_ones_rotate():
+    replicas = [R(), R(), R(accepting=False)]
+    balancer = Balancer(replicas, max_concurrency=1, timeout_s=1, queue_timeout_s=1, max_queue=1)
+    assert balancer._pick().turns == 2  # its next call comes after the other ready one's
+    del replicas[1:]
+    assert balancer._pick().turns == 1  # scaled down to one: it alone takes the next call

@@ -123,8 +123,8 @@ class Balancer:
             return None
         self._cursor = i + 1
         replica = replicas[i]
-        if replica.in_flight == 0 and len(replicas) > 1:  # idle: sequential requests rotate
-            replica.turns = sum(1 for r in replicas if r.accepting)
+        if replica.in_flight == 0:  # idle: sequential requests rotate over the ready ones
+            replica.turns = sum(1 for r in replicas if r.accepting) if len(replicas) > 1 else 1
         return replica
 
     async def _wait(self) -> Replica:
