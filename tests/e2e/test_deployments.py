@@ -296,14 +296,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_cli_deploy_predict_rollback(offline_server, tmp_path):
-    srv = offline_server().start()
+def _cli(srv):
+    """The `modelport` command against this server (its data dir's admin token)."""
     env = {**srv.env, "MODELPORT_URL": srv.url}
 
     def run(*args):
         return subprocess.run([*MODELPORT, *args], capture_output=True, text=True, env=env,
                               timeout=300)
+    return run
 
+
+def test_cli_deploy_predict_rollback(offline_server, tmp_path):
+    run = _cli(offline_server().start())
     for b in ("1.0", "2.0"):
         folder = write_project(tmp_path / f"v{b}", {"predict.py": typed(float(b))})
         out = run("deploy", str(folder), "--name", "cli", "--entry", "predict.py:predict",
@@ -330,13 +334,7 @@ def test_cli_deploy_predict_rollback(offline_server, tmp_path):
 
 
 def test_cli_deploy_of_a_new_version_keeps_how_the_model_is_served(offline_server, tmp_path):
-    srv = offline_server().start()
-    env = {**srv.env, "MODELPORT_URL": srv.url}
-
-    def run(*args):
-        return subprocess.run([*MODELPORT, *args], capture_output=True, text=True, env=env,
-                              timeout=300)
-
+    run = _cli(offline_server().start())
     code = ("import os\n"
             "def predict(a: float, b: float = {b}) -> dict:\n"
             "    return {{'sum': a + b, 'greeting': os.environ.get('GREETING')}}\n")
