@@ -86,15 +86,37 @@ class Settings(msgspec.Struct, kw_only=True):
             values["find_links"] = [p for p in env["MODELPORT_FIND_LINKS"].split(os.pathsep) if p]
         if env.get("MODELPORT_NO_INDEX", "") not in ("", "0", "false"):
             values["no_index"] = True
-        for key in ("archive_max_bytes", "archive_max_expanded_bytes", "archive_max_ratio"):
-            if f"MODELPORT_{key.upper()}" in env:
-                values[key] = int(env[f"MODELPORT_{key.upper()}"])
+        for key, least in ENV_NUMBERS:
+            found = env_number(f"MODELPORT_{key.upper()}", int, least)
+            if found is not None:
+                values[key] = found
         if env.get("MODELPORT_METRICS", "") in ("0", "false"):
             values["metrics"] = False
-        if "MODELPORT_BUSY_POLL_US" in env:
-            values["busy_poll_us"] = int(env["MODELPORT_BUSY_POLL_US"])
-        if "MODELPORT_BUILD_WORKERS" in env:
-            values["build_workers"] = int(env["MODELPORT_BUILD_WORKERS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = resolve_data_dir(values.get("data_dir"))
         return cls(**values)
+
+
+# Whole-number settings read from MODELPORT_<KEY>, with their least value.
+ENV_NUMBERS = (("archive_max_bytes", 1), ("archive_max_expanded_bytes", 1), ("archive_max_ratio", 1),
+               ("busy_poll_us", 0), ("build_workers", 1))
+
+
+class SettingError(ValueError):
+    """A MODELPORT_* environment variable holds a value the server cannot use."""
+
+
+def env_number(name: str, kind: type = int, least: float = 0):
+    """The number in environment variable ``name`` (None when unset); SettingError naming it
+    when it is not a ``kind`` of at least ``least``."""
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < least or value != value:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingError(f"{name} must be {what} of at least {least:g}, not {text!r}")
+    return value

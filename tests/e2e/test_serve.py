@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
 import subprocess
 
 import httpx
+import msgspec
 import pytest
 
 from tests.conftest import MODELPORT
@@ -90,3 +92,40 @@ def test_cli_lists_models_with_the_data_dir_token(server):
     bad = subprocess.run([*MODELPORT, "models", "--token", "nope"], capture_output=True,
                          text=True, timeout=30, env=env)
     assert bad.returncode == 1 and "auth.invalid" in bad.stderr
+
+
+def test_cli_model_update_changes_only_what_is_given(server):
+    env = {**server.env, "MODELPORT_URL": server.url}
+
+    def run(*args):
+        return subprocess.run([*MODELPORT, "model", *args], capture_output=True, text=True,
+                              timeout=30, env=env)
+
+    assert run("create", "tuned", "--description", "first").returncode == 0
+    out = run("update", "tuned", "--no-auth", "--rate-limit", "5", "--burst", "10", "--json")
+    assert out.returncode == 0, out.stderr
+    changed = msgspec.json.decode(out.stdout)
+    assert (changed["auth"], changed["description"], changed["rate_limit_per_s"],
+            changed["rate_limit_burst"]) == (False, "first", 5.0, 10)
+    out = run("update", "tuned", "--rate-limit", "none", "--description", "second", "--json")
+    changed = msgspec.json.decode(out.stdout)
+    assert (changed["auth"], changed["description"], changed["rate_limit_per_s"]) == (
+        False, "second", None)
+    nothing = run("update", "tuned")
+    assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+
+
+@pytest.mark.parametrize("variable, value", [("MODELPORT_BUILD_WORKERS", "0"),
+                                             ("MODELPORT_BUSY_POLL_US", "fast"),
+                                             ("MODELPORT_HEADER_TIMEOUT_S", "-1")])
+def test_a_setting_it_cannot_use_stops_serve_with_its_name(tmp_path, variable, value):
+    out = subprocess.run([*MODELPORT, "serve", "--port", "1", "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**_plain_env(), variable: value})
+    assert out.returncode == 2
+    assert variable in out.stderr and repr(value) in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "d").exists()
+
+
+def _plain_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}

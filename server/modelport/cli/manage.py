@@ -51,6 +51,47 @@ def model_show(client, name: str) -> None:
     print_json(client.model(name))
 
 
+def _rate(value: str | None) -> float | None | str:
+    if value is None:
+        return "unchanged"
+    if value.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"a number of requests a second, or 'none'; got {value!r}")
+
+
+@model.command("update")
+@click.argument("name")
+@click.option("--description", help="A new description.")
+@click.option("--auth/--no-auth", default=None,
+              help="Whether callers need the access key or a token (--no-auth: anyone may call).")
+@click.option("--rate-limit", help="Requests a second per key (or client address); 'none': no limit.")
+@click.option("--burst", type=int, help="Requests above the rate a key may send at once.")
+@client_options
+@json_option
+def model_update(client, name: str, description: str | None, auth: bool | None,
+                 rate_limit: str | None, burst: int | None, as_json: bool) -> None:
+    """Change a model's description, auth flag or rate limit; what is not given stays."""
+    changes: dict = {k: v for k, v in (("description", description), ("auth", auth),
+                                        ("rate_limit_burst", burst)) if v is not None}
+    rate = _rate(rate_limit)
+    if rate != "unchanged":
+        changes["rate_limit_per_s"] = rate
+        if rate is None:
+            changes["rate_limit_burst"] = None
+    if not changes:
+        raise click.UsageError("nothing to change: give --description, --auth/--no-auth, "
+                               "--rate-limit or --burst")
+    updated = client.update_model(name, **changes)
+    if as_json:
+        return print_json(updated)
+    limit = updated.get("rate_limit_per_s")
+    console.print(f"{name}: auth {'on' if updated['auth'] else 'off'}, rate limit "
+                  + (f"{limit:g}/s (burst {updated.get('rate_limit_burst')})" if limit else "none"))
+
+
 @model.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask.")

@@ -32,15 +32,20 @@ class CleanExitServer(uvicorn.Server):
               show_default=True)
 def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level: str) -> None:
     """Run the server: the REST API, predictions and the web UI at /."""
-    from modelport.app import create_asgi
-    from modelport.gateway.http import PredictionProtocol
-    from modelport.datadir import DataDirBusy, DataDirLock, prepare
-    from modelport.observability.logs import configure
-    from modelport.settings import Settings
+    from modelport.settings import SettingError, Settings
 
+    try:
+        from modelport.app import create_asgi
+        from modelport.datadir import DataDirBusy, DataDirLock, prepare
+        from modelport.gateway.http import PredictionProtocol
+        from modelport.observability.logs import configure
+
+        settings = Settings.from_env(host=host, port=port, data_dir=data_dir,
+                                     log_format=log_format, log_level=log_level)
+    except SettingError as exc:
+        err_console.print(f"[red]error[/red] {exc}")
+        sys.exit(2)
     configure(log_format, log_level)
-    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, log_format=log_format,
-                                 log_level=log_level)
     prepare(settings)
     try:
         lock = DataDirLock(settings.lock_path).acquire()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from http import HTTPStatus
 
@@ -25,6 +24,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelport.gateway.predict import Gateway
+from modelport.settings import env_number
 
 log = logging.getLogger("modelport.gateway")
 
@@ -46,8 +46,8 @@ def _is_prediction_path(path: bytes) -> bool:
 
 
 IDLE = "idle for timeout_keep_alive"  # not slow: kept alive and unused (not logged)
-HEADER_TIMEOUT_S = float(os.environ.get("MODELPORT_HEADER_TIMEOUT_S", 20))
-BODY_IDLE_S = float(os.environ.get("MODELPORT_BODY_IDLE_S", 30))
+HEADER_TIMEOUT_S = env_number("MODELPORT_HEADER_TIMEOUT_S", float, 0.001) or 20.0
+BODY_IDLE_S = env_number("MODELPORT_BODY_IDLE_S", float, 0.001) or 30.0
 
 
 class PredictionProtocol(HttpToolsProtocol):
