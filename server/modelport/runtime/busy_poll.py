@@ -45,8 +45,7 @@ class Gap:
         that many hand-offs (a replica whose next call comes after the others' in a rotation),
         so the bound is ``turns × max_s``."""
         self._since = now
-        most = self.max_s * turns if turns > 1 else self.max_s
-        self._most = most
+        self._most = most = self.max_s * turns
         avg = self.avg_s
         if avg >= most:
             return 0.0

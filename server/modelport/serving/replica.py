@@ -131,7 +131,7 @@ class Replica:
         poller = self.poller
         alone = poller.sent(self._loop)
         self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id,
-                                              start_by, alone, self.turns if alone else 1)))
+                                              start_by, alone, self.turns)))
         self._unsent.add(cid)
         fut = self._loop.create_future()
         self._pending[cid] = fut
