@@ -21,19 +21,35 @@ from modelport.serving.procs import read_tail
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
 
 
+# The SPEC's defaults of a deployment's settings, for those a request leaves out.
+DEFAULTS = {"replicas": 1, "memory_mb": None, "timeout_s": 30.0, "max_concurrency": 1,
+            "queue_timeout_s": 30.0, "max_body_mb": 5.0, "env": {}, "capture_percent": 0.0,
+            "capture_max_bytes": 65_536}
+Unset = msgspec.UnsetType
+
+
+def _left_out(default, **bounds) -> msgspec.Meta:
+    return msgspec.Meta(**bounds, description=f"Default {default}, or with keep_current the "
+                                              "current deployment's.")
+
+
 class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Settings left out take DEFAULTS, or with ``keep_current`` the current deployment's (its
+    ``env`` too, whose values the API never shows)."""
+
     build: RowNumber
-    replicas: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    memory_mb: Annotated[int, msgspec.Meta(ge=16, le=1_048_576)] | None = None
-    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 30.0
-    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
-    queue_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 30.0
-    max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 5.0
-    env: dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]] = {}
-    capture_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
-    capture_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=16 * 2**20)] = 65_536
-    # With no ``env`` given: the current deployment's env (whose values the API never shows).
-    keep_env: bool = False
+    replicas: Annotated[int, _left_out(1, ge=1, le=64)] | Unset = msgspec.UNSET
+    memory_mb: Annotated[int, _left_out("none", ge=16, le=1_048_576)] | None | Unset = msgspec.UNSET
+    timeout_s: Annotated[float, _left_out(30, gt=0, le=86_400)] | Unset = msgspec.UNSET
+    max_concurrency: Annotated[int, _left_out(1, ge=1, le=1024)] | Unset = msgspec.UNSET
+    queue_timeout_s: Annotated[float, _left_out(30, ge=0, le=3_600)] | Unset = msgspec.UNSET
+    max_body_mb: Annotated[float, _left_out(5, gt=0, le=1024)] | Unset = msgspec.UNSET
+    env: Annotated[dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]],
+                   _left_out("{}")] | Unset = msgspec.UNSET
+    capture_percent: Annotated[float, _left_out(0, ge=0, le=100)] | Unset = msgspec.UNSET
+    capture_max_bytes: Annotated[int, _left_out(65_536, ge=0, le=16 * 2**20)] | Unset = \
+        msgspec.UNSET
+    keep_current: bool = False
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,12 +78,14 @@ class DeploymentsController(Controller):
                      data: JSONBody[DeploymentCreate]) -> Deployment:
         """Deploy a build; replaces the current deployment with no failed request."""
         model = await _model(request, name)
-        settings = msgspec.structs.asdict(data)
-        settings.pop("build")
-        if settings.pop("keep_env") and not data.env:
+        given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        given.pop("build")
+        settings = DEFAULTS
+        if given.pop("keep_current"):
             current = await rows.current(state(request).db, model["id"])
             if current is not None:
-                settings["env"] = msgspec.json.decode(current["env"])
+                settings = state(request).deployer.settings_of(current)
+        settings = settings | given
         row = await state(request).deployer.deploy(model, data.build, settings, who(request).actor)
         return await _shown(request, row, name)
 

@@ -91,16 +91,10 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
             print_json({"build": built, "deployment": None})
         sys.exit(1)
     started = time.monotonic()
-    settings = {"replicas": replicas, "memory_mb": memory_mb, "timeout_s": timeout_s,
-                "max_concurrency": max_concurrency}
-    current = client.model(name).get("deployment")
-    if current and current["status"] in ("deployed", "deploying"):
-        # A new version keeps how the model is served now unless told otherwise.
-        settings = {k: current[k] if v is None else v for k, v in settings.items()}
-        settings |= {k: current[k] for k in
-                     ("queue_timeout_s", "max_body_mb", "capture_percent", "capture_max_bytes")}
-        settings["keep_env"] = not env_pairs
-    deployment = client.deploy(name, built["number"], **settings, env=_env(env_pairs) or None)
+    # A new version keeps how the model is served now, but for what is given here.
+    deployment = client.deploy(name, built["number"], replicas=replicas, memory_mb=memory_mb,
+                               timeout_s=timeout_s, max_concurrency=max_concurrency,
+                               env=_env(env_pairs) or None, keep_current=True)
     done = _wait(client, name, deployment, as_json)
     key = (client.created_model or {}).get("access_key")
     if as_json:
