@@ -24,7 +24,7 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_l
 # The SPEC's defaults of a deployment's settings, for those a request leaves out.
 DEFAULTS = {"replicas": 1, "memory_mb": None, "timeout_s": 30.0, "max_concurrency": 1,
             "queue_timeout_s": 30.0, "max_body_mb": 5.0, "env": {}, "capture_percent": 0.0,
-            "capture_max_bytes": 65_536}
+            "capture_max_bytes": 65_536, "network": True, "boot_timeout_s": 300.0}
 Unset = msgspec.UnsetType
 
 
@@ -49,6 +49,8 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     capture_percent: Annotated[float, _left_out(0, ge=0, le=100)] | Unset = msgspec.UNSET
     capture_max_bytes: Annotated[int, _left_out(65_536, ge=0, le=16 * 2**20)] | Unset = \
         msgspec.UNSET
+    network: Annotated[bool, _left_out("true")] | Unset = msgspec.UNSET
+    boot_timeout_s: Annotated[float, _left_out(300, gt=0, le=86_400)] | Unset = msgspec.UNSET
     keep_current: bool = False
 
 

@@ -67,6 +67,13 @@ def _serving_options(func):
         click.option("--env", "env_pairs", multiple=True,
                      help="KEY=VALUE for the replicas, repeatable (default: the current "
                           "deployment's env)."),
+        click.option("--network/--no-network", default=None,
+                     help="Let the replicas open network connections, or give them none but "
+                          "their pipe to the server (default: the current deployment's, else "
+                          "allowed)."),
+        click.option("--boot-timeout-s", type=float,
+                     help="Time a replica may take to import the model and be ready "
+                          "(default: the current deployment's, else 300)."),
     ]):
         func = option(func)
     return func
@@ -79,7 +86,7 @@ def _serving_options(func):
 @json_option
 def deploy(client, folder, name, entry, requirements, python, example_input, example_output,
            message, label, replicas, memory_mb, timeout_s, max_concurrency, env_pairs,
-           as_json) -> None:
+           network, boot_timeout_s, as_json) -> None:
     """Build FOLDER and deploy it as model NAME; waits until it serves."""
     client.created_model = None
     built = run_build(client, folder, name, entry, quiet=as_json, requirements=requirements,
@@ -94,7 +101,8 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     # A new version keeps how the model is served now, but for what is given here.
     deployment = client.deploy(name, built["number"], replicas=replicas, memory_mb=memory_mb,
                                timeout_s=timeout_s, max_concurrency=max_concurrency,
-                               env=_env(env_pairs) or None, keep_current=True)
+                               env=_env(env_pairs) or None, network=network,
+                               boot_timeout_s=boot_timeout_s, keep_current=True)
     done = _wait(client, name, deployment, as_json)
     key = (client.created_model or {}).get("access_key")
     if as_json:

@@ -27,6 +27,8 @@ def to_deployment(row: dict, model: str, events: list[DeploymentEvent] | None = 
         env_keys=sorted(msgspec.json.decode(row["env"])),
         capture_percent=row["capture_percent"],
         capture_max_bytes=row["capture_max_bytes"],
+        network=bool(row["network"]),
+        boot_timeout_s=row["boot_timeout_s"],
         created_by=row["created_by"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
@@ -82,12 +84,13 @@ async def create(db: Database, *, model_id: int, model: str, build_id: int, buil
         cur = await conn.execute(
             "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
             " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
-            " capture_percent, capture_max_bytes, created_by, created_at, reason)"
-            " VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?)",
+            " capture_percent, capture_max_bytes, network, boot_timeout_s, created_by,"
+            " created_at, reason) VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (model_id, build_id, build_number, settings["replicas"], settings["memory_mb"],
              settings["timeout_s"], settings["max_concurrency"], settings["queue_timeout_s"],
              settings["max_body_mb"], msgspec.json.encode(settings["env"]).decode(),
              settings.get("capture_percent", 0.0), settings.get("capture_max_bytes", 65_536),
+             int(settings.get("network", True)), settings.get("boot_timeout_s", 300.0),
              actor, now_iso(), reason))
         await conn.execute(
             "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"

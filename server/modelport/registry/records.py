@@ -48,6 +48,8 @@ class Deployment(msgspec.Struct):
     events: list[DeploymentEvent] = []
     capture_percent: float = 0.0
     capture_max_bytes: int = 65_536
+    network: bool = True
+    boot_timeout_s: float = 300.0
 
 
 class Model(msgspec.Struct):

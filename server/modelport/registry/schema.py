@@ -167,4 +167,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN rate_limit_per_s REAL;
     ALTER TABLE models ADD COLUMN rate_limit_burst INTEGER;
     """,
+    # 4: the sandbox's settings of a deployment: network (1 = allowed) and the boot limit
+    """
+    ALTER TABLE deployments ADD COLUMN network INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE deployments ADD COLUMN boot_timeout_s REAL NOT NULL DEFAULT 300;
+    """,
 ]

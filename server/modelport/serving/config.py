@@ -32,6 +32,8 @@ class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
     env: dict[str, str] = {}
     capture_percent: float = 0.0  # requests sampled (with their answers) for replay; 0 = none
     capture_max_bytes: int = 65_536  # each captured body is cut to this
+    network: bool = True  # False: the replica has no network but its pipe (the sandbox)
+    boot_timeout_s: float = 300.0  # import + weights loading until Ready
 
     @property
     def max_body_bytes(self) -> int:
@@ -41,7 +43,7 @@ class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
 class Tuning(msgspec.Struct, kw_only=True, frozen=True):
     """Timings of the supervisor; tests shorten them."""
 
-    boot_timeout_s: float = 300.0  # import + weights loading until Ready
+    boot_timeout_s: float | None = None  # tests: overrides every deployment's boot_timeout_s
     stop_grace_s: float = 10.0  # SIGTERM → this → SIGKILL
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 30.0  # idle and silent this long → hung → recycled

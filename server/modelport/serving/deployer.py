@@ -26,7 +26,8 @@ from modelport.store import manifest as mf
 log = logging.getLogger("modelport.deployer")
 
 SETTING_KEYS = ("replicas", "memory_mb", "timeout_s", "max_concurrency", "queue_timeout_s",
-                "max_body_mb", "env", "capture_percent", "capture_max_bytes")
+                "max_body_mb", "env", "capture_percent", "capture_max_bytes", "network",
+                "boot_timeout_s")
 
 
 class ScaleFailed(Conflict):
@@ -154,7 +155,8 @@ class Deployer:
             timeout_s=row["timeout_s"], max_concurrency=row["max_concurrency"],
             queue_timeout_s=row["queue_timeout_s"], max_body_mb=row["max_body_mb"],
             env=msgspec.json.decode(row["env"]), capture_percent=row["capture_percent"],
-            capture_max_bytes=row["capture_max_bytes"])
+            capture_max_bytes=row["capture_max_bytes"], network=bool(row["network"]),
+            boot_timeout_s=row["boot_timeout_s"])
 
     async def environment(self, manifest: mf.Manifest) -> Path:
         derived = manifest.derived
@@ -226,6 +228,7 @@ class Deployer:
     @staticmethod
     def settings_of(row: dict) -> dict:
         values = {k: row[k] for k in SETTING_KEYS if k != "env"}
+        values["network"] = bool(values["network"])
         values["env"] = msgspec.json.decode(row["env"])
         return values
 

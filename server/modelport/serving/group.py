@@ -148,7 +148,8 @@ class ReplicaGroup:
                 build=self.spec.build, argv=self._argv, cwd=self.spec.project, env=self._env,
                 logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
                 on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency),
-                poller=self.poller))
+                poller=self.poller, boot_timeout_s=self.tuning.boot_timeout_s
+                or self.spec.boot_timeout_s))
         self.replicas.extend(fresh)
         return fresh
 

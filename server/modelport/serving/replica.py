@@ -68,11 +68,12 @@ class Replica:
     def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
                  on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1,
-                 poller: Poller | None = None) -> None:
+                 poller: Poller | None = None, boot_timeout_s: float = 300.0) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.id_bytes = rid.encode()
         self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
         self.memory_kb = memory_mb * 1024 if memory_mb else 0
+        self.boot_timeout_s = boot_timeout_s
         self.stdout_path, self.stderr_path = procs.log_paths(logs_dir, rid)
         self.on_exit = on_exit
         self.poller = poller or Poller(0)
@@ -319,7 +320,7 @@ class Replica:
         self._closed = self._loop.create_future()
         self._transport, _ = await self._loop.create_unix_connection(lambda: _Pipe(self), sock=ours)
         self._exited = asyncio.create_task(self._wait_exit(self._proc))
-        await asyncio.wait({self._first, self._exited}, timeout=t.boot_timeout_s,
+        await asyncio.wait({self._first, self._exited}, timeout=self.boot_timeout_s,
                            return_when=asyncio.FIRST_COMPLETED)
         if self._exited.done() and not self._first.done():  # read what it sent before exiting
             await asyncio.wait({self._first, self._closed}, timeout=1.0)
@@ -337,7 +338,7 @@ class Replica:
             reason = f"{procs.describe_exit(self._proc.returncode)} before it was ready" + (
                 f":\n{tail}" if tail else "")
         else:
-            reason = f"not ready within boot_timeout_s={t.boot_timeout_s:g}s"
+            reason = f"not ready within boot_timeout_s={self.boot_timeout_s:g}s"
         if type(first) is Boot:  # it exits by itself (code 3) once its stderr is flushed
             await asyncio.wait({self._exited}, timeout=2.0)
         if self._proc.returncode is None:
