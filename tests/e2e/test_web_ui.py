@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -158,6 +159,65 @@ def test_deploy_another_build_and_roll_back_with_clicks(page, site):
         "Done: build #1 is deployed.")
     assert site.current_build("adder") == 1
     shot(page, "13-deployments-rolled-back")
+
+
+def test_the_deploy_dialog_offers_every_setting_and_captures_show_in_monitoring(page, site):
+    open_signed_in(page, site, "/models/adder/deployments")
+    serving = site.current("adder")
+    page.get_by_role("button", name="Deploy a build…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("More settings").click()
+    # Every setting the API takes, starting from how the model is served now.
+    expect(dialog.locator("#deploy-timeout")).to_have_value(f"{serving['timeout_s']:g}")
+    expect(dialog.locator("#deploy-memory")).to_have_value("")
+    expect(dialog.locator("#deploy-queue")).to_have_value("30")
+    expect(dialog.locator("#deploy-body")).to_have_value("5")
+    expect(dialog.locator("#deploy-capture")).to_have_value("0")
+    expect(dialog.locator("#deploy-boot")).to_have_value("300")
+    expect(dialog.locator("#deploy-network")).to_be_checked()
+    expect(dialog.locator("#deploy-rate")).to_have_value("")
+    expect(dialog).to_contain_text("blank keeps GREETING")
+    dialog.locator("#deploy-build").select_option(str(serving["build"]))
+    dialog.locator("#deploy-memory").fill("512")
+    dialog.locator("#deploy-queue").fill("7")
+    dialog.locator("#deploy-capture").fill("100")
+    dialog.locator("#deploy-rate").fill("1000")
+    shot(page, "13b-deploy-dialog-every-setting")
+    dialog.get_by_role("button", name=f"Deploy build #{serving['build']}").click()
+    expect(dialog).to_be_hidden()
+    timeline = page.get_by_role("list", name="Deployment history").locator("li")
+    expect(timeline.first).to_have_attribute("data-status", "deployed", timeout=60_000)
+    now = site.current("adder")
+    assert now["id"] != serving["id"]
+    assert (now["memory_mb"], now["queue_timeout_s"], now["capture_percent"]) == (512, 7, 100)
+    assert (now["timeout_s"], now["env_keys"]) == (serving["timeout_s"], ["GREETING"])
+    assert site.api().get("/api/v1/models/adder").json()["rate_limit_per_s"] == 1000
+
+    for a in range(3):
+        answer = httpx.post(f"{site.url}/models/adder/predict", json={"a": a, "b": 1000},
+                            headers={"Authorization": f"Bearer {site.keys['adder']}"})
+        assert answer.status_code == 200, answer.text
+    page.get_by_role("link", name="Monitoring").click()
+    captures = page.get_by_role("table", name="Captures")
+    deadline = time.monotonic() + 40
+    while not captures.count() and time.monotonic() < deadline:
+        page.get_by_role("region", name="Captured requests").get_by_role(
+            "button", name="Refresh").click()
+        page.wait_for_timeout(1000)
+    expect(captures.locator("tr[data-capture]").first).to_contain_text('"b": 1000')
+    # The charts include CPU, memory and bytes; no y-axis label is cut.
+    expect(page.get_by_text("Request and response bytes")).to_be_visible(timeout=40_000)
+    expect(page.get_by_text("CPU (100% = one core)")).to_be_visible()
+    page.get_by_role("button", name="14d").click()
+    expect(page).to_have_url(re.compile(r"window=14d"))
+    expect(page.get_by_text("Memory of the replicas")).to_be_visible(timeout=20_000)
+    plots = page.locator(".plot[data-y-axis-px]")
+    expect(plots.first).to_be_visible()
+    for i in range(plots.count()):
+        label = int(plots.nth(i).get_attribute("data-y-label-px"))
+        room = int(plots.nth(i).get_attribute("data-y-axis-px"))
+        assert label > 0 and label + 15 <= room, (i, label, room)
+    shot(page, "13c-monitoring-captures")
 
 
 def test_a_deep_link_survives_sign_in_and_reload(page, site):
