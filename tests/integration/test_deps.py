@@ -245,3 +245,51 @@ def test_a_real_package_from_the_index(tmp_path: Path) -> None:
         assert sha256_file(tmp_path / "wheels" / pkg.wheel) == pkg.sha256
     python = deps.materialize(lock, tmp_path / "wheels", tmp_path / "envs", log=log)
     assert _run(python, "import six; print(six.__version__)") == six.version
+
+
+def test_a_download_shows_its_progress_in_bytes(tmp_path: Path, links: Path) -> None:
+    """Wheels fetched over HTTP (a real server on loopback) say their size, their progress and
+    the total, so a first deploy of a large model does not look stuck."""
+    import functools
+    import http.server
+
+    wheel = next(links.glob("tinypkg-1.0-*.whl"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(links))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{wheel.name}"
+        pkg = deps.LockedPackage("tinypkg", "1.0", wheel.name, sha256_file(wheel), url=url)
+        lock = deps.Lock(python=PY, text="", packages=[pkg], digest="sha256:" + "0" * 64)
+        log = Log()
+        deps.fetch_wheels(lock, tmp_path / "wheels", log=log, cache_dir=tmp_path / "wheelhouse")
+    finally:
+        server.shutdown()
+        server.server_close()
+    size = deps.megabytes(wheel.stat().st_size)
+    assert f"Downloading {wheel.name} ({size})" in log
+    assert f"  {wheel.name}: done · {size} downloaded in all" in log
+    assert log.count(f"Fetched 1 wheels ({size} downloaded)") == 1
+    assert sha256_file(tmp_path / "wheels" / wheel.name) == pkg.sha256
+
+
+def test_the_download_meter_reports_every_step_and_the_running_total() -> None:
+    log = Log()
+    meter = deps.DownloadMeter(log, step_bytes=4_000_000)
+    a, b = meter.track("a.whl"), meter.track("b.whl")
+    a(0, 10_000_000)
+    b(0, None)
+    for done in (2_000_000, 4_000_000, 6_000_000, 8_000_000):
+        a(done, 10_000_000)
+    b(5_000_000, None)
+    a(10_000_000, 10_000_000)
+    assert log == [
+        "Downloading a.whl (10.0 MB)",
+        "Downloading b.whl",
+        "  a.whl: 4.0 MB / 10.0 MB · 4.0 MB in all",
+        "  a.whl: 8.0 MB / 10.0 MB · 8.0 MB in all",
+        "  b.whl: 5.0 MB · 13.0 MB in all",
+        "  a.whl: done · 15.0 MB downloaded in all",
+    ]
+    assert meter.downloaded == 15_000_000

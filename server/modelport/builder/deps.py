@@ -308,6 +308,8 @@ def fetch_wheels(
         with guard:
             log(line)
 
+    meter = DownloadMeter(say)
+
     def get(pkg: LockedPackage) -> None:
         if pkg.sdist_sha256:
             _, sha256 = house.wheel_from_sdist(
@@ -321,12 +323,11 @@ def fetch_wheels(
         elif not pkg.url:
             raise DependencyError(f"{pkg.name} {pkg.version}: no wheel at hand and no URL")
         else:
-            say(f"Downloading {pkg.wheel}")
             house.root.mkdir(parents=True, exist_ok=True)
             incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=house.root))
             try:
-                house.put(download(pkg.url, incoming / pkg.wheel, pkg.sha256, auth_from=auth),
-                          pkg.sha256)
+                house.put(download(pkg.url, incoming / pkg.wheel, pkg.sha256, auth_from=auth,
+                                   progress=meter.track(pkg.wheel)), pkg.sha256)
             finally:
                 shutil.rmtree(incoming, ignore_errors=True)
         link_or_copy(house.get(pkg.sha256, pkg.wheel) or _lost(pkg), dest / pkg.wheel)
@@ -334,8 +335,44 @@ def fetch_wheels(
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         for future in [pool.submit(get, pkg) for pkg in missing]:
             future.result()
-    log(f"Fetched {len(missing)} wheels; {len(paths) - len(missing)} were at hand")
+    log(f"Fetched {len(missing)} wheels ({megabytes(meter.downloaded)} downloaded); "
+        f"{len(paths) - len(missing)} were at hand")
     return paths
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+class DownloadMeter:
+    """Progress of the wheel downloads, for the build log: a line when a download starts (with
+    its size), one per `step_bytes` downloaded, and one when it is done, with the running total
+    of every download so far (they run side by side)."""
+
+    def __init__(self, say: Log, step_bytes: int = 8_000_000) -> None:
+        self.say, self.step = say, step_bytes
+        self.downloaded = 0
+        self._lock = threading.Lock()
+
+    def track(self, name: str):
+        shown = {"at": 0, "done": 0}
+
+        def progress(done: int, total: int | None) -> None:
+            with self._lock:
+                self.downloaded += done - shown["done"]
+                shown["done"] = done
+                overall = self.downloaded
+            size = f" ({megabytes(total)})" if total else ""
+            if done == 0:
+                self.say(f"Downloading {name}{size}")
+            elif total is not None and done >= total:
+                self.say(f"  {name}: done · {megabytes(overall)} downloaded in all")
+            elif done - shown["at"] >= self.step:
+                shown["at"] = done
+                of = f" / {megabytes(total)}" if total else ""
+                self.say(f"  {name}: {megabytes(done)}{of} · {megabytes(overall)} in all")
+
+        return progress
 
 
 def _lost(pkg: LockedPackage) -> Path:

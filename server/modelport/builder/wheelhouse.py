@@ -152,10 +152,13 @@ def filename_from_url(url: str) -> str:
     return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
 
 
-def download(url: str, dest: Path, sha256: str | None, *, auth_from: str | None = None) -> Path:
+def download(url: str, dest: Path, sha256: str | None, *, auth_from: str | None = None,
+             progress: Callable[[int, int | None], None] | None = None) -> Path:
     """Fetch `url` (http, https, file or a plain path) to `dest`, checking its sha256 when one
     is given; the file is renamed into place only once it matches. `auth_from` is an index URL
-    whose `user:password@` is sent along to files on the same host."""
+    whose `user:password@` is sent along to files on the same host. `progress(done, total)` is
+    called once the size is known and after every chunk (total None when the server gives no
+    Content-Length)."""
     parts = urllib.parse.urlsplit(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if parts.scheme in ("", "file"):
@@ -179,9 +182,17 @@ def download(url: str, dest: Path, sha256: str | None, *, auth_from: str | None 
         h = hashlib.sha256()
         timeout = float(os.environ.get("UV_HTTP_TIMEOUT") or 120)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            done = 0
+            if progress is not None:
+                progress(0, total)
             while chunk := resp.read(CHUNK):
                 h.update(chunk)
                 out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
         if sha256 and h.hexdigest() != sha256:
             raise DependencyError(
                 f"hash mismatch for {url}: expected sha256:{sha256}, got {h.hexdigest()}")
