@@ -277,6 +277,13 @@ class Client:
         return self.request("GET", f"/api/v1/models/{name}/metrics",
                             params=_params(since=since, step=step))
 
+    def captures(self, name: str, build: int, limit: int | None = None,
+                 cursor: str | None = None) -> dict:
+        """Requests and answers the deployment of a build recorded (capture_percent), newest
+        first: a page."""
+        return self.request("GET", f"/api/v1/models/{name}/builds/{build}/captures",
+                            params=_params(limit=limit, cursor=cursor))
+
     def prediction_metrics(self, name: str, request_id: str) -> dict:
         """What `track_metric` recorded for one prediction (by its X-Request-Id)."""
         return self.request("GET", f"/api/v1/models/{name}/predictions/{request_id}/metrics")

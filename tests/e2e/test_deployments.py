@@ -362,6 +362,31 @@ def test_cli_deploy_of_a_new_version_keeps_how_the_model_is_served(offline_serve
     assert msgspec.json.decode(run("predict", "keep", '{"a": 1}').stdout)["greeting"] == "bye"
 
 
+def test_cli_capture_turned_on_and_read(offline_server, tmp_path):
+    run = _cli(offline_server().start())
+    folder = write_project(tmp_path / "cap", {"predict.py": typed(1.0)})
+    out = run("deploy", str(folder), "--name", "cap", "--entry", "predict.py:predict",
+              "--capture-percent", "100")
+    assert out.returncode == 0, out.stderr
+    assert run("captures", "cap").stdout.startswith("No captured request of cap build #1")
+    now = msgspec.json.decode(run("deployments", "cap", "--json").stdout)["items"][0]
+    assert now["capture_percent"] == 100
+    assert run("predict", "cap", '{"a": 41}').stdout.strip() == "42.0"
+    deadline = time.monotonic() + 30  # captures are written with the monitoring flush
+    while time.monotonic() < deadline:
+        page = msgspec.json.decode(run("captures", "cap", "--json").stdout)
+        if page["items"]:
+            break
+        time.sleep(0.5)
+    assert [(c["request"], c["response"], c["status"]) for c in page["items"]] == [
+        ({"a": 41}, 42.0, 200)]
+    table = run("captures", "cap", "--build", "1")
+    assert table.returncode == 0 and '{"a":41}' in table.stdout and "42.0" in table.stdout
+    bad = run("deploy", str(folder), "--name", "cap", "--entry", "predict.py:predict",
+              "--capture-percent", "101")
+    assert bad.returncode == 2 and "101" in bad.stderr
+
+
 def test_the_prediction_endpoints_openapi(d):
     d.model("shapes")
     code = ("import msgspec\n"

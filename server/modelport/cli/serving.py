@@ -67,6 +67,9 @@ def _serving_options(func):
         click.option("--env", "env_pairs", multiple=True,
                      help="KEY=VALUE for the replicas, repeatable (default: the current "
                           "deployment's env)."),
+        click.option("--capture-percent", type=click.FloatRange(0, 100),
+                     help="Share of requests recorded with their answers, for `modelport "
+                          "captures` and replays (default: the current deployment's, else 0)."),
         click.option("--network/--no-network", default=None,
                      help="Let the replicas open network connections, or give them none but "
                           "their pipe to the server (default: the current deployment's, else "
@@ -86,7 +89,7 @@ def _serving_options(func):
 @json_option
 def deploy(client, folder, name, entry, requirements, python, example_input, example_output,
            message, label, replicas, memory_mb, timeout_s, max_concurrency, env_pairs,
-           network, boot_timeout_s, as_json) -> None:
+           capture_percent, network, boot_timeout_s, as_json) -> None:
     """Build FOLDER and deploy it as model NAME; waits until it serves."""
     client.created_model = None
     built = run_build(client, folder, name, entry, quiet=as_json, requirements=requirements,
@@ -101,7 +104,8 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     # A new version keeps how the model is served now, but for what is given here.
     deployment = client.deploy(name, built["number"], replicas=replicas, memory_mb=memory_mb,
                                timeout_s=timeout_s, max_concurrency=max_concurrency,
-                               env=_env(env_pairs) or None, network=network,
+                               env=_env(env_pairs) or None, capture_percent=capture_percent,
+                               network=network,
                                boot_timeout_s=boot_timeout_s, keep_current=True)
     done = _wait(client, name, deployment, as_json)
     key = (client.created_model or {}).get("access_key")
@@ -270,4 +274,37 @@ def metrics(client, name: str, since: str, step: int | None, as_json: bool) -> N
                 title=f"{name}: {series['step_s']} s per row")
 
 
-COMMANDS = [deploy, predict, rollback, scale, stop, restart, replicas, deployments, logs, metrics]
+@click.command()
+@click.argument("name")
+@click.option("--build", "number", type=int, help="The build (default: the one serving).")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@client_options
+@json_option
+def captures(client, name: str, number: int | None, limit: int, as_json: bool) -> None:
+    """The requests (with their answers) that model NAME's deployment recorded, newest first."""
+    if number is None:
+        number = client.deployment(name)["build"]
+    page = client.captures(name, number, limit=limit)
+    if as_json:
+        return print_json(page)
+    if not page["items"]:
+        console.print(f"No captured request of {name} build #{number}: deploy with "
+                      "--capture-percent above 0 to record some.")
+        return
+
+    def shown(item: dict, key: str) -> str:
+        value = item.get(key)
+        if value is None and item.get(f"{key}_base64"):
+            return "(bytes) " + item[f"{key}_base64"]
+        return msgspec.json.encode(value).decode()
+
+    rows = [{"at": c["at"][11:19], "status": c["status"], "latency": f"{c['latency_ms']:g} ms",
+             "request": shown(c, "request"), "response": shown(c, "response")
+             + (" (cut)" if c["truncated"] else "")} for c in page["items"]]
+    print_table(rows, [("at", "time (UTC)"), ("status", "status"), ("latency", "latency"),
+                       ("request", "request"), ("response", "response")],
+                title=f"{name} build #{number}: captured requests")
+
+
+COMMANDS = [deploy, predict, rollback, scale, stop, restart, replicas, deployments, logs, metrics,
+            captures]
