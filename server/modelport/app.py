@@ -28,12 +28,14 @@ from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
 from modelport.auth import Auth, permission_guard
 from modelport.builder.pipeline import Builder
-from modelport.datadir import DataDirLock, prepare, write_admin_token
+from modelport.datadir import DataDirLock, prepare, tighten, write_admin_token
 from modelport.errors import handle_exception
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
 from modelport.observability.monitor import Monitor
+from modelport.registry import deployments as deployment_rows
 from modelport.registry.db import Database
+from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
 from modelport.serving.config import Tuning
@@ -94,6 +96,7 @@ class Services:
         prepare(s)
         self._held = self._lock or DataDirLock(s.lock_path).acquire()
         await self.db.open()
+        await asyncio.to_thread(tighten, s.data_dir)  # the registry's -wal and -shm exist now
         await self.auth.load()
         for row in await self.db.all(
                 "SELECT name, auth, rate_limit_per_s, rate_limit_burst FROM models"):
@@ -103,7 +106,11 @@ class Services:
         self.store = await asyncio.to_thread(ContentStore, s.store_dir)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
         self.builder = Builder(s, self.db, self.store, runtime)
-        self.deployer = Deployer(self.db, self.builder, self.supervisor)
+        self.sealer = await asyncio.to_thread(Sealer.for_data_dir, s.secret_key_path)
+        sealed = await deployment_rows.seal_clear_env(self.db, self.sealer)
+        if sealed:
+            log.info("sealed the env values of %d deployments written before sealing", sealed)
+        self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
         state.update(db=self.db, auth=self.auth, store=self.store, builder=self.builder,
                      supervisor=self.supervisor, routes=self.routes, deployer=self.deployer,
                      monitor=self.monitor)

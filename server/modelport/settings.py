@@ -66,6 +66,11 @@ class Settings(msgspec.Struct, kw_only=True):
         return self.data_dir / "admin.token"
 
     @property
+    def secret_key_path(self) -> Path:
+        """The key that seals deployment env values in the registry (registry/sealed.py)."""
+        return self.data_dir / "secret.key"
+
+    @property
     def lock_path(self) -> Path:
         return self.data_dir / "server.lock"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import click
@@ -36,7 +37,7 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
 
     try:
         from modelport.app import create_asgi
-        from modelport.datadir import DataDirBusy, DataDirLock, prepare
+        from modelport.datadir import UMASK, DataDirBusy, DataDirLock, prepare
         from modelport.gateway.http import PredictionProtocol
         from modelport.observability.logs import configure
 
@@ -46,6 +47,7 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(2)
     configure(log_format, log_level)
+    os.umask(UMASK)  # every file the server (and a replica) makes is its user's only
     prepare(settings)
     try:
         lock = DataDirLock(settings.lock_path).acquire()

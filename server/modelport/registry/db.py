@@ -107,6 +107,11 @@ class Database:
                 raise
             await self._writer.execute("COMMIT")
 
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the file and empty it: until then it keeps old images of pages."""
+        async with self._write_lock:
+            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """One write statement in its own transaction; returns lastrowid."""
         async with self.write() as conn:

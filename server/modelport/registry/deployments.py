@@ -10,6 +10,7 @@ from modelport.clock import now_iso
 from modelport.registry import audit
 from modelport.registry.db import Database
 from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
+from modelport.registry.sealed import Sealer
 
 
 def to_deployment(row: dict, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
@@ -78,17 +79,42 @@ async def history(db: Database, model_id: int, *, limit: int, cursor: int | None
         (model_id, cursor if cursor is not None else 2**62, limit + 1))
 
 
+def env_of(row: dict, sealer: Sealer) -> dict[str, str]:
+    """A deployment's env in clear (for its replicas, or a deployment that carries it over)."""
+    env = msgspec.json.decode(row["env"])
+    return sealer.unseal_env(env) if row["env_sealed"] else env
+
+
+async def seal_clear_env(db: Database, sealer: Sealer) -> int:
+    """Seal the env values of rows written before migration 5; returns how many rows. Their old
+    bytes are zeroed in the file (secure_delete) and the WAL emptied, so that the clear values
+    are nowhere in the registry's files afterwards."""
+    rows = await db.all("SELECT id, env FROM deployments WHERE env_sealed = 0")
+    if not rows:
+        return 0
+    async with db.write() as conn:
+        await conn.execute("PRAGMA secure_delete = ON")  # this connection's, until set back
+        for row in rows:
+            sealed = sealer.seal_env(msgspec.json.decode(row["env"]))
+            await conn.execute("UPDATE deployments SET env = ?, env_sealed = 1 WHERE id = ?",
+                               (msgspec.json.encode(sealed).decode(), row["id"]))
+        await conn.execute("PRAGMA secure_delete = OFF")
+    await db.checkpoint()
+    return len(rows)
+
+
 async def create(db: Database, *, model_id: int, model: str, build_id: int, build_number: int,
-                 settings: dict, actor: str, reason: str | None = None) -> dict:
+                 settings: dict, actor: str, sealer: Sealer, reason: str | None = None) -> dict:
+    env = msgspec.json.encode(sealer.seal_env(settings["env"])).decode()
     async with db.write() as conn:
         cur = await conn.execute(
             "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
             " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
-            " capture_percent, capture_max_bytes, network, boot_timeout_s, created_by,"
-            " created_at, reason) VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " env_sealed, capture_percent, capture_max_bytes, network, boot_timeout_s,"
+            " created_by, created_at, reason) VALUES (?,?,?,'pending',?,?,?,?,?,?,?,1,?,?,?,?,?,?,?)",
             (model_id, build_id, build_number, settings["replicas"], settings["memory_mb"],
              settings["timeout_s"], settings["max_concurrency"], settings["queue_timeout_s"],
-             settings["max_body_mb"], msgspec.json.encode(settings["env"]).decode(),
+             settings["max_body_mb"], env,
              settings.get("capture_percent", 0.0), settings.get("capture_max_bytes", 65_536),
              int(settings.get("network", True)), settings.get("boot_timeout_s", 300.0),
              actor, now_iso(), reason))

@@ -172,4 +172,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deployments ADD COLUMN network INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE deployments ADD COLUMN boot_timeout_s REAL NOT NULL DEFAULT 300;
     """,
+    # 5: env values sealed at rest (registry/sealed.py); rows before it are sealed at the next
+    # start (deployments.seal_clear_env), which sets the flag
+    """
+    ALTER TABLE deployments ADD COLUMN env_sealed INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

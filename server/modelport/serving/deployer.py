@@ -11,7 +11,6 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-import msgspec
 
 from modelport.builder import deps
 from modelport.builder.pipeline import Builder, ensure_project
@@ -19,6 +18,7 @@ from modelport.errors import BuildNotReady, Conflict, ModelNotDeployed, RequestI
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database
+from modelport.registry.sealed import Sealer
 from modelport.serving.config import GroupSpec
 from modelport.serving.supervisor import GroupFailed, ReplicaGroup, Supervisor
 from modelport.store import manifest as mf
@@ -35,8 +35,8 @@ class ScaleFailed(Conflict):
 
 
 class Deployer:
-    def __init__(self, db: Database, builder: Builder, supervisor: Supervisor):
-        self.db, self.builder, self.supervisor = db, builder, supervisor
+    def __init__(self, db: Database, builder: Builder, supervisor: Supervisor, sealer: Sealer):
+        self.db, self.builder, self.supervisor, self.sealer = db, builder, supervisor, sealer
         self.store, self.settings = builder.store, builder.settings
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task] = set()
@@ -51,7 +51,8 @@ class Deployer:
             raise BuildNotReady(f"Build #{build_number} is {build['status']}, not built.")
         row = await rows.create(self.db, model_id=model["id"], model=model["name"],
                                 build_id=build["id"], build_number=build_number,
-                                settings=settings, actor=actor, reason=reason)
+                                settings=settings, actor=actor, sealer=self.sealer,
+                                reason=reason)
         self._spawn(self._roll_out(model["name"], row, build, actor))
         return row
 
@@ -154,7 +155,7 @@ class Deployer:
             deployment_id=str(row["id"]), replicas=row["replicas"], memory_mb=row["memory_mb"],
             timeout_s=row["timeout_s"], max_concurrency=row["max_concurrency"],
             queue_timeout_s=row["queue_timeout_s"], max_body_mb=row["max_body_mb"],
-            env=msgspec.json.decode(row["env"]), capture_percent=row["capture_percent"],
+            env=rows.env_of(row, self.sealer), capture_percent=row["capture_percent"],
             capture_max_bytes=row["capture_max_bytes"], network=bool(row["network"]),
             boot_timeout_s=row["boot_timeout_s"])
 
@@ -225,11 +226,10 @@ class Deployer:
             raise ModelNotDeployed(f"Model '{model['name']}' has no deployment.")
         return current
 
-    @staticmethod
-    def settings_of(row: dict) -> dict:
+    def settings_of(self, row: dict) -> dict:
         values = {k: row[k] for k in SETTING_KEYS if k != "env"}
         values["network"] = bool(values["network"])
-        values["env"] = msgspec.json.decode(row["env"])
+        values["env"] = rows.env_of(row, self.sealer)
         return values
 
     def _spawn(self, coro) -> None:
