@@ -102,6 +102,8 @@ def test_dependencies_locked_and_diffed(srv, tmp_path):
     ({"predict.py": "def predict(a:\n"}, "predict.py:predict", "SyntaxError"),
     ({"predict.py": "raise RuntimeError('weights missing')\n"}, "predict.py:predict",
      "weights missing"),
+    ({"predict.py": "def predict(n: int):\n    yield n\n"}, "predict.py:predict",
+     "generator function"),
 ])
 def test_broken_code_fails_the_build_with_the_real_error(srv, tmp_path, files, entry, needle):
     failed = build(srv, tmp_path, files, entrypoint=entry)

@@ -128,6 +128,45 @@ def test_prediction_errors_have_the_specs_codes(d):
     assert idle.status_code == 404 and idle.json()["error"]["code"] == "model.not_deployed"
 
 
+RECORDS = """\
+import dataclasses, math
+import msgspec
+
+class Point(msgspec.Struct):
+    x: float
+    y: float = 0.0
+
+@dataclasses.dataclass
+class Row:
+    x: float
+
+def by_struct(p: Point) -> float:
+    return p.x + p.y
+
+def by_dataclass(r: Row):
+    return {"scores": [r.x, math.inf if r.x < 0 else r.x]}
+"""
+
+
+def test_every_form_refuses_unknown_fields_and_json_has_no_infinity(d):
+    for name, entry in (("struct", "predict.py:by_struct"), ("dc", "predict.py:by_dataclass")):
+        d.model(name)
+        d.deploy(name, d.build(name, {"predict.py": RECORDS}, entrypoint=entry))
+        extra = d.predict(name, {"x": 1, "extra": 1})
+        assert extra.status_code == 422, extra.text
+        assert extra.json()["error"]["field"] == "extra"
+    assert d.predict("struct", {"x": 1, "y": 2}).json() == 3
+    assert d.predict("dc", {"x": 2}).json() == {"scores": [2, 2]}
+    inf = d.predict("dc", {"x": -1})
+    assert inf.status_code == 500
+    error = inf.json()["error"]
+    assert error["code"] == "model.error" and "scores[1]" in error["message"]
+    packed = httpx.post(f"{d.srv.url}/models/dc/predict", json={"x": -1}, timeout=30, headers={
+        "Authorization": f"Bearer {d.keys['dc']}", "Accept": "application/msgpack"})
+    assert packed.status_code == 200
+    assert msgspec.msgpack.decode(packed.content) == {"scores": [-1, float("inf")]}
+
+
 def test_model_errors_500_and_the_replica_keeps_serving(d):
     d.model("boom")
     code = ("def predict(x: int) -> int:\n    if x < 0:\n        raise ValueError('negative')\n"

@@ -189,6 +189,8 @@ def test_rate_limit_settings_shape_and_validation(app_client):
     cleared = app_client.patch("/api/v1/models/rl", json={"rate_limit_per_s": None}).json()
     assert cleared["rate_limit_per_s"] is None and "rl" not in app_client.app.state.routes.limits
     for body, field in [({"name": "x", "rate_limit_per_s": 0}, "rate_limit_per_s"),
+                        ({"name": "x", "rate_limit_per_s": 1e-309}, "rate_limit_per_s"),
+                        ({"name": "x", "rate_limit_per_s": 0.0009}, "rate_limit_per_s"),
                         ({"name": "x", "rate_limit_per_s": 2e6}, "rate_limit_per_s"),
                         ({"name": "x", "rate_limit_burst": 0}, "rate_limit_burst"),
                         ({"name": "x", "rate_limit_burst": 1.5}, "rate_limit_burst"),

@@ -38,9 +38,9 @@ def invoker(project_dir: Path, entry: str = "model.py:predict") -> Invoker:
     return Invoker(analyze(load_entry(project_dir, entry)))
 
 
-def failure(inv: Invoker, body: bytes) -> CallFailed:
+def failure(inv: Invoker, body: bytes, content_type: str = "json") -> CallFailed:
     with pytest.raises(CallFailed) as info:
-        inv.run(body)
+        inv.run(body, content_type)
     return info.value
 
 
@@ -174,6 +174,59 @@ def test_dataclass_and_typeddict_forms(project):
     assert json.loads(td.run(b'{"a": 2}')[0]) == 20.0
     assert failure(td, b'{"a": "no"}').field == "a"
     assert td.sig.input_schema["required"] == ["a"]
+
+
+def test_every_record_form_refuses_unknown_fields(project):
+    d = project("""
+        import dataclasses, msgspec
+        from typing import TypedDict
+        class Loose(msgspec.Struct):
+            a: float
+        @dataclasses.dataclass
+        class Req:
+            a: float
+        class TD(TypedDict):
+            a: float
+        def by_struct(req: Loose) -> str:
+            return f"{type(req).__name__} {isinstance(req, Loose)} {req.a}"
+        def by_dataclass(req: Req) -> float:
+            return req.a
+        def by_typeddict(req: TD) -> float:
+            return req["a"]
+    """)
+    for entry in ("by_struct", "by_dataclass", "by_typeddict"):
+        inv = invoker(d, f"model.py:{entry}")
+        err = failure(inv, b'{"a": 1, "extra": 1}')
+        assert (err.status, err.code, err.field) == (422, "request.invalid", "extra"), entry
+        packed = msgspec.msgpack.encode({"a": 1, "extra": 1})
+        assert failure(inv, packed, "msgpack").field == "extra", entry
+        assert inv.run(b'{"a": 1}')[0] in (b'"Loose True 1.0"', b"1.0"), entry
+
+
+def test_a_non_finite_float_is_the_models_error_for_json_only(project):
+    d = project("""
+        import math
+        def predict(x: float):
+            return {"ok": None, "rows": [{"v": x}, {"v": math.nan if x < 0 else x}]}
+    """)
+    inv = invoker(d)
+    assert json.loads(inv.run(b'{"x": 1}')[0]) == {"ok": None, "rows": [{"v": 1}, {"v": 1}]}
+    err = failure(inv, b'{"x": -1}')
+    assert (err.status, err.code) == (500, "model.error") and "rows[1].v" in err.message
+    out = msgspec.msgpack.decode(inv.run(b'{"x": -1}', accept="msgpack")[0])
+    assert out["rows"][1]["v"] != out["rows"][1]["v"]  # NaN, as it is
+
+
+def test_generator_functions_are_refused(project):
+    d = project("""
+        def gen(n: int):
+            yield n
+        async def agen(n: int):
+            yield n
+    """)
+    for entry in ("gen", "agen"):
+        with pytest.raises(EntryError, match="generator function"):
+            invoker(d, f"model.py:{entry}")
 
 
 def test_future_annotations_and_forward_references(project):

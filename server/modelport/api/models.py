@@ -8,16 +8,16 @@ import msgspec
 from litestar.params import FromPath, JSONBody
 from litestar import Controller, Request, delete, get, patch, post
 
-from modelport.api.common import Cursor, Limit, ModelName, positive, state, who
+from modelport.api.common import Cursor, Limit, ModelName, state, who
 from modelport.registry import models as rows
 from modelport.registry.paging import clamp_limit, decode_cursor
 from modelport.registry.records import AccessKey, Model, ModelCreated, Page
 
 
 Description = Annotated[str, msgspec.Meta(max_length=10_000)]
-RatePerSecond = Annotated[float, positive(
-    le=1_000_000, description="Requests a second per key, token or (auth off) client "
-    "address; null: no limit")]
+RatePerSecond = Annotated[float, msgspec.Meta(
+    ge=0.001, le=1_000_000, description="Requests a second per key, token or (auth off) client "
+    "address, from 0.001 (one an hour is 0.00028: use 0.001 or more); null: no limit")]
 Burst = Annotated[int, msgspec.Meta(
     ge=1, le=1_000_000, description="Requests at once above the rate; null: one second's worth")]
 

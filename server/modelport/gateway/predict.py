@@ -283,7 +283,9 @@ def _address(scope: dict) -> str:
 def _throttle(limit: RateLimit, caller: str) -> None:
     wait = limit.take(caller)
     if wait:
-        retry = max(1, math.ceil(wait))
+        # A registry written before the rate's lower bound may hold a tiny rate: the wait is then
+        # astronomically long (or inf), which Retry-After states as a day at most.
+        retry = max(1, math.ceil(min(wait, 86_400.0)))
         raise RateLimited(
             f"Over this model's rate limit of {limit.rate:g} requests a second (burst "
             f"{limit.burst:g}) for this key; retry in {retry} s.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from .codec import json_encoder, msgpack_encoder
+from .codec import enc_hook, json_encoder, msgpack_encoder
 from .context import _METRICS
 from .protocol import Call, Failure, Result
 from .signature import Signature
@@ -21,6 +22,7 @@ __all__ = ["CallFailed", "Invoker", "error_text", "field_of"]
 
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
+_PLAIN = frozenset({int, str, bool, type(None)})  # results that cannot hold a float
 _TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
              "deep).")
 
@@ -73,18 +75,22 @@ def _invalid(exc: msgspec.ValidationError) -> CallFailed:
 class Invoker:
     """Runs calls of one analysed function; built once per replica."""
 
-    __slots__ = ("_call", "_json", "_msgpack", "sig")
+    __slots__ = ("_call", "_json", "_known", "_msgpack", "sig")
 
     def __init__(self, sig: Signature) -> None:
         self.sig = sig
         self._call = sig.call
         self._json = sig.json_decoder.decode
         self._msgpack = sig.msgpack_decoder.decode
+        self._known = sig.known_fields
 
     def decode(self, body: Any, content_type: str = "json") -> Any:
         """The decoded, validated input; CallFailed 400/422 otherwise."""
         try:
-            return (self._msgpack if content_type == "msgpack" else self._json)(body)
+            value = (self._msgpack if content_type == "msgpack" else self._json)(body)
+            if self._known is not None:
+                _refuse_unknown(body, content_type, self._known)
+            return value
         except msgspec.ValidationError as exc:
             raise _invalid(exc) from exc
         except msgspec.DecodeError as exc:
@@ -96,13 +102,30 @@ class Invoker:
 
     @staticmethod
     def encode(value: Any, accept: str = "json") -> bytes:
-        """The return value in the accepted format; CallFailed 500 when it cannot be encoded."""
+        """The return value in the accepted format; CallFailed 500 when it cannot be encoded.
+
+        JSON has no infinity or NaN (msgspec writes ``null``, which breaks the output's own
+        schema): such a result is the model's error, naming where the number is. Only a container
+        whose JSON holds ``null`` is searched; other answers pay a type check or a byte scan."""
         try:
-            return (msgpack_encoder if accept == "msgpack" else json_encoder).encode(value)
+            if accept == "msgpack":
+                return msgpack_encoder.encode(value)
+            out = json_encoder.encode(value)
         except Exception as exc:
             raise CallFailed(
                 500, "model.error", f"{error_text(exc)} (the return value cannot be sent)"
             ) from exc
+        kind = type(value)
+        if kind is float:
+            path = None if math.isfinite(value) else "$"
+        elif kind in _PLAIN or out.find(b"null") == -1:  # (`in` on bytes is slower than find)
+            return out
+        else:
+            path = _non_finite(value)
+        if path is not None:
+            raise CallFailed(500, "model.error", f"the result holds a number JSON cannot carry "
+                             f"(infinity or NaN) at {path}; MessagePack callers get it as it is")
+        return out
 
     def run(
         self, body: Any, content_type: str = "json", accept: str = "json"
@@ -150,6 +173,35 @@ class Invoker:
         except CallFailed as exc:
             return exc.failure(call.id)
         return Result(call.id, body, metrics, _clock() - started)
+
+
+def _refuse_unknown(body: Any, content_type: str, known: frozenset[str]) -> None:
+    """ValidationError for a top-level key the record type does not take (msgspec ignores those
+    for dataclasses, TypedDicts and attrs classes; it refuses them for the other forms)."""
+    decode = msgspec.msgpack.decode if content_type == "msgpack" else msgspec.json.decode
+    for key in decode(body, type=dict[str, msgspec.Raw]):
+        if key not in known:
+            raise msgspec.ValidationError(f"Object contains unknown field `{key}`")
+
+
+def _non_finite(value: Any) -> str | None:
+    """The path (``$``, ``scores[2]``, ``a.b``) of the first infinite or NaN float, else None."""
+    try:
+        plain = msgspec.to_builtins(value, enc_hook=enc_hook)
+    except Exception:
+        return None
+    stack: list[tuple[Any, str]] = [(plain, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path or "$"
+        elif isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k))
+                         for k, v in reversed(list(item.items())))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def _model_error(exc: BaseException) -> CallFailed:

@@ -13,6 +13,7 @@ import itertools
 import keyword
 import os
 import sys
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -132,6 +133,7 @@ class Signature:
         "input_type",
         "is_async",
         "json_decoder",
+        "known_fields",
         "msgpack_decoder",
         "name",
         "output_schema",
@@ -148,6 +150,9 @@ class Signature:
         self.input_type = input_type
         self.output_type = output_type
         self.call = call  # decoded body -> the function's return value (or coroutine)
+        # The top-level names a record type (dataclass, TypedDict, attrs) takes, when its decoder
+        # would ignore others: the invoker refuses an unknown one, as for every other form.
+        self.known_fields: frozenset[str] | None = None
         self.json_decoder = msgspec.json.Decoder(input_type, dec_hook=dec_hook)
         self.msgpack_decoder = msgspec.msgpack.Decoder(input_type, dec_hook=dec_hook)
         self.input_schema = _schema_or(input_type, {"type": "object"})
@@ -188,6 +193,11 @@ def analyze(func: Callable[..., Any]) -> Signature:
         sig = inspect.signature(func)
     except (TypeError, ValueError) as exc:
         raise EntryError(f"cannot read the signature of {func!r}: {exc}") from None
+    if _is_generator(func):
+        raise EntryError(
+            f"{getattr(func, '__qualname__', func)!r} is a generator function: streaming answers "
+            "are not supported yet; return the whole result (a list, say) instead"
+        )
     params = list(sig.parameters.values())
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -206,8 +216,16 @@ def analyze(func: Callable[..., Any]) -> Signature:
         dict_type = _dict_form(ann)
         if dict_type is not None:
             return Signature(func, "dict", is_async, dict_type, output_type, func)
-        if _is_record(_strip_annotated(ann)):
-            return Signature(func, "struct", is_async, ann, output_type, func)
+        record = _strip_annotated(ann)
+        if _is_record(record):
+            known = None
+            if issubclass(record, msgspec.Struct):
+                ann = _forbidding(record, ann)
+            else:
+                known = frozenset(f.encode_name for f in mi.type_info(record).fields)
+            result = Signature(func, "struct", is_async, ann, output_type, func)
+            result.known_fields = known
+            return result
 
     fields: list[Any] = []
     for p in params:
@@ -246,6 +264,27 @@ def _caller(func: Callable[..., Any], params: list[inspect.Parameter]) -> Callab
                     **{n: getattr(obj, n) for n in named})
 
     return call
+
+
+def _forbidding(struct: type, ann: Any) -> Any:
+    """``ann`` with its Struct replaced by a subclass that refuses unknown fields (the function
+    still gets an instance of its own class); unchanged when the Struct refuses them already."""
+    if struct.__struct_config__.forbid_unknown_fields:
+        return ann
+    strict = types.new_class(struct.__name__, (struct,), {"forbid_unknown_fields": True})
+    strict.__module__ = struct.__module__
+    strict.__qualname__ = struct.__qualname__
+    if typing.get_origin(ann) is typing.Annotated:
+        return typing.Annotated[(strict, *ann.__metadata__)]
+    return strict
+
+
+def _is_generator(func: Callable[..., Any]) -> bool:
+    target = inspect.unwrap(func) if inspect.isfunction(func) or inspect.ismethod(func) else func
+    if not (inspect.isfunction(target) or inspect.ismethod(target)) and not isinstance(
+            target, type):
+        target = getattr(type(target), "__call__", target)
+    return inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
