@@ -19,7 +19,7 @@ from modelport.api.admin import store_gc, store_status, store_verify
 from modelport.api.audit import audit_log
 from modelport.api.builds import BuildsController, import_build
 from modelport.api.deployments import DeploymentsController
-from modelport.api.health import health, whoami
+from modelport.api.health import health, model_ready, whoami
 from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.model_openapi import model_openapi
 from modelport.api.models import ModelsController
@@ -157,7 +157,7 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
             await services.close()
 
     app = Litestar(
-        route_handlers=[health, whoami, model_openapi, audit_log, ModelsController,
+        route_handlers=[health, model_ready, whoami, model_openapi, audit_log, ModelsController,
                         TokensController, BuildsController,
                         import_build, DeploymentsController, store_status, store_verify, store_gc,
                         prometheus, MonitoringController,

@@ -167,6 +167,20 @@ def test_every_form_refuses_unknown_fields_and_json_has_no_infinity(d):
     assert msgspec.msgpack.decode(packed.content) == {"scores": [-1, float("inf")]}
 
 
+def test_the_ready_probe_follows_the_replicas(d):
+    d.model("add")
+    d.deploy("add", d.build("add", {"predict.py": typed(1.0)}), replicas=2)
+    ready = httpx.get(f"{d.srv.url}/models/add/ready")  # no token
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "build": 1, "replicas_ready": 2}
+    assert d.c.post("/api/v1/models/add/stop").status_code in (200, 202)
+    deadline = time.monotonic() + 30
+    while (gone := httpx.get(f"{d.srv.url}/models/add/ready")).status_code == 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert gone.status_code == 503 and gone.json()["error"]["code"] == "model.unavailable"
+
+
 def test_model_errors_500_and_the_replica_keeps_serving(d):
     d.model("boom")
     code = ("def predict(x: int) -> int:\n    if x < 0:\n        raise ValueError('negative')\n"

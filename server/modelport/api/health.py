@@ -1,11 +1,16 @@
-"""GET /api/v1/health: is the server up, and which version."""
+"""GET /api/v1/health: is the server up, and which version; GET /models/{name}/ready: can this
+model answer now (a probe for a load balancer or Kubernetes, so it needs no token)."""
 
 from __future__ import annotations
 
 import msgspec
 from litestar import Request, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
 
+from modelport.api.common import state
 from modelport.auth import identity_of
+from modelport.errors import ErrorEnvelope, ModelNotFound, ModelUnavailable
 
 from modelport import __version__
 
@@ -34,3 +39,30 @@ async def whoami(request: Request) -> WhoAmI:
     """The token this request came with: its name, role and (for predict tokens) models."""
     me = identity_of(request)
     return WhoAmI(me.id, me.name, me.role, list(me.models), me.expires_at)
+
+
+class ModelReady(msgspec.Struct):
+    ready: bool
+    build: int
+    replicas_ready: int
+
+
+@get("/models/{name:str}/ready", opt={"perm": "public"}, tags=["health"],
+     responses={503: ResponseSpec(
+         data_container=ErrorEnvelope, generate_examples=False,
+         description="`model.unavailable`: not deployed, or no replica is ready")})
+async def model_ready(request: Request, name: FromPath[str]) -> ModelReady:
+    """200 while at least one replica of the model's serving build is ready; 503
+    `model.unavailable` otherwise (not deployed, starting, every replica down); 404 for a model
+    that does not exist. It says no more than a prediction's own answer would."""
+    routes = state(request).routes
+    if name not in routes:
+        raise ModelNotFound(f"No model named '{name}'.")
+    group = routes.group(name)
+    if group is None:
+        raise ModelUnavailable(f"Model '{name}' is not deployed.")
+    ready = sum(1 for r in group.replicas if r.state == "ready")
+    if not ready:
+        raise ModelUnavailable(f"Model '{name}' has no ready replica (build {group.spec.build}, "
+                               f"{group.state}).")
+    return ModelReady(True, group.spec.build, ready)

@@ -29,8 +29,12 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 ASSET_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(?:js|css|svg|png|woff2?)$")
 PUBLIC = {"perm": "public"}
 
-# The SPA's own pages (web/src/lib/router.svelte.js): a reload of any of them gets index.html.
+# The SPA's own pages (web/src/lib/router.svelte.js): a reload of any of them gets index.html;
+# any other path under /models/ is an API path nobody serves, answered in JSON (route.not_found).
 PAGES = ["/", "/tokens", "/audit", "/models/{name:str}", "/models/{name:str}/{rest:path}"]
+MODEL_PAGE = re.compile(
+    r"^/(?:(?:builds|deployments|replicas|test|monitoring|settings)"
+    r"|builds/\d+(?:/(?:files|dependencies|log|diff(?:/\d+)?))?)/?$")
 
 
 def _read(path: Path) -> bytes | None:
@@ -45,6 +49,8 @@ async def spa_page(rest: FromPath[str | None] = None) -> Response:
     """index.html for every client-side route, never cached, with the security headers."""
     if rest is not None and rest.strip("/") == "predict":
         raise MethodNotAllowed("Predictions are POST requests.", headers={"Allow": "POST"})
+    if rest is not None and not MODEL_PAGE.match(rest if rest.startswith("/") else "/" + rest):
+        raise RouteNotFound("No such route.")
     html = await asyncio.to_thread(_read, STATIC / "index.html")
     if html is None:
         return Response(
