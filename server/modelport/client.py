@@ -236,8 +236,11 @@ class Client:
         return self.request("PATCH", f"/api/v1/models/{name}/deployments/current",
                             json={"replicas": replicas})
 
-    def rollback(self, name: str, to_build: int | None = None) -> dict:
+    def rollback(self, name: str, to_build: int | None = None,
+                 allow_breaking: bool = False) -> dict:
         body = {"to_build": to_build} if to_build else {}
+        if allow_breaking:
+            body["allow_breaking"] = True
         return self.request("POST", f"/api/v1/models/{name}/rollback", json=body)
 
     def stop(self, name: str) -> dict:

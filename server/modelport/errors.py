@@ -127,6 +127,12 @@ class BuildNotReady(Conflict):
     code = "build.not_ready"
 
 
+class SchemaBreaking(Conflict):
+    """The build's input schema would refuse requests the serving build takes."""
+
+    code = "schema.breaking"
+
+
 class StoreCorrupt(ModelportError):
     """An object in the artifact store failed its check; run `modelport verify`."""
 

@@ -32,10 +32,18 @@ def test_readme_quickstart(server):
     outputs = []
     for line in quickstart_lines():
         done = run(line, env)
-        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
-        outputs.append(done.stdout)
-    prediction = msgspec.json.decode(outputs[1])
+        if "# refused: schema.breaking" in line:  # the incompatible one: refused, and says why
+            assert done.returncode == 1, f"{line}\n{done.stdout}\n{done.stderr}"
+            assert "schema.breaking" in done.stderr and "features" in done.stderr
+            assert "--allow-breaking" in done.stderr
+        else:
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done)
+    prediction = msgspec.json.decode(outputs[1].stdout)
     assert prediction["species"] == ["setosa"] and 0.5 < prediction["probability"][0] <= 1
+    assert "new optional field 'decimals'" in outputs[2].stderr  # the compatible one's note
+    rounded = msgspec.json.decode(outputs[3].stdout)["probability"][0]
+    assert rounded == round(rounded, 2) and 0.5 < rounded <= 1
     history = run(".venv/bin/modelport deployments iris --json", env)
     items = msgspec.json.decode(history.stdout)["items"]
     assert [i["build"] for i in items] == [1, 2, 1]

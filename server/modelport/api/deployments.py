@@ -35,7 +35,7 @@ def _left_out(default, **bounds) -> msgspec.Meta:
 
 class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Settings left out take DEFAULTS, or with ``keep_current`` the current deployment's (its
-    ``env`` too, whose values the API never shows)."""
+    ``env`` too, whose values the API never shows), the last one's when the model is stopped."""
 
     build: RowNumber
     replicas: Annotated[int, _left_out(1, ge=1, le=64)] | Unset = msgspec.UNSET
@@ -52,6 +52,9 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     network: Annotated[bool, _left_out("true")] | Unset = msgspec.UNSET
     boot_timeout_s: Annotated[float, _left_out(300, gt=0, le=86_400)] | Unset = msgspec.UNSET
     keep_current: bool = False
+    allow_breaking: Annotated[bool, msgspec.Meta(
+        description="Deploy even when the build's input schema would refuse requests the "
+                    "serving build takes (else 409 schema.breaking).")] = False
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,6 +63,7 @@ class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     to_build: RowNumber | None = None
+    allow_breaking: bool = False
 
 
 async def _model(request: Request, name: str) -> dict:
@@ -82,13 +86,17 @@ class DeploymentsController(Controller):
         model = await _model(request, name)
         given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         given.pop("build")
+        allow_breaking = given.pop("allow_breaking")
         settings = DEFAULTS
         if given.pop("keep_current"):
             current = await rows.current(state(request).db, model["id"])
+            if current is None:  # stopped: serve again as it was served last
+                current = await rows.latest(state(request).db, model["id"])
             if current is not None:
                 settings = state(request).deployer.settings_of(current)
         settings = settings | given
-        row = await state(request).deployer.deploy(model, data.build, settings, who(request).actor)
+        row = await state(request).deployer.deploy(model, data.build, settings, who(request).actor,
+                                                   allow_breaking=allow_breaking)
         return await _shown(request, row, name)
 
     @get("/deployments")
@@ -134,7 +142,8 @@ class DeploymentsController(Controller):
         """Deploy the build that served before the current one (or `to_build`)."""
         model = await _model(request, name)
         to_build = data.to_build if data else None
-        row = await state(request).deployer.rollback(model, to_build, who(request).actor)
+        row = await state(request).deployer.rollback(model, to_build, who(request).actor,
+                                                     allow_breaking=bool(data and data.allow_breaking))
         return await _shown(request, row, name)
 
     @post("/stop", opt={"perm": "write"}, status_code=200)

@@ -31,11 +31,17 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def build_options(func):
+def build_options(func, deploying: bool = False):
+    """FOLDER, --name, --entry and the rest; for `deploy`, whose ``--build N`` takes a model's
+    NAME instead of a folder, the three are checked by the command."""
+    target = (click.argument("folder", metavar="FOLDER|NAME") if deploying else
+              click.argument("folder", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path)))
     for option in reversed([
-        click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path)),
-        click.option("--name", required=True, help="The model's name (created when missing)."),
-        click.option("--entry", required=True, help="path/to/file.py:function"),
+        target,
+        click.option("--name", required=not deploying,
+                     help="The model's name (created when missing)."),
+        click.option("--entry", required=not deploying, help="path/to/file.py:function"),
         click.option("--requirements", help="Requirements file inside the folder."),
         click.option("--python", help="Python version, e.g. 3.11 (default: the server's)."),
         click.option("--example-input", help="Example input as JSON: the build calls the function on it."),

@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from pathlib import Path
 
 import click
 import msgspec
 
 from modelport.cli.builds import _json_arg, _labels, build_options, run_build
 from modelport.cli.common import client_options, console, err_console, json_option, print_json, print_table
+from modelport.client import ApiError
+from rich.markup import escape
+
+allow_breaking_option = click.option(
+    "--allow-breaking", is_flag=True,
+    help="Deploy even when the build's input schema would refuse requests the serving build "
+         "takes (a required field added, a field removed or narrowed).")
 
 
 def _env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -32,6 +41,38 @@ def _wait(client, name: str, deployment: dict, quiet: bool) -> dict:
     if done["status"] == "failed" and not quiet:
         err_console.print(f"[red]failed[/red]: {done['reason']}")
     return done
+
+
+def _last_served(client, name: str) -> int | None:
+    for item in client.deployments(name, limit=50)["items"]:
+        if any(e["kind"] == "deployed" for e in item["events"]):
+            return item["build"]
+    return None
+
+
+def _refused_schema(client, name: str, exc: ApiError, build: int | None, retry: str) -> None:
+    """schema.breaking: the server's words, the input schema's diff, and the flag that overrides."""
+    err_console.print(f"[red]error[/red] {exc.code}: {escape(exc.message)}", highlight=False)
+    base = _last_served(client, name)
+    if base is not None and build is not None:
+        for change in client.diff(name, base, build)["schemas"]:
+            if change["schema"] != "input":
+                continue
+            err_console.print(f"input schema, build #{base} → #{build}:", highlight=False)
+            for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
+                for field in change[key]:
+                    err_console.print(f"  {sign} {field}", highlight=False, markup=False)
+    err_console.print(f"to serve it anyway (its callers' requests may be refused): {retry}",
+                      highlight=False, markup=False)
+    sys.exit(1)
+
+
+def _schema_note(deployment: dict, quiet: bool) -> None:
+    """The one-line note of a compatible (or allowed) change of the input schema."""
+    for event in deployment.get("events", [])[:1]:
+        note = (event.get("detail") or {}).get("schema_note")
+        if note and not quiet:
+            err_console.print(f"note: {note}", highlight=False, markup=False)
 
 
 _BLANKS = {"number": 0, "integer": 0, "string": "", "boolean": False, "array": [], "object": {}}
@@ -82,31 +123,68 @@ def _serving_options(func):
     return func
 
 
+def _deploy_target(folder: str, name: str | None, entry: str | None,
+                   build_number: int | None) -> tuple[Path | None, str]:
+    """`deploy FOLDER --name NAME --entry E` builds FOLDER; `deploy NAME --build N` does not."""
+    if build_number is not None:
+        if name or entry:
+            raise click.UsageError("with --build N give the model's NAME alone (no --name, "
+                                   "--entry): the build exists already")
+        return None, folder
+    missing = [flag for flag, value in (("--name", name), ("--entry", entry)) if not value]
+    if missing:
+        raise click.UsageError(f"missing {' and '.join(missing)} (or deploy an existing build: "
+                               f"modelport deploy NAME --build N)")
+    path = Path(folder)
+    if not path.is_dir():
+        raise click.BadParameter(f"folder {folder!r} does not exist", param_hint="FOLDER")
+    return path, name
+
+
 @click.command()
-@build_options
+@functools.partial(build_options, deploying=True)
+@click.option("--build", "build_number", type=int,
+              help="Serve build N of model NAME, which exists (`modelport deploy NAME --build N`), "
+                   "instead of building a folder.")
 @_serving_options
+@allow_breaking_option
 @client_options
 @json_option
 def deploy(client, folder, name, entry, requirements, python, example_input, example_output,
-           message, label, replicas, memory_mb, timeout_s, max_concurrency, env_pairs,
-           capture_percent, network, boot_timeout_s, as_json) -> None:
-    """Build FOLDER and deploy it as model NAME; waits until it serves."""
+           message, label, build_number, replicas, memory_mb, timeout_s, max_concurrency,
+           env_pairs, capture_percent, network, boot_timeout_s, allow_breaking, as_json) -> None:
+    """Build FOLDER and deploy it as model NAME (or deploy build N of NAME with --build N);
+    waits until it serves."""
+    path, name = _deploy_target(folder, name, entry, build_number)
     client.created_model = None
-    built = run_build(client, folder, name, entry, quiet=as_json, requirements=requirements,
-                      python=python, example_input=_json_arg(example_input, "--example-input"),
-                      example_output=_json_arg(example_output, "--example-output"),
-                      message=message, labels=_labels(label))
+    if path is None:
+        built = client.get_build(name, build_number)
+    else:
+        built = run_build(client, path, name, entry, quiet=as_json, requirements=requirements,
+                          python=python, example_input=_json_arg(example_input, "--example-input"),
+                          example_output=_json_arg(example_output, "--example-output"),
+                          message=message, labels=_labels(label))
     if built["status"] != "built":
         if as_json:
             print_json({"build": built, "deployment": None})
+        elif path is None:
+            err_console.print(f"[red]error[/red] build #{build_number} of {name} is "
+                              f"{built['status']}, not built")
         sys.exit(1)
     started = time.monotonic()
-    # A new version keeps how the model is served now, but for what is given here.
-    deployment = client.deploy(name, built["number"], replicas=replicas, memory_mb=memory_mb,
-                               timeout_s=timeout_s, max_concurrency=max_concurrency,
-                               env=_env(env_pairs) or None, capture_percent=capture_percent,
-                               network=network,
-                               boot_timeout_s=boot_timeout_s, keep_current=True)
+    # A new version keeps how the model is served now (or was last), but for what is given here.
+    try:
+        deployment = client.deploy(
+            name, built["number"], replicas=replicas, memory_mb=memory_mb, timeout_s=timeout_s,
+            max_concurrency=max_concurrency, env=_env(env_pairs) or None,
+            capture_percent=capture_percent, network=network, boot_timeout_s=boot_timeout_s,
+            keep_current=True, allow_breaking=allow_breaking or None)
+    except ApiError as exc:
+        if exc.code != "schema.breaking" or as_json:
+            raise
+        _refused_schema(client, name, exc, built["number"],
+                        f"modelport deploy {name} --build {built['number']} --allow-breaking")
+    _schema_note(deployment, as_json)
     done = _wait(client, name, deployment, as_json)
     key = (client.created_model or {}).get("access_key")
     if as_json:
@@ -143,11 +221,20 @@ def predict(client, name: str, body: str, key: str | None) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--to", "to_build", type=int, help="The build to serve (default: the one before).")
+@allow_breaking_option
 @client_options
 @json_option
-def rollback(client, name: str, to_build: int | None, as_json: bool) -> None:
+def rollback(client, name: str, to_build: int | None, allow_breaking: bool, as_json: bool) -> None:
     """Serve the build deployed before the current one again (or --to N)."""
-    done = _wait(client, name, client.rollback(name, to_build), as_json)
+    try:
+        started = client.rollback(name, to_build, allow_breaking=allow_breaking)
+    except ApiError as exc:
+        if exc.code != "schema.breaking" or as_json:
+            raise
+        retry = f"modelport rollback {name}" + (f" --to {to_build}" if to_build else "")
+        _refused_schema(client, name, exc, to_build, retry + " --allow-breaking")
+    _schema_note(started, as_json)
+    done = _wait(client, name, started, as_json)
     if as_json:
         print_json(done)
     elif done["status"] == "deployed":

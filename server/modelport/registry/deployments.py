@@ -73,6 +73,12 @@ async def current(db: Database, model_id: int) -> dict | None:
     return (await current_by_model(db, [model_id])).get(model_id)
 
 
+async def latest(db: Database, model_id: int) -> dict | None:
+    """The model's newest deployment, whatever its status."""
+    return await db.one("SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC LIMIT 1",
+                        (model_id,))
+
+
 async def history(db: Database, model_id: int, *, limit: int, cursor: int | None) -> list[dict]:
     return await db.all(
         "SELECT * FROM deployments WHERE model_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
@@ -104,7 +110,11 @@ async def seal_clear_env(db: Database, sealer: Sealer) -> int:
 
 
 async def create(db: Database, *, model_id: int, model: str, build_id: int, build_number: int,
-                 settings: dict, actor: str, sealer: Sealer, reason: str | None = None) -> dict:
+                 settings: dict, actor: str, sealer: Sealer, reason: str | None = None,
+                 schema_note: str | None = None) -> dict:
+    """A pending deployment; ``schema_note`` (how the input schema changed from the build
+    that served) goes into its created event and the audit entry."""
+    noted = {"schema_note": schema_note} if schema_note else {}
     env = msgspec.json.encode(sealer.seal_env(settings["env"])).decode()
     async with db.write() as conn:
         cur = await conn.execute(
@@ -122,10 +132,10 @@ async def create(db: Database, *, model_id: int, model: str, build_id: int, buil
             "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
             " VALUES (?, ?, 'created', ?, ?)",
             (cur.lastrowid, now_iso(), actor,
-             msgspec.json.encode({"build": build_number, "reason": reason}).decode()))
+             msgspec.json.encode({"build": build_number, "reason": reason, **noted}).decode()))
         await audit.record(conn, actor, "deployment.create", model=model, target=str(cur.lastrowid),
                            detail={"build": build_number, "replicas": settings["replicas"],
-                                   "reason": reason})
+                                   "reason": reason, **noted})
         deployment_id = cur.lastrowid
     return await db.one("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
 
@@ -167,6 +177,15 @@ async def previous_build(db: Database, model_id: int, current_id: int,
         " AND d.build_number != ? AND EXISTS (SELECT 1 FROM deployment_events e"
         " WHERE e.deployment_id = d.id AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
         (model_id, current_id, current_build))
+
+
+async def last_served_build(db: Database, model_id: int) -> dict | None:
+    """The build of the latest deployment that reached deployed: the one callers use now (or
+    used last, when the model is stopped)."""
+    return await db.one(
+        "SELECT b.* FROM deployments d JOIN builds b ON b.id = d.build_id WHERE d.model_id = ?"
+        " AND EXISTS (SELECT 1 FROM deployment_events e WHERE e.deployment_id = d.id"
+        " AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1", (model_id,))
 
 
 async def to_restore(db: Database) -> list[dict]:

@@ -11,10 +11,13 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+import msgspec
 
 from modelport.builder import deps
+from modelport.builder.compat import compare
 from modelport.builder.pipeline import Builder, ensure_project
-from modelport.errors import BuildNotReady, Conflict, ModelNotDeployed, RequestInvalid
+from modelport.errors import (BuildNotReady, Conflict, ModelNotDeployed, RequestInvalid,
+                              SchemaBreaking)
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database
@@ -44,19 +47,43 @@ class Deployer:
     # -- what the API asks for -------------------------------------------------------------------
 
     async def deploy(self, model: dict, build_number: int, settings: dict, actor: str,
-                     reason: str | None = None) -> dict:
+                     reason: str | None = None, allow_breaking: bool = False) -> dict:
         """Record a pending deployment and roll it out in the background."""
         build = await build_rows.row(self.db, model["id"], build_number, model["name"])
         if build["status"] != "built":
             raise BuildNotReady(f"Build #{build_number} is {build['status']}, not built.")
+        note = await self._schema_gate(model, build, allow_breaking)
         row = await rows.create(self.db, model_id=model["id"], model=model["name"],
                                 build_id=build["id"], build_number=build_number,
                                 settings=settings, actor=actor, sealer=self.sealer,
-                                reason=reason)
+                                reason=reason, schema_note=note)
         self._spawn(self._roll_out(model["name"], row, build, actor))
         return row
 
-    async def rollback(self, model: dict, to_build: int | None, actor: str) -> dict:
+    async def _schema_gate(self, model: dict, build: dict, allow_breaking: bool) -> str | None:
+        """Refuse a build whose input schema would turn away requests the build serving now
+        takes (409 schema.breaking naming the fields), unless allowed; else a one-line note of
+        what changed, or None."""
+        base = await rows.last_served_build(self.db, model["id"])
+        if base is None or base["number"] == build["number"]:
+            return None
+        verdict = compare(msgspec.json.decode(base["input_schema"] or "null"),
+                          msgspec.json.decode(build["input_schema"] or "null"))
+        if verdict.breaking and not allow_breaking:
+            raise SchemaBreaking(
+                f"Build #{build['number']}'s input schema is not compatible with build "
+                f"#{base['number']}'s, whose callers would be refused: {verdict.summary()}. "
+                "Send allow_breaking: true (CLI --allow-breaking) to deploy it anyway.")
+        if verdict.breaking:
+            return (f"input schema not compatible with build #{base['number']}'s (allowed): "
+                    f"{verdict.summary()}")
+        if verdict.compatible:
+            return (f"input schema compatible with build #{base['number']}'s: "
+                    f"{verdict.summary(verdict.compatible)}")
+        return None
+
+    async def rollback(self, model: dict, to_build: int | None, actor: str,
+                       allow_breaking: bool = False) -> dict:
         current = await self._current(model)
         if to_build is None:
             to_build = await rows.previous_build(self.db, model["id"], current["id"],
@@ -66,7 +93,8 @@ class Deployer:
                                      "to_build.", field="to_build")
         settings = self.settings_of(current)
         return await self.deploy(model, to_build, settings, actor,
-                                 reason=f"rollback from #{current['build_number']} to #{to_build}")
+                                 reason=f"rollback from #{current['build_number']} to #{to_build}",
+                                 allow_breaking=allow_breaking)
 
     async def scale(self, model: dict, replicas: int, actor: str) -> dict:
         current = await self._current(model)
