@@ -38,11 +38,13 @@ from modelport.registry.db import Database
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
+from modelport.scratch import sweep
 from modelport.serving.config import Tuning
 from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
 from modelport.store.cas import ContentStore
+from modelport.store.gc import clean_temp
 
 log = logging.getLogger("modelport")
 
@@ -61,6 +63,16 @@ async def first_start(auth: Auth, settings: Settings) -> str | None:
         flush=True,
     )
     return secret
+
+
+def clean_leftovers(settings: Settings, store: ContentStore) -> None:
+    """What a server killed mid-way left: partial uploads, build folders, store temps. Nothing
+    else runs on the data dir yet (its lock is ours), so every temp is a dead writer's."""
+    swept = sweep(settings.data_dir)
+    temps = swept.removed + clean_temp(store, 0)
+    if temps:
+        log.info("removed %d temp files and folders (%.1f MB) left by a server that stopped "
+                 "mid-way", temps, swept.freed_bytes / 1e6)
 
 
 async def _every(seconds: float, job) -> None:
@@ -104,6 +116,7 @@ class Services:
                                   rate_limit_per_s=row["rate_limit_per_s"],
                                   rate_limit_burst=row["rate_limit_burst"])
         self.store = await asyncio.to_thread(ContentStore, s.store_dir)
+        await asyncio.to_thread(clean_leftovers, s, self.store)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
         self.builder = Builder(s, self.db, self.store, runtime)
         self.sealer = await asyncio.to_thread(Sealer.for_data_dir, s.secret_key_path)

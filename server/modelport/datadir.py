@@ -55,7 +55,8 @@ PRIVATE_TREES = ("logs", "run", "uploads")
 def prepare(settings: Settings) -> None:
     """Create the data dir and its folders, private whatever modes they had (see `tighten`)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for folder in (settings.store_dir, settings.envs_dir, settings.logs_dir, settings.run_dir):
+    for folder in (settings.store_dir, settings.envs_dir, settings.logs_dir, settings.run_dir,
+                   settings.uploads_dir):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     tighten(settings.data_dir)
 

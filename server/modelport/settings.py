@@ -58,6 +58,10 @@ class Settings(msgspec.Struct, kw_only=True):
         return self.data_dir / "logs"
 
     @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"  # uploads and exports while they stream (temp files)
+
+    @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 

@@ -188,7 +188,7 @@ def test_corruption_is_never_served_and_verify_and_gc_work(offline_server, tmp_p
         # while the server runs, gc keeps an hour's grace: nothing this young goes
         live = c.post("/api/v1/store/gc").json()
         assert live == {"removed": 0, "freed_bytes": 0, "folders_removed": 0,
-                        "files_removed": 0}
+                        "files_removed": 0, "temp_removed": 0}
     srv.stop()
     cli = subprocess.run([*MODELPORT, "verify", "--data-dir", str(srv.data_dir)],
                          capture_output=True, text=True, env=srv.env, timeout=60)

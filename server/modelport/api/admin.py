@@ -11,6 +11,9 @@ from modelport.api.common import state
 from modelport.builder.prune import live_hex, prune
 from modelport.registry import audit
 from modelport.registry.builds import folder_digests, object_digests
+from modelport.scratch import sweep
+
+SWEEP_GRACE_S = 60.0  # a temp a moment old may not be held yet
 
 
 class StoreStatus(msgspec.Struct):
@@ -29,6 +32,7 @@ class GcDone(msgspec.Struct):
     freed_bytes: int  # by all of it
     folders_removed: int = 0  # project folders and environments no build names
     files_removed: int = 0  # checked-out files no project links to
+    temp_removed: int = 0  # temp files and folders of uploads and builds that died mid-way
 
 
 @get("/api/v1/store", opt={"perm": "admin"}, tags=["store"])
@@ -51,16 +55,18 @@ async def store_verify(request: Request) -> VerifyResult:
 
 @post("/api/v1/store/gc", opt={"perm": "admin"}, tags=["store"], status_code=200)
 async def store_gc(request: Request) -> GcDone:
-    """Remove objects no build refers to, and the project folders, environments and checked-out
-    files of builds that are gone; never what a build in progress is writing (an hour's grace)."""
+    """Remove objects no build refers to, the project folders, environments and checked-out
+    files of builds that are gone, and the temp files of uploads and builds that died; never what
+    a build or upload in progress is writing (an hour's grace; its temps are held)."""
     app = state(request)
     live = await object_digests(app.db)
     result = await asyncio.to_thread(app.store.gc, live)
     projects, envs = await folder_digests(app.db)
     pruned = await asyncio.to_thread(prune, app.builder.settings.data_dir, live_hex(projects),
                                      live_hex(envs))
-    done = GcDone(result.removed, result.freed_bytes + pruned.freed_bytes, pruned.folders,
-                  pruned.files)
+    swept = await asyncio.to_thread(sweep, app.builder.settings.data_dir, SWEEP_GRACE_S)
+    done = GcDone(result.removed, result.freed_bytes + pruned.freed_bytes + swept.freed_bytes,
+                  pruned.folders, pruned.files, result.temp_removed + swept.removed)
     async with app.db.write() as conn:
         await audit.record(conn, request.scope["identity"].actor, "store.gc",
                            detail=msgspec.structs.asdict(done))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from modelport.registry import builds as build_rows
 from modelport.registry import models as model_rows
 from modelport.registry.paging import clamp_limit, decode_cursor
 from modelport.registry.records import Build, ImportedBuild, Page
+from modelport.scratch import scratch_file
 from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
 
@@ -56,9 +56,8 @@ async def _manifest(request: Request, row: dict) -> mf.Manifest:
 
 
 async def _upload(request: Request, max_bytes: int):
-    tmp = state(request).settings.data_dir / "uploads"
-    return await read_upload(request.headers.get("content-type", ""), request.stream(), tmp,
-                             max_bytes)
+    return await read_upload(request.headers.get("content-type", ""), request.stream(),
+                             state(request).settings.uploads_dir, max_bytes)
 
 
 class BuildsController(Controller):
@@ -76,7 +75,7 @@ class BuildsController(Controller):
             form = service.parse_form(upload.fields)
             return await service.create_build(app, name, who(request).actor, form, upload.archive)
         finally:
-            service.remove_quietly(upload.archive)
+            upload.discard()
 
     @get("/")
     async def list_builds(self, request: Request, name: FromPath[str], limit: Limit = None,
@@ -175,24 +174,32 @@ class BuildsController(Controller):
         _, row = await _build_row(request, name, number)
         manifest = await _manifest(request, row)
         store = state(request).store
-        tmp_dir = state(request).settings.data_dir / "uploads"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(dir=tmp_dir, prefix="export-")
-        with os.fdopen(fd, "wb") as out:
-            await asyncio.to_thread(exchange.export, store, manifest, out)
-        return Stream(_stream_file(Path(path)), media_type="application/zstd", headers={
+        fd, path = scratch_file(state(request).settings.uploads_dir, "export-")
+        try:
+            with os.fdopen(os.dup(fd), "wb") as out:
+                await asyncio.to_thread(exchange.export, store, manifest, out)
+        except BaseException:
+            _discard(fd, path)
+            raise
+        return Stream(_stream_file(fd, path), media_type="application/zstd", headers={
             "Content-Disposition": f'attachment; filename="{name}-{number}.tar.zst"',
             "Content-Length": str(os.path.getsize(path)),
         })
 
 
-async def _stream_file(path: Path, chunk: int = 1 << 20):
+def _discard(fd: int, path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
+async def _stream_file(fd: int, path: Path, chunk: int = 1 << 20):
+    """The file's bytes; then it is deleted and let go (`fd` held it, out of a sweep's reach)."""
     try:
         with open(path, "rb") as f:
             while data := await asyncio.to_thread(f.read, chunk):
                 yield data
     finally:
-        path.unlink(missing_ok=True)
+        _discard(fd, path)
 
 
 @post("/api/v1/builds/import", opt={"perm": "write"}, status_code=201, tags=["builds"],
@@ -211,4 +218,4 @@ async def import_build(request: Request) -> ImportedBuild:
                                               max_total_bytes=app.settings.archive_max_expanded_bytes,
                                               max_ratio=app.settings.archive_max_ratio))
     finally:
-        service.remove_quietly(upload.archive)
+        upload.discard()

@@ -32,6 +32,7 @@ from modelport.builder.wheelhouse import (
     uv_bin,
     uv_env,
 )
+from modelport.scratch import scratch_dir
 
 __all__ = [
     "DependencyError", "Lock", "LockedPackage", "env_python", "fetch_wheels", "find_python",
@@ -323,13 +324,9 @@ def fetch_wheels(
         elif not pkg.url:
             raise DependencyError(f"{pkg.name} {pkg.version}: no wheel at hand and no URL")
         else:
-            house.root.mkdir(parents=True, exist_ok=True)
-            incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=house.root))
-            try:
+            with scratch_dir(house.root, ".incoming-") as incoming:
                 house.put(download(pkg.url, incoming / pkg.wheel, pkg.sha256, auth_from=auth,
                                    progress=meter.track(pkg.wheel)), pkg.sha256)
-            finally:
-                shutil.rmtree(incoming, ignore_errors=True)
         link_or_copy(house.get(pkg.sha256, pkg.wheel) or _lost(pkg), dest / pkg.wheel)
 
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:

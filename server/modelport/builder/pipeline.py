@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,26 @@ from modelport.builder.inspect import InspectFailed, inspect_build
 from modelport.builder.snapshot import materialize as write_snapshot
 from modelport.registry import builds as build_rows
 from modelport.registry.db import Database
+from modelport.scratch import scratch_dir
 from modelport.settings import Settings
 from modelport.store import manifest as mf
 from modelport.store.cas import ContentStore
 
 log = logging.getLogger("modelport.builder")
+
+
+RESTARTED_DURING_BUILD = ("The server restarted during this build; building again from its stored "
+                          "snapshot.")
+STOPPED_DURING_BUILD = ("The server stopped during the build, twice (it was built again after the "
+                        "first time); upload the project again to build it.")
+
+
+def _tried_again(log: Path) -> bool:
+    """Whether the build's log says it was already built again after a server stop."""
+    try:
+        return RESTARTED_DURING_BUILD in log.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
 
 
 class BuildFailed(Exception):
@@ -34,11 +48,14 @@ def project_dir(settings: Settings, digest: str) -> Path:
     return settings.data_dir / "projects" / digest.removeprefix("sha256:")
 
 
-def stage_project(store: ContentStore, settings: Settings, snapshot: mf.Snapshot) -> Path:
+def staging_dir(settings: Settings):
+    """A temp folder beside the project folders, held while a project is staged in it."""
+    return scratch_dir(settings.data_dir / "projects", ".tmp-")
+
+
+def stage_project(store: ContentStore, settings: Settings, snapshot: mf.Snapshot,
+                  staging: Path) -> Path:
     """The snapshot on disk under a temporary name (blocking); `place_project` names it."""
-    root = settings.data_dir / "projects"
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     write_snapshot(store, snapshot, staging, settings.data_dir / "files")
     return staging
 
@@ -60,7 +77,8 @@ def ensure_project(store: ContentStore, settings: Settings, digest: str,
     target = project_dir(settings, digest)
     if target.is_dir():
         return target
-    return place_project(stage_project(store, settings, snapshot), target)
+    with staging_dir(settings) as staging:
+        return place_project(stage_project(store, settings, snapshot, staging), target)
 
 
 class Builder:
@@ -73,10 +91,21 @@ class Builder:
         self._workers: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        """Queued builds wait again. One the server stopped during is built again from its
+        snapshot, once: stopped during that second try too (a build that takes the server down,
+        as an out-of-memory can), it is failed with that reason."""
         for row in await build_rows.unfinished(self.db):
-            BuildLog(log_path(self.settings.logs_dir, row["model"], row["number"]))(
-                "The server restarted during this build; building again from its stored snapshot."
-            )
+            if row["status"] == "building":
+                path = log_path(self.settings.logs_dir, row["model"], row["number"])
+                blog = BuildLog(path)
+                again = await asyncio.to_thread(_tried_again, path)
+                blog(f"FAILED: {STOPPED_DURING_BUILD}" if again else RESTARTED_DURING_BUILD)
+                blog.close()
+                if again:
+                    await build_rows.finish(
+                        self.db, row["id"], model=row["model"], number=row["number"],
+                        fields={"status": "failed", "error": STOPPED_DURING_BUILD})
+                    continue
             self.queue.put_nowait(row["id"])
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.settings.build_workers)]
 
@@ -130,14 +159,12 @@ class Builder:
                                        type=mf.Snapshot)
         requirements = await self._requirements_text(row, snapshot)
         example_input = None if row["example_input"] is None else msgspec.json.decode(row["example_input"])
-        staging = await asyncio.to_thread(stage_project, self.store, self.settings, snapshot)
-        try:
+        with staging_dir(self.settings) as staging:
+            await asyncio.to_thread(stage_project, self.store, self.settings, snapshot, staging)
             lock, digest, content, wheels, new_bytes, python = await self._dependencies(
                 row, snapshot, requirements, example_input, staging, blog, lease)
             project = await asyncio.to_thread(place_project, staging,
                                               project_dir(self.settings, digest))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         blog("→ checking the function")
         result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
                                      example_input, blog)
@@ -169,16 +196,16 @@ class Builder:
     async def _dependencies(self, row, snapshot, requirements, example_input, project, blog,
                             lease):
         """Lock → digest → wheels in the store → the environment."""
-        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".build-") as work:
+        with scratch_dir(self.settings.data_dir, ".build-") as work:
             blog("→ resolving dependencies with uv")
             lock = await asyncio.to_thread(
-                deps.resolve, requirements, row["python"], workdir=Path(work), log=blog,
+                deps.resolve, requirements, row["python"], workdir=work, log=blog,
                 project_dir=project, **self._index_options())
             blog(f"  locked {len(lock.packages)} packages: "
                  + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
             content = mf.Content(snapshot.files, lock.text, row["entrypoint"], row["python"],
                                  example_input)
-            wheels, new_bytes = await self._wheels(lock, Path(work), blog, lease)
+            wheels, new_bytes = await self._wheels(lock, work, blog, lease)
             blog("→ installing the environment (offline, from the stored wheels)")
             python = await self.environment(lock, wheels, blog)
         return lock, mf.content_digest(content), content, wheels, new_bytes, python
@@ -226,10 +253,10 @@ class Builder:
         if found := deps.env_python(self.settings.envs_dir, lock.digest):
             blog(f"  reusing environment {lock.digest[7:19]}")
             return found
-        with tempfile.TemporaryDirectory(dir=self.settings.data_dir, prefix=".wheels-") as tmp:
+        with scratch_dir(self.settings.data_dir, ".wheels-") as tmp:
             for w in wheels:
-                await asyncio.to_thread(self.store.copy_to, w.digest, Path(tmp) / w.filename)
-            return await asyncio.to_thread(deps.materialize, lock, Path(tmp),
+                await asyncio.to_thread(self.store.copy_to, w.digest, tmp / w.filename)
+            return await asyncio.to_thread(deps.materialize, lock, tmp,
                                            self.settings.envs_dir, log=blog)
 
     @staticmethod

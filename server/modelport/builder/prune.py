@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
 
 import msgspec
+
+from modelport.scratch import remove_tree
 
 __all__ = ["Pruned", "prune"]
 
@@ -42,7 +43,7 @@ def prune(data_dir: Path, live_projects: set[str], live_envs: set[str],
                 _remove_lock_file(entry.path)
                 continue
             freed += _unique_bytes(Path(entry.path))
-            _remove_tree(Path(entry.path))
+            remove_tree(Path(entry.path))
             folders += 1
     for entry in _entries(data_dir / "files"):
         st = entry.stat(follow_symlinks=False)
@@ -93,15 +94,3 @@ def _unique_bytes(folder: Path) -> int:
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 total += st.st_size
     return total
-
-
-def _remove_tree(folder: Path) -> None:
-    """rmtree, making read-only folders writable on the way (environments and projects are)."""
-    def retry(func, path, _exc) -> None:
-        parent = os.path.dirname(path)
-        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
-        func(path)
-
-    shutil.rmtree(folder, onerror=retry)

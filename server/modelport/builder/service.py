@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from typing import Annotated, Any
@@ -118,13 +117,6 @@ async def create_build(app, model_name: str, actor: str, form: BuildForm, archiv
 async def snapshot_of(app, row: dict) -> Snapshot:
     data = await asyncio.to_thread(app.store.read_bytes, row["snapshot"])
     return msgspec.json.decode(data, type=Snapshot)
-
-
-def remove_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 async def import_build(app, model_name: str | None, actor: str, archive, limits) -> ImportedBuild:

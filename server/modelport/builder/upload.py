@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import msgspec
 from multipart import MultipartSegment, ParserError, PushMultipartParser
 
 from modelport.errors import RequestInvalid, RequestMalformed
+from modelport.scratch import scratch_file
 from modelport.store.archive import ArchiveTooLarge
 
 FIELD_LIMIT = 1024 * 1024  # bytes of any field that is not the archive
@@ -22,20 +23,30 @@ class Upload(msgspec.Struct):
     fields: dict[str, str]
     archive: Path | None
     archive_bytes: int = 0
+    held: int = -1  # an fd holding the archive's temp file (its flock keeps a sweep off it)
+
+    def discard(self) -> None:
+        """Delete the archive's temp file and let go of it."""
+        if self.archive is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.archive)
+        if self.held >= 0:
+            os.close(self.held)
+            self.held = -1
 
 
 async def read_upload(
     content_type: str, chunks: AsyncIterator[bytes], tmp_dir: Path, max_archive_bytes: int,
     file_field: str = "archive",
 ) -> Upload:
-    """Parse multipart/form-data as it arrives; the caller deletes `archive` when done with it."""
+    """Parse multipart/form-data as it arrives; the caller calls `discard()` when done with it."""
     found = _BOUNDARY.search(content_type or "")
     if not content_type.lower().startswith("multipart/form-data") or not found:
         raise RequestMalformed("Send the build as multipart/form-data with an `archive` part.")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
-    archive = os.fdopen(fd, "wb")
-    upload = Upload({}, None)
+    fd, path = scratch_file(tmp_dir, "upload-")
+    archive = os.fdopen(os.dup(fd), "wb")  # `fd` keeps the lock until discard()
+    name = str(path)
+    upload = Upload({}, None, held=fd)
     segment: MultipartSegment | None = None
     value = bytearray()
     try:
@@ -49,19 +60,24 @@ async def read_upload(
                                         file_field, max_archive_bytes)
             if not parser.closed:
                 raise RequestMalformed("The multipart body ended early.")
+        archive.close()  # a full disk may answer only now
     except ParserError as exc:
-        archive.close()
-        os.unlink(name)
+        _give_up(archive, upload, path)
         raise RequestMalformed(f"Invalid multipart/form-data: {exc}") from None
     except BaseException:
-        archive.close()
-        os.unlink(name)
+        _give_up(archive, upload, path)
         raise
-    archive.close()
     if upload.archive is None:
-        os.unlink(name)
+        _give_up(archive, upload, path)
         raise RequestInvalid("The `archive` part is missing.", field=file_field)
     return upload
+
+
+def _give_up(archive, upload: Upload, path: Path) -> None:
+    with contextlib.suppress(OSError):  # closing flushes: on a full disk, that fails again
+        archive.close()
+    upload.archive = path
+    upload.discard()
 
 
 def _event(event, segment, value, upload: Upload, archive, name, file_field, max_bytes):

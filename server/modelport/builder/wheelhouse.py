@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from modelport.scratch import scratch_dir
+
 Log = Callable[[str], None]
 CHUNK = 1 << 20
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold
@@ -253,17 +255,13 @@ class Wheelhouse:
             if built := self.built_from(sdist_sha256):
                 log(f"Using the wheel built before from {filename_from_url(url)}: {built[0].name}")
                 return built
-            workdir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="sdist-", dir=workdir))
-            try:
+            with scratch_dir(workdir, "sdist-") as tmp:
                 sdist = download(url, tmp / filename_from_url(url), sdist_sha256,
                                  auth_from=auth_from)
                 log(f"Building a wheel from {sdist.name}")
                 wheel = build_wheel(sdist, interpreter=interpreter, index=index, out=tmp / "out",
                                     cwd=workdir, log=log)
                 path, sha256 = self.put(wheel)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
             record = self.root / "built" / sdist_sha256
             tmp_record = record.with_name(f".{record.name}.{os.getpid()}.tmp")
             tmp_record.write_text(f"{sha256} {path.name}\n")

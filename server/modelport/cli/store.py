@@ -74,10 +74,13 @@ def _missing_objects(settings, store) -> list[str]:
               help="Keep objects younger than this: a build may still be writing them.")
 @json_option
 def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
-    """Remove objects no build refers to, and the project folders, environments and checked-out
-    files of builds that are gone (the server must be stopped)."""
+    """Remove objects no build refers to, the project folders, environments and checked-out
+    files of builds that are gone, and the temp files of uploads and builds that died mid-way
+    (the server must be stopped)."""
     from modelport.builder.prune import live_hex, prune
     from modelport.datadir import DataDirBusy, DataDirLock
+    from modelport.scratch import sweep
+    from modelport.store import gc as store_gc
     from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)
@@ -87,17 +90,24 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     try:
-        result = Store(settings.store_dir).gc(live_digests(settings), grace_s=grace_s)
+        store = Store(settings.store_dir)
+        result = store.gc(live_digests(settings), grace_s=grace_s)
         projects, envs = _folder_digests(settings)
         pruned = prune(settings.data_dir, live_hex(projects), live_hex(envs), grace_s)
+        # No server runs on the data dir (its lock is ours): every temp is a dead writer's.
+        temps = result.temp_removed + store_gc.clean_temp(store, 0)
+        swept = sweep(settings.data_dir)
     finally:
         lock.release()
-    freed = result.freed_bytes + pruned.freed_bytes
+    freed = result.freed_bytes + pruned.freed_bytes + swept.freed_bytes
+    temps += swept.removed
     if as_json:
         return print_json({"removed": result.removed, "freed_bytes": freed,
-                           "folders_removed": pruned.folders, "files_removed": pruned.files})
-    console.print(f"removed {result.removed} objects, {pruned.folders} folders and "
-                  f"{pruned.files} checked-out files: {freed} bytes freed")
+                           "folders_removed": pruned.folders, "files_removed": pruned.files,
+                           "temp_removed": temps})
+    console.print(f"removed {result.removed} objects, {pruned.folders} folders, "
+                  f"{pruned.files} checked-out files and {temps} temp files and folders: "
+                  f"{freed} bytes freed")
 
 
 COMMANDS = [verify, gc]

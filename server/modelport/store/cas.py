@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import tempfile
 import threading
@@ -128,6 +129,7 @@ class ContentStore:
         dst = Path(dst)
         with self.open(digest) as src:
             fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a sweep of dead writers' temps leaves it alone
             try:
                 with open(fd, "wb") as out:
                     written_back = 0
