@@ -94,7 +94,9 @@ class Services:
         self.deployer: Deployer | None = None
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
                                      logs_dir=settings.logs_dir, on_change=self._on_change,
-                                     tuning=Tuning(busy_poll_us=settings.busy_poll_us))
+                                     tuning=Tuning(busy_poll_us=settings.busy_poll_us,
+                                                   max_response_bytes=settings.max_response_mb
+                                                   * 1024 * 1024))
         self.routes = Routes(self.supervisor)
         self.monitor = Monitor(self.db, self.supervisor, self.routes)
         self._jobs: list[asyncio.Task] = []

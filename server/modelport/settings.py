@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, kw_only=True):
     index_url: str | None = None  # MODELPORT_INDEX_URL; else uv's own configuration
     find_links: list[str] = []  # MODELPORT_FIND_LINKS (os.pathsep-separated): local wheel folders
     no_index: bool = False  # MODELPORT_NO_INDEX=1: only find_links, never an index
+    # The longest answer a replica may send (MODELPORT_MAX_RESPONSE_MB); past it, recycled
+    max_response_mb: int = 64
     # Serving defaults (a deployment may override them)
     max_body_mb: float = 5.0
     queue_timeout_s: float = 30.0
@@ -108,7 +110,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
 # Whole-number settings read from MODELPORT_<KEY>, with their least value.
 ENV_NUMBERS = (("archive_max_bytes", 1), ("archive_max_expanded_bytes", 1), ("archive_max_ratio", 1),
-               ("busy_poll_us", 0), ("build_workers", 1))
+               ("busy_poll_us", 0), ("build_workers", 1), ("max_response_mb", 1))
 
 
 class SettingError(ValueError):

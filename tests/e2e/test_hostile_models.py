@@ -32,6 +32,15 @@ def predict(action: str) -> dict:
                 pass
         time.sleep(1)
         return {"closed": True}
+    if action == "huge_frame":  # on its pipe itself: a 512 MiB length, then 256 MiB of it
+        fd = int(sys.argv[sys.argv.index("--fd") + 1])
+        os.write(fd, (512 << 20).to_bytes(4, "big"))
+        try:
+            for _ in range(256):
+                os.write(fd, b"x" * (1 << 20))
+        except OSError:
+            pass
+        time.sleep(60)
     if action == "secrets":
         home = os.environ.get("HOME", "")
         return {"env": sorted(k for k in os.environ if "MODELPORT" in k or "TOKEN" in k),
@@ -95,3 +104,26 @@ def test_a_model_that_closes_its_pipe_is_recycled(d):
     assert replicas[0]["restarts"] >= 1
     assert d.predict("bad", {"action": "ok"}).json() == {"ok": True}
     assert d.predict("good", {"a": 1}).json() == 2.0
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_huge_frame_is_refused_from_its_length_and_the_replica_recycled(d):
+    before = _rss_mb(d.srv.proc.pid)
+    r = d.predict("bad", {"action": "huge_frame"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "model.error"
+    assert "response cap of 64 MiB (MODELPORT_MAX_RESPONSE_MB)" in r.json()["error"]["message"]
+    assert _rss_mb(d.srv.proc.pid) < before + 32  # none of the frame was held by the server
+    assert d.predict("good", {"a": 1}).json() == 2.0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        replicas = d.c.get("/api/v1/models/bad/replicas").json()["items"]
+        if replicas and replicas[0]["state"] == "ready" and replicas[0]["restarts"] >= 1:
+            break
+        time.sleep(0.1)
+    assert replicas[0]["restarts"] >= 1
+    assert d.predict("bad", {"action": "ok"}).json() == {"ok": True}
+    assert "over the response cap of 64 MiB (MODELPORT_MAX_RESPONSE_MB)" in d.srv.log()

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from modelport.errors import ModelBusy, ModelCrashed, ModelTimeout, ModelUnavailable
-from modelport.runtime.protocol import Result
+from modelport.errors import (
+    ModelBusy,
+    ModelCrashed,
+    ModelFailed,
+    ModelTimeout,
+    ModelUnavailable,
+)
+from modelport.runtime.protocol import Failure, Result
 from modelport.runtime_home import ensure_runtime
 from modelport.serving.balancer import Draining
 from modelport.serving.config import GroupSpec, Tuning
@@ -330,6 +336,55 @@ def test_a_call_that_never_reached_a_dead_replica_is_retried(env):
         assert only.restarts == 1
         assert [r.failed for r in (*group.replicas, only)] == [0, 0, 0]
     env.run(t)
+
+
+BIG_ANSWERS = (
+    "import os, struct, sys, time\n"
+    "def predict(args):\n"
+    "    if args.get('frame'):  # writes on its pipe itself: a length far over the cap, then bytes\n"
+    "        fd = int(sys.argv[sys.argv.index('--fd') + 1])\n"
+    "        os.write(fd, struct.pack('>I', 200 << 20))\n"
+    "        try:\n"
+    "            for _ in range(32):\n"
+    "                os.write(fd, b'x' * (1 << 20))\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "        time.sleep(60)\n"
+    "    return {'pid': os.getpid(), 'pad': 'x' * args.get('pad', 0)}\n")
+
+
+def test_answers_over_the_response_cap(tmp_path, caplog):
+    """An honest answer over the cap is the model's error (the replica keeps serving); a replica
+    that writes a frame over it is recycled, its call a model.error, the other replica serving."""
+    env = Env(tmp_path, max_response_bytes=1 << 20)
+    project = one_file_model(tmp_path / "big", BIG_ANSWERS)
+
+    async def t(sup):
+        group = await sup.deploy(local_spec(project, replicas=2))
+        first, second = group.replicas
+        group.balancer._cursor = 0
+        _, msg = await call(group, {"pad": 2 << 20})
+        assert isinstance(msg, Failure) and (msg.status, msg.code) == (500, "model.error")
+        assert "over the server's response cap of 1048576 bytes" in msg.message
+        assert first.restarts == 0 and first.state == "ready"
+        pid = first.pid
+        group.balancer._cursor = 0
+        with pytest.raises(ModelFailed) as info:
+            await call(group, {"frame": True})
+        assert info.value.status == 500 and info.value.code == "model.error"
+        assert "over the response cap of 1 MiB (MODELPORT_MAX_RESPONSE_MB)" in info.value.message
+        for _ in range(4):  # the other replica serves meanwhile
+            replica, msg = await call(group, {"pad": 10})
+            assert isinstance(msg, Result)
+        await until(lambda: first.state == "ready" and first.restarts == 1)
+        assert first.pid != pid and gone(pid) and second.restarts == 0
+        group.balancer._cursor = 0
+        replica, msg = await call(group, {})
+        assert replica is first and msgspec.json.decode(msg.body)["pid"] == first.pid
+    env.run(t)
+    assert re.search(r"killed: it sent an answer of 209715200 bytes, over the response cap of "
+                     r"1 MiB \(MODELPORT_MAX_RESPONSE_MB\)", caplog.text)
+    assert env.named("replica.crashed")[0]["restart_in_s"] == 0.0
 
 
 def test_sigkill_under_load_fails_only_what_was_in_flight(env):

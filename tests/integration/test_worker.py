@@ -21,6 +21,7 @@ from modelport.runtime.protocol import (
     Call,
     Failure,
     FrameReader,
+    FrameTooLarge,
     Ping,
     Pong,
     ProtocolError,
@@ -57,6 +58,9 @@ async def aslow(seconds: float) -> dict:
     await asyncio.sleep(seconds)
     track_metric("slept", seconds)
     return {"slept": seconds}
+
+def big(n: int) -> str:
+    return "x" * n
 
 def exits(code: int, hard: bool):
     if hard:
@@ -371,6 +375,41 @@ def test_frame_reader_rejects_garbage():
         FrameReader().feed(b"\x00\x00\x00\x02\xc1\xc1")
     with pytest.raises(ProtocolError):
         FrameReader().feed(b"\xff\xff\xff\xff")
+
+
+def test_frame_reader_refuses_a_frame_over_its_limit_from_the_prefix():
+    before = bytes(encode_frame(Ping(1)))
+    reader = FrameReader(limit=1000)
+    with pytest.raises(FrameTooLarge) as caught:  # only the prefix of the long frame came
+        reader.feed(before + (1001).to_bytes(4, "big"))
+    assert (caught.value.size, caught.value.limit) == (1001, 1000)
+    assert caught.value.messages == [Ping(1)]  # the frames before it are kept
+    assert FrameReader(limit=1000).feed(bytes(encode_frame(Call(1, b"x" * 900)))) != []
+
+
+def test_answers_over_the_response_cap_are_a_model_error(model_dir, sock_dir):
+    async def go():
+        w = await start(model_dir, "model.py:big", sock_dir, "--max-result-bytes", "1000")
+        assert isinstance(w.first, Ready)
+        ok = await w.call({"n": 900})
+        assert isinstance(ok, Result) and len(ok.body) == 902
+        over = await w.call({"n": 5000})
+        assert isinstance(over, Failure) and (over.status, over.code) == (500, "model.error")
+        assert "5002 bytes" in over.message and "MODELPORT_MAX_RESPONSE_MB" in over.message
+        assert isinstance(await w.call({"n": 1}), Result)  # it keeps serving
+        await w.close()
+    run(go())
+
+
+def test_a_call_over_the_workers_read_limit_closes_the_connection(model_dir, sock_dir):
+    async def go():
+        w = await start(model_dir, "model.py:big", sock_dir, "--max-call-bytes", "2000")
+        assert isinstance(await w.call({"n": 1}), Result)
+        await w.send(Call(9, b'{"n": 1, "pad": "' + b"y" * 5000 + b'"}'))
+        assert await asyncio.wait_for(read_frame(w.reader), 30) is None  # closed, not read
+        code, _, err = await w.close()
+        assert code == 0 and "exceeds the limit of 2000" in err
+    run(go())
 
 
 def test_frame_layout():

@@ -75,14 +75,17 @@ def _invalid(exc: msgspec.ValidationError) -> CallFailed:
 class Invoker:
     """Runs calls of one analysed function; built once per replica."""
 
-    __slots__ = ("_call", "_json", "_known", "_msgpack", "sig")
+    __slots__ = ("_call", "_json", "_known", "_msgpack", "max_result", "sig")
 
-    def __init__(self, sig: Signature) -> None:
+    def __init__(self, sig: Signature, max_result: int = 0) -> None:
         self.sig = sig
         self._call = sig.call
         self._json = sig.json_decoder.decode
         self._msgpack = sig.msgpack_decoder.decode
         self._known = sig.known_fields
+        # The server's response cap (bytes; 0: none): a longer answer is the model's error here,
+        # rather than a frame that the server refuses by recycling the replica.
+        self.max_result = max_result
 
     def decode(self, body: Any, content_type: str = "json") -> Any:
         """The decoded, validated input; CallFailed 400/422 otherwise."""
@@ -127,6 +130,13 @@ class Invoker:
                              f"(infinity or NaN) at {path}; MessagePack callers get it as it is")
         return out
 
+    def _capped(self, out: bytes) -> bytes:
+        if self.max_result and len(out) > self.max_result:
+            raise CallFailed(
+                500, "model.error", f"The answer is {len(out)} bytes, over the server's response "
+                f"cap of {self.max_result} bytes (MODELPORT_MAX_RESPONSE_MB).")
+        return out
+
     def run(
         self, body: Any, content_type: str = "json", accept: str = "json"
     ) -> tuple[bytes, dict[str, float]]:
@@ -140,7 +150,7 @@ class Invoker:
             raise _model_error(exc) from exc
         finally:
             _METRICS.reset(token)
-        return self.encode(out, accept), metrics
+        return self._capped(self.encode(out, accept)), metrics
 
     async def run_async(
         self, body: Any, content_type: str = "json", accept: str = "json"
@@ -154,7 +164,7 @@ class Invoker:
             raise _model_error(exc) from exc
         finally:
             _METRICS.reset(token)
-        return self.encode(out, accept), metrics
+        return self._capped(self.encode(out, accept)), metrics
 
     def handle(self, call: Call) -> Result | Failure:
         """A Call of a synchronous function → its Result or Failure (safe to run in a thread)."""

@@ -15,6 +15,7 @@ __all__ = [
     "Call",
     "Failure",
     "FrameReader",
+    "FrameTooLarge",
     "Message",
     "MessageProtocol",
     "Ping",
@@ -105,6 +106,9 @@ Message = Union[Call, Ping, Result, Failure, Pong, Ready, Boot]  # noqa: UP007
 
 HEADER = 4
 MAX_FRAME = 1 << 30  # a length beyond this is a corrupt stream, not a big body
+# What a frame carries besides its body (tag, id, encodings, request id, metrics): a reader
+# bounded to a body size allows this much more.
+FRAME_OVERHEAD = 1 << 20
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
@@ -114,6 +118,16 @@ _unpack_len = struct.Struct(">I").unpack_from
 
 class ProtocolError(Exception):
     """The byte stream is not a sequence of valid frames."""
+
+    messages: list = []  # FrameReader.feed: the complete messages before the bad frame
+
+
+class FrameTooLarge(ProtocolError):
+    """A length prefix over the reader's limit, seen before any of the frame is buffered."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit}")
+        self.size, self.limit = size, limit
 
 
 def encode_frame(msg: Message) -> bytearray:
@@ -133,14 +147,19 @@ def decode_payload(payload: bytes | bytearray | memoryview) -> Message:
 
 
 class FrameReader:
-    """Sans-I/O frame parser: ``feed`` the bytes as they arrive, get the complete messages back."""
+    """Sans-I/O frame parser: ``feed`` the bytes as they arrive, get the complete messages back.
+    A frame longer than ``limit`` bytes is refused from its length prefix, so that a peer can
+    make this side hold at most ``limit`` bytes of it."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self.limit = limit
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
+        """The messages completed by ``data``; ProtocolError (its ``messages``: those before
+        the bad frame) when the stream is broken."""
         buf = self._buf
         if buf:
             buf += data
@@ -148,16 +167,21 @@ class FrameReader:
         out: list[Message] = []
         end = len(data)
         pos = 0
+        limit = self.limit
         with memoryview(data) as view:
-            while end - pos >= HEADER:
-                (size,) = _unpack_len(data, pos)
-                if size > MAX_FRAME:
-                    raise ProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
-                stop = pos + HEADER + size
-                if stop > end:
-                    break
-                out.append(decode_payload(view[pos + HEADER:stop]))
-                pos = stop
+            try:
+                while end - pos >= HEADER:
+                    (size,) = _unpack_len(data, pos)
+                    if size > limit:
+                        raise FrameTooLarge(size, limit)
+                    stop = pos + HEADER + size
+                    if stop > end:
+                        break
+                    out.append(decode_payload(view[pos + HEADER:stop]))
+                    pos = stop
+            except ProtocolError as exc:
+                exc.messages = out
+                raise
             if data is buf:
                 del_prefix = pos
             else:
@@ -179,19 +203,19 @@ class MessageProtocol(asyncio.Protocol):
 
     transport: asyncio.Transport | None = None
 
-    def __init__(self) -> None:
-        self._frames = FrameReader()
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._frames = FrameReader(max_frame)
         self._gathered: list | None = None  # frames sent while one read is dispatched
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        error = None
         try:
             messages = self._frames.feed(data)
-        except ProtocolError as exc:
-            self.protocol_error(exc)
-            return
+        except ProtocolError as exc:  # the frames before the bad one are handled first
+            messages, error = exc.messages, exc
         # Frames sent while these messages are handled leave in one write: under load a read
         # holds many calls, and one syscall (one wake-up of the peer) answers them all.
         self._gathered = gathered = []
@@ -202,6 +226,8 @@ class MessageProtocol(asyncio.Protocol):
             self._gathered = None
             if gathered and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(b"".join(gathered) if len(gathered) > 1 else gathered[0])
+        if error is not None:
+            self.protocol_error(error)
 
     def message_received(self, msg: Message) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -218,7 +244,7 @@ class MessageProtocol(asyncio.Protocol):
             self.transport.write(encode_frame(msg))
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Message | None:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> Message | None:
     """Read one message from a StreamReader; None at a clean end of stream."""
     try:
         header = await reader.readexactly(HEADER)
@@ -227,8 +253,8 @@ async def read_frame(reader: asyncio.StreamReader) -> Message | None:
             raise ProtocolError("stream ended inside a frame header") from None
         return None
     (size,) = _unpack_len(header)
-    if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
+    if size > limit:
+        raise FrameTooLarge(size, limit)
     try:
         payload = await reader.readexactly(size)
     except asyncio.IncompleteReadError:
@@ -241,14 +267,14 @@ def send_frame(sock: socket.socket, msg: Message) -> None:
     sock.sendall(encode_frame(msg))
 
 
-def recv_frame(sock: socket.socket) -> Message | None:
+def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> Message | None:
     """Blocking: read one message; None at a clean end of stream."""
     header = _recv_exactly(sock, HEADER, at_start=True)
     if header is None:
         return None
     (size,) = _unpack_len(header)
-    if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {MAX_FRAME}")
+    if size > limit:
+        raise FrameTooLarge(size, limit)
     payload = _recv_exactly(sock, size, at_start=False)
     assert payload is not None
     return decode_payload(payload)

@@ -2,6 +2,7 @@
 
     python -u -m modelport.runtime.worker --project DIR --entry FILE:FUNC
         (--socket PATH | --fd N) [--max-concurrency N] [--loop auto|uvloop|asyncio]
+        [--busy-poll-us N] [--max-call-bytes N] [--max-result-bytes N]
 
 Exit codes: 0 stopped (end of stream, SIGTERM/SIGINT after in-flight calls finish),
 2 bad command line, 3 boot failure (import or entry error; Boot was sent — do not restart),
@@ -25,6 +26,7 @@ from typing import Any
 from .busy_poll import Gap, Spinner
 from .invoke import Invoker, error_text
 from .protocol import (
+    MAX_FRAME,
     Boot,
     Call,
     Failure,
@@ -51,8 +53,8 @@ class _Replica(MessageProtocol):
     """Dispatches frames: Calls run inline (sync, max_concurrency 1), in threads, or as tasks."""
 
     def __init__(self, invoker: Invoker, max_concurrency: int, done: asyncio.Future[None],
-                 busy_poll_s: float = 0.0) -> None:
-        super().__init__()
+                 busy_poll_s: float = 0.0, max_call: int = MAX_FRAME) -> None:
+        super().__init__(max_call)
         self.invoker = invoker
         self.handle = invoker.handle
         self.is_async = invoker.sig.is_async
@@ -158,13 +160,14 @@ class _Replica(MessageProtocol):
 
 def serve(
     sock: socket.socket, invoker: Invoker, max_concurrency: int = 1, loop_kind: str = "auto",
-    busy_poll_s: float = 0.0,
+    busy_poll_s: float = 0.0, max_call: int = MAX_FRAME,
 ) -> int:
-    """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code."""
+    """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code.
+    A frame longer than ``max_call`` bytes is a broken stream: the connection is closed."""
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     done: asyncio.Future[None] = loop.create_future()
-    replica = _Replica(invoker, max_concurrency, done, busy_poll_s)
+    replica = _Replica(invoker, max_concurrency, done, busy_poll_s, max_call)
     unix = sock.family == socket.AF_UNIX
     connect = loop.create_unix_connection if unix else loop.create_connection
     loop.run_until_complete(connect(lambda: replica, sock=sock))  # type: ignore[operator]
@@ -273,6 +276,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     p.add_argument("--busy-poll-us", type=int, default=0,
                    help="poll this long for the next call instead of sleeping (0: never)")
+    p.add_argument("--max-call-bytes", type=int, default=MAX_FRAME,
+                   help="the longest Call frame the server sends (its body limit and a margin)")
+    p.add_argument("--max-result-bytes", type=int, default=0,
+                   help="the server's response cap: a longer answer is a model.error (0: none)")
     return p
 
 
@@ -309,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelport worker: cannot connect to the server: {exc}", file=sys.stderr)
         return EXIT_CONNECT
     try:
-        invoker = Invoker(analyze(load_entry(args.project, args.entry)))
+        invoker = Invoker(analyze(load_entry(args.project, args.entry)),
+                          max(0, args.max_result_bytes))
     except (Exception, SystemExit) as exc:
         traceback.print_exc()
         _flush()
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # the model's objects (weights) need not be scanned by every collection
     send_frame(sock, Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
     return serve(sock, invoker, max(1, args.max_concurrency), args.loop,
-                 max(0, args.busy_poll_us) / 1e6)
+                 max(0, args.busy_poll_us) / 1e6, max(1, args.max_call_bytes))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,9 @@ class Tuning(msgspec.Struct, kw_only=True, frozen=True):
     flap_window_s: float = 60.0
     healthy_after_s: float = 30.0
     busy_poll_us: int = 250  # polling window instead of sleeping (modelport.runtime.busy_poll)
+    # The longest answer a replica may send (MODELPORT_MAX_RESPONSE_MB): the server holds at most
+    # this much of one frame; a replica that sends more is recycled.
+    max_response_bytes: int = 64 * MiB
 
 
 ReplicaInfo = Replica  # the SPEC's replica shape, as the API shows it

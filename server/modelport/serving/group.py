@@ -11,6 +11,7 @@ from typing import Any
 
 from modelport.builder.inspect import replica_env
 from modelport.errors import ModelUnavailable
+from modelport.runtime.protocol import FRAME_OVERHEAD
 
 from .balancer import Balancer
 from .config import GroupInfo, GroupSpec, Tuning
@@ -61,7 +62,9 @@ class ReplicaGroup:
         self.max_body = spec.max_body_bytes
         self._argv = [spec.python, "-u", "-m", "modelport.runtime.worker", "--project",
                       spec.project, "--entry", spec.entry, "--max-concurrency",
-                      str(max(1, spec.max_concurrency)), "--busy-poll-us", str(t.busy_poll_us)]
+                      str(max(1, spec.max_concurrency)), "--busy-poll-us", str(t.busy_poll_us),
+                      "--max-call-bytes", str(spec.max_body_bytes + FRAME_OVERHEAD),
+                      "--max-result-bytes", str(t.max_response_bytes)]
         self._env = replica_env(runtime_dir, dict(spec.env))
         self._stop = asyncio.Event()
         self._drained: asyncio.Future | None = None

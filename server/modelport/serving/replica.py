@@ -14,14 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modelport.clock import now_iso
-from modelport.errors import ModelBusy, ModelCrashed, ModelTimeout
+from modelport.errors import ModelBusy, ModelCrashed, ModelFailed, ModelTimeout
 from modelport.runtime.protocol import (
+    FRAME_OVERHEAD,
     Boot,
     Call,
     Failure,
+    FrameTooLarge,
     MessageProtocol,
     Ping,
     Pong,
+    ProtocolError,
     Ready,
     Result,
     encode_frame,
@@ -34,6 +37,7 @@ from .poller import Poller
 __all__ = ["BootFailed", "NotSent", "Replica", "replica_id"]
 
 log = logging.getLogger("modelport.serving")
+MiB = 1024 * 1024
 
 
 class NotSent(Exception):
@@ -50,11 +54,18 @@ def replica_id(model: str, build: int, slot: int) -> str:
 
 class _Pipe(MessageProtocol):
     def __init__(self, replica: Replica) -> None:
-        super().__init__()
+        # An answer's frame is refused from its length prefix past the response cap: a replica
+        # can make the server hold no more than that (memory_mb bounds only the replica's side).
+        super().__init__(replica.tuning.max_response_bytes + FRAME_OVERHEAD)
         self.replica = replica
 
     def message_received(self, msg) -> None:  # type: ignore[override]
         self.replica._message(msg)
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        if isinstance(exc, FrameTooLarge):
+            self.replica._too_large(exc.size)
+        super().protocol_error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.replica._lost()
@@ -115,6 +126,7 @@ class Replica:
         self._recycle = False
         self._heard = 0.0
         self._marker = ""
+        self._refused: str | None = None  # why the calls it holds fail as model.error (_lost)
 
     # -- the hot path -----------------------------------------------------------------------------
 
@@ -274,6 +286,8 @@ class Replica:
                 continue
             if cid in unsent:  # never written: the balancer tries another replica
                 fut.set_exception(NotSent(self.id))
+            elif self._refused is not None:
+                fut.set_exception(ModelFailed(self._refused))
             else:
                 fut.set_exception(ModelCrashed(
                     f"Replica {self.id} died while handling the request: {reason}."))
@@ -281,6 +295,16 @@ class Replica:
         if self._booted and not self._stopping and proc is not None and proc.returncode is None:
             # Usually the process is dying and about to be reaped; if it is not, it cannot serve.
             self._loop.call_later(1.0, self._orphaned, proc)
+
+    def _too_large(self, size: int) -> None:
+        """It sent a frame longer than the response cap allows: recycled, nothing of the frame
+        read; the calls it was running fail as the model's error (those queued behind the running
+        one, inline, were never started: they go to another replica)."""
+        cap = self.tuning.max_response_bytes
+        what = (f"it sent an answer of {size} bytes, over the response cap of "
+                f"{cap / MiB:g} MiB (MODELPORT_MAX_RESPONSE_MB)")
+        self._refused = f"The model's answer was refused: {what}; replica {self.id} is recycled."
+        self.kill(f"killed: {what}", recycle=True)
 
     def _abort(self, transport: asyncio.Transport) -> None:
         if transport is self._transport:
@@ -297,6 +321,7 @@ class Replica:
         self._loop = asyncio.get_running_loop()
         self.state, self.accepting, self._booted = "starting", False, False
         self._stopping, self._kill_reason, self._recycle = False, None, False
+        self._refused = None
         self.started_at = now_iso()
         self._marker = f"--- modelport: replica {self.id} starting at {self.started_at} ---"
         t = self.tuning
