@@ -80,6 +80,20 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_config_dir(tmp_path_factory) -> Iterator[Path]:
+    """Every server a test starts writes its file for the CLI (modelport.servers) here, never in
+    the user's own ~/.config; the tests' own CLI and Client read it from here too."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    config = tmp_path_factory.mktemp("config")
+    os.environ["XDG_CONFIG_HOME"] = str(config)
+    yield config
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 def server_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
     env["MODELPORT_HOME"] = str(data_dir)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from modelport import servers
 from modelport.settings import DEFAULT_URL, resolve_data_dir
 
 
@@ -20,17 +21,32 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def find_token(token: str | None = None, data_dir: str | Path | None = None) -> str | None:
-    """--token, else MODELPORT_TOKEN, else the admin token file in the data dir."""
+def find_token(token: str | None = None, data_dir: str | Path | None = None,
+               url: str | None = None) -> tuple[str | None, list[str]]:
+    """--token, else MODELPORT_TOKEN, else the admin token of a data dir named by --data-dir or
+    MODELPORT_HOME, else what the server at ``url`` left in the user's config dir (its data
+    dir, for a loopback URL, or a token stored by `modelport login`), else ./artifacts/admin.token.
+    Returns the token and the places looked at (for a message when there is none)."""
     if token:
-        return token
+        return token, []
     if os.environ.get("MODELPORT_TOKEN"):
-        return os.environ["MODELPORT_TOKEN"]
-    path = resolve_data_dir(data_dir) / "admin.token"
+        return os.environ["MODELPORT_TOKEN"], []
+    looked = ["--token", "MODELPORT_TOKEN"]
+    if data_dir or os.environ.get("MODELPORT_HOME"):
+        return _token_file(resolve_data_dir(data_dir) / "admin.token", looked)
+    found, where = servers.find_token(url or os.environ.get("MODELPORT_URL") or DEFAULT_URL)
+    looked += where
+    if found:
+        return found, looked
+    return _token_file(resolve_data_dir(None) / "admin.token", looked)
+
+
+def _token_file(path: Path, looked: list[str]) -> tuple[str | None, list[str]]:
+    looked.append(str(path))
     try:
-        return path.read_text().strip() or None
+        return path.read_text().strip() or None, looked
     except OSError:
-        return None
+        return None, looked
 
 
 class Client:
@@ -41,7 +57,7 @@ class Client:
         data_dir: str | Path | None = None, timeout: float = 60.0,
     ):
         self.url = (url or os.environ.get("MODELPORT_URL") or DEFAULT_URL).rstrip("/")
-        self.token = find_token(token, data_dir)
+        self.token, self.token_looked = find_token(token, data_dir, self.url)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -58,14 +74,17 @@ class Client:
         response = self.http.request(method, path, **kwargs)
         return self._decode(response)
 
-    @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def _decode(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
                 err = msgspec.json.decode(response.content)["error"]
             except Exception:
                 raise ApiError(response.status_code, "http.error", response.text[:500]) from None
-            raise ApiError(response.status_code, err["code"], err["message"], err.get("field"))
+            message = err["message"]
+            if err["code"] == "auth.missing" and not self.token:
+                message += (" No token was found: looked at " + ", ".join(self.token_looked)
+                            + " (`modelport login URL` stores one for a remote server).")
+            raise ApiError(response.status_code, err["code"], message, err.get("field"))
         if not response.content:
             return None
         if response.headers.get("content-type", "").startswith("application/json"):

@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from modelport.cli import builds, manage, serve, serving, store
+    from modelport.cli import access, builds, manage, serve, serving, store
 
-    for module in (serve, manage, builds, serving, store):
+    for module in (serve, manage, builds, serving, store, access):
         for command in module.COMMANDS:
             main.add_command(command)
 

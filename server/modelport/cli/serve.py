@@ -13,7 +13,33 @@ from modelport.cli.common import err_console
 
 
 class CleanExitServer(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; we shut down cleanly, exit 0."""
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; we shut down cleanly, exit 0.
+
+    Once it listens, it tells the CLI where its data dir is (modelport.servers), and takes that
+    back when it stops."""
+
+    def __init__(self, config: uvicorn.Config, settings):
+        super().__init__(config)
+        self.settings, self.record = settings, None
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            from modelport import servers
+
+            try:
+                self.record = servers.announce(self.settings.host, self.settings.port,
+                                               self.settings.url, self.settings.data_dir)
+            except OSError as exc:  # a read-only home must not stop the server
+                err_console.print(f"[yellow]warning[/yellow] could not write the server's "
+                                  f"file for the CLI: {exc}")
+
+    def withdraw(self) -> None:
+        if self.record is not None:
+            from modelport import servers
+
+            servers.withdraw(self.record)
+            self.record = None
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -63,9 +89,11 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         log_config=None, log_level=log_level, access_log=False, server_header=False,
         timeout_keep_alive=5, timeout_graceful_shutdown=10,
     )
+    server = CleanExitServer(config, settings)
     try:
-        CleanExitServer(config).run()
+        server.run()
     finally:
+        server.withdraw()
         lock.release()
 
 
