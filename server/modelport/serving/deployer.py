@@ -84,7 +84,12 @@ class Deployer:
 
     async def rollback(self, model: dict, to_build: int | None, actor: str,
                        allow_breaking: bool = False) -> dict:
-        current = await self._current(model)
+        """The build before the current deployment's (or ``to_build``), with its settings; from
+        a stopped model, the build before the last deployment's, with that one's settings."""
+        current = await rows.current(self.db, model["id"]) or await rows.latest(self.db,
+                                                                               model["id"])
+        if current is None:
+            raise ModelNotDeployed(f"Model '{model['name']}' has no deployment.")
         if to_build is None:
             to_build = await rows.previous_build(self.db, model["id"], current["id"],
                                                  current["build_number"])
@@ -251,7 +256,12 @@ class Deployer:
     async def _current(self, model: dict) -> dict:
         current = await rows.current(self.db, model["id"])
         if current is None:
-            raise ModelNotDeployed(f"Model '{model['name']}' has no deployment.")
+            name = model["name"]
+            if await rows.latest(self.db, model["id"]) is not None:
+                raise ModelNotDeployed(
+                    f"Model '{name}' is stopped: nothing to change. Serve it again with a "
+                    f"deployment (`modelport deploy {name} --build N`) or a rollback.")
+            raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return current
 
     def settings_of(self, row: dict) -> dict:

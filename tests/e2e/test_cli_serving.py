@@ -1,0 +1,39 @@
+"""The serving verbs of the CLI against a real server: a stopped model brought back, restart's
+wait, a refused build leaving no model, tables when piped."""
+
+from __future__ import annotations
+
+import msgspec
+
+from tests.conftest import write_project
+from tests.e2e.test_deployments import _cli, typed
+
+
+def _deploy_folder(run, tmp_path, name: str, b: float, *extra: str):
+    folder = write_project(tmp_path / f"{name}-{b}", {"predict.py": typed(b)})
+    return run("deploy", str(folder), "--name", name, "--entry", "predict.py:predict", *extra)
+
+
+def test_a_stopped_model_comes_back_by_rollback_or_deploy_build(offline_server, tmp_path):
+    run = _cli(offline_server().start())
+    assert _deploy_folder(run, tmp_path, "m", 1.0, "--replicas", "2",
+                          "--env", "GREETING=hi").returncode == 0
+    assert _deploy_folder(run, tmp_path, "m", 2.0).returncode == 0
+    assert run("stop", "m").returncode == 0
+    restart = run("restart", "m")
+    assert restart.returncode == 1 and "is stopped" in restart.stderr
+    assert "modelport deploy m --build N" in restart.stderr
+
+    back = run("rollback", "m")  # from stopped: the build before the last one
+    assert back.returncode == 0, back.stderr
+    assert "m serves build #1 again" in back.stdout
+    assert run("predict", "m", '{"a": 1}').stdout.strip() == "2.0"
+    assert run("stop", "m").returncode == 0
+    again = run("deploy", "m", "--build", "2")
+    assert again.returncode == 0, again.stderr
+    assert run("predict", "m", '{"a": 1}').stdout.strip() == "3.0"
+    history = msgspec.json.decode(run("deployments", "m", "--json").stdout)["items"]
+    assert [h["build"] for h in history] == [2, 1, 2, 1]
+    assert [(h["replicas"], h["env_keys"]) for h in history] == [(2, ["GREETING"])] * 4
+    wrong = run("deploy", "m", "--build", "2", "--entry", "predict.py:predict")
+    assert wrong.returncode == 2 and "--build N" in wrong.stderr
