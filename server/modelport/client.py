@@ -268,6 +268,25 @@ class Client:
     def restart(self, name: str) -> dict:
         return self.request("POST", f"/api/v1/models/{name}/restart")
 
+    def wait_restart(self, name: str, started: dict, timeout: float = 600,
+                     on_event=None) -> dict:
+        """Poll until the restart that answered ``started`` has ended (its deployment's event
+        ``restarted`` or ``restart_failed``, or the deployment stopped); return the deployment."""
+        import time
+
+        deadline, seen = time.monotonic() + timeout, len(started["events"])
+        while True:
+            found = self.deployment(name, started["id"])
+            new, seen = found["events"][seen:], len(found["events"])
+            for event in new:
+                if on_event:
+                    on_event(event)
+                if event["kind"] in ("restarted", "restart_failed"):
+                    return found
+            if found["status"] in ("failed", "stopped") or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
     def replicas(self, name: str) -> dict:
         return self.request("GET", f"/api/v1/models/{name}/replicas")
 

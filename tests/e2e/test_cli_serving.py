@@ -37,3 +37,20 @@ def test_a_stopped_model_comes_back_by_rollback_or_deploy_build(offline_server, 
     assert [(h["replicas"], h["env_keys"]) for h in history] == [(2, ["GREETING"])] * 4
     wrong = run("deploy", "m", "--build", "2", "--entry", "predict.py:predict")
     assert wrong.returncode == 2 and "--build N" in wrong.stderr
+
+
+def test_restart_returns_when_the_fresh_replicas_serve(offline_server, tmp_path):
+    run = _cli(offline_server().start())
+    assert _deploy_folder(run, tmp_path, "r", 1.0, "--replicas", "2").returncode == 0
+    before = {r["id"] for r in msgspec.json.decode(run("replicas", "r", "--json").stdout)["items"]}
+    done = run("restart", "r")
+    assert done.returncode == 0, done.stderr
+    assert "restarting" in done.stderr and "2 fresh replica(s) of build #1 ready" in done.stdout
+    after = msgspec.json.decode(run("replicas", "r", "--json").stdout)["items"]
+    assert len(after) == 2 and not before & {r["id"] for r in after}
+    assert {r["state"] for r in after} == {"ready"}
+    current = msgspec.json.decode(run("deployments", "r", "--json").stdout)["items"][0]
+    assert current["events"][-1]["kind"] == "restarted"
+    quick = run("restart", "r", "--no-wait", "--json")
+    assert quick.returncode == 0
+    assert msgspec.json.decode(quick.stdout)["events"][-1]["kind"] == "restarting"

@@ -265,12 +265,36 @@ def stop(client, name: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Return once the restart has begun.")
 @client_options
 @json_option
-def restart(client, name: str, as_json: bool) -> None:
-    """Fresh replicas for NAME, ready before the old ones drain."""
-    done = client.restart(name)
-    print_json(done) if as_json else console.print(f"{name}: restarting deployment {done['id']}")
+def restart(client, name: str, no_wait: bool, as_json: bool) -> None:
+    """Fresh replicas for NAME, ready before the old ones drain; waits until they serve."""
+    started = client.restart(name)
+    if no_wait:
+        print_json(started) if as_json else console.print(
+            f"{name}: restarting deployment {started['id']}")
+        return
+    if not as_json:
+        err_console.print(f"deployment {started['id']} (build #{started['build']}): restarting")
+
+    def show(event: dict) -> None:
+        if not as_json and event["kind"] not in ("restarted", "restart_failed"):
+            err_console.print(f"deployment {started['id']}: {event['kind']}", highlight=False)
+
+    done = client.wait_restart(name, started, on_event=show)
+    ended = done["events"][-1] if done["events"] else {}
+    restarted = any(e["kind"] == "restarted" for e in done["events"][len(started["events"]):])
+    if as_json:
+        print_json(done)
+    elif restarted:
+        console.print(f"[green]✓[/green] {name}: {done['replicas']} fresh replica(s) of build "
+                      f"#{done['build']} ready")
+    else:
+        err_console.print(f"[red]failed[/red]: {name} was not restarted "
+                          f"({(ended.get('detail') or {}).get('error') or done['status']}); "
+                          "the replicas before it keep serving")
+    sys.exit(0 if restarted else 1)
 
 
 @click.command()
