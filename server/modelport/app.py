@@ -12,18 +12,18 @@ from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from modelport import __version__
 from modelport.api.admin import store_gc, store_status, store_verify
 from modelport.api.audit import audit_log
+from modelport.api.common import strict_booleans
 from modelport.api.builds import BuildsController, import_build
 from modelport.api.deployments import DeploymentsController
 from modelport.api.health import health, model_ready, whoami
 from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.model_openapi import model_openapi
 from modelport.api.models import ModelsController
-from modelport.api.openapi import StructSchema, finish_routes
+from modelport.api.openapi import COMPONENTS, StructSchema, docs_page, finish_routes
 from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
 from modelport.auth import Auth, permission_guard
@@ -177,14 +177,14 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
                         import_build, DeploymentsController, store_status, store_verify, store_gc,
                         prometheus, MonitoringController,
                         *spa_routes],
-        guards=[permission_guard],
+        guards=[permission_guard, strict_booleans],
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
         state=State({"settings": settings}),
         cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(
             title="modelport management API", version=__version__, path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[docs_page()], components=COMPONENTS,
             openapi_router=Router("/schema", route_handlers=[], opt={"perm": "public"},
                                   include_in_schema=False),
         ),

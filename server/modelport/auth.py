@@ -163,9 +163,17 @@ def permission_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     if permission == "public":
         return
     auth: Auth = connection.app.state.auth
-    connection.scope["identity"] = auth.authenticate(
-        connection.headers.get("authorization"), permission
-    )
+    header = connection.headers.get("authorization")
+    if handler.opt.get("model_key") and header:
+        # A route of one model's (its OpenAPI document) also takes that model's access key, so
+        # whoever may call the model can read how to.
+        name = connection.path_params.get("name")
+        scheme, _, secret = header.partition(" ")
+        if name and scheme.lower() == "bearer" and auth.key_model(secret.strip()) == name:
+            connection.scope["identity"] = Identity(f"key:{name}", f"{name}'s access key",
+                                                    "predict", (name,))
+            return
+    connection.scope["identity"] = auth.authenticate(header, permission)
 
 
 def identity_of(connection: ASGIConnection) -> Identity:

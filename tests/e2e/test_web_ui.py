@@ -301,6 +301,18 @@ def test_tokens_audit_and_sign_out(page, site):
     shot(page, "21-viewer-denied")
 
 
+def test_the_api_docs_open_from_the_ui_with_no_network(page, site):
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(site.url) else outside.append(r.url))
+    open_signed_in(page, site)
+    page.get_by_role("link", name="API docs").click()
+    page.wait_for_url(site.url + "/schema")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("modelport management API")
+    expect(page.locator(".opblock-tag-section").first).to_be_visible()
+    assert outside == []  # Swagger UI's script and styles came from the server itself
+    shot(page, "25-api-docs")
+
+
 def test_the_spa_is_served_with_safe_headers(site):
     with httpx.Client(base_url=site.url) as c:
         index = c.get("/models/adder/builds/2")

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+import msgspec.inspect as mi
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
 from modelport.auth import Identity, identity_of
+from modelport.errors import RequestInvalid
+from modelport.runtime.invoke import field_of
 from modelport.registry.records import MODEL_NAME
 
 ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_NAME, description="Model name")]
@@ -18,7 +23,9 @@ RowNumber = Annotated[int, msgspec.Meta(ge=1, le=ROW_MAX)]
 PathNumber = Annotated[int, PathParameter(ge=1, le=ROW_MAX)]
 
 Limit = Annotated[int | None, QueryParameter(required=False, ge=1, le=500)]
-Cursor = Annotated[str | None, QueryParameter(required=False)]
+Cursor = Annotated[str | None, QueryParameter(
+    required=False, description="Opaque: the `next_cursor` of the page before (absent for the "
+    "first page)")]
 
 
 def positive(**meta) -> msgspec.Meta:
@@ -33,3 +40,48 @@ def who(request: Request) -> Identity:
 
 def state(request: Request):
     return request.app.state
+
+
+# --- JSON booleans are booleans --------------------------------------------------------------------
+# Litestar converts a body into its Struct leniently (it must, for query strings), so `0`, `1` and
+# "false" would pass as booleans. For the bodies that hold a boolean, this guard decodes the
+# (cached) body strictly first; other bodies cost nothing.
+
+_strict_types: dict[object, type | None] = {}
+
+
+def _holds_bool(info: mi.Type, seen: set[int]) -> bool:
+    if id(info) in seen:
+        return False
+    seen.add(id(info))
+    if isinstance(info, mi.BoolType):
+        return True
+    if isinstance(info, mi.UnionType):
+        return any(_holds_bool(t, seen) for t in info.types)
+    if isinstance(info, (mi.StructType, mi.DataclassType, mi.TypedDictType)):
+        return any(_holds_bool(f.type, seen) for f in info.fields)
+    return False
+
+
+def _strict_type(handler: BaseRouteHandler) -> type | None:
+    if handler not in _strict_types:
+        found = None
+        data = handler.parsed_fn_signature.parameters.get("data")
+        if data is not None and isinstance(data.type_, type) and issubclass(data.type_,
+                                                                            msgspec.Struct):
+            found = data.type_ if _holds_bool(mi.type_info(data.type_), set()) else None
+        _strict_types[handler] = found
+    return _strict_types[handler]
+
+
+async def strict_booleans(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    body_type = _strict_type(handler)
+    if body_type is None or not isinstance(connection, Request):
+        return
+    try:
+        msgspec.json.decode(await connection.body(), type=body_type)
+    except msgspec.ValidationError as exc:
+        if "Expected `bool" in str(exc):  # `bool` or `bool | null`
+            raise RequestInvalid(str(exc), field=field_of(str(exc))) from None
+    except msgspec.DecodeError:
+        pass  # Litestar's own reading of the body answers request.malformed

@@ -21,7 +21,9 @@ from modelport.registry import models as model_rows
 from modelport.registry.paging import clamp_limit, decode_cursor, encode_cursor
 from modelport.registry.records import Page
 
-Text = Annotated[str | None, QueryParameter(required=False)]
+Text = Annotated[str | None, QueryParameter(
+    required=False, description="An ISO-8601 time (`2026-12-01T10:00:00Z`) or seconds before now "
+    "(`3600`, `-3600`, `15m`, `2h`, `7d`)")]
 MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}

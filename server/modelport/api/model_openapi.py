@@ -34,7 +34,7 @@ def _lift(schema: dict | None, components: dict) -> dict:
     return msgspec.json.decode(text)
 
 
-def document(name: str, build: dict) -> dict[str, Any]:
+def document(name: str, build: dict, server_url: str) -> dict[str, Any]:
     components: dict = {}
     request_schema = _lift(msgspec.json.decode(build["input_schema"] or "{}"), components)
     response_schema = _lift(msgspec.json.decode(build["output_schema"] or "{}"), components)
@@ -54,6 +54,7 @@ def document(name: str, build: dict) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": f"{name} (build #{build['number']})", "version": str(build["number"]),
                  "description": f"Served by modelport {__version__}; digest {build['digest']}."},
+        "servers": [{"url": server_url, "description": "The server this document came from"}],
         "paths": {f"/models/{name}/predict": {"post": {
             "operationId": "predict", "summary": f"Call {build['entrypoint']}",
             "security": [{"bearer": []}],
@@ -66,13 +67,15 @@ def document(name: str, build: dict) -> dict[str, Any]:
     }
 
 
-@get("/api/v1/models/{name:str}/openapi.json", opt={"perm": "read"}, tags=["models"])
+@get("/api/v1/models/{name:str}/openapi.json", opt={"perm": "read", "model_key": True},
+     tags=["models"])
 async def model_openapi(request: Request, name: FromPath[str]) -> dict[str, Any]:
-    """The OpenAPI document of the model's prediction endpoint, for the build it serves."""
+    """The OpenAPI document of the model's prediction endpoint, for the build it serves; a
+    viewer's token or the model's own access key may read it."""
     db = state(request).db
     model = await model_rows.row(db, name)
     current = await deployment_rows.current(db, model["id"])
     if current is None:
         raise ModelNotDeployed(f"Model '{name}' has no deployment.")
     build = await db.one("SELECT * FROM builds WHERE id = ?", (current["build_id"],))
-    return document(name, build)
+    return document(name, build, str(request.base_url).rstrip("/"))

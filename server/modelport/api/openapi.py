@@ -4,9 +4,13 @@ the streamed multipart uploads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
@@ -28,6 +32,25 @@ _GUARDED = {
     409: "`model.exists`, `model.active`, `build.not_ready`, …: the state does not allow it",
 }
 _WITH_BODY = {413: "`request.too_large`: the body is over the limit"}
+
+BEARER = "bearer"
+COMPONENTS = Components(security_schemes={BEARER: SecurityScheme(
+    type="http", scheme="bearer", description="A token's secret (`mp_…`) from `modelport "
+    "token create` or the data dir's admin.token; for a model's own routes also its access key "
+    "(`mp_key_…`).")})
+_ASSETS = Path(__file__).resolve().parent.parent / "static" / "assets"
+
+
+def docs_page() -> SwaggerRenderPlugin:
+    """Swagger UI at /schema from the copy the web UI's build put in static/assets (so the page
+    works offline); Litestar's CDN links only when the web UI is not built."""
+    found = sorted(_ASSETS.glob("swagger-ui-*-bundle.js"))
+    if not found:
+        return SwaggerRenderPlugin()
+    prefix = "/assets/" + found[-1].name.removesuffix("-bundle.js")
+    return SwaggerRenderPlugin(js_url=f"{prefix}-bundle.js", css_url=f"{prefix}-ui.css",
+                               standalone_preset_js_url=f"{prefix}-preset.js",
+                               favicon="<link rel='icon' href='/favicon.svg'>")
 
 
 class StructSchema(StructSchemaPlugin):
@@ -54,13 +77,27 @@ class StructSchema(StructSchemaPlugin):
 
 
 def _constrain(prop, info) -> None:
-    """What Litestar leaves out of a field's schema: a dict's size and key rules, the rules of a
-    list's strings (it writes a dict's size as a string length, and drops the others)."""
+    """What Litestar leaves out of a field's schema: a number's zero bounds, a dict's size and key
+    rules, the rules of a list's strings (it writes a dict's size as a string length, and drops
+    the others)."""
     if not isinstance(prop, Schema):
         return
     mi = msgspec.inspect
     info = _bare(info)
-    if isinstance(info, mi.DictType):
+    if isinstance(info, mi.UnionType):  # `X | None`: the rules are X's
+        others = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        info = _bare(others[0]) if len(others) == 1 else info
+    if isinstance(info, (mi.IntType, mi.FloatType)):
+        # Litestar drops a bound of 0 (it tests the bound's truth): `gt=0` must reach clients.
+        if info.gt is not None:
+            prop.exclusive_minimum = info.gt
+        if info.ge is not None:
+            prop.minimum = info.ge
+        if info.lt is not None:
+            prop.exclusive_maximum = info.lt
+        if info.le is not None:
+            prop.maximum = info.le
+    elif isinstance(info, mi.DictType):
         prop.min_length = prop.max_length = None
         prop.min_properties, prop.max_properties = info.min_length, info.max_length
         if isinstance(_bare(info.key_type), mi.StrType):
@@ -124,8 +161,14 @@ UPLOADS = {
 
 def describe_uploads(app: Litestar) -> None:
     """Add the multipart request bodies of the upload routes to the OpenAPI document (made now,
-    once: Litestar keeps it)."""
+    once: Litestar keeps it), and the raw bytes a build's file comes back as."""
     doc = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    raw = doc.paths["/api/v1/models/{name}/builds/{number}/files/{path}"].get.responses["200"]
+    raw.content = {
+        "text/plain": OpenAPIMediaType(schema=_text("A text file (code, requirements, …).")),
+        "application/octet-stream": OpenAPIMediaType(schema=_text("Any other file.",
+                                                                  format="binary")),
+    }
     for (path, method), (required, properties) in UPLOADS.items():
         operation = getattr(doc.paths[path], method)
         operation.request_body = RequestBody(required=True, content={
@@ -150,7 +193,7 @@ def fix_options_allow(app: Litestar) -> None:
 
 def document_errors(app: Litestar) -> None:
     """Add the error answers to every route handler's documented responses (a handler's own
-    ``responses`` win)."""
+    ``responses`` win), and the bearer token to every route but the public ones."""
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
             if not getattr(handler, "include_in_schema", True):
@@ -158,6 +201,7 @@ def document_errors(app: Litestar) -> None:
             codes = dict(_EVERY)
             if handler.opt.get("perm", "admin") != "public":
                 codes.update(_GUARDED)
+                handler.security = [{BEARER: []}]
             if handler.http_methods & {"POST", "PUT", "PATCH"}:
                 codes.update(_WITH_BODY)
             handler.responses = {**{c: _spec(d) for c, d in codes.items()},

@@ -36,7 +36,7 @@ document.addEventListener("click", (event) => {
   if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
   const a = event.target.closest && event.target.closest("a[href]");
   if (!a || a.target || a.hasAttribute("download") || a.origin !== window.location.origin) return;
-  if (a.pathname.startsWith("/api/")) return;
+  if (a.pathname.startsWith("/api/") || a.pathname === "/schema") return;
   event.preventDefault();
   navigate(a.pathname + a.search);
 });
