@@ -58,6 +58,7 @@ class Client:
     ):
         self.url = (url or os.environ.get("MODELPORT_URL") or DEFAULT_URL).rstrip("/")
         self.token, self.token_looked = find_token(token, data_dir, self.url)
+        self.created_model: dict | None = None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -137,14 +138,13 @@ class Client:
     def upload_build(self, folder: str | Path, name: str, entry: str, *, requirements=None,
                      python=None, example_input=None, example_output=None, message="",
                      labels=None, create=True, on_pack=None, on_upload=None) -> dict:
-        """Pack the folder (honouring .gitignore/.modelportignore), upload it; the build is queued."""
-        import tempfile
-
-        from modelport.store.archive import pack
-
+        """Pack the folder (honouring .gitignore/.modelportignore), upload it; the build is queued.
+        A model created for it is in ``created_model`` (with its access key), and deleted again
+        when the upload is refused."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ApiError(0, "client.invalid", f"{folder} is not a folder")
+        self.created_model = None
         if create:
             try:
                 self.model(name)
@@ -152,8 +152,26 @@ class Client:
                 if exc.code != "model.not_found":
                     raise
                 self.created_model = self.create_model(name)
-        fields = _build_fields(entry, requirements, python, example_input, example_output,
-                               message, labels, git_commit(folder))
+        try:
+            return self._upload(folder, name, _build_fields(
+                entry, requirements, python, example_input, example_output, message, labels,
+                git_commit(folder)), on_pack, on_upload)
+        except BaseException:
+            # A refused upload (a bad entrypoint, a folder that cannot be packed, Ctrl-C) must not
+            # leave behind a model made for it, whose access key nobody has seen.
+            if self.created_model is not None:
+                self.created_model = None
+                try:
+                    self.delete_model(name)
+                except (ApiError, httpx.HTTPError):
+                    pass
+            raise
+
+    def _upload(self, folder: Path, name: str, fields: dict, on_pack, on_upload) -> dict:
+        import tempfile
+
+        from modelport.store.archive import pack
+
         with tempfile.TemporaryFile() as tmp:
             self.last_pack = pack(folder, tmp, progress=on_pack)
             size = tmp.tell()

@@ -54,3 +54,20 @@ def test_restart_returns_when_the_fresh_replicas_serve(offline_server, tmp_path)
     quick = run("restart", "r", "--no-wait", "--json")
     assert quick.returncode == 0
     assert msgspec.json.decode(quick.stdout)["events"][-1]["kind"] == "restarting"
+
+
+def test_a_refused_build_leaves_no_model_and_a_failed_one_shows_its_key(offline_server,
+                                                                       tmp_path):
+    run = _cli(offline_server().start())
+    folder = write_project(tmp_path / "p", {"predict.py": typed(1.0)})
+    for verb in ("deploy", "build"):  # no function named: the server refuses the upload
+        refused = run(verb, str(folder), "--name", f"fresh-{verb}", "--entry", "predict.py")
+        assert refused.returncode == 1 and "request.invalid" in refused.stderr
+    names = [m["name"] for m in msgspec.json.decode(run("models", "--json").stdout)["items"]]
+    assert names == []
+    broken = write_project(tmp_path / "broken", {"predict.py": "import nope_missing\n"})
+    failed = run("deploy", str(broken), "--name", "broken", "--entry", "predict.py:predict")
+    assert failed.returncode == 1
+    assert "created model broken; access key (shown once): mp_key_" in failed.stdout
+    listed = msgspec.json.decode(run("models", "--json").stdout)["items"]
+    assert [m["name"] for m in listed] == ["broken"]  # kept: its build's log says what failed

@@ -101,9 +101,17 @@ def build(client, folder, name, entry, requirements, python, example_input, exam
                        python=python, example_input=_json_arg(example_input, "--example-input"),
                        example_output=_json_arg(example_output, "--example-output"),
                        message=message, labels=_labels(label))
+    key = (client.created_model or {}).get("access_key")
     if as_json:
-        print_json(result)
+        print_json({**result, "access_key": key} if key else result)
+    elif key:
+        show_created_key(name, key)
     sys.exit(0 if result["status"] == "built" else 1)
+
+
+def show_created_key(name: str, key: str) -> None:
+    """The key of a model this command created: its only showing, whatever else happened."""
+    console.print(f"created model {name}; access key (shown once): [bold]{key}[/bold]")
 
 
 @click.command()

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from modelport.cli.builds import _json_arg, _labels, build_options, run_build
+from modelport.cli.builds import _json_arg, _labels, build_options, run_build, show_created_key
 from modelport.cli.common import client_options, console, err_console, json_option, print_json, print_table
 from modelport.client import ApiError
 from rich.markup import escape
@@ -164,12 +164,15 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
                           python=python, example_input=_json_arg(example_input, "--example-input"),
                           example_output=_json_arg(example_output, "--example-output"),
                           message=message, labels=_labels(label))
+    key = (client.created_model or {}).get("access_key")
     if built["status"] != "built":
         if as_json:
-            print_json({"build": built, "deployment": None})
+            print_json({"build": built, "deployment": None, "access_key": key})
         elif path is None:
             err_console.print(f"[red]error[/red] build #{build_number} of {name} is "
                               f"{built['status']}, not built")
+        elif key:
+            show_created_key(name, key)
         sys.exit(1)
     started = time.monotonic()
     # A new version keeps how the model is served now (or was last), but for what is given here.
@@ -186,12 +189,13 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
                         f"modelport deploy {name} --build {built['number']} --allow-breaking")
     _schema_note(deployment, as_json)
     done = _wait(client, name, deployment, as_json)
-    key = (client.created_model or {}).get("access_key")
     if as_json:
         print_json({"build": built, "deployment": done, "access_key": key,
                     "endpoint": f"{client.url}/models/{name}/predict"})
         sys.exit(0 if done["status"] == "deployed" else 1)
     if done["status"] != "deployed":
+        if key:
+            show_created_key(name, key)
         sys.exit(1)
     endpoint = f"{client.url}/models/{name}/predict"
     example = built.get("example_input")
