@@ -74,3 +74,14 @@ def test_login_asks_for_the_token_when_not_given(server, tmp_path, monkeypatch):
     path = tmp_path / "cfg" / "modelport" / "servers" / f"127.0.0.1-{server.port}.json"
     assert msgspec.json.decode(path.read_bytes())["token"] == server.token
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_tables_are_not_cut_when_piped(server):
+    env = {**server.env, "MODELPORT_URL": server.url, "COLUMNS": "80"}
+    description = "a description far longer than a terminal is wide: " + "word " * 40
+    made = run(env, None, "model", "create", "long", "--description", description.strip())
+    assert made.returncode == 0, made.stderr
+    table = run(env, None, "models")  # stdout is a pipe here
+    assert table.returncode == 0
+    assert description.strip() in table.stdout
+    assert "…" not in table.stdout

@@ -9,6 +9,7 @@ from typing import Any
 import click
 import msgspec
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from modelport.client import ApiError, Client
@@ -67,7 +68,13 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]], title: str | N
         table.add_column(header)
     for row in rows:
         table.add_row(*[_cell(row.get(key)) for key, _ in columns])
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+        return
+    # Piped or redirected: every value in full (a terminal's 80 columns mean nothing to grep or
+    # a file), the table as wide as its longest row.
+    width = Measurement.get(console, console.options.update(width=1 << 20), table).maximum
+    Console(width=max(width, 20)).print(table)
 
 
 def _cell(value: Any) -> str:
