@@ -39,6 +39,7 @@ from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
 from modelport.scratch import sweep
+from modelport.sandboxing import Sandbox
 from modelport.serving.config import Tuning
 from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
@@ -92,11 +93,13 @@ class Services:
         self.db = Database(settings.registry_path)
         self.auth = Auth(self.db)
         self.deployer: Deployer | None = None
+        self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
                                      logs_dir=settings.logs_dir, on_change=self._on_change,
                                      tuning=Tuning(busy_poll_us=settings.busy_poll_us,
                                                    max_response_bytes=settings.max_response_mb
-                                                   * 1024 * 1024))
+                                                   * 1024 * 1024),
+                                     sandbox=self.sandbox)
         self.routes = Routes(self.supervisor)
         self.monitor = Monitor(self.db, self.supervisor, self.routes)
         self._jobs: list[asyncio.Task] = []
@@ -120,7 +123,9 @@ class Services:
         self.store = await asyncio.to_thread(ContentStore, s.store_dir)
         await asyncio.to_thread(clean_leftovers, s, self.store)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
-        self.builder = Builder(s, self.db, self.store, runtime)
+        await asyncio.to_thread(self.sandbox.clear_tmp)
+        self.sandbox.report()
+        self.builder = Builder(s, self.db, self.store, runtime, self.sandbox)
         self.sealer = await asyncio.to_thread(Sealer.for_data_dir, s.secret_key_path)
         sealed = await deployment_rows.seal_clear_env(self.db, self.sealer)
         if sealed:
@@ -128,7 +133,7 @@ class Services:
         self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
         state.update(db=self.db, auth=self.auth, store=self.store, builder=self.builder,
                      supervisor=self.supervisor, routes=self.routes, deployer=self.deployer,
-                     monitor=self.monitor)
+                     monitor=self.monitor, sandbox=self.sandbox)
         state.admin_token = await first_start(self.auth, s)
         await self.builder.start()
         await self.deployer.restore()

@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, kw_only=True):
     busy_poll_us: int = 250
     # Monitoring: MODELPORT_METRICS=0 stops counting predictions (the serving benchmark's baseline)
     metrics: bool = True
+    # Replicas and builds confined by the kernel (modelport.sandboxing); MODELPORT_SANDBOX=off
+    # runs them with the server's rights (the benchmark's baseline, troubleshooting)
+    sandbox: bool = True
     # Web
     cors_origins: list[str] = []
 
@@ -103,6 +106,11 @@ class Settings(msgspec.Struct, kw_only=True):
                 values[key] = found
         if env.get("MODELPORT_METRICS", "") in ("0", "false"):
             values["metrics"] = False
+        switch = env.get("MODELPORT_SANDBOX", "").strip().lower()
+        if switch in ("off", "0", "false", "no"):
+            values["sandbox"] = False
+        elif switch not in ("", "on", "1", "true", "yes"):
+            raise SettingError(f"MODELPORT_SANDBOX must be on or off, not {env['MODELPORT_SANDBOX']!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = resolve_data_dir(values.get("data_dir"))
         return cls(**values)

@@ -18,12 +18,13 @@ from modelport import __version__
 class Health(msgspec.Struct):
     status: str
     version: str
+    sandbox: list[str]  # the protections replicas and builds run under; [] when none
 
 
 @get("/api/v1/health", opt={"perm": "public"}, tags=["health"])
-async def health() -> Health:
-    """Liveness: answers without a token."""
-    return Health("ok", __version__)
+async def health(request: Request) -> Health:
+    """Liveness, and the sandbox replicas and builds run in: answers without a token."""
+    return Health("ok", __version__, list(state(request).sandbox.protections))
 
 
 class WhoAmI(msgspec.Struct):

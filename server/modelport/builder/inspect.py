@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from modelport.runtime.sandbox import EXIT_SANDBOX
+from modelport.sandboxing import Sandbox, inspect_policy
 
 INSPECT_TIMEOUT_S = 600
 
@@ -30,32 +36,61 @@ def replica_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[
 
 
 async def inspect_build(
-    python: Path, project: Path, entry: str, runtime_dir: Path, example_input: Any, log
+    python: Path, project: Path, entry: str, runtime_dir: Path, example_input: Any, log,
+    sandbox: Sandbox | None = None, tmp_name: str = "inspect",
 ) -> dict:
-    """The entry's form, schemas and (given an example input) its example output, or InspectFailed."""
+    """The entry's form, schemas and (given an example input) its example output, or InspectFailed.
+    With the sandbox on, the model is imported confined as a replica is, with no network, a temp
+    dir of its own (``<data dir>/run/tmp/<tmp_name>``), and killed with all it started when it
+    ends or the server dies."""
     args = [str(python), "-m", "modelport.runtime.inspect", "--project", str(project),
             "--entry", entry]
     if example_input is not None:
         args += ["--example-input", msgspec.json.encode(example_input).decode()]
     log(f"$ python -m modelport.runtime.inspect --entry {entry}")
+    env, tmp = replica_env(runtime_dir), None
+    if sandbox is not None and sandbox.enabled:
+        tmp = await asyncio.to_thread(sandbox.fresh_tmp, tmp_name)
+        policy = inspect_policy(python=python, project=project, runtime_dir=runtime_dir, tmp=tmp)
+        args = sandbox.command(python, policy, args, runtime_dir=runtime_dir, supervise=True)
+        env.update(TMPDIR=str(tmp), HOME=str(tmp))
+    try:
+        return await _run(args, project, env, log)
+    finally:
+        if tmp is not None:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+
+async def _run(args: list[str], project: Path, env: dict[str, str], log) -> dict:
     proc = await asyncio.create_subprocess_exec(
-        *args, cwd=project, env=replica_env(runtime_dir), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *args, cwd=project, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), INSPECT_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
+    except BaseException as exc:  # too long, or the build was cancelled: nothing of it stays
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its session (not reaped yet: still its id)
         await proc.wait()
-        raise InspectFailed("import", f"the entry module took over {INSPECT_TIMEOUT_S}s") from None
-    if err.strip():
-        log(err.decode(errors="replace").rstrip())
+        if isinstance(exc, TimeoutError):
+            raise InspectFailed("import", f"the entry module took over {INSPECT_TIMEOUT_S}s") from None
+        raise
+    return _answer(proc.returncode, out, err, log)
+
+
+def _answer(returncode: int | None, out: bytes, err: bytes, log) -> dict:
+    text = err.decode(errors="replace").rstrip()
+    if text.strip():
+        log(text)
+    if returncode == EXIT_SANDBOX:
+        last = text.strip().splitlines()[-1] if text.strip() else f"exit {EXIT_SANDBOX}"
+        raise InspectFailed("import", f"the sandbox could not be applied ({last})")
     try:
         result = msgspec.json.decode(out.strip().splitlines()[-1]) if out.strip() else None
     except (msgspec.DecodeError, IndexError):
         result = None
     if not isinstance(result, dict):
-        raise InspectFailed("import", f"the inspector exited {proc.returncode} without an answer")
+        raise InspectFailed("import", f"the inspector exited {returncode} without an answer")
     if not result.get("ok"):
         raise InspectFailed(result.get("stage", "import"), result.get("error", "unknown error"))
     return result

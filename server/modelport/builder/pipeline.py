@@ -19,6 +19,7 @@ from modelport.builder.snapshot import materialize as write_snapshot
 from modelport.registry import builds as build_rows
 from modelport.registry.db import Database
 from modelport.scratch import scratch_dir
+from modelport.sandboxing import Sandbox
 from modelport.settings import Settings
 from modelport.store import manifest as mf
 from modelport.store.cas import ContentStore
@@ -84,8 +85,10 @@ def ensure_project(store: ContentStore, settings: Settings, digest: str,
 class Builder:
     """Runs queued builds in the background; the API never waits on one."""
 
-    def __init__(self, settings: Settings, db: Database, store: ContentStore, runtime_dir: Path):
+    def __init__(self, settings: Settings, db: Database, store: ContentStore, runtime_dir: Path,
+                 sandbox: Sandbox | None = None):
         self.settings, self.db, self.store, self.runtime_dir = settings, db, store, runtime_dir
+        self.sandbox = sandbox  # None or off: build steps run with the server's rights
         self.queue: asyncio.Queue[int] = asyncio.Queue()
         self.running: set[int] = set()
         self._workers: list[asyncio.Task] = []
@@ -167,7 +170,7 @@ class Builder:
                                               project_dir(self.settings, digest))
         blog("→ checking the function")
         result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
-                                     example_input, blog)
+                                     example_input, blog, self.sandbox, f"build-{row['id']}")
         described = result["describe"]
         example_output = self._check_example(row, example_input, result.get("example_output"), blog)
         manifest = mf.Manifest(

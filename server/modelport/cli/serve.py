@@ -74,6 +74,10 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         sys.exit(2)
     configure(log_format, log_level)
     os.umask(UMASK)  # every file the server (and a replica) makes is its user's only
+    if settings.sandbox:
+        from modelport.runtime.sandbox import not_dumpable
+
+        not_dumpable()  # its environment and memory out of its replicas' reach
     prepare(settings)
     try:
         lock = DataDirLock(settings.lock_path).acquire()

@@ -12,6 +12,7 @@ from typing import Any
 from modelport.builder.inspect import replica_env
 from modelport.errors import ModelUnavailable
 from modelport.runtime.protocol import FRAME_OVERHEAD
+from modelport.sandboxing import Sandbox, replica_policy
 
 from .balancer import Balancer
 from .config import GroupInfo, GroupSpec, Tuning
@@ -40,8 +41,10 @@ class ReplicaGroup:
 
     def __init__(self, spec: GroupSpec, *, runtime_dir: Path, logs_dir: Path,
                  tuning: Tuning | None = None, on_change: OnChange | None = None,
-                 policy: RestartPolicy | None = None, poller: Poller | None = None) -> None:
+                 policy: RestartPolicy | None = None, poller: Poller | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         self.spec = spec
+        self.runtime_dir, self.sandbox = runtime_dir, sandbox
         self.poller = poller or Poller(0)
         self.tuning = t = tuning or Tuning()
         self.logs_dir = logs_dir
@@ -146,15 +149,28 @@ class ReplicaGroup:
             slot += 1
             while slot in used:
                 slot += 1
+            rid = replica_id(self.spec.model, self.spec.build, slot)
+            argv, env, tmp = self._launch(rid)
             fresh.append(Replica(
-                rid=replica_id(self.spec.model, self.spec.build, slot), slot=slot,
-                build=self.spec.build, argv=self._argv, cwd=self.spec.project, env=self._env,
-                logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
+                rid=rid, slot=slot, build=self.spec.build, argv=argv, cwd=self.spec.project,
+                env=env, logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
                 on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency),
                 poller=self.poller, boot_timeout_s=self.tuning.boot_timeout_s
-                or self.spec.boot_timeout_s))
+                or self.spec.boot_timeout_s, tmp_dir=tmp))
         self.replicas.extend(fresh)
         return fresh
+
+    def _launch(self, rid: str) -> tuple[list[str], dict[str, str], Path | None]:
+        """A replica's command line, environment and private temp dir: confined by the sandbox
+        (its own temp dir as TMPDIR and HOME), or as they are when the sandbox is off."""
+        sandbox = self.sandbox
+        if sandbox is None or not sandbox.enabled:
+            return self._argv, self._env, None
+        spec, tmp = self.spec, sandbox.tmp_root / rid
+        policy = replica_policy(python=spec.python, project=Path(spec.project),
+                                runtime_dir=self.runtime_dir, tmp=tmp, network=spec.network)
+        argv = sandbox.command(spec.python, policy, self._argv, runtime_dir=self.runtime_dir)
+        return argv, {**self._env, "TMPDIR": str(tmp), "HOME": str(tmp)}, tmp
 
     async def _spawn_all(self, fresh: list[Replica]) -> None:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import time
@@ -79,8 +80,10 @@ class Replica:
     def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
                  on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1,
-                 poller: Poller | None = None, boot_timeout_s: float = 300.0) -> None:
+                 poller: Poller | None = None, boot_timeout_s: float = 300.0,
+                 tmp_dir: Path | None = None) -> None:
         self.id, self.slot, self.build = rid, slot, build
+        self.tmp_dir = tmp_dir  # private (the sandbox's): made empty at each start, then removed
         self.id_bytes = rid.encode()
         self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
         self.memory_kb = memory_mb * 1024 if memory_mb else 0
@@ -373,6 +376,10 @@ class Replica:
         raise BootFailed(reason)
 
     def _open_logs(self, max_bytes: int, keep_bytes: int) -> tuple[int, int]:
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.tmp_dir.mkdir(mode=0o700)
         header = self._marker + "\n"
         out = procs.open_log(self.stdout_path, header, max_bytes, keep_bytes)
         try:
@@ -389,6 +396,8 @@ class Replica:
             self._monitor.cancel()
         if self._transport is not None:  # the EOF normally comes first; a forked child of the
             self._loop.call_later(0.5, self._abort, self._transport)  # model's may hold the socket
+        if self.tmp_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self.tmp_dir, True)
         if self._stopping:
             self.state = "exited"
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from modelport.sandboxing import Sandbox
+
 from .config import GroupSpec, ReplicaInfo, Tuning
 from .group import GroupFailed, OnChange, ReplicaGroup
 from .poller import Poller
@@ -18,8 +20,8 @@ class Supervisor:
     with its parent (PDEATHSIG) and on its socket's EOF."""
 
     def __init__(self, *, runtime_dir: Path, logs_dir: Path, tuning: Tuning | None = None,
-                 on_change: OnChange | None = None) -> None:
-        self.runtime_dir, self.logs_dir = runtime_dir, logs_dir
+                 on_change: OnChange | None = None, sandbox: Sandbox | None = None) -> None:
+        self.runtime_dir, self.logs_dir, self.sandbox = runtime_dir, logs_dir, sandbox
         self.tuning = tuning or Tuning()
         self.poller = Poller(self.tuning.busy_poll_us / 1e6)  # shared by every replica
         self.on_change = on_change
@@ -39,7 +41,8 @@ class Supervisor:
         ``route_while_starting`` and nothing serving the model, the model is routed to the group
         while it starts, so that predictions get 503 model.unavailable rather than 404."""
         group = ReplicaGroup(spec, runtime_dir=self.runtime_dir, logs_dir=self.logs_dir,
-                             tuning=self.tuning, on_change=self.on_change, poller=self.poller)
+                             tuning=self.tuning, on_change=self.on_change, poller=self.poller,
+                             sandbox=self.sandbox)
         self.groups.add(group)
         placeholder = route_while_starting and spec.model not in self.active
         if placeholder:
