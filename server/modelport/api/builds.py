@@ -16,6 +16,7 @@ from litestar.response import Stream
 from modelport.api.common import Cursor, Limit, state, who
 from modelport.builder import exchange, service
 from modelport.builder.buildlog import follow, log_path
+from modelport.builder.compat import compare
 from modelport.builder.diff import BuildDiff, diff_dependencies, diff_files, diff_schema
 from modelport.builder.upload import read_upload
 from modelport.errors import NotFound, RequestInvalid
@@ -155,6 +156,8 @@ class BuildsController(Controller):
                                msgspec.json.decode(b[col] or "null"))
                    for kind, col in (("input", "input_schema"), ("output", "output_schema"))]
         return BuildDiff(
+            compatibility=compare(msgspec.json.decode(a["input_schema"] or "null"),
+                                  msgspec.json.decode(b["input_schema"] or "null")),
             model=name, base=number, other=other, files=diff_files(snap_a.files, snap_b.files),
             dependencies=diff_dependencies(deps_a, deps_b),
             schemas=[s for s in schemas if s is not None],

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from modelport.builder.compat import Compatibility
 from modelport.store.manifest import FileEntry
 
 
@@ -38,6 +39,8 @@ class BuildDiff(msgspec.Struct):
     dependencies: list[DependencyChange]
     schemas: list[SchemaChange]
     entrypoint: list[str | None] | None = None
+    # Would callers of `base` still be served by `other` (the deployment gate's verdict)?
+    compatibility: Compatibility | None = None
 
 
 def diff_files(before: list[FileEntry], after: list[FileEntry]) -> list[FileChange]:
