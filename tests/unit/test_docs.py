@@ -54,3 +54,12 @@ def test_every_environment_variable_of_the_server_is_in_the_readme():
     names |= {f"MODELPORT_{key.upper()}" for key, _ in ENV_NUMBERS}
     missing = sorted(n for n in names if f"`{n}`" not in readme and f"`{n}=" not in readme)
     assert not missing, f"README.md's Settings do not name: {missing}"
+
+
+def test_the_docs_install_modelport_as_it_really_installs():
+    """modelport is not on PyPI: no doc may tell a newcomer to `pip install modelport`."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    wrong = [p.name for p in docs if "pip install modelport" in p.read_text()]
+    assert not wrong, f"these say `pip install modelport`, which does not exist: {wrong}"
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install ." in readme and "python -m build" in readme
