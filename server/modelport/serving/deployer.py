@@ -7,6 +7,7 @@ time; a deployment whose build cannot start leaves the one before it serving, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from modelport.registry import deployments as rows
 from modelport.registry.db import Database
 from modelport.registry.sealed import Sealer
 from modelport.serving.config import GroupSpec
-from modelport.serving.supervisor import GroupFailed, ReplicaGroup, Supervisor
+from modelport.serving.supervisor import GroupFailed, Interrupted, ReplicaGroup, Supervisor
 from modelport.store import manifest as mf
 
 log = logging.getLogger("modelport.deployer")
@@ -43,6 +44,11 @@ class Deployer:
         self.store, self.settings = builder.store, builder.settings
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task] = set()
+        # A stop or a newer deployment does not wait for a rollout that has not served yet: the
+        # ones waiting for the model's lock are given up, the one holding it is interrupted.
+        self._waiting: defaultdict[str, set[int]] = defaultdict(set)  # model → deployment ids
+        self._holding: dict[str, int] = {}  # model → the deployment whose rollout holds the lock
+        self._given_up: dict[int, str] = {}  # deployment id → why
 
     # -- what the API asks for -------------------------------------------------------------------
 
@@ -57,6 +63,8 @@ class Deployer:
                                 build_id=build["id"], build_number=build_number,
                                 settings=settings, actor=actor, sealer=self.sealer,
                                 reason=reason, schema_note=note)
+        await self._give_up(model["name"], f"replaced by deployment {row['id']} before it served")
+        self._waiting[model["name"]].add(row["id"])
         self._spawn(self._roll_out(model["name"], row, build, actor))
         return row
 
@@ -118,11 +126,18 @@ class Deployer:
         return await rows.by_id(self.db, model["id"], current["id"])
 
     async def stop(self, model: dict, actor: str) -> dict:
+        """At once: a deployment still starting is interrupted (its replicas killed), those
+        waiting to start are given up; then the one serving drains (in-flight calls finish)."""
         current = await self._current(model)
+        await self._give_up(model["name"], f"stopped by {actor} before it served")
         async with self._locks[model["name"]]:
-            await rows.transition(self.db, current["id"], "stopping", "stopping", actor=actor)
-            await self.supervisor.stop(model["name"], drain_timeout=current["timeout_s"])
-            await rows.transition(self.db, current["id"], "stopped", "stopped", actor=actor,
+            serving = await rows.current(self.db, model["id"])
+            if serving is None:  # it was only starting
+                await self.supervisor.stop(model["name"])
+                return await rows.by_id(self.db, model["id"], current["id"])
+            await rows.transition(self.db, serving["id"], "stopping", "stopping", actor=actor)
+            await self.supervisor.stop(model["name"], drain_timeout=serving["timeout_s"])
+            await rows.transition(self.db, serving["id"], "stopped", "stopped", actor=actor,
                                   finished=True, reason=f"stopped by {actor}")
         return await rows.by_id(self.db, model["id"], current["id"])
 
@@ -138,12 +153,18 @@ class Deployer:
 
     async def _roll_out(self, name: str, row: dict, build: dict, actor: str,
                         restart: bool = False) -> None:
-        async with self._locks[name]:
+        async with self._locks[name], self._turn(name, row["id"]):
+            if row["id"] in self._given_up:  # stopped or replaced while it waited: recorded
+                return
             if not restart:
                 await rows.transition(self.db, row["id"], "deploying", "deploying", actor=actor)
             try:
                 spec = await self.spec_for(name, row, build)
+                self._go_on(row["id"])
                 await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
+            except Interrupted as exc:
+                await self._interrupted(row, str(exc), restart)
+                return
             except (GroupFailed, deps.DependencyError, OSError) as exc:
                 await self._failed(row, str(exc), restart)
                 return
@@ -157,6 +178,45 @@ class Deployer:
             await rows.transition(self.db, row["id"], "deployed", "deployed", actor=actor,
                                   detail={"replicas": spec.replicas})
             await self._retire_others(name, row["id"])
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, name: str, deployment_id: int):
+        """Deployment ``deployment_id`` holds the model's lock (for ``_give_up``)."""
+        self._waiting[name].discard(deployment_id)
+        self._holding[name] = deployment_id
+        try:
+            yield
+        finally:
+            del self._holding[name]
+            self._given_up.pop(deployment_id, None)
+
+    def _go_on(self, deployment_id: int) -> None:
+        """Interrupted when the deployment was given up while its replicas were being prepared."""
+        why = self._given_up.get(deployment_id)
+        if why is not None:
+            raise Interrupted(why)
+
+    async def _give_up(self, name: str, why: str) -> None:
+        """The model's deployments that have not served yet make way (for a stop, a newer
+        deployment): those waiting for the lock are stopped now; the one holding it is
+        interrupted — its replicas killed, booting or not — and records that itself."""
+        for deployment_id in sorted(self._waiting[name]):
+            if deployment_id not in self._given_up:
+                self._given_up[deployment_id] = why
+                await rows.transition(self.db, deployment_id, "stopped", "interrupted",
+                                      finished=True, reason=why, detail={"reason": why})
+        holding = self._holding.get(name)
+        if holding is not None and holding not in self._given_up:
+            self._given_up[holding] = why
+            self.supervisor.interrupt(name, why)
+
+    async def _interrupted(self, row: dict, why: str, restart: bool) -> None:
+        if restart:  # the running replicas keep serving (until the stop that interrupted it)
+            await rows.transition(self.db, row["id"], None, "restart_interrupted",
+                                  detail={"reason": why})
+            return
+        await rows.transition(self.db, row["id"], "stopped", "interrupted", finished=True,
+                              reason=why, detail={"reason": why})
 
     async def _failed(self, row: dict, reason: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving
@@ -227,11 +287,14 @@ class Deployer:
             self._spawn(self._restore_one(name, row, build))
 
     async def _restore_one(self, name: str, row: dict, build: dict) -> None:
-        async with self._locks[name]:
+        async with self._locks[name], self._turn(name, row["id"]):
             try:
                 spec = await self.spec_for(name, row, build)
+                self._go_on(row["id"])
                 await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
                 await rows.transition(self.db, row["id"], None, "restored")
+            except Interrupted as exc:
+                await self._interrupted(row, str(exc), False)
             except Exception as exc:
                 await rows.transition(self.db, row["id"], "failed", "failed", finished=True,
                                       reason=f"could not be restored: {exc}")

@@ -20,7 +20,7 @@ from .poller import Poller
 from .replica import BootFailed, Replica, replica_id
 from .restart_policy import RestartPolicy
 
-__all__ = ["GroupFailed", "OnChange", "ReplicaGroup"]
+__all__ = ["GroupFailed", "Interrupted", "OnChange", "ReplicaGroup"]
 
 log = logging.getLogger("modelport.serving")
 
@@ -31,11 +31,16 @@ class GroupFailed(Exception):
     """A group could not start (or scale up); ``str()`` is the reason: the boot error text."""
 
 
+class Interrupted(GroupFailed):
+    """A group's start was cut short (a stop, a newer deployment); ``str()`` says by what."""
+
+
 class ReplicaGroup:
     """The replicas of one deployment, their restarts, and the balancer in front of them.
 
-    States: starting → running → draining → stopped; failed (could not start, or gave up
-    restarting: replicas still alive keep serving). Events for ``on_change``: group.starting,
+    States: starting → running → draining → stopped; starting → stopped when its start is
+    interrupted; failed (could not start, or gave up restarting: replicas still alive keep
+    serving). Events for ``on_change``: group.starting,
     group.ready, group.failed, group.scaled, group.draining, group.stopped, replica.ready,
     replica.crashed; each with a JSON-able detail dict."""
 
@@ -71,6 +76,8 @@ class ReplicaGroup:
         self._env = replica_env(runtime_dir, dict(spec.env))
         self._stop = asyncio.Event()
         self._drained: asyncio.Future | None = None
+        self._booting: asyncio.Future | None = None  # start()'s replicas coming up
+        self._interrupted: str | None = None
         self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -79,14 +86,37 @@ class ReplicaGroup:
         """Start every replica and wait until all are ready; GroupFailed with the reason."""
         self._emit("group.starting", {"replicas": self.spec.replicas})
         fresh = self._add(self.spec.replicas)
+        self._booting = asyncio.ensure_future(self._spawn_all(fresh))
         try:
-            await self._spawn_all(fresh)
+            await self._booting
+        except asyncio.CancelledError:
+            if self._interrupted is None:  # our caller was cancelled
+                raise
+            self.replicas.clear()
+            self.state, self.reason = "stopped", self._interrupted
+            self.balancer.fail_waiters(ModelUnavailable(f"The deployment did not start: "
+                                                      f"{self._interrupted}."))
+            self._emit("group.stopped", {"interrupted": self._interrupted})
+            raise Interrupted(self._interrupted) from None
         except GroupFailed as exc:
             self._fail(str(exc))
             raise
+        finally:
+            self._booting = None
         self.state = "running"
         self.balancer.recoverable = True
         self._emit("group.ready", {"replicas": len(self.replicas)})
+
+    def interrupt(self, why: str) -> bool:
+        """Stop starting now: the replicas are killed, booting or not, and ``start()`` raises
+        Interrupted(why) once they are reaped. False when the group is not starting."""
+        if self._booting is None or self._booting.done() or self._interrupted is not None:
+            return False
+        self._interrupted = why
+        log.warning("model %s build %s: start interrupted: %s", self.spec.model, self.spec.build,
+                    why)
+        self._booting.cancel()  # _spawn_all stops every replica it started before it returns
+        return True
 
     async def scale(self, n: int) -> None:
         """Add or remove replicas (removed ones finish their calls first). GroupFailed when new

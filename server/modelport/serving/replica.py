@@ -324,7 +324,7 @@ class Replica:
         self._loop = asyncio.get_running_loop()
         self.state, self.accepting, self._booted = "starting", False, False
         self._stopping, self._kill_reason, self._recycle = False, None, False
-        self._refused = None
+        self._refused, self._exited = None, None
         self.started_at = now_iso()
         self._marker = f"--- modelport: replica {self.id} starting at {self.started_at} ---"
         t = self.tuning
@@ -452,7 +452,12 @@ class Replica:
         """SIGTERM (the worker finishes its in-flight calls) → ``grace`` → SIGKILL → reaped."""
         self._stopping, self.accepting = True, False
         proc, exited = self._proc, self._exited
-        if proc is None or exited is None:
+        if proc is None:
+            self.state = "exited"
+            return
+        if exited is None:  # spawn() was cancelled before it watched the process: reap it here
+            procs.kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
             self.state = "exited"
             return
         if proc.returncode is None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from modelport.sandboxing import Sandbox
 
 from .config import GroupSpec, ReplicaInfo, Tuning
-from .group import GroupFailed, OnChange, ReplicaGroup
+from .group import GroupFailed, Interrupted, OnChange, ReplicaGroup
 from .poller import Poller
 
-__all__ = ["GroupFailed", "OnChange", "ReplicaGroup", "Supervisor"]
+__all__ = ["GroupFailed", "Interrupted", "OnChange", "ReplicaGroup", "Supervisor"]
 
 
 class Supervisor:
@@ -71,6 +71,12 @@ class Supervisor:
         if old is not None:
             await self.retire(old, drain_timeout)
         return group
+
+    def interrupt(self, model: str, why: str) -> int:
+        """The model's groups still starting stop starting (a stop, a newer deployment): their
+        replicas are killed, and the start (``start_group``, ``deploy``) raises Interrupted(why).
+        The number of groups interrupted."""
+        return sum(g.interrupt(why) for g in list(self.groups) if g.spec.model == model)
 
     async def stop(self, model: str, *, drain_timeout: float | None = None) -> bool:
         """Drain the model's group (predictions get 503 meanwhile), then unroute it (404
