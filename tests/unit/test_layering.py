@@ -1,0 +1,84 @@
+"""The layering rules, checked on the import statements of server/modelport (docs/architecture.md):
+what runs inside a model's environment imports nothing else of modelport; the registry and the
+store know nothing of the layers above them; no controller imports another; the prediction path
+touches no database."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "server"
+PACKAGE = ROOT / "modelport"
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module an import statement of the file names, relative ones resolved."""
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            found |= {f"{name}.{alias.name}" for alias in node.names}  # `from pkg import mod`
+    return found
+
+
+GRAPH = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _violations(source: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for module, names in sorted(GRAPH.items()):
+        if module != source and not module.startswith(source + "."):
+            continue
+        for name in sorted(names):
+            if any(name == f or name.startswith(f + ".") for f in forbidden) and not any(
+                    name == a or name.startswith(a + ".") for a in allowed):
+                out.append(f"{module} imports {name}")
+    return out
+
+
+def test_the_graph_is_read():
+    assert len(GRAPH) > 60
+    assert "modelport.registry.db" in GRAPH["modelport.app"]
+
+
+def test_the_runtime_imports_nothing_else_of_modelport():
+    # It runs inside the model's own environment, where only the runtime folder is on the path.
+    assert _violations("modelport.runtime", ("modelport",), ("modelport.runtime",)) == []
+
+
+@pytest.mark.parametrize("layer", ["modelport.registry", "modelport.store"])
+def test_the_registry_and_store_know_nothing_above_them(layer):
+    above = ("modelport.api", "modelport.gateway", "modelport.serving", "modelport.builder",
+             "modelport.cli", "modelport.app", "modelport.client")
+    assert _violations(layer, above) == []
+
+
+def test_no_controller_imports_another():
+    shared = ("modelport.api.common", "modelport.api.openapi")
+    for module in GRAPH:
+        if module.startswith("modelport.api.") and module not in shared:
+            others = tuple(m for m in GRAPH if m.startswith("modelport.api.")
+                           and m not in shared and m != module)
+            assert _violations(module, others) == [], module
+
+
+def test_the_prediction_path_touches_no_database():
+    databases = ("modelport.registry", "aiosqlite", "sqlite3", "asyncpg")
+    assert _violations("modelport.gateway", databases) == []
