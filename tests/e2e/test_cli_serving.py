@@ -71,3 +71,27 @@ def test_a_refused_build_leaves_no_model_and_a_failed_one_shows_its_key(offline_
     assert "created model broken; access key (shown once): mp_key_" in failed.stdout
     listed = msgspec.json.decode(run("models", "--json").stdout)["items"]
     assert [m["name"] for m in listed] == ["broken"]  # kept: its build's log says what failed
+
+
+def test_every_change_a_person_makes_to_a_model_is_in_the_audit_trail(offline_server, tmp_path):
+    run = _cli(offline_server().start())
+    assert _deploy_folder(run, tmp_path, "aud", 1.0).returncode == 0
+    for verb in (("scale", "aud", "2"), ("restart", "aud"), ("stop", "aud"), ("rollback", "aud"),
+                 ("model", "update", "aud", "--description", "audited"),
+                 ("keys", "rotate", "aud")):
+        done = run(*verb)
+        assert done.returncode == 0 or verb[0] == "rollback", (verb, done.stderr)
+    assert _deploy_folder(run, tmp_path, "aud", 2.0).returncode == 0
+    assert run("rollback", "aud").returncode == 0
+    entries = msgspec.json.decode(run("audit", "--model", "aud", "--json").stdout)["items"]
+    by_people = [e for e in reversed(entries) if e["actor"] != "system"]
+    assert [e["action"] for e in by_people] == [
+        "model.create", "build.create", "deployment.create", "deployment.scale",
+        "deployment.restart", "deployment.stop", "model.update", "model.access_key.rotate",
+        "build.create", "deployment.create", "deployment.create"]
+    assert {e["actor"] for e in by_people} == {"admin"}
+    scale = by_people[3]
+    assert scale["model"] == "aud" and scale["detail"] == {"from": 1, "to": 2}
+    assert by_people[5]["target"] == by_people[2]["target"]  # the deployment it stopped
+    table = run("audit", "--model", "aud")
+    assert "deployment.stop" in table.stdout and "deployment.restart" in table.stdout

@@ -143,8 +143,10 @@ async def create(db: Database, *, model_id: int, model: str, build_id: int, buil
 async def transition(db: Database, deployment_id: int, status: str | None, kind: str, *,
                      actor: str | None = None, detail: dict | None = None,
                      reason: str | None = None, finished: bool = False,
-                     replicas: int | None = None) -> None:
-    """Record an event of a deployment, and change its status (and what goes with it) if given."""
+                     replicas: int | None = None, audited: tuple[str, str] | None = None) -> None:
+    """Record an event of a deployment, and change its status (and what goes with it) if given.
+    ``audited`` (action, model name): a person's change, in the audit trail in the same
+    transaction."""
     at = now_iso()
     sets, params = [], []
     if status is not None:
@@ -167,6 +169,18 @@ async def transition(db: Database, deployment_id: int, status: str | None, kind:
             "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
             " VALUES (?, ?, ?, ?, ?)",
             (deployment_id, at, kind, actor, msgspec.json.encode(detail or {}).decode()))
+        if audited is not None:
+            action, model = audited
+            await audit.record(conn, actor or "system", action, model=model,
+                               target=str(deployment_id), detail=detail)
+
+
+async def audited(db: Database, actor: str, action: str, model: str, deployment_id: int,
+                  detail: dict) -> None:
+    """A person's change to a deployment that wrote no event of its own, in the audit trail."""
+    async with db.write() as conn:
+        await audit.record(conn, actor, action, model=model, target=str(deployment_id),
+                           detail=detail)
 
 
 async def previous_build(db: Database, model_id: int, current_id: int,

@@ -122,7 +122,8 @@ class Deployer:
                     raise ScaleFailed(f"Scaling to {replicas} replicas failed: {exc}") from None
             await rows.transition(self.db, current["id"], None, "scaled", actor=actor,
                                   detail={"from": current["replicas"], "to": replicas},
-                                  replicas=replicas)
+                                  replicas=replicas,
+                                  audited=("deployment.scale", model["name"]))
         return await rows.by_id(self.db, model["id"], current["id"])
 
     async def stop(self, model: dict, actor: str) -> dict:
@@ -134,8 +135,12 @@ class Deployer:
             serving = await rows.current(self.db, model["id"])
             if serving is None:  # it was only starting
                 await self.supervisor.stop(model["name"])
+                await rows.audited(self.db, actor, "deployment.stop", model["name"],
+                                   current["id"], {"build": current["build_number"]})
                 return await rows.by_id(self.db, model["id"], current["id"])
-            await rows.transition(self.db, serving["id"], "stopping", "stopping", actor=actor)
+            await rows.transition(self.db, serving["id"], "stopping", "stopping", actor=actor,
+                                  detail={"build": serving["build_number"]},
+                                  audited=("deployment.stop", model["name"]))
             await self.supervisor.stop(model["name"], drain_timeout=serving["timeout_s"])
             await rows.transition(self.db, serving["id"], "stopped", "stopped", actor=actor,
                                   finished=True, reason=f"stopped by {actor}")
@@ -145,7 +150,9 @@ class Deployer:
         """New replicas of the same deployment; ready before the old ones drain."""
         current = await self._current(model)
         build = await build_rows.row(self.db, model["id"], current["build_number"], model["name"])
-        await rows.transition(self.db, current["id"], None, "restarting", actor=actor)
+        await rows.transition(self.db, current["id"], None, "restarting", actor=actor,
+                              detail={"build": current["build_number"]},
+                              audited=("deployment.restart", model["name"]))
         self._spawn(self._roll_out(model["name"], current, build, actor, restart=True))
         return current
 
