@@ -3,16 +3,20 @@ a restart or `modelport gc`, and a build it was making is built again, or failed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import MODELPORT, pack_bytes, upload_build, wait_build, write_project
+from tests.e2e.test_deployments import Deployed
 
 TYPED = "def predict(a: float, b: float = 1.0) -> float:\n    return a + b\n"
 SCRATCH_GLOBS = ("uploads/*", ".build-*", ".wheels-*", "projects/.tmp-*", "envs/.tmp-*",
@@ -150,3 +154,80 @@ def test_sigkill_mid_build_leaves_no_folder_and_a_true_status(offline_server, tm
             assert wait_build(c, "m", queued.json()["number"])["status"] == "built"
     finally:
         release.touch()  # the orphaned backends, if they outlived the server, end now
+
+
+SLOW_ON_MINUS_ONE = ("import time\n\ndef predict(a: float) -> float:\n"
+                     "    if a == -1:\n        time.sleep(25)\n    return a + 1\n")
+SLOW_BOOT = ("import os\nimport time\n\nif os.environ.get('SLOW_BOOT'):\n    time.sleep(120)\n\n"
+             "def predict(a: float) -> float:\n    return a + 2\n")
+
+
+def serving_build(d, model: str) -> str | None:
+    r = d.predict(model, {"a": 1})
+    return r.headers.get("x-model-build") if r.status_code == 200 else None
+
+
+def long_call(d) -> None:
+    with contextlib.suppress(httpx.TransportError):  # the server is killed during it
+        d.predict("m", {"a": -1})
+
+
+def test_sigkill_after_a_rollout_switched_brings_back_the_new_build(offline_server, tmp_path):
+    """Build 1 still drains a long call when build 2 takes the traffic: the server is killed
+    then. After the restart build 2 serves, and the history says it has since the switch."""
+    srv = offline_server().start()
+    d = Deployed(srv, tmp_path)
+    d.model("m")
+    one = d.build("m", {"predict.py": SLOW_ON_MINUS_ONE})
+    two = d.build("m", {"predict.py": SLOW_BOOT})
+    first = d.deploy("m", one, replicas=2)  # one busy with the long call, one answering
+    slow = threading.Thread(target=long_call, args=(d,), daemon=True)
+    slow.start()  # build 1 is busy with it when the rollout drains build 1
+    until(lambda: sum(r["in_flight"] for r in d.c.get(
+        "/api/v1/models/m/replicas").json()["items"]) == 1, what="the long call")
+    second = d.deploy("m", two, wait=False)
+    until(lambda: serving_build(d, "m") == "2", what="build 2 taking the traffic")
+    switched = d.c.get(f"/api/v1/models/m/deployments/{second['id']}").json()
+    srv.stop(signal.SIGKILL)
+
+    srv.start()
+    until(lambda: serving_build(d, "m") == "2", what="build 2 serving after the restart")
+    assert d.predict("m", {"a": 1}).json() == 3.0
+    history = {x["id"]: x for x in d.c.get("/api/v1/models/m/deployments").json()["items"]}
+    new, old = history[second["id"]], history[first["id"]]
+    assert new["status"] == "deployed"
+    kinds = [e["kind"] for e in new["events"]]
+    assert kinds.index("deployed") < kinds.index("restoring")  # it served before the kill
+    deployed_at = next(e["at"] for e in new["events"] if e["kind"] == "deployed")
+    assert deployed_at == next(e["at"] for e in switched["events"] if e["kind"] == "deployed")
+    assert old["status"] == "stopped" and old["reason"] == f"replaced by deployment {second['id']}"
+    assert old["finished_at"] == deployed_at  # replaced in the write that switched
+    assert "restoring" not in [e["kind"] for e in old["events"]]
+
+
+def test_sigkill_mid_rollout_keeps_the_old_build_and_says_the_new_one_never_served(
+        offline_server, tmp_path):
+    srv = offline_server().start()
+    d = Deployed(srv, tmp_path)
+    d.model("m")
+    one = d.build("m", {"predict.py": SLOW_ON_MINUS_ONE})
+    two = d.build("m", {"predict.py": SLOW_BOOT})
+    first = d.deploy("m", one)
+    second = d.deploy("m", two, wait=False, env={"SLOW_BOOT": "1"})  # boots for two minutes
+    until(lambda: d.c.get(f"/api/v1/models/m/deployments/{second['id']}").json()["status"]
+          == "deploying", what="the rollout")
+    assert serving_build(d, "m") == "1"
+    srv.stop(signal.SIGKILL)
+
+    srv.start()
+    until(lambda: serving_build(d, "m") == "1", what="build 1 serving after the restart")
+    assert d.predict("m", {"a": 1}).json() == 2.0
+    history = {x["id"]: x for x in d.c.get("/api/v1/models/m/deployments").json()["items"]}
+    new, old = history[second["id"]], history[first["id"]]
+    assert new["status"] == "failed" and "interrupted" in new["reason"]
+    kinds = [e["kind"] for e in new["events"]]
+    assert "interrupted" in kinds and "deployed" not in kinds
+    assert old["status"] == "deployed" and "replaced" not in [e["kind"] for e in old["events"]]
+    until(lambda: "restored" in [e["kind"] for e in d.c.get(
+        "/api/v1/models/m/deployments/current").json()["events"]], what="the restored event")
+    assert d.c.get("/api/v1/models/m/deployments/current").json()["id"] == first["id"]

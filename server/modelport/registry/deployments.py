@@ -165,10 +165,7 @@ async def transition(db: Database, deployment_id: int, status: str | None, kind:
         if sets:
             await conn.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?",
                                (*params, deployment_id))
-        await conn.execute(
-            "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (deployment_id, at, kind, actor, msgspec.json.encode(detail or {}).decode()))
+        await _event(conn, deployment_id, at, kind, actor, detail or {})
         if audited is not None:
             action, model = audited
             await audit.record(conn, actor or "system", action, model=model,
@@ -181,6 +178,33 @@ async def audited(db: Database, actor: str, action: str, model: str, deployment_
     async with db.write() as conn:
         await audit.record(conn, actor, action, model=model, target=str(deployment_id),
                            detail=detail)
+
+
+async def switched(db: Database, deployment_id: int, *, actor: str | None,
+                   detail: dict) -> None:
+    """One write at the moment a deployment takes the model's traffic: it is deployed, and the
+    earlier ones still active (the one it replaces, any left half-way) are stopped."""
+    at = now_iso()
+    async with db.write() as conn:
+        await conn.execute("UPDATE deployments SET status = 'deployed' WHERE id = ?",
+                           (deployment_id,))
+        await _event(conn, deployment_id, at, "deployed", actor, detail)
+        cur = await conn.execute(
+            "UPDATE deployments SET status = 'stopped', finished_at = ?, reason = ? WHERE"
+            " model_id = (SELECT model_id FROM deployments WHERE id = ?) AND id < ? AND status IN"
+            f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
+            (at, f"replaced by deployment {deployment_id}", deployment_id, deployment_id,
+             *ACTIVE_DEPLOYMENT))
+        for replaced in await cur.fetchall():
+            await _event(conn, replaced["id"], at, "replaced", None, {"by": deployment_id})
+
+
+async def _event(conn, deployment_id: int, at: str, kind: str, actor: str | None,
+                 detail: dict) -> None:
+    await conn.execute(
+        "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (deployment_id, at, kind, actor, msgspec.json.encode(detail).decode()))
 
 
 async def previous_build(db: Database, model_id: int, current_id: int,

@@ -165,26 +165,36 @@ class Deployer:
                 return
             if not restart:
                 await rows.transition(self.db, row["id"], "deploying", "deploying", actor=actor)
+            switched = False
+
+            async def record_switch() -> None:
+                """The new group is ready and about to take the traffic: the registry says so
+                first, in one write (deployed, and what it replaces stopped), so that whenever
+                the server dies, a restart brings back what clients were last served."""
+                nonlocal switched
+                await rows.switched(self.db, row["id"], actor=actor,
+                                    detail={"replicas": spec.replicas})
+                switched = True
+
             try:
                 spec = await self.spec_for(name, row, build)
                 self._go_on(row["id"])
-                await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
+                await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"],
+                                             on_switch=None if restart else record_switch)
             except Interrupted as exc:
                 await self._interrupted(row, str(exc), restart)
                 return
             except (GroupFailed, deps.DependencyError, OSError) as exc:
-                await self._failed(row, str(exc), restart)
+                if not switched:
+                    await self._failed(row, str(exc), restart)
                 return
             except Exception as exc:
                 log.exception("deployment %s of %s failed", row["id"], name)
-                await self._failed(row, f"internal error: {exc!r}", restart)
+                if not switched:
+                    await self._failed(row, f"internal error: {exc!r}", restart)
                 return
             if restart:
                 await rows.transition(self.db, row["id"], None, "restarted", actor=actor)
-                return
-            await rows.transition(self.db, row["id"], "deployed", "deployed", actor=actor,
-                                  detail={"replicas": spec.replicas})
-            await self._retire_others(name, row["id"])
 
     @contextlib.asynccontextmanager
     async def _turn(self, name: str, deployment_id: int):
@@ -232,16 +242,6 @@ class Deployer:
         await rows.transition(self.db, row["id"], "failed", "failed", reason=reason, finished=True,
                               detail={"error": reason})
 
-    async def _retire_others(self, name: str, keep_id: int) -> None:
-        """The deployments this one replaced are stopped, in the registry too."""
-        model_id = await self.db.value("SELECT model_id FROM deployments WHERE id = ?", (keep_id,))
-        for other in await self.db.all(
-                "SELECT id FROM deployments WHERE model_id = ? AND id != ? AND status IN"
-                " ('pending', 'deploying', 'deployed', 'stopping')", (model_id, keep_id)):
-            await rows.transition(self.db, other["id"], "stopped", "replaced", finished=True,
-                                  reason=f"replaced by deployment {keep_id}",
-                                  detail={"by": keep_id})
-
     async def spec_for(self, name: str, row: dict, build: dict) -> GroupSpec:
         """Everything a replica needs on disk, from the store alone (no package index)."""
         manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build["manifest"]))
@@ -284,9 +284,10 @@ class Deployer:
             elif row["status"] == "stopping":
                 await rows.transition(self.db, row["id"], "stopped", "stopped", finished=True,
                                       reason="stopped (the server restarted while stopping)")
-            else:
-                await rows.transition(self.db, row["id"], "failed", "failed", finished=True,
-                                      reason="interrupted by a server restart")
+            else:  # it never took traffic: a deployment takes it in the write that says so
+                await rows.transition(self.db, row["id"], "failed", "interrupted", finished=True,
+                                      reason="interrupted by a server restart before it took "
+                                      "traffic")
         for name, row in latest.items():
             build = await self.db.one("SELECT * FROM builds WHERE id = ?", (row["build_id"],))
             await rows.transition(self.db, row["id"], None, "restoring",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from modelport.sandboxing import Sandbox
@@ -63,10 +64,19 @@ class Supervisor:
         self.active[group.spec.model] = group
         return old if old is not group else None
 
-    async def deploy(self, spec: GroupSpec, *, drain_timeout: float | None = None) -> ReplicaGroup:
+    async def deploy(self, spec: GroupSpec, *, drain_timeout: float | None = None,
+                     on_switch: Callable[[], Awaitable[None]] | None = None) -> ReplicaGroup:
         """Zero downtime: start the new group, switch to it once ready, then drain the old one
-        (this returns after the drain). On GroupFailed the old group keeps serving."""
+        (this returns after the drain). On GroupFailed the old group keeps serving.
+        ``on_switch`` runs when the new group is ready, just before the switch (nothing awaits
+        between them); should it fail, the new group is drained and the old one keeps serving."""
         group = await self.start_group(spec, route_while_starting=True)
+        if on_switch is not None:
+            try:
+                await on_switch()
+            except BaseException:
+                await self.retire(group, drain_timeout)
+                raise
         old = self.activate(group)
         if old is not None:
             await self.retire(old, drain_timeout)
