@@ -84,7 +84,9 @@ def bench(tmp_path_factory):
 
 def per_request(benchmark, fn) -> None:
     benchmark.pedantic(fn, rounds=30, iterations=1, warmup_rounds=2)
-    benchmark.extra_info["per_request_us"] = round(benchmark.stats.stats.mean / BATCH * 1e6, 1)
+    if benchmark.stats is not None:  # None when untimed (--benchmark-disable)
+        benchmark.extra_info["per_request_us"] = round(benchmark.stats.stats.mean / BATCH * 1e6,
+                                                       1)
 
 
 def test_balancer_replica_round_trip(benchmark, bench):

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-MODELS, BUILDS = 10_000, 10
+from tests.bench.conftest import quick
+
+MODELS, BUILDS = (300, 3) if quick() else (10_000, 10)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,8 @@ def big_registry(tmp_path_factory):
 
 
 def _p99(samples: list[float]) -> float:
+    if len(samples) < 2:  # one untimed round
+        return samples[0] * 1000
     return statistics.quantiles(samples, n=100)[98] * 1000
 
 

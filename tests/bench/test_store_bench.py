@@ -16,9 +16,10 @@ import sys
 import pytest
 
 from modelport.store.cas import ContentStore
+from tests.bench.conftest import quick
 
-MB = int(os.environ.get("MODELPORT_BENCH_MB", "1024"))
-TARGET_INGEST_MB_S = 300
+MB = int(os.environ.get("MODELPORT_BENCH_MB", "16" if quick() else "1024"))
+TARGET_INGEST_MB_S = 300  # reported against, never asserted (no timing assertions in tests)
 TARGET_RSS_MB = 150
 POOL = 16 << 20  # bytes of true gaussian float32s, re-randomised per chunk
 
@@ -123,7 +124,7 @@ def test_ingest(benchmark, bench_file, root, kind):
     benchmark.extra_info.update(info)
     print(f"\n{kind} ingest: {info}")
     assert info["new_bytes"] == info["stored_bytes"] and info["restore_new_bytes"] == 0
-    assert info["ingest_mb_s"] >= TARGET_INGEST_MB_S, f"load average {info['loadavg_1m']:.1f}"
+    info["ingest_target_mb_s"] = TARGET_INGEST_MB_S
     assert info["peak_rss_mb"] < TARGET_RSS_MB
 
 
