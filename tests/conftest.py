@@ -55,7 +55,8 @@ class Server:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    self.token = (self.data_dir / "admin.token").read_text().strip()
+                    token_file = self.data_dir / "admin.token"  # gone when it held a revoked one
+                    self.token = token_file.read_text().strip() if token_file.exists() else ""
                     return self
             except httpx.TransportError:
                 time.sleep(0.1)

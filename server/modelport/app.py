@@ -7,6 +7,7 @@ import gc
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
@@ -28,7 +29,8 @@ from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
 from modelport.auth import Auth, permission_guard
 from modelport.builder.pipeline import Builder
-from modelport.datadir import DataDirLock, prepare, tighten, write_admin_token
+from modelport.datadir import (TOKENS_CHANGED, DataDirLock, prepare, tighten,
+                               write_admin_token)
 from modelport.errors import handle_exception
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
@@ -76,6 +78,13 @@ def clean_leftovers(settings: Settings, store: ContentStore) -> None:
                  "mid-way", temps, swept.freed_bytes / 1e6)
 
 
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 async def _every(seconds: float, job) -> None:
     while True:
         await asyncio.sleep(seconds)
@@ -91,7 +100,7 @@ class Services:
     def __init__(self, settings: Settings, lock: DataDirLock | None = None):
         self.settings, self._lock = settings, lock
         self.db = Database(settings.registry_path)
-        self.auth = Auth(self.db)
+        self.auth = Auth(self.db, settings.admin_token_path)
         self.deployer: Deployer | None = None
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
@@ -135,14 +144,25 @@ class Services:
                      supervisor=self.supervisor, routes=self.routes, deployer=self.deployer,
                      monitor=self.monitor, sandbox=self.sandbox)
         state.admin_token = await first_start(self.auth, s)
+        await self.auth.drop_stale_token_file()
         await self.builder.start()
         await self.deployer.restore()
+        self._tokens_seen = await asyncio.to_thread(_mtime, s.run_dir / TOKENS_CHANGED)
         self._jobs = [asyncio.create_task(_every(5.0, self.auth.flush_usage)),
+                      asyncio.create_task(_every(1.0, self._tokens_changed)),
                       asyncio.create_task(self.monitor.run())]
         # What start-up made (the app, its routes, the libraries) lives as long as the server: out
         # of the collector's sight, a full collection no longer walks it (a pause in predictions).
         gc.collect()
         gc.freeze()
+
+    async def _tokens_changed(self) -> None:
+        """`modelport admin reset-token` wrote the registry from outside: take its token in."""
+        seen = await asyncio.to_thread(_mtime, self.settings.run_dir / TOKENS_CHANGED)
+        if seen != self._tokens_seen:
+            self._tokens_seen = seen
+            await self.auth.load()
+            log.info("tokens reloaded: they were changed from the data dir (admin reset-token)")
 
     async def close(self) -> None:
         for job in self._jobs:

@@ -9,8 +9,11 @@ where a presented secret is checked against one known hash, `hmac.compare_digest
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -18,11 +21,14 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from modelport.clock import in_days_iso, now_iso
+from modelport.datadir import drop_admin_token
 from modelport.errors import AuthDenied, AuthInvalid, AuthMissing, Conflict
 from modelport.registry import models as model_rows
 from modelport.registry import tokens as token_rows
 from modelport.registry.db import Database
 from modelport.registry.records import Token
+
+log = logging.getLogger("modelport.auth")
 
 TOKEN_PREFIX = "mp_tok_"
 KEY_PREFIX = "mp_key_"
@@ -71,8 +77,8 @@ def bearer(header: str | None) -> str:
 class Auth:
     """Who a token or key is; loaded once from the registry, kept current by every change."""
 
-    def __init__(self, db: Database):
-        self.db = db
+    def __init__(self, db: Database, token_file: Path | None = None):
+        self.db, self.token_file = db, token_file  # token_file: the data dir's admin.token
         self._tokens: dict[str, Identity] = {}
         self._keys: dict[str, str] = {}  # access key hash → model name
         self._used: dict[str, str] = {}
@@ -138,7 +144,15 @@ class Auth:
                            "everyone out of the API. Create another admin token first.")
         token = await token_rows.revoke(self.db, token_id, actor)
         self._tokens = {h: i for h, i in self._tokens.items() if i.id != token_id}
+        await self.drop_stale_token_file()
         return token
+
+    async def drop_stale_token_file(self) -> None:
+        """``admin.token`` never holds a token that no longer works here (revoked, unknown)."""
+        if self.token_file is not None and await asyncio.to_thread(
+                drop_admin_token, self.token_file, self._tokens.__contains__):
+            log.warning("removed %s: the token in it is revoked (`modelport admin reset-token` "
+                        "makes a new one)", self.token_file)
 
     def new_model_key(self, model: str) -> tuple[str, str]:
         """A fresh access key for a model: (secret, hash); `remember_key` once it is stored."""

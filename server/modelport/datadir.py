@@ -111,8 +111,29 @@ def _chmod(path: Path, mode: int) -> int:
 
 
 def write_admin_token(path: Path, secret: str) -> None:
-    """Write the first admin token where the CLI on this machine finds it: mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write an admin token where the CLI on this machine finds it (the first one, or one made by
+    `modelport admin reset-token`): mode 0600 from the first byte, replacing the file whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secret + "\n")
-    os.chmod(path, 0o600)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def drop_admin_token(path: Path, keep) -> bool:
+    """Remove ``admin.token`` unless ``keep(sha256 of the token in it)``: the file never holds a
+    revoked token (revoking it, or a server finding one there at start, removes it)."""
+    import hashlib
+
+    try:
+        secret = path.read_text().strip()
+    except OSError:
+        return False
+    if secret and keep(hashlib.sha256(secret.encode()).hexdigest()):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+TOKENS_CHANGED = "tokens.changed"  # in run/: touched when tokens change outside the server
