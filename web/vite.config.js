@@ -13,7 +13,11 @@ const outDir = fileURLToPath(new URL("../server/modelport/static", import.meta.u
 function swaggerUiOffline() {
   const dir = fileURLToPath(new URL("node_modules/swagger-ui-dist/", import.meta.url));
   const { version } = JSON.parse(readFileSync(`${dir}package.json`, "utf8"));
-  const files = { "bundle.js": "swagger-ui-bundle.js", "preset.js": "swagger-ui-standalone-preset.js", "ui.css": "swagger-ui.css" };
+  const files = {
+    "bundle.js": "swagger-ui-bundle.js",
+    "preset.js": "swagger-ui-standalone-preset.js",
+    "ui.css": "swagger-ui.css",
+  };
   return {
     name: "swagger-ui-offline",
     generateBundle() {

@@ -53,7 +53,12 @@ export async function errorFrom(response) {
   }
   const err = body && body.error;
   if (err && typeof err === "object") {
-    return new ApiError(response.status, err.code || "", err.message || statusWords(response.status), err.field || null);
+    return new ApiError(
+      response.status,
+      err.code || "",
+      err.message || statusWords(response.status),
+      err.field || null,
+    );
   }
   return new ApiError(response.status, "", `${statusWords(response.status)} (HTTP ${response.status}).`);
 }

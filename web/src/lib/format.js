@@ -1,7 +1,12 @@
 // How numbers, sizes, times and durations read on screen.
 
 const dateTime = new Intl.DateTimeFormat(undefined, {
-  year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
 });
 
 export function when(iso) {
@@ -16,7 +21,7 @@ export function duration(seconds) {
   if (s < 60) return `${s}s`;
   const m = Math.floor(s / 60);
   const two = (big, bigUnit, small, smallUnit) =>
-    small ? `${big}${bigUnit} ${small}${smallUnit}` : `${big}${bigUnit}`;  // "1m", not "1m 0s"
+    small ? `${big}${bigUnit} ${small}${smallUnit}` : `${big}${bigUnit}`; // "1m", not "1m 0s"
   if (m < 60) return two(m, "m", s % 60, "s");
   const h = Math.floor(m / 60);
   if (h < 48) return two(h, "h", m % 60, "m");

@@ -32,7 +32,8 @@ function kindOf(schema, root) {
     if (rest.length !== 1) return { kind: "json", nullable };
     s = deref(rest[0], root);
   }
-  if (Array.isArray(s.enum) && s.enum.every((v) => typeof v === "string")) return { kind: "enum", nullable, values: s.enum };
+  if (Array.isArray(s.enum) && s.enum.every((v) => typeof v === "string"))
+    return { kind: "enum", nullable, values: s.enum };
   if (["number", "integer", "string", "boolean"].includes(s.type)) return { kind: s.type, nullable };
   return { kind: "json", nullable };
 }
@@ -48,7 +49,11 @@ export function fieldsOf(schema) {
     const p = deref(prop, schema);
     const { kind, nullable, values } = kindOf(prop, schema);
     return {
-      name, kind, nullable, values: values || null, required: required.has(name),
+      name,
+      kind,
+      nullable,
+      values: values || null,
+      required: required.has(name),
       hasDefault: "default" in p || "default" in prop,
       default: "default" in prop ? prop.default : p.default,
       description: p.description || prop.description || "",

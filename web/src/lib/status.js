@@ -1,10 +1,23 @@
 // Which colour a state gets, everywhere: ok (green), info (blue), warn (amber), bad (red), idle (grey).
 const TONES = {
-  deployed: "ok", built: "ok", ready: "ok", success: "ok",
-  pending: "info", deploying: "info", building: "info", starting: "info", queued: "idle",
-  stopping: "warn", draining: "warn", replaced: "idle",
-  failed: "bad", crashed: "bad", error: "bad",
-  stopped: "idle", exited: "idle", "not deployed": "idle",
+  deployed: "ok",
+  built: "ok",
+  ready: "ok",
+  success: "ok",
+  pending: "info",
+  deploying: "info",
+  building: "info",
+  starting: "info",
+  queued: "idle",
+  stopping: "warn",
+  draining: "warn",
+  replaced: "idle",
+  failed: "bad",
+  crashed: "bad",
+  error: "bad",
+  stopped: "idle",
+  exited: "idle",
+  "not deployed": "idle",
 };
 
 export function tone(status) {
