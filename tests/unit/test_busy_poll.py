@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
+from modelport.runtime import busy_poll
 from modelport.runtime.busy_poll import Gap, Spinner
 from modelport.serving.poller import Poller
 
@@ -72,7 +72,21 @@ def test_off_never_polls():
         loop.close()
 
 
-def test_the_spinner_stops_at_its_deadline_and_when_not_allowed():
+class StepClock:
+    """A perf_counter that moves ``step`` seconds a reading, whatever the machine is doing."""
+
+    def __init__(self, step: float = 1e-6) -> None:
+        self.now, self.step = 100.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_spinner_stops_at_its_deadline_when_late_and_when_not_allowed(monkeypatch):
+    clock = StepClock()
+    monkeypatch.setattr(busy_poll, "_clock", clock)
+
     async def main():
         loop = asyncio.get_running_loop()
         turns = 0
@@ -84,16 +98,27 @@ def test_the_spinner_stops_at_its_deadline_and_when_not_allowed():
             return allowed
 
         spinner = Spinner(allow)
-        spinner.spin(loop, time.perf_counter() + 0.01)
-        await asyncio.sleep(0.05)
-        assert not spinner._on and turns > 1  # it turned, then stopped by itself
-        spinner.spin(loop, time.perf_counter() + 60)
+        spinner.spin(loop, clock.now + 20e-6)  # about ten turns of the clock
+        while spinner._on:
+            await asyncio.sleep(0)
+        assert 1 < turns < 20  # it turned, then stopped by itself at the deadline
+
+        turns = 0
+        spinner.spin(loop, clock.now + 60)
+        await asyncio.sleep(0)
+        clock.now += 2 * busy_poll.LATE_TURN_S  # a turn comes back late: another process ran
+        while spinner._on:
+            await asyncio.sleep(0)
+        assert turns >= 1
+
+        spinner.spin(loop, clock.now + 60)
         await asyncio.sleep(0)
         allowed = False
-        await asyncio.sleep(0.01)
+        while spinner._on:
+            await asyncio.sleep(0)
         assert not spinner._on
 
-    asyncio.run(main())
+    asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_the_server_polls_only_while_one_call_is_out():
