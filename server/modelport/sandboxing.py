@@ -149,6 +149,29 @@ class Sandbox:
                 *(["--supervise"] if supervise else []), "--policy", policy.to_json(), "--",
                 *argv]
 
+    def uv_jail(self, *, index_url: str | None, find_links: Sequence[str | Path],
+                no_index: bool):
+        """The jail of a build's uv runs (builder/wheelhouse.py's Jail), or None when off: uv
+        reads the system, itself, the local find-links folders and what it is given; writes its
+        cache and what it is given; TCP only to the index's ports when it needs the index, no
+        socket at all when not. Its launcher stays as its parent, so that everything it started
+        (build backends) dies with it, or with the server."""
+        if not self.enabled:
+            return None
+        ports = index_ports(index_url, find_links, no_index)
+        folders = [Path(f) for f in find_links if "://" not in str(f)]
+        cache = uv_cache_dir()
+
+        def jail(argv: list[str], read: Sequence[Path], write: Sequence[Path],
+                 network: bool) -> tuple[list[str], dict[str, str]]:
+            cache.mkdir(parents=True, exist_ok=True)
+            policy = uv_policy(uv=argv[0], read=[*folders, *read], write=[cache, *write],
+                               ports=ports if network else None)
+            env = {"UV_CACHE_DIR": str(cache), "TMPDIR": str(write[0] if write else cache)}
+            return self.command(sys.executable, policy, argv, supervise=True), env
+
+        return jail
+
     def fresh_tmp(self, name: str) -> Path:
         """An empty private temp dir ``<data dir>/run/tmp/<name>`` (blocking)."""
         path = self.tmp_root / name

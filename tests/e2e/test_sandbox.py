@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from modelport.runtime import sandbox
-from tests.conftest import Server, free_port, server_env
+from tests.conftest import Server, free_port, pack_bytes, server_env, upload_build, write_project
 from tests.e2e.test_deployments import Deployed, _alive, typed
 
 PROTECTIONS = sandbox.probe()
@@ -232,33 +232,92 @@ def predict(x: int) -> int:
     return x
 '''
 
+# A local package whose own build backend (run by uv while it locks) does the same.
+SLOW_BACKEND = "def _hang(*args, **kwargs):\n" + "".join(
+    "    " + line + "\n" for line in SLOW_IMPORT.strip().splitlines()[:5]) + (
+    "get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _hang\n")
+IN_TREE = ('[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+           '[project]\nname = "{name}"\nversion = "1.0"\n')
+PROJECTS = {
+    "inspect": {"predict.py": SLOW_IMPORT},
+    "uv": {"predict.py": typed(1.0), "requirements.txt": "./slowpkg\n",
+           "slowpkg/backend.py": SLOW_BACKEND, "slowpkg/pyproject.toml": IN_TREE.format(name="slowpkg")},
+}
+
 
 @pytest.mark.slow
-def test_a_server_killed_mid_build_leaves_no_build_process(offline_server, tmp_path):
+@pytest.mark.parametrize("step", ["inspect", "uv"])
+def test_a_server_killed_mid_build_leaves_no_build_process(offline_server, tmp_path, step):
+    """SIGKILL while the model is imported (inspect) or a package's build backend runs (uv):
+    neither it, nor what it started, nor uv outlives the server."""
     srv = offline_server().start()
     d = Deployed(srv, tmp_path)
     d.model("slow")
-    from tests.conftest import pack_bytes, upload_build, write_project
-
-    folder = write_project(tmp_path / "slow", {"predict.py": SLOW_IMPORT})
-    upload_build(d.c, "slow", pack_bytes(folder), entrypoint="predict.py:predict")
+    folder = write_project(tmp_path / "slow", PROJECTS[step])
+    fields = {"requirements": "requirements.txt"} if step == "uv" else {}
+    upload_build(d.c, "slow", pack_bytes(folder), entrypoint="predict.py:predict", **fields)
     deadline, pids = time.monotonic() + 120, []
     while time.monotonic() < deadline and not pids:
-        found = list((srv.data_dir / "run" / "tmp").glob("build-*/pids"))
-        if found and found[0].read_text().endswith("\n"):
-            pids = [int(p) for p in found[0].read_text().split()]
+        pids = _written_pids(srv.data_dir)
         time.sleep(0.1)
     assert len(pids) == 2 and all(_alive(p) for p in pids)
-    launcher = [p for p in _processes_under(srv.data_dir) if p not in pids]
+    others = [p for p in _processes_under(srv.data_dir) if p not in pids]
+    assert others  # the launcher (and uv) are running too
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait(10)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (any(_alive(p) for p in pids)
                                            or _processes_under(srv.data_dir)):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in pids), "the inspect step or its child outlived the server"
+    assert not any(_alive(p) for p in pids), f"the {step} step or its child outlived the server"
     assert not _processes_under(srv.data_dir), "a build process outlived the server"
-    assert launcher  # the supervising launcher was there, and is gone too
+
+
+EVIL_BACKEND = '''
+from pathlib import Path
+
+def _seen():
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / "registry.sqlite3").exists() or folder.name.startswith("data"):
+            try:
+                return "read " + (folder / "admin.token").read_text()
+            except Exception as exc:
+                return f"refused: {type(exc).__name__}"
+    return "no data dir"
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("the backend " + _seen())
+
+get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _fail
+'''
+
+
+@needs_landlock
+def test_a_build_backend_run_by_uv_is_confined(world):
+    """A requirement on a local package runs that package's own build backend while uv locks:
+    it finds the data dir above its folder, and cannot read the token there."""
+    world.model("backend")
+    files = {"predict.py": typed(1.0), "requirements.txt": "./evilpkg\n",
+             "evilpkg/backend.py": EVIL_BACKEND, "evilpkg/pyproject.toml": IN_TREE.format(name="evilpkg")}
+    number = world.build("backend", files, requirements="requirements.txt")
+    build = world.c.get(f"/api/v1/models/backend/builds/{number}").json()
+    assert build["status"] == "failed"
+    log = world.c.get(f"/api/v1/models/backend/builds/{number}/log").text
+    assert "the backend refused: PermissionError" in log
+    assert world.srv.token not in log and world.srv.token not in build["error"]
+
+
+def _written_pids(data: Path) -> list[int]:
+    """The pids the hanging step wrote to its temp dir (somewhere under the data dir: the
+    build's folders come and go meanwhile)."""
+    try:
+        for found in data.rglob("pids"):
+            text = found.read_text()
+            if text.endswith("\n"):
+                return [int(p) for p in text.split()]
+    except OSError:
+        pass
+    return []
 
 
 def _processes_under(folder: Path) -> list[int]:

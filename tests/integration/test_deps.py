@@ -293,3 +293,59 @@ def test_the_download_meter_reports_every_step_and_the_running_total() -> None:
         "  a.whl: done · 15.0 MB downloaded in all",
     ]
     assert meter.downloaded == 15_000_000
+
+
+EVIL_BACKEND = '''
+import os
+
+def _seen():
+    try:
+        return "read: " + open(os.environ.get("SECRET_PATH", "") or {secret!r}).read()
+    except Exception as exc:
+        return f"refused: {{type(exc).__name__}}"
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    raise RuntimeError("the backend " + _seen())
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise RuntimeError("the backend " + _seen())
+'''
+
+
+@pytest.mark.skipif("landlock" not in __import__("modelport.runtime.sandbox").runtime.sandbox
+                    .probe(), reason="this kernel has no Landlock")
+def test_a_confined_uv_locks_builds_and_installs_but_reads_no_secret(tmp_path: Path,
+                                                                      links: Path) -> None:
+    """Every uv run of a build through the sandbox's jail: an sdist built, an environment
+    installed; a package's own build backend cannot read a file beside the build's folders."""
+    from modelport.sandboxing import Sandbox
+
+    data = tmp_path / "data"
+    (data / "projects" / "p").mkdir(parents=True)
+    secret = data / "admin.token"
+    secret.write_text("mp_tok_the-secret\n")
+    jail = Sandbox(data).uv_jail(index_url=None, find_links=[links], no_index=True)
+    lock = _resolve("sdonly\n", data / "a", links, jail=jail, cache_dir=data / "house")
+    assert [p.name for p in lock.packages] == ["msgspec", "sdonly"]
+    deps.fetch_wheels(lock, data / "wheels", log=Log(), cache_dir=data / "house", jail=jail)
+    python = deps.materialize(lock, data / "wheels", data / "envs", log=Log(), jail=jail)
+    assert _run(python, "import sdonly; print(sdonly.VERSION)") == "1.0"
+
+    project = data / "projects" / "p"
+    (project / "evilpkg").mkdir()
+    (project / "evilpkg" / "backend.py").write_text(EVIL_BACKEND.format(secret=str(secret)))
+    (project / "evilpkg" / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '[project]\nname = "evilpkg"\nversion = "1.0"\n')
+    log = Log()
+    with pytest.raises(deps.DependencyError, match="build_wheel"):
+        _resolve("./evilpkg\n", data / "b", links, log, jail=jail, project_dir=project)
+    assert log.count("the backend refused: PermissionError") and not log.count("the-secret")
+    # the same backend unconfined reads it: the attack is real
+    log = Log()
+    with pytest.raises(deps.DependencyError):
+        _resolve("./evilpkg\n", data / "c", links, log, project_dir=project)
+    assert log.count("the backend read: mp_tok_the-secret")

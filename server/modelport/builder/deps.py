@@ -20,6 +20,7 @@ import msgspec
 
 from modelport.builder.wheelhouse import (
     DependencyError,
+    Jail,
     Log,
     Wheelhouse,
     build_wheel,
@@ -32,6 +33,7 @@ from modelport.builder.wheelhouse import (
     uv_bin,
     uv_env,
 )
+from modelport.sandboxing import python_paths
 from modelport.scratch import scratch_dir
 
 __all__ = [
@@ -165,6 +167,7 @@ def resolve(
     no_index: bool = False,
     cache_dir: Path | None = None,
     project_dir: Path | None = None,
+    jail: Jail | None = None,
 ) -> Lock:
     """Lock the requirements (plus msgspec) for `python` with uv: exact pins with hashes, and
     the one wheel per package that this Python installs. A package published only as an sdist
@@ -179,9 +182,12 @@ def resolve(
     source = with_runtime_requirement(requirements_text)
     (workdir / "requirements.in").write_text(source)
     compiled = workdir / "requirements.lock"
+    # Confined, uv reads the interpreter and writes the work folder (and the project's own copy:
+    # a local package's build backend writes its metadata into its folder).
+    confined = dict(jail=jail, read=_reads(interpreter), write=[workdir, cwd])
     run_uv(["pip", "compile", "-", "--no-config", "--python", str(interpreter),
             "--generate-hashes", "--no-header", "--no-annotate", "-o", str(compiled), *index],
-           log=log, cwd=cwd, stdin=source)
+           log=log, cwd=cwd, stdin=source, **confined)
     text = normalize_lock_text(compiled.read_text())
     compiled.write_text(text)
     # The same requirements held to those pins, as pylock.toml: it names the one file per
@@ -192,9 +198,10 @@ def resolve(
     pylock = workdir / "pylock.toml"
     run_uv(["pip", "compile", "-", "--no-config", "--python", str(interpreter), "--format",
             "pylock.toml", "--quiet", "-c", str(pins), "-o", str(pylock), *index],
-           log=log, cwd=cwd, stdin=source)
+           log=log, cwd=cwd, stdin=source, **confined)
     house = Wheelhouse(cache_dir or default_cache_dir())
-    context = _Context(interpreter, index, house, workdir, log, _index_with_credentials(index_url))
+    context = _Context(interpreter, index, house, workdir, log, _index_with_credentials(index_url),
+                       jail)
     packages = sorted(
         (_locked(entry, context) for entry in tomllib.loads(pylock.read_text()).get("packages", [])),
         key=lambda p: p.name,
@@ -210,6 +217,12 @@ class _Context:
     workdir: Path
     log: Log
     auth: str | None
+    jail: Jail | None = None
+
+
+def _reads(interpreter: Path) -> list[Path]:
+    """What a confined uv reads to run this interpreter: its installation (and venv)."""
+    return [Path(p) for p in python_paths(interpreter)]
 
 
 def _ref(item: dict, base: Path) -> str:
@@ -241,7 +254,8 @@ def _locked(entry: dict, ctx: _Context) -> LockedPackage:
             raise DependencyError(f"{name} {version}: the index gave no sha256 for {ref}")
         path, sha256 = ctx.house.wheel_from_sdist(
             ref, sdist_sha256, interpreter=ctx.interpreter, index=ctx.index,
-            workdir=ctx.workdir, log=ctx.log, auth_from=ctx.auth)
+            workdir=ctx.workdir, log=ctx.log, auth_from=ctx.auth, jail=ctx.jail,
+            reads=_reads(ctx.interpreter))
         return LockedPackage(name, version or _wheel_version(path.name), path.name, sha256,
                              url=ref, sdist_sha256=sdist_sha256)
     if entry.get("directory"):
@@ -251,7 +265,7 @@ def _locked(entry: dict, ctx: _Context) -> LockedPackage:
         try:
             path, sha256 = ctx.house.put(build_wheel(
                 src, interpreter=ctx.interpreter, index=ctx.index, out=out, cwd=ctx.workdir,
-                log=ctx.log))
+                log=ctx.log, jail=ctx.jail, reads=_reads(ctx.interpreter)))
         finally:
             shutil.rmtree(out, ignore_errors=True)
         return LockedPackage(name, version or _wheel_version(path.name), path.name, sha256,
@@ -276,6 +290,7 @@ def fetch_wheels(
     find_links: Iterable[Path | str] = (),
     no_index: bool = False,
     cache_dir: Path | None = None,
+    jail: Jail | None = None,
 ) -> list[Path]:
     """Place the lock's wheels in `dest`, one per package (in the lock's order), each checked
     against its sha256: from `dest` itself, the wheel cache, the `find_links` folders, else
@@ -313,10 +328,12 @@ def fetch_wheels(
 
     def get(pkg: LockedPackage) -> None:
         if pkg.sdist_sha256:
+            interpreter = find_python(lock.python)
             _, sha256 = house.wheel_from_sdist(
-                pkg.url, pkg.sdist_sha256, interpreter=find_python(lock.python),
+                pkg.url, pkg.sdist_sha256, interpreter=interpreter,
                 index=index_args(index_url, no_index=no_index, find_links=find_links),
-                workdir=house.root / ".work", log=say, auth_from=auth)
+                workdir=house.root / ".work", log=say, auth_from=auth, jail=jail,
+                reads=_reads(interpreter))
             if sha256 != pkg.sha256:
                 raise DependencyError(
                     f"{pkg.name} {pkg.version}: the wheel built again from its sdist differs from "
@@ -401,6 +418,7 @@ def materialize(
     log: Log,
     interpreter: Path | None = None,
     compile_bytecode: bool = True,
+    jail: Jail | None = None,
 ) -> Path:
     """The environment for this lock at `env_root/<digest hex>/`, created once and shared by
     every build with the same lock; installed from `wheel_dir` only (no index, offline, every
@@ -429,7 +447,7 @@ def materialize(
         interpreter = interpreter or find_python(lock.python)
         tmp = env_root / f".tmp-{hexd}-{os.getpid()}"
         try:
-            _create_env(lock, wheel_dir, tmp, interpreter, compile_bytecode, log)
+            _create_env(lock, wheel_dir, tmp, interpreter, compile_bytecode, log, jail)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -444,11 +462,14 @@ def materialize(
 
 
 def _create_env(
-    lock: Lock, wheel_dir: Path, tmp: Path, interpreter: Path, compile_bytecode: bool, log: Log
+    lock: Lock, wheel_dir: Path, tmp: Path, interpreter: Path, compile_bytecode: bool, log: Log,
+    jail: Jail | None = None,
 ) -> None:
     log(f"Creating environment {lock.digest[7:19]} for Python {lock.python}")
+    tmp.mkdir()  # made here, so that a confined uv may write in it (and nowhere else of env_root)
+    confined = dict(jail=jail, read=[wheel_dir, *_reads(interpreter)], write=[tmp])
     run_uv(["venv", "--relocatable", "--no-config", "--no-project", "--python", str(interpreter),
-            str(tmp)], log=log, cwd=tmp.parent, offline=True)
+            str(tmp)], log=log, cwd=tmp, offline=True, **confined)
     requirements = tmp / "modelport-requirements.txt"
     requirements.write_text("".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n"
                                     for p in lock.packages))
@@ -457,7 +478,7 @@ def _create_env(
                 "--offline", "--no-index", "--find-links", str(wheel_dir), "--no-deps",
                 "--require-hashes", "-r", str(requirements),
                 *(["--compile-bytecode"] if compile_bytecode else [])],
-               log=log, cwd=tmp.parent, offline=True)
+               log=log, cwd=tmp, offline=True, **confined)
     (tmp / "modelport-lock.json").write_bytes(msgspec.json.encode(lock))
     with open(tmp / COMPLETE_MARKER, "w") as marker:
         marker.write(lock.digest + "\n")

@@ -216,7 +216,15 @@ class Builder:
     def _index_options(self) -> dict:
         s = self.settings
         return {"index_url": s.index_url, "find_links": s.find_links, "no_index": s.no_index,
-                "cache_dir": s.data_dir / "wheels"}
+                "cache_dir": s.data_dir / "wheels", "jail": self._jail()}
+
+    def _jail(self):
+        """How uv runs confined (None: as the server)."""
+        if self.sandbox is None:
+            return None
+        s = self.settings
+        return self.sandbox.uv_jail(index_url=s.index_url, find_links=s.find_links,
+                                    no_index=s.no_index)
 
     async def _requirements_text(self, row: dict, snapshot: mf.Snapshot) -> str:
         if not row["requirements"]:
@@ -260,7 +268,7 @@ class Builder:
             for w in wheels:
                 await asyncio.to_thread(self.store.copy_to, w.digest, tmp / w.filename)
             return await asyncio.to_thread(deps.materialize, lock, tmp,
-                                           self.settings.envs_dir, log=blog)
+                                           self.settings.envs_dir, log=blog, jail=self._jail())
 
     @staticmethod
     def _check_example(row: dict, example_input: Any, output: Any, blog) -> Any:

@@ -12,13 +12,16 @@ import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from modelport.scratch import scratch_dir
 
 Log = Callable[[str], None]
+# Confines a uv run (modelport.sandboxing.Sandbox.uv_jail): (argv, folders it reads, folders it
+# writes, whether it needs the index) → the confined argv and the variables to add.
+Jail = Callable[[list[str], Sequence[Path], Sequence[Path], bool], tuple[list[str], dict[str, str]]]
 CHUNK = 1 << 20
 REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold
 # Index settings uv would read from the environment; dropped where no index may be used.
@@ -58,14 +61,21 @@ def uv_env(offline: bool = False, extra: dict[str, str] | None = None) -> dict[s
 
 def run_uv(
     args: list[str], *, log: Log, cwd: Path, stdin: str | None = None, offline: bool = False,
-    extra_env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None, jail: Jail | None = None,
+    read: Sequence[Path] = (), write: Sequence[Path] = (),
 ) -> None:
     """Run uv, sending each line it prints to `log` (pins yes, their hashes no); a failure
-    raises DependencyError with uv's error text."""
+    raises DependencyError with uv's error text. With a `jail`, uv runs confined: it reads
+    `cwd`, `read` and the system, writes only `write` and its cache, and reaches the index only
+    when not `offline` (uv runs build backends: a package's own code)."""
+    argv, env = [uv_bin(), *args], uv_env(offline, extra_env)
+    if jail is not None:
+        argv, more = jail(argv, [cwd, *read], write, not offline)
+        env.update(more)
     proc = subprocess.Popen(
-        [uv_bin(), *args], cwd=cwd, env=uv_env(offline, extra_env),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        start_new_session=True,  # its own group: the sandbox's launcher kills what it leaves
     )
     if stdin is not None:
         def feed() -> None:
@@ -96,7 +106,8 @@ def _error_text(lines: list[str]) -> str:
 
 
 def build_wheel(
-    source: Path, *, interpreter: Path, index: list[str], out: Path, cwd: Path, log: Log
+    source: Path, *, interpreter: Path, index: list[str], out: Path, cwd: Path, log: Log,
+    jail: Jail | None = None, reads: Sequence[Path] = (),
 ) -> Path:
     """Build one wheel from an sdist or a project folder with `uv build` (isolated, its build
     requirements from `index`); with SOURCE_DATE_EPOCH set, most backends (setuptools, flit,
@@ -106,6 +117,8 @@ def build_wheel(
          *index, str(source)],
         log=log, cwd=cwd,
         extra_env={"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH)},
+        # a folder is built in place (setuptools writes build/ and *.egg-info into it)
+        jail=jail, read=[*reads], write=[cwd, out, *([source] if source.is_dir() else [])],
     )
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
@@ -247,7 +260,8 @@ class Wheelhouse:
 
     def wheel_from_sdist(
         self, url: str, sdist_sha256: str, *, interpreter: Path, index: list[str], workdir: Path,
-        log: Log, auth_from: str | None = None,
+        log: Log, auth_from: str | None = None, jail: Jail | None = None,
+        reads: Sequence[Path] = (),
     ) -> tuple[Path, str]:
         """The wheel built from this sdist: the one built before, else built now (the sdist
         checked against its hash) and kept. Returns (path in the house, sha256)."""
@@ -260,7 +274,7 @@ class Wheelhouse:
                                  auth_from=auth_from)
                 log(f"Building a wheel from {sdist.name}")
                 wheel = build_wheel(sdist, interpreter=interpreter, index=index, out=tmp / "out",
-                                    cwd=workdir, log=log)
+                                    cwd=tmp, log=log, jail=jail, reads=reads)
                 path, sha256 = self.put(wheel)
             record = self.root / "built" / sdist_sha256
             tmp_record = record.with_name(f".{record.name}.{os.getpid()}.tmp")
