@@ -34,6 +34,7 @@ from modelport.datadir import (TOKENS_CHANGED, DataDirLock, prepare, tighten,
 from modelport.errors import handle_exception
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
+from modelport.models import Models
 from modelport.observability.monitor import Monitor
 from modelport.registry import deployments as deployment_rows
 from modelport.registry.db import Database
@@ -111,6 +112,7 @@ class Services:
                                      sandbox=self.sandbox)
         self.routes = Routes(self.supervisor)
         self.monitor = Monitor(self.db, self.supervisor, self.routes)
+        self.models = Models(self.db, self.auth, self.routes, self.monitor.recorder)
         self._jobs: list[asyncio.Task] = []
 
     async def _on_change(self, group, event: str, detail: dict) -> None:
@@ -124,11 +126,7 @@ class Services:
         await self.db.open()
         await asyncio.to_thread(tighten, s.data_dir)  # the registry's -wal and -shm exist now
         await self.auth.load()
-        for row in await self.db.all(
-                "SELECT name, auth, rate_limit_per_s, rate_limit_burst FROM models"):
-            self.routes.set_model(row["name"], auth=bool(row["auth"]),
-                                  rate_limit_per_s=row["rate_limit_per_s"],
-                                  rate_limit_burst=row["rate_limit_burst"])
+        await self.models.load()
         self.store = await asyncio.to_thread(ContentStore, s.store_dir)
         await asyncio.to_thread(clean_leftovers, s, self.store)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
@@ -142,7 +140,8 @@ class Services:
         self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
         state.update(db=self.db, auth=self.auth, store=self.store, builder=self.builder,
                      supervisor=self.supervisor, routes=self.routes, deployer=self.deployer,
-                     monitor=self.monitor, sandbox=self.sandbox)
+                     monitor=self.monitor, sandbox=self.sandbox,
+                     models=self.models)
         state.admin_token = await first_start(self.auth, s)
         await self.auth.drop_stale_token_file()
         await self.builder.start()

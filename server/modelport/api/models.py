@@ -46,17 +46,9 @@ class ModelsController(Controller):
     @post("/", opt={"perm": "write"}, status_code=201)
     async def create(self, request: Request, data: JSONBody[ModelCreate]) -> ModelCreated:
         """Create a model; the response holds its access key, shown this once."""
-        app = state(request)
-        secret, key_hash = app.auth.new_model_key(data.name)
-        model = await rows.create(
-            app.db, name=data.name, description=data.description, auth=data.auth,
-            owner=who(request).actor, key_hash=key_hash, rate_limit_per_s=data.rate_limit_per_s,
-            rate_limit_burst=data.rate_limit_burst,
-        )
-        app.auth.remember_key(data.name, key_hash)
-        app.routes.set_model(data.name, auth=data.auth, rate_limit_per_s=model.rate_limit_per_s,
-                             rate_limit_burst=model.rate_limit_burst)
-        return ModelCreated(**msgspec.structs.asdict(model), access_key=secret)
+        return await state(request).models.create(
+            data.name, owner=who(request).actor, description=data.description, auth=data.auth,
+            rate_limit_per_s=data.rate_limit_per_s, rate_limit_burst=data.rate_limit_burst)
 
     @get("/", opt={"perm": "read"})
     async def list_models(self, request: Request, limit: Limit = None, cursor: Cursor = None) -> Page[Model]:
@@ -76,26 +68,14 @@ class ModelsController(Controller):
         """Change the description, the auth flag or the rate limit."""
         changes = {k: v for k, v in msgspec.structs.asdict(data).items()
                    if v is not msgspec.UNSET and (v is not None or k.startswith("rate_limit_"))}
-        model = await rows.update(state(request).db, name, who(request).actor, changes)
-        state(request).routes.set_model(name, auth=model.auth,
-                                        rate_limit_per_s=model.rate_limit_per_s,
-                                        rate_limit_burst=model.rate_limit_burst)
-        return model
+        return await state(request).models.update(name, who(request).actor, changes)
 
     @delete("/{name:str}", opt={"perm": "write"}, status_code=204)
     async def remove(self, request: Request, name: FromPath[str]) -> None:
         """Delete a model and its builds; refused while a deployment still serves it."""
-        app = state(request)
-        await rows.delete(app.db, name, who(request).actor)
-        app.auth.forget_model(name)
-        app.routes.drop_model(name)
-        app.monitor.recorder.forget(name)
+        await state(request).models.delete(name, who(request).actor)
 
     @post("/{name:str}/access-key/rotate", opt={"perm": "write"}, status_code=200)
     async def rotate_key(self, request: Request, name: FromPath[str]) -> AccessKey:
         """A new access key, shown once; the old one stops working at once."""
-        app = state(request)
-        secret, key_hash = app.auth.new_model_key(name)
-        await rows.set_access_key(app.db, name, who(request).actor, key_hash)
-        app.auth.remember_key(name, key_hash)
-        return AccessKey(secret)
+        return AccessKey(await state(request).models.rotate_key(name, who(request).actor))

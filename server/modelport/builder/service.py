@@ -131,11 +131,7 @@ async def import_build(app, model_name: str | None, actor: str, archive, limits)
         try:
             model = await model_rows.row(app.db, name)
         except ModelNotFound:
-            access_key, key_hash = app.auth.new_model_key(name)
-            await model_rows.create(app.db, name=name, description="", auth=True, owner=actor,
-                                    key_hash=key_hash)
-            app.auth.remember_key(name, key_hash)
-            app.routes.set_model(name, auth=True)
+            access_key = (await app.models.create(name, owner=actor)).access_key
             model = await model_rows.row(app.db, name)
         snap = await asyncio.to_thread(store.put_bytes, exchange.snapshot_bytes(manifest))
         put = await asyncio.to_thread(store.put_bytes, mf.encode(manifest))

@@ -49,6 +49,11 @@ async def list_models(db: Database, *, limit: int, cursor: str | None) -> Page[M
     return Page([_to_model(r, current.get(r["id"])) for r in rows], nxt)
 
 
+async def every(db: Database) -> list[Model]:
+    """Every model, without its deployment (what the gateway is told at start)."""
+    return [_to_model(r) for r in await db.all("SELECT * FROM models ORDER BY name")]
+
+
 async def create(
     db: Database, *, name: str, description: str, auth: bool, owner: str, key_hash: str,
     rate_limit_per_s: float | None = None, rate_limit_burst: int | None = None,
