@@ -106,6 +106,7 @@ class Services:
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
                                      logs_dir=settings.logs_dir, on_change=self._on_change,
+                                     prepare=self._prepare,
                                      tuning=Tuning(busy_poll_us=settings.busy_poll_us,
                                                    max_response_bytes=settings.max_response_mb
                                                    * 1024 * 1024),
@@ -118,6 +119,10 @@ class Services:
     async def _on_change(self, group, event: str, detail: dict) -> None:
         if self.deployer is not None:
             await self.deployer.on_change(group, event, detail)
+
+    async def _prepare(self, spec) -> list[str]:
+        """Before each replica starts: its build's project folder checked, restored if need be."""
+        return await self.builder.projects.before_start(spec.digest)
 
     async def open(self, state: State) -> None:
         s = self.settings

@@ -3,13 +3,17 @@ deployment env values sealed in the registry, and served project folders checked
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import MODELPORT
 from tests.e2e.test_deployments import Deployed
 
 pytestmark = pytest.mark.slow
@@ -114,3 +118,113 @@ def test_data_dir_modes_are_fixed_at_start_whatever_they_were(offline_server, tm
     d.build("env", {"predict.py": ECHO_ENV + "\n"})
     for path in (data / "logs").rglob("*"):
         assert _mode(path) & 0o077 == 0, path
+
+
+ORIGINAL = 'def predict(x: int) -> str:\n    return "original"\n'
+EVIL = 'def predict(x: int) -> str:\n    return "tampered"\n'
+
+
+def _tamper(path: Path, text: str) -> None:
+    """What a hostile model running as the server's user could do to a served file."""
+    os.chmod(path, 0o644)
+    path.write_text(text)
+
+
+def _events(d: Deployed, name: str) -> list[dict]:
+    return d.c.get(f"/api/v1/models/{name}/deployments/current").json()["events"]
+
+
+def _restart(d: Deployed, name: str) -> str:
+    seen = len(_events(d, name))
+    assert d.c.post(f"/api/v1/models/{name}/restart").status_code == 202
+    _until(lambda: any(e["kind"] in ("restarted", "restart_failed")
+                       for e in _events(d, name)[seen:]))
+    return [e for e in _events(d, name)[seen:] if e["kind"].startswith("restart")][-1]
+
+
+def _replica_log(d: Deployed, name: str) -> str:
+    replica = d.c.get(f"/api/v1/models/{name}/replicas").json()["items"][0]
+    return d.c.get(f"/api/v1/models/{name}/replicas/{replica['id']}/logs",
+                   params={"stream": "stderr"}).text
+
+
+def test_a_tampered_served_file_is_restored_at_restart_rebuild_and_verify(offline_server,
+                                                                         tmp_path):
+    srv = offline_server().start()
+    d = Deployed(srv, tmp_path)
+    d.model("m")
+    files = {"predict.py": ORIGINAL, "notes.txt": "data\n"}
+    first = d.build("m", files)
+    d.deploy("m", first)
+    assert d.predict("m", {"x": 1}).json() == "original"
+    digest = d.c.get(f"/api/v1/models/m/builds/{first}").json()["digest"]
+    folder = srv.data_dir / "projects" / digest.removeprefix("sha256:")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o555
+    assert stat.S_IMODE((folder / "predict.py").stat().st_mode) == 0o444
+
+    # 1. restart: the replica's start finds the change and runs from a restored folder
+    _tamper(folder / "predict.py", EVIL)
+    assert _restart(d, "m")["kind"] == "restarted"
+    assert d.predict("m", {"x": 1}).json() == "original"
+    assert "project folder tampered with (predict.py changed): restored from the store" in \
+        _replica_log(d, "m")
+    assert "predict.py changed" in srv.log() and str(folder) in srv.log()
+
+    # 2. the same folder built again (same digest) does not take the tampered folder as it is
+    _tamper(folder / "predict.py", EVIL)
+    os.chmod(folder, 0o755)
+    (folder / "extra.py").write_text("import os\n")
+    second = d.build("m", files)
+    built = d.c.get(f"/api/v1/models/m/builds/{second}").json()
+    assert built["digest"] == digest
+    log = d.c.get(f"/api/v1/models/m/builds/{second}/log").text
+    assert "extra.py added, predict.py changed" in log and "restored from the store" in log
+    assert (folder / "predict.py").read_text() == ORIGINAL and not (folder / "extra.py").exists()
+    d.deploy("m", second)
+    assert d.predict("m", {"x": 1}).json() == "original"
+
+    # 3. store verify reports a tampered folder, and repair restores it (API, then CLI)
+    ok = d.c.post("/api/v1/store/verify").json()
+    assert ok["projects"] >= 1 and ok["tampered"] == []
+    _tamper(folder / "notes.txt", "changed\n")
+    found = d.c.post("/api/v1/store/verify").json()["tampered"]
+    assert [(f["digest"], f["repaired"]) for f in found] == [(digest, False)]
+    assert {"path": "notes.txt", "problem": "changed"} in found[0]["files"]
+    repaired = d.c.post("/api/v1/store/verify", params={"repair": "true"}).json()["tampered"]
+    assert repaired[0]["repaired"] is True
+    assert (folder / "notes.txt").read_text() == "data\n"
+    assert d.c.post("/api/v1/store/verify").json()["tampered"] == []
+    assert d.predict("m", {"x": 1}).json() == "original"
+
+    _tamper(folder / "predict.py", EVIL)
+    cli = [*MODELPORT, "verify", "--data-dir", str(srv.data_dir)]
+    report = subprocess.run([*cli, "--json"], capture_output=True, text=True, env=srv.env)
+    assert report.returncode == 1
+    assert json.loads(report.stdout)["tampered"][0]["files"] == [
+        {"path": "predict.py", "problem": "changed"}]
+    fixed = subprocess.run([*cli, "--repair"], capture_output=True, text=True, env=srv.env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "predict.py changed" in fixed.stderr and "repaired" in fixed.stderr
+    assert subprocess.run(cli, capture_output=True, env=srv.env).returncode == 0
+    assert (folder / "predict.py").read_text() == ORIGINAL
+
+
+def test_a_replica_does_not_start_from_a_folder_the_store_cannot_restore(offline_server,
+                                                                        tmp_path):
+    srv = offline_server().start()
+    d = Deployed(srv, tmp_path)
+    d.model("m")
+    build = d.build("m", {"predict.py": ORIGINAL})
+    d.deploy("m", build)
+    manifest = d.c.get(f"/api/v1/models/m/builds/{build}").json()
+    folder = srv.data_dir / "projects" / manifest["digest"].removeprefix("sha256:")
+    _tamper(folder / "predict.py", EVIL)
+    code = hashlib.sha256(ORIGINAL.encode()).hexdigest()
+    obj = srv.data_dir / "store" / "objects" / code[:2] / code[2:]  # predict.py's stored copy
+    os.chmod(obj, 0o644)
+    obj.write_bytes(obj.read_bytes()[:-2])
+    event = _restart(d, "m")
+    assert event["kind"] == "restart_failed"
+    assert "tampered with (predict.py changed)" in event["detail"]["error"]
+    assert "the store cannot restore it" in event["detail"]["error"]
+    assert "tampered with (predict.py changed) and cannot be restored" in srv.log()

@@ -61,10 +61,17 @@ def test_every_error_code_is_in_the_api_reference():
 
 
 def test_every_field_of_every_shape_is_in_the_api_reference():
+    from modelport.api import admin
+    from modelport.builder import projects
+
     missing = []
-    for name in ("Model", "ModelCreated", "Build", "ImportedBuild", "Deployment",
-                 "DeploymentEvent", "Replica", "Token", "TokenCreated", "AuditEntry"):
-        for field in msgspec.structs.fields(getattr(records, name)):
+    shapes = [(records, name) for name in (
+        "Model", "ModelCreated", "Build", "ImportedBuild", "Deployment", "DeploymentEvent",
+        "Replica", "Token", "TokenCreated", "AuditEntry")]
+    shapes += [(admin, "StoreStatus"), (admin, "VerifyResult"), (admin, "GcDone"),
+               (projects, "Folder"), (projects, "Tampered")]
+    for module, name in shapes:
+        for field in msgspec.structs.fields(getattr(module, name)):
             if not re.search(rf"\b{re.escape(field.encode_name)}\b", DOC):
                 missing.append(f"{name}.{field.encode_name}")
     assert not missing, f"docs/api.md does not name these fields: {missing}"

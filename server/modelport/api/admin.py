@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import msgspec
 from litestar import Request, get, post
+from litestar.params import QueryParameter
 
 from modelport.api.common import state
+from modelport.builder.projects import Folder, Projects
 from modelport.builder.prune import live_hex, prune
 from modelport.registry import audit
-from modelport.registry.builds import folder_digests, object_digests
+from modelport.registry.builds import built_manifests, folder_digests, object_digests
 from modelport.scratch import sweep
 
 SWEEP_GRACE_S = 60.0  # a temp a moment old may not be held yet
@@ -25,6 +28,18 @@ class VerifyResult(msgspec.Struct):
     objects: int
     corrupt: list[dict]
     missing: list[str]
+    projects: int = 0  # project folders re-hashed
+    tampered: list[Folder] = []  # those found changed, with a file added or missing, or a mode
+
+
+def project_files(projects: Projects, manifests: dict[str, str]) -> dict:
+    """Build digest → its files, for the builds whose manifest the store still has (blocking)."""
+    found = {}
+    for digest, manifest in manifests.items():
+        files = projects.files_of(manifest)
+        if files is not None:
+            found[digest] = files
+    return found
 
 
 class GcDone(msgspec.Struct):
@@ -43,14 +58,26 @@ async def store_status(request: Request) -> StoreStatus:
 
 
 @post("/api/v1/store/verify", opt={"perm": "admin"}, tags=["store"], status_code=200)
-async def store_verify(request: Request) -> VerifyResult:
-    """Re-hash every object; list the corrupt ones and those builds refer to but are missing."""
+async def store_verify(
+    request: Request,
+    repair: Annotated[bool, QueryParameter(required=False)] = False,
+) -> VerifyResult:
+    """Re-hash every object and every project folder; list the corrupt objects, those builds
+    refer to but are missing, and the tampered project folders (`?repair=true` restores them)."""
     app = state(request)
     problems = await asyncio.to_thread(app.store.verify)
     live = await object_digests(app.db)
     missing = sorted(d for d in live if not app.store.has(d))
     stats = await asyncio.to_thread(app.store.stats)
-    return VerifyResult(stats.objects, [msgspec.structs.asdict(p) for p in problems], missing)
+    projects = app.builder.projects
+    files = await asyncio.to_thread(project_files, projects, await built_manifests(app.db))
+    checked, tampered = await asyncio.to_thread(projects.verify, files, repair)
+    if repair and tampered:
+        async with app.db.write() as conn:
+            await audit.record(conn, request.scope["identity"].actor, "store.repair", detail={
+                "folders": [t.digest for t in tampered if t.repaired]})
+    return VerifyResult(stats.objects, [msgspec.structs.asdict(p) for p in problems], missing,
+                        checked, tampered)
 
 
 @post("/api/v1/store/gc", opt={"perm": "admin"}, tags=["store"], status_code=200)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import msgspec
 from modelport.builder import deps
 from modelport.builder.buildlog import BuildLog, log_path
 from modelport.builder.inspect import InspectFailed, inspect_build
+from modelport.builder.projects import Projects, RestoreFailed
 from modelport.builder.snapshot import materialize as write_snapshot
 from modelport.registry import builds as build_rows
 from modelport.registry.db import Database
@@ -45,10 +44,6 @@ class BuildFailed(Exception):
     pass
 
 
-def project_dir(settings: Settings, digest: str) -> Path:
-    return settings.data_dir / "projects" / digest.removeprefix("sha256:")
-
-
 def staging_dir(settings: Settings):
     """A temp folder beside the project folders, held while a project is staged in it."""
     return scratch_dir(settings.data_dir / "projects", ".tmp-")
@@ -56,30 +51,10 @@ def staging_dir(settings: Settings):
 
 def stage_project(store: ContentStore, settings: Settings, snapshot: mf.Snapshot,
                   staging: Path) -> Path:
-    """The snapshot on disk under a temporary name (blocking); `place_project` names it."""
+    """The snapshot in ``staging``, for the dependency step to read (blocking): the tools it runs
+    may write there (a local package's build files), never in the folder that serves."""
     write_snapshot(store, snapshot, staging, settings.data_dir / "files")
     return staging
-
-
-def place_project(staging: Path, target: Path) -> Path:
-    """Rename the staged folder to its digest's name; an existing one (same content) wins."""
-    try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():
-            raise
-    return target
-
-
-def ensure_project(store: ContentStore, settings: Settings, digest: str,
-                   snapshot: mf.Snapshot) -> Path:
-    """The build's files on disk, once per digest, shared by its replicas (blocking)."""
-    target = project_dir(settings, digest)
-    if target.is_dir():
-        return target
-    with staging_dir(settings) as staging:
-        return place_project(stage_project(store, settings, snapshot, staging), target)
 
 
 class Builder:
@@ -89,6 +64,7 @@ class Builder:
                  sandbox: Sandbox | None = None):
         self.settings, self.db, self.store, self.runtime_dir = settings, db, store, runtime_dir
         self.sandbox = sandbox  # None or off: build steps run with the server's rights
+        self.projects = Projects(store, settings.data_dir)
         self.queue: asyncio.Queue[int] = asyncio.Queue()
         self.running: set[int] = set()
         self._workers: list[asyncio.Task] = []
@@ -166,8 +142,12 @@ class Builder:
             await asyncio.to_thread(stage_project, self.store, self.settings, snapshot, staging)
             lock, digest, content, wheels, new_bytes, python = await self._dependencies(
                 row, snapshot, requirements, example_input, staging, blog, lease)
-            project = await asyncio.to_thread(place_project, staging,
-                                              project_dir(self.settings, digest))
+        try:  # the same folder built again gets its served folder checked (and restored)
+            project, notes = await asyncio.to_thread(self.projects.ensure, digest, snapshot.files)
+        except RestoreFailed as exc:
+            raise BuildFailed(str(exc)) from None
+        for note in notes:
+            blog(f"  {note}")
         blog("→ checking the function")
         result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
                                      example_input, blog, self.sandbox, f"build-{row['id']}")

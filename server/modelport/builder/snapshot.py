@@ -57,9 +57,13 @@ def _ignored(store: ContentStore, files: dict[str, FileEntry]) -> set[str]:
     return {p for p in files if p != IGNORE_FILE and rules.matches(p)}
 
 
+def checkout_path(files_dir: Path, digest: str, mode: int) -> Path:
+    return files_dir / f"{digest.removeprefix('sha256:')}-{mode:o}"
+
+
 def checkout(store: ContentStore, digest: str, mode: int, files_dir: Path) -> Path:
     """One uncompressed, read-only copy of an object per mode, shared by every project that holds it."""
-    target = files_dir / f"{digest.removeprefix('sha256:')}-{mode:o}"
+    target = checkout_path(files_dir, digest, mode)
     if not target.exists():
         files_dir.mkdir(parents=True, exist_ok=True)
         store.copy_to(digest, target, mode=mode & 0o555)

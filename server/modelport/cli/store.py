@@ -1,4 +1,4 @@
-"""`modelport verify` and `modelport gc`: the artifact store checked and pruned, on the data dir."""
+"""`modelport verify` and `modelport gc`: the artifact store and project folders checked, and pruned."""
 
 from __future__ import annotations
 
@@ -19,25 +19,42 @@ def _settings(data_dir: str | None):
 @click.command()
 @click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
 @click.option("--quarantine", is_flag=True, help="Move corrupt objects aside.")
+@click.option("--repair", is_flag=True,
+              help="Restore tampered project folders from the store (and fix their modes).")
 @json_option
-def verify(data_dir: str | None, quarantine: bool, as_json: bool) -> None:
-    """Re-hash every object in the store; exit 1 when any is missing or corrupt."""
+def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) -> None:
+    """Re-hash every object in the store and every project folder; exit 1 when an object is
+    missing or corrupt or a project folder is tampered with (and not repaired)."""
+    from modelport.builder.projects import Projects, describe
     from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)
     store = Store(settings.store_dir)
     problems = store.verify(quarantine=quarantine)
     missing = _missing_objects(settings, store)
+    projects = Projects(store, settings.data_dir)
+    files = {}
+    for digest, manifest in _built_manifests(settings).items():
+        if (found := projects.files_of(manifest)) is not None:
+            files[digest] = found
+    checked, tampered = projects.verify(files, repair=repair)
     if as_json:
-        print_json({"objects": store.stats().objects, "problems": problems, "missing": missing})
+        print_json({"objects": store.stats().objects, "problems": problems, "missing": missing,
+                    "projects": checked, "tampered": tampered})
     else:
         for problem in problems:
             err_console.print(f"[red]corrupt[/red] {problem.digest}: {problem.reason}")
         for digest in missing:
             err_console.print(f"[red]missing[/red] {digest} (referenced by a build)")
-        if not problems and not missing:
-            console.print(f"[green]ok[/green] {store.stats().objects} objects verified")
-    sys.exit(1 if problems or missing else 0)
+        for folder in tampered:
+            done = " [green](repaired)[/green]" if folder.repaired else ""
+            err_console.print(f"[red]tampered[/red] {folder.folder}: "
+                              f"{describe(folder.files)}{done}")
+        if not problems and not missing and not tampered:
+            console.print(f"[green]ok[/green] {store.stats().objects} objects and {checked} "
+                          "project folders verified")
+    unrepaired = any(not f.repaired for f in tampered)
+    sys.exit(1 if problems or missing or unrepaired else 0)
 
 
 def live_digests(settings) -> set[str]:
@@ -62,6 +79,18 @@ def _folder_digests(settings) -> tuple[set[str], set[str]]:
     finally:
         conn.close()
     return {r[0] for r in rows if r[0]}, {r[1] for r in rows if r[1]}
+
+
+def _built_manifests(settings) -> dict[str, str]:
+    from modelport.registry.builds import BUILT_MANIFESTS
+
+    if not settings.registry_path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{settings.registry_path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute(BUILT_MANIFESTS).fetchall())
+    finally:
+        conn.close()
 
 
 def _missing_objects(settings, store) -> list[str]:

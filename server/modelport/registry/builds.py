@@ -138,3 +138,12 @@ async def folder_digests(db: Database) -> tuple[set[str], set[str]]:
     rows = await db.all(FOLDER_DIGESTS)
     return ({r["digest"] for r in rows if r["digest"]},
             {r["lock_digest"] for r in rows if r["lock_digest"]})
+
+
+BUILT_MANIFESTS = ("SELECT DISTINCT digest, manifest FROM builds WHERE status = 'built'"
+                   " AND digest IS NOT NULL AND manifest IS NOT NULL")
+
+
+async def built_manifests(db: Database) -> dict[str, str]:
+    """Build digest → the store digest of its manifest, for every built build."""
+    return {r["digest"]: r["manifest"] for r in await db.all(BUILT_MANIFESTS)}

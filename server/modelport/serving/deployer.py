@@ -16,7 +16,8 @@ import msgspec
 
 from modelport.builder import deps
 from modelport.builder.compat import compare
-from modelport.builder.pipeline import Builder, ensure_project
+from modelport.builder.pipeline import Builder
+from modelport.builder.projects import RestoreFailed
 from modelport.errors import (BuildNotReady, Conflict, ModelNotDeployed, RequestInvalid,
                               SchemaBreaking)
 from modelport.registry import builds as build_rows
@@ -184,7 +185,7 @@ class Deployer:
             except Interrupted as exc:
                 await self._interrupted(row, str(exc), restart)
                 return
-            except (GroupFailed, deps.DependencyError, OSError) as exc:
+            except (GroupFailed, RestoreFailed, deps.DependencyError, OSError) as exc:
                 if not switched:
                     await self._failed(row, str(exc), restart)
                 return
@@ -246,9 +247,8 @@ class Deployer:
         """Everything a replica needs on disk, from the store alone (no package index)."""
         manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build["manifest"]))
         python = await self.environment(manifest)
-        snapshot = mf.Snapshot(manifest.content.files)
-        project = await asyncio.to_thread(ensure_project, self.store, self.settings,
-                                          manifest.digest, snapshot)
+        project = await asyncio.to_thread(self.builder.projects.prepare, manifest.digest,
+                                          manifest.content.files)
         return GroupSpec(
             model=name, build=build["number"], python=str(python), project=str(project),
             entry=manifest.content.entrypoint, digest=manifest.digest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,13 @@ from .poller import Poller
 from .replica import BootFailed, Replica, replica_id
 from .restart_policy import RestartPolicy
 
-__all__ = ["GroupFailed", "Interrupted", "OnChange", "ReplicaGroup"]
+__all__ = ["GroupFailed", "Interrupted", "OnChange", "Prepare", "ReplicaGroup"]
 
 log = logging.getLogger("modelport.serving")
 
 OnChange = Callable[["ReplicaGroup", str, dict], Any]  # may return an awaitable
+# Before each replica start: make the folder it runs in right (lines for its log), or raise why not.
+Prepare = Callable[[GroupSpec], Awaitable[list[str]]]
 
 
 class GroupFailed(Exception):
@@ -47,9 +49,10 @@ class ReplicaGroup:
     def __init__(self, spec: GroupSpec, *, runtime_dir: Path, logs_dir: Path,
                  tuning: Tuning | None = None, on_change: OnChange | None = None,
                  policy: RestartPolicy | None = None, poller: Poller | None = None,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None, prepare: Prepare | None = None) -> None:
         self.spec = spec
         self.runtime_dir, self.sandbox = runtime_dir, sandbox
+        self._prepare = (lambda: prepare(spec)) if prepare is not None else None
         self.poller = poller or Poller(0)
         self.tuning = t = tuning or Tuning()
         self.logs_dir = logs_dir
@@ -186,7 +189,8 @@ class ReplicaGroup:
                 env=env, logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
                 on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency),
                 poller=self.poller, boot_timeout_s=self.tuning.boot_timeout_s
-                or self.spec.boot_timeout_s, tmp_dir=tmp))
+                or self.spec.boot_timeout_s, tmp_dir=tmp,
+                prepare=self._prepare))
         self.replicas.extend(fresh)
         return fresh
 

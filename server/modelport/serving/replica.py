@@ -11,7 +11,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from modelport.clock import now_iso
@@ -81,9 +81,11 @@ class Replica:
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
                  on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1,
                  poller: Poller | None = None, boot_timeout_s: float = 300.0,
-                 tmp_dir: Path | None = None) -> None:
+                 tmp_dir: Path | None = None,
+                 prepare: Callable[[], Awaitable[list[str]]] | None = None) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.tmp_dir = tmp_dir  # private (the sandbox's): made empty at each start, then removed
+        self.prepare = prepare  # before each start: check the project folder (lines for the log)
         self.id_bytes = rid.encode()
         self.argv, self.cwd, self.env, self.tuning = argv, cwd, env, tuning
         self.memory_kb = memory_mb * 1024 if memory_mb else 0
@@ -329,6 +331,20 @@ class Replica:
         self._marker = f"--- modelport: replica {self.id} starting at {self.started_at} ---"
         t = self.tuning
         out_fd, err_fd = await asyncio.to_thread(self._open_logs, t.log_max_bytes, t.log_keep_bytes)
+        try:
+            notes = await self.prepare() if self.prepare is not None else []
+        except BaseException as exc:  # the folder it would run in cannot be made right
+            if isinstance(exc, Exception):
+                reason = str(exc) or repr(exc)
+                os.write(err_fd, f"--- modelport: {reason} ---\n".encode())
+            os.close(out_fd)
+            os.close(err_fd)
+            if not isinstance(exc, Exception):  # cancelled (stopped meanwhile)
+                raise
+            self.state = "crashed"
+            raise BootFailed(reason) from None
+        for note in notes:
+            os.write(err_fd, f"--- modelport: {note} ---\n".encode())
         ours, theirs = socket.socketpair()
         try:
             argv = [*self.argv, "--fd", str(theirs.fileno())]

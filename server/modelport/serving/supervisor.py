@@ -9,7 +9,7 @@ from pathlib import Path
 from modelport.sandboxing import Sandbox
 
 from .config import GroupSpec, ReplicaInfo, Tuning
-from .group import GroupFailed, Interrupted, OnChange, ReplicaGroup
+from .group import GroupFailed, Interrupted, OnChange, Prepare, ReplicaGroup
 from .poller import Poller
 
 __all__ = ["GroupFailed", "Interrupted", "OnChange", "ReplicaGroup", "Supervisor"]
@@ -21,8 +21,10 @@ class Supervisor:
     with its parent (PDEATHSIG) and on its socket's EOF."""
 
     def __init__(self, *, runtime_dir: Path, logs_dir: Path, tuning: Tuning | None = None,
-                 on_change: OnChange | None = None, sandbox: Sandbox | None = None) -> None:
+                 on_change: OnChange | None = None, sandbox: Sandbox | None = None,
+                 prepare: Prepare | None = None) -> None:
         self.runtime_dir, self.logs_dir, self.sandbox = runtime_dir, logs_dir, sandbox
+        self.prepare = prepare  # before each replica start (the project folder's check)
         self.tuning = tuning or Tuning()
         self.poller = Poller(self.tuning.busy_poll_us / 1e6)  # shared by every replica
         self.on_change = on_change
@@ -43,7 +45,7 @@ class Supervisor:
         while it starts, so that predictions get 503 model.unavailable rather than 404."""
         group = ReplicaGroup(spec, runtime_dir=self.runtime_dir, logs_dir=self.logs_dir,
                              tuning=self.tuning, on_change=self.on_change, poller=self.poller,
-                             sandbox=self.sandbox)
+                             sandbox=self.sandbox, prepare=self.prepare)
         self.groups.add(group)
         placeholder = route_while_starting and spec.model not in self.active
         if placeholder:
