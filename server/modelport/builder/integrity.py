@@ -85,11 +85,18 @@ def walk(folder: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+def sha256_file(path: Path, size: int = CHUNK) -> str:
+    """``sha256:<hex>`` of the file; one read when it is ``size`` bytes, up to CHUNK."""
     with open(path, "rb", buffering=0) as f:
+        if size < CHUNK:
+            data = f.read(size + 1)
+            if len(data) <= size:  # it is as small as its stat said
+                return "sha256:" + hashlib.sha256(data).hexdigest()
+            h = hashlib.sha256(data)
+        else:
+            h = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
     return "sha256:" + h.hexdigest()
@@ -145,7 +152,7 @@ def check(folder: Path, files: list[FileEntry], trust: Trust | None = None, *,
         started = time.time_ns()
         path = folder / entry.path
         try:
-            digest = sha256_file(path)
+            digest = sha256_file(path, st.st_size)
             after = os.lstat(path)
         except OSError:  # unreadable, or gone meanwhile
             return False
