@@ -113,8 +113,12 @@ def test_data_dir_modes_are_fixed_at_start_whatever_they_were(offline_server, tm
     assert any(p.suffix == ".stderr" for p in logs)
     for path in logs:
         assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
+    # the restored deployment's replica found its project folder writable: read-only again
+    _until(lambda: d.predict("env", {"name": "A"}).status_code == 200)
+    assert d.predict("env", {"name": "A"}).json() == "1"
+    (project,) = (data / "projects").iterdir()
+    assert _mode(project) == 0o555 and _mode(project / "predict.py") == 0o444
     # what the server makes from now on is private too (umask): a new build's log
-    d = Deployed(srv, tmp_path)
     d.build("env", {"predict.py": ECHO_ENV + "\n"})
     for path in (data / "logs").rglob("*"):
         assert _mode(path) & 0o077 == 0, path
