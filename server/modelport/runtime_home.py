@@ -19,7 +19,7 @@ PACKAGE = Path(modelport.__file__).parent
 
 
 def _sources() -> list[Path]:
-    runtime = sorted(p for p in (PACKAGE / "runtime").glob("*.py"))
+    runtime = sorted(p for p in (PACKAGE / "runtime").iterdir() if p.suffix in (".py", ".R"))
     return [PACKAGE / "__init__.py", *runtime]
 
 

@@ -19,8 +19,8 @@ import modelport
 from modelport.runtime import sandbox
 from modelport.runtime.sandbox import Policy
 
-__all__ = ["Policy", "Sandbox", "index_ports", "inspect_policy", "python_paths", "replica_policy",
-           "uv_policy"]
+__all__ = ["Policy", "Sandbox", "index_ports", "inspect_policy", "python_paths", "r_paths",
+           "replica_policy", "uv_policy"]
 
 log = logging.getLogger("modelport")
 
@@ -60,19 +60,35 @@ def python_paths(python: str | Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(p) for p in found))
 
 
+@functools.lru_cache(maxsize=8)
+def r_paths(rscript: str) -> tuple[str, ...]:
+    """What an R replica reads besides the system: R's configuration (/etc/R: Renviron names
+    the site libraries) and the installation its Rscript belongs to (``<prefix>/bin/Rscript``
+    → ``<prefix>``; under /usr for Debian's R). Resolves a symlink: cached."""
+    found = shutil.which(rscript)
+    if found is None:
+        return ("/etc/R",)
+    real = Path(found).resolve()
+    return tuple(dict.fromkeys(("/etc/R", str(real.parent.parent if real.parent.name == "bin"
+                                               else real.parent))))
+
+
 def replica_policy(*, python: str | Path, project: Path, runtime_dir: Path, tmp: Path,
-                   network: bool) -> Policy:
+                   network: bool, also_read: Iterable[str | Path] = ()) -> Policy:
     """A replica: read its project folder, its environment and interpreter, the runtime and the
-    system; write its own temp dir; no network but its pipe unless the deployment allows it
-    (then any: Landlock can only allow-list ports, and the API is no use without a token)."""
-    read = (*SYSTEM_READ, *python_paths(python), str(runtime_dir), str(project))
+    system (and ``also_read``: R's paths and library for an R function); write its own temp
+    dir; no network but its pipe unless the deployment allows it (then any: Landlock can only
+    allow-list ports, and the API is no use without a token)."""
+    read = (*SYSTEM_READ, *python_paths(python), str(runtime_dir), str(project),
+            *(str(p) for p in also_read))
     return Policy(read=read, write=(*DEVICES, str(tmp)), connect=None if network else ())
 
 
-def inspect_policy(*, python: str | Path, project: Path, runtime_dir: Path, tmp: Path) -> Policy:
+def inspect_policy(*, python: str | Path, project: Path, runtime_dir: Path, tmp: Path,
+                   also_read: Iterable[str | Path] = ()) -> Policy:
     """A build's inspect step (it imports the model): as a replica with no network."""
     return replica_policy(python=python, project=project, runtime_dir=runtime_dir, tmp=tmp,
-                          network=False)
+                          network=False, also_read=also_read)
 
 
 def uv_policy(*, uv: str | Path, read: Iterable[str | Path], write: Iterable[str | Path],

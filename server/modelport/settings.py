@@ -43,6 +43,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # Replicas and builds confined by the kernel (modelport.sandboxing); MODELPORT_SANDBOX=off
     # runs them with the server's rights (the benchmark's baseline, troubleshooting)
     sandbox: bool = True
+    # R functions: the Rscript that runs them (MODELPORT_RSCRIPT; else the one on PATH) and the
+    # CRAN-like repositories their r-requirements.txt resolves against (MODELPORT_R_REPOS)
+    rscript: str = "Rscript"
+    r_repos: list[str] = msgspec.field(default_factory=lambda: ["https://cloud.r-project.org"])
     # Web
     cors_origins: list[str] = []
 
@@ -100,6 +104,10 @@ class Settings(msgspec.Struct, kw_only=True):
             values["find_links"] = [p for p in env["MODELPORT_FIND_LINKS"].split(os.pathsep) if p]
         if env.get("MODELPORT_NO_INDEX", "") not in ("", "0", "false"):
             values["no_index"] = True
+        if env.get("MODELPORT_RSCRIPT"):
+            values["rscript"] = env["MODELPORT_RSCRIPT"]
+        if env.get("MODELPORT_R_REPOS"):
+            values["r_repos"] = [u.strip() for u in env["MODELPORT_R_REPOS"].split(",") if u.strip()]
         for key, least in ENV_NUMBERS:
             found = env_number(f"MODELPORT_{key.upper()}", int, least)
             if found is not None:

@@ -140,7 +140,7 @@ UPLOADS = {
     ("/api/v1/models/{name}/builds", "post"): (["archive", "entrypoint"], {
         "archive": _text("The project folder's contents at the archive's root (.tar or "
                          ".tar.zst).", format="binary"),
-        "entrypoint": _text("path/to/file.py:function", pattern=ENTRY.pattern),
+        "entrypoint": _text("path/to/file.py:function or path/to/file.R:function", pattern=ENTRY.pattern),
         "requirements": _text("A requirements file inside the archive (default "
                               "requirements.txt when present)."),
         "python": _text("Python version of the environment, e.g. 3.11 (default: the "

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from modelport.runtime.sandbox import EXIT_SANDBOX
-from modelport.sandboxing import Sandbox, inspect_policy
+from modelport.sandboxing import Sandbox, inspect_policy, r_paths
 
 INSPECT_TIMEOUT_S = 600
 
@@ -35,9 +35,21 @@ def replica_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
+def r_env(rscript: str, r_libs: list[str]) -> dict[str, str]:
+    """What an R function's worker is told: the Rscript to start, its library (first on R's
+    path; the machine's own libraries follow, as Renviron names them)."""
+    if not rscript:
+        return {}
+    env = {"MODELPORT_RSCRIPT": rscript, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    if r_libs:
+        env["R_LIBS"] = os.pathsep.join(r_libs)
+    return env
+
+
 async def inspect_build(
     python: Path, project: Path, entry: str, runtime_dir: Path, example_input: Any, log,
-    sandbox: Sandbox | None = None, tmp_name: str = "inspect",
+    sandbox: Sandbox | None = None, tmp_name: str = "inspect", rscript: str = "",
+    r_libs: list[str] | None = None,
 ) -> dict:
     """The entry's form, schemas and (given an example input) its example output, or InspectFailed.
     With the sandbox on, the model is imported confined as a replica is, with no network, a temp
@@ -48,10 +60,13 @@ async def inspect_build(
     if example_input is not None:
         args += ["--example-input", msgspec.json.encode(example_input).decode()]
     log(f"$ python -m modelport.runtime.inspect --entry {entry}")
-    env, tmp = replica_env(runtime_dir), None
+    r_libs = r_libs or []
+    env, tmp = replica_env(runtime_dir, r_env(rscript, r_libs)), None
     if sandbox is not None and sandbox.enabled:
         tmp = await asyncio.to_thread(sandbox.fresh_tmp, tmp_name)
-        policy = inspect_policy(python=python, project=project, runtime_dir=runtime_dir, tmp=tmp)
+        r_read = (*r_paths(rscript), *r_libs) if rscript else ()
+        policy = inspect_policy(python=python, project=project, runtime_dir=runtime_dir, tmp=tmp,
+                                also_read=r_read)
         args = sandbox.command(python, policy, args, runtime_dir=runtime_dir, supervise=True)
         env.update(TMPDIR=str(tmp), HOME=str(tmp))
     try:

@@ -10,12 +10,13 @@ from typing import Any
 
 import msgspec
 
-from modelport.builder import deps
+from modelport.builder import deps, rlang
 from modelport.builder.buildlog import BuildLog, log_path
 from modelport.builder.inspect import InspectFailed, inspect_build
 from modelport.builder.projects import Projects, RestoreFailed
 from modelport.builder.snapshot import materialize as write_snapshot
 from modelport.registry import builds as build_rows
+from modelport.runtime.rbridge import is_r_entry
 from modelport.registry.db import Database
 from modelport.scratch import scratch_dir
 from modelport.sandboxing import Sandbox
@@ -121,7 +122,7 @@ class Builder:
         try:
             with self.store.lease() as lease:  # gc keeps every object this build touches
                 fields, objects = await self._steps(row, blog, lease)
-        except (BuildFailed, deps.DependencyError, InspectFailed) as exc:
+        except (BuildFailed, deps.DependencyError, InspectFailed, rlang.RMissing) as exc:
             fields, objects = {"status": "failed", "error": str(exc)}, []
             blog(f"FAILED: {exc}")
         except Exception as exc:  # a bug of ours: still a finished build, with the reason
@@ -138,10 +139,15 @@ class Builder:
                                        type=mf.Snapshot)
         requirements = await self._requirements_text(row, snapshot)
         example_input = None if row["example_input"] is None else msgspec.json.decode(row["example_input"])
+        r = None
+        if is_r_entry(row["entrypoint"]):  # an R function: the Python env is its worker's relay
+            r = await asyncio.to_thread(rlang.find_r, self.settings.rscript)
+            blog(f"→ R {r.version} ({r.rscript}); from the machine's R as it is: "
+                 f"jsonlite {r.machine['jsonlite']}")
         with staging_dir(self.settings) as staging:
             await asyncio.to_thread(stage_project, self.store, self.settings, snapshot, staging)
             lock, digest, content, wheels, new_bytes, python = await self._dependencies(
-                row, snapshot, requirements, example_input, staging, blog, lease)
+                row, snapshot, requirements, example_input, staging, blog, lease, r)
         try:  # the same folder built again gets its served folder checked (and restored)
             project, notes = await asyncio.to_thread(self.projects.ensure, digest, snapshot.files)
         except RestoreFailed as exc:
@@ -150,7 +156,8 @@ class Builder:
             blog(f"  {note}")
         blog("→ checking the function")
         result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
-                                     example_input, blog, self.sandbox, f"build-{row['id']}")
+                                     example_input, blog, self.sandbox, f"build-{row['id']}",
+                                     rscript=r.rscript if r else "")
         described = result["describe"]
         example_output = self._check_example(row, example_input, result.get("example_output"), blog)
         manifest = mf.Manifest(
@@ -177,8 +184,9 @@ class Builder:
         return fields, [put.digest, *(w.digest for w in wheels)]
 
     async def _dependencies(self, row, snapshot, requirements, example_input, project, blog,
-                            lease):
-        """Lock → digest → wheels in the store → the environment."""
+                            lease, r: rlang.RInfo | None = None):
+        """Lock → digest → wheels in the store → the environment. An R function's lock text
+        also holds its R version and the machine packages it uses (so both are in the digest)."""
         with scratch_dir(self.settings.data_dir, ".build-") as work:
             blog("→ resolving dependencies with uv")
             lock = await asyncio.to_thread(
@@ -186,7 +194,8 @@ class Builder:
                 project_dir=project, **self._index_options())
             blog(f"  locked {len(lock.packages)} packages: "
                  + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
-            content = mf.Content(snapshot.files, lock.text, row["entrypoint"], row["python"],
+            lock_text = lock.text if r is None else lock.text + rlang.lock_lines(r, ["jsonlite"])
+            content = mf.Content(snapshot.files, lock_text, row["entrypoint"], row["python"],
                                  example_input)
             wheels, new_bytes = await self._wheels(lock, work, blog, lease)
             blog("→ installing the environment (offline, from the stored wheels)")

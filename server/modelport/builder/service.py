@@ -19,7 +19,9 @@ from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
 from modelport.store.manifest import Snapshot
 
-ENTRY = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|:))[^:\x00]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
+# A Python function (an identifier) in a .py file, or an R one (dots allowed) in a .R file.
+ENTRY = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|:))[^:\x00]+"
+                   r"(?:\.py:[A-Za-z_][A-Za-z0-9_]*|\.R:(?:[A-Za-z]|\.[A-Za-z_.])[A-Za-z0-9._]*)$")
 PYTHON = re.compile(r"^3\.\d{1,2}$")
 
 
@@ -77,7 +79,8 @@ def parse_form(fields: dict[str, str]) -> BuildForm:
         if field is None and "`" in message:
             field = message.split("`")[1]
         if field == "entrypoint":
-            message = "entrypoint must look like path/to/file.py:function"
+            message = ("entrypoint must look like path/to/file.py:function or "
+                       "path/to/file.R:function")
         raise RequestInvalid(message, field=field) from None
     if form.example_input is not None and not isinstance(form.example_input, dict):
         raise RequestInvalid("example_input must be a JSON object.", field="example_input")

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from .invoke import CallFailed, Invoker, error_text
+from .rbridge import RBootError, RFunction, is_r_entry
 from .signature import EntryError, analyze, load_entry
 
 __all__ = ["inspect_entry", "main"]
@@ -37,6 +38,8 @@ def _cause_text(exc: CallFailed) -> str:
 
 def inspect_entry(project: str, entry: str, example_input: str | None = None) -> dict[str, Any]:
     """Load, describe and (with an example) call the entry; the result as a JSON-able dict."""
+    if is_r_entry(entry):
+        return _inspect_r(project, entry, example_input)
     try:
         func = load_entry(project, entry)
     except EntryError as exc:
@@ -73,6 +76,36 @@ def inspect_entry(project: str, entry: str, example_input: str | None = None) ->
     out["example_output"] = msgspec.json.decode(encoded)
     out["example_metrics"] = metrics
     return out
+
+
+def _inspect_r(project: str, entry: str, example_input: str | None) -> dict[str, Any]:
+    """An R function: its R process sources the file and describes the function, as a replica's
+    does; the example goes through it as a request would."""
+    try:
+        func = RFunction(project, entry)
+    except (EntryError, RBootError) as exc:
+        text = str(exc)
+        stage = "entry" if isinstance(exc, EntryError) or text.startswith("entrypoint") else "import"
+        return _failure(stage, text.removeprefix("entrypoint: "))
+    try:
+        out: dict[str, Any] = {"ok": True, "describe": func.sig.describe(), "example_output": None,
+                               "example_metrics": {}, "r_version": func.described["r_version"]}
+        if example_input is None:
+            return out
+        body = example_input.encode()
+        try:
+            func._decode(body, "json")
+        except CallFailed as exc:
+            return _failure("example_validate", _cause_text(exc), exc.field)
+        try:
+            encoded, metrics = func.call(body)
+        except CallFailed as exc:
+            return _failure("example_call", exc.message)
+        out["example_output"] = msgspec.json.decode(encoded)
+        out["example_metrics"] = metrics
+        return out
+    finally:
+        func.close()
 
 
 def _claim_stdout() -> BinaryIO:

@@ -37,6 +37,7 @@ from .protocol import (
     Result,
     send_frame,
 )
+from .rbridge import RFunction, is_r_entry
 from .signature import analyze, load_entry
 
 __all__ = ["EXIT_BOOT", "EXIT_CONNECT", "EXIT_OK", "EXIT_USAGE", "main", "serve"]
@@ -74,6 +75,7 @@ class _Replica(MessageProtocol):
         self.poll = self.inline and busy_poll_s > 0
         self.gap = Gap(busy_poll_s)
         self.spinner = Spinner()
+        self.child_rss = getattr(invoker, "child_rss_kb", None)  # an R function's R process
 
     # -- frames -----------------------------------------------------------------------------------
 
@@ -111,7 +113,9 @@ class _Replica(MessageProtocol):
                     lambda f, i=msg.id: loop.call_soon_threadsafe(self._finished, i, f)
                 )
         elif kind is Ping:
-            self.send(Pong(msg.id, self.served, self.in_flight, rss_kb()))
+            child = self.child_rss
+            self.send(Pong(msg.id, self.served, self.in_flight,
+                           rss_kb() + (child() if child is not None else 0)))
         else:
             print(f"modelport worker: ignoring unexpected {kind.__name__} frame", file=sys.stderr)
 
@@ -315,22 +319,30 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"modelport worker: cannot connect to the server: {exc}", file=sys.stderr)
         return EXIT_CONNECT
+    r = is_r_entry(args.entry)
     try:
-        invoker = Invoker(analyze(load_entry(args.project, args.entry)),
-                          max(0, args.max_result_bytes))
+        if r:  # an R function: its R process starts, sources the file and says it is ready
+            invoker: Any = RFunction(args.project, args.entry, max(0, args.max_result_bytes))
+        else:
+            invoker = Invoker(analyze(load_entry(args.project, args.entry)),
+                              max(0, args.max_result_bytes))
     except (Exception, SystemExit) as exc:
-        traceback.print_exc()
+        if not r:
+            traceback.print_exc()
         _flush()
         try:
-            send_frame(sock, Boot(error_text(exc)))
+            send_frame(sock, Boot(str(exc) if r else error_text(exc)))
         except OSError:
             pass
         return EXIT_BOOT
     gc.collect()
     gc.freeze()  # the model's objects (weights) need not be scanned by every collection
     send_frame(sock, Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
-    return serve(sock, invoker, max(1, args.max_concurrency), args.loop,
+    code = serve(sock, invoker, 1 if r else max(1, args.max_concurrency), args.loop,
                  max(0, args.busy_poll_us) / 1e6, max(1, args.max_call_bytes))
+    if r:
+        invoker.close()  # drained: R ends once its input closes
+    return code
 
 
 if __name__ == "__main__":

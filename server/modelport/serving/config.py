@@ -34,6 +34,8 @@ class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
     capture_max_bytes: int = 65_536  # each captured body is cut to this
     network: bool = True  # False: the replica has no network but its pipe (the sandbox)
     boot_timeout_s: float = 300.0  # import + weights loading until Ready
+    rscript: str = ""  # an R function: the Rscript that runs it (the worker relays to R)
+    r_libs: list[str] = []  # an R function: its build's R package library, read-only
 
     @property
     def max_body_bytes(self) -> int:

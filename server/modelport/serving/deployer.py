@@ -24,6 +24,7 @@ from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database
 from modelport.registry.sealed import Sealer
+from modelport.runtime.rbridge import is_r_entry
 from modelport.serving.config import GroupSpec
 from modelport.serving.supervisor import GroupFailed, Interrupted, ReplicaGroup, Supervisor
 from modelport.store import manifest as mf
@@ -59,6 +60,10 @@ class Deployer:
         build = await build_rows.row(self.db, model["id"], build_number, model["name"])
         if build["status"] != "built":
             raise BuildNotReady(f"Build #{build_number} is {build['status']}, not built.")
+        if is_r_entry(build["entrypoint"]) and settings.get("max_concurrency", 1) > 1:
+            raise RequestInvalid("An R replica runs one call at a time: max_concurrency must be 1 "
+                                 "for an R function (add replicas to serve more at once).",
+                                 field="max_concurrency")
         note = await self._schema_gate(model, build, allow_breaking)
         row = await rows.create(self.db, model_id=model["id"], model=model["name"],
                                 build_id=build["id"], build_number=build_number,
@@ -257,7 +262,8 @@ class Deployer:
             queue_timeout_s=row["queue_timeout_s"], max_body_mb=row["max_body_mb"],
             env=rows.env_of(row, self.sealer), capture_percent=row["capture_percent"],
             capture_max_bytes=row["capture_max_bytes"], network=bool(row["network"]),
-            boot_timeout_s=row["boot_timeout_s"])
+            boot_timeout_s=row["boot_timeout_s"],
+            rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "")
 
     async def environment(self, manifest: mf.Manifest) -> Path:
         derived = manifest.derived

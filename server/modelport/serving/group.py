@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from modelport.builder.inspect import replica_env
+from modelport.builder.inspect import r_env, replica_env
 from modelport.errors import ModelUnavailable
 from modelport.runtime.protocol import FRAME_OVERHEAD
-from modelport.sandboxing import Sandbox, replica_policy
+from modelport.sandboxing import Sandbox, r_paths, replica_policy
 
 from .balancer import Balancer
 from .config import GroupInfo, GroupSpec, Tuning
@@ -76,7 +76,7 @@ class ReplicaGroup:
                       str(max(1, spec.max_concurrency)), "--busy-poll-us", str(t.busy_poll_us),
                       "--max-call-bytes", str(spec.max_body_bytes + FRAME_OVERHEAD),
                       "--max-result-bytes", str(t.max_response_bytes)]
-        self._env = replica_env(runtime_dir, dict(spec.env))
+        self._env = replica_env(runtime_dir, {**spec.env, **r_env(spec.rscript, spec.r_libs)})
         self._stop = asyncio.Event()
         self._drained: asyncio.Future | None = None
         self._booting: asyncio.Future | None = None  # start()'s replicas coming up
@@ -201,8 +201,10 @@ class ReplicaGroup:
         if sandbox is None or not sandbox.enabled:
             return self._argv, self._env, None
         spec, tmp = self.spec, sandbox.tmp_root / rid
+        r_read = (*r_paths(spec.rscript), *spec.r_libs) if spec.rscript else ()
         policy = replica_policy(python=spec.python, project=Path(spec.project),
-                                runtime_dir=self.runtime_dir, tmp=tmp, network=spec.network)
+                                runtime_dir=self.runtime_dir, tmp=tmp, network=spec.network,
+                                also_read=r_read)
         argv = sandbox.command(spec.python, policy, self._argv, runtime_dir=self.runtime_dir)
         return argv, {**self._env, "TMPDIR": str(tmp), "HOME": str(tmp)}, tmp
 

@@ -1,0 +1,290 @@
+# modelport's R replica: source the entry's file, describe its function, then serve calls on two pipes.
+#
+#   Rscript worker.R PROJECT FILE.R FUNCTION IN_FD OUT_FD
+#
+# Started by the Python worker (modelport/runtime/rbridge.py), which speaks the server's frames and
+# relays each call here, already validated against the function's schema. Frames on the pipes are
+# a 4-byte big-endian length and a payload. In: a call's arguments as one JSON object. Out: the
+# payload's first byte says what it is:
+#   Y  ready: the function's signature (JSON)      B  boot failure: the error text
+#   M  a metric of the coming answer: {"name": v}  R  the answer (JSON)
+#   E  the function failed: the error text
+# SIGTERM is ignored (R would die at once mid-call): the Python worker drains by closing IN_FD.
+
+local({
+  argv <- commandArgs(trailingOnly = TRUE)
+  if (length(argv) != 5L) {
+    cat("usage: Rscript worker.R PROJECT FILE.R FUNCTION IN_FD OUT_FD\n", file = stderr())
+    quit(save = "no", status = 2L)
+  }
+  project <- argv[[1L]]
+  file <- argv[[2L]]
+  fname <- argv[[3L]]
+  out <- file(sprintf("/dev/fd/%s", argv[[5L]]), open = "wb", raw = TRUE)
+  inp <- file(sprintf("/dev/fd/%s", argv[[4L]]), open = "rb", raw = TRUE)
+
+  send <- function(kind, text) {
+    payload <- c(charToRaw(kind), charToRaw(text))
+    n <- length(payload)
+    size <- as.raw(c(n %/% 16777216L, (n %/% 65536L) %% 256L, (n %/% 256L) %% 256L, n %% 256L))
+    writeBin(c(size, payload), out)
+    flush(out)
+  }
+
+  # -- JSON out: a small encoder for the common types (jsonlite's toJSON costs ~200 µs a call) --
+
+  num <- function(x) {
+    if (any(is.infinite(x) | is.nan(x))) {
+      stop("the result holds a number JSON cannot carry (infinity or NaN)", call. = FALSE)
+    }
+    s <- sprintf("%.15g", x)
+    short <- suppressWarnings(as.numeric(s))
+    bad <- which(short != x)
+    if (length(bad)) s[bad] <- sprintf("%.17g", x[bad])
+    s[is.na(x)] <- "null"
+    s
+  }
+  controls <- intToUtf8(c(1:31, 127L), multiple = TRUE)
+  str <- function(x) {
+    x <- enc2utf8(as.character(x))
+    bad <- !is.na(x) & !validUTF8(x)
+    if (any(bad)) stop("the result holds a string that is not valid UTF-8", call. = FALSE)
+    esc <- grepl("[\"\\\\\x01-\x1f\x7f]", x, perl = TRUE) & !is.na(x)
+    if (any(esc)) {
+      s <- x[esc]
+      s <- gsub("\\", "\\\\", s, fixed = TRUE)
+      s <- gsub("\"", "\\\"", s, fixed = TRUE)
+      s <- gsub("\n", "\\n", s, fixed = TRUE)
+      s <- gsub("\t", "\\t", s, fixed = TRUE)
+      s <- gsub("\r", "\\r", s, fixed = TRUE)
+      for (ch in controls) {
+        if (any(grepl(ch, s, fixed = TRUE))) {
+          s <- gsub(ch, sprintf("\\u%04x", utf8ToInt(ch)), s, fixed = TRUE)
+        }
+      }
+      x[esc] <- s
+    }
+    out <- paste0("\"", x, "\"")
+    out[is.na(x)] <- "null"
+    out
+  }
+  # Each element of an atomic vector (or a list: each item) as JSON text.
+  atoms <- function(x) {
+    if (is.factor(x)) return(str(as.character(x)))
+    if (inherits(x, "Date") || inherits(x, "POSIXt")) return(str(format(x, "%Y-%m-%dT%H:%M:%OS")))
+    if (is.list(x)) return(vapply(x, to_json, "", USE.NAMES = FALSE))
+    switch(typeof(x),
+      logical = ifelse(is.na(x), "null", ifelse(x, "true", "false")),
+      integer = ifelse(is.na(x), "null", as.character(x)),
+      double = num(unclass(x)),
+      character = str(x),
+      stop(sprintf("a result of type %s cannot be sent as JSON", typeof(x)), call. = FALSE)
+    )
+  }
+  rows <- function(df) {
+    if (nrow(df) == 0L) return("[]")
+    keys <- paste0(str(names(df)), ":")
+    cells <- lapply(seq_along(df), function(j) paste0(keys[[j]], atoms(df[[j]])))
+    paste0("[", paste0("{", do.call(paste, c(cells, sep = ",")), "}", collapse = ","), "]")
+  }
+  to_json <- function(x) {
+    if (is.null(x)) return("null")
+    if (inherits(x, "json")) return(paste(as.character(x), collapse = ""))
+    if (is.data.frame(x)) return(rows(x))
+    if (is.matrix(x)) {
+      if (nrow(x) == 0L) return("[]")
+      return(paste0("[", paste0(apply(x, 1L, function(r) paste0("[", paste(atoms(r), collapse = ","), "]")),
+                                collapse = ","), "]"))
+    }
+    if (is.list(x) || is.atomic(x)) {
+      items <- atoms(x)
+      keys <- names(x)
+      if (!is.null(keys)) return(paste0("{", paste0(str(keys), ":", items, collapse = ","), "}"))
+      if (length(x) == 1L && !is.list(x)) return(items)
+      return(paste0("[", paste(items, collapse = ","), "]"))
+    }
+    if (requireNamespace("jsonlite", quietly = TRUE)) {  # S4 objects and the like
+      return(as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA, dataframe = "rows",
+                                           force = TRUE, null = "null", na = "null")))
+    }
+    stop(sprintf("a result of class %s cannot be sent as JSON", class(x)[[1L]]), call. = FALSE)
+  }
+
+  # -- the signature: formals() and the annotation lines above the function --
+
+  types <- c(numeric = "number", number = "number", dbl = "number", double = "number",
+             integer = "integer", int = "integer", character = "string", string = "string",
+             chr = "string", logical = "boolean", bool = "boolean", list = "list",
+             data.frame = "rows", any = "any")
+  type_of <- function(word) {
+    word <- sub("^\\{(.*)\\}$", "\\1", word)  # roxygen's {numeric}
+    arr <- grepl("^\\[.*\\]$", word) || grepl("\\[\\]$", word)
+    base <- sub("^\\[(.*)\\]$", "\\1", sub("\\[\\]$", "", word))
+    t <- types[base]
+    if (is.na(t)) return(NA_character_)
+    if (arr) paste0(t, "[]") else unname(t)
+  }
+  annotations <- function(path, fname) {
+    lines <- readLines(path, warn = FALSE, encoding = "UTF-8")
+    pattern <- sprintf("^\\s*`?%s`?\\s*(<-|=|<<-)\\s*function\\b", gsub(".", "\\.", fname, fixed = TRUE))
+    at <- grep(pattern, lines, perl = TRUE)
+    res <- list(params = list(), return = NA_character_, doc = character())
+    if (!length(at)) return(res)
+    i <- at[[1L]] - 1L
+    block <- character()
+    while (i >= 1L && grepl("^\\s*#['*]", lines[[i]])) {
+      block <- c(sub("^\\s*#['*]\\s?", "", lines[[i]]), block)
+      i <- i - 1L
+    }
+    for (line in block) {
+      if (grepl("^@param\\s", line)) {
+        words <- strsplit(sub("^@param\\s+", "", line), "\\s+")[[1L]]
+        name <- words[[1L]]
+        type <- NA_character_
+        if (grepl(":", name, fixed = TRUE)) {  # plumber: a:number
+          type <- type_of(sub("^[^:]*:", "", name))
+          name <- sub(":.*$", "", name)
+        } else if (length(words) > 1L) {
+          type <- type_of(words[[2L]])
+        }
+        res$params[[name]] <- type
+      } else if (grepl("^@(return|returns|serializer)\\s", line)) {
+        if (grepl("^@return", line)) res$return <- type_of(strsplit(sub("^@returns?\\s+", "", line), "\\s+")[[1L]][[1L]])
+      } else if (!grepl("^@", line) && nzchar(trimws(line))) {
+        res$doc <- c(res$doc, trimws(line))
+      }
+    }
+    res
+  }
+  constant <- function(v) {
+    if (is.null(v)) return("null")
+    if (is.atomic(v) && length(v) <= 1L && !is.symbol(v)) return(tryCatch(to_json(v), error = function(e) NULL))
+    if (is.call(v) && identical(v[[1L]], as.name("c"))) {  # c(1, 2): a vector default
+      val <- tryCatch(eval(v, baseenv()), error = function(e) NULL)
+      if (is.atomic(val)) return(paste0("[", paste(atoms(val), collapse = ","), "]"))
+    }
+    NULL
+  }
+  signature <- function(f, path, fname) {
+    forms <- formals(f)
+    if ("..." %in% names(forms)) {
+      stop("`...` cannot be filled from a request: take one list parameter (the whole request) ",
+           "or named parameters", call. = FALSE)
+    }
+    notes <- annotations(path, fname)
+    params <- lapply(names(forms), function(n) {
+      required <- identical(forms[[n]], quote(expr = ))  # no default (not evaluated)
+      t <- notes$params[[n]]
+      list(name = n, type = if (is.null(t) || is.na(t)) NULL else t, required = required,
+           default = if (required) NULL else constant(forms[[n]]))
+    })
+    one <- length(params) == 1L && (is.null(params[[1L]]$type) || params[[1L]]$type == "list")
+    list(function_name = fname, form = if (one) "dict" else "params", params = params,
+         return_type = if (is.na(notes$return)) NULL else notes$return,
+         doc = if (length(notes$doc)) paste(notes$doc, collapse = "\n") else NULL)
+  }
+  describe_json <- function(s) {
+    p <- vapply(s$params, function(x) {
+      paste0("{\"name\":", str(x$name), ",\"type\":", if (is.null(x$type)) "null" else str(x$type),
+             ",\"required\":", if (x$required) "true" else "false",
+             ",\"default\":", if (is.null(x$default)) "null" else str(x$default), "}")
+    }, "")
+    paste0("{\"function\":", str(s$function_name), ",\"form\":", str(s$form),
+           ",\"params\":[", paste(p, collapse = ","), "]",
+           ",\"return_type\":", if (is.null(s$return_type)) "null" else str(s$return_type),
+           ",\"doc\":", if (is.null(s$doc)) "null" else str(s$doc),
+           ",\"r_version\":", str(paste(R.version$major, R.version$minor, sep = ".")), "}")
+  }
+
+  # modelport::track_metric(name, value): a namespace named modelport, registered in this R
+  # process only (nothing installed), exporting the worker's track_metric.
+  register_modelport <- function(track_metric) {
+    ns <- new.env(parent = baseenv())
+    info <- new.env(parent = baseenv())
+    info$spec <- c(name = "modelport", version = "0.0.0")
+    exports <- new.env(parent = baseenv())
+    exports$track_metric <- "track_metric"
+    info$exports <- exports
+    info$lazydata <- new.env(parent = baseenv())
+    info$imports <- list(base = TRUE)
+    info$path <- tempdir()
+    info$dynlibs <- character()
+    info$S3methods <- matrix(NA_character_, 0L, 4L)
+    ns$.__NAMESPACE__. <- info
+    ns$.packageName <- "modelport"
+    ns$track_metric <- track_metric
+    tryCatch(.Internal(registerNamespace("modelport", ns)), error = function(e) NULL)
+  }
+
+  # -- boot --
+
+  metrics <- list()  # of the call being served
+  track_metric <- function(name, value) {
+    if (!is.character(name) || length(name) != 1L) stop("track_metric name must be a string")
+    value <- suppressWarnings(as.numeric(value))
+    if (length(value) != 1L || is.na(value)) stop(sprintf("track_metric value for '%s' must be a number", name))
+    metrics[[name]] <<- value
+    invisible(NULL)
+  }
+  register_modelport(track_metric)
+  assign("track_metric", track_metric, envir = globalenv())
+
+  boot_error <- function(text) {
+    cat(text, "\n", sep = "", file = stderr())
+    send("B", text)
+    quit(save = "no", status = 3L)
+  }
+  path <- file.path(project, file)
+  if (!file.exists(path)) boot_error(sprintf("entrypoint: file %s not found in the project", file))
+  setwd(project)
+  loaded <- tryCatch({
+    exprs <- parse(path, keep.source = FALSE, encoding = "UTF-8")
+    for (e in exprs) eval(e, globalenv())
+    TRUE
+  }, error = function(e) {
+    call <- conditionCall(e)
+    where <- if (is.null(call)) "" else paste0(" in ", paste(deparse(call, nlines = 1L), collapse = ""))
+    paste0("Error", where, ": ", conditionMessage(e))
+  })
+  if (!isTRUE(loaded)) boot_error(loaded)
+  if (!exists(fname, envir = globalenv(), inherits = FALSE)) {
+    boot_error(sprintf("entrypoint: %s defines no function %s", file, fname))
+  }
+  f <- get(fname, envir = globalenv(), inherits = FALSE)
+  if (!is.function(f)) boot_error(sprintf("entrypoint: %s in %s is not a function (it is a %s)", fname, file, class(f)[[1L]]))
+  sig <- tryCatch(signature(f, path, fname), error = function(e) boot_error(paste0("entrypoint: ", conditionMessage(e))))
+  dict <- sig$form == "dict"
+  send("Y", describe_json(sig))
+
+  # -- serve --
+
+  options(warn = 1L)  # a warning goes to stderr as it happens (deferred ones never would)
+  fail <- function(e) {
+    call <- conditionCall(e)
+    where <- if (is.null(call)) "" else paste0(" in ", paste(deparse(call, nlines = 1L), collapse = ""))
+    cat("Error", where, ": ", conditionMessage(e), "\n", sep = "", file = stderr())
+    structure(conditionMessage(e), class = "modelport_error")
+  }
+  parse <- jsonlite::parse_json
+  repeat {
+    header <- readBin(inp, "raw", 4L)
+    if (length(header) < 4L) break
+    n <- sum(as.numeric(header) * c(16777216, 65536, 256, 1))
+    body <- rawToChar(readBin(inp, "raw", n))
+    Encoding(body) <- "UTF-8"
+    metrics <- list()
+    answer <- tryCatch({
+      # Without arrays, simplifying changes nothing: skip its cost (most of jsonlite's time).
+      args <- parse(body, simplifyVector = grepl("[", body, fixed = TRUE))
+      to_json(if (dict) f(args) else do.call(f, args, quote = TRUE))
+    }, error = fail)
+    flush(stdout())
+    if (inherits(answer, "modelport_error")) {
+      send("E", enc2utf8(unclass(answer)))
+      next
+    }
+    for (name in names(metrics)) send("M", paste0("{", str(name), ":", num(metrics[[name]]), "}"))
+    send("R", answer)
+  }
+  quit(save = "no", status = 0L)
+})
