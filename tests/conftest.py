@@ -211,3 +211,44 @@ def wait_build(client: httpx.Client, model: str, number: int, timeout: float = 1
             return build
         time.sleep(0.05)
     raise TimeoutError(f"build {model} #{number} still {build['status']}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator:
+    """make(size_mb): a real file system of that size (a tmpfs; mounting needs root), to fill.
+    Unmounted at the end (lazily: a server's files may still be open there)."""
+    mounted: list[Path] = []
+
+    def make(size_mb: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700",
+                               "tmpfs", str(point)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def fill_disk(disk: Path) -> Path:
+    """Write a file until the disk is full, to the last byte; delete it to make room again."""
+    import errno
+
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return filler

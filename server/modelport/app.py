@@ -31,7 +31,7 @@ from modelport.auth import Auth, permission_guard
 from modelport.builder.pipeline import Builder
 from modelport.datadir import (TOKENS_CHANGED, DataDirLock, prepare, tighten,
                                write_admin_token)
-from modelport.errors import handle_exception
+from modelport.errors import disk_full, handle_exception
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
 from modelport.models import Models
@@ -87,12 +87,19 @@ def _mtime(path: Path) -> int | None:
 
 
 async def _every(seconds: float, job) -> None:
+    full = False  # said once while the disk stays full, not every run
     while True:
         await asyncio.sleep(seconds)
         try:
             await job()
-        except Exception:
-            log.exception("periodic job %s failed", getattr(job, "__name__", job))
+            full = False
+        except Exception as exc:
+            if not disk_full(exc):
+                log.exception("periodic job %s failed", getattr(job, "__name__", job))
+            elif not full:
+                full = True
+                log.warning("periodic job %s: the disk is full (%s); it runs again every %g s",
+                            getattr(job, "__name__", job), exc, seconds)
 
 
 class Services:

@@ -168,7 +168,11 @@ class Auth:
 
     async def flush_usage(self) -> None:
         used, self._used = self._used, {}
-        await token_rows.touch(self.db, used)
+        try:
+            await token_rows.touch(self.db, used)
+        except BaseException:  # (a full disk): kept for the next flush, newer uses first
+            self._used = {**used, **self._used}
+            raise
 
 
 def permission_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import sqlite3
+from pathlib import Path
 
 import msgspec
 from litestar import Request, Response
@@ -145,6 +148,34 @@ class StoreMissing(ModelportError):
     status, code = 500, "store.missing"
 
 
+class StoreFull(ModelportError):
+    """The disk holding the data dir is full (or its quota is used up); nothing was written."""
+
+    status, code = 507, "store.full"
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what caused it, is a full disk or quota: ENOSPC or EDQUOT from a write,
+    SQLite's SQLITE_FULL ("database or disk is full") from a registry write."""
+    for _ in range(8):  # the chain of causes, a few deep
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and (
+                getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def store_full(data_dir: Path | str | None) -> StoreFull:
+    where = f"the data dir {data_dir}" if data_dir else "the data dir"
+    return StoreFull(f"The disk holding {where} is full. Free some room there (modelport gc "
+                     "removes what no build needs); predictions are served meanwhile.")
+
+
 class ModelBusy(ModelportError):
     status, code = 429, "model.busy"
 
@@ -193,9 +224,12 @@ def _from_validation(exc: ValidationException) -> ModelportError:
     return RequestInvalid(message, field=key)
 
 
-def to_modelport_error(exc: Exception) -> ModelportError:
+def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> ModelportError:
     if isinstance(exc, ModelportError):
         return exc
+    if disk_full(exc):
+        log.warning("%s is full: %s", data_dir or "the data dir's disk", exc)
+        return store_full(data_dir)
     if hasattr(exc, "code") and hasattr(exc, "status") and isinstance(exc.status, int):
         err = ModelportError(str(exc))  # e.g. store.archive's errors: they carry status and code
         err.status, err.code = exc.status, exc.code
@@ -234,7 +268,8 @@ def to_modelport_error(exc: Exception) -> ModelportError:
 
 def handle_exception(request: Request, exc: Exception) -> Response:
     """The one handler: every error becomes {"error": {"code", "message", "field"}}."""
-    err = to_modelport_error(exc)
+    settings = request.app.state.get("settings")
+    err = to_modelport_error(exc, getattr(settings, "data_dir", None))
     return Response(
         content=error_json(err.status, err.code, err.message, err.field),
         status_code=err.status,

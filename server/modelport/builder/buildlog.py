@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,12 +20,16 @@ class BuildLog:
         self._file = open(path, "a", buffering=1, encoding="utf-8")
 
     def __call__(self, line: str) -> None:
+        """Append a line; one the disk refuses (full) is dropped: the build's state is in the
+        registry, and its failure says why."""
         stamp = time.strftime("%H:%M:%S", time.gmtime())
-        for part in str(line).rstrip("\n").split("\n"):
-            self._file.write(f"{stamp} {part}\n")
+        with contextlib.suppress(OSError):
+            for part in str(line).rstrip("\n").split("\n"):
+                self._file.write(f"{stamp} {part}\n")
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
 
 
 async def follow(path: Path, finished, poll_s: float = 0.2) -> AsyncIterator[bytes]:

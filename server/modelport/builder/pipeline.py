@@ -15,6 +15,7 @@ from modelport.builder.buildlog import BuildLog, log_path
 from modelport.builder.inspect import InspectFailed, inspect_build
 from modelport.builder.projects import Projects, RestoreFailed
 from modelport.builder.snapshot import materialize as write_snapshot
+from modelport.errors import disk_full, store_full
 from modelport.registry import builds as build_rows
 from modelport.runtime.rbridge import is_r_entry
 from modelport.registry.db import Database
@@ -125,10 +126,15 @@ class Builder:
         except (BuildFailed, deps.DependencyError, InspectFailed, rlang.RMissing) as exc:
             fields, objects = {"status": "failed", "error": str(exc)}, []
             blog(f"FAILED: {exc}")
-        except Exception as exc:  # a bug of ours: still a finished build, with the reason
-            log.exception("build %s failed unexpectedly", build_id)
-            fields, objects = {"status": "failed", "error": f"internal error: {exc!r}"}, []
-            blog(f"FAILED (internal error): {exc!r}")
+        except Exception as exc:  # a full disk, or a bug of ours: still a finished build
+            if disk_full(exc):
+                error = store_full(self.settings.data_dir).message
+                blog(f"FAILED: {error} ({exc})")
+            else:
+                log.exception("build %s failed unexpectedly", build_id)
+                error = f"internal error: {exc!r}"
+                blog(f"FAILED (internal error): {exc!r}")
+            fields, objects = {"status": "failed", "error": error}, []
         await build_rows.finish(self.db, build_id, model=row["model"], number=row["number"],
                                 fields=fields, objects=objects)
         blog("Built " + fields["digest"] if fields["status"] == "built" else "Build failed")

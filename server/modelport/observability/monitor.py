@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from modelport.errors import disk_full
 from modelport.registry import captures as capture_rows
 from modelport.registry import metric_points as point_rows
 from modelport.registry import tracked as tracked_rows
 from modelport.registry.db import Database
 
 from . import procstat
+from .backlog import Backlog, Batch
 from .metrics import Recorder
 from .series import RESOLUTIONS, SLOT_S, Bucket, Retention, rebucket
 
@@ -31,7 +33,9 @@ def _merge_rows(old: dict, new: dict) -> dict:
 
 class Monitor:
     """Owns the Recorder (the gateway's ``on_result``); ``run()`` flushes every 10 s, on the slot
-    boundary, through the registry's single writer. ``clock`` is injectable (unix seconds)."""
+    boundary, through the registry's single writer. ``clock`` is injectable (unix seconds).
+    While the disk is full, what a flush could not write is held (``backlog``) and written
+    first by the next flush that can."""
 
     def __init__(self, db: Database, supervisor, routes, *, retention: Retention | None = None,
                  clock: Callable[[], float] = time.time, max_tracked_rows: int = 1_000_000,
@@ -47,6 +51,8 @@ class Monitor:
         self._lock = asyncio.Lock()  # a flush and a series read never see a batch twice
         self._cpu: dict[int, float] = {}  # pid → CPU seconds at the last sample
         self._pruned_at = float("-inf")
+        self.backlog = Backlog()
+        self._full = False  # the last write was refused by a full disk
 
     def _serving_build(self, model: str) -> int | None:
         group = self.routes.group(model)
@@ -73,7 +79,13 @@ class Monitor:
             self.sample_resources(now)
         async with self._lock:
             closed = self.recorder.close_buckets(now + SLOT_S if final else now)
-            await self._write(closed, self.recorder.take_tracked(), self.recorder.take_captures())
+            written = await self._write_or_hold(Batch(closed, self.recorder.take_tracked(),
+                                                      self.recorder.take_captures()))
+        if not written:  # downsampling and pruning write too: they wait for room
+            if final:
+                log.warning("monitoring: %d points held while the disk is full are lost at "
+                            "shutdown", len(self.backlog))
+            return
         await self.compact(now)
         if now - self._pruned_at >= self.prune_every_s:
             await self.prune(now)
@@ -84,7 +96,29 @@ class Monitor:
         if not self.recorder.tracked and not self.recorder.captures:
             return
         async with self._lock:
-            await self._write([], self.recorder.take_tracked(), self.recorder.take_captures())
+            await self._write_or_hold(Batch([], self.recorder.take_tracked(),
+                                            self.recorder.take_captures()))
+
+    async def _write_or_hold(self, batch: Batch) -> bool:
+        """Write what is held and ``batch``; a full disk keeps them all in the backlog (False)."""
+        batch = self.backlog.with_held(batch)
+        try:
+            await self._write(batch.closed, batch.tracked, batch.captures)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self.backlog.hold(batch)
+            if not self._full:
+                log.warning("monitoring: the disk holding %s is full (%s); what is counted is "
+                            "held in memory until there is room", self.db.path.parent, exc)
+            self._full = True
+            return False
+        if self._full:
+            log.info("monitoring: the disk has room again; wrote %d points held while it was "
+                     "full%s", len(batch), f" ({self.backlog.dropped} dropped past the bound)"
+                     if self.backlog.dropped else "")
+            self._full, self.backlog.dropped = False, 0
+        return True
 
     async def _write(self, closed, tracked, captures) -> None:
         if not closed and not tracked and not captures:
@@ -181,7 +215,9 @@ class Monitor:
         lo, hi = int(since) - int(since) % SLOT_S, int(until)
         async with self._lock:
             rows = await point_rows.in_range(self.db, model_id, lo, hi)
-            live = [(build, b) for build, b in self.recorder.open_buckets(model) if lo <= b.t < hi]
+            live = [(build, b) for build, b in [*self.recorder.open_buckets(model),
+                                                 *self.backlog.buckets_of(model)]
+                    if lo <= b.t < hi]
         want = step or self.default_step(since, self.clock())
         want = max(want, max((r["res"] for r in rows), default=SLOT_S))
         span = max(hi - lo, 1)
