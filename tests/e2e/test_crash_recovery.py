@@ -94,24 +94,22 @@ import pathlib
 import time
 
 def get_requires_for_build_wheel(config_settings=None):
-    pathlib.Path({started!r}).touch()
-    deadline = time.monotonic() + 120
-    while not pathlib.Path({release!r}).exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    pathlib.Path(__file__).with_name("started").touch()  # its folder is one a build may write
+    time.sleep(120)  # dies with the server (the sandbox's supervision), or ends by itself
     return []
 '''
 
 
-def kill_mid_build(srv, started: Path) -> list[str]:
+def kill_mid_build(srv) -> list[str]:
     """Wait for the build's dependency step, check what it has made, SIGKILL the server."""
-    until(started.exists, 120, "the build's dependency step")
+    until(lambda: list(srv.data_dir.glob("projects/.tmp-*/slowpkg/started")), 120,
+          "the build's dependency step")
     with srv.client() as c:
         assert c.get("/api/v1/models/m/builds/1").json()["status"] == "building"
     made = leftovers(srv.data_dir)
     assert any(p.startswith(".build-") for p in made), made
     assert any(p.startswith("projects/.tmp-") for p in made), made
     srv.stop(signal.SIGKILL)
-    started.unlink()
     assert leftovers(srv.data_dir) == made
     return made
 
@@ -121,39 +119,35 @@ def test_sigkill_mid_build_leaves_no_folder_and_a_true_status(offline_server, tm
     """A build resolving a local package whose build backend waits: its work folder and staged
     project exist when the server is killed. After a restart they are gone and the build runs
     again; killed during that second try too, it is failed with the reason."""
-    started, release = tmp_path / "started", tmp_path / "release"
     folder = write_project(tmp_path / "slow", {
         "predict.py": TYPED,
         "requirements.txt": "./slowpkg\n",
         "slowpkg/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\n'
                                   'backend-path = ["."]\n[project]\nname = "slowpkg"\n'
                                   'dynamic = ["version"]\n',
-        "slowpkg/backend.py": SLOW_BACKEND.format(started=str(started), release=str(release)),
+        "slowpkg/backend.py": SLOW_BACKEND,
     })
     srv = offline_server().start()
-    try:
-        with srv.client() as c:
-            assert c.post("/api/v1/models", json={"name": "m"}).status_code == 201
-            assert upload_build(c, "m", pack_bytes(folder),
-                                entrypoint="predict.py:predict").status_code == 202
-        first = kill_mid_build(srv, started)
-        srv.start()
-        assert not set(first) & set(leftovers(srv.data_dir))
-        second = kill_mid_build(srv, started)  # the build runs again, and is killed again
-        srv.start()
-        assert not set(second) & set(leftovers(srv.data_dir))
-        assert leftovers(srv.data_dir) == []
-        with srv.client() as c:
-            build = c.get("/api/v1/models/m/builds/1").json()
-            assert build["status"] == "failed" and build["finished_at"]
-            assert "server stopped during the build" in build["error"]
-            log = c.get("/api/v1/models/m/builds/1/log").text
-            assert "building again" in log and "server stopped during the build" in log
-            later = write_project(tmp_path / "p", {"predict.py": TYPED})  # builds go on
-            queued = upload_build(c, "m", pack_bytes(later), entrypoint="predict.py:predict")
-            assert wait_build(c, "m", queued.json()["number"])["status"] == "built"
-    finally:
-        release.touch()  # the orphaned backends, if they outlived the server, end now
+    with srv.client() as c:
+        assert c.post("/api/v1/models", json={"name": "m"}).status_code == 201
+        assert upload_build(c, "m", pack_bytes(folder),
+                            entrypoint="predict.py:predict").status_code == 202
+    first = kill_mid_build(srv)
+    srv.start()
+    assert not set(first) & set(leftovers(srv.data_dir))
+    second = kill_mid_build(srv)  # the build runs again, and is killed again
+    srv.start()
+    assert not set(second) & set(leftovers(srv.data_dir))
+    assert leftovers(srv.data_dir) == []
+    with srv.client() as c:
+        build = c.get("/api/v1/models/m/builds/1").json()
+        assert build["status"] == "failed" and build["finished_at"]
+        assert "server stopped during the build" in build["error"]
+        log = c.get("/api/v1/models/m/builds/1/log").text
+        assert "building again" in log and "server stopped during the build" in log
+        later = write_project(tmp_path / "p", {"predict.py": TYPED})  # builds go on
+        queued = upload_build(c, "m", pack_bytes(later), entrypoint="predict.py:predict")
+        assert wait_build(c, "m", queued.json()["number"])["status"] == "built"
 
 
 SLOW_ON_MINUS_ONE = ("import time\n\ndef predict(a: float) -> float:\n"
