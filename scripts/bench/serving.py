@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Load against `POST /models/{name}/predict` next to a bare baseline measured in the same run.
 
-    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris]
+    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris] [--sandbox-off-too]
 
 wrk (Debian's package; installed when missing) with one thread, since the machine has 2 cores.
 Every run is bounded in time and stops by itself; servers bind to 127.0.0.1 and are stopped by pid.
 Figures are reported as ratios to the bare baseline of the same round: each round measures the
 bare server right before modelport's deployments (1 and 2 replicas), and the median round is
 reported with the spread of all rounds, since this machine's speed drifts by 2× at times.
+With --sandbox-off-too a second server runs the same deployments with MODELPORT_SANDBOX=off, in
+the same rounds: `vs off` is the sandbox's cost (req/s with it over req/s without).
 """
 
 from __future__ import annotations
@@ -127,9 +129,9 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def modelport_server(data: Path):
+def modelport_server(data: Path, **extra: str):
     port = free_port()
-    env = {**os.environ, "MODELPORT_HOME": str(data)}
+    env = {**os.environ, "MODELPORT_HOME": str(data), **extra}
     proc = start([PY, "-m", "modelport.cli", "serve", "--port", str(port), "--log-level", "warning"],
                  env=env, url=f"http://127.0.0.1:{port}/api/v1/health")
     return proc, f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip()
@@ -179,6 +181,8 @@ def main() -> None:
                          "median round is reported (this machine's speed drifts)")
     ap.add_argument("--models", default="adder,iris")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
+    ap.add_argument("--sandbox-off-too", action="store_true",
+                    help="also measure a server with MODELPORT_SANDBOX=off, in the same rounds")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "server"))
     from modelport.client import Client
@@ -187,7 +191,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mp-bench-") as tmp:
         tmp = Path(tmp)
         server, url, token = modelport_server(tmp / "data")
+        servers = [("modelport", server, url, token)]
         try:
+            if args.sandbox_off_too:
+                servers.append(("unboxed", *modelport_server(tmp / "data-off",
+                                                             MODELPORT_SANDBOX="off")))
             for kind in args.models.split(","):
                 ensure_model_deps(kind)
                 port = free_port()
@@ -196,18 +204,19 @@ def main() -> None:
                 try:
                     targets = [("bare", "-", f"http://127.0.0.1:{port}/",
                                 lua_script(BODIES[kind], {}, tmp), None)]
-                    with Client(url, token) as client:
-                        for replicas in (1, 2):
-                            name = f"{kind}-{replicas}"
-                            key = deploy(client, kind, name, replicas)
-                            script = lua_script(BODIES[kind], {"Authorization": f"Bearer {key}"},
-                                                tmp)
-                            targets.append(("modelport", replicas, f"{url}/models/{name}/predict",
-                                            script, server.pid))
+                    for label, proc, where, secret in servers:
+                        with Client(where, secret) as client:
+                            for replicas in (1, 2):
+                                name = f"{kind}-{replicas}"
+                                key = deploy(client, kind, name, replicas)
+                                script = lua_script(BODIES[kind],
+                                                    {"Authorization": f"Bearer {key}"}, tmp)
+                                targets.append((label, replicas, f"{where}/models/{name}/predict",
+                                                script, proc.pid))
                     for c in (1, 64):
                         runs: dict[tuple, list[dict]] = {}
                         for _ in range(args.rounds):
-                            base = None
+                            base, this_round = None, {}
                             for target, replicas, where, script, pid in targets:
                                 got = measure(where, script, c, args.duration, pid)
                                 if base is None:
@@ -215,18 +224,29 @@ def main() -> None:
                                 else:
                                     got["ratio"] = round(got["rps"] / base["rps"], 3)
                                 runs.setdefault((target, replicas), []).append(got)
+                                this_round[(target, replicas)] = got
+                            for (target, replicas), got in this_round.items():
+                                off = this_round.get(("unboxed", replicas))
+                                if target == "modelport" and off:
+                                    got["vs_off"] = round(got["rps"] / off["rps"], 3)
                         for (target, replicas), found in runs.items():
-                            rows.append({"model": kind, "target": target, "replicas": replicas,
-                                         "c": c, **median_row(found)})
+                            row = {"model": kind, "target": target, "replicas": replicas,
+                                   "c": c, **median_row(found)}
+                            costs = sorted(g["vs_off"] for g in found if "vs_off" in g)
+                            if costs:  # the median of the rounds' own ratios
+                                row["vs_off"], row["vs_off_spread"] = costs[len(costs) // 2], costs
+                            rows.append(row)
                 finally:
                     stop(bare)
         finally:
-            stop(server)
+            for _, proc, _, _ in servers:
+                stop(proc)
     print(f"{'model':6} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'non2xx':>6} {'ratio':>6} {'srv µs/req':>10} {'rep µs/req':>10}  spread")
+          f" {'non2xx':>6} {'ratio':>6} {'vs off':>6} {'srv µs/req':>10} {'rep µs/req':>10}  spread")
     for r in rows:
         print(f"{r['model']:6} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
               f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}"
+              f" {r.get('vs_off', ''):>6}"
               f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}"
               f"  {' '.join(f'{v:g}' for v in r['spread'])}")
     if args.json:

@@ -162,7 +162,7 @@ class Sandbox:
         boot = (f"import sys; sys.path.insert(0, {str(runtime_dir)!r}); "
                 "from modelport.runtime.sandbox import main; sys.exit(main())")
         return [str(python), "-I", "-S", "-c", boot, "exec", "--parent", str(os.getpid()),
-                *(["--supervise"] if supervise else []), "--policy", policy.to_json(), "--",
+                *(["--supervise"] if supervise else []), "--policy", policy.encode(), "--",
                 *argv]
 
     def uv_jail(self, *, index_url: str | None, find_links: Sequence[str | Path],

@@ -300,7 +300,7 @@ import os
 
 def _seen():
     try:
-        return "read: " + open(os.environ.get("SECRET_PATH", "") or {secret!r}).read()
+        return "read: " + open({secret!r}).read()
     except Exception as exc:
         return f"refused: {{type(exc).__name__}}"
 
@@ -308,25 +308,27 @@ def get_requires_for_build_wheel(config_settings=None):
     return []
 
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
-    raise RuntimeError("the backend " + _seen())
+    raise RuntimeError("the backend " + _seen() + " env " + os.environ.get("SERVER_SECRET", "-"))
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    raise RuntimeError("the backend " + _seen())
+    raise RuntimeError("the backend " + _seen() + " env " + os.environ.get("SERVER_SECRET", "-"))
 '''
 
 
 @pytest.mark.skipif("landlock" not in __import__("modelport.runtime.sandbox").runtime.sandbox
                     .probe(), reason="this kernel has no Landlock")
-def test_a_confined_uv_locks_builds_and_installs_but_reads_no_secret(tmp_path: Path,
-                                                                      links: Path) -> None:
+def test_a_confined_uv_locks_builds_and_installs_but_reads_no_secret(
+        tmp_path: Path, links: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every uv run of a build through the sandbox's jail: an sdist built, an environment
-    installed; a package's own build backend cannot read a file beside the build's folders."""
+    installed; a package's own build backend cannot read a file beside the build's folders,
+    nor the server's environment."""
     from modelport.sandboxing import Sandbox
 
     data = tmp_path / "data"
     (data / "projects" / "p").mkdir(parents=True)
     secret = data / "admin.token"
     secret.write_text("mp_tok_the-secret\n")
+    monkeypatch.setenv("SERVER_SECRET", "cloud-credential")
     jail = Sandbox(data).uv_jail(index_url=None, find_links=[links], no_index=True)
     lock = _resolve("sdonly\n", data / "a", links, jail=jail, cache_dir=data / "house")
     assert [p.name for p in lock.packages] == ["msgspec", "sdonly"]
@@ -343,9 +345,10 @@ def test_a_confined_uv_locks_builds_and_installs_but_reads_no_secret(tmp_path: P
     log = Log()
     with pytest.raises(deps.DependencyError, match="build_wheel"):
         _resolve("./evilpkg\n", data / "b", links, log, jail=jail, project_dir=project)
-    assert log.count("the backend refused: PermissionError") and not log.count("the-secret")
+    assert log.count("the backend refused: PermissionError env -")
+    assert not log.count("the-secret") and not log.count("cloud-credential")
     # the same backend unconfined reads it: the attack is real
     log = Log()
     with pytest.raises(deps.DependencyError):
         _resolve("./evilpkg\n", data / "c", links, log, project_dir=project)
-    assert log.count("the backend read: mp_tok_the-secret")
+    assert log.count("the backend read: mp_tok_the-secret") and log.count("cloud-credential")

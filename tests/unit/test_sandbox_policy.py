@@ -79,10 +79,13 @@ def test_index_ports(index_url, find_links, no_index, env, ports):
     assert index_ports(index_url, find_links, no_index, env) == ports
 
 
-def test_the_policy_goes_through_json():
-    policy = Policy(read=("/a", "/b"), write=("/c",), connect=(443,))
-    assert Policy.from_json(policy.to_json()) == policy
-    assert Policy.from_json(Policy(connect=None).to_json()).connect is None
+def test_the_policy_goes_through_the_command_line():
+    policy = Policy(read=("/a b", "/c"), write=("/d",), connect=(443, 80))
+    assert Policy.decode(policy.encode()) == policy
+    assert Policy.decode(Policy(connect=None).encode()).connect is None
+    assert Policy.decode(Policy().encode()) == Policy()
+    with pytest.raises(ValueError):
+        Policy(read=("/bad\npath",)).encode()
 
 
 def test_handled_rights_per_landlock_abi():

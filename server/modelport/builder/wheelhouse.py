@@ -59,6 +59,20 @@ def uv_env(offline: bool = False, extra: dict[str, str] | None = None) -> dict[s
     return env
 
 
+# What a confined uv keeps of the server's environment: its own and pip's index settings,
+# proxies, certificates, locale. The rest (the server's settings, any cloud credentials) would be
+# read by the build backends uv runs.
+UV_KEPT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "NO_COLOR", "SOURCE_DATE_EPOCH",
+           "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC")
+UV_KEPT_PREFIXES = ("UV_", "PIP_", "LC_")
+
+
+def confined_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` less what a confined uv (and the code it runs) has no need of."""
+    return {k: v for k, v in env.items()
+            if k in UV_KEPT or k.startswith(UV_KEPT_PREFIXES) or k.lower().endswith("_proxy")}
+
+
 def run_uv(
     args: list[str], *, log: Log, cwd: Path, stdin: str | None = None, offline: bool = False,
     extra_env: dict[str, str] | None = None, jail: Jail | None = None,
@@ -66,12 +80,13 @@ def run_uv(
 ) -> None:
     """Run uv, sending each line it prints to `log` (pins yes, their hashes no); a failure
     raises DependencyError with uv's error text. With a `jail`, uv runs confined: it reads
-    `cwd`, `read` and the system, writes only `write` and its cache, and reaches the index only
-    when not `offline` (uv runs build backends: a package's own code)."""
+    `cwd`, `read` and the system, writes only `write` and its cache, reaches the index only when
+    not `offline`, and gets only the variables it needs (uv runs build backends: a package's
+    own code)."""
     argv, env = [uv_bin(), *args], uv_env(offline, extra_env)
     if jail is not None:
         argv, more = jail(argv, [cwd, *read], write, not offline)
-        env.update(more)
+        env = confined_env(env) | more
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",

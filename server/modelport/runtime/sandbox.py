@@ -1,7 +1,7 @@
 """Confine a process with what the Linux kernel offers: Landlock, a seccomp filter, no privileges.
 
-    python -S -m modelport.runtime.sandbox exec --policy JSON --parent PID [--supervise] -- ARGV...
-    python -S -m modelport.runtime.sandbox probe
+    python -I -S -m modelport.runtime.sandbox exec --policy RULES --parent PID [--supervise] -- ARGV...
+    python -I -S -m modelport.runtime.sandbox probe
 
 `exec` confines itself, then becomes ARGV (execve): the program runs confined from its first
 instruction, so nothing of it (a `.pth` file of its environment, its imports) runs before. With
@@ -19,41 +19,57 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
-import signal
 import stat
 import struct
 import sys
-from dataclasses import dataclass
 
 __all__ = ["Policy", "SandboxError", "apply", "main", "not_dumpable", "probe"]
 
 EXIT_SANDBOX = 125
+SIGKILL, SIGTERM = 9, 15  # (the signal module, and the enum it imports, cost a replica's start)
 
 
-@dataclass(frozen=True)
 class Policy:
     """What a confined process may touch. ``read``: files and folders (with all beneath) it may
     read and execute; ``write``: folders it may also change, and files (devices) it may write;
     ``connect``: TCP ports it may connect to, ``None`` for any network, ``()`` for none at all
     (no socket can be made; the socket it inherited still works). Its own ``/proc/<pid>`` is
-    always readable. A dataclass, not a msgspec Struct: it is read before site-packages exist."""
+    always readable. A plain class with a line format of its own, not a msgspec Struct nor JSON:
+    it is read before site-packages exist, at every replica start (json and dataclasses cost
+    the launcher more than all the rest)."""
 
-    read: tuple[str, ...] = ()
-    write: tuple[str, ...] = ()
-    connect: tuple[int, ...] | None = ()
+    __slots__ = ("read", "write", "connect")
 
-    def to_json(self) -> str:
-        return json.dumps({"read": list(self.read), "write": list(self.write),
-                           "connect": None if self.connect is None else list(self.connect)})
+    def __init__(self, read: tuple[str, ...] = (), write: tuple[str, ...] = (),
+                 connect: tuple[int, ...] | None = ()) -> None:
+        self.read, self.write = tuple(read), tuple(write)
+        self.connect = None if connect is None else tuple(int(p) for p in connect)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and (self.read, self.write, self.connect) == (
+            other.read, other.write, other.connect)
+
+    def __repr__(self) -> str:
+        return f"Policy(read={self.read!r}, write={self.write!r}, connect={self.connect!r})"
+
+    def encode(self) -> str:
+        """One line per rule: ``r PATH``, ``w PATH``, ``c PORT`` or ``c any``."""
+        paths = [*self.read, *self.write]
+        if any("\n" in p for p in paths):
+            raise ValueError("a path of a sandbox policy holds a newline")
+        lines = [f"r {p}" for p in self.read] + [f"w {p}" for p in self.write]
+        lines += ["c any"] if self.connect is None else [f"c {p}" for p in self.connect]
+        return "\n".join(lines)
 
     @classmethod
-    def from_json(cls, text: str) -> Policy:
-        data = json.loads(text)
-        connect = data.get("connect", [])
-        return cls(tuple(data.get("read", ())), tuple(data.get("write", ())),
-                   None if connect is None else tuple(int(p) for p in connect))
+    def decode(cls, text: str) -> Policy:
+        rules: dict[str, list[str]] = {"r": [], "w": [], "c": []}
+        for line in text.splitlines():
+            kind, _, value = line.partition(" ")
+            rules[kind].append(value)
+        connect = None if "any" in rules["c"] else tuple(int(p) for p in rules["c"])
+        return cls(tuple(rules["r"]), tuple(rules["w"]), connect)
 
 
 class SandboxError(OSError):
@@ -407,7 +423,7 @@ def _kill_others() -> None:
             return
         for pid in pids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, SIGKILL)
             except OSError:
                 pass
         _reap()
@@ -435,14 +451,16 @@ def _supervise(policy: Policy, argv: list[str], parent: int) -> int:
         _kill_others()
         os._exit(128 + signum)
 
+    import signal
+
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
-    _die_with(parent, signal.SIGTERM)
+    _die_with(parent, SIGTERM)
     child = os.fork()
     if child == 0:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        _die_with(0, signal.SIGKILL)
+        _die_with(0, SIGKILL)
         _confine(policy)
         _exec(argv)
     while True:
@@ -459,7 +477,7 @@ def _supervise(policy: Policy, argv: list[str], parent: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["probe"]:
-        print(json.dumps({"protections": probe(), "landlock_abi": landlock_abi()}))
+        print(" ".join(probe()) or "none", f"(Landlock ABI {landlock_abi()})")
         return 0
     if args[:1] != ["exec"] or "--" not in args:
         print(__doc__, file=sys.stderr)
@@ -470,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     i = 0
     while i < len(opts):
         if opts[i] == "--policy":
-            policy, i = Policy.from_json(opts[i + 1]), i + 2
+            policy, i = Policy.decode(opts[i + 1]), i + 2
         elif opts[i] == "--parent":
             parent, i = int(opts[i + 1]), i + 2
         elif opts[i] == "--supervise":
@@ -482,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if supervise:
         return _supervise(policy, target, parent)
-    _die_with(parent, signal.SIGKILL)
+    _die_with(parent, SIGKILL)
     _confine(policy)
     _exec(target)
     return 127
