@@ -147,3 +147,116 @@ def test_r_entrypoints_at_the_door_and_bad_r_files(d):
     refused = d.c.post("/api/v1/models/bad/deployments", json={"build": good,
                                                                "max_concurrency": 2})
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "max_concurrency"
+
+
+FAULTS_R = r"""
+bye <- function(args) {
+  if (isTRUE(args$die)) quit(save = "no", status = 1L)
+  "alive"
+}
+spin <- function(args) repeat {}
+hog <- function(args) {
+  x <- numeric(args$mb * 131072)
+  x[] <- 1
+  Sys.sleep(20)
+  length(x)
+}
+loud <- function(args) {
+  cat(strrep("x", 1048576), "\n", sep = "")
+  cat("after the megabyte\n")
+  "printed"
+}
+latin <- function(args) rawToChar(as.raw(c(0x63, 0x61, 0x66, 0xe9)))
+slow <- function(args) {
+  Sys.sleep(args$s)
+  "done"
+}
+"""
+
+
+def _replicas(d: Deployed, model: str) -> list[dict]:
+    return d.c.get(f"/api/v1/models/{model}/replicas").json()["items"]
+
+
+def _until(pred, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout:g} s")
+
+
+def _r_children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_r_quitting_looping_and_hogging_memory(d):
+    d.model("rq")
+    build = d.build("rq", {"faults.R": FAULTS_R}, entrypoint="faults.R:bye")
+    assert d.deploy("rq", build)["status"] == "deployed"
+    assert d.predict("rq", {}).json() == "alive"
+    died = d.predict("rq", {"die": True})
+    assert died.status_code == 502 and died.json()["error"]["code"] == "model.crashed"
+    _until(lambda: d.predict("rq", {}).status_code == 200, 60, "a restarted R replica serving")
+    assert d.predict("rq", {}).json() == "alive"
+
+    d.model("rs")
+    build = d.build("rs", {"faults.R": FAULTS_R}, entrypoint="faults.R:spin")
+    assert d.deploy("rs", build, timeout_s=1)["status"] == "deployed"
+    looped = d.predict("rs", {})
+    assert looped.status_code == 504 and looped.json()["error"]["code"] == "model.timeout"
+
+    d.model("rh")
+    build = d.build("rh", {"faults.R": FAULTS_R}, entrypoint="faults.R:hog")
+    assert d.deploy("rh", build, memory_mb=200)["status"] == "deployed"
+    hogged = d.predict("rh", {"mb": 400})
+    assert hogged.status_code == 502, hogged.text
+    rid = _until(lambda: _replicas(d, "rh"), 60, "the replica restarted")[0]["id"]
+    logs = d.c.get(f"/api/v1/models/rh/replicas/{rid}/logs",
+                   params={"stream": "stderr", "tail": 65536}).text
+    assert "over memory_mb=200" in logs
+
+
+def test_r_output_streams_bad_text_and_drain(d):
+    d.model("rl")
+    build = d.build("rl", {"faults.R": FAULTS_R}, entrypoint="faults.R:loud")
+    assert d.deploy("rl", build)["status"] == "deployed"
+    assert d.predict("rl", {}).json() == "printed"
+    rid = _replicas(d, "rl")[0]["id"]
+    out = d.c.get(f"/api/v1/models/rl/replicas/{rid}/logs",
+                  params={"stream": "stdout", "tail": 4096}).text
+    assert "xxxx" in out and "after the megabyte" in out
+
+    d.model("ru")
+    build = d.build("ru", {"faults.R": FAULTS_R}, entrypoint="faults.R:latin")
+    assert d.deploy("ru", build)["status"] == "deployed"
+    bad = d.predict("ru", {})
+    assert bad.status_code == 500 and "UTF-8" in bad.json()["error"]["message"]
+
+    # SIGTERM reaches R mid-call: it is ignored, the call finishes; a stop drains the replica
+    d.model("rd")
+    build = d.build("rd", {"faults.R": FAULTS_R}, entrypoint="faults.R:slow")
+    assert d.deploy("rd", build)["status"] == "deployed"
+    pid = _replicas(d, "rd")[0]["pid"]
+    import os
+    import signal
+    import threading
+
+    answers: list[httpx.Response] = []
+    call = threading.Thread(target=lambda: answers.append(d.predict("rd", {"s": 3})))
+    call.start()
+    time.sleep(1.0)
+    for child in _r_children(pid):
+        os.kill(child, signal.SIGTERM)
+    call.join()
+    assert answers[0].status_code == 200 and answers[0].json() == "done"
+
+    call = threading.Thread(target=lambda: answers.append(d.predict("rd", {"s": 3})))
+    call.start()
+    time.sleep(1.0)
+    assert d.c.post("/api/v1/models/rd/stop").status_code == 200
+    call.join()
+    assert answers[1].status_code == 200 and answers[1].json() == "done"

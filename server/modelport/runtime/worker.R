@@ -46,9 +46,12 @@ local({
   }
   controls <- intToUtf8(c(1:31, 127L), multiple = TRUE)
   str <- function(x) {
-    x <- enc2utf8(as.character(x))
-    bad <- !is.na(x) & !validUTF8(x)
+    x <- as.character(x)
+    # Text marked latin1 is converted; unmarked (native, UTF-8 here) or "bytes" text must be
+    # UTF-8 already (enc2utf8 would quietly write invalid bytes as "<e9>").
+    bad <- !is.na(x) & !validUTF8(x) & Encoding(x) != "latin1"
     if (any(bad)) stop("the result holds a string that is not valid UTF-8", call. = FALSE)
+    x <- enc2utf8(x)
     esc <- grepl("[\"\\\\\x01-\x1f\x7f]", x, perl = TRUE) & !is.na(x)
     if (any(esc)) {
       s <- x[esc]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = [
     "append_line", "describe_exit", "kill_group", "log_paths", "open_log", "read_tail", "rss_kb",
-    "tail_text", "trim_log",
+    "tail_text", "tree_rss_kb", "trim_log",
 ]
 
 # A trim empties the file before it writes the kept tail back: readers in this process take the
@@ -91,6 +91,18 @@ def rss_kb(pid: int) -> int:
             return int(f.read().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and its direct children (an R function's worker and its R
+    process) in KiB; the process alone where the kernel does not list children."""
+    total = rss_kb(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            children = f.read().split()
+    except OSError:
+        return total
+    return total + sum(rss_kb(int(child)) for child in children)
 
 
 def describe_exit(returncode: int) -> str:

@@ -434,7 +434,7 @@ class Replica:
             await asyncio.sleep(tick)
             pid, now = self.pid, time.monotonic()
             if self.memory_kb and pid:
-                rss = procs.rss_kb(pid)
+                rss = procs.tree_rss_kb(pid)
                 if rss > self.memory_kb:
                     self.kill(f"killed: resident memory {rss // 1024} MiB is over memory_mb="
                               f"{self.memory_kb // 1024}")
