@@ -90,3 +90,30 @@ def test_a_new_deployment_supersedes_one_still_booting(d):
     assert d.predict("m", {"a": 2}).json()["a"] == 2.0
     _until(lambda: len(_workers(d.srv.data_dir)) == 1, 20, "only the newest replica left")
     assert not set(_workers(d.srv.data_dir)) & set(serving)
+
+
+def _replicas(d: Deployed, name: str) -> dict[int, dict]:
+    return {r["pid"]: r for r in d.c.get(f"/api/v1/models/{name}/replicas").json()["items"]}
+
+
+def test_a_sigstopped_replica_is_late_and_passed_over_until_it_answers(d):
+    d.model("m")
+    d.deploy("m", d.build("m", {"predict.py": SLOW_IMPORT}), replicas=2)
+    stopped, other = sorted(_replicas(d, "m"))
+    assert not any(r["late"] for r in _replicas(d, "m").values())
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        _until(lambda: _replicas(d, "m")[stopped]["late"], what="the stopped replica late")
+        for i in range(20):
+            r = d.predict("m", {"a": i})
+            assert r.status_code == 200 and r.json() == {"a": i, "pid": other}
+        shown = _replicas(d, "m")
+        assert shown[stopped]["late"] and shown[stopped]["state"] == "ready"
+        assert not shown[other]["late"]
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    _until(lambda: not _replicas(d, "m")[stopped]["late"], what="the replica chosen again")
+    served = {d.predict("m", {"a": 0}).json()["pid"] for _ in range(6)}
+    assert served == {stopped, other}
+    assert _replicas(d, "m")[stopped]["restarts"] == 0
+    assert "late: silent for" in d.srv.log() and "answers again" in d.srv.log()

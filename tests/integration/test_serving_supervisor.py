@@ -515,6 +515,50 @@ def test_a_replica_that_stops_answering_pings_is_recycled(tmp_path):
     assert env.named("replica.crashed")[0]["reason"] == "killed: no answer to pings for 0.6s"
 
 
+def test_a_stopped_replica_is_late_and_passed_over_until_it_answers(tmp_path):
+    """SIGSTOP: its pipe stays open and its process alive, so it looks ready. Idle, it misses a
+    Ping; busy, its call's answer is overdue: late either way, the other replica takes the
+    calls meanwhile, and after SIGCONT it answers and is chosen again."""
+    env = Env(tmp_path, ping_interval_s=0.2)
+
+    async def t(sup):
+        group = await sup.deploy(spec("slow", replicas=2))
+        first, second = group.replicas
+        os.kill(first.pid, signal.SIGSTOP)  # idle
+        try:
+            await until(lambda: first.late)
+            assert not first.accepting and first.info().late and first.state == "ready"
+            for _ in range(6):
+                replica, msg = await call(group, {"seconds": 0})
+                assert replica is second and isinstance(msg, Result)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        await until(lambda: not first.late)
+        assert first.accepting and not first.info().late
+
+        group.balancer._cursor = 0  # busy: stopped in the middle of a call
+        stuck = asyncio.create_task(call(group, {"seconds": 0.3}))
+        await asyncio.sleep(0.1)
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            await until(lambda: first.late)
+            for _ in range(6):  # the stuck call waits; the others go to the other replica
+                replica, msg = await call(group, {"seconds": 0})
+                assert replica is second and isinstance(msg, Result)
+            assert not stuck.done()
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        replica, msg = await stuck  # it finishes once resumed
+        assert replica is first and isinstance(msg, Result)
+        assert not first.late and first.restarts == 0
+        group.balancer._cursor = 0
+        replica, _ = await call(group, {"seconds": 0})
+        assert replica is first
+    env.run(t)
+    assert [e for e, _ in env.events if e in ("replica.late", "replica.back")] == [
+        "replica.late", "replica.back", "replica.late", "replica.back"]
+
+
 def test_replica_logs_are_bounded(tmp_path):
     from modelport.serving.procs import open_log, trim_log
 

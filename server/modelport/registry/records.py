@@ -111,6 +111,7 @@ class Replica(msgspec.Struct):
     failed: int
     restarts: int
     started_at: str | None
+    late: bool = False  # owes an answer and is silent: not chosen until it answers
 
 
 class Token(msgspec.Struct):

@@ -85,7 +85,7 @@ class Invoker:
         self._known = sig.known_fields
         # The server's response cap (bytes; 0: none): a longer answer is the model's error here,
         # rather than a frame that the server refuses by recycling the replica.
-        self.max_result = max_result
+        self.max_result = max_result or sys.maxsize
 
     def decode(self, body: Any, content_type: str = "json") -> Any:
         """The decoded, validated input; CallFailed 400/422 otherwise."""
@@ -130,13 +130,6 @@ class Invoker:
                              f"(infinity or NaN) at {path}; MessagePack callers get it as it is")
         return out
 
-    def _capped(self, out: bytes) -> bytes:
-        if self.max_result and len(out) > self.max_result:
-            raise CallFailed(
-                500, "model.error", f"The answer is {len(out)} bytes, over the server's response "
-                f"cap of {self.max_result} bytes (MODELPORT_MAX_RESPONSE_MB).")
-        return out
-
     def run(
         self, body: Any, content_type: str = "json", accept: str = "json"
     ) -> tuple[bytes, dict[str, float]]:
@@ -150,7 +143,10 @@ class Invoker:
             raise _model_error(exc) from exc
         finally:
             _METRICS.reset(token)
-        return self._capped(self.encode(out, accept)), metrics
+        data = self.encode(out, accept)
+        if len(data) > self.max_result:
+            raise _too_long(len(data), self.max_result)
+        return data, metrics
 
     async def run_async(
         self, body: Any, content_type: str = "json", accept: str = "json"
@@ -164,7 +160,10 @@ class Invoker:
             raise _model_error(exc) from exc
         finally:
             _METRICS.reset(token)
-        return self._capped(self.encode(out, accept)), metrics
+        data = self.encode(out, accept)
+        if len(data) > self.max_result:
+            raise _too_long(len(data), self.max_result)
+        return data, metrics
 
     def handle(self, call: Call) -> Result | Failure:
         """A Call of a synchronous function → its Result or Failure (safe to run in a thread)."""
@@ -212,6 +211,11 @@ def _non_finite(value: Any) -> str | None:
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
     return None
+
+
+def _too_long(size: int, cap: int) -> CallFailed:
+    return CallFailed(500, "model.error", f"The answer is {size} bytes, over the server's "
+                      f"response cap of {cap} bytes (MODELPORT_MAX_RESPONSE_MB).")
 
 
 def _model_error(exc: BaseException) -> CallFailed:

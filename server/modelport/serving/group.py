@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from modelport.sandboxing import Sandbox, r_paths, replica_policy
 
 from .balancer import Balancer
 from .config import GroupInfo, GroupSpec, Tuning
+from .lateness import CHECK_S
 from .poller import Poller
 from .replica import BootFailed, Replica, replica_id
 from .restart_policy import RestartPolicy
@@ -44,7 +46,7 @@ class ReplicaGroup:
     interrupted; failed (could not start, or gave up restarting: replicas still alive keep
     serving). Events for ``on_change``: group.starting,
     group.ready, group.failed, group.scaled, group.draining, group.stopped, replica.ready,
-    replica.crashed; each with a JSON-able detail dict."""
+    replica.crashed, replica.late, replica.back; each with a JSON-able detail dict."""
 
     def __init__(self, spec: GroupSpec, *, runtime_dir: Path, logs_dir: Path,
                  tuning: Tuning | None = None, on_change: OnChange | None = None,
@@ -80,6 +82,7 @@ class ReplicaGroup:
         self._stop = asyncio.Event()
         self._drained: asyncio.Future | None = None
         self._booting: asyncio.Future | None = None  # start()'s replicas coming up
+        self._punctual: asyncio.TimerHandle | None = None  # looks for late replicas (lateness)
         self._interrupted: str | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -108,6 +111,7 @@ class ReplicaGroup:
             self._booting = None
         self.state = "running"
         self.balancer.recoverable = True
+        self._look_for_late()
         self._emit("group.ready", {"replicas": len(self.replicas)})
 
     def interrupt(self, why: str) -> bool:
@@ -157,6 +161,8 @@ class ReplicaGroup:
     async def _drain(self, timeout: float | None) -> bool:
         self.state = "draining"
         self._stop.set()
+        if self._punctual is not None:
+            self._punctual.cancel()
         self._emit("group.draining", {})
         if timeout is None:
             timeout = max(self.spec.timeout_s, 30.0)
@@ -187,7 +193,8 @@ class ReplicaGroup:
             fresh.append(Replica(
                 rid=rid, slot=slot, build=self.spec.build, argv=argv, cwd=self.spec.project,
                 env=env, logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
-                on_exit=self._exited, max_concurrency=max(1, self.spec.max_concurrency),
+                on_exit=self._exited, on_late=self._late,
+                max_concurrency=max(1, self.spec.max_concurrency),
                 poller=self.poller, boot_timeout_s=self.tuning.boot_timeout_s
                 or self.spec.boot_timeout_s, tmp_dir=tmp,
                 prepare=self._prepare))
@@ -223,6 +230,21 @@ class ReplicaGroup:
         for r in fresh:
             self._emit("replica.ready", {"replica": r.id, "pid": r.pid, "restarts": r.restarts})
             self.balancer.replica_ready(r.inline)
+
+    def _look_for_late(self) -> None:
+        """Every CHECK_S while the group runs: one timer for all its replicas, none per call."""
+        if self.state not in ("running", "failed"):
+            return
+        now = time.monotonic()
+        for r in self.replicas:
+            r.check_late(now)
+        self._punctual = asyncio.get_running_loop().call_later(CHECK_S, self._look_for_late)
+
+    def _late(self, replica: Replica, late: bool) -> None:
+        self._emit("replica.late" if late else "replica.back",
+                   {"replica": replica.id, "pid": replica.pid, "in_flight": replica.in_flight})
+        if not late:  # it takes calls again: those waiting for a free replica may go to it
+            self.balancer.replica_ready(replica.inline)
 
     def _exited(self, replica: Replica, reason: str, recycle: bool) -> None:
         if self.state not in ("running", "failed") or replica not in self.replicas:

@@ -33,6 +33,7 @@ from modelport.runtime.protocol import (
 
 from . import procs
 from .config import ReplicaInfo, Tuning
+from .lateness import Punctuality
 from .poller import Poller
 
 __all__ = ["BootFailed", "NotSent", "Replica", "replica_id"]
@@ -75,14 +76,16 @@ class _Pipe(MessageProtocol):
 class Replica:
     """A slot of a group. ``spawn()`` (again after a crash) starts its process; ``call()`` sends
     one Call and awaits its Result or Failure; ``on_exit(replica, reason, recycle)`` is called
-    when a process that was ready ends without ``stop()``."""
+    when a process that was ready ends without ``stop()``, ``on_late(replica, late)`` when it
+    becomes late (see lateness) and when it answers again."""
 
     def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
                  env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
                  on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1,
                  poller: Poller | None = None, boot_timeout_s: float = 300.0,
                  tmp_dir: Path | None = None,
-                 prepare: Callable[[], Awaitable[list[str]]] | None = None) -> None:
+                 prepare: Callable[[], Awaitable[list[str]]] | None = None,
+                 on_late: Callable[[Replica, bool], None] | None = None) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.tmp_dir = tmp_dir  # private (the sandbox's): made empty at each start, then removed
         self.prepare = prepare  # before each start: check the project folder (lines for the log)
@@ -91,10 +94,11 @@ class Replica:
         self.memory_kb = memory_mb * 1024 if memory_mb else 0
         self.boot_timeout_s = boot_timeout_s
         self.stdout_path, self.stderr_path = procs.log_paths(logs_dir, rid)
-        self.on_exit = on_exit
+        self.on_exit, self.on_late = on_exit, on_late
         self.poller = poller or Poller(0)
         self.state = "starting"
         self.accepting = False  # ready and taking calls: what the balancer looks at
+        self.late = False  # owes an answer and is silent (lateness): not accepting meanwhile
         self.pid: int | None = None
         self.in_flight = self.served = self.failed = self.restarts = 0
         self.started_at: str | None = None
@@ -129,7 +133,10 @@ class Replica:
         self._stopping = self._booted = False
         self._kill_reason: str | None = None
         self._recycle = False
-        self._heard = 0.0
+        self._heard = 0.0  # when it last sent anything
+        self._ping_at = 0.0  # when the last Ping went out
+        self._pings = 0
+        self.punctuality = Punctuality()
         self._marker = ""
         self._refused: str | None = None  # why the calls it holds fail as model.error (_lost)
 
@@ -202,6 +209,8 @@ class Replica:
     def _message(self, msg) -> None:
         kind = type(msg)
         self._heard = time.monotonic()
+        if self.late:
+            self._back()
         if kind is Result or kind is Failure:
             if kind is Result and msg.took:
                 self.service_s += (msg.took - self.service_s) * 0.1
@@ -218,6 +227,41 @@ class Replica:
             self.rss_kb = msg.rss_kb
         elif (kind is Ready or kind is Boot) and self._first is not None and not self._first.done():
             self._first.set_result(msg)
+
+    def check_late(self, now: float) -> None:
+        """The group's periodic look (lateness.CHECK_S): a replica that owes an answer (a call, a
+        Ping) and has been silent past its allowance is late, and not chosen until it answers."""
+        if self.state != "ready" or self._stopping or self._kill_reason is not None:
+            return
+        verdict = self.punctuality.check(
+            now, owes=self.in_flight > 0 or self._ping_at > self._heard, heard=self._heard,
+            service_s=self.service_s, can_probe=not self.inline)
+        if verdict == "probe":
+            self._ping(now)
+        elif verdict == "late" and not self.late:
+            self.late, self.accepting = True, False
+            log.warning("replica %s (pid %s): late: silent for %.1fs with %d call(s) in flight "
+                        "(calls take %.3gs); not chosen until it answers", self.id, self.pid,
+                        now - max(self._heard, self.punctuality.owed_since or 0.0), self.in_flight,
+                        self.service_s)
+            if self.on_late is not None:
+                self.on_late(self, True)
+
+    def _back(self) -> None:
+        """A late replica sent something: it is chosen again (unless it is going away)."""
+        self.late = False
+        if self.state == "ready" and not self._stopping and self._kill_reason is None:
+            self.accepting = True
+        log.info("replica %s (pid %s) answers again: chosen again", self.id, self.pid)
+        if self.on_late is not None:
+            self.on_late(self, False)
+
+    def _ping(self, now: float) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            self._pings += 1
+            self._ping_at = now
+            transport.write(encode_frame(Ping(self._pings)))
 
     def _arm(self, when: float) -> None:
         """Make sure the watchdog fires by ``when`` (time.monotonic())."""
@@ -373,6 +417,7 @@ class Replica:
             self.inline = self.max_concurrency == 1 and not first.is_async
             self.state, self.accepting, self._booted = "ready", True, True
             self._heard = time.monotonic()
+            self.late, self._ping_at, self.punctuality = False, 0.0, Punctuality()
             self._monitor = asyncio.create_task(self._watch())
             return
         if type(first) is Boot:
@@ -429,7 +474,6 @@ class Replica:
         t = self.tuning
         tick = min(t.rss_interval_s, t.ping_interval_s) if self.memory_kb else t.ping_interval_s
         next_ping = next_logs = time.monotonic()
-        ping_id = 0
         while True:
             await asyncio.sleep(tick)
             pid, now = self.pid, time.monotonic()
@@ -444,9 +488,7 @@ class Replica:
                 if self.in_flight == 0 and now - self._heard > t.ping_timeout_s:
                     self.kill(f"killed: no answer to pings for {t.ping_timeout_s:g}s", recycle=True)
                     return
-                ping_id += 1
-                if self._transport is not None and not self._transport.is_closing():
-                    self._transport.write(encode_frame(Ping(ping_id)))
+                self._ping(now)
             if now >= next_logs:
                 next_logs = now + t.log_check_s
                 for path in (self.stdout_path, self.stderr_path):
@@ -495,5 +537,5 @@ class Replica:
 
     def info(self) -> ReplicaInfo:
         return ReplicaInfo(self.id, self.build, self.state, self.pid, self.in_flight, self.served,
-                           self.failed, self.restarts, self.started_at)
+                           self.failed, self.restarts, self.started_at, self.late)
 
