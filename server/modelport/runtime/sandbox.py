@@ -471,7 +471,7 @@ def _supervise(policy: Policy, argv: list[str], parent: int) -> int:
         if pid == child:
             break
     _kill_others()
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 def main(argv: list[str] | None = None) -> int:
