@@ -132,7 +132,7 @@ def app_client(tmp_path: Path):
 
     settings = Settings(data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {client.app.state.admin_token}"
+        client.headers["Authorization"] = f"Bearer {client.app.state.services.admin_token}"
         yield client
 
 

@@ -6,12 +6,13 @@ import asyncio
 import gc
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from modelport import __version__
@@ -27,8 +28,9 @@ from modelport.api.models import ModelsController
 from modelport.api.openapi import COMPONENTS, StructSchema, docs_page, finish_routes
 from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
-from modelport.auth import Auth, permission_guard
+from modelport.auth import Auth
 from modelport.builder.pipeline import Builder
+from modelport.builder.service import Builds
 from modelport.datadir import (TOKENS_CHANGED, DataDirLock, prepare, tighten,
                                write_admin_token)
 from modelport.errors import disk_full, handle_exception
@@ -47,6 +49,7 @@ from modelport.serving.config import Tuning
 from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
+from modelport.store.archive import ArchiveLimits
 from modelport.store.cas import ContentStore
 from modelport.store.gc import clean_temp
 
@@ -103,13 +106,24 @@ async def _every(seconds: float, job) -> None:
 
 
 class Services:
-    """Everything the server runs, built without I/O; `open` and `close` do the work, in order."""
+    """Everything the server runs, built without I/O; `open` and `close` do the work, in order.
+
+    Handlers are given these by name and type (`db: Database`, `deployer: Deployer`: see
+    `dependencies`); nothing else reaches them through the app's state.
+    """
+
+    # Made by `open`, in this order; no request is served before it has run.
+    store: ContentStore
+    builder: Builder
+    builds: Builds
+    sealer: Sealer
+    deployer: Deployer
+    admin_token: str | None  # the first start's admin token (None after): tests read it
 
     def __init__(self, settings: Settings, lock: DataDirLock | None = None):
         self.settings, self._lock = settings, lock
         self.db = Database(settings.registry_path)
         self.auth = Auth(self.db, settings.admin_token_path)
-        self.deployer: Deployer | None = None
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
         self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
                                      logs_dir=settings.logs_dir, on_change=self._on_change,
@@ -124,14 +138,14 @@ class Services:
         self._jobs: list[asyncio.Task] = []
 
     async def _on_change(self, group, event: str, detail: dict) -> None:
-        if self.deployer is not None:
+        if hasattr(self, "deployer"):
             await self.deployer.on_change(group, event, detail)
 
     async def _prepare(self, spec) -> list[str]:
         """Before each replica starts: its build's project folder checked, restored if need be."""
         return await self.builder.projects.before_start(spec.digest)
 
-    async def open(self, state: State) -> None:
+    async def open(self) -> None:
         s = self.settings
         prepare(s)
         self._held = self._lock or DataDirLock(s.lock_path).acquire()
@@ -145,16 +159,15 @@ class Services:
         await asyncio.to_thread(self.sandbox.clear_tmp)
         self.sandbox.report()
         self.builder = Builder(s, self.db, self.store, runtime, self.sandbox)
+        self.builds = Builds(self.db, self.store, self.builder, self.models, ArchiveLimits(
+            max_archive_bytes=s.archive_max_bytes, max_total_bytes=s.archive_max_expanded_bytes,
+            max_ratio=s.archive_max_ratio))
         self.sealer = await asyncio.to_thread(Sealer.for_data_dir, s.secret_key_path)
         sealed = await deployment_rows.seal_clear_env(self.db, self.sealer)
         if sealed:
             log.info("sealed the env values of %d deployments written before sealing", sealed)
         self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
-        state.update(db=self.db, auth=self.auth, store=self.store, builder=self.builder,
-                     supervisor=self.supervisor, routes=self.routes, deployer=self.deployer,
-                     monitor=self.monitor, sandbox=self.sandbox,
-                     models=self.models)
-        state.admin_token = await first_start(self.auth, s)
+        self.admin_token = await first_start(self.auth, s)
         await self.auth.drop_stale_token_file()
         await self.builder.start()
         await self.deployer.restore()
@@ -178,7 +191,7 @@ class Services:
     async def close(self) -> None:
         for job in self._jobs:
             job.cancel()
-        if self.deployer is not None:
+        if hasattr(self, "deployer"):
             await self.deployer.close()
         await self.supervisor.shutdown(drain_timeout=10.0)
         if hasattr(self, "builder"):
@@ -195,6 +208,20 @@ class Services:
             self._held.release()
 
 
+def dependencies(services: Services) -> dict[str, Provide]:
+    """What a handler may name among its parameters: the server's services, the same objects
+    for every request (those `open` makes are read when the request comes)."""
+    provided: dict[str, Callable[[], object]] = {
+        "settings": lambda: services.settings, "db": lambda: services.db,
+        "auth": lambda: services.auth, "models": lambda: services.models,
+        "routes": lambda: services.routes, "sandbox": lambda: services.sandbox,
+        "supervisor": lambda: services.supervisor, "monitor": lambda: services.monitor,
+        "store": lambda: services.store, "builder": lambda: services.builder,
+        "builds": lambda: services.builds, "deployer": lambda: services.deployer,
+    }
+    return {name: Provide(get, sync_to_thread=False) for name, get in provided.items()}
+
+
 def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litestar:
     """The management app (Litestar); `create_asgi` puts the prediction gateway in front of it."""
     services = Services(settings, lock)
@@ -202,7 +229,7 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
-            await services.open(app.state)
+            await services.open()
             yield
         finally:
             await services.close()
@@ -213,7 +240,8 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
                         import_build, DeploymentsController, store_status, store_verify, store_gc,
                         prometheus, MonitoringController,
                         *spa_routes],
-        guards=[permission_guard, strict_booleans],
+        guards=[services.auth.permission_guard, strict_booleans],
+        dependencies=dependencies(services),
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
         state=State({"settings": settings}),

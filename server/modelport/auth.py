@@ -119,6 +119,23 @@ class Auth:
             raise AuthDenied(f"A token of role '{identity.role}' may not do this.")
         return identity
 
+    def permission_guard(self, connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        """Every route says what it needs in `opt["perm"]` (default admin); public routes say so."""
+        permission: Permission = handler.opt.get("perm", "admin")
+        if permission == "public":
+            return
+        header = connection.headers.get("authorization")
+        if handler.opt.get("model_key") and header:
+            # A route of one model's (its OpenAPI document) also takes that model's access key, so
+            # whoever may call the model can read how to.
+            name = connection.path_params.get("name")
+            scheme, _, secret = header.partition(" ")
+            if name and scheme.lower() == "bearer" and self.key_model(secret.strip()) == name:
+                connection.scope["identity"] = Identity(f"key:{name}", f"{name}'s access key",
+                                                        "predict", (name,))
+                return
+        connection.scope["identity"] = self.authenticate(header, permission)
+
     async def issue_token(
         self, *, name: str, role: str, expires_in_days: float | None, models: list[str], actor: str
     ) -> tuple[Token, str]:
@@ -173,25 +190,6 @@ class Auth:
         except BaseException:  # (a full disk): kept for the next flush, newer uses first
             self._used = {**used, **self._used}
             raise
-
-
-def permission_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Every route says what it needs in `opt["perm"]` (default admin); public routes say so."""
-    permission: Permission = handler.opt.get("perm", "admin")
-    if permission == "public":
-        return
-    auth: Auth = connection.app.state.auth
-    header = connection.headers.get("authorization")
-    if handler.opt.get("model_key") and header:
-        # A route of one model's (its OpenAPI document) also takes that model's access key, so
-        # whoever may call the model can read how to.
-        name = connection.path_params.get("name")
-        scheme, _, secret = header.partition(" ")
-        if name and scheme.lower() == "bearer" and auth.key_model(secret.strip()) == name:
-            connection.scope["identity"] = Identity(f"key:{name}", f"{name}'s access key",
-                                                    "predict", (name,))
-            return
-    connection.scope["identity"] = auth.authenticate(header, permission)
 
 
 def identity_of(connection: ASGIConnection) -> Identity:

@@ -26,7 +26,7 @@ def big_registry(tmp_path_factory):
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("registry-bench"))
     with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {client.app.state.admin_token}"
+        client.headers["Authorization"] = f"Bearer {client.app.state.services.admin_token}"
         started = time.perf_counter()
         for i in range(200):  # the first 200 through the API, the real path
             assert client.post("/api/v1/models", json={"name": f"m{i:05d}"}).status_code == 201

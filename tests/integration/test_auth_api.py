@@ -78,7 +78,7 @@ def test_expired_token_is_401(app_client):
         db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000Z' WHERE id = ?",
                    (created["id"],))
     db.close()
-    app_client.blocking_portal.call(app_client.app.state.auth.load)
+    app_client.blocking_portal.call(app_client.app.state.services.auth.load)
     response = app_client.get("/api/v1/models", headers=as_(created["token"]))
     assert response.status_code == 401 and code(response) == "auth.invalid"
 
@@ -112,7 +112,7 @@ def test_revoke_unknown_token_is_404(app_client):
 def test_last_used_is_recorded(app_client):
     viewer = app_client.post("/api/v1/tokens", json={"name": "u", "role": "viewer"}).json()
     app_client.get("/api/v1/models", headers=as_(viewer["token"]))
-    app_client.blocking_portal.call(app_client.app.state.auth.flush_usage)
+    app_client.blocking_portal.call(app_client.app.state.services.auth.flush_usage)
     listed = {t["id"]: t for t in app_client.get("/api/v1/tokens").json()["items"]}
     assert listed[viewer["id"]]["last_used_at"] is not None
 

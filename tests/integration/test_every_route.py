@@ -24,7 +24,7 @@ def _routes(app):
 
 @pytest.fixture
 def tokens(app_client):
-    out = {"admin": app_client.app.state.admin_token}
+    out = {"admin": app_client.app.state.services.admin_token}
     for role in ("deployer", "viewer", "predict"):
         out[role] = app_client.post("/api/v1/tokens", json={"name": role, "role": role}).json()[
             "token"]

@@ -145,7 +145,7 @@ def test_rotate_key_returns_new_key(app_client):
     assert rotated.status_code == 200
     second = rotated.json()["access_key"]
     assert second != first and second.startswith("mp_key_")
-    auth = app_client.app.state.auth
+    auth = app_client.app.state.services.auth
     assert auth.key_model(second) == "k" and auth.key_model(first) is None
 
 
@@ -180,14 +180,14 @@ def test_rate_limit_settings_shape_and_validation(app_client):
     made = app_client.post("/api/v1/models", json={"name": "rl", "rate_limit_per_s": 2.5})
     assert made.status_code == 201
     assert (made.json()["rate_limit_per_s"], made.json()["rate_limit_burst"]) == (2.5, None)
-    assert app_client.app.state.routes.limits["rl"].burst == 3  # one second's worth
+    assert app_client.app.state.services.routes.limits["rl"].burst == 3  # one second's worth
     plain = app_client.post("/api/v1/models", json={"name": "plain"}).json()
     assert (plain["rate_limit_per_s"], plain["rate_limit_burst"]) == (None, None)
-    assert "plain" not in app_client.app.state.routes.limits
+    assert "plain" not in app_client.app.state.services.routes.limits
     changed = app_client.patch("/api/v1/models/rl", json={"rate_limit_burst": 10}).json()
     assert (changed["rate_limit_per_s"], changed["rate_limit_burst"]) == (2.5, 10)
     cleared = app_client.patch("/api/v1/models/rl", json={"rate_limit_per_s": None}).json()
-    assert cleared["rate_limit_per_s"] is None and "rl" not in app_client.app.state.routes.limits
+    assert cleared["rate_limit_per_s"] is None and "rl" not in app_client.app.state.services.routes.limits
     for body, field in [({"name": "x", "rate_limit_per_s": 0}, "rate_limit_per_s"),
                         ({"name": "x", "rate_limit_per_s": 1e-309}, "rate_limit_per_s"),
                         ({"name": "x", "rate_limit_per_s": 0.0009}, "rate_limit_per_s"),

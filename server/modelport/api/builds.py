@@ -13,20 +13,23 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
-from modelport.api.common import Cursor, Limit, state, who
-from modelport.builder import exchange, service
+from modelport.api.common import BuildsDep, Cursor, DbDep, Limit, SettingsDep, StoreDep, who
+from modelport.builder import exchange
 from modelport.builder.buildlog import follow, log_path
 from modelport.builder.compat import compare
 from modelport.builder.diff import BuildDiff, diff_dependencies, diff_files, diff_schema
+from modelport.builder.service import parse_form
 from modelport.builder.upload import read_upload
 from modelport.errors import NotFound, RequestInvalid
 from modelport.registry import builds as build_rows
 from modelport.registry import models as model_rows
+from modelport.registry.db import Database
 from modelport.registry.paging import clamp_limit, decode_cursor
 from modelport.registry.records import Build, ImportedBuild, Page
 from modelport.scratch import scratch_file
+from modelport.settings import Settings
 from modelport.store import manifest as mf
-from modelport.store.archive import ArchiveLimits
+from modelport.store.cas import ContentStore
 
 NO_LIMIT = {"request_max_body_size": None}
 
@@ -43,22 +46,21 @@ class FileList(msgspec.Struct):
     next: str | None = None
 
 
-async def _build_row(request: Request, name: str, number: int) -> tuple[dict, dict]:
-    app = state(request)
-    model = await model_rows.row(app.db, name)
-    return model, await build_rows.row(app.db, model["id"], number, name)
+async def _build_row(db: Database, name: str, number: int) -> tuple[dict, dict]:
+    model = await model_rows.row(db, name)
+    return model, await build_rows.row(db, model["id"], number, name)
 
 
-async def _manifest(request: Request, row: dict) -> mf.Manifest:
+async def _manifest(store: ContentStore, row: dict) -> mf.Manifest:
     if not row["manifest"]:
         raise NotFound(f"Build #{row['number']} has no manifest: it is {row['status']}.")
-    data = await asyncio.to_thread(state(request).store.read_bytes, row["manifest"])
+    data = await asyncio.to_thread(store.read_bytes, row["manifest"])
     return mf.decode(data)
 
 
-async def _upload(request: Request, max_bytes: int):
+async def _upload(request: Request, settings: Settings):
     return await read_upload(request.headers.get("content-type", ""), request.stream(),
-                             state(request).settings.uploads_dir, max_bytes)
+                             settings.uploads_dir, settings.archive_max_bytes)
 
 
 class BuildsController(Controller):
@@ -67,44 +69,43 @@ class BuildsController(Controller):
     opt = {"perm": "read"}
 
     @post("/", opt={"perm": "write", **NO_LIMIT}, status_code=202, request_max_body_size=None)
-    async def create(self, request: Request, name: FromPath[str]) -> Build:
+    async def create(self, request: Request, db: DbDep, builds: BuildsDep, settings: SettingsDep,
+                     name: FromPath[str]) -> Build:
         """Upload a project folder (multipart: archive, entrypoint, …); the build is queued."""
-        app = state(request)
-        await model_rows.row(app.db, name)
-        upload = await _upload(request, app.settings.archive_max_bytes)
+        await model_rows.row(db, name)
+        upload = await _upload(request, settings)
         try:
-            form = service.parse_form(upload.fields)
-            return await service.create_build(app, name, who(request).actor, form, upload.archive)
+            form = parse_form(upload.fields)
+            return await builds.create(name, who(request).actor, form, upload.archive)
         finally:
             upload.discard()
 
     @get("/")
-    async def list_builds(self, request: Request, name: FromPath[str], limit: Limit = None,
+    async def list_builds(self, db: DbDep, name: FromPath[str], limit: Limit = None,
                           cursor: Cursor = None) -> Page[Build]:
         """The model's builds, newest first."""
-        model = await model_rows.row(state(request).db, name)
+        model = await model_rows.row(db, name)
         key = decode_cursor(cursor, int)
-        return await build_rows.list_builds(state(request).db, model["id"], name,
-                                            limit=clamp_limit(limit),
+        return await build_rows.list_builds(db, model["id"], name, limit=clamp_limit(limit),
                                             cursor=key)
 
     @get("/{number:int}")
-    async def read(self, request: Request, name: FromPath[str], number: FromPath[int]) -> Build:
+    async def read(self, db: DbDep, name: FromPath[str], number: FromPath[int]) -> Build:
         """One build: status, digest, schemas, examples, sizes."""
-        _, row = await _build_row(request, name, number)
+        _, row = await _build_row(db, name, number)
         return build_rows.to_build(row, name)
 
     @get("/{number:int}/log", media_type="text/plain")
-    async def log(self, request: Request, name: FromPath[str], number: FromPath[int],
+    async def log(self, db: DbDep, settings: SettingsDep, name: FromPath[str],
+                  number: FromPath[int],
                   follow_: Annotated[bool, QueryParameter(name="follow", required=False)] = False
                   ) -> Response:
         """The build's log; `?follow=1` streams it until the build ends."""
-        _, row = await _build_row(request, name, number)
-        path = log_path(state(request).settings.logs_dir, name, number)
+        _, row = await _build_row(db, name, number)
+        path = log_path(settings.logs_dir, name, number)
         if not follow_:
             text = await asyncio.to_thread(path.read_bytes) if path.exists() else b""
             return Response(text, media_type="text/plain")
-        db = state(request).db
 
         async def finished() -> bool:
             status = await db.value("SELECT status FROM builds WHERE id = ?", (row["id"],))
@@ -113,45 +114,46 @@ class BuildsController(Controller):
         return Stream(follow(path, finished), media_type="text/plain")
 
     @get("/{number:int}/manifest")
-    async def manifest(self, request: Request, name: FromPath[str],
+    async def manifest(self, db: DbDep, store: StoreDep, name: FromPath[str],
                        number: FromPath[int]) -> mf.Manifest:
         """The build's manifest: files, the lock and its wheels, entrypoint, schemas, metadata."""
-        _, row = await _build_row(request, name, number)
-        return await _manifest(request, row)
+        _, row = await _build_row(db, name, number)
+        return await _manifest(store, row)
 
     @get("/{number:int}/files")
-    async def files(self, request: Request, name: FromPath[str], number: FromPath[int]) -> FileList:
+    async def files(self, db: DbDep, builds: BuildsDep, name: FromPath[str],
+                    number: FromPath[int]) -> FileList:
         """Every file of the build's snapshot: path, size, mode, digest."""
-        _, row = await _build_row(request, name, number)
-        snapshot = await service.snapshot_of(state(request), row)
+        _, row = await _build_row(db, name, number)
+        snapshot = await builds.snapshot_of(row)
         return FileList([FileItem(e.path, e.size, e.mode, e.digest) for e in snapshot.files])
 
     @get("/{number:int}/files/{path:path}")
-    async def file(self, request: Request, name: FromPath[str], number: FromPath[int],
-                   path: FromPath[str]) -> Response:
+    async def file(self, db: DbDep, builds: BuildsDep, name: FromPath[str],
+                   number: FromPath[int], path: FromPath[str]) -> Response:
         """One file's content."""
-        _, row = await _build_row(request, name, number)
-        snapshot = await service.snapshot_of(state(request), row)
+        _, row = await _build_row(db, name, number)
+        snapshot = await builds.snapshot_of(row)
         wanted = path.lstrip("/")
         entry = next((e for e in snapshot.files if e.path == wanted), None)
         if entry is None:
             raise NotFound(f"Build #{number} has no file '{wanted}'.")
-        data = await asyncio.to_thread(state(request).store.read_bytes, entry.digest)
+        data = await asyncio.to_thread(builds.store.read_bytes, entry.digest)
         kind = mimetypes.guess_type(wanted)[0] or "application/octet-stream"
         if kind.startswith("text/") or wanted.endswith((".py", ".txt", ".md", ".toml", ".cfg")):
             kind = "text/plain"  # Litestar adds the charset (utf-8)
         return Response(data, media_type=kind)
 
     @get("/{number:int}/diff/{other:int}")
-    async def diff(self, request: Request, name: FromPath[str], number: FromPath[int],
-                   other: FromPath[int]) -> BuildDiff:
+    async def diff(self, db: DbDep, builds: BuildsDep, name: FromPath[str],
+                   number: FromPath[int], other: FromPath[int]) -> BuildDiff:
         """Files, dependencies and schemas changed from build `number` to build `other`."""
-        _, a = await _build_row(request, name, number)
-        _, b = await _build_row(request, name, other)
-        snap_a = await service.snapshot_of(state(request), a)
-        snap_b = await service.snapshot_of(state(request), b)
-        deps_a = await self._versions(request, a)
-        deps_b = await self._versions(request, b)
+        _, a = await _build_row(db, name, number)
+        _, b = await _build_row(db, name, other)
+        snap_a = await builds.snapshot_of(a)
+        snap_b = await builds.snapshot_of(b)
+        deps_a = await _versions(builds.store, a)
+        deps_b = await _versions(builds.store, b)
         schemas = [diff_schema(kind, msgspec.json.decode(a[col] or "null"),
                                msgspec.json.decode(b[col] or "null"))
                    for kind, col in (("input", "input_schema"), ("output", "output_schema"))]
@@ -165,19 +167,13 @@ class BuildsController(Controller):
                                                                         b["entrypoint"]],
         )
 
-    async def _versions(self, request: Request, row: dict) -> dict[str, str]:
-        if not row["manifest"]:
-            return {}
-        manifest = await _manifest(request, row)
-        return {w.name: w.version for w in manifest.derived.wheels}
-
     @get("/{number:int}/export", media_type="application/zstd")
-    async def export(self, request: Request, name: FromPath[str], number: FromPath[int]) -> Stream:
+    async def export(self, db: DbDep, store: StoreDep, settings: SettingsDep,
+                     name: FromPath[str], number: FromPath[int]) -> Stream:
         """The whole build, wheels included, as one portable .tar.zst."""
-        _, row = await _build_row(request, name, number)
-        manifest = await _manifest(request, row)
-        store = state(request).store
-        fd, path = scratch_file(state(request).settings.uploads_dir, "export-")
+        _, row = await _build_row(db, name, number)
+        manifest = await _manifest(store, row)
+        fd, path = scratch_file(settings.uploads_dir, "export-")
         try:
             with os.fdopen(os.dup(fd), "wb") as out:
                 await asyncio.to_thread(exchange.export, store, manifest, out)
@@ -188,6 +184,13 @@ class BuildsController(Controller):
             "Content-Disposition": f'attachment; filename="{name}-{number}.tar.zst"',
             "Content-Length": str(os.path.getsize(path)),
         })
+
+
+async def _versions(store: ContentStore, row: dict) -> dict[str, str]:
+    if not row["manifest"]:
+        return {}
+    manifest = await _manifest(store, row)
+    return {w.name: w.version for w in manifest.derived.wheels}
 
 
 def _discard(fd: int, path: Path) -> None:
@@ -207,18 +210,14 @@ async def _stream_file(fd: int, path: Path, chunk: int = 1 << 20):
 
 @post("/api/v1/builds/import", opt={"perm": "write"}, status_code=201, tags=["builds"],
       request_max_body_size=None)
-async def import_build(request: Request) -> ImportedBuild:
+async def import_build(request: Request, builds: BuildsDep, settings: SettingsDep) -> ImportedBuild:
     """Import an exported build (multipart `archive`, optional `model`); keeps its digest."""
-    app = state(request)
-    upload = await _upload(request, app.settings.archive_max_bytes)
+    upload = await _upload(request, settings)
     try:
         unknown = set(upload.fields) - {"model"}
         if unknown:
             raise RequestInvalid(f"Unknown field `{sorted(unknown)[0]}`.", field=sorted(unknown)[0])
-        return await service.import_build(app, upload.fields.get("model"), who(request).actor,
-                                          upload.archive, ArchiveLimits(
-                                              max_archive_bytes=app.settings.archive_max_bytes,
-                                              max_total_bytes=app.settings.archive_max_expanded_bytes,
-                                              max_ratio=app.settings.archive_max_ratio))
+        return await builds.import_(upload.fields.get("model"), who(request).actor,
+                                    upload.archive)
     finally:
         upload.discard()

@@ -1,4 +1,4 @@
-"""What every controller shares: the registry and auth from app state, who is asking, paging."""
+"""What every controller shares: who is asking, names, numbers, paging, strict booleans."""
 
 from __future__ import annotations
 
@@ -8,13 +8,40 @@ import msgspec
 import msgspec.inspect as mi
 from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 
-from modelport.auth import Identity, identity_of
+from modelport.auth import Auth, Identity, identity_of
+from modelport.builder.pipeline import Builder
+from modelport.builder.service import Builds
 from modelport.errors import RequestInvalid
-from modelport.runtime.invoke import field_of
+from modelport.gateway.routes import Routes
+from modelport.models import Models
+from modelport.observability.monitor import Monitor
+from modelport.registry.db import Database
 from modelport.registry.records import MODEL_NAME
+from modelport.runtime.invoke import field_of
+from modelport.sandboxing import Sandbox
+from modelport.serving.deployer import Deployer
+from modelport.serving.supervisor import Supervisor
+from modelport.settings import Settings
+from modelport.store.cas import ContentStore
+
+# The server's services, as a handler asks for them: by parameter name and type (`db: DbDep`).
+# `app.dependencies` provides each under that name; the types make the handler's use checkable.
+AuthDep = NamedDependency[Auth]
+BuilderDep = NamedDependency[Builder]
+BuildsDep = NamedDependency[Builds]
+DbDep = NamedDependency[Database]
+DeployerDep = NamedDependency[Deployer]
+ModelsDep = NamedDependency[Models]
+MonitorDep = NamedDependency[Monitor]
+RoutesDep = NamedDependency[Routes]
+SandboxDep = NamedDependency[Sandbox]
+SettingsDep = NamedDependency[Settings]
+StoreDep = NamedDependency[ContentStore]
+SupervisorDep = NamedDependency[Supervisor]
 
 ModelName = Annotated[str, msgspec.Meta(pattern=MODEL_NAME, description="Model name")]
 
@@ -36,10 +63,6 @@ def positive(**meta) -> msgspec.Meta:
 
 def who(request: Request) -> Identity:
     return identity_of(request)
-
-
-def state(request: Request):
-    return request.app.state
 
 
 # --- JSON booleans are booleans --------------------------------------------------------------------

@@ -10,10 +10,21 @@ from litestar import Controller, Request, Response, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from modelport.api.common import Cursor, Limit, PathNumber, RowNumber, state, who
+from modelport.api.common import (
+    Cursor,
+    DbDep,
+    DeployerDep,
+    Limit,
+    PathNumber,
+    RowNumber,
+    SettingsDep,
+    SupervisorDep,
+    who,
+)
 from modelport.errors import DeploymentNotFound, ModelNotDeployed, NotFound
 from modelport.registry import deployments as rows
 from modelport.registry import models as model_rows
+from modelport.registry.db import Database
 from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
 from modelport.registry.records import Deployment, Page, Replica
 from modelport.serving.procs import read_tail
@@ -66,12 +77,8 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     allow_breaking: bool = False
 
 
-async def _model(request: Request, name: str) -> dict:
-    return await model_rows.row(state(request).db, name)
-
-
-async def _shown(request: Request, row: dict, name: str) -> Deployment:
-    return await rows.full(state(request).db, row, name)
+async def _shown(db: Database, row: dict, name: str) -> Deployment:
+    return await rows.full(db, row, name)
 
 
 class DeploymentsController(Controller):
@@ -80,104 +87,108 @@ class DeploymentsController(Controller):
     opt = {"perm": "read"}
 
     @post("/deployments", opt={"perm": "write"}, status_code=202)
-    async def create(self, request: Request, name: FromPath[str],
-                     data: JSONBody[DeploymentCreate]) -> Deployment:
+    async def create(self, request: Request, db: DbDep, deployer: DeployerDep,
+                     name: FromPath[str], data: JSONBody[DeploymentCreate]) -> Deployment:
         """Deploy a build; replaces the current deployment with no failed request."""
-        model = await _model(request, name)
+        model = await model_rows.row(db, name)
         given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         given.pop("build")
         allow_breaking = given.pop("allow_breaking")
         settings = DEFAULTS
         if given.pop("keep_current"):
-            current = await rows.current(state(request).db, model["id"])
+            current = await rows.current(db, model["id"])
             if current is None:  # stopped: serve again as it was served last
-                current = await rows.latest(state(request).db, model["id"])
+                current = await rows.latest(db, model["id"])
             if current is not None:
-                settings = state(request).deployer.settings_of(current)
+                settings = deployer.settings_of(current)
         settings = settings | given
-        row = await state(request).deployer.deploy(model, data.build, settings, who(request).actor,
-                                                   allow_breaking=allow_breaking)
-        return await _shown(request, row, name)
+        row = await deployer.deploy(model, data.build, settings, who(request).actor,
+                                    allow_breaking=allow_breaking)
+        return await _shown(db, row, name)
 
     @get("/deployments")
-    async def history(self, request: Request, name: FromPath[str], limit: Limit = None,
+    async def history(self, db: DbDep, name: FromPath[str], limit: Limit = None,
                       cursor: Cursor = None) -> Page[Deployment]:
         """Every deployment of the model, newest first, with its events."""
-        model = await _model(request, name)
+        model = await model_rows.row(db, name)
         key, size = decode_cursor(cursor, int), clamp_limit(limit)
-        found = await rows.history(state(request).db, model["id"], limit=size,
-                                   cursor=key)
+        found = await rows.history(db, model["id"], limit=size, cursor=key)
         nxt = next_cursor(found, size, "id")
-        return Page([await _shown(request, r, name) for r in found], nxt)
+        return Page([await _shown(db, r, name) for r in found], nxt)
 
     @get("/deployments/current")
-    async def current(self, request: Request, name: FromPath[str]) -> Deployment:
+    async def current(self, db: DbDep, name: FromPath[str]) -> Deployment:
         """The deployment serving (or about to serve) the model."""
-        model = await _model(request, name)
-        row = await rows.current(state(request).db, model["id"])
+        model = await model_rows.row(db, name)
+        row = await rows.current(db, model["id"])
         if row is None:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
-        return await _shown(request, row, name)
+        return await _shown(db, row, name)
 
     @patch("/deployments/current", opt={"perm": "write"})
-    async def scale(self, request: Request, name: FromPath[str], data: JSONBody[ScaleRequest]) -> Deployment:
+    async def scale(self, request: Request, db: DbDep, deployer: DeployerDep,
+                    name: FromPath[str], data: JSONBody[ScaleRequest]) -> Deployment:
         """Scale the current deployment; recorded as an event of it, not a new deployment."""
-        model = await _model(request, name)
-        row = await state(request).deployer.scale(model, data.replicas, who(request).actor)
-        return await _shown(request, row, name)
+        model = await model_rows.row(db, name)
+        row = await deployer.scale(model, data.replicas, who(request).actor)
+        return await _shown(db, row, name)
 
     @get("/deployments/{deployment_id:int}")
-    async def read(self, request: Request, name: FromPath[str],
+    async def read(self, db: DbDep, name: FromPath[str],
                    deployment_id: PathNumber) -> Deployment:
         """One deployment with its events."""
-        model = await _model(request, name)
-        row = await rows.by_id(state(request).db, model["id"], deployment_id)
+        model = await model_rows.row(db, name)
+        row = await rows.by_id(db, model["id"], deployment_id)
         if row is None:
             raise DeploymentNotFound(f"Model '{name}' has no deployment {deployment_id}.")
-        return await _shown(request, row, name)
+        return await _shown(db, row, name)
 
     @post("/rollback", opt={"perm": "write"}, status_code=202)
-    async def rollback(self, request: Request, name: FromPath[str],
+    async def rollback(self, request: Request, db: DbDep, deployer: DeployerDep,
+                       name: FromPath[str],
                        data: JSONBody[RollbackRequest | None] = None) -> Deployment:
         """Deploy the build that served before the current one (or `to_build`)."""
-        model = await _model(request, name)
+        model = await model_rows.row(db, name)
         to_build = data.to_build if data else None
-        row = await state(request).deployer.rollback(model, to_build, who(request).actor,
-                                                     allow_breaking=bool(data and data.allow_breaking))
-        return await _shown(request, row, name)
+        row = await deployer.rollback(model, to_build, who(request).actor,
+                                      allow_breaking=bool(data and data.allow_breaking))
+        return await _shown(db, row, name)
 
     @post("/stop", opt={"perm": "write"}, status_code=200)
-    async def stop(self, request: Request, name: FromPath[str]) -> Deployment:
+    async def stop(self, request: Request, db: DbDep, deployer: DeployerDep,
+                   name: FromPath[str]) -> Deployment:
         """Stop serving: in-flight requests finish, then the replicas exit."""
-        model = await _model(request, name)
-        row = await state(request).deployer.stop(model, who(request).actor)
-        return await _shown(request, row, name)
+        model = await model_rows.row(db, name)
+        row = await deployer.stop(model, who(request).actor)
+        return await _shown(db, row, name)
 
     @post("/restart", opt={"perm": "write"}, status_code=202)
-    async def restart(self, request: Request, name: FromPath[str]) -> Deployment:
+    async def restart(self, request: Request, db: DbDep, deployer: DeployerDep,
+                      name: FromPath[str]) -> Deployment:
         """Fresh replicas for the current deployment, ready before the old ones drain."""
-        model = await _model(request, name)
-        row = await state(request).deployer.restart(model, who(request).actor)
-        return await _shown(request, row, name)
+        model = await model_rows.row(db, name)
+        row = await deployer.restart(model, who(request).actor)
+        return await _shown(db, row, name)
 
     @get("/replicas")
-    async def replicas(self, request: Request, name: FromPath[str]) -> Page[Replica]:
+    async def replicas(self, db: DbDep, supervisor: SupervisorDep,
+                       name: FromPath[str]) -> Page[Replica]:
         """The replicas serving the model now: state, pid, in flight, served, failed, restarts."""
-        await _model(request, name)
-        return Page(state(request).supervisor.replicas(name))
+        await model_rows.row(db, name)
+        return Page(supervisor.replicas(name))
 
     @get("/replicas/{replica_id:str}/logs", media_type="text/plain")
     async def replica_logs(
-        self, request: Request, name: FromPath[str], replica_id: FromPath[str],
+        self, db: DbDep, settings: SettingsDep, name: FromPath[str], replica_id: FromPath[str],
         stream: Annotated[Literal["stdout", "stderr"], QueryParameter(required=False)] = "stdout",
         follow: Annotated[bool, QueryParameter(required=False)] = False,
         tail: Annotated[int, QueryParameter(required=False, ge=0, le=10_000_000)] = 1_000_000,
     ) -> Response:
         """A replica's stdout or stderr (`?follow=1` streams new lines)."""
-        await _model(request, name)
+        await model_rows.row(db, name)
         if not replica_id.startswith(f"{name}-") or "/" in replica_id:
             raise NotFound(f"Model '{name}' has no replica '{replica_id}'.")
-        path = state(request).settings.logs_dir / "replicas" / f"{replica_id}.{stream}"
+        path = settings.logs_dir / "replicas" / f"{replica_id}.{stream}"
         if not path.exists():
             raise NotFound(f"Model '{name}' has no replica '{replica_id}'.")
         if follow:

@@ -8,11 +8,10 @@ from litestar import Request, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
-from modelport.api.common import state
+from modelport import __version__
+from modelport.api.common import RoutesDep, SandboxDep
 from modelport.auth import identity_of
 from modelport.errors import ErrorEnvelope, ModelNotFound, ModelUnavailable
-
-from modelport import __version__
 
 
 class Health(msgspec.Struct):
@@ -22,9 +21,9 @@ class Health(msgspec.Struct):
 
 
 @get("/api/v1/health", opt={"perm": "public"}, tags=["health"])
-async def health(request: Request) -> Health:
+async def health(sandbox: SandboxDep) -> Health:
     """Liveness, and the sandbox replicas and builds run in: answers without a token."""
-    return Health("ok", __version__, list(state(request).sandbox.protections))
+    return Health("ok", __version__, list(sandbox.protections))
 
 
 class WhoAmI(msgspec.Struct):
@@ -52,11 +51,10 @@ class ModelReady(msgspec.Struct):
      responses={503: ResponseSpec(
          data_container=ErrorEnvelope, generate_examples=False,
          description="`model.unavailable`: not deployed, or no replica is ready")})
-async def model_ready(request: Request, name: FromPath[str]) -> ModelReady:
+async def model_ready(routes: RoutesDep, name: FromPath[str]) -> ModelReady:
     """200 while at least one replica of the model's serving build is ready; 503
     `model.unavailable` otherwise (not deployed, starting, every replica down); 404 for a model
     that does not exist. It says no more than a prediction's own answer would."""
-    routes = state(request).routes
     if name not in routes:
         raise ModelNotFound(f"No model named '{name}'.")
     group = routes.group(name)

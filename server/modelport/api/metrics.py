@@ -12,7 +12,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from modelport.api.common import Cursor, Limit, PathNumber, state
+from modelport.api.common import Cursor, DbDep, Limit, MonitorDep, PathNumber
 from modelport.clock import iso, parse_iso
 from modelport.errors import PredictionNotFound, RequestInvalid
 from modelport.observability.prometheus import exposition
@@ -98,9 +98,8 @@ def _prediction(row: dict) -> PredictionMetrics:
 
 
 @get("/metrics", opt={"perm": "any"}, tags=["monitoring"], media_type="text/plain")
-async def prometheus(request: Request) -> Response:
+async def prometheus(request: Request, monitor: MonitorDep) -> Response:
     """Prometheus text (OpenMetrics when asked): requests, latency, bytes, replicas, builds."""
-    monitor = state(request).monitor
     body, content_type = exposition(monitor.recorder, monitor.groups(),
                                     await monitor.build_counts(), request.headers.get("accept"))
     if content_type.startswith("text/"):  # Litestar adds the charset to text/* itself
@@ -114,13 +113,12 @@ class MonitoringController(Controller):
     opt = {"perm": "read"}
 
     @get("/metrics")
-    async def series(self, request: Request, name: FromPath[str], since: Text = None,
+    async def series(self, db: DbDep, monitor: MonitorDep, name: FromPath[str], since: Text = None,
                      until: Text = None,
                      step: Annotated[int | None, QueryParameter(required=False, ge=1,
                                                                 le=86_400)] = None) -> Series:
         """Requests, errors, latency p50/p95/p99, bytes, CPU and memory per build and step."""
-        model = await model_rows.row(state(request).db, name)
-        monitor = state(request).monitor
+        model = await model_rows.row(db, name)
         now = monitor.clock()
         start = parse_time(since, now, "since", now - 3600)
         end = parse_time(until, now, "until", now + 1)
@@ -130,13 +128,12 @@ class MonitoringController(Controller):
         return Series(used, [to_point(_iso(t), build, b, used) for t, build, b in cells])
 
     @get("/metrics/tracked")
-    async def tracked(self, request: Request, name: FromPath[str], metric: Annotated[
+    async def tracked(self, db: DbDep, monitor: MonitorDep, name: FromPath[str], metric: Annotated[
             str | None, QueryParameter(name="name", required=False)] = None, since: Text = None,
                       until: Text = None, limit: Limit = None,
                       cursor: Cursor = None) -> Page[PredictionMetrics]:
         """What `track_metric` recorded, prediction by prediction, oldest first (`read_metrics`)."""
-        model = await model_rows.row(state(request).db, name)
-        monitor = state(request).monitor
+        model = await model_rows.row(db, name)
         now = monitor.clock()
         size = clamp_limit(limit)
         after = None
@@ -158,33 +155,35 @@ class MonitoringController(Controller):
         return Page([_prediction(r) for r in rows], nxt)
 
     @get("/predictions/{request_id:str}/metrics")
-    async def prediction(self, request: Request, name: FromPath[str],
+    async def prediction(self, db: DbDep, monitor: MonitorDep, name: FromPath[str],
                          request_id: FromPath[str]) -> PredictionMetrics:
         """What `track_metric` recorded for one prediction, with any delayed metrics."""
-        model = await model_rows.row(state(request).db, name)
-        row = await state(request).monitor.prediction(model["id"], request_id)
+        model = await model_rows.row(db, name)
+        row = await monitor.prediction(model["id"], request_id)
         if row is None:
             raise PredictionNotFound(f"No metrics were recorded for request '{request_id}'.")
         return _prediction(row)
 
     @post("/predictions/{request_id:str}/metrics", opt={"perm": "write"}, status_code=200)
-    async def add(self, request: Request, name: FromPath[str], request_id: FromPath[str],
+    async def add(self, db: DbDep, monitor: MonitorDep, name: FromPath[str],
+                  request_id: FromPath[str],
                   data: JSONBody[MetricsIn]) -> PredictionMetrics:
         """Delayed metrics (ground truth) for a prediction, merged into what it recorded."""
         if len(request_id) > 128:
             raise RequestInvalid("A request id has at most 128 characters.", field="request_id")
-        model = await model_rows.row(state(request).db, name)
-        row = await state(request).monitor.add_metrics(model["id"], request_id, data.metrics)
+        model = await model_rows.row(db, name)
+        row = await monitor.add_metrics(model["id"], request_id, data.metrics)
         return _prediction(row)
 
     @get("/builds/{number:int}/captures")
-    async def captures(self, request: Request, name: FromPath[str], number: PathNumber,
+    async def captures(self, db: DbDep, monitor: MonitorDep, name: FromPath[str],
+                       number: PathNumber,
                        limit: Limit = None, cursor: Cursor = None) -> Page[CapturedRequest]:
         """Requests and responses sampled while this build served (newest first)."""
-        model = await model_rows.row(state(request).db, name)
+        model = await model_rows.row(db, name)
         size = clamp_limit(limit)
         key = decode_cursor(cursor, int)
-        rows = await state(request).monitor.captures(
+        rows = await monitor.captures(
             model["id"], number, after_id=key, limit=size)
         nxt = None
         if len(rows) > size:

@@ -9,7 +9,7 @@ from litestar import Request, get
 from litestar.params import FromPath
 
 from modelport import __version__
-from modelport.api.common import state
+from modelport.api.common import DbDep
 from modelport.errors import ModelNotDeployed
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import models as model_rows
@@ -69,10 +69,9 @@ def document(name: str, build: dict, server_url: str) -> dict[str, Any]:
 
 @get("/api/v1/models/{name:str}/openapi.json", opt={"perm": "read", "model_key": True},
      tags=["models"])
-async def model_openapi(request: Request, name: FromPath[str]) -> dict[str, Any]:
+async def model_openapi(request: Request, db: DbDep, name: FromPath[str]) -> dict[str, Any]:
     """The OpenAPI document of the model's prediction endpoint, for the build it serves; a
     viewer's token or the model's own access key may read it."""
-    db = state(request).db
     model = await model_rows.row(db, name)
     current = await deployment_rows.current(db, model["id"])
     if current is None:

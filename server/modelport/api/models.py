@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar.params import FromPath, JSONBody
 from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 
-from modelport.api.common import Cursor, Limit, ModelName, state, who
+from modelport.api.common import Cursor, DbDep, Limit, ModelName, ModelsDep, who
 from modelport.registry import models as rows
 from modelport.registry.paging import clamp_limit, decode_cursor
 from modelport.registry.records import AccessKey, Model, ModelCreated, Page
-
 
 Description = Annotated[str, msgspec.Meta(max_length=10_000)]
 RatePerSecond = Annotated[float, msgspec.Meta(
@@ -44,38 +43,40 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @post("/", opt={"perm": "write"}, status_code=201)
-    async def create(self, request: Request, data: JSONBody[ModelCreate]) -> ModelCreated:
+    async def create(self, request: Request, models: ModelsDep,
+                     data: JSONBody[ModelCreate]) -> ModelCreated:
         """Create a model; the response holds its access key, shown this once."""
-        return await state(request).models.create(
+        return await models.create(
             data.name, owner=who(request).actor, description=data.description, auth=data.auth,
             rate_limit_per_s=data.rate_limit_per_s, rate_limit_burst=data.rate_limit_burst)
 
     @get("/", opt={"perm": "read"})
-    async def list_models(self, request: Request, limit: Limit = None, cursor: Cursor = None) -> Page[Model]:
+    async def list_models(self, db: DbDep, limit: Limit = None,
+                          cursor: Cursor = None) -> Page[Model]:
         """Every model, by name, a page at a time."""
         key = decode_cursor(cursor, str)
-        return await rows.list_models(
-            state(request).db, limit=clamp_limit(limit), cursor=key
-        )
+        return await rows.list_models(db, limit=clamp_limit(limit), cursor=key)
 
     @get("/{name:str}", opt={"perm": "read"})
-    async def read(self, request: Request, name: FromPath[str]) -> Model:
+    async def read(self, db: DbDep, name: FromPath[str]) -> Model:
         """One model, with the deployment serving it now (or null)."""
-        return await rows.get(state(request).db, name)
+        return await rows.get(db, name)
 
     @patch("/{name:str}", opt={"perm": "write"})
-    async def change(self, request: Request, name: FromPath[str], data: JSONBody[ModelPatch]) -> Model:
+    async def change(self, request: Request, models: ModelsDep, name: FromPath[str],
+                     data: JSONBody[ModelPatch]) -> Model:
         """Change the description, the auth flag or the rate limit."""
         changes = {k: v for k, v in msgspec.structs.asdict(data).items()
                    if v is not msgspec.UNSET and (v is not None or k.startswith("rate_limit_"))}
-        return await state(request).models.update(name, who(request).actor, changes)
+        return await models.update(name, who(request).actor, changes)
 
     @delete("/{name:str}", opt={"perm": "write"}, status_code=204)
-    async def remove(self, request: Request, name: FromPath[str]) -> None:
+    async def remove(self, request: Request, models: ModelsDep, name: FromPath[str]) -> None:
         """Delete a model and its builds; refused while a deployment still serves it."""
-        await state(request).models.delete(name, who(request).actor)
+        await models.delete(name, who(request).actor)
 
     @post("/{name:str}/access-key/rotate", opt={"perm": "write"}, status_code=200)
-    async def rotate_key(self, request: Request, name: FromPath[str]) -> AccessKey:
+    async def rotate_key(self, request: Request, models: ModelsDep,
+                         name: FromPath[str]) -> AccessKey:
         """A new access key, shown once; the old one stops working at once."""
-        return AccessKey(await state(request).models.rotate_key(name, who(request).actor))
+        return AccessKey(await models.rotate_key(name, who(request).actor))

@@ -9,11 +9,17 @@ from pathlib import Path
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
-from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    OpenAPIType,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
 from litestar.routes import HTTPRoute
 
 from modelport.builder.service import ENTRY, PYTHON

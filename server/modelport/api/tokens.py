@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar.params import FromPath, JSONBody
 from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, JSONBody
 
-from modelport.api.common import Cursor, Limit, ModelName, positive, state, who
+from modelport.api.common import AuthDep, Cursor, DbDep, Limit, ModelName, positive, who
 from modelport.errors import RequestInvalid
 from modelport.registry import tokens as rows
 from modelport.registry.paging import clamp_limit, decode_cursor
@@ -28,11 +28,12 @@ class TokensController(Controller):
     opt = {"perm": "admin"}
 
     @post("/", status_code=201)
-    async def create(self, request: Request, data: JSONBody[TokenCreate]) -> TokenCreated:
+    async def create(self, request: Request, auth: AuthDep,
+                     data: JSONBody[TokenCreate]) -> TokenCreated:
         """Issue a token; the response holds the secret, shown this once."""
         if data.models and data.role != "predict":
             raise RequestInvalid("Only predict tokens are scoped to models.", field="models")
-        token, secret = await state(request).auth.issue_token(
+        token, secret = await auth.issue_token(
             name=data.name, role=data.role, expires_in_days=data.expires_in_days,
             models=list(data.models), actor=who(request).actor,
         )
@@ -40,15 +41,13 @@ class TokensController(Controller):
 
     @get("/")
     async def list_tokens(
-        self, request: Request, limit: Limit = None, cursor: Cursor = None
+        self, db: DbDep, limit: Limit = None, cursor: Cursor = None
     ) -> Page[Token]:
         """Every token that is not revoked (never the secrets)."""
         key = decode_cursor(cursor, str)
-        return await rows.list_tokens(
-            state(request).db, limit=clamp_limit(limit), cursor=key
-        )
+        return await rows.list_tokens(db, limit=clamp_limit(limit), cursor=key)
 
     @delete("/{token_id:str}", status_code=200)
-    async def revoke(self, request: Request, token_id: FromPath[str]) -> Token:
+    async def revoke(self, request: Request, auth: AuthDep, token_id: FromPath[str]) -> Token:
         """Revoke a token; it stops working at once."""
-        return await state(request).auth.revoke_token(token_id, who(request).actor)
+        return await auth.revoke_token(token_id, who(request).actor)

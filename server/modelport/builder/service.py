@@ -1,11 +1,12 @@
-"""What the builds routes do: take an upload into a queued build, and read builds back."""
+"""The builds service: an upload into a queued build, an export into a build, a build's files."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import sys
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -18,6 +19,12 @@ from modelport.registry.records import MODEL_NAME, Build, ImportedBuild
 from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
 from modelport.store.manifest import Snapshot
+
+if TYPE_CHECKING:
+    from modelport.builder.pipeline import Builder
+    from modelport.models import Models
+    from modelport.registry.db import Database
+    from modelport.store.cas import ContentStore
 
 # A Python function (an identifier) in a .py file, or an R one (dots allowed) in a .R file.
 ENTRY = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|:))[^:\x00]+"
@@ -87,74 +94,80 @@ def parse_form(fields: dict[str, str]) -> BuildForm:
     return form
 
 
-async def create_build(app, model_name: str, actor: str, form: BuildForm, archive) -> Build:
-    """Ingest the archive into the store, record a queued build and hand it to the builder."""
-    settings, store = app.settings, app.store
-    model = await model_rows.row(app.db, model_name)
-    limits = ArchiveLimits(max_archive_bytes=settings.archive_max_bytes,
-                           max_total_bytes=settings.archive_max_expanded_bytes,
-                           max_ratio=settings.archive_max_ratio)
-    with open(archive, "rb") as f, store.lease() as lease:
-        ingested = await asyncio.to_thread(ingest, store, f, limits)
-        paths = {e.path for e in ingested.snapshot.files}
-        requirements = form.requirements
-        if requirements is None and "requirements.txt" in paths:
-            requirements = "requirements.txt"
-        if requirements is not None and requirements not in paths:
-            raise RequestInvalid(f"The requirements file '{requirements}' is not in the archive.",
-                                 field="requirements")
-        snap = await asyncio.to_thread(store.put_bytes, msgspec.json.encode(ingested.snapshot))
-        lease.add(snap.digest)
-        row = await build_rows.create(app.db, model["id"], model_name, actor, build_rows.NewBuild(
-            entrypoint=form.entrypoint, python=form.python or default_python(),
-            requirements=requirements, message=form.message, labels=form.labels,
-            example_input=form.example_input, example_output=form.example_output,
-            git_commit=form.git_commit, snapshot=snap.digest, size_bytes=ingested.size_bytes,
-            new_bytes=ingested.new_bytes + snap.new_bytes,
-            objects=[snap.digest, *(e.digest for e in ingested.snapshot.files)],
-        ))
-    app.builder.submit(row["id"])
-    return build_rows.to_build(row, model_name)
+class Builds:
+    """What the builds routes do beyond reading rows: take an upload into a queued build, import
+    an exported one, read a build's snapshot. Archives are read within ``limits``."""
 
+    def __init__(self, db: Database, store: ContentStore, builder: Builder, models: Models,
+                 limits: ArchiveLimits) -> None:
+        self.db, self.store, self.builder, self.models = db, store, builder, models
+        self.limits = limits
 
-async def snapshot_of(app, row: dict) -> Snapshot:
-    data = await asyncio.to_thread(app.store.read_bytes, row["snapshot"])
-    return msgspec.json.decode(data, type=Snapshot)
+    async def create(self, model_name: str, actor: str, form: BuildForm, archive: Path) -> Build:
+        """Ingest the archive into the store, record a queued build and hand it to the builder."""
+        store = self.store
+        model = await model_rows.row(self.db, model_name)
+        with open(archive, "rb") as f, store.lease() as lease:
+            ingested = await asyncio.to_thread(ingest, store, f, self.limits)
+            paths = {e.path for e in ingested.snapshot.files}
+            requirements = form.requirements
+            if requirements is None and "requirements.txt" in paths:
+                requirements = "requirements.txt"
+            if requirements is not None and requirements not in paths:
+                raise RequestInvalid(f"The requirements file '{requirements}' is not in the "
+                                     "archive.", field="requirements")
+            snap = await asyncio.to_thread(store.put_bytes, msgspec.json.encode(ingested.snapshot))
+            lease.add(snap.digest)
+            row = await build_rows.create(self.db, model["id"], model_name, actor,
+                                          build_rows.NewBuild(
+                entrypoint=form.entrypoint, python=form.python or default_python(),
+                requirements=requirements, message=form.message, labels=form.labels,
+                example_input=form.example_input, example_output=form.example_output,
+                git_commit=form.git_commit, snapshot=snap.digest, size_bytes=ingested.size_bytes,
+                new_bytes=ingested.new_bytes + snap.new_bytes,
+                objects=[snap.digest, *(e.digest for e in ingested.snapshot.files)],
+            ))
+        self.builder.submit(row["id"])
+        return build_rows.to_build(row, model_name)
 
+    async def snapshot_of(self, row: dict) -> Snapshot:
+        data = await asyncio.to_thread(self.store.read_bytes, row["snapshot"])
+        return msgspec.json.decode(data, type=Snapshot)
 
-async def import_build(app, model_name: str | None, actor: str, archive, limits) -> ImportedBuild:
-    """An exported build into this server: its model made when missing, the next number, same digest."""
-    store = app.store
-    with open(archive, "rb") as f, store.lease() as lease:
-        manifest = await asyncio.to_thread(exchange.ingest_export, store, f, limits)
-        name = model_name or manifest.meta.model
-        if not re.match(MODEL_NAME, name):
-            raise RequestInvalid(f"'{name}' is not a valid model name.", field="model")
-        access_key = None
-        try:
-            model = await model_rows.row(app.db, name)
-        except ModelNotFound:
-            access_key = (await app.models.create(name, owner=actor)).access_key
-            model = await model_rows.row(app.db, name)
-        snap = await asyncio.to_thread(store.put_bytes, exchange.snapshot_bytes(manifest))
-        put = await asyncio.to_thread(store.put_bytes, mf.encode(manifest))
-        lease.add(snap.digest)
-        objects = [snap.digest, put.digest, *exchange.referenced(manifest)]
-        meta, derived = manifest.meta, manifest.derived
-        row = await build_rows.create(app.db, model["id"], name, actor, build_rows.NewBuild(
-            entrypoint=manifest.content.entrypoint, python=manifest.content.python,
-            requirements=derived.requirements,
-            message=meta.message or f"imported from {meta.model} #{meta.number}",
-            labels=meta.labels, example_input=manifest.content.example_input,
-            example_output=derived.example_output, git_commit=meta.git_commit,
-            snapshot=snap.digest, size_bytes=sum(e.size for e in manifest.content.files)
-            + sum(w.size for w in derived.wheels), new_bytes=0, objects=objects,
-        ), status="building")
-        await build_rows.finish(app.db, row["id"], model=name, number=row["number"], fields={
-            "status": "built", "digest": manifest.digest, "manifest": put.digest,
-            "lock_digest": derived.lock_digest, "input_schema": derived.input_schema,
-            "output_schema": derived.output_schema,
-        })
-    row = await build_rows.row(app.db, model["id"], row["number"], name)
-    return ImportedBuild(**msgspec.structs.asdict(build_rows.to_build(row, name)),
-                         access_key=access_key)
+    async def import_(self, model_name: str | None, actor: str, archive: Path) -> ImportedBuild:
+        """An exported build into this server: its model made when missing, the next number,
+        the same digest."""
+        store, db = self.store, self.db
+        with open(archive, "rb") as f, store.lease() as lease:
+            manifest = await asyncio.to_thread(exchange.ingest_export, store, f, self.limits)
+            name = model_name or manifest.meta.model
+            if not re.match(MODEL_NAME, name):
+                raise RequestInvalid(f"'{name}' is not a valid model name.", field="model")
+            access_key = None
+            try:
+                model = await model_rows.row(db, name)
+            except ModelNotFound:
+                access_key = (await self.models.create(name, owner=actor)).access_key
+                model = await model_rows.row(db, name)
+            snap = await asyncio.to_thread(store.put_bytes, exchange.snapshot_bytes(manifest))
+            put = await asyncio.to_thread(store.put_bytes, mf.encode(manifest))
+            lease.add(snap.digest)
+            objects = [snap.digest, put.digest, *exchange.referenced(manifest)]
+            meta, derived = manifest.meta, manifest.derived
+            row = await build_rows.create(db, model["id"], name, actor, build_rows.NewBuild(
+                entrypoint=manifest.content.entrypoint, python=manifest.content.python,
+                requirements=derived.requirements,
+                message=meta.message or f"imported from {meta.model} #{meta.number}",
+                labels=meta.labels, example_input=manifest.content.example_input,
+                example_output=derived.example_output, git_commit=meta.git_commit,
+                snapshot=snap.digest, size_bytes=sum(e.size for e in manifest.content.files)
+                + sum(w.size for w in derived.wheels), new_bytes=0, objects=objects,
+            ), status="building")
+            await build_rows.finish(db, row["id"], model=name, number=row["number"], fields={
+                "status": "built", "digest": manifest.digest, "manifest": put.digest,
+                "lock_digest": derived.lock_digest, "input_schema": derived.input_schema,
+                "output_schema": derived.output_schema,
+            })
+        row = await build_rows.row(db, model["id"], row["number"], name)
+        return ImportedBuild(**msgspec.structs.asdict(build_rows.to_build(row, name)),
+                             access_key=access_key)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from modelport.auth import hash_secret
+from modelport.auth import Auth, hash_secret
 from modelport.errors import (
     TOO_DEEP,
     AuthDenied,
@@ -74,9 +74,9 @@ _msgpack_encode = msgspec.msgpack.encode
 
 class Gateway:
     """Handles ``POST /models/{name}/predict`` and ``POST /model``; every other request goes to
-    ``app`` (Litestar). ``auth`` is the server's ``modelport.auth.Auth`` (its in-memory caches)."""
+    ``app`` (Litestar). ``auth`` answers for keys and tokens from its in-memory caches."""
 
-    def __init__(self, app: ASGIApp, routes: Routes, auth: Any, *,
+    def __init__(self, app: ASGIApp, routes: Routes, auth: Auth, *,
                  default_max_body_mb: float = 5.0, on_result: OnResult | None = None,
                  poller: Poller | None = None) -> None:
         self.app, self.routes, self.auth = app, routes, auth
