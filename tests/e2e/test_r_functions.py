@@ -260,3 +260,122 @@ def test_r_output_streams_bad_text_and_drain(d):
     assert d.c.post("/api/v1/models/rd/stop").status_code == 200
     call.join()
     assert answers[1].status_code == 200 and answers[1].json() == "done"
+
+
+def _r_package(root, name: str, version: str, body: str, imports: str = ""):
+    src = root / name
+    (src / "R").mkdir(parents=True)
+    (src / "DESCRIPTION").write_text(
+        f"Package: {name}\nVersion: {version}\nTitle: Tiny\nDescription: A tiny package.\n"
+        "License: MIT\nAuthor: t\nMaintainer: t <t@example.com>\n"
+        + (f"Imports: {imports}\n" if imports else ""))
+    (src / "NAMESPACE").write_text("exportPattern(\"^[a-z]\")\n"
+                                   + (f"import({imports})\n" if imports else ""))
+    (src / "R" / "code.R").write_text(body)
+    return src
+
+
+@pytest.fixture(scope="session")
+def r_repo(tmp_path_factory):
+    """A CRAN-like repository on disk: tinyr 1.0 and tinyr2 0.1 (which imports tinyr)."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("rrepo")
+    contrib = root / "src" / "contrib"
+    contrib.mkdir(parents=True)
+    src = tmp_path_factory.mktemp("rsrc")
+    for pkg in (_r_package(src, "tinyr", "1.0", "tiny_add <- function(a, b) a + b + 0.5\n"),
+                _r_package(src, "tinyr2", "0.1", "twice <- function(x) 2 * tiny_add(x, 0)\n",
+                           imports="tinyr")):
+        subprocess.run(["R", "CMD", "build", "--no-build-vignettes", "--no-manual", str(pkg)],
+                       cwd=contrib, check=True, capture_output=True)
+    subprocess.run(["Rscript", "-e", f'tools::write_PACKAGES("{contrib}", type = "source")'],
+                   check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture
+def dr(offline_server, tmp_path, r_repo):
+    srv = offline_server()
+    srv.env["MODELPORT_R_REPOS"] = f"file://{r_repo}"
+    return Deployed(srv.start(), tmp_path)
+
+
+USES_PACKAGES_R = """
+#' @param x numeric
+predict <- function(x) list(twice = tinyr2::twice(x), jsonlite = as.character(packageVersion("jsonlite")))
+"""
+
+
+def test_r_packages_locked_stored_and_installed_offline(dr):
+    d = dr
+    d.model("rp")
+    files = {"model.R": USES_PACKAGES_R, "r-requirements.txt": "# packages\ntinyr2\njsonlite\n"}
+    number = d.build("rp", files, entrypoint="model.R:predict", example_input={"x": 1})
+    build = d.c.get(f"/api/v1/models/rp/builds/{number}").json()
+    assert build["status"] == "built", build
+    assert build["example_output"]["twice"] == 3
+    log = d.c.get(f"/api/v1/models/rp/builds/{number}/log").text
+    assert "locked tinyr==1.0, tinyr2==0.1" in log
+    assert "from the machine's R as they are: jsonlite" in log
+    assert "R CMD INSTALL tinyr_1.0.tar.gz" in log
+    assert d.deploy("rp", number, replicas=2)["status"] == "deployed"
+    r = d.predict("rp", {"x": 2})
+    assert r.status_code == 200 and r.json()["twice"] == 5
+    # the same files again: the same digest, the library reused
+    again = d.build("rp", files, entrypoint="model.R:predict", example_input={"x": 1})
+    assert d.c.get(f"/api/v1/models/rp/builds/{again}").json()["digest"] == build["digest"]
+
+    # a package no repository has: the build fails naming it
+    d.model("rmiss")
+    number = d.build("rmiss", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "nopkg\n"},
+                     entrypoint="model.R:predict")
+    failed = d.c.get(f"/api/v1/models/rmiss/builds/{number}").json()
+    assert failed["status"] == "failed" and "'nopkg'" in failed["error"]
+    number = d.build("rmiss", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr==9.9\n"},
+                     entrypoint="model.R:predict")
+    failed = d.c.get(f"/api/v1/models/rmiss/builds/{number}").json()
+    assert failed["status"] == "failed" and "the repositories have 1.0" in failed["error"]
+
+
+def test_r_builds_diff_export_and_import(dr, make_server, wheel_links):
+    d = dr
+    d.model("rx")
+    one = d.build("rx", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr\n"},
+                  entrypoint="model.R:predict")
+    two = d.build("rx", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr2\n"},
+                  entrypoint="model.R:predict")
+    diff = d.c.get(f"/api/v1/models/rx/builds/{one}/diff/{two}").json()
+    assert {"name": "R:tinyr2", "change": "added", "before": None, "after": "0.1"} in diff[
+        "dependencies"]
+    exported = d.c.get(f"/api/v1/models/rx/builds/{two}/export")
+    assert exported.status_code == 200
+    # another server with no R repository at all serves the imported build
+    other = make_server()
+    other.env["MODELPORT_FIND_LINKS"] = str(wheel_links)
+    other.env["MODELPORT_NO_INDEX"] = "1"
+    o = Deployed(other.start(), d.tmp)
+    imported = o.c.post("/api/v1/builds/import", files={"archive": ("b.tar.zst", exported.content)})
+    assert imported.status_code in (200, 201), imported.text
+    o.keys["rx"] = imported.json()["access_key"]
+    assert o.deploy("rx", imported.json()["number"])["status"] == "deployed"
+    assert o.predict("rx", {"x": 1}).json()["twice"] == 3
+
+
+def test_no_r_refuses_the_build_and_health_says_so(offline_server, tmp_path):
+    srv = offline_server()
+    srv.env["MODELPORT_RSCRIPT"] = str(tmp_path / "no-such-Rscript")
+    d = Deployed(srv.start(), tmp_path)
+    assert d.c.get("/api/v1/health").json()["r"] is None
+    d.model("nor")
+    number = d.build("nor", {"model.R": MODEL_R}, entrypoint="model.R:predict")
+    failed = d.c.get(f"/api/v1/models/nor/builds/{number}").json()
+    assert failed["status"] == "failed" and "MODELPORT_RSCRIPT" in failed["error"]
+    # Python functions are served as ever
+    python = d.build("nor", {"predict.py": "def predict(a: float) -> float:\n    return a\n"})
+    assert d.deploy("nor", python)["status"] == "deployed"
+    assert d.predict("nor", {"a": 2}).json() == 2
+
+
+def test_health_names_the_r_version(d):
+    assert d.c.get("/api/v1/health").json()["r"].startswith("4.")

@@ -190,7 +190,13 @@ async def _versions(store: ContentStore, row: dict) -> dict[str, str]:
     if not row["manifest"]:
         return {}
     manifest = await _manifest(store, row)
-    return {w.name: w.version for w in manifest.derived.wheels}
+    found = {w.name: w.version for w in manifest.derived.wheels}
+    r = manifest.derived.r
+    if r is not None:  # an R function's: "R", and its packages as "R:name"
+        found["R"] = r.r_version
+        found.update({f"R:{t.name}": t.version for t in r.tarballs})
+        found.update({f"R:{n}": v for n, v in r.machine.items()})
+    return found
 
 
 def _discard(fd: int, path: Path) -> None:

@@ -3,14 +3,18 @@ model answer now (a probe for a load balancer or Kubernetes, so it needs no toke
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import msgspec
 from litestar import Request, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from modelport import __version__
-from modelport.api.common import RoutesDep, SandboxDep
+from modelport.api.common import RoutesDep, SandboxDep, SettingsDep
 from modelport.auth import identity_of
+from modelport.builder import rlang
 from modelport.errors import ErrorEnvelope, ModelNotFound, ModelUnavailable
 
 
@@ -18,12 +22,31 @@ class Health(msgspec.Struct):
     status: str
     version: str
     sandbox: list[str]  # the protections replicas and builds run under; [] when none
+    r: str | None = None  # the R version R functions build and run with; None: no usable R
+
+
+_R_CHECK_S = 60.0
+_r_seen: dict[str, tuple[float, str | None]] = {}  # Rscript -> (checked at, version)
+
+
+async def _r_version(rscript: str) -> str | None:
+    """The machine's R version (running R takes a moment: checked once a minute at most)."""
+    now = time.monotonic()
+    seen = _r_seen.get(rscript)
+    if seen is None or now - seen[0] > _R_CHECK_S:
+        try:
+            version = (await asyncio.to_thread(rlang.find_r, rscript)).version
+        except rlang.RMissing:
+            version = None
+        _r_seen[rscript] = seen = (now, version)
+    return seen[1]
 
 
 @get("/api/v1/health", opt={"perm": "public"}, tags=["health"])
-async def health(sandbox: SandboxDep) -> Health:
-    """Liveness, and the sandbox replicas and builds run in: answers without a token."""
-    return Health("ok", __version__, list(sandbox.protections))
+async def health(sandbox: SandboxDep, settings: SettingsDep) -> Health:
+    """Liveness, the sandbox replicas and builds run in, and whether R functions can be served
+    (the R version): answers without a token."""
+    return Health("ok", __version__, list(sandbox.protections), await _r_version(settings.rscript))
 
 
 class WhoAmI(msgspec.Struct):

@@ -19,12 +19,14 @@ SNAPSHOT_NAME = "snapshot.json"
 
 
 def referenced(manifest: Manifest) -> list[str]:
-    """Every object a build needs: its files and its wheels, each once, in a stable order."""
+    """Every object a build needs: its files, its wheels and R tarballs, each once, in a stable order."""
     seen: dict[str, None] = {}
     for entry in manifest.content.files:
         seen.setdefault(entry.digest)
     for wheel in manifest.derived.wheels:
         seen.setdefault(wheel.digest)
+    for tarball in manifest.derived.r.tarballs if manifest.derived.r else ():
+        seen.setdefault(tarball.digest)
     return list(seen)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from modelport.builder import deps, rlang
+from modelport.builder import deps, rdeps, rlang
 from modelport.builder.buildlog import BuildLog, log_path
 from modelport.builder.inspect import InspectFailed, inspect_build
 from modelport.builder.projects import Projects, RestoreFailed
@@ -123,7 +124,8 @@ class Builder:
         try:
             with self.store.lease() as lease:  # gc keeps every object this build touches
                 fields, objects = await self._steps(row, blog, lease)
-        except (BuildFailed, deps.DependencyError, InspectFailed, rlang.RMissing) as exc:
+        except (BuildFailed, deps.DependencyError, InspectFailed, rlang.RMissing,
+                rdeps.RDependencyError) as exc:
             fields, objects = {"status": "failed", "error": str(exc)}, []
             blog(f"FAILED: {exc}")
         except Exception as exc:  # a full disk, or a bug of ours: still a finished build
@@ -145,15 +147,18 @@ class Builder:
                                        type=mf.Snapshot)
         requirements = await self._requirements_text(row, snapshot)
         example_input = None if row["example_input"] is None else msgspec.json.decode(row["example_input"])
-        r = None
+        r = r_packages = None
+        r_libs: list[str] = []
         if is_r_entry(row["entrypoint"]):  # an R function: the Python env is its worker's relay
             r = await asyncio.to_thread(rlang.find_r, self.settings.rscript)
-            blog(f"→ R {r.version} ({r.rscript}); from the machine's R as it is: "
-                 f"jsonlite {r.machine['jsonlite']}")
+            blog(f"→ R {r.version} ({r.rscript})")
+            r_packages = await self._r_packages(r, snapshot, blog, lease)
+            library = await self.r_library(r_packages, blog)
+            r_libs = [str(library)] if library else []
         with staging_dir(self.settings) as staging:
             await asyncio.to_thread(stage_project, self.store, self.settings, snapshot, staging)
             lock, digest, content, wheels, new_bytes, python = await self._dependencies(
-                row, snapshot, requirements, example_input, staging, blog, lease, r)
+                row, snapshot, requirements, example_input, staging, blog, lease, r, r_packages)
         try:  # the same folder built again gets its served folder checked (and restored)
             project, notes = await asyncio.to_thread(self.projects.ensure, digest, snapshot.files)
         except RestoreFailed as exc:
@@ -163,7 +168,7 @@ class Builder:
         blog("→ checking the function")
         result = await inspect_build(python, project, row["entrypoint"], self.runtime_dir,
                                      example_input, blog, self.sandbox, f"build-{row['id']}",
-                                     rscript=r.rscript if r else "")
+                                     rscript=r.rscript if r else "", r_libs=r_libs)
         described = result["describe"]
         example_output = self._check_example(row, example_input, result.get("example_output"), blog)
         manifest = mf.Manifest(
@@ -172,7 +177,7 @@ class Builder:
                                form=described["form"], is_async=described["is_async"],
                                input_schema=described["input_schema"],
                                output_schema=described["output_schema"],
-                               example_output=example_output),
+                               example_output=example_output, r=r_packages),
             meta=mf.Meta(model=row["model"], number=row["number"], message=row["message"],
                          labels=msgspec.json.decode(row["labels"]), created_by=row["created_by"],
                          created_at=row["created_at"], git_commit=row["git_commit"]),
@@ -184,13 +189,16 @@ class Builder:
             "output_schema": described["output_schema"],
             "example_output": None if example_output is None
             else msgspec.json.encode(example_output).decode(),
-            "size_bytes": row["size_bytes"] + sum(w.size for w in wheels),
+            "size_bytes": row["size_bytes"] + sum(w.size for w in wheels)
+            + (sum(t.size for t in r_packages.tarballs) if r_packages else 0),
             "new_bytes": row["new_bytes"] + new_bytes + put.new_bytes, "error": None,
         }
-        return fields, [put.digest, *(w.digest for w in wheels)]
+        tarballs = [t.digest for t in r_packages.tarballs] if r_packages else []
+        return fields, [put.digest, *(w.digest for w in wheels), *tarballs]
 
     async def _dependencies(self, row, snapshot, requirements, example_input, project, blog,
-                            lease, r: rlang.RInfo | None = None):
+                            lease, r: rlang.RInfo | None = None,
+                            r_packages: mf.RPackages | None = None):
         """Lock → digest → wheels in the store → the environment. An R function's lock text
         also holds its R version and the machine packages it uses (so both are in the digest)."""
         with scratch_dir(self.settings.data_dir, ".build-") as work:
@@ -200,7 +208,12 @@ class Builder:
                 project_dir=project, **self._index_options())
             blog(f"  locked {len(lock.packages)} packages: "
                  + ", ".join(f"{p.name}=={p.version}" for p in lock.packages))
-            lock_text = lock.text if r is None else lock.text + rlang.lock_lines(r, ["jsonlite"])
+            lock_text = lock.text
+            if r is not None and r_packages is not None:
+                lock_text += rlang.lock_lines(r, []) + "".join(
+                    f"# R package: {t.name}=={t.version} {t.digest}\n" for t in r_packages.tarballs
+                ) + "".join(f"# R package: {n}=={v} (the machine's R)\n"
+                            for n, v in sorted(r_packages.machine.items()))
             content = mf.Content(snapshot.files, lock_text, row["entrypoint"], row["python"],
                                  example_input)
             wheels, new_bytes = await self._wheels(lock, work, blog, lease)
@@ -220,6 +233,75 @@ class Builder:
         s = self.settings
         return self.sandbox.uv_jail(index_url=s.index_url, find_links=s.find_links,
                                     no_index=s.no_index)
+
+    async def _r_packages(self, r: rlang.RInfo, snapshot: mf.Snapshot, blog,
+                          lease) -> mf.RPackages:
+        """r-requirements.txt resolved (the machine's R's packages used as they are, the others
+        from MODELPORT_R_REPOS), each source tarball fetched into the store: the R lock."""
+        text = ""
+        for entry in snapshot.files:
+            if entry.path == rdeps.R_REQUIREMENTS:
+                text = (await asyncio.to_thread(self.store.read_bytes, entry.digest)).decode(
+                    "utf-8", "replace")
+        wanted = rdeps.parse_requirements(text)
+        if wanted:
+            blog(f"→ resolving R packages against {', '.join(self.settings.r_repos)}")
+        runtime = [] if any(n == "jsonlite" for n, _ in wanted) else [("jsonlite", None)]
+        packages, order = await asyncio.to_thread(rdeps.resolve, [*wanted, *runtime], r,
+                                                  self.settings.r_repos if wanted else [], blog)
+        machine = {p.name: p.version for p in packages if p.machine}
+        if machine:
+            blog("  from the machine's R as they are: "
+                 + ", ".join(f"{n} {v}" for n, v in sorted(machine.items())))
+        tarballs: list[mf.Wheel] = []
+        locked: list[rdeps.RPackage] = []
+        if order:
+            with scratch_dir(self.settings.data_dir, ".rpkgs-") as work:
+                for pkg, path in await asyncio.to_thread(rdeps.fetch, packages, work, blog):
+                    put = await asyncio.to_thread(self.store.put_file, path)
+                    lease.add(put.digest)
+                    tarballs.append(mf.Wheel(pkg.name, pkg.version, pkg.filename, put.digest,
+                                             put.size))
+                    locked.append(pkg)
+            blog("  locked " + ", ".join(f"{p.name}=={p.version}" for p in locked))
+        digest = rdeps.r_lock_digest(r.version, [*locked, *(p for p in packages if p.machine)])
+        return mf.RPackages(r.version, digest, order, tarballs, machine)
+
+    async def r_library(self, packages: mf.RPackages, blog) -> Path | None:
+        """The R library of a build's packages, made once per R lock from the stored tarballs
+        (None when it needs none)."""
+        if not packages.order:
+            return None
+        root = self.settings.data_dir / "rlibs"
+        target = rdeps.library_path(root, packages.digest)
+        if (target / rdeps.COMPLETE_MARKER).is_file():
+            return target
+        lock = rdeps.RLock(packages.r_version, [
+            rdeps.RPackage(t.name, t.version, t.digest.removeprefix("sha256:"), t.filename)
+            for t in packages.tarballs], packages.order, packages.digest)
+        blog("→ installing R packages (offline, from the stored tarballs)")
+        with scratch_dir(self.settings.data_dir, ".rtar-") as tmp:
+            paths = {}
+            for t in packages.tarballs:
+                await asyncio.to_thread(self.store.copy_to, t.digest, tmp / t.filename)
+                paths[t.name] = tmp / t.filename
+            return await asyncio.to_thread(rdeps.install, lock, paths, self.settings.rscript,
+                                           root, blog, self._r_jail(tmp))
+
+    def _r_jail(self, tarballs: Path):
+        """How R CMD INSTALL runs confined (a package's configure script and R code run): it
+        reads the system, R and the tarballs, writes the library being made, no network."""
+        if self.sandbox is None or not self.sandbox.enabled:
+            return None
+        from modelport.runtime.sandbox import Policy
+        from modelport.sandboxing import DEVICES, SYSTEM_READ, r_paths
+
+        def confine(argv: list[str], lib: Path, tmp: Path) -> list[str]:
+            policy = Policy(read=(*SYSTEM_READ, *r_paths(self.settings.rscript), str(tarballs)),
+                            write=(*DEVICES, str(lib.parent)), connect=())
+            return self.sandbox.command(sys.executable, policy, argv, supervise=True)
+
+        return confine
 
     async def _requirements_text(self, row: dict, snapshot: mf.Snapshot) -> str:
         if not row["requirements"]:

@@ -252,6 +252,10 @@ class Deployer:
         """Everything a replica needs on disk, from the store alone (no package index)."""
         manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build["manifest"]))
         python = await self.environment(manifest)
+        r_libs: list[str] = []
+        if manifest.derived.r is not None:  # an R function's packages: its library, once
+            library = await self.builder.r_library(manifest.derived.r, lambda line: None)
+            r_libs = [str(library)] if library else []
         project = await asyncio.to_thread(self.builder.projects.prepare, manifest.digest,
                                           manifest.content.files)
         return GroupSpec(
@@ -263,7 +267,8 @@ class Deployer:
             env=rows.env_of(row, self.sealer), capture_percent=row["capture_percent"],
             capture_max_bytes=row["capture_max_bytes"], network=bool(row["network"]),
             boot_timeout_s=row["boot_timeout_s"],
-            rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "")
+            rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "",
+            r_libs=r_libs)
 
     async def environment(self, manifest: mf.Manifest) -> Path:
         derived = manifest.derived

@@ -39,6 +39,16 @@ class Content(msgspec.Struct, frozen=True):
     example_input: Any = None
 
 
+class RPackages(msgspec.Struct):
+    """An R function's packages: its library is made from these tarballs, in this order."""
+
+    r_version: str
+    digest: str  # the R lock's digest (names the library)
+    order: list[str]  # packages to install, dependencies first
+    tarballs: list[Wheel]  # the source tarballs in the store
+    machine: dict[str, str] = {}  # used as the machine's R has them: name -> version
+
+
 class Derived(msgspec.Struct):
     """Read from the content by the build: deterministic given the content."""
 
@@ -50,6 +60,7 @@ class Derived(msgspec.Struct):
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     example_output: Any = None
+    r: RPackages | None = None  # an R function's packages
 
 
 class Meta(msgspec.Struct):
