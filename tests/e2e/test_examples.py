@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -15,8 +17,9 @@ def client(server):
         yield c
 
 
-def _deploy(client: Client, folder: str, name: str, **kwargs) -> dict:
-    built = client.build(ROOT / "examples" / folder, name, "predict.py:predict", **kwargs)
+def _deploy(client: Client, folder: str, name: str, entry: str = "predict.py:predict",
+            **kwargs) -> dict:
+    built = client.build(ROOT / "examples" / folder, name, entry, **kwargs)
     assert built["status"] == "built", built["error"]
     done = client.wait_deployment(name, client.deploy(name, built["number"])["id"])
     assert done["status"] == "deployed", done["reason"]
@@ -60,3 +63,42 @@ def test_client_reads_tracked_metrics_and_series(client):
     assert [t["request_id"] for t in tracked] == [request_id]
     series = client.metrics("adder")
     assert sum(p["requests"] for p in series["points"]) >= 1
+
+
+@pytest.mark.slow
+def test_r_examples(client, server):
+    example = json.loads((ROOT / "examples" / "r-iris" / "example.json").read_text())
+    built = _deploy(client, "r-iris", "r-iris", "predict.R:predict", example_input=example)
+    assert built["example_output"]["species"] == "setosa"
+    assert built["input_schema"]["required"] == ["sepal_length", "sepal_width", "petal_length",
+                                                 "petal_width"]
+    answer = client.predict("r-iris", {"sepal_length": 6.7, "sepal_width": 3.0,
+                                       "petal_length": 5.2, "petal_width": 2.3})
+    assert answer["species"] == "virginica" and 0.5 < answer["probability"] <= 1
+    request_id = client.last_headers["x-request-id"]
+    assert client.prediction_metrics("r-iris", request_id)["metrics"] == {
+        "probability": answer["probability"]}
+
+    built = _deploy(client, "r-cloudera", "r-words", "predict.R:predict",
+                    example_input={"text": "a b c"})
+    assert built["example_output"] == {"words": 3, "chars": 5, "upper": "A B C"}
+    key = client.rotate_key("r-words")["access_key"]
+    r = httpx.post(f"{server.url}/model", json={"accessKey": key, "request": {"text": "hi there"}})
+    assert r.json()["success"] is True and r.json()["response"]["words"] == 2
+
+
+@pytest.mark.slow
+def test_readme_r_example(server):
+    """The README's R lines, run as written (the CLI against a real server)."""
+    import re
+
+    from tests.e2e.test_quickstart import run
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("R functions are served the same way"):]
+    lines = [ln for ln in re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+             if ln.strip()]
+    env = {**server.env, "MODELPORT_URL": server.url}
+    outputs = [run(line, env) for line in lines]
+    assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+    assert json.loads(outputs[-1].stdout)["species"] == "setosa"
