@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import sqlite3
 from pathlib import Path
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+
+from modelport.runtime.invoke import TOO_DEEP, field_of
 
 log = logging.getLogger("modelport")
 
@@ -130,6 +131,12 @@ class BuildNotReady(Conflict):
     code = "build.not_ready"
 
 
+class ScaleFailed(Conflict):
+    """A replica the scale-up started could not start; the deployment keeps its replicas."""
+
+    code = "deployment.scale_failed"
+
+
 class SchemaBreaking(Conflict):
     """The build's input schema would refuse requests the serving build takes."""
 
@@ -204,9 +211,6 @@ def error_json(status: int, code: str, message: str, field: str | None = None) -
     return msgspec.json.encode(ErrorEnvelope(ErrorBody(code, message, field)))
 
 
-TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
-            "deep).")
-_BACKTICK = re.compile(r"`([^`]+)`")
 
 
 def _from_validation(exc: ValidationException) -> ModelportError:
@@ -216,12 +220,7 @@ def _from_validation(exc: ValidationException) -> ModelportError:
     message, key = str(first.get("message", exc.detail)), first.get("key")
     if key == "data" and (message.startswith("Expected `object`") or message == "'data'"):
         return RequestMalformed("The body must be a JSON object.")
-    if key in (None, "data"):
-        named = _BACKTICK.search(message)
-        key = named.group(1) if named and "field" in message else None
-    elif "field `" in message:
-        key = f"{key}.{_BACKTICK.search(message).group(1)}"
-    return RequestInvalid(message, field=key)
+    return RequestInvalid(message, field=field_of(message, "" if key in (None, "data") else key))
 
 
 def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> ModelportError:
@@ -230,10 +229,6 @@ def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> Modelpor
     if disk_full(exc):
         log.warning("%s is full: %s", data_dir or "the data dir's disk", exc)
         return store_full(data_dir)
-    if hasattr(exc, "code") and hasattr(exc, "status") and isinstance(exc.status, int):
-        err = ModelportError(str(exc))  # e.g. store.archive's errors: they carry status and code
-        err.status, err.code = exc.status, exc.code
-        return err
     if isinstance(exc, ValidationException):
         return _from_validation(exc)
     if isinstance(exc, RecursionError) and "deserializ" in str(exc):  # msgspec, on a deep body

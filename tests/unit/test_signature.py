@@ -414,6 +414,11 @@ def test_field_of():
     assert field_of("Object missing required field `x` - at `$.inner`") == "inner.x"
     assert field_of("Object contains unknown field `zz`") == "zz"
     assert field_of("Expected `object`, got `array`") is None
+    # the place already cut off the message (Litestar's key): the named field is below it
+    assert field_of("Object missing required field `x`", at="inner") == "inner.x"
+    assert field_of("Expected `int >= 1`", at="limit") == "limit"
+    assert field_of("Object contains unknown field `zz`", at="") == "zz"
+    assert field_of("Expected `object`, got `array` - at `$.a`", at="") is None
 
 
 def test_track_metric_outside_a_replica_is_a_noop():

@@ -16,6 +16,7 @@ from modelport.errors import ModelNotFound, RequestInvalid
 from modelport.registry import builds as build_rows
 from modelport.registry import models as model_rows
 from modelport.registry.records import MODEL_NAME, Build, ImportedBuild
+from modelport.runtime.invoke import field_of
 from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
 from modelport.store.manifest import Snapshot
@@ -82,9 +83,7 @@ def parse_form(fields: dict[str, str]) -> BuildForm:
         form = msgspec.convert(values, BuildForm)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        field = message.rsplit("$.", 1)[-1].rstrip("`") if "$." in message else None
-        if field is None and "`" in message:
-            field = message.split("`")[1]
+        field = field_of(message)
         if field == "entrypoint":
             message = ("entrypoint must look like path/to/file.py:function or "
                        "path/to/file.R:function")

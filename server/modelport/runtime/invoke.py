@@ -18,13 +18,13 @@ from .signature import Signature
 
 _clock = time.perf_counter
 
-__all__ = ["CallFailed", "Invoker", "error_text", "field_of"]
+__all__ = ["TOO_DEEP", "CallFailed", "Invoker", "error_text", "field_of"]
 
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
 _PLAIN = frozenset({int, str, bool, type(None)})  # results that cannot hold a float
-_TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
-             "deep).")
+TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
+            "deep).")
 
 
 class CallFailed(Exception):
@@ -47,15 +47,19 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def field_of(message: str) -> str | None:
+def field_of(message: str, at: str | None = None) -> str | None:
     """The path of the bad value in a msgspec ValidationError message, without ``$.``.
 
     ``Expected `float`, got `str` - at `$.features[0]``` → ``features[0]``;
     ``Object missing required field `k``` → ``k``; at the root with no name → None.
+    ``at``: where the value is, when that was already cut off the message (Litestar cuts it
+    and names the place its ``key``); a field the message names is below it. The one reader of
+    these messages: the server imports it (the runtime imports nothing of the server).
     """
-    match = _AT.search(message)
-    path = match.group(1) if match else ""
-    path = path.removeprefix(".")
+    if at is None:
+        match = _AT.search(message)
+        at = match.group(1) if match else ""
+    path = at.removeprefix(".")
     named = _NAMED.match(message)
     if named:
         path = f"{path}.{named.group(1)}" if path else named.group(1)
@@ -101,7 +105,7 @@ class Invoker:
             message = f"the body is not valid {kind}: {exc}"
             raise CallFailed(400, "request.malformed", message) from exc
         except RecursionError as exc:  # msgspec stops at Python's recursion limit
-            raise CallFailed(400, "request.malformed", _TOO_DEEP) from exc
+            raise CallFailed(400, "request.malformed", TOO_DEEP) from exc
 
     @staticmethod
     def encode(value: Any, accept: str = "json") -> bytes:

@@ -18,7 +18,7 @@ from modelport.builder import deps
 from modelport.builder.compat import compare
 from modelport.builder.pipeline import Builder
 from modelport.builder.projects import RestoreFailed
-from modelport.errors import (BuildNotReady, Conflict, ModelNotDeployed, RequestInvalid,
+from modelport.errors import (BuildNotReady, ModelNotDeployed, RequestInvalid, ScaleFailed,
                               SchemaBreaking)
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
@@ -34,10 +34,6 @@ log = logging.getLogger("modelport.deployer")
 SETTING_KEYS = ("replicas", "memory_mb", "timeout_s", "max_concurrency", "queue_timeout_s",
                 "max_body_mb", "env", "capture_percent", "capture_max_bytes", "network",
                 "boot_timeout_s")
-
-
-class ScaleFailed(Conflict):
-    code = "deployment.scale_failed"
 
 
 class Deployer:

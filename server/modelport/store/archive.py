@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Literal
 import msgspec
 import zstandard
 
+from modelport.errors import ModelportError
 from modelport.store.ignore import ZSTD_MAGIC, PackResult, collect_files, pack
 
 __all__ = [
@@ -48,15 +49,13 @@ _BUFSIZE = 256 * KiB  # tarfile reads the stream by this much
 _SLACK = 2 * _BUFSIZE  # how far tarfile may read ahead of the member it returned
 
 
-class ArchiveError(Exception):
-    """An uploaded archive was refused; `code` and `status` are the SPEC's."""
+class ArchiveError(ModelportError):
+    """An uploaded archive was refused; `member` names the member at fault, if one is."""
 
-    code = "archive.error"
-    status = 400
+    status, code = 400, "archive.error"
 
     def __init__(self, message: str, member: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.member = member
 
 
