@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load against `POST /models/{name}/predict` next to a bare baseline measured in the same run.
 
-    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris] [--sandbox-off-too]
+    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris,radder] [--sandbox-off-too]
 
 wrk (Debian's package; installed when missing) with one thread, since the machine has 2 cores.
 Every run is bounded in time and stops by itself; servers bind to 127.0.0.1 and are stopped by pid.
@@ -32,9 +32,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 BODIES = {"adder": {"a": 1.5, "b": 2.25},
-          "iris": {"features": [[5.1, 3.5, 1.4, 0.2]]}}
+          "iris": {"features": [[5.1, 3.5, 1.4, 0.2]]},
+          "radder": {"a": 1.5, "b": 2.25}}
 ENTRY = {"adder": ("tests/models/add", "model.py:predict"),
-         "iris": ("examples/iris", "predict.py:predict")}
+         "iris": ("examples/iris", "predict.py:predict"),
+         # An R function (args$a + args$b), against the same bare baseline as the adder's
+         "radder": ("tests/models/radd", "model.R:predict")}
+BARE = {"radder": "adder"}  # the bare server's work for a model: its own unless named here
 
 
 def free_port() -> int:
@@ -95,8 +99,12 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def replica_pids(server_pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    """The server's replica processes, and theirs (an R function's R process)."""
+    def children(pid: int) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+    workers = children(server_pid)
+    return workers + [child for pid in workers for child in children(pid)]
 
 
 def to_ms(text: str) -> float:
@@ -179,7 +187,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="each round measures the bare baseline right before modelport; the "
                          "median round is reported (this machine's speed drifts)")
-    ap.add_argument("--models", default="adder,iris")
+    ap.add_argument("--models", default="adder,iris,radder")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     ap.add_argument("--sandbox-off-too", action="store_true",
                     help="also measure a server with MODELPORT_SANDBOX=off, in the same rounds")
@@ -199,7 +207,8 @@ def main() -> None:
             for kind in args.models.split(","):
                 ensure_model_deps(kind)
                 port = free_port()
-                bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port), kind],
+                bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port),
+                              BARE.get(kind, kind)],
                              ready="ready")
                 try:
                     targets = [("bare", "-", f"http://127.0.0.1:{port}/",
@@ -241,10 +250,10 @@ def main() -> None:
         finally:
             for _, proc, _, _ in servers:
                 stop(proc)
-    print(f"{'model':6} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    print(f"{'model':7} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
           f" {'non2xx':>6} {'ratio':>6} {'vs off':>6} {'srv µs/req':>10} {'rep µs/req':>10}  spread")
     for r in rows:
-        print(f"{r['model']:6} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
+        print(f"{r['model']:7} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
               f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}"
               f" {r.get('vs_off', ''):>6}"
               f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}"

@@ -238,12 +238,16 @@ class Builder:
                           lease) -> mf.RPackages:
         """r-requirements.txt resolved (the machine's R's packages used as they are, the others
         from MODELPORT_R_REPOS), each source tarball fetched into the store: the R lock."""
-        text = ""
-        for entry in snapshot.files:
-            if entry.path == rdeps.R_REQUIREMENTS:
-                text = (await asyncio.to_thread(self.store.read_bytes, entry.digest)).decode(
+        files = {entry.path: entry.digest for entry in snapshot.files}
+        wanted: list[tuple[str, str | None]] = []
+        for name in (rdeps.R_REQUIREMENTS, "DESCRIPTION"):  # the first found declares them
+            if name in files:
+                text = (await asyncio.to_thread(self.store.read_bytes, files[name])).decode(
                     "utf-8", "replace")
-        wanted = rdeps.parse_requirements(text)
+                wanted = (rdeps.parse_requirements(text) if name == rdeps.R_REQUIREMENTS
+                          else rdeps.description_imports(text))
+                blog(f"  R packages declared in {name}")
+                break
         if wanted:
             blog(f"→ resolving R packages against {', '.join(self.settings.r_repos)}")
         runtime = [] if any(n == "jsonlite" for n, _ in wanted) else [("jsonlite", None)]

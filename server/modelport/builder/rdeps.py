@@ -18,7 +18,7 @@ import msgspec
 from modelport.builder.rlang import RInfo
 from modelport.scratch import scratch_dir
 
-__all__ = ["RDependencyError", "RLock", "RPackage", "fetch", "install", "library_path",
+__all__ = ["RDependencyError", "RLock", "RPackage", "description_imports", "fetch", "install", "library_path",
            "lock_text", "parse_requirements", "r_lock_digest", "read_index", "resolve"]
 
 R_REQUIREMENTS = "r-requirements.txt"
@@ -72,6 +72,14 @@ def parse_requirements(text: str) -> list[tuple[str, str | None]]:
                                    "`name` or `name==version`")
         out.append((name, version or None))
     return out
+
+
+def description_imports(text: str) -> list[tuple[str, str | None]]:
+    """The packages a project's DESCRIPTION file names in Depends and Imports (unpinned)."""
+    records = _dcf(text)
+    fields = records[0] if records else {}
+    names = [n for key in ("Depends", "Imports") for n in _names(fields.get(key, ""))]
+    return [(n, None) for n in dict.fromkeys(names)]
 
 
 def _dcf(text: str) -> list[dict[str, str]]:

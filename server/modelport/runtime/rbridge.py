@@ -76,12 +76,14 @@ def r_signature(described: dict[str, Any]) -> Signature:
         return Signature(func, "dict", False, dict[str, Any], output, None)  # type: ignore[arg-type]
     fields: list[Any] = []
     opaque = []  # defaults R computes (an expression): optional, with no default in the schema
+    defaults = {}  # a list default is behind a factory, which msgspec's schema leaves out
     for p in params:
         tp = _type(p.get("type"))
         if p["required"]:
             fields.append((p["name"], tp))
         elif p.get("default") is not None:
-            fields.append((p["name"], tp, _default(msgspec.json.decode(p["default"]))))
+            defaults[p["name"]] = value = msgspec.json.decode(p["default"])
+            fields.append((p["name"], tp, _default(value)))
         else:
             fields.append((p["name"], tp, None))
             opaque.append(p["name"])
@@ -91,6 +93,8 @@ def r_signature(described: dict[str, Any]) -> Signature:
     props = sig.input_schema.get("properties") or {}
     for name in opaque:
         props.get(name, {}).pop("default", None)
+    for name, value in defaults.items():
+        props.get(name, {}).setdefault("default", value)
     return sig
 
 
