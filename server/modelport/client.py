@@ -14,7 +14,7 @@ from modelport.settings import DEFAULT_URL, resolve_data_dir
 
 
 class ApiError(Exception):
-    """An error answer from the server, in the SPEC's shape."""
+    """An error answer from the server, in the shape of docs/api.md's errors."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None):
         super().__init__(f"{code}: {message}" + (f" (field: {field})" if field else ""))

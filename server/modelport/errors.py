@@ -1,4 +1,4 @@
-"""Every error the API can answer with: its HTTP status and the SPEC's code, and one handler."""
+"""Every error the API can answer with: its HTTP status and code (docs/api.md), and one handler."""
 
 from __future__ import annotations
 
@@ -214,7 +214,7 @@ def error_json(status: int, code: str, message: str, field: str | None = None) -
 
 
 def _from_validation(exc: ValidationException) -> ModelportError:
-    """Litestar's body/query validation failure → the SPEC's request.malformed / request.invalid."""
+    """Litestar's body/query validation failure → request.malformed / request.invalid."""
     extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
     first = extra[0] if isinstance(extra[0], dict) else {}
     message, key = str(first.get("message", exc.detail)), first.get("key")

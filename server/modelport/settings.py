@@ -11,7 +11,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def resolve_data_dir(flag: str | Path | None = None) -> Path:
-    """The SPEC's order: the flag, else MODELPORT_HOME, else ./artifacts."""
+    """In this order: the flag, else MODELPORT_HOME, else ./artifacts."""
     chosen = flag or os.environ.get("MODELPORT_HOME") or "artifacts"
     return Path(chosen).expanduser().resolve()
 

@@ -65,6 +65,8 @@ def test_clear_env_rows_of_an_older_registry_are_sealed_at_start(offline_server,
     conn = sqlite3.connect(srv.data_dir / "registry.sqlite3")
     conn.execute("UPDATE deployments SET env = ?", (f'{{"API_TOKEN":"{secret}"}}',))
     conn.execute("ALTER TABLE deployments DROP COLUMN env_sealed")
+    conn.execute("ALTER TABLE builds ADD COLUMN env_python TEXT")  # dropped by migration 6
+    conn.execute("CREATE TABLE replicas (id TEXT PRIMARY KEY)")  # likewise
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()

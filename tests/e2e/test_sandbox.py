@@ -1,5 +1,5 @@
-"""Hostile models and builds against the sandbox: each attack of issue 11 is refused by the kernel,
-the model keeps serving, and nothing of the server's leaks into its answers or logs."""
+"""Hostile models and builds against the sandbox: each attack docs/security.md names is refused
+by the kernel, the model keeps serving, and nothing of the server's leaks into its answers or logs."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ PROTECTIONS = sandbox.probe()
 needs_landlock = pytest.mark.skipif("landlock" not in PROTECTIONS,
                                     reason="this kernel has no Landlock")
 
-# A model that tries what issue 11 found: every attempt answers "ok: …" or "refused: …", and is
+# A model that tries each of those attacks: every attempt answers "ok: …" or "refused: …", and is
 # printed too (so that a secret it got would be in its log).
 HOSTILE = r'''
 import os, socket, tempfile

@@ -70,7 +70,7 @@ def test_openapi_schema_is_served(server):
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert "/api/v1/models" in paths
-    # the streamed multipart uploads are described too, as the SPEC has them
+    # the streamed multipart uploads are described too, as docs/api.md has them
     form = paths["/api/v1/models/{name}/builds"]["post"]["requestBody"]["content"][
         "multipart/form-data"]["schema"]
     assert form["required"] == ["archive", "entrypoint"]

@@ -228,6 +228,41 @@ def test_a_version_2_registry_gains_the_rate_limit_columns(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
+def test_a_version_5_registry_loses_what_nothing_read_and_keeps_its_builds(tmp_path):
+    import asyncio
+    import sqlite3
+
+    from modelport.registry.db import Database
+    from modelport.registry.schema import MIGRATIONS
+
+    path = tmp_path / "registry.sqlite3"
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:5], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+    conn.execute("INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
+                 " VALUES ('old', 'me', 'h', 't', 't')")
+    conn.execute("INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
+                 " created_at, env_python) VALUES (1, 1, 'built', 'p.py:f', '3.11', 'me', 't',"
+                 " '/envs/x/bin/python')")
+    conn.commit()
+    conn.close()
+
+    async def upgrade():
+        db = await Database(path).open()
+        try:
+            return await db.all("SELECT * FROM builds")
+        finally:
+            await db.close()
+
+    builds = asyncio.run(upgrade())
+    assert [(b["number"], b["entrypoint"]) for b in builds] == [(1, "p.py:f")]
+    assert "env_python" not in builds[0]
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "replicas" not in tables and {"models", "builds", "deployments"} <= tables
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
 def test_deep_json_is_400_on_the_management_api(app_client):
     deep = b"[" * 100_000 + b"]" * 100_000
     for method, path in [("POST", "/api/v1/models"), ("PATCH", "/api/v1/models/x"),

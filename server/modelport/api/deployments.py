@@ -32,7 +32,7 @@ from modelport.serving.procs import read_tail
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
 
 
-# The SPEC's defaults of a deployment's settings, for those a request leaves out.
+# The defaults of a deployment's settings (docs/api.md), for those a request leaves out.
 DEFAULTS = {"replicas": 1, "memory_mb": None, "timeout_s": 30.0, "max_concurrency": 1,
             "queue_timeout_s": 30.0, "max_body_mb": 5.0, "env": {}, "capture_percent": 0.0,
             "capture_max_bytes": 65_536, "network": True, "boot_timeout_s": 300.0}

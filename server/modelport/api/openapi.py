@@ -141,7 +141,7 @@ def _text(description: str, **extra) -> Schema:
 
 
 # The multipart routes read their body as a stream (a 5 GB archive never sits in memory), so
-# Litestar sees no body parameter to describe: their fields are written here, as the SPEC has them.
+# Litestar sees no body parameter to describe: their fields are written here, as docs/api.md has them.
 UPLOADS = {
     ("/api/v1/models/{name}/builds", "post"): (["archive", "entrypoint"], {
         "archive": _text("The project folder's contents at the archive's root (.tar or "

@@ -15,7 +15,6 @@ from modelport.store.cas import ContentStore
 from modelport.store.manifest import Manifest, Snapshot, decode, encode
 
 MANIFEST_NAME = "modelport-build.json"
-SNAPSHOT_NAME = "snapshot.json"
 
 
 def referenced(manifest: Manifest) -> list[str]:

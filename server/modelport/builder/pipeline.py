@@ -185,7 +185,7 @@ class Builder:
         put = await asyncio.to_thread(self.store.put_bytes, mf.encode(manifest))
         fields = {
             "status": "built", "digest": digest, "manifest": put.digest, "lock_digest": lock.digest,
-            "env_python": str(python), "input_schema": described["input_schema"],
+            "input_schema": described["input_schema"],
             "output_schema": described["output_schema"],
             "example_output": None if example_output is None
             else msgspec.json.encode(example_output).decode(),

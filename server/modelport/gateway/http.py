@@ -34,10 +34,6 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INTERNAL = (b'{"error":{"code":"internal","message":"Internal server error."}}')
 
 
-def is_prediction(method: str, path: str) -> bool:
-    return method == "POST" and _is_prediction_path(path.encode("latin-1"))
-
-
 def _is_prediction_path(path: bytes) -> bool:
     if path == b"/model":
         return True

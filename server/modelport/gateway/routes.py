@@ -14,7 +14,7 @@ __all__ = ["Routes"]
 
 
 class Routes:
-    """In memory, no database: the lead keeps it current.
+    """In memory, no database: the models service (modelport/models.py) keeps it current.
 
     - ``set_model(name, auth=..., rate_limit_per_s=..., rate_limit_burst=...)`` when a model is
       created or changed, or at startup for every model in the registry; ``drop_model(name)``
@@ -31,11 +31,6 @@ class Routes:
         self._auth: dict[str, bool] = {}
         self.limits: dict[str, RateLimit] = {}
         self._groups: dict[str, ReplicaGroup] = supervisor.active if supervisor else {}
-
-    def attach(self, supervisor: Supervisor) -> None:
-        """Read the groups from this supervisor (when it is made after the Routes)."""
-        supervisor.active.update(self._groups)
-        self._groups = supervisor.active
 
     def set_model(self, name: str, *, auth: bool = True, rate_limit_per_s: float | None = None,
                   rate_limit_burst: int | None = None) -> None:

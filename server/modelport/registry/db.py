@@ -1,4 +1,4 @@
-"""The registry's SQLite file: WAL, foreign keys, numbered migrations, many readers and one writer."""
+"""The registry's SQLite file: WAL, foreign keys, numbered migrations, one reader and one writer."""
 
 from __future__ import annotations
 

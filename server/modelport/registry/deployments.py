@@ -1,4 +1,4 @@
-"""Deployment rows and their events, as the SPEC's deployment shape."""
+"""Deployment rows and their events, in the deployment shape of the API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The registry's records as they cross module boundaries and leave through the API (SPEC "Shapes")."""
+"""The registry's records as they cross module boundaries and leave through the API."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ DeploymentStatus = Literal["pending", "deploying", "deployed", "failed", "stoppi
 ReplicaState = Literal["starting", "ready", "draining", "exited", "crashed"]
 
 ACTIVE_DEPLOYMENT = ("pending", "deploying", "deployed", "stopping")
-MODEL_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # the SPEC's rule for a model's name
+MODEL_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # a model's name: lowercase, digits, dashes
 
 
 class Page(msgspec.Struct, Generic[T]):

@@ -1,7 +1,7 @@
 """The registry's migrations, numbered by position; PRAGMA user_version records how far a file is."""
 
 MIGRATIONS: list[str] = [
-    # 1: everything in the SPEC's "Words"
+    # 1: models, builds, deployments and their events, tokens, audit
     """
     CREATE TABLE models (
         id INTEGER PRIMARY KEY,
@@ -176,5 +176,12 @@ MIGRATIONS: list[str] = [
     # start (deployments.seal_clear_env), which sets the flag
     """
     ALTER TABLE deployments ADD COLUMN env_sealed INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 6: what nothing read: the replicas table (replicas live in the supervisor's memory; the API
+    # shows them from there) and a build's env_python (the environment is found by lock digest).
+    # DROP COLUMN needs SQLite 3.35 or newer.
+    """
+    DROP TABLE replicas;
+    ALTER TABLE builds DROP COLUMN env_python;
     """,
 ]

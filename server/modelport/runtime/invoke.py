@@ -28,7 +28,7 @@ TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most abou
 
 
 class CallFailed(Exception):
-    """A call that ends in an error response: HTTP status, the SPEC's code, message, field."""
+    """A call that ends in an error response: HTTP status, code, message, field."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)

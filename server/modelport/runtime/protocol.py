@@ -69,7 +69,7 @@ class Result(msgspec.Struct, tag=True, array_like=True, gc=False):
 
 
 class Failure(msgspec.Struct, tag=True, array_like=True, gc=False):
-    """Replica → server: the call failed; status/code are the SPEC's HTTP status and error code."""
+    """Replica → server: the call failed; its HTTP status and error code (docs/api.md)."""
 
     id: int
     # 400 request.malformed | 422 request.invalid | 500 model.error | 503 model.unavailable

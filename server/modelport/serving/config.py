@@ -13,7 +13,7 @@ MiB = 1024 * 1024
 
 class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
     """One deployment as the supervisor runs it: a build, where its code and interpreter are, and
-    the deployment's settings (the SPEC's defaults)."""
+    the deployment's settings (the API's defaults)."""
 
     model: str
     build: int
@@ -64,7 +64,7 @@ class Tuning(msgspec.Struct, kw_only=True, frozen=True):
     max_response_bytes: int = 64 * MiB
 
 
-ReplicaInfo = Replica  # the SPEC's replica shape, as the API shows it
+ReplicaInfo = Replica  # the replica shape, as the API shows it
 
 
 class GroupInfo(msgspec.Struct):

@@ -1,4 +1,4 @@
-// The metrics series (SPEC: {step_s, points: [{t, build, requests, errors, p50_ms, p95_ms, p99_ms}]}).
+// The metrics series (docs/api.md: {step_s, points: [{t, build, requests, errors, p50_ms, p95_ms, p99_ms}]}).
 // `since` is sent as an ISO-8601 UTC time and `step` in seconds. A server without the route
 // answers 404: callers get null and show an empty state instead of an error.
 import { api, enc } from "./api.svelte.js";
