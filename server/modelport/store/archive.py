@@ -30,13 +30,16 @@ import bisect
 import io
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO, Literal
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, Self
 
 import msgspec
 import zstandard
 
 from modelport.errors import ModelportError
 from modelport.store.ignore import ZSTD_MAGIC, PackResult, collect_files, pack
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "ArchiveError", "ArchiveInvalid", "ArchiveLimits", "ArchiveTooLarge", "ArchiveUnsafe",
@@ -130,10 +133,14 @@ def _parts(name: str, limits: ArchiveLimits, what: str = "path") -> list[str]:
     return parts
 
 
+class _Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _Reader:
     """Reads `prefix` then `source`, counting bytes and calling `check(count)` as it goes."""
 
-    def __init__(self, source, prefix: bytes, check: Callable[[int], None]) -> None:
+    def __init__(self, source: _Source, prefix: bytes, check: Callable[[int], None]) -> None:
         self.source, self.prefix, self.check, self.count = source, prefix, check, 0
 
     def read(self, size: int = -1) -> bytes:
@@ -148,8 +155,9 @@ class _Reader:
         return data
 
 
-def _peek(source, n: int) -> bytes:
-    chunks, have = [], 0
+def _peek(source: _Source, n: int) -> bytes:
+    chunks: list[bytes] = []
+    have = 0
     while have < n and (chunk := source.read(n - have)):
         chunks.append(chunk)
         have += len(chunk)
@@ -171,13 +179,14 @@ def _is_tar_header(block: bytes) -> bool:
 
 class _TarInfo(tarfile.TarInfo):
     @classmethod
-    def frombuf(cls, buf, encoding, errors):
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
         try:
             return super().frombuf(buf, encoding, errors)
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+        # These subclasses of HeaderError are tarfile's own, absent from typeshed.
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
             # tarfile would silently stop here; a tar ends with a zero block
             raise tarfile.ReadError("archive is truncated (no end-of-archive block)") from None
-        except tarfile.InvalidHeaderError as exc:
+        except tarfile.InvalidHeaderError as exc:  # type: ignore[attr-defined]
             raise tarfile.ReadError(f"corrupt tar header ({exc})") from None
 
 
@@ -189,17 +198,19 @@ _CORRUPT = (tarfile.TarError, zstandard.ZstdError, UnicodeError, EOFError, Value
 class _MemberStream(io.RawIOBase):
     """A member's data; corrupt or truncated data raises ArchiveInvalid naming the member."""
 
-    def __init__(self, inner: BinaryIO, name: str) -> None:
+    def __init__(self, inner: IO[bytes], name: str) -> None:
         self._inner, self._name = inner, name
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         if self.closed:
             raise ValueError(f"the stream of {self._name!r} is closed: iteration moved on")
         try:
-            return self._inner.readinto(buffer)
+            # extractfile gives a BufferedReader, which typeshed calls IO[bytes]
+            n: int = self._inner.readinto(buffer)  # type: ignore[attr-defined]
+            return n
         except _CORRUPT as exc:
             raise _fail(ArchiveInvalid, self._name, f"corrupt or truncated data ({exc})") from None
 
@@ -238,7 +249,7 @@ class _Meter:
 
 def iter_members(
     fileobj: BinaryIO, limits: ArchiveLimits | None = None
-) -> Iterator[tuple[Member, BinaryIO]]:
+) -> Iterator[tuple[Member, io.RawIOBase]]:
     """Yield each safe file or link of an uploaded .tar / .tar.zst with a stream of its data.
 
     Read (or ignore) each stream before asking for the next member; it is closed then.
@@ -251,7 +262,8 @@ def iter_members(
     if head.startswith(ZSTD_MAGIC):
         raw = _Reader(fileobj, head, meter.on_raw)
         dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
-        source = dctx.stream_reader(raw, read_across_frames=True)
+        # zstandard only calls read(); its stub asks for a whole IO[bytes]
+        source = dctx.stream_reader(raw, read_across_frames=True)  # type: ignore[arg-type]
         try:
             tar_head = _peek(source, 512)
         except zstandard.ZstdError as exc:
@@ -269,11 +281,12 @@ def iter_members(
     yield from _iter_tar(expanded, meter)
 
 
-def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, BinaryIO]]:
+def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, io.RawIOBase]]:
     lim = meter.lim
     try:
-        tar = tarfile.open(fileobj=expanded, mode="r|", tarinfo=_TarInfo, bufsize=_BUFSIZE,
-                           encoding="utf-8", errors="surrogateescape")
+        # tarfile only reads a "r|" stream; its stub asks for a whole file object
+        tar = tarfile.open(fileobj=expanded, mode="r|", tarinfo=_TarInfo,  # type: ignore[call-overload]
+                           bufsize=_BUFSIZE, encoding="utf-8", errors="surrogateescape")
     except _CORRUPT as exc:
         raise ArchiveInvalid(f"not a valid tar archive ({exc})") from None
     seen: dict[str, Member | None] = {}  # path -> member; None for folders
@@ -311,8 +324,8 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, Binary
         data = ti.size + 511 if ti.isreg() else 0
         meter.stop_at = expanded.count + data + lim.max_header_bytes + _SLACK
         if ti.isdir():
-            if seen.get(path, None) is not None:
-                kind = seen[path].kind
+            if (folder_of := seen.get(path, None)) is not None:
+                kind = folder_of.kind
                 raise _fail(ArchiveUnsafe, name, f"{path!r} is both a {kind} and a folder")
             _go_through(parts, len(parts), seen, through, name)
             seen.setdefault(path, None)
@@ -330,17 +343,22 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, Binary
         mode = 0o755 if ti.mode & 0o100 else 0o644
         if kind == "file":
             member = Member(path, mode, ti.size)
-            stream = _MemberStream(tar.extractfile(ti), name)
+            data_of = tar.extractfile(ti)
+            if data_of is None:  # only for members that are not regular files
+                raise _fail(ArchiveInvalid, name, "no data")
+            stream = _MemberStream(data_of, name)
         else:
             target = _link_target(ti, parts, kind, lim, seen, through, name)
-            mode = seen[target].mode if kind == "hardlink" else 0o644
+            # a hardlink's target is an earlier file (_link_target checked it)
+            linked = seen[target] if kind == "hardlink" else None
+            mode = linked.mode if linked is not None else 0o644
             member = Member(path, mode, 0, kind, target)
             stream = _MemberStream(io.BytesIO(b""), name)
         seen[path] = member
         yield member, stream
 
 
-def _kind(ti: tarfile.TarInfo, name: str) -> str:
+def _kind(ti: tarfile.TarInfo, name: str) -> Literal["file", "symlink", "hardlink"]:
     if ti.isreg():
         return "file"
     if ti.issym():
@@ -352,7 +370,9 @@ def _kind(ti: tarfile.TarInfo, name: str) -> str:
     raise _fail(ArchiveUnsafe, name, f"is {what}")
 
 
-def _go_through(parts, n, seen, through, name) -> None:
+def _go_through(
+    parts: list[str], n: int, seen: dict[str, Member | None], through: dict[str, str], name: str
+) -> None:
     """Record that member `name` uses the first `n` prefixes of `parts` as folders."""
     for i in range(1, n + 1):
         prefix = "/".join(parts[:i])
@@ -361,7 +381,10 @@ def _go_through(parts, n, seen, through, name) -> None:
         through.setdefault(prefix, name)
 
 
-def _link_target(ti, parts, kind, lim, seen, through, name) -> str:
+def _link_target(
+    ti: tarfile.TarInfo, parts: list[str], kind: str, lim: ArchiveLimits,
+    seen: dict[str, Member | None], through: dict[str, str], name: str,
+) -> str:
     try:
         target = _parts(ti.linkname, lim, what=f"{kind} target {_shown(ti.linkname)}")
     except ArchiveError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import os
 import tempfile
 import threading
@@ -30,7 +31,7 @@ class ContentStore:
     Thread-safe: any number of concurrent puts, reads and one gc/verify at a time.
     """
 
-    def __init__(self, root: str | os.PathLike, *, level: int = LEVEL, threads: int | None = None,
+    def __init__(self, root: str | os.PathLike[str], *, level: int = LEVEL, threads: int | None = None,
                  tmp_grace_s: float = _gc.TMP_GRACE_S) -> None:
         self.root = Path(root)
         self.objects, self.tmp = self.root / "objects", self.root / "tmp"
@@ -67,7 +68,7 @@ class ContentStore:
     def writer(self) -> Writer:
         return Writer(self)
 
-    def put_stream(self, fileobj: BinaryIO) -> PutResult:
+    def put_stream(self, fileobj: BinaryIO | io.RawIOBase) -> PutResult:
         """Store everything `fileobj.read()` yields, reading CHUNK bytes at a time."""
         with self.writer() as w:
             if hasattr(fileobj, "readinto"):  # one reused buffer, no allocation per chunk
@@ -80,7 +81,7 @@ class ContentStore:
                     w.write(chunk)
             return w.commit()
 
-    def put_file(self, path: str | os.PathLike) -> PutResult:
+    def put_file(self, path: str | os.PathLike[str]) -> PutResult:
         with open(path, "rb", buffering=0) as f:
             return self.put_stream(f)
 
@@ -124,7 +125,7 @@ class ContentStore:
         with self.open(digest) as f:
             return f.read()
 
-    def copy_to(self, digest: str, dst: str | os.PathLike, mode: int = 0o644) -> int:
+    def copy_to(self, digest: str, dst: str | os.PathLike[str], mode: int = 0o644) -> int:
         """Write the content to `dst` via a temp file beside it, renamed only once verified."""
         dst = Path(dst)
         with self.open(digest) as src:
@@ -165,19 +166,19 @@ class ContentStore:
         return _gc.stats(self)
 
     # -- async: the same calls in a worker thread, so the event loop never waits on disk ----------
-    async def aput_file(self, path: str | os.PathLike) -> PutResult:
+    async def aput_file(self, path: str | os.PathLike[str]) -> PutResult:
         return await asyncio.to_thread(self.put_file, path)
 
     async def aput_bytes(self, data: bytes) -> PutResult:
         return await asyncio.to_thread(self.put_bytes, data)
 
-    async def aput_stream(self, fileobj: BinaryIO) -> PutResult:
+    async def aput_stream(self, fileobj: BinaryIO | io.RawIOBase) -> PutResult:
         return await asyncio.to_thread(self.put_stream, fileobj)
 
     async def aread_bytes(self, digest: str) -> bytes:
         return await asyncio.to_thread(self.read_bytes, digest)
 
-    async def acopy_to(self, digest: str, dst: str | os.PathLike, mode: int = 0o644) -> int:
+    async def acopy_to(self, digest: str, dst: str | os.PathLike[str], mode: int = 0o644) -> int:
         return await asyncio.to_thread(self.copy_to, digest, dst, mode)
 
     async def averify(self, quarantine: bool = False) -> list[Problem]:

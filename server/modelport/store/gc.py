@@ -98,7 +98,7 @@ def verify(store: ContentStore, quarantine: bool = False) -> list[Problem]:
                 store.quarantine.mkdir(exist_ok=True)
                 moved = store.quarantine / f"{hexd}.{time.time_ns()}"
                 os.replace(path, moved)
-            problems.append(Problem(e.digest, str(path), e.reason, moved and str(moved)))
+            problems.append(Problem(e.digest, str(path), e.reason, str(moved) if moved else None))
     return problems
 
 

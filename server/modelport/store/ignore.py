@@ -6,7 +6,7 @@ import os
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 import pathspec
@@ -25,7 +25,7 @@ class IgnoreRules:
 
     __slots__ = ("_spec",)
 
-    def __init__(self, spec: pathspec.PathSpec) -> None:
+    def __init__(self, spec: pathspec.PathSpec[Any]) -> None:
         self._spec = spec
 
     @classmethod
@@ -82,7 +82,9 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def _ignored(rel: str, is_dir: bool, mp: IgnoreRules | None, layers: list) -> bool:
+def _ignored(
+    rel: str, is_dir: bool, mp: IgnoreRules | None, layers: list[tuple[str, IgnoreRules]]
+) -> bool:
     if BUILTIN_IGNORE.check(rel, is_dir=is_dir):
         return True
     if mp is not None and (verdict := mp.check(rel, is_dir=is_dir)) is not None:
@@ -99,7 +101,7 @@ def _walk(
     real: Path,
     rel: str,
     ancestors: frozenset[Path],
-    layers: list,
+    layers: list[tuple[str, IgnoreRules]],
     mp: IgnoreRules | None,
     found: list[str],
     warn: list[str],
@@ -151,7 +153,7 @@ class _CountingWriter:
     def __init__(self, out: BinaryIO) -> None:
         self.out, self.count = out, 0
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         n = self.out.write(data)
         self.count += len(data)
         return n if n is not None else len(data)
@@ -182,7 +184,8 @@ def pack(
     writer = _CountingWriter(out)
     content = 0
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    with cctx.stream_writer(writer, closefd=False) as zw:
+    # zstandard only calls write() and flush(); its stub asks for a whole IO[bytes]
+    with cctx.stream_writer(writer, closefd=False) as zw:  # type: ignore[arg-type]
         with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT,
                           encoding="utf-8") as tar:
             for rel in files:

@@ -17,6 +17,8 @@ import msgspec
 import zstandard
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
     from modelport.store.cas import ContentStore
 
 CHUNK = 1 << 20  # read/write granularity; memory stays O(CHUNK) whatever the object size
@@ -94,7 +96,7 @@ class Writer:
         self._tmp, self._f = Path(name), open(fd, "wb")
         self._f.write(bytes(HEADER.size))  # filled in by commit()
         self._hash, self._size = hashlib.sha256(), 0
-        self._buf: bytearray | None = bytearray()  # until SMALL is exceeded
+        self._buf = bytearray()  # until SMALL is exceeded; emptied once streaming
         self._z: zstandard.ZstdCompressionWriter | RawFrame | None = None
         self._done, self._written_back = False, 0
 
@@ -112,7 +114,7 @@ class Writer:
                 return n
             self._z = self._open_frame()  # a large object: from here on, stream
             self._z.write(self._buf)
-            self._buf, view = None, view[room:]
+            self._buf, view = bytearray(), view[room:]
         self._z.write(view)
         if (pos := self._f.tell()) - self._written_back >= WRITEBACK:
             start_writeback(self._f.fileno(), self._written_back)
@@ -200,7 +202,7 @@ def read_header(f: BinaryIO, hexd: str, path: Path) -> int:
     magic, length, size = HEADER.unpack(header)
     if magic != MAGIC or length != 8:
         raise CorruptObject(hexd, path, "bad header")
-    return size
+    return int(size)
 
 
 class ObjectReader(io.RawIOBase):
@@ -231,6 +233,7 @@ class ObjectReader(io.RawIOBase):
             raise self._error
         if self._verified or n == 0:
             return b""
+        assert self._z is not None  # set by __init__, which raised otherwise
         try:
             data = self._z.read(n)
         except zstandard.ZstdError as e:
@@ -254,7 +257,7 @@ class ObjectReader(io.RawIOBase):
             parts.append(chunk)
         return b"".join(parts)
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: WriteableBuffer) -> int:
         view = memoryview(buf).cast("B")
         data = self.read(len(view))
         view[: len(data)] = data
