@@ -98,17 +98,6 @@ def r_signature(described: dict[str, Any]) -> Signature:
     return sig
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks, got = [], 0
-    while got < size:
-        data = os.read(fd, size - got)
-        if not data:
-            return None
-        chunks.append(data)
-        got += len(data)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 class RFunction:
     """The R child of one replica (or inspect step): started, described, then called one call at
     a time. ``sig`` and ``handle`` are what the worker uses of an Invoker."""
@@ -121,6 +110,7 @@ class RFunction:
         if rel.is_absolute() or ".." in rel.parts:
             raise EntryError(f"entrypoint {entry!r}: the file must be a path inside the project")
         self.max_result = max_result
+        self._buf = bytearray()
         to_r, self._to_r = os.pipe()
         self._from_r, from_r = os.pipe()
         env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8")
@@ -155,13 +145,23 @@ class RFunction:
         self._msgpack = msgspec.msgpack.encode
 
     def _recv(self) -> tuple[bytes, bytes]:
-        header = _read_exactly(self._from_r, 4)
-        if header is None:
-            return b"", b""
-        payload = _read_exactly(self._from_r, int.from_bytes(header, "big"))
-        if payload is None:
-            return b"", b""
-        return payload[:1], payload[1:]
+        """One frame from R: (kind, payload); (b"", b"") when R's end closed. Reads what the
+        pipe holds (a frame in one read, usually), keeping the rest for the next frame."""
+        buf, fd = self._buf, self._from_r
+        while len(buf) < 4:
+            data = os.read(fd, 65536)
+            if not data:
+                return b"", b""
+            buf += data
+        end = 4 + int.from_bytes(buf[:4], "big")
+        while len(buf) < end:
+            data = os.read(fd, max(65536, end - len(buf)))
+            if not data:
+                return b"", b""
+            buf += data
+        frame = bytes(buf[4:end])
+        del buf[:end]
+        return frame[:1], frame[1:]
 
     def _ended(self, when: str) -> str:
         try:

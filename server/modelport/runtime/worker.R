@@ -24,10 +24,9 @@ local({
   inp <- file(sprintf("/dev/fd/%s", argv[[4L]]), open = "rb", raw = TRUE)
 
   send <- function(kind, text) {
-    payload <- c(charToRaw(kind), charToRaw(text))
-    n <- length(payload)
-    size <- as.raw(c(n %/% 16777216L, (n %/% 65536L) %% 256L, (n %/% 256L) %% 256L, n %% 256L))
-    writeBin(c(size, payload), out)
+    payload <- charToRaw(paste0(kind, text))
+    writeBin(length(payload), out, size = 4L, endian = "big")
+    writeBin(payload, out)
     flush(out)
   }
 
@@ -91,6 +90,15 @@ local({
     paste0("[", paste0("{", do.call(paste, c(cells, sep = ",")), "}", collapse = ","), "]")
   }
   to_json <- function(x) {
+    if (is.null(attributes(x)) && length(x) == 1L) {  # a plain scalar: the common answer
+      t <- typeof(x)
+      if (t == "double" && is.finite(x)) {
+        s <- sprintf("%.15g", x)
+        return(if (as.numeric(s) == x) s else sprintf("%.17g", x))
+      }
+      if (t == "integer" && !is.na(x)) return(as.character(x))
+      if (t == "logical" && !is.na(x)) return(if (x) "true" else "false")
+    }
     if (is.null(x)) return("null")
     if (inherits(x, "json")) return(paste(as.character(x), collapse = ""))
     if (is.data.frame(x)) return(rows(x))
@@ -270,10 +278,9 @@ local({
   }
   parse <- jsonlite::parse_json
   repeat {
-    header <- readBin(inp, "raw", 4L)
-    if (length(header) < 4L) break
-    n <- sum(as.numeric(header) * c(16777216, 65536, 256, 1))
-    body <- rawToChar(readBin(inp, "raw", n))
+    n <- readBin(inp, "integer", size = 4L, endian = "big")
+    if (length(n) == 0L) break  # the worker closed our input: drained
+    body <- readChar(inp, n, useBytes = TRUE)
     Encoding(body) <- "UTF-8"
     metrics <- list()
     answer <- tryCatch({
