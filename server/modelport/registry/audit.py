@@ -31,7 +31,8 @@ async def record(
 async def list_entries(
     db: Database, *, limit: int, cursor: int | None, model: str | None = None
 ) -> Page[AuditEntry]:
-    where, params = ["1=1"], []
+    where: list[str] = ["1=1"]
+    params: list[Any] = []
     if cursor is not None:
         where.append("id < ?")
         params.append(cursor)

@@ -10,7 +10,7 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.errors import BuildNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row, fetch_one
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Build, Page
 
@@ -21,7 +21,7 @@ def _decode(text: str | None) -> Any:
     return None if text is None else msgspec.json.decode(text)
 
 
-def to_build(r: dict, model: str) -> Build:
+def to_build(r: Row, model: str) -> Build:
     return Build(
         model=model, number=r["number"], status=r["status"], digest=r["digest"],
         entrypoint=r["entrypoint"], python=r["python"], message=r["message"],
@@ -50,14 +50,16 @@ class NewBuild(msgspec.Struct, kw_only=True):
 
 
 async def create(db: Database, model_id: int, model: str, actor: str, new: NewBuild,
-                 *, status: str = "queued") -> dict:
+                 *, status: str = "queued") -> Row:
     """Record a build with the next number; its snapshot's objects are referenced at once."""
     async with db.write() as conn:
         cur = await conn.execute(
             "UPDATE models SET next_build = next_build + 1 WHERE id = ? RETURNING next_build - 1",
             (model_id,),
         )
-        number = (await cur.fetchone())["next_build - 1"]
+        if (numbered := await fetch_one(cur)) is None:
+            raise LookupError(f"no model {model_id}")
+        number = numbered["next_build - 1"]
         cur = await conn.execute(
             "INSERT INTO builds (model_id, number, status, entrypoint, python, requirements,"
             " message, labels, created_by, created_at, example_input, example_output, git_commit,"
@@ -75,10 +77,10 @@ async def create(db: Database, model_id: int, model: str, actor: str, new: NewBu
         )
         await audit.record(conn, actor, "build.create", model=model, target=str(number),
                            detail={"entrypoint": new.entrypoint, "message": new.message})
-    return await db.one("SELECT * FROM builds WHERE id = ?", (build_id,))
+    return await db.found("SELECT * FROM builds WHERE id = ?", (build_id,))
 
 
-async def row(db: Database, model_id: int, number: int, model: str = "") -> dict:
+async def row(db: Database, model_id: int, number: int, model: str = "") -> Row:
     found = await db.one("SELECT * FROM builds WHERE model_id = ? AND number = ?",
                          (model_id, number))
     if found is None:
@@ -119,7 +121,7 @@ async def finish(db: Database, build_id: int, *, model: str, number: int, fields
                            if fields.get("error") else {})
 
 
-async def unfinished(db: Database) -> list[dict]:
+async def unfinished(db: Database) -> list[Row]:
     return await db.all(
         "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
         " WHERE b.status IN ('queued', 'building') ORDER BY b.id"

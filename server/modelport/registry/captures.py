@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiosqlite
 
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row
 
 
-async def add_many(conn: aiosqlite.Connection, items: list[tuple]) -> None:
+async def add_many(conn: aiosqlite.Connection, items: list[tuple[Any, ...]]) -> None:
     """(model id, build, request id, at, status, latency_s, request, response, truncated)."""
     await conn.executemany(
         "INSERT INTO captures (model_id, build, request_id, at, status, latency_s, request,"
@@ -15,7 +17,7 @@ async def add_many(conn: aiosqlite.Connection, items: list[tuple]) -> None:
 
 
 async def of_build(db: Database, model_id: int, build: int, *, after_id: int | None,
-                   limit: int) -> list[dict]:
+                   limit: int) -> list[Row]:
     """Newest first."""
     return await db.all(
         "SELECT * FROM captures WHERE model_id = ? AND build = ? AND id < ? ORDER BY id DESC"

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -39,8 +39,21 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
+#: A row as the registry returns it: column name → value.
+Row = dict[str, Any]
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {col[0]: value for col, value in zip(cursor.description, row)}
+
+
+async def fetch_one(cur: aiosqlite.Cursor) -> Row | None:
+    """A cursor's next row, typed as the row factory makes it."""
+    return cast(Row | None, await cur.fetchone())
+
+
+async def fetch_all(cur: aiosqlite.Cursor) -> list[Row]:
+    return cast(list[Row], await cur.fetchall())
 
 
 class Database:
@@ -73,10 +86,21 @@ class Database:
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = _dict_row
+        # aiosqlite's stub types row_factory as a class; sqlite3 takes any callable
+        conn.row_factory = _dict_row  # type: ignore[assignment]
         for pragma in PRAGMAS:
             await conn.execute(pragma)
         return conn
+
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("the registry is not open")
+        return self._reader
+
+    def _write(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("the registry is not open")
+        return self._writer
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -85,12 +109,19 @@ class Database:
         self._reader = self._writer = None
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        async with self._read_lock, self._reader.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        async with self._read_lock, self._read().execute(sql, tuple(params)) as cur:
+            return cast(Row | None, await cur.fetchone())  # the row factory makes dicts
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        async with self._read_lock, self._reader.execute(sql, tuple(params)) as cur:
-            return await cur.fetchall()
+        async with self._read_lock, self._read().execute(sql, tuple(params)) as cur:
+            return cast(list[Row], await cur.fetchall())
+
+    async def found(self, sql: str, params: Iterable[Any] = ()) -> Row:
+        """The row `sql` selects, which must be there (one just written); LookupError if not."""
+        row = await self.one(sql, params)
+        if row is None:
+            raise LookupError(f"no row for {sql!r}")
+        return row
 
     async def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
         row = await self.one(sql, params)
@@ -100,25 +131,27 @@ class Database:
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction; the only way to change the file, one at a time."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            writer = self._write()
+            await writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-                await self._writer.execute("COMMIT")
+                yield writer
+                await writer.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back itself (a full disk does that); the next write
                 # must find no transaction open, whatever failed.
-                if self._writer.in_transaction:
+                if writer.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
-                        await self._writer.execute("ROLLBACK")
+                        await writer.execute("ROLLBACK")
                 raise
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the file and empty it: until then it keeps old images of pages."""
         async with self._write_lock:
-            await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._write().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """One write statement in its own transaction; returns lastrowid."""
         async with self.write() as conn:
             cur = await conn.execute(sql, tuple(params))
+            assert cur.lastrowid is not None  # None only before a statement ran
             return cur.lastrowid

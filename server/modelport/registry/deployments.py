@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import aiosqlite
 import msgspec
 
 from modelport.clock import now_iso
 from modelport.registry import audit
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row
 from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
 from modelport.registry.sealed import Sealer
 
 
-def to_deployment(row: dict, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
+def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
     return Deployment(
         id=row["id"],
         model=model,
@@ -38,7 +40,7 @@ def to_deployment(row: dict, model: str, events: list[DeploymentEvent] | None = 
     )
 
 
-async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, dict]:
+async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, Row]:
     """The active deployment row of each model that has one."""
     ids = list(model_ids)
     if not ids:
@@ -60,32 +62,32 @@ async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
             for r in rows]
 
 
-async def full(db: Database, row: dict, model: str) -> Deployment:
+async def full(db: Database, row: Row, model: str) -> Deployment:
     return to_deployment(row, model, await events_of(db, row["id"]))
 
 
-async def by_id(db: Database, model_id: int, deployment_id: int) -> dict | None:
+async def by_id(db: Database, model_id: int, deployment_id: int) -> Row | None:
     return await db.one("SELECT * FROM deployments WHERE id = ? AND model_id = ?",
                         (deployment_id, model_id))
 
 
-async def current(db: Database, model_id: int) -> dict | None:
+async def current(db: Database, model_id: int) -> Row | None:
     return (await current_by_model(db, [model_id])).get(model_id)
 
 
-async def latest(db: Database, model_id: int) -> dict | None:
+async def latest(db: Database, model_id: int) -> Row | None:
     """The model's newest deployment, whatever its status."""
     return await db.one("SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC LIMIT 1",
                         (model_id,))
 
 
-async def history(db: Database, model_id: int, *, limit: int, cursor: int | None) -> list[dict]:
+async def history(db: Database, model_id: int, *, limit: int, cursor: int | None) -> list[Row]:
     return await db.all(
         "SELECT * FROM deployments WHERE model_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
         (model_id, cursor if cursor is not None else 2**62, limit + 1))
 
 
-def env_of(row: dict, sealer: Sealer) -> dict[str, str]:
+def env_of(row: Row, sealer: Sealer) -> dict[str, str]:
     """A deployment's env in clear (for its replicas, or a deployment that carries it over)."""
     env = msgspec.json.decode(row["env"])
     return sealer.unseal_env(env) if row["env_sealed"] else env
@@ -110,8 +112,8 @@ async def seal_clear_env(db: Database, sealer: Sealer) -> int:
 
 
 async def create(db: Database, *, model_id: int, model: str, build_id: int, build_number: int,
-                 settings: dict, actor: str, sealer: Sealer, reason: str | None = None,
-                 schema_note: str | None = None) -> dict:
+                 settings: dict[str, Any], actor: str, sealer: Sealer, reason: str | None = None,
+                 schema_note: str | None = None) -> Row:
     """A pending deployment; ``schema_note`` (how the input schema changed from the build
     that served) goes into its created event and the audit entry."""
     noted = {"schema_note": schema_note} if schema_note else {}
@@ -137,18 +139,19 @@ async def create(db: Database, *, model_id: int, model: str, build_id: int, buil
                            detail={"build": build_number, "replicas": settings["replicas"],
                                    "reason": reason, **noted})
         deployment_id = cur.lastrowid
-    return await db.one("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+    return await db.found("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
 
 
 async def transition(db: Database, deployment_id: int, status: str | None, kind: str, *,
-                     actor: str | None = None, detail: dict | None = None,
+                     actor: str | None = None, detail: dict[str, Any] | None = None,
                      reason: str | None = None, finished: bool = False,
                      replicas: int | None = None, audited: tuple[str, str] | None = None) -> None:
     """Record an event of a deployment, and change its status (and what goes with it) if given.
     ``audited`` (action, model name): a person's change, in the audit trail in the same
     transaction."""
     at = now_iso()
-    sets, params = [], []
+    sets: list[str] = []
+    params: list[Any] = []
     if status is not None:
         sets.append("status = ?")
         params.append(status)
@@ -173,7 +176,7 @@ async def transition(db: Database, deployment_id: int, status: str | None, kind:
 
 
 async def audited(db: Database, actor: str, action: str, model: str, deployment_id: int,
-                  detail: dict) -> None:
+                  detail: dict[str, Any]) -> None:
     """A person's change to a deployment that wrote no event of its own, in the audit trail."""
     async with db.write() as conn:
         await audit.record(conn, actor, action, model=model, target=str(deployment_id),
@@ -181,7 +184,7 @@ async def audited(db: Database, actor: str, action: str, model: str, deployment_
 
 
 async def switched(db: Database, deployment_id: int, *, actor: str | None,
-                   detail: dict) -> None:
+                   detail: dict[str, Any]) -> None:
     """One write at the moment a deployment takes the model's traffic: it is deployed, and the
     earlier ones still active (the one it replaces, any left half-way) are stopped."""
     at = now_iso()
@@ -199,8 +202,8 @@ async def switched(db: Database, deployment_id: int, *, actor: str | None,
             await _event(conn, replaced["id"], at, "replaced", None, {"by": deployment_id})
 
 
-async def _event(conn, deployment_id: int, at: str, kind: str, actor: str | None,
-                 detail: dict) -> None:
+async def _event(conn: aiosqlite.Connection, deployment_id: int, at: str, kind: str,
+                 actor: str | None, detail: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
         " VALUES (?, ?, ?, ?, ?)",
@@ -210,14 +213,15 @@ async def _event(conn, deployment_id: int, at: str, kind: str, actor: str | None
 async def previous_build(db: Database, model_id: int, current_id: int,
                          current_build: int) -> int | None:
     """The build that served before the current deployment (one that reached deployed)."""
-    return await db.value(
+    build: int | None = await db.value(
         "SELECT d.build_number FROM deployments d WHERE d.model_id = ? AND d.id < ?"
         " AND d.build_number != ? AND EXISTS (SELECT 1 FROM deployment_events e"
         " WHERE e.deployment_id = d.id AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
         (model_id, current_id, current_build))
+    return build
 
 
-async def last_served_build(db: Database, model_id: int) -> dict | None:
+async def last_served_build(db: Database, model_id: int) -> Row | None:
     """The build of the latest deployment that reached deployed: the one callers use now (or
     used last, when the model is stopped)."""
     return await db.one(
@@ -226,7 +230,7 @@ async def last_served_build(db: Database, model_id: int) -> dict | None:
         " AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1", (model_id,))
 
 
-async def to_restore(db: Database) -> list[dict]:
+async def to_restore(db: Database) -> list[Row]:
     """At startup: what should serve again, and what was left half-way."""
     return await db.all(
         "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"

@@ -6,11 +6,11 @@ from collections.abc import Callable, Iterable
 
 import aiosqlite
 
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row, fetch_all, fetch_one
 
 COLUMNS = ("requests", "errors", "server_errors", "latency_s", "hist", "request_bytes",
            "response_bytes", "cpu_s", "memory_bytes")
-Merge = Callable[[dict, dict], dict]  # (stored row, new row) → the row to keep
+Merge = Callable[[Row, Row], Row]  # (stored row, new row) → the row to keep
 
 
 async def model_ids(conn: aiosqlite.Connection) -> dict[str, int]:
@@ -18,13 +18,13 @@ async def model_ids(conn: aiosqlite.Connection) -> dict[str, int]:
         return {r["name"]: r["id"] for r in await cur.fetchall()}
 
 
-async def upsert(conn: aiosqlite.Connection, model_id: int, build: int, res: int, row: dict,
+async def upsert(conn: aiosqlite.Connection, model_id: int, build: int, res: int, row: Row,
                  merge: Merge) -> None:
     """Insert a point, or merge it into the one already there (a restart within a slot)."""
     key = (model_id, row["t"], build, res)
     async with conn.execute("SELECT * FROM metric_points WHERE model_id = ? AND t = ? AND build = ?"
                             " AND res = ?", key) as cur:
-        old = await cur.fetchone()
+        old = await fetch_one(cur)
     if old is not None:
         row = merge(old, row)
         await conn.execute(
@@ -38,10 +38,10 @@ async def upsert(conn: aiosqlite.Connection, model_id: int, build: int, res: int
         (*key, *(row[c] for c in COLUMNS)))
 
 
-async def older(conn: aiosqlite.Connection, res: int, before: int) -> list[dict]:
+async def older(conn: aiosqlite.Connection, res: int, before: int) -> list[Row]:
     async with conn.execute("SELECT * FROM metric_points WHERE res = ? AND t < ?",
                             (res, before)) as cur:
-        return await cur.fetchall()
+        return await fetch_all(cur)
 
 
 async def delete_older(conn: aiosqlite.Connection, res: int | None, before: int) -> int:
@@ -53,7 +53,7 @@ async def delete_older(conn: aiosqlite.Connection, res: int | None, before: int)
 
 
 async def in_range(db: Database, model_id: int, since: int, until: int,
-                   builds: Iterable[int] | None = None) -> list[dict]:
+                   builds: Iterable[int] | None = None) -> list[Row]:
     rows = await db.all("SELECT * FROM metric_points WHERE model_id = ? AND t >= ? AND t < ?"
                         " ORDER BY t", (model_id, since, until))
     if builds is not None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
 import sqlite3
 
 from modelport.clock import now_iso
 from modelport.errors import ModelActive, ModelExists, ModelNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row
 from modelport.registry.deployments import current_by_model, to_deployment
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Model, Page
 
 
-def _to_model(row: dict, deployment_row: dict | None = None) -> Model:
+def _to_model(row: Row, deployment_row: Row | None = None) -> Model:
     return Model(
         name=row["name"],
         description=row["description"],
@@ -27,7 +28,7 @@ def _to_model(row: dict, deployment_row: dict | None = None) -> Model:
     )
 
 
-async def row(db: Database, name: str) -> dict:
+async def row(db: Database, name: str) -> Row:
     found = await db.one("SELECT * FROM models WHERE name = ?", (name,))
     if found is None:
         raise ModelNotFound(f"No model named '{name}'.")
@@ -59,7 +60,7 @@ async def create(
     rate_limit_per_s: float | None = None, rate_limit_burst: int | None = None,
 ) -> Model:
     at = now_iso()
-    detail: dict = {"auth": auth, "description": description}
+    detail: dict[str, Any] = {"auth": auth, "description": description}
     if rate_limit_per_s is not None:
         detail.update(rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
     try:
@@ -77,7 +78,7 @@ async def create(
     return await get(db, name)
 
 
-async def update(db: Database, name: str, actor: str, changes: dict) -> Model:
+async def update(db: Database, name: str, actor: str, changes: dict[str, Any]) -> Model:
     await row(db, name)
     if changes:
         sets = ", ".join(f"{col} = ?" for col in changes)

@@ -7,6 +7,7 @@ import base64
 import msgspec
 
 from modelport.errors import RequestInvalid
+from modelport.registry.db import Row
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -40,7 +41,7 @@ def clamp_limit(limit: int | None) -> int:
     return limit
 
 
-def next_cursor(rows: list[dict], limit: int, key: str) -> str | None:
+def next_cursor(rows: list[Row], limit: int, key: str) -> str | None:
     """Callers fetch limit+1 rows; a next page exists when they got more than limit."""
     if len(rows) <= limit:
         return None

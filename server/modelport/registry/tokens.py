@@ -7,12 +7,12 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.errors import TokenNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Page, Token
 
 
-def to_token(r: dict) -> Token:
+def to_token(r: Row) -> Token:
     return Token(
         id=r["id"], name=r["name"], role=r["role"], models=msgspec.json.decode(r["models"]),
         created_at=r["created_at"], expires_at=r["expires_at"], last_used_at=r["last_used_at"],
@@ -33,7 +33,7 @@ async def insert(
         )
         await audit.record(conn, actor, "token.create", target=token_id,
                            detail={"name": name, "role": role, "models": models})
-    return to_token(await db.one("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+    return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
 
 
 async def list_tokens(
@@ -55,10 +55,10 @@ async def revoke(db: Database, token_id: str, actor: str) -> Token:
         await conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now_iso(), token_id))
         await audit.record(conn, actor, "token.revoke", target=token_id,
                            detail={"name": found["name"]})
-    return to_token(await db.one("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+    return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
 
 
-async def active_rows(db: Database) -> list[dict]:
+async def active_rows(db: Database) -> list[Row]:
     return await db.all("SELECT * FROM tokens WHERE revoked_at IS NULL")
 
 
@@ -73,4 +73,5 @@ async def touch(db: Database, used: dict[str, str]) -> None:
 
 
 async def count(db: Database) -> int:
-    return await db.value("SELECT COUNT(*) FROM tokens")
+    n: int = await db.value("SELECT COUNT(*) FROM tokens")
+    return n

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
 import aiosqlite
 import msgspec
 
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row, fetch_one
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -29,7 +30,7 @@ async def merge_many(conn: aiosqlite.Connection, items: list[tuple[int, str, int
                                (_encode(merged).decode(), old["id"]))
 
 
-async def of_request(db: Database, model_id: int, request_id: str) -> dict | None:
+async def of_request(db: Database, model_id: int, request_id: str) -> Row | None:
     row = await db.one("SELECT * FROM tracked_metrics WHERE model_id = ? AND request_id = ?",
                        (model_id, request_id))
     if row is not None:
@@ -38,11 +39,11 @@ async def of_request(db: Database, model_id: int, request_id: str) -> dict | Non
 
 
 async def in_range(db: Database, model_id: int, *, since: float, until: float, name: str | None,
-                   after: tuple[float, int] | None, limit: int) -> list[dict]:
+                   after: tuple[float, int] | None, limit: int) -> list[Row]:
     """Predictions between ``since`` and ``until`` (oldest first), those with ``name`` only if
     given; paged by (at, id): ``after`` is the last one of the previous page."""
     where = ["model_id = ?", "at >= ?", "at < ?"]
-    params: list = [model_id, since, until]
+    params: list[Any] = [model_id, since, until]
     if after is not None:
         where.append("(at, id) > (?, ?)")
         params += after
@@ -61,7 +62,8 @@ async def prune(conn: aiosqlite.Connection, before: float, max_rows: int) -> int
     cur = await conn.execute("DELETE FROM tracked_metrics WHERE at < ?", (before,))
     gone = cur.rowcount
     async with conn.execute("SELECT count(*) AS n FROM tracked_metrics") as c:
-        extra = (await c.fetchone())["n"] - max_rows
+        counted = await fetch_one(c)
+    extra = (counted["n"] if counted else 0) - max_rows
     if extra > 0:
         cur = await conn.execute("DELETE FROM tracked_metrics WHERE id IN (SELECT id FROM"
                                  " tracked_metrics ORDER BY at, id LIMIT ?)", (extra,))
