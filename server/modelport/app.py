@@ -51,7 +51,7 @@ from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
 from modelport.store.archive import ArchiveLimits
 from modelport.store.cas import ContentStore
-from modelport.store.gc import clean_temp
+from modelport.store.maintenance import clean_temp
 
 log = logging.getLogger("modelport")
 

@@ -2,7 +2,8 @@
 
 Only `modelport/__init__.py` and `modelport/runtime/` go there (standard library + msgspec), so a
 model's interpreter can run `python -m modelport.runtime.worker` and `from modelport import
-track_metric` without seeing the server's dependencies.
+track_metric` without seeing the server's dependencies. `replica_env` is the environment such a
+process (a replica, a build's inspect step) is started with.
 """
 
 from __future__ import annotations
@@ -47,3 +48,25 @@ def ensure_runtime(data_dir: Path) -> Path:
     except OSError:  # another process made it first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def replica_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A scrubbed environment for code of a model's: no server secrets, only what it needs."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(extra or {})
+    env["PYTHONPATH"] = str(runtime_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def r_env(rscript: str, r_libs: list[str]) -> dict[str, str]:
+    """What an R function's worker is told: the Rscript to start, its library (first on R's
+    path; the machine's own libraries follow, as Renviron names them)."""
+    if not rscript:
+        return {}
+    env = {"MODELPORT_RSCRIPT": rscript, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    if r_libs:
+        env["R_LIBS"] = os.pathsep.join(r_libs)
+    return env

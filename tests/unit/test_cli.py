@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelport.cli.serving import sample_input
+from modelport.cli.deploying import sample_input
 
 
 def test_typed_parameters_give_their_required_fields_blank():

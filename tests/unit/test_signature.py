@@ -432,7 +432,7 @@ def test_track_metric_outside_a_replica_is_a_noop():
 
 
 def run_inspect(project_dir: Path, entry: str, example: str | None = None):
-    cmd = [sys.executable, "-m", "modelport.runtime.inspect", "--project", str(project_dir),
+    cmd = [sys.executable, "-m", "modelport.runtime.describe", "--project", str(project_dir),
            "--entry", entry]
     if example is not None:
         cmd += ["--example-input", example]

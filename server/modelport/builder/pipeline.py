@@ -13,7 +13,7 @@ import msgspec
 
 from modelport.builder import deps, rdeps, rlang
 from modelport.builder.buildlog import BuildLog, log_path
-from modelport.builder.inspect import InspectFailed, inspect_build
+from modelport.builder.signature_probe import InspectFailed, inspect_build
 from modelport.builder.projects import Projects, RestoreFailed
 from modelport.builder.snapshot import materialize as write_snapshot
 from modelport.errors import disk_full, store_full

@@ -109,7 +109,7 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     from modelport.builder.prune import live_hex, prune
     from modelport.datadir import DataDirBusy, DataDirLock
     from modelport.scratch import sweep
-    from modelport.store import gc as store_gc
+    from modelport.store import maintenance as store_gc
     from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from modelport.builder.inspect import r_env, replica_env
 from modelport.errors import ModelUnavailable
 from modelport.runtime.protocol import FRAME_OVERHEAD
+from modelport.runtime_home import r_env, replica_env
 from modelport.sandboxing import Sandbox, r_paths, replica_policy
 
 from .balancer import Balancer

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from modelport.store import gc as _gc
-from modelport.store.gc import GcResult, Lease, Problem, StoreStats
+from modelport.store import maintenance as _gc
+from modelport.store.maintenance import GcResult, Lease, Problem, StoreStats
 from modelport.store.objects import (
     CHUNK, LEVEL, WRITEBACK, CorruptObject, ObjectMissing, ObjectReader, PutResult, StoreError,
     Writer, fsync_dir, parse_digest, read_header, start_writeback,
@@ -148,7 +148,7 @@ class ContentStore:
                 raise
             return src.size
 
-    # -- maintenance (store/gc.py) -------------------------------------------------------------
+    # -- maintenance (store/maintenance.py) -------------------------------------------------------------
     def lease(self, digests: Iterable[str] = ()) -> Lease:
         """Hold `digests`, and everything put while held, out of gc's reach until released."""
         lease = Lease(self, {parse_digest(d) for d in digests})

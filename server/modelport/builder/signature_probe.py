@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from modelport.runtime.sandbox import EXIT_SANDBOX
+from modelport.runtime_home import r_env, replica_env
 from modelport.sandboxing import Sandbox, inspect_policy, r_paths
 
 INSPECT_TIMEOUT_S = 600
@@ -24,28 +25,6 @@ class InspectFailed(Exception):
         self.stage, self.error = stage, error
 
 
-def replica_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A scrubbed environment for code of a model's: no server secrets, only what it needs."""
-    keep = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.update(extra or {})
-    env["PYTHONPATH"] = str(runtime_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
-
-
-def r_env(rscript: str, r_libs: list[str]) -> dict[str, str]:
-    """What an R function's worker is told: the Rscript to start, its library (first on R's
-    path; the machine's own libraries follow, as Renviron names them)."""
-    if not rscript:
-        return {}
-    env = {"MODELPORT_RSCRIPT": rscript, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    if r_libs:
-        env["R_LIBS"] = os.pathsep.join(r_libs)
-    return env
-
-
 async def inspect_build(
     python: Path, project: Path, entry: str, runtime_dir: Path, example_input: Any, log,
     sandbox: Sandbox | None = None, tmp_name: str = "inspect", rscript: str = "",
@@ -55,11 +34,11 @@ async def inspect_build(
     With the sandbox on, the model is imported confined as a replica is, with no network, a temp
     dir of its own (``<data dir>/run/tmp/<tmp_name>``), and killed with all it started when it
     ends or the server dies."""
-    args = [str(python), "-m", "modelport.runtime.inspect", "--project", str(project),
+    args = [str(python), "-m", "modelport.runtime.describe", "--project", str(project),
             "--entry", entry]
     if example_input is not None:
         args += ["--example-input", msgspec.json.encode(example_input).decode()]
-    log(f"$ python -m modelport.runtime.inspect --entry {entry}")
+    log(f"$ python -m modelport.runtime.describe --entry {entry}")
     r_libs = r_libs or []
     env, tmp = replica_env(runtime_dir, r_env(rscript, r_libs)), None
     if sandbox is not None and sandbox.enabled:

@@ -1,6 +1,6 @@
 """Inspect an entry inside a build's environment; print one JSON object: its description or failure.
 
-    python -m modelport.runtime.inspect --project DIR --entry FILE:FUNC [--example-input JSON]
+    python -m modelport.runtime.describe --project DIR --entry FILE:FUNC [--example-input JSON]
 
 stdout: {"ok": true, "describe": {...}, "example_output": <value or null>, "example_metrics": {...}}
      or {"ok": false, "stage": "entry|import|example_validate|example_call",
@@ -118,7 +118,7 @@ def _claim_stdout() -> BinaryIO:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m modelport.runtime.inspect", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m modelport.runtime.describe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--project", required=True)
     p.add_argument("--entry", required=True, help="path/to/file.py:function")
