@@ -19,12 +19,18 @@ import asyncio
 import logging
 from collections import deque
 from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelport.gateway.predict import Gateway
 from modelport.settings import env_number
+
+if TYPE_CHECKING:
+    from httptools.parser.url_parser import URL
+    from uvicorn._types import ASGI3Application
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 log = logging.getLogger("modelport.gateway")
 
@@ -57,8 +63,9 @@ class PredictionProtocol(HttpToolsProtocol):
     _seen = 0
 
     gateway: Gateway | None = None
-    _lane: list | None = None  # [scope, body chunks, size, cap, keep_alive] of a prediction
-    _answers: deque | None = None  # this connection's predictions in order: [answer or None]
+    _lane: list[Any] | None = None  # [scope, body chunks, size, cap, keep_alive] of a prediction
+    # this connection's predictions in order: [answer or None]
+    _answers: deque[list[Any]] | None = None
     _close_after = False
     _idle_since = 0.0  # keep-alive after a prediction: the sweeper closes it past the timeout
 
@@ -67,7 +74,8 @@ class PredictionProtocol(HttpToolsProtocol):
         """Predictions of this connection not answered yet."""
         return len(self._answers) if self._answers else 0
 
-    def connection_made(self, transport) -> None:
+    # a stream protocol is given a Transport (uvicorn narrows the argument, too)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         _Sweeper.watch(self)
 
@@ -99,7 +107,9 @@ class PredictionProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self._lane = None
-        self.scope = None  # made in on_headers_complete, only for requests that go through ASGI
+        # made in on_headers_complete, only for requests that go through ASGI (uvicorn, too,
+        # starts with None in a field typed as a scope)
+        self.scope = None  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
         self._phase, self._since, self._seen = 2, _Sweeper.now, self._progress
@@ -115,7 +125,7 @@ class PredictionProtocol(HttpToolsProtocol):
         self.scope["headers"] = headers
         super().on_headers_complete()
 
-    def _start_lane(self, parsed) -> None:
+    def _start_lane(self, parsed: URL) -> None:
         keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
         scope = {"type": "http", "method": "POST", "path": parsed.path.decode("latin-1"),
                  "query_string": parsed.query or b"", "headers": self.headers,
@@ -129,6 +139,7 @@ class PredictionProtocol(HttpToolsProtocol):
         """The model's own limit; for POST /model (model unknown until the key is read) the
         largest of all."""
         gateway = self.gateway
+        assert gateway is not None  # a lane starts only when there is a gateway
         if path == b"/model":
             return gateway.routes.max_body(gateway.default_max_body)
         group = gateway.routes.group(path[8:-8].decode("latin-1"))
@@ -148,7 +159,7 @@ class PredictionProtocol(HttpToolsProtocol):
         if lane is None:
             return super().on_message_complete()
         self._lane = None
-        slot = [None]
+        slot: list[Any] = [None]
         if self._answers is None:
             self._answers = deque()
         self._answers.append(slot)
@@ -156,22 +167,24 @@ class PredictionProtocol(HttpToolsProtocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _start_asgi_task(self, cycle, app) -> None:
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if self._answering:  # pipelined behind a prediction: wait for its answer
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, app))
             return
         super()._start_asgi_task(cycle, app)
 
-    async def _answer(self, lane: list, slot: list) -> None:
+    async def _answer(self, lane: list[Any], slot: list[Any]) -> None:
         scope, chunks, _, _, keep_alive = lane
         body = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         path = scope["path"]
         head: list[bytes] = []
+        gateway = self.gateway
+        assert gateway is not None  # a lane starts only when there is a gateway
         try:
-            answer = await self.gateway.answer(scope, None if path == "/model" else path[8:-8],
-                                               body)
-            status, headers, out = answer  # (never None: the body is here already)
+            answer = await gateway.answer(scope, None if path == "/model" else path[8:-8], body)
+            assert answer is not None  # None only when reading the body, here already, fails
+            status, headers, out = answer
             head.append(_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode())
             for name, value in self.server_state.default_headers:
                 head.extend((name, b": ", value, b"\r\n"))
@@ -195,14 +208,15 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def _write_answers(self) -> None:
         """Write the answers that are ready, in the order their requests came (pipelining)."""
-        answers = self._answers
+        answers, gateway = self._answers, self.gateway
+        assert gateway is not None  # answers come only from lanes, which need a gateway
         while answers and answers[0][0] is not None:
             data, keep_alive = answers.popleft()[0]
             transport = self.transport
             if transport.is_closing():
                 continue
             transport.write(data)
-            self.gateway.poller.responded(self.loop)
+            gateway.poller.responded(self.loop)
             if keep_alive and not self._close_after:
                 self._prediction_complete()
             else:

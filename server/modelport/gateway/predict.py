@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 import msgspec
@@ -37,17 +37,27 @@ from modelport.serving.poller import Poller
 from .ratelimit import RateLimit
 from .routes import Routes
 
+if TYPE_CHECKING:
+    from modelport.runtime.protocol import Failure
+    from modelport.serving.replica import Replica
+    from modelport.serving.supervisor import ReplicaGroup
+
 __all__ = ["Answer", "Gateway", "OnResult"]
 
 log = logging.getLogger("modelport.gateway")
 
-ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 # on_result(model, build, status, seconds, request_id, metrics, group, replica, body, out): called
 # after every prediction, synchronously (keep it to in-memory counting). ``group`` and ``replica``
 # are None when the request never reached them; ``body`` and ``out`` are the request and response
 # bodies as sent (b"" when not read).
-Answer = tuple[int, list, bytes]  # status, headers (lowercase name, value), body
-OnResult = Callable[[str, "int | None", int, float, str, dict, Any, Any, bytes, bytes], None]
+Answer = tuple[int, Headers, bytes]  # status, headers (lowercase name, value), body
+OnResult = Callable[
+    [str, "int | None", int, float, str, dict[str, Any], Any, Any, bytes, bytes], None]
 
 MiB = 1024 * 1024
 _PREDICT_ROLES = frozenset({"predict", "deployer", "admin"})
@@ -87,17 +97,16 @@ class Gateway:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex() + "-"
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
-            name = False
+            name: str | None = None  # POST /model
             if path[:8] == "/models/" and path[-8:] == "/predict":
                 name = path[8:-8]
-                if not name or "/" in name:
-                    name = False
-            elif path == "/model":
-                name = None
-            if name is not False:
+                ours = bool(name) and "/" not in name
+            else:
+                ours = path == "/model"
+            if ours:
                 answer = await self.answer(scope, name, receive=receive)
                 if answer is not None:
                     status, headers, out = answer
@@ -107,8 +116,8 @@ class Gateway:
                 return
         await self.app(scope, receive, send)
 
-    async def answer(self, scope: dict, name: str | None, given: bytes | None = None,
-                     receive: Callable | None = None) -> Answer | None:
+    async def answer(self, scope: Scope, name: str | None, given: bytes | None = None,
+                     receive: Receive | None = None) -> Answer | None:
         """One prediction: its status, headers and body (None when the client went away while
         sending). ``name`` is None for ``POST /model``. The body is given whole (the HTTP lane)
         or read with ``receive`` (ASGI)."""
@@ -130,11 +139,13 @@ class Gateway:
         content_type = "msgpack" if b"msgpack" in ctype else "json"
         wants = "msgpack" if b"msgpack" in accept else "json"
         started = time.perf_counter() if self.on_result is not None else 0.0
-        group = replica = None
-        metrics: dict = {}
+        group: ReplicaGroup | None = None
+        replica: Replica | None = None
+        metrics: dict[str, Any] = {}
         body = b""  # as read, once it is
         try:
             if name is None:
+                caller: str | None
                 name, body, content_type, caller = await self._cloudera(
                     scope, receive, given, length, content_type, authz)
                 limit = self._limits.get(name)
@@ -170,8 +181,9 @@ class Gateway:
                            (b"x-replica-id", replica.id_bytes), (b"x-request-id", rid)]
                 metrics = msg.metrics
             else:
-                status = msg.status
-                out = error_json(status, msg.code, msg.message, msg.field)
+                failed = cast("Failure", msg)  # not a Result: the replica's Failure
+                status = failed.status
+                out = error_json(status, failed.code, failed.message, failed.field)
                 headers = _error_headers(out, rid, group, replica, None)
         except _ClientGone:
             return None
@@ -193,14 +205,15 @@ class Gateway:
                            body, out)
         return status, headers, out
 
-    def _group(self, name: str):
+    def _group(self, name: str) -> ReplicaGroup:
         group = self.routes.group(name)
         if group is None:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return group
 
-    async def _follow(self, name: str, group, body: bytes, content_type: str, wants: str,
-                      rid: bytes) -> tuple:
+    async def _follow(self, name: str, group: ReplicaGroup, body: bytes, content_type: str,
+                      wants: str, rid: bytes
+                      ) -> tuple[ReplicaGroup, Replica, Result | Failure]:
         """The model's group was replaced while the request was on its way: call the new one."""
         for _ in range(2):
             newer = self.routes.group(name)
@@ -235,7 +248,7 @@ class Gateway:
             raise AuthDenied(f"This token may not call model '{name}'.")
         return digest
 
-    async def _cloudera(self, scope: dict, receive: Callable | None, raw: bytes | None,
+    async def _cloudera(self, scope: Scope, receive: Receive | None, raw: bytes | None,
                         length: int, content_type: str, authz: bytes
                         ) -> tuple[str, bytes, str, str]:
         """POST /model: the model named by the access key, the inner request's bytes, its content
@@ -274,7 +287,7 @@ class Gateway:
         return name, bytes(req.request), content_type, digest
 
 
-def _address(scope: dict) -> str:
+def _address(scope: Scope) -> str:
     """Who calls a model whose auth is off: the client's IP address (the peer, not a header)."""
     client = scope.get("client")
     return "ip:" + client[0] if client else "ip:?"
@@ -301,14 +314,16 @@ def _whole(body: bytes, length: int, limit: int) -> bytes:
     return body
 
 
-async def _read(receive: Callable, length: int, limit: int) -> bytes:
+async def _read(receive: Receive | None, length: int, limit: int) -> bytes:
     """The whole body, refusing (413) past ``limit`` bytes before reading it all."""
     if length > limit:
         raise RequestTooLarge(f"The body is {length} bytes, over the limit of {limit} bytes.")
+    if receive is None:  # answer() is given either the body or a way to read it
+        raise TypeError("neither the body nor receive was given")
     msg = await receive()
     if msg["type"] == "http.disconnect":
         raise _ClientGone()
-    body = msg.get("body", b"")
+    body: bytes = msg.get("body", b"")
     if not msg.get("more_body", False):
         if len(body) > limit:
             raise RequestTooLarge(f"The body is over the limit of {limit} bytes.")
@@ -334,8 +349,9 @@ def _cloudera_body(out: bytes, replica_id: bytes, wants: str) -> bytes:
     return b'{"success":true,"response":' + out + b',"ReplicaID":"' + replica_id + b'"}'
 
 
-def _error_headers(body: bytes, rid: bytes, group, replica, extra: dict | None) -> list:
-    headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid)]
+def _error_headers(body: bytes, rid: bytes, group: ReplicaGroup | None, replica: Replica | None,
+                   extra: dict[str, str] | None) -> Headers:
+    headers: Headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid)]
     if group is not None:
         headers += group.headers
     if replica is not None:
