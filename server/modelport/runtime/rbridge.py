@@ -148,18 +148,18 @@ class RFunction:
         """One frame from R: (kind, payload); (b"", b"") when R's end closed. Reads what the
         pipe holds (a frame in one read, usually), keeping the rest for the next frame."""
         buf, fd = self._buf, self._from_r
-        while len(buf) < 4:
+        while len(buf) < 8:
             data = os.read(fd, 65536)
             if not data:
                 return b"", b""
             buf += data
-        end = 4 + int.from_bytes(buf[:4], "big")
+        end = 8 + int(buf[:8], 16)
         while len(buf) < end:
             data = os.read(fd, max(65536, end - len(buf)))
             if not data:
                 return b"", b""
             buf += data
-        frame = bytes(buf[4:end])
+        frame = bytes(buf[8:end])
         del buf[:end]
         return frame[:1], frame[1:]
 
@@ -178,7 +178,7 @@ class RFunction:
         self._decode(body, content_type)  # 400/422 here, before R is called
         if content_type == "msgpack":
             body = msgspec.json.encode(msgspec.msgpack.decode(body))
-        self._write_all(len(body).to_bytes(4, "big") + body)
+        self._write_all(b"%08x" % len(body) + body)
         metrics: dict[str, float] = {}
         while True:
             kind, payload = self._recv()
