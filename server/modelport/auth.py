@@ -54,9 +54,6 @@ class Identity(msgspec.Struct, frozen=True):
         return self.name
 
 
-SYSTEM = Identity(id="system", name="system", role="admin")
-
-
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -193,4 +190,9 @@ class Auth:
 
 
 def identity_of(connection: ASGIConnection) -> Identity:
-    return connection.scope.get("identity", SYSTEM)
+    """Who the permission guard found the request to be. A request it let through without one (a
+    public route) is nobody: asking is auth.missing, never someone with rights."""
+    identity = connection.scope.get("identity")
+    if not isinstance(identity, Identity):
+        raise AuthMissing()
+    return identity
