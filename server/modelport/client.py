@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
 
 from modelport import servers
 from modelport.settings import DEFAULT_URL, resolve_data_dir
+
+if TYPE_CHECKING:
+    from modelport.store.ignore import PackResult
 
 
 class ApiError(Exception):
@@ -49,6 +52,25 @@ def _token_file(path: Path, looked: list[str]) -> tuple[str | None, list[str]]:
         return None, looked
 
 
+class Upload(msgspec.Struct):
+    """What `upload_build` did: the build it queued, what it packed, and the model it created for
+    the build (with its access key, shown this once), or None when the model existed."""
+
+    build: dict[str, Any]
+    packed: PackResult
+    created_model: dict[str, Any] | None = None
+
+
+class Prediction(msgspec.Struct):
+    """A model's answer, and what the server said of it in its headers."""
+
+    result: Any
+    request_id: str
+    build: int | None = None
+    digest: str | None = None
+    replica: str | None = None
+
+
 class Client:
     """Talks to a modelport server; every method returns decoded JSON or raises ApiError."""
 
@@ -58,7 +80,6 @@ class Client:
     ):
         self.url = (url or os.environ.get("MODELPORT_URL") or DEFAULT_URL).rstrip("/")
         self.token, self.token_looked = find_token(token, data_dir, self.url)
-        self.created_model: dict | None = None
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -137,50 +158,51 @@ class Client:
 
     def upload_build(self, folder: str | Path, name: str, entry: str, *, requirements=None,
                      python=None, example_input=None, example_output=None, message="",
-                     labels=None, create=True, on_pack=None, on_upload=None) -> dict:
+                     labels=None, create=True, on_pack=None, on_upload=None) -> Upload:
         """Pack the folder (honouring .gitignore/.modelportignore), upload it; the build is queued.
-        A model created for it is in ``created_model`` (with its access key), and deleted again
-        when the upload is refused."""
+        A model created for it (``create``) is deleted again when the upload is refused.
+        ``on_pack(bytes)`` and ``on_upload(bytes, total)`` report progress."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ApiError(0, "client.invalid", f"{folder} is not a folder")
-        self.created_model = None
+        created = None
         if create:
             try:
                 self.model(name)
             except ApiError as exc:
                 if exc.code != "model.not_found":
                     raise
-                self.created_model = self.create_model(name)
+                created = self.create_model(name)
         try:
-            return self._upload(folder, name, _build_fields(
+            build, packed = self._upload(folder, name, _build_fields(
                 entry, requirements, python, example_input, example_output, message, labels,
                 git_commit(folder)), on_pack, on_upload)
         except BaseException:
             # A refused upload (a bad entrypoint, a folder that cannot be packed, Ctrl-C) must not
             # leave behind a model made for it, whose access key nobody has seen.
-            if self.created_model is not None:
-                self.created_model = None
+            if created is not None:
                 try:
                     self.delete_model(name)
                 except (ApiError, httpx.HTTPError):
                     pass
             raise
+        return Upload(build, packed, created)
 
-    def _upload(self, folder: Path, name: str, fields: dict, on_pack, on_upload) -> dict:
+    def _upload(self, folder: Path, name: str, fields: dict, on_pack,
+                on_upload) -> tuple[dict, PackResult]:
         import tempfile
 
         from modelport.store.archive import pack
 
         with tempfile.TemporaryFile() as tmp:
-            self.last_pack = pack(folder, tmp, progress=on_pack)
+            packed = pack(folder, tmp, progress=on_pack)
             size = tmp.tell()
             tmp.seek(0)
-            self.last_upload_size = size
-            files = {"archive": ("project.tar.zst", _ProgressFile(tmp, on_upload),
+            progress = (lambda n: on_upload(n, size)) if on_upload else None
+            files = {"archive": ("project.tar.zst", _ProgressFile(tmp, progress),
                                  "application/zstd")}
             return self.request("POST", f"/api/v1/models/{name}/builds", data=fields, files=files,
-                                timeout=None)
+                                timeout=None), packed
 
     def builds(self, name: str, limit: int | None = None) -> dict:
         return self.request("GET", f"/api/v1/models/{name}/builds", params=_params(limit=limit))
@@ -210,7 +232,7 @@ class Client:
     def build(self, folder, name: str, entry: str, **kwargs) -> dict:
         """Upload and wait: the finished build (status built or failed)."""
         on_line = kwargs.pop("on_line", None)
-        queued = self.upload_build(folder, name, entry, **kwargs)
+        queued = self.upload_build(folder, name, entry, **kwargs).build
         return self.wait_build(name, queued["number"], on_line)
 
     def build_files(self, name: str, number: int) -> dict:
@@ -325,10 +347,19 @@ class Client:
 
     def predict(self, name: str, body: Any, key: str | None = None) -> Any:
         """Call a model: `body` is the function's arguments; returns its result."""
+        return self.call(name, body, key).result
+
+    def call(self, name: str, body: Any, key: str | None = None) -> Prediction:
+        """`predict`, with what the server said of the answer: its request id (for
+        `prediction_metrics`, `track_delayed_metrics`), build, digest and replica."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         response = self.http.post(f"/models/{name}/predict", json=body, headers=headers)
-        self.last_headers = response.headers
-        return self._decode(response)
+        result = self._decode(response)
+        build = response.headers.get("x-model-build")
+        return Prediction(result, response.headers.get("x-request-id", ""),
+                          int(build) if build and build.isdigit() else None,
+                          response.headers.get("x-model-digest"),
+                          response.headers.get("x-replica-id"))
 
     # Monitoring and tracked metrics
     def metrics(self, name: str, since: str | None = None, step: int | None = None) -> dict:

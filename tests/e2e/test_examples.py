@@ -53,8 +53,9 @@ def test_adder_example_schema(client):
 
 def test_client_reads_tracked_metrics_and_series(client):
     _deploy(client, "adder", "adder")
-    assert client.predict("adder", {"a": -2, "b": 3}) == 1.0
-    request_id = client.last_headers["x-request-id"]
+    answer = client.call("adder", {"a": -2, "b": 3})
+    assert answer.result == 1.0 and answer.build == 1 and answer.replica.startswith("adder-")
+    request_id = answer.request_id
     assert client.prediction_metrics("adder", request_id)["metrics"] == {"magnitude": 5.0}
     client.track_delayed_metrics("adder", request_id, {"truth": 1.0})
     assert client.prediction_metrics("adder", request_id)["metrics"] == {"magnitude": 5.0,
@@ -72,10 +73,10 @@ def test_r_examples(client, server):
     assert built["example_output"]["species"] == "setosa"
     assert built["input_schema"]["required"] == ["sepal_length", "sepal_width", "petal_length",
                                                  "petal_width"]
-    answer = client.predict("r-iris", {"sepal_length": 6.7, "sepal_width": 3.0,
-                                       "petal_length": 5.2, "petal_width": 2.3})
+    called = client.call("r-iris", {"sepal_length": 6.7, "sepal_width": 3.0,
+                                    "petal_length": 5.2, "petal_width": 2.3})
+    answer, request_id = called.result, called.request_id
     assert answer["species"] == "virginica" and 0.5 < answer["probability"] <= 1
-    request_id = client.last_headers["x-request-id"]
     assert client.prediction_metrics("r-iris", request_id)["metrics"] == {
         "probability": answer["probability"]}
 

@@ -54,8 +54,10 @@ def build_options(func, deploying: bool = False):
     return func
 
 
-def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = False, **kwargs) -> dict:
-    """Pack → upload → follow the build's steps; returns the finished build."""
+def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = False,
+              **kwargs) -> tuple[dict, str | None]:
+    """Pack → upload → follow the build's steps; returns the finished build, and the access key of
+    the model made for it (None when the model existed)."""
     out = err_console
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), console=out, transient=True, disable=quiet) as progress:
@@ -65,16 +67,18 @@ def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = Fals
         def on_pack(n):
             progress.advance(packing, n)
 
-        def on_upload(n):
-            progress.update(uploading, visible=True, total=getattr(client, "last_upload_size", None))
+        def on_upload(n, total):
+            progress.update(uploading, visible=True, total=total)
             progress.advance(uploading, n)
 
-        queued = client.upload_build(folder, name, entry, on_pack=on_pack, on_upload=on_upload,
+        upload = client.upload_build(folder, name, entry, on_pack=on_pack, on_upload=on_upload,
                                      **kwargs)
+    queued = upload.build
+    key = (upload.created_model or {}).get("access_key")
     if not quiet:
-        files = client.last_pack.files if hasattr(client.last_pack, "files") else "?"
-        out.print(f"packed {files} files · uploaded · build [bold]#{queued['number']}[/bold] queued")
-        for warning in getattr(client.last_pack, "warnings", []) or []:
+        out.print(f"packed {upload.packed.files} files · uploaded · build "
+                  f"[bold]#{queued['number']}[/bold] queued")
+        for warning in upload.packed.warnings:
             out.print(f"[yellow]warning[/yellow] {warning}")
 
     def on_line(line: str) -> None:
@@ -88,7 +92,7 @@ def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = Fals
             out.print(f"[green]built[/green] #{build['number']} {build['digest']}")
         else:
             out.print(f"[red]failed[/red] #{build['number']}: {build['error']}")
-    return build
+    return build, key
 
 
 @click.command()
@@ -98,11 +102,11 @@ def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = Fals
 def build(client, folder, name, entry, requirements, python, example_input, example_output,
           message, label, as_json) -> None:
     """Snapshot FOLDER into a new build of model NAME (built, not deployed)."""
-    result = run_build(client, folder, name, entry, quiet=as_json, requirements=requirements,
-                       python=python, example_input=_json_arg(example_input, "--example-input"),
-                       example_output=_json_arg(example_output, "--example-output"),
-                       message=message, labels=_labels(label))
-    key = (client.created_model or {}).get("access_key")
+    result, key = run_build(client, folder, name, entry, quiet=as_json,
+                            requirements=requirements, python=python,
+                            example_input=_json_arg(example_input, "--example-input"),
+                            example_output=_json_arg(example_output, "--example-output"),
+                            message=message, labels=_labels(label))
     if as_json:
         print_json({**result, "access_key": key} if key else result)
     elif key:

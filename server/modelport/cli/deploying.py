@@ -156,15 +156,15 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     """Build FOLDER and deploy it as model NAME (or deploy build N of NAME with --build N);
     waits until it serves."""
     path, name = _deploy_target(folder, name, entry, build_number)
-    client.created_model = None
+    key = None
     if path is None:
         built = client.get_build(name, build_number)
     else:
-        built = run_build(client, path, name, entry, quiet=as_json, requirements=requirements,
-                          python=python, example_input=_json_arg(example_input, "--example-input"),
-                          example_output=_json_arg(example_output, "--example-output"),
-                          message=message, labels=_labels(label))
-    key = (client.created_model or {}).get("access_key")
+        built, key = run_build(client, path, name, entry, quiet=as_json,
+                               requirements=requirements, python=python,
+                               example_input=_json_arg(example_input, "--example-input"),
+                               example_output=_json_arg(example_output, "--example-output"),
+                               message=message, labels=_labels(label))
     if built["status"] != "built":
         if as_json:
             print_json({"build": built, "deployment": None, "access_key": key})
