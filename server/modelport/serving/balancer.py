@@ -75,7 +75,7 @@ class Balancer:
         self.closed = False
         self.active = 0  # calls inside call(), queued ones included
         self._cursor = 0
-        self._waiters: deque[asyncio.Future] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._handoff = 0  # waiters woken that have not picked yet: newcomers queue behind them
         self._idle: asyncio.Event | None = None
 
@@ -208,16 +208,16 @@ class Balancer:
             return False
 
 
-def _expire(fut: asyncio.Future) -> None:
+def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
 
 
-def _woken(fut: asyncio.Future) -> bool:
+def _woken(fut: asyncio.Future[None]) -> bool:
     return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
-def _discard(waiters: deque, fut: asyncio.Future) -> None:
+def _discard(waiters: deque[asyncio.Future[None]], fut: asyncio.Future[None]) -> None:
     try:
         waiters.remove(fut)
     except ValueError:

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -22,7 +24,7 @@ from modelport.errors import (BuildNotReady, ModelNotDeployed, RequestInvalid, S
                               SchemaBreaking)
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row
 from modelport.registry.sealed import Sealer
 from modelport.runtime.rbridge import is_r_entry
 from modelport.serving.config import GroupSpec
@@ -41,7 +43,7 @@ class Deployer:
         self.db, self.builder, self.supervisor, self.sealer = db, builder, supervisor, sealer
         self.store, self.settings = builder.store, builder.settings
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         # A stop or a newer deployment does not wait for a rollout that has not served yet: the
         # ones waiting for the model's lock are given up, the one holding it is interrupted.
         self._waiting: defaultdict[str, set[int]] = defaultdict(set)  # model → deployment ids
@@ -50,8 +52,8 @@ class Deployer:
 
     # -- what the API asks for -------------------------------------------------------------------
 
-    async def deploy(self, model: dict, build_number: int, settings: dict, actor: str,
-                     reason: str | None = None, allow_breaking: bool = False) -> dict:
+    async def deploy(self, model: Row, build_number: int, settings: dict[str, Any], actor: str,
+                     reason: str | None = None, allow_breaking: bool = False) -> Row:
         """Record a pending deployment and roll it out in the background."""
         build = await build_rows.row(self.db, model["id"], build_number, model["name"])
         if build["status"] != "built":
@@ -70,7 +72,7 @@ class Deployer:
         self._spawn(self._roll_out(model["name"], row, build, actor))
         return row
 
-    async def _schema_gate(self, model: dict, build: dict, allow_breaking: bool) -> str | None:
+    async def _schema_gate(self, model: Row, build: Row, allow_breaking: bool) -> str | None:
         """Refuse a build whose input schema would turn away requests the build serving now
         takes (409 schema.breaking naming the fields), unless allowed; else a one-line note of
         what changed, or None."""
@@ -92,8 +94,8 @@ class Deployer:
                     f"{verdict.summary(verdict.compatible)}")
         return None
 
-    async def rollback(self, model: dict, to_build: int | None, actor: str,
-                       allow_breaking: bool = False) -> dict:
+    async def rollback(self, model: Row, to_build: int | None, actor: str,
+                       allow_breaking: bool = False) -> Row:
         """The build before the current deployment's (or ``to_build``), with its settings; from
         a stopped model, the build before the last deployment's, with that one's settings."""
         current = await rows.current(self.db, model["id"]) or await rows.latest(self.db,
@@ -111,7 +113,7 @@ class Deployer:
                                  reason=f"rollback from #{current['build_number']} to #{to_build}",
                                  allow_breaking=allow_breaking)
 
-    async def scale(self, model: dict, replicas: int, actor: str) -> dict:
+    async def scale(self, model: Row, replicas: int, actor: str) -> Row:
         current = await self._current(model)
         async with self._locks[model["name"]]:
             group = self.supervisor.group(model["name"])
@@ -126,9 +128,9 @@ class Deployer:
                                   detail={"from": current["replicas"], "to": replicas},
                                   replicas=replicas,
                                   audited=("deployment.scale", model["name"]))
-        return await rows.by_id(self.db, model["id"], current["id"])
+        return await self._by_id(model, current["id"])
 
-    async def stop(self, model: dict, actor: str) -> dict:
+    async def stop(self, model: Row, actor: str) -> Row:
         """At once: a deployment still starting is interrupted (its replicas killed), those
         waiting to start are given up; then the one serving drains (in-flight calls finish)."""
         current = await self._current(model)
@@ -139,16 +141,16 @@ class Deployer:
                 await self.supervisor.stop(model["name"])
                 await rows.audited(self.db, actor, "deployment.stop", model["name"],
                                    current["id"], {"build": current["build_number"]})
-                return await rows.by_id(self.db, model["id"], current["id"])
+                return await self._by_id(model, current["id"])
             await rows.transition(self.db, serving["id"], "stopping", "stopping", actor=actor,
                                   detail={"build": serving["build_number"]},
                                   audited=("deployment.stop", model["name"]))
             await self.supervisor.stop(model["name"], drain_timeout=serving["timeout_s"])
             await rows.transition(self.db, serving["id"], "stopped", "stopped", actor=actor,
                                   finished=True, reason=f"stopped by {actor}")
-        return await rows.by_id(self.db, model["id"], current["id"])
+        return await self._by_id(model, current["id"])
 
-    async def restart(self, model: dict, actor: str) -> dict:
+    async def restart(self, model: Row, actor: str) -> Row:
         """New replicas of the same deployment; ready before the old ones drain."""
         current = await self._current(model)
         build = await build_rows.row(self.db, model["id"], current["build_number"], model["name"])
@@ -160,7 +162,7 @@ class Deployer:
 
     # -- the work --------------------------------------------------------------------------------
 
-    async def _roll_out(self, name: str, row: dict, build: dict, actor: str,
+    async def _roll_out(self, name: str, row: Row, build: Row, actor: str,
                         restart: bool = False) -> None:
         async with self._locks[name], self._turn(name, row["id"]):
             if row["id"] in self._given_up:  # stopped or replaced while it waited: recorded
@@ -199,7 +201,7 @@ class Deployer:
                 await rows.transition(self.db, row["id"], None, "restarted", actor=actor)
 
     @contextlib.asynccontextmanager
-    async def _turn(self, name: str, deployment_id: int):
+    async def _turn(self, name: str, deployment_id: int) -> AsyncIterator[None]:
         """Deployment ``deployment_id`` holds the model's lock (for ``_give_up``)."""
         self._waiting[name].discard(deployment_id)
         self._holding[name] = deployment_id
@@ -229,7 +231,7 @@ class Deployer:
             self._given_up[holding] = why
             self.supervisor.interrupt(name, why)
 
-    async def _interrupted(self, row: dict, why: str, restart: bool) -> None:
+    async def _interrupted(self, row: Row, why: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving (until the stop that interrupted it)
             await rows.transition(self.db, row["id"], None, "restart_interrupted",
                                   detail={"reason": why})
@@ -237,14 +239,14 @@ class Deployer:
         await rows.transition(self.db, row["id"], "stopped", "interrupted", finished=True,
                               reason=why, detail={"reason": why})
 
-    async def _failed(self, row: dict, reason: str, restart: bool) -> None:
+    async def _failed(self, row: Row, reason: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving
             await rows.transition(self.db, row["id"], None, "restart_failed", detail={"error": reason})
             return
         await rows.transition(self.db, row["id"], "failed", "failed", reason=reason, finished=True,
                               detail={"error": reason})
 
-    async def spec_for(self, name: str, row: dict, build: dict) -> GroupSpec:
+    async def spec_for(self, name: str, row: Row, build: Row) -> GroupSpec:
         """Everything a replica needs on disk, from the store alone (no package index)."""
         manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build["manifest"]))
         python = await self.environment(manifest)
@@ -280,7 +282,7 @@ class Deployer:
 
     async def restore(self) -> None:
         """Serve again what served before the server stopped; settle what was half-way."""
-        latest: dict[str, dict] = {}
+        latest: dict[str, Row] = {}
         for row in await rows.to_restore(self.db):
             if row["status"] == "deployed":
                 previous = latest.get(row["model"])
@@ -296,12 +298,12 @@ class Deployer:
                                       reason="interrupted by a server restart before it took "
                                       "traffic")
         for name, row in latest.items():
-            build = await self.db.one("SELECT * FROM builds WHERE id = ?", (row["build_id"],))
+            build = await self.db.found("SELECT * FROM builds WHERE id = ?", (row["build_id"],))
             await rows.transition(self.db, row["id"], None, "restoring",
                                   detail={"reason": "server restarted"})
             self._spawn(self._restore_one(name, row, build))
 
-    async def _restore_one(self, name: str, row: dict, build: dict) -> None:
+    async def _restore_one(self, name: str, row: Row, build: Row) -> None:
         async with self._locks[name], self._turn(name, row["id"]):
             try:
                 spec = await self.spec_for(name, row, build)
@@ -314,7 +316,7 @@ class Deployer:
                 await rows.transition(self.db, row["id"], "failed", "failed", finished=True,
                                       reason=f"could not be restored: {exc}")
 
-    async def on_change(self, group: ReplicaGroup, event: str, detail: dict) -> None:
+    async def on_change(self, group: ReplicaGroup, event: str, detail: dict[str, Any]) -> None:
         """Supervisor hook: what a user needs in the deployment's history."""
         if event not in ("group.failed", "replica.crashed"):
             return
@@ -331,7 +333,14 @@ class Deployer:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _current(self, model: dict) -> dict:
+    async def _by_id(self, model: Row, deployment_id: int) -> Row:
+        """A deployment row just written; LookupError if it is gone (its model deleted)."""
+        row = await rows.by_id(self.db, model["id"], deployment_id)
+        if row is None:
+            raise LookupError(f"deployment {deployment_id} of {model['name']!r} is gone")
+        return row
+
+    async def _current(self, model: Row) -> Row:
         current = await rows.current(self.db, model["id"])
         if current is None:
             name = model["name"]
@@ -342,13 +351,13 @@ class Deployer:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return current
 
-    def settings_of(self, row: dict) -> dict:
+    def settings_of(self, row: Row) -> dict[str, Any]:
         values = {k: row[k] for k in SETTING_KEYS if k != "env"}
         values["network"] = bool(values["network"])
         values["env"] = rows.env_of(row, self.sealer)
         return values
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -26,7 +26,7 @@ __all__ = ["GroupFailed", "Interrupted", "OnChange", "Prepare", "ReplicaGroup"]
 
 log = logging.getLogger("modelport.serving")
 
-OnChange = Callable[["ReplicaGroup", str, dict], Any]  # may return an awaitable
+OnChange = Callable[["ReplicaGroup", str, dict[str, Any]], Any]  # may return an awaitable
 # Before each replica start: make the folder it runs in right (lines for its log), or raise why not.
 Prepare = Callable[[GroupSpec], Awaitable[list[str]]]
 
@@ -80,11 +80,11 @@ class ReplicaGroup:
                       "--max-result-bytes", str(t.max_response_bytes)]
         self._env = replica_env(runtime_dir, {**spec.env, **r_env(spec.rscript, spec.r_libs)})
         self._stop = asyncio.Event()
-        self._drained: asyncio.Future | None = None
-        self._booting: asyncio.Future | None = None  # start()'s replicas coming up
+        self._drained: asyncio.Future[bool] | None = None
+        self._booting: asyncio.Future[None] | None = None  # start()'s replicas coming up
         self._punctual: asyncio.TimerHandle | None = None  # looks for late replicas (lateness)
         self._interrupted: str | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -258,12 +258,13 @@ class ReplicaGroup:
         restart = decision is not None and decision.restart
         self._emit("replica.crashed", {
             "replica": replica.id, "pid": replica.pid, "reason": reason,
-            "restart_in_s": decision.delay if restart else None})
+            "restart_in_s": decision.delay if decision is not None and restart else None})
         if decision is not None and not restart:
             self._fail(decision.reason)
         elif decision is None and not any(r.accepting for r in self.replicas):
             self.balancer.fail_waiters(ModelUnavailable(f"The deployment failed: {self.reason}"))
         if restart:
+            assert decision is not None  # restart implies a decision
             task = asyncio.create_task(self._restart(replica, decision.delay))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -302,7 +303,7 @@ class ReplicaGroup:
 
     # -- reporting --------------------------------------------------------------------------------
 
-    def _emit(self, event: str, detail: dict) -> None:
+    def _emit(self, event: str, detail: dict[str, Any]) -> None:
         if self.on_change is None:
             return
         try:
@@ -323,6 +324,6 @@ class ReplicaGroup:
                          self.reason, [r.info() for r in self.replicas])
 
 
-def _log_hook_error(task: asyncio.Task) -> None:
+def _log_hook_error(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("on_change hook failed", exc_info=task.exception())
