@@ -10,13 +10,10 @@ from litestar import Request, get, post
 from litestar.params import QueryParameter
 
 from modelport.api.common import BuilderDep, DbDep, SettingsDep, StoreDep, who
-from modelport.builder.projects import Folder, Projects
-from modelport.builder.prune import live_hex, prune
+from modelport.builder.projects import Folder
 from modelport.registry import audit
-from modelport.registry.builds import built_manifests, folder_digests, object_digests
-from modelport.scratch import sweep
-
-SWEEP_GRACE_S = 60.0  # a temp a moment old may not be held yet
+from modelport.registry.builds import in_use
+from modelport.upkeep import GcDone, collect, verify
 
 
 class StoreStatus(msgspec.Struct):
@@ -30,24 +27,6 @@ class VerifyResult(msgspec.Struct):
     missing: list[str]
     projects: int = 0  # project folders re-hashed
     tampered: list[Folder] = []  # those found changed, with a file added or missing, or a mode
-
-
-def project_files(projects: Projects, manifests: dict[str, str]) -> dict:
-    """Build digest → its files, for the builds whose manifest the store still has (blocking)."""
-    found = {}
-    for digest, manifest in manifests.items():
-        files = projects.files_of(manifest)
-        if files is not None:
-            found[digest] = files
-    return found
-
-
-class GcDone(msgspec.Struct):
-    removed: int  # store objects
-    freed_bytes: int  # by all of it
-    folders_removed: int = 0  # project folders and environments no build names
-    files_removed: int = 0  # checked-out files no project links to
-    temp_removed: int = 0  # temp files and folders of uploads and builds that died mid-way
 
 
 @get("/api/v1/store", opt={"perm": "admin"}, tags=["store"])
@@ -64,19 +43,14 @@ async def store_verify(
 ) -> VerifyResult:
     """Re-hash every object and every project folder; list the corrupt objects, those builds
     refer to but are missing, and the tampered project folders (`?repair=true` restores them)."""
-    problems = await asyncio.to_thread(store.verify)
-    live = await object_digests(db)
-    missing = sorted(d for d in live if not store.has(d))
-    stats = await asyncio.to_thread(store.stats)
-    projects = builder.projects
-    files = await asyncio.to_thread(project_files, projects, await built_manifests(db))
-    checked, tampered = await asyncio.to_thread(projects.verify, files, repair)
-    if repair and tampered:
+    found = await asyncio.to_thread(verify, store, builder.projects, await in_use(db),
+                                    repair=repair)
+    if repair and found.tampered:
         async with db.write() as conn:
             await audit.record(conn, who(request).actor, "store.repair", detail={
-                "folders": [t.digest for t in tampered if t.repaired]})
-    return VerifyResult(stats.objects, [msgspec.structs.asdict(p) for p in problems], missing,
-                        checked, tampered)
+                "folders": [t.digest for t in found.tampered if t.repaired]})
+    return VerifyResult(found.objects, [msgspec.structs.asdict(p) for p in found.corrupt],
+                        found.missing, found.projects, found.tampered)
 
 
 @post("/api/v1/store/gc", opt={"perm": "admin"}, tags=["store"], status_code=200)
@@ -85,13 +59,7 @@ async def store_gc(request: Request, db: DbDep, store: StoreDep,
     """Remove objects no build refers to, the project folders, environments and checked-out
     files of builds that are gone, and the temp files of uploads and builds that died; never what
     a build or upload in progress is writing (an hour's grace; its temps are held)."""
-    live = await object_digests(db)
-    result = await asyncio.to_thread(store.gc, live)
-    projects, envs = await folder_digests(db)
-    pruned = await asyncio.to_thread(prune, settings.data_dir, live_hex(projects), live_hex(envs))
-    swept = await asyncio.to_thread(sweep, settings.data_dir, SWEEP_GRACE_S)
-    done = GcDone(result.removed, result.freed_bytes + pruned.freed_bytes + swept.freed_bytes,
-                  pruned.folders, pruned.files, result.temp_removed + swept.removed)
+    done = await asyncio.to_thread(collect, store, settings.data_dir, await in_use(db))
     async with db.write() as conn:
         await audit.record(conn, who(request).actor, "store.gc",
                            detail=msgspec.structs.asdict(done))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 
 import click
@@ -25,76 +24,32 @@ def _settings(data_dir: str | None):
 def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) -> None:
     """Re-hash every object in the store and every project folder; exit 1 when an object is
     missing or corrupt or a project folder is tampered with (and not repaired)."""
+    from modelport import upkeep
     from modelport.builder.projects import Projects, describe
+    from modelport.registry.builds import in_use_of_file
     from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)
     store = Store(settings.store_dir)
-    problems = store.verify(quarantine=quarantine)
-    missing = _missing_objects(settings, store)
-    projects = Projects(store, settings.data_dir)
-    files = {}
-    for digest, manifest in _built_manifests(settings).items():
-        if (found := projects.files_of(manifest)) is not None:
-            files[digest] = found
-    checked, tampered = projects.verify(files, repair=repair)
+    found = upkeep.verify(store, Projects(store, settings.data_dir),
+                          in_use_of_file(settings.registry_path), quarantine=quarantine,
+                          repair=repair)
     if as_json:
-        print_json({"objects": store.stats().objects, "problems": problems, "missing": missing,
-                    "projects": checked, "tampered": tampered})
+        print_json({"objects": found.objects, "problems": found.corrupt, "missing": found.missing,
+                    "projects": found.projects, "tampered": found.tampered})
     else:
-        for problem in problems:
+        for problem in found.corrupt:
             err_console.print(f"[red]corrupt[/red] {problem.digest}: {problem.reason}")
-        for digest in missing:
+        for digest in found.missing:
             err_console.print(f"[red]missing[/red] {digest} (referenced by a build)")
-        for folder in tampered:
+        for folder in found.tampered:
             done = " [green](repaired)[/green]" if folder.repaired else ""
             err_console.print(f"[red]tampered[/red] {folder.folder}: "
                               f"{describe(folder.files)}{done}")
-        if not problems and not missing and not tampered:
-            console.print(f"[green]ok[/green] {store.stats().objects} objects and {checked} "
+        if not found.corrupt and not found.missing and not found.tampered:
+            console.print(f"[green]ok[/green] {found.objects} objects and {found.projects} "
                           "project folders verified")
-    unrepaired = any(not f.repaired for f in tampered)
-    sys.exit(1 if problems or missing or unrepaired else 0)
-
-
-def live_digests(settings) -> set[str]:
-    """Every object a build refers to, read straight from the registry file."""
-    if not settings.registry_path.exists():
-        return set()
-    conn = sqlite3.connect(f"file:{settings.registry_path}?mode=ro", uri=True)
-    try:
-        return {row[0] for row in conn.execute("SELECT DISTINCT digest FROM build_objects")}
-    finally:
-        conn.close()
-
-
-def _folder_digests(settings) -> tuple[set[str], set[str]]:
-    from modelport.registry.builds import FOLDER_DIGESTS
-
-    if not settings.registry_path.exists():
-        return set(), set()
-    conn = sqlite3.connect(f"file:{settings.registry_path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(FOLDER_DIGESTS).fetchall()
-    finally:
-        conn.close()
-    return {r[0] for r in rows if r[0]}, {r[1] for r in rows if r[1]}
-
-
-def _built_manifests(settings) -> dict[str, str]:
-    from modelport.registry.builds import BUILT_MANIFESTS
-
-    if not settings.registry_path.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{settings.registry_path}?mode=ro", uri=True)
-    try:
-        return dict(conn.execute(BUILT_MANIFESTS).fetchall())
-    finally:
-        conn.close()
-
-
-def _missing_objects(settings, store) -> list[str]:
-    return sorted(d for d in live_digests(settings) if not store.has(d))
+    sys.exit(0 if found.ok else 1)
 
 
 @click.command()
@@ -106,10 +61,9 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     """Remove objects no build refers to, the project folders, environments and checked-out
     files of builds that are gone, and the temp files of uploads and builds that died mid-way
     (the server must be stopped)."""
-    from modelport.builder.prune import live_hex, prune
+    from modelport import upkeep
     from modelport.datadir import DataDirBusy, DataDirLock
-    from modelport.scratch import sweep
-    from modelport.store import maintenance as store_gc
+    from modelport.registry.builds import in_use_of_file
     from modelport.store.cas import ContentStore as Store
 
     settings = _settings(data_dir)
@@ -119,24 +73,16 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     try:
-        store = Store(settings.store_dir)
-        result = store.gc(live_digests(settings), grace_s=grace_s)
-        projects, envs = _folder_digests(settings)
-        pruned = prune(settings.data_dir, live_hex(projects), live_hex(envs), grace_s)
-        # No server runs on the data dir (its lock is ours): every temp is a dead writer's.
-        temps = result.temp_removed + store_gc.clean_temp(store, 0)
-        swept = sweep(settings.data_dir)
+        done = upkeep.collect(Store(settings.store_dir), settings.data_dir,
+                              in_use_of_file(settings.registry_path), grace_s=grace_s,
+                              stopped=True)
     finally:
         lock.release()
-    freed = result.freed_bytes + pruned.freed_bytes + swept.freed_bytes
-    temps += swept.removed
     if as_json:
-        return print_json({"removed": result.removed, "freed_bytes": freed,
-                           "folders_removed": pruned.folders, "files_removed": pruned.files,
-                           "temp_removed": temps})
-    console.print(f"removed {result.removed} objects, {pruned.folders} folders, "
-                  f"{pruned.files} checked-out files and {temps} temp files and folders: "
-                  f"{freed} bytes freed")
+        return print_json(done)
+    console.print(f"removed {done.removed} objects, {done.folders_removed} folders, "
+                  f"{done.files_removed} checked-out files and {done.temp_removed} temp files "
+                  f"and folders: {done.freed_bytes} bytes freed")
 
 
 COMMANDS = [verify, gc]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -128,24 +130,47 @@ async def unfinished(db: Database) -> list[Row]:
     )
 
 
-async def object_digests(db: Database) -> set[str]:
-    return {r["digest"] for r in await db.all("SELECT DISTINCT digest FROM build_objects")}
-
-
+OBJECTS = "SELECT DISTINCT digest FROM build_objects"
 FOLDER_DIGESTS = "SELECT digest, lock_digest FROM builds"
-
-
-async def folder_digests(db: Database) -> tuple[set[str], set[str]]:
-    """The build digests (project folders) and lock digests (environments) builds name."""
-    rows = await db.all(FOLDER_DIGESTS)
-    return ({r["digest"] for r in rows if r["digest"]},
-            {r["lock_digest"] for r in rows if r["lock_digest"]})
-
-
 BUILT_MANIFESTS = ("SELECT DISTINCT digest, manifest FROM builds WHERE status = 'built'"
                    " AND digest IS NOT NULL AND manifest IS NOT NULL")
 
 
-async def built_manifests(db: Database) -> dict[str, str]:
-    """Build digest → the store digest of its manifest, for every built build."""
-    return {r["digest"]: r["manifest"] for r in await db.all(BUILT_MANIFESTS)}
+class InUse(msgspec.Struct, frozen=True):
+    """What the builds on record need kept: gc removes the rest of the store and the folders,
+    verify checks these."""
+
+    objects: frozenset[str]  # store digests a build refers to
+    projects: frozenset[str]  # build digests (their project folders)
+    envs: frozenset[str]  # lock digests (their environments)
+    manifests: dict[str, str]  # build digest → its manifest's store digest, for built builds
+
+
+def _in_use(objects: Iterable[str | None], folders: Iterable[tuple[str | None, str | None]],
+            manifests: Iterable[tuple[str, str]]) -> InUse:
+    pairs = list(folders)
+    return InUse(frozenset(d for d in objects if d), frozenset(p for p, _ in pairs if p),
+                 frozenset(e for _, e in pairs if e), dict(manifests))
+
+
+async def in_use(db: Database) -> InUse:
+    """What the registry's builds need kept, read by the running server."""
+    objects = await db.all(OBJECTS)
+    folders = await db.all(FOLDER_DIGESTS)
+    manifests = await db.all(BUILT_MANIFESTS)
+    return _in_use([r["digest"] for r in objects],
+                   [(r["digest"], r["lock_digest"]) for r in folders],
+                   [(r["digest"], r["manifest"]) for r in manifests])
+
+
+def in_use_of_file(path: Path) -> InUse:
+    """``in_use`` read from the registry file itself, read-only (the CLI: a server may run on
+    it meanwhile); nothing when there is no file yet. Blocking."""
+    if not path.exists():
+        return _in_use((), (), ())
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _in_use((r[0] for r in conn.execute(OBJECTS)), conn.execute(FOLDER_DIGESTS),
+                       conn.execute(BUILT_MANIFESTS))
+    finally:
+        conn.close()
