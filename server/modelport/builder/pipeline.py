@@ -295,7 +295,8 @@ class Builder:
     def _r_jail(self, tarballs: Path):
         """How R CMD INSTALL runs confined (a package's configure script and R code run): it
         reads the system, R and the tarballs, writes the library being made, no network."""
-        if self.sandbox is None or not self.sandbox.enabled:
+        sandbox = self.sandbox
+        if sandbox is None or not sandbox.enabled:
             return None
         from modelport.runtime.sandbox import Policy
         from modelport.sandboxing import DEVICES, SYSTEM_READ, r_paths
@@ -303,7 +304,7 @@ class Builder:
         def confine(argv: list[str], lib: Path, tmp: Path) -> list[str]:
             policy = Policy(read=(*SYSTEM_READ, *r_paths(self.settings.rscript), str(tarballs)),
                             write=(*DEVICES, str(lib.parent)), connect=())
-            return self.sandbox.command(sys.executable, policy, argv, supervise=True)
+            return sandbox.command(sys.executable, policy, argv, supervise=True)
 
         return confine
 

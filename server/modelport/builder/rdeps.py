@@ -84,7 +84,9 @@ def description_imports(text: str) -> list[tuple[str, str | None]]:
 
 def _dcf(text: str) -> list[dict[str, str]]:
     """Records of a Debian-control-format file (PACKAGES, DESCRIPTION)."""
-    records, current, key = [], {}, None
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    key: str | None = None
     for line in text.splitlines():
         if not line.strip():
             if current:
@@ -151,7 +153,7 @@ def resolve(requirements: list[tuple[str, str | None]], info: RInfo, repos: Sequ
                        and (pin is None or ix[name].get("Version") == pin)), None)
         if record is None:
             where = ", ".join(repos) or "(none: MODELPORT_R_REPOS is empty)"
-            found = [ix[name].get("Version") for ix in indexes if name in ix]
+            found = [ix[name].get("Version", "?") for ix in indexes if name in ix]
             what = f"R package '{name}'" + (f" version {pin}" if pin else "")
             extra = f" (the repositories have {', '.join(found)})" if found else ""
             raise RDependencyError(f"{what} is not in the R repositories {where}{extra}")
