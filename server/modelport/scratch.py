@@ -104,7 +104,7 @@ def sweep(data_dir: Path, grace_s: float = 0.0) -> Swept:
                     os.close(fd)
                     continue
             try:
-                size = _bytes(path)
+                size = unique_bytes(path)
                 remove_tree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             except FileNotFoundError:
                 continue
@@ -124,7 +124,7 @@ def _holder(root: Path, folder: str, path: Path) -> Path:
     return path
 
 
-def _bytes(path: Path) -> int:
+def unique_bytes(path: Path) -> int:
     """Bytes on disk of the files only this path links to (what removing it frees)."""
     if not path.is_dir() or path.is_symlink():
         st = os.lstat(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from modelport.scratch import remove_tree
+from modelport.scratch import remove_tree, unique_bytes
 
 __all__ = ["Pruned", "prune"]
 
@@ -42,7 +42,7 @@ def prune(data_dir: Path, live_projects: set[str], live_envs: set[str],
             if not entry.is_dir(follow_symlinks=False):
                 _remove_lock_file(entry.path)
                 continue
-            freed += _unique_bytes(Path(entry.path))
+            freed += unique_bytes(Path(entry.path))
             remove_tree(Path(entry.path))
             folders += 1
     for entry in _entries(data_dir / "files"):
@@ -80,17 +80,3 @@ def _remove_lock_file(path: str) -> None:
         os.unlink(path)
     finally:
         os.close(fd)
-
-
-def _unique_bytes(folder: Path) -> int:
-    """Bytes of the files only this folder links to (what removing it frees)."""
-    total = 0
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                total += st.st_size
-    return total
