@@ -128,10 +128,12 @@ class Auth:
             name = connection.path_params.get("name")
             scheme, _, secret = header.partition(" ")
             if name and scheme.lower() == "bearer" and self.key_model(secret.strip()) == name:
-                connection.scope["identity"] = Identity(f"key:{name}", f"{name}'s access key",
-                                                        "predict", (name,))
+                # the guard's finding travels in the scope, whose TypedDict Litestar closes
+                connection.scope["identity"] = Identity(  # type: ignore[typeddict-unknown-key]
+                    f"key:{name}", f"{name}'s access key", "predict", (name,))
                 return
-        connection.scope["identity"] = self.authenticate(header, permission)
+        connection.scope["identity"] = self.authenticate(  # type: ignore[typeddict-unknown-key]
+            header, permission)
 
     async def issue_token(
         self, *, name: str, role: str, expires_in_days: float | None, models: list[str], actor: str

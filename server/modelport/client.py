@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +142,7 @@ class Client:
         return self.request("GET", "/api/v1/tokens")
 
     def create_token(
-        self, name: str, role: str, expires_in_days: float | None = 365, models: list[str] = ()
+        self, name: str, role: str, expires_in_days: float | None = 365, models: Sequence[str] = ()
     ) -> dict:
         body = {"name": name, "role": role, "expires_in_days": expires_in_days,
                 "models": list(models)}

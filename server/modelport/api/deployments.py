@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
@@ -33,7 +33,7 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_l
 
 
 # The defaults of a deployment's settings (docs/api.md), for those a request leaves out.
-DEFAULTS = {"replicas": 1, "memory_mb": None, "timeout_s": 30.0, "max_concurrency": 1,
+DEFAULTS: dict[str, Any] = {"replicas": 1, "memory_mb": None, "timeout_s": 30.0, "max_concurrency": 1,
             "queue_timeout_s": 30.0, "max_body_mb": 5.0, "env": {}, "capture_percent": 0.0,
             "capture_max_bytes": 65_536, "network": True, "boot_timeout_s": 300.0}
 Unset = msgspec.UnsetType

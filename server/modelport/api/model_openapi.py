@@ -76,5 +76,5 @@ async def model_openapi(request: Request, db: DbDep, name: FromPath[str]) -> dic
     current = await deployment_rows.current(db, model["id"])
     if current is None:
         raise ModelNotDeployed(f"Model '{name}' has no deployment.")
-    build = await db.one("SELECT * FROM builds WHERE id = ?", (current["build_id"],))
+    build = await db.found("SELECT * FROM builds WHERE id = ?", (current["build_id"],))
     return document(name, build, str(request.base_url).rstrip("/"))

@@ -15,7 +15,9 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
+    Reference,
     RequestBody,
     Schema,
     SecurityScheme,
@@ -70,11 +72,13 @@ class StructSchema(StructSchemaPlugin):
         config = struct.__struct_config__
         if config.forbid_unknown_fields:
             schema.additional_properties = False
-        for field in msgspec.inspect.type_info(struct).fields:
+        info = msgspec.inspect.type_info(struct)
+        assert isinstance(info, msgspec.inspect.StructType)  # this plugin is given Structs only
+        for field in info.fields:
             _constrain(schema.properties.get(field.encode_name) if schema.properties else None,
                        field.type)
         if config.array_like and schema.properties:
-            fields = msgspec.inspect.type_info(struct).fields
+            fields = info.fields
             schema.prefix_items = [schema.properties[f.encode_name] for f in fields]
             schema.min_items = sum(1 for f in fields if f.required)
             schema.max_items = len(fields)
@@ -142,7 +146,7 @@ def _text(description: str, **extra) -> Schema:
 
 # The multipart routes read their body as a stream (a 5 GB archive never sits in memory), so
 # Litestar sees no body parameter to describe: their fields are written here, as docs/api.md has them.
-UPLOADS = {
+UPLOADS: dict[tuple[str, str], tuple[list[str], dict[str, Schema | Reference]]] = {
     ("/api/v1/models/{name}/builds", "post"): (["archive", "entrypoint"], {
         "archive": _text("The project folder's contents at the archive's root (.tar or "
                          ".tar.zst).", format="binary"),
@@ -169,14 +173,18 @@ def describe_uploads(app: Litestar) -> None:
     """Add the multipart request bodies of the upload routes to the OpenAPI document (made now,
     once: Litestar keeps it), and the raw bytes a build's file comes back as."""
     doc = app.plugins.get(OpenAPIPlugin).provide_openapi()
-    raw = doc.paths["/api/v1/models/{name}/builds/{number}/files/{path}"].get.responses["200"]
+    paths = doc.paths or {}
+    files = paths["/api/v1/models/{name}/builds/{number}/files/{path}"].get
+    assert files is not None and files.responses is not None  # a documented GET route
+    raw = files.responses["200"]
+    assert isinstance(raw, OpenAPIResponse)  # made by Litestar, not a reference
     raw.content = {
         "text/plain": OpenAPIMediaType(schema=_text("A text file (code, requirements, …).")),
         "application/octet-stream": OpenAPIMediaType(schema=_text("Any other file.",
                                                                   format="binary")),
     }
     for (path, method), (required, properties) in UPLOADS.items():
-        operation = getattr(doc.paths[path], method)
+        operation = getattr(paths[path], method)
         operation.request_body = RequestBody(required=True, content={
             "multipart/form-data": OpenAPIMediaType(schema=Schema(
                 type=OpenAPIType.OBJECT, required=required, properties=properties))})

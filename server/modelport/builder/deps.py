@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import msgspec
 
@@ -44,6 +45,14 @@ __all__ = [
 RUNTIME_REQUIREMENT = "msgspec"  # the replica runtime needs it in every environment
 COMPLETE_MARKER = ".modelport-complete"  # written last: an env without it is unfinished
 DOWNLOAD_THREADS = 4
+
+
+class _Confined(TypedDict):
+    """run_uv's confinement arguments, given as **confined."""
+
+    jail: Jail | None
+    read: list[Path]
+    write: list[Path]
 
 
 class LockedPackage(msgspec.Struct, frozen=True):
@@ -184,7 +193,7 @@ def resolve(
     compiled = workdir / "requirements.lock"
     # Confined, uv reads the interpreter and writes the work folder (and the project's own copy:
     # a local package's build backend writes its metadata into its folder).
-    confined = dict(jail=jail, read=_reads(interpreter), write=[workdir, cwd])
+    confined: _Confined = {"jail": jail, "read": _reads(interpreter), "write": [workdir, cwd]}
     run_uv(["pip", "compile", "-", "--no-config", "--python", str(interpreter),
             "--generate-hashes", "--no-header", "--no-annotate", "-o", str(compiled), *index],
            log=log, cwd=cwd, stdin=source, **confined)
@@ -467,7 +476,8 @@ def _create_env(
 ) -> None:
     log(f"Creating environment {lock.digest[7:19]} for Python {lock.python}")
     tmp.mkdir()  # made here, so that a confined uv may write in it (and nowhere else of env_root)
-    confined = dict(jail=jail, read=[wheel_dir, *_reads(interpreter)], write=[tmp])
+    confined: _Confined = {"jail": jail, "read": [wheel_dir, *_reads(interpreter)],
+                           "write": [tmp]}
     run_uv(["venv", "--relocatable", "--no-config", "--no-project", "--python", str(interpreter),
             str(tmp)], log=log, cwd=tmp, offline=True, **confined)
     requirements = tmp / "modelport-requirements.txt"

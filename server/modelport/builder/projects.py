@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -209,6 +209,7 @@ class Projects:
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_renameat2: Callable[..., int] | None
 try:
     _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
 except (OSError, AttributeError):  # not glibc ≥ 2.28 (or not Linux)

@@ -138,6 +138,7 @@ def _deploy_target(folder: str, name: str | None, entry: str | None,
     path = Path(folder)
     if not path.is_dir():
         raise click.BadParameter(f"folder {folder!r} does not exist", param_hint="FOLDER")
+    assert name is not None  # missing names it otherwise
     return path, name
 
 

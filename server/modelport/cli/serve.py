@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 import click
 import uvicorn
@@ -20,7 +21,8 @@ class CleanExitServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, settings):
         super().__init__(config)
-        self.settings, self.record = settings, None
+        self.settings = settings
+        self.record: Path | None = None  # this server's entry in modelport.servers
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)

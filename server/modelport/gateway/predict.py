@@ -49,7 +49,9 @@ log = logging.getLogger("modelport.gateway")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# the app behind: Litestar, whose scope, receive and send are TypedDicts of the same ASGI
+# messages (a Callable of Scope would not accept it)
+ASGIApp = Callable[..., Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 # on_result(model, build, status, seconds, request_id, metrics, group, replica, body, out): called
 # after every prediction, synchronously (keep it to in-memory counting). ``group`` and ``replica``

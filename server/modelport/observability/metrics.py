@@ -139,12 +139,13 @@ class Recorder:
         return st
 
     def _roll(self, st: Stats, t: int) -> Bucket:
-        old = st.bucket
-        if old is not None and old.t != t:
-            self.closed.append((st.model, st.build, old))
-        if old is None or old.t != t:
-            st.bucket = Bucket(t)
-        return st.bucket
+        bucket = st.bucket
+        if bucket is not None and bucket.t != t:
+            assert st.build is not None  # only a build's stats have buckets
+            self.closed.append((st.model, st.build, bucket))
+        if bucket is None or bucket.t != t:
+            bucket = st.bucket = Bucket(t)
+        return bucket
 
     def _track(self, model: str, build: int, request_id: str, now: float, metrics: dict) -> None:
         key = (model, request_id)

@@ -11,7 +11,7 @@ from modelport.errors import disk_full
 from modelport.registry import captures as capture_rows
 from modelport.registry import metric_points as point_rows
 from modelport.registry import tracked as tracked_rows
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Row
 
 from . import procstat
 from .backlog import Backlog, Batch
@@ -232,13 +232,17 @@ class Monitor:
         await self.flush_pending()
         return await tracked_rows.of_request(self.db, model_id, request_id)
 
-    async def add_metrics(self, model_id: int, request_id: str, metrics: dict[str, float]) -> dict:
+    async def add_metrics(self, model_id: int, request_id: str,
+                          metrics: dict[str, float]) -> Row:
         """Delayed metrics (ground truth) for a prediction, merged into what it recorded."""
         await self.flush_pending()
         async with self.db.write() as conn:
             await tracked_rows.merge_many(
                 conn, [(model_id, request_id, None, self.clock(), metrics)])
-        return await tracked_rows.of_request(self.db, model_id, request_id)
+        row = await tracked_rows.of_request(self.db, model_id, request_id)
+        if row is None:  # merge_many inserts the row when there was none
+            raise LookupError(f"no metrics of request {request_id!r} after writing them")
+        return row
 
     async def tracked(self, model_id: int, **query) -> list[dict]:
         await self.flush_pending()

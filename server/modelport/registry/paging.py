@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -17,7 +18,16 @@ def encode_cursor(key: str | int) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, kind: type | None = None) -> str | int | None:
+K = TypeVar("K", str, int)
+
+
+@overload
+def decode_cursor(cursor: str | None) -> str | int | None: ...
+@overload
+def decode_cursor(cursor: str | None, kind: type[K]) -> K | None: ...
+def decode_cursor(
+    cursor: str | None, kind: type[Any] | None = None
+) -> str | int | None:
     """The key a cursor holds; with `kind`, None unless the key is of that type (a cursor of
     another list starts from the beginning)."""
     if not cursor:

@@ -94,6 +94,7 @@ class Spinner:
         if now < self.until and now - self._last < LATE_TURN_S and (allowed is None or allowed()):
             self._last = now
             _yield()
+            assert self._loop is not None  # spin() set it before the first turn
             self._loop.call_soon(self._turn)
         else:
             self._on = False

@@ -205,7 +205,7 @@ class MessageProtocol(asyncio.Protocol):
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._frames = FrameReader(max_frame)
-        self._gathered: list | None = None  # frames sent while one read is dispatched
+        self._gathered: list[bytes | bytearray] | None = None  # frames sent while one read is dispatched
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -218,7 +218,8 @@ class MessageProtocol(asyncio.Protocol):
             messages, error = exc.messages, exc
         # Frames sent while these messages are handled leave in one write: under load a read
         # holds many calls, and one syscall (one wake-up of the peer) answers them all.
-        self._gathered = gathered = []
+        gathered: list[bytes | bytearray] = []
+        self._gathered = gathered
         try:
             for msg in messages:
                 self.message_received(msg)

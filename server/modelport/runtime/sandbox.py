@@ -167,7 +167,9 @@ def scopes(abi: int) -> int:
 _libc = ctypes.CDLL(None, use_errno=True) if _LINUX else None
 
 
-def _syscall(name: str, *args) -> int:
+def _syscall(name: str, *args: object) -> int:
+    if _libc is None:
+        raise OSError(f"{name}: the sandbox needs Linux")
     res = _libc.syscall(ctypes.c_long(_NR[name]), *args)
     if res < 0:
         raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
@@ -175,6 +177,8 @@ def _syscall(name: str, *args) -> int:
 
 
 def _prctl(option: int, arg: int = 0, arg3: int = 0) -> int:
+    if _libc is None:
+        raise OSError("prctl: the sandbox needs Linux")
     res = _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
                       ctypes.c_ulong(0))
     if res < 0:

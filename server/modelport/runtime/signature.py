@@ -222,7 +222,9 @@ def analyze(func: Callable[..., Any]) -> Signature:
             if issubclass(record, msgspec.Struct):
                 ann = _forbidding(record, ann)
             else:
-                known = frozenset(f.encode_name for f in mi.type_info(record).fields)
+                info = mi.type_info(record)
+                assert isinstance(info, (mi.DataclassType, mi.TypedDictType))  # _is_record's kinds
+                known = frozenset(f.encode_name for f in info.fields)
             result = Signature(func, "struct", is_async, ann, output_type, func)
             result.known_fields = known
             return result
@@ -266,7 +268,7 @@ def _caller(func: Callable[..., Any], params: list[inspect.Parameter]) -> Callab
     return call
 
 
-def _forbidding(struct: type, ann: Any) -> Any:
+def _forbidding(struct: type[msgspec.Struct], ann: Any) -> Any:
     """``ann`` with its Struct replaced by a subclass that refuses unknown fields (the function
     still gets an instance of its own class); unchanged when the Struct refuses them already."""
     if struct.__struct_config__.forbid_unknown_fields:
@@ -302,7 +304,7 @@ def _type_hints(func: Callable[..., Any], sig: inspect.Signature) -> dict[str, A
     if inspect.isfunction(func) or inspect.ismethod(func):
         target = inspect.unwrap(func)
     if isinstance(target, type):
-        target = target.__init__
+        target = target.__init__  # type: ignore[misc]  # the class's own, read for its signature
     elif not (inspect.isfunction(target) or inspect.ismethod(target)):
         target = getattr(type(target), "__call__", target)
     try:
@@ -339,7 +341,10 @@ def _dict_form(ann: Any) -> Any:
     if origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
         args = typing.get_args(tp)
         if not args or args[0] is str:
-            return dict[str, args[1]] if len(args) == 2 and _decodable(args[1]) else dict[str, Any]
+            if len(args) == 2 and _decodable(args[1]):
+                # a type made at run time, for msgspec to decode with
+                return dict[str, args[1]]  # type: ignore[valid-type]
+            return dict[str, Any]
     return None
 
 

@@ -109,9 +109,10 @@ class _Replica(MessageProtocol):
                 self.in_flight += 1
                 fut = self.pool.submit(self.handle, msg)  # type: ignore[union-attr]
                 loop = asyncio.get_running_loop()
-                fut.add_done_callback(
-                    lambda f, i=msg.id: loop.call_soon_threadsafe(self._finished, i, f)
-                )
+                def done(f: Future[Any], i: int = msg.id) -> None:
+                    loop.call_soon_threadsafe(self._finished, i, f)
+
+                fut.add_done_callback(done)
         elif kind is Ping:
             child = self.child_rss
             self.send(Pong(msg.id, self.served, self.in_flight,
@@ -174,7 +175,7 @@ def serve(
     replica = _Replica(invoker, max_concurrency, done, busy_poll_s, max_call)
     unix = sock.family == socket.AF_UNIX
     connect = loop.create_unix_connection if unix else loop.create_connection
-    loop.run_until_complete(connect(lambda: replica, sock=sock))  # type: ignore[operator]
+    loop.run_until_complete(connect(lambda: replica, sock=sock))
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(signum, replica.drain)
