@@ -41,13 +41,23 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> "Server":
+    def start(self, timeout: float = 30.0) -> Server:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*MODELPORT, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            [
+                *MODELPORT,
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -126,7 +136,6 @@ def server(make_server) -> Server:
 def app_client(tmp_path: Path):
     """The app in-process (Litestar's TestClient) on a real SQLite file and store in tmp."""
     from litestar.testing import TestClient
-
     from modelport.app import create_app
     from modelport.settings import Settings
 
@@ -155,27 +164,55 @@ def wheel_links(tmp_path_factory) -> Path:
 
     links = tmp_path_factory.mktemp("links")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "--no-deps",
-         "-d", str(links), f"msgspec=={version('msgspec')}", "flit_core>=3.2,<5"], check=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--only-binary",
+            ":all:",
+            "--no-deps",
+            "-d",
+            str(links),
+            f"msgspec=={version('msgspec')}",
+            "flit_core>=3.2,<5",
+        ],
+        check=True,
     )
     import uv
 
     src = tmp_path_factory.mktemp("src")
     for ver in ("1.0", "2.0"):
         project = _tiny_package(src, "tinypkg", ver)
-        subprocess.run([uv.find_uv_bin(), "build", "--wheel", "-q", "--no-index", "--find-links",
-                        str(links), "--out-dir", str(links), str(project)], check=True)
+        subprocess.run(
+            [
+                uv.find_uv_bin(),
+                "build",
+                "--wheel",
+                "-q",
+                "--no-index",
+                "--find-links",
+                str(links),
+                "--out-dir",
+                str(links),
+                str(project),
+            ],
+            check=True,
+        )
     return links
 
 
 @pytest.fixture
 def offline_server(make_server, wheel_links):
     """A server whose builds resolve only against the local wheel folder."""
+
     def make(**kwargs) -> Server:
         srv = make_server(**kwargs)
         srv.env["MODELPORT_FIND_LINKS"] = str(wheel_links)
         srv.env["MODELPORT_NO_INDEX"] = "1"
         return srv
+
     return make
 
 
@@ -199,8 +236,9 @@ def pack_bytes(folder: Path) -> bytes:
 
 def upload_build(client: httpx.Client, model: str, archive: bytes, **fields) -> httpx.Response:
     data = {k: v if isinstance(v, str) else __import__("json").dumps(v) for k, v in fields.items()}
-    return client.post(f"/api/v1/models/{model}/builds",
-                       files={"archive": ("project.tar.zst", archive)}, data=data)
+    return client.post(
+        f"/api/v1/models/{model}/builds", files={"archive": ("project.tar.zst", archive)}, data=data
+    )
 
 
 def wait_build(client: httpx.Client, model: str, number: int, timeout: float = 180) -> dict:
@@ -222,8 +260,12 @@ def small_disk(tmp_path: Path) -> Iterator:
     def make(size_mb: int) -> Path:
         point = tmp_path / f"disk{len(mounted)}"
         point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700",
-                               "tmpfs", str(point)], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
         mounted.append(point)

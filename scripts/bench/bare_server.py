@@ -1,6 +1,6 @@
 """The bare baseline: uvloop + httptools + msgspec doing the model's work in-process, nothing else.
 
-    python bare_server.py PORT adder|iris
+python bare_server.py PORT adder|iris
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def iris():
     def work(body: bytes) -> bytes:
         probabilities = model.predict_proba(decode(body).features)
         best = probabilities.argmax(axis=1)
-        return msgspec.json.encode({"species": [names[i] for i in best],
-                                    "probability": probabilities.max(axis=1).tolist()})
+        return msgspec.json.encode(
+            {"species": [names[i] for i in best], "probability": probabilities.max(axis=1).tolist()}
+        )
 
     return work
 
@@ -67,8 +68,10 @@ class Http(asyncio.Protocol):
     def on_message_complete(self):
         out = self.work(b"".join(self.body))
         self.body = []
-        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(out)).encode() + b"\r\n\r\n" + out
+        )
 
 
 def main() -> None:

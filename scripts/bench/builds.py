@@ -19,9 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
-from serving import modelport_server, stop  # noqa: E402
-
 from modelport.client import Client  # noqa: E402
+from serving import modelport_server, stop  # noqa: E402
 
 CODE = "def predict(a: float, b: float = {b}) -> float:\n    return a + b\n"
 
@@ -60,9 +59,11 @@ def main() -> None:
                 second, warm = timed_build(c, project, "add")
                 print(f"first build (tiny env, cold caches): {cold:.2f} s")
                 print(f"code-only change, environment cached, upload → built: {warm:.2f} s")
-                print(f"bytes the second build added: {second['new_bytes']} "
-                      f"(the changed file is {len(CODE.format(b=2.0))} bytes; the rest is its "
-                      "snapshot listing and manifest)")
+                print(
+                    f"bytes the second build added: {second['new_bytes']} "
+                    f"(the changed file is {len(CODE.format(b=2.0))} bytes; the rest is its "
+                    "snapshot listing and manifest)"
+                )
 
                 weights = project / "weights.bin"
                 import numpy as np
@@ -73,8 +74,10 @@ def main() -> None:
                         f.write((rng.standard_normal(262144) * 0.02).astype(np.float32).tobytes())
                 big, big_s = timed_build(c, project, "big")
                 size = weights.stat().st_size / 1e6
-                print(f"build with {size:.0f} MB of weights: {big_s:.2f} s "
-                      f"({size / big_s:.0f} MB/s through pack, upload and store)")
+                print(
+                    f"build with {size:.0f} MB of weights: {big_s:.2f} s "
+                    f"({size / big_s:.0f} MB/s through pack, upload and store)"
+                )
                 export = tmp / "big.tar.zst"
                 started = time.perf_counter()
                 c.export_build("big", big["number"], export)
@@ -83,14 +86,18 @@ def main() -> None:
                 imported = c2.import_build(export)
                 im_s = time.perf_counter() - started
                 assert imported["digest"] == big["digest"]
-                print(f"export: {ex_s:.2f} s ({size / ex_s:.0f} MB/s); import into another server:"
-                      f" {im_s:.2f} s ({size / im_s:.0f} MB/s); file {export.stat().st_size/1e6:.0f} MB")
+                print(
+                    f"export: {ex_s:.2f} s ({size / ex_s:.0f} MB/s); import into another server:"
+                    f" {im_s:.2f} s ({size / im_s:.0f} MB/s); file {export.stat().st_size / 1e6:.0f} MB"
+                )
                 if not args.skip_sklearn:
                     sk, sk_s = timed_build(c, ROOT / "examples" / "iris", "iris")
                     log = c.build_log("iris", sk["number"])
                     uv = uv_seconds(log)
-                    print(f"cold scikit-learn build: {sk_s:.2f} s, of which uv reported "
-                          f"{uv:.2f} s ({100 * uv / sk_s:.0f}%)")
+                    print(
+                        f"cold scikit-learn build: {sk_s:.2f} s, of which uv reported "
+                        f"{uv:.2f} s ({100 * uv / sk_s:.0f}%)"
+                    )
         finally:
             stop(server)
             stop(other)

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import ROOT, modelport_server, stop  # noqa: E402
+from serving import ROOT, modelport_server, stop
 
 MODEL = "def predict(a: float, b: float = 0.0) -> float:\n    return a + b + {bias}\n"
 
@@ -53,20 +53,26 @@ def main() -> None:
                 ready, rollbacks = [], []
                 for _ in range(args.rounds):
                     started = time.monotonic()
-                    done = client.wait_deployment("roll", client.deploy(
-                        "roll", old, replicas=args.replicas)["id"], timeout=60)
+                    done = client.wait_deployment(
+                        "roll", client.deploy("roll", old, replicas=args.replicas)["id"], timeout=60
+                    )
                     assert done["status"] == "deployed", done
                     ready.append(time.monotonic() - started)
-                    done = client.wait_deployment("roll", client.deploy(
-                        "roll", new, replicas=args.replicas)["id"], timeout=60)
+                    done = client.wait_deployment(
+                        "roll", client.deploy("roll", new, replicas=args.replicas)["id"], timeout=60
+                    )
                     assert done["status"] == "deployed", done
                     rollbacks.append(rollback_time(client, url, key, str(old).encode()))
         finally:
             stop(server)
-    print(f"deploy of {args.replicas} replicas, call → deployed: median "
-          f"{statistics.median(ready):.2f} s ({' '.join(f'{v:.2f}' for v in ready)})")
-    print(f"rollback call → every response from the old build: median "
-          f"{statistics.median(rollbacks):.3f} s ({' '.join(f'{v:.3f}' for v in rollbacks)})")
+    print(
+        f"deploy of {args.replicas} replicas, call → deployed: median "
+        f"{statistics.median(ready):.2f} s ({' '.join(f'{v:.2f}' for v in ready)})"
+    )
+    print(
+        f"rollback call → every response from the old build: median "
+        f"{statistics.median(rollbacks):.3f} s ({' '.join(f'{v:.3f}' for v in rollbacks)})"
+    )
 
 
 def rollback_time(client, url: str, key: str, old_build: bytes) -> float:

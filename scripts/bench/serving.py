@@ -31,13 +31,17 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-BODIES = {"adder": {"a": 1.5, "b": 2.25},
-          "iris": {"features": [[5.1, 3.5, 1.4, 0.2]]},
-          "radder": {"a": 1.5, "b": 2.25}}
-ENTRY = {"adder": ("tests/models/add", "model.py:predict"),
-         "iris": ("examples/iris", "predict.py:predict"),
-         # An R function (args$a + args$b), against the same bare baseline as the adder's
-         "radder": ("tests/models/radd", "model.R:predict")}
+BODIES = {
+    "adder": {"a": 1.5, "b": 2.25},
+    "iris": {"features": [[5.1, 3.5, 1.4, 0.2]]},
+    "radder": {"a": 1.5, "b": 2.25},
+}
+ENTRY = {
+    "adder": ("tests/models/add", "model.py:predict"),
+    "iris": ("examples/iris", "predict.py:predict"),
+    # An R function (args$a + args$b), against the same bare baseline as the adder's
+    "radder": ("tests/models/radd", "model.R:predict"),
+}
 BARE = {"radder": "adder"}  # the bare server's work for a model: its own unless named here
 
 
@@ -62,14 +66,28 @@ def ensure_model_deps(kind: str) -> None:
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        subprocess.run([PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
-                        str(ROOT / "examples/iris/requirements.txt")], check=True)
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(ROOT / "examples/iris/requirements.txt"),
+            ],
+            check=True,
+        )
 
 
 def lua_script(body: dict, headers: dict, folder: Path) -> Path:
     script = folder / f"post-{abs(hash(json.dumps([body, headers], sort_keys=True)))}.lua"
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}",
-             'wrk.headers["Content-Type"] = "application/json"']
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps(body))}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
     return script
@@ -77,13 +95,31 @@ def lua_script(body: dict, headers: dict, folder: Path) -> Path:
 
 def wrk(url: str, script: Path, connections: int, duration: int) -> dict:
     out = subprocess.run(
-        [ensure_wrk(), "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s",
-         "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60).stdout
+        [
+            ensure_wrk(),
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": to_ms(lat.get("50", "0ms")), "p99_ms": to_ms(lat.get("99", "0ms")),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": rps,
+        "p50_ms": to_ms(lat.get("50", "0ms")),
+        "p99_ms": to_ms(lat.get("99", "0ms")),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -100,9 +136,11 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def replica_pids(server_pid: int) -> list[int]:
     """The server's replica processes, and theirs (an R function's R process)."""
+
     def children(pid: int) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
+
     workers = children(server_pid)
     return workers + [child for pid in workers for child in children(pid)]
 
@@ -112,9 +150,17 @@ def to_ms(text: str) -> float:
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def start(cmd: list[str], env: dict | None = None, ready: str | None = None, url: str | None = None):
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, text=True)
+def start(
+    cmd: list[str], env: dict | None = None, ready: str | None = None, url: str | None = None
+):
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if ready and ready in (proc.stdout.readline() or ""):
@@ -140,8 +186,11 @@ def stop(proc: subprocess.Popen) -> None:
 def modelport_server(data: Path, **extra: str):
     port = free_port()
     env = {**os.environ, "MODELPORT_HOME": str(data), **extra}
-    proc = start([PY, "-m", "modelport.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                 env=env, url=f"http://127.0.0.1:{port}/api/v1/health")
+    proc = start(
+        [PY, "-m", "modelport.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        url=f"http://127.0.0.1:{port}/api/v1/health",
+    )
     return proc, f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip()
 
 
@@ -155,7 +204,9 @@ def deploy(client, kind: str, name: str, replicas: int) -> str:
     folder, entry = ENTRY[kind]
     built = client.build(ROOT / folder, name, entry)
     assert built["status"] == "built", built["error"]
-    done = client.wait_deployment(name, client.deploy(name, built["number"], replicas=replicas)["id"])
+    done = client.wait_deployment(
+        name, client.deploy(name, built["number"], replicas=replicas)["id"]
+    )
     assert done["status"] == "deployed", done["reason"]
     return key
 
@@ -184,13 +235,20 @@ def median_row(runs: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="each round measures the bare baseline right before modelport; the "
-                         "median round is reported (this machine's speed drifts)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="each round measures the bare baseline right before modelport; the "
+        "median round is reported (this machine's speed drifts)",
+    )
     ap.add_argument("--models", default="adder,iris,radder")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
-    ap.add_argument("--sandbox-off-too", action="store_true",
-                    help="also measure a server with MODELPORT_SANDBOX=off, in the same rounds")
+    ap.add_argument(
+        "--sandbox-off-too",
+        action="store_true",
+        help="also measure a server with MODELPORT_SANDBOX=off, in the same rounds",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "server"))
     from modelport.client import Client
@@ -202,26 +260,48 @@ def main() -> None:
         servers = [("modelport", server, url, token)]
         try:
             if args.sandbox_off_too:
-                servers.append(("unboxed", *modelport_server(tmp / "data-off",
-                                                             MODELPORT_SANDBOX="off")))
+                servers.append(
+                    ("unboxed", *modelport_server(tmp / "data-off", MODELPORT_SANDBOX="off"))
+                )
             for kind in args.models.split(","):
                 ensure_model_deps(kind)
                 port = free_port()
-                bare = start([PY, str(ROOT / "scripts/bench/bare_server.py"), str(port),
-                              BARE.get(kind, kind)],
-                             ready="ready")
+                bare = start(
+                    [
+                        PY,
+                        str(ROOT / "scripts/bench/bare_server.py"),
+                        str(port),
+                        BARE.get(kind, kind),
+                    ],
+                    ready="ready",
+                )
                 try:
-                    targets = [("bare", "-", f"http://127.0.0.1:{port}/",
-                                lua_script(BODIES[kind], {}, tmp), None)]
+                    targets = [
+                        (
+                            "bare",
+                            "-",
+                            f"http://127.0.0.1:{port}/",
+                            lua_script(BODIES[kind], {}, tmp),
+                            None,
+                        )
+                    ]
                     for label, proc, where, secret in servers:
                         with Client(where, secret) as client:
                             for replicas in (1, 2):
                                 name = f"{kind}-{replicas}"
                                 key = deploy(client, kind, name, replicas)
-                                script = lua_script(BODIES[kind],
-                                                    {"Authorization": f"Bearer {key}"}, tmp)
-                                targets.append((label, replicas, f"{where}/models/{name}/predict",
-                                                script, proc.pid))
+                                script = lua_script(
+                                    BODIES[kind], {"Authorization": f"Bearer {key}"}, tmp
+                                )
+                                targets.append(
+                                    (
+                                        label,
+                                        replicas,
+                                        f"{where}/models/{name}/predict",
+                                        script,
+                                        proc.pid,
+                                    )
+                                )
                     for c in (1, 64):
                         runs: dict[tuple, list[dict]] = {}
                         for _ in range(args.rounds):
@@ -239,8 +319,13 @@ def main() -> None:
                                 if target == "modelport" and off:
                                     got["vs_off"] = round(got["rps"] / off["rps"], 3)
                         for (target, replicas), found in runs.items():
-                            row = {"model": kind, "target": target, "replicas": replicas,
-                                   "c": c, **median_row(found)}
+                            row = {
+                                "model": kind,
+                                "target": target,
+                                "replicas": replicas,
+                                "c": c,
+                                **median_row(found),
+                            }
                             costs = sorted(g["vs_off"] for g in found if "vs_off" in g)
                             if costs:  # the median of the rounds' own ratios
                                 row["vs_off"], row["vs_off_spread"] = costs[len(costs) // 2], costs
@@ -250,14 +335,18 @@ def main() -> None:
         finally:
             for _, proc, _, _ in servers:
                 stop(proc)
-    print(f"{'model':7} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-          f" {'non2xx':>6} {'ratio':>6} {'vs off':>6} {'srv µs/req':>10} {'rep µs/req':>10}  spread")
+    print(
+        f"{'model':7} {'target':9} {'rep':>3} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'non2xx':>6} {'ratio':>6} {'vs off':>6} {'srv µs/req':>10} {'rep µs/req':>10}  spread"
+    )
     for r in rows:
-        print(f"{r['model']:7} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
-              f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}"
-              f" {r.get('vs_off', ''):>6}"
-              f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}"
-              f"  {' '.join(f'{v:g}' for v in r['spread'])}")
+        print(
+            f"{r['model']:7} {r['target']:9} {r['replicas']:>3} {r['c']:>3} {r['rps']:>9.0f}"
+            f" {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f} {r['non_2xx']:>6} {r.get('ratio', ''):>6}"
+            f" {r.get('vs_off', ''):>6}"
+            f" {r.get('server_cpu_us', ''):>10} {r.get('replica_cpu_us', ''):>10}"
+            f"  {' '.join(f'{v:g}' for v in r['spread'])}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

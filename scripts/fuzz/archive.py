@@ -25,8 +25,18 @@ try:
     import atheris
 except ImportError:
     print("installing atheris into", sys.prefix, "(script-only; not a project dependency)")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                    "--disable-pip-version-check", "atheris"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "atheris",
+        ],
+        check=True,
+    )
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
 with atheris.instrument_imports():  # the standard library's tarfile too, when not loaded yet
@@ -35,14 +45,24 @@ with atheris.instrument_imports():  # the standard library's tarfile too, when n
     import zstandard
     from modelport.store import archive
 
-LIMITS = archive.ArchiveLimits(max_archive_bytes=4 << 20, max_total_bytes=4 << 20,
-                               ratio_floor=1 << 20, max_members=2_000, max_header_bytes=64 << 10)
+LIMITS = archive.ArchiveLimits(
+    max_archive_bytes=4 << 20,
+    max_total_bytes=4 << 20,
+    ratio_floor=1 << 20,
+    max_members=2_000,
+    max_header_bytes=64 << 10,
+)
 
 
 def _check_path(path: str, what: str) -> None:
     parts = path.split("/")
-    if (not path or path.startswith("/") or "\\" in path or "\x00" in path
-            or any(p in ("", ".", "..") for p in parts)):
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise AssertionError(f"unsafe {what} got through: {path!r}")
 
 
@@ -78,8 +98,11 @@ def _tar(entries, fmt=tarfile.PAX_FORMAT) -> bytes:
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
             else:
-                info.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE,
-                             "hard": tarfile.LNKTYPE}[kind]
+                info.type = {
+                    "dir": tarfile.DIRTYPE,
+                    "sym": tarfile.SYMTYPE,
+                    "hard": tarfile.LNKTYPE,
+                }[kind]
                 info.linkname = payload.decode() if payload else ""
                 tar.addfile(info)
     return buf.getvalue()
@@ -87,12 +110,21 @@ def _tar(entries, fmt=tarfile.PAX_FORMAT) -> bytes:
 
 def seeds() -> list[bytes]:
     """Good archives of every kind the unpacker reads, for the fuzzer to mutate."""
-    plain = _tar([("predict.py", "file", b"def predict(a): return a\n"),
-                  ("pkg", "dir", b""), ("pkg/w.bin", "file", bytes(range(256)) * 4),
-                  ("alias.py", "sym", b"predict.py"), ("same.py", "hard", b"predict.py"),
-                  ("pkg/link", "sym", b"../pkg"), ("l" * 150 + "/deep.txt", "file", b"x")])
-    gnu = _tar([("a.txt", "file", b"hello"), ("b" * 120, "file", b"long"),
-                ("c", "sym", b"a.txt")], fmt=tarfile.GNU_FORMAT)
+    plain = _tar(
+        [
+            ("predict.py", "file", b"def predict(a): return a\n"),
+            ("pkg", "dir", b""),
+            ("pkg/w.bin", "file", bytes(range(256)) * 4),
+            ("alias.py", "sym", b"predict.py"),
+            ("same.py", "hard", b"predict.py"),
+            ("pkg/link", "sym", b"../pkg"),
+            ("l" * 150 + "/deep.txt", "file", b"x"),
+        ]
+    )
+    gnu = _tar(
+        [("a.txt", "file", b"hello"), ("b" * 120, "file", b"long"), ("c", "sym", b"a.txt")],
+        fmt=tarfile.GNU_FORMAT,
+    )
     ustar = _tar([("./x/y.txt", "file", b"y"), ("z.txt", "file", b"")], fmt=tarfile.USTAR_FORMAT)
     cctx = zstandard.ZstdCompressor(level=3)
     return [plain, gnu, ustar, cctx.compress(plain), cctx.compress(gnu)]
@@ -115,8 +147,18 @@ def main() -> None:
     print(f"fuzzing store/archive.py for {seconds} s; corpus and findings in {work}", flush=True)
     os.chdir(work)
     started = time.monotonic()
-    atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-rss_limit_mb=2048",
-                   "-timeout=20", "-max_len=65536", *rest, corpus], one_input)
+    atheris.Setup(
+        [
+            sys.argv[0],
+            f"-max_total_time={seconds}",
+            "-rss_limit_mb=2048",
+            "-timeout=20",
+            "-max_len=65536",
+            *rest,
+            corpus,
+        ],
+        one_input,
+    )
     try:
         atheris.Fuzz()
     finally:

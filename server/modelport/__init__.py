@@ -1,7 +1,7 @@
 """modelport: a Python function in a folder becomes a versioned, load-balanced REST API."""
 
 __version__ = "0.1.0"
-__all__ = ["Client", "track_metric", "__version__"]
+__all__ = ["Client", "__version__", "track_metric"]
 
 
 def __getattr__(name: str):

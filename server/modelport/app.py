@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,8 +18,8 @@ from litestar.openapi import OpenAPIConfig
 from modelport import __version__
 from modelport.api.admin import store_gc, store_status, store_verify
 from modelport.api.audit import audit_log
-from modelport.api.common import strict_booleans
 from modelport.api.builds import BuildsController, import_build
+from modelport.api.common import strict_booleans
 from modelport.api.deployments import DeploymentsController
 from modelport.api.health import health, model_ready, whoami
 from modelport.api.metrics import MonitoringController, prometheus
@@ -31,8 +31,7 @@ from modelport.api.tokens import TokensController
 from modelport.auth import Auth
 from modelport.builder.pipeline import Builder
 from modelport.builder.service import Builds
-from modelport.datadir import (TOKENS_CHANGED, DataDirLock, prepare, tighten,
-                               write_admin_token)
+from modelport.datadir import TOKENS_CHANGED, DataDirLock, prepare, tighten, write_admin_token
 from modelport.errors import disk_full, handle_exception
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
@@ -43,8 +42,8 @@ from modelport.registry.db import Database
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
-from modelport.scratch import sweep
 from modelport.sandboxing import Sandbox
+from modelport.scratch import sweep
 from modelport.serving.config import Tuning
 from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
@@ -78,8 +77,11 @@ def clean_leftovers(settings: Settings, store: ContentStore) -> None:
     swept = sweep(settings.data_dir)
     temps = swept.removed + clean_temp(store, 0)
     if temps:
-        log.info("removed %d temp files and folders (%.1f MB) left by a server that stopped "
-                 "mid-way", temps, swept.freed_bytes / 1e6)
+        log.info(
+            "removed %d temp files and folders (%.1f MB) left by a server that stopped mid-way",
+            temps,
+            swept.freed_bytes / 1e6,
+        )
 
 
 def _mtime(path: Path) -> int | None:
@@ -101,8 +103,12 @@ async def _every(seconds: float, job) -> None:
                 log.exception("periodic job %s failed", getattr(job, "__name__", job))
             elif not full:
                 full = True
-                log.warning("periodic job %s: the disk is full (%s); it runs again every %g s",
-                            getattr(job, "__name__", job), exc, seconds)
+                log.warning(
+                    "periodic job %s: the disk is full (%s); it runs again every %g s",
+                    getattr(job, "__name__", job),
+                    exc,
+                    seconds,
+                )
 
 
 class Services:
@@ -125,13 +131,17 @@ class Services:
         self.db = Database(settings.registry_path)
         self.auth = Auth(self.db, settings.admin_token_path)
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
-        self.supervisor = Supervisor(runtime_dir=runtime_dir(settings.data_dir),
-                                     logs_dir=settings.logs_dir, on_change=self._on_change,
-                                     prepare=self._prepare,
-                                     tuning=Tuning(busy_poll_us=settings.busy_poll_us,
-                                                   max_response_bytes=settings.max_response_mb
-                                                   * 1024 * 1024),
-                                     sandbox=self.sandbox)
+        self.supervisor = Supervisor(
+            runtime_dir=runtime_dir(settings.data_dir),
+            logs_dir=settings.logs_dir,
+            on_change=self._on_change,
+            prepare=self._prepare,
+            tuning=Tuning(
+                busy_poll_us=settings.busy_poll_us,
+                max_response_bytes=settings.max_response_mb * 1024 * 1024,
+            ),
+            sandbox=self.sandbox,
+        )
         self.routes = Routes(self.supervisor)
         self.monitor = Monitor(self.db, self.supervisor, self.routes)
         self.models = Models(self.db, self.auth, self.routes, self.monitor.recorder)
@@ -159,9 +169,17 @@ class Services:
         await asyncio.to_thread(self.sandbox.clear_tmp)
         self.sandbox.report()
         self.builder = Builder(s, self.db, self.store, runtime, self.sandbox)
-        self.builds = Builds(self.db, self.store, self.builder, self.models, ArchiveLimits(
-            max_archive_bytes=s.archive_max_bytes, max_total_bytes=s.archive_max_expanded_bytes,
-            max_ratio=s.archive_max_ratio))
+        self.builds = Builds(
+            self.db,
+            self.store,
+            self.builder,
+            self.models,
+            ArchiveLimits(
+                max_archive_bytes=s.archive_max_bytes,
+                max_total_bytes=s.archive_max_expanded_bytes,
+                max_ratio=s.archive_max_ratio,
+            ),
+        )
         self.sealer = await asyncio.to_thread(Sealer.for_data_dir, s.secret_key_path)
         sealed = await deployment_rows.seal_clear_env(self.db, self.sealer)
         if sealed:
@@ -172,9 +190,11 @@ class Services:
         await self.builder.start()
         await self.deployer.restore()
         self._tokens_seen = await asyncio.to_thread(_mtime, s.run_dir / TOKENS_CHANGED)
-        self._jobs = [asyncio.create_task(_every(5.0, self.auth.flush_usage)),
-                      asyncio.create_task(_every(1.0, self._tokens_changed)),
-                      asyncio.create_task(self.monitor.run())]
+        self._jobs = [
+            asyncio.create_task(_every(5.0, self.auth.flush_usage)),
+            asyncio.create_task(_every(1.0, self._tokens_changed)),
+            asyncio.create_task(self.monitor.run()),
+        ]
         # What start-up made (the app, its routes, the libraries) lives as long as the server: out
         # of the collector's sight, a full collection no longer walks it (a pause in predictions).
         gc.collect()
@@ -212,12 +232,18 @@ def dependencies(services: Services) -> dict[str, Provide]:
     """What a handler may name among its parameters: the server's services, the same objects
     for every request (those `open` makes are read when the request comes)."""
     provided: dict[str, Callable[[], object]] = {
-        "settings": lambda: services.settings, "db": lambda: services.db,
-        "auth": lambda: services.auth, "models": lambda: services.models,
-        "routes": lambda: services.routes, "sandbox": lambda: services.sandbox,
-        "supervisor": lambda: services.supervisor, "monitor": lambda: services.monitor,
-        "store": lambda: services.store, "builder": lambda: services.builder,
-        "builds": lambda: services.builds, "deployer": lambda: services.deployer,
+        "settings": lambda: services.settings,
+        "db": lambda: services.db,
+        "auth": lambda: services.auth,
+        "models": lambda: services.models,
+        "routes": lambda: services.routes,
+        "sandbox": lambda: services.sandbox,
+        "supervisor": lambda: services.supervisor,
+        "monitor": lambda: services.monitor,
+        "store": lambda: services.store,
+        "builder": lambda: services.builder,
+        "builds": lambda: services.builds,
+        "deployer": lambda: services.deployer,
     }
     return {name: Provide(get, sync_to_thread=False) for name, get in provided.items()}
 
@@ -235,22 +261,41 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
             await services.close()
 
     app = Litestar(
-        route_handlers=[health, model_ready, whoami, model_openapi, audit_log, ModelsController,
-                        TokensController, BuildsController,
-                        import_build, DeploymentsController, store_status, store_verify, store_gc,
-                        prometheus, MonitoringController,
-                        *spa_routes],
+        route_handlers=[
+            health,
+            model_ready,
+            whoami,
+            model_openapi,
+            audit_log,
+            ModelsController,
+            TokensController,
+            BuildsController,
+            import_build,
+            DeploymentsController,
+            store_status,
+            store_verify,
+            store_gc,
+            prometheus,
+            MonitoringController,
+            *spa_routes,
+        ],
         guards=[services.auth.permission_guard, strict_booleans],
         dependencies=dependencies(services),
         exception_handlers={Exception: handle_exception},
         lifespan=[lifespan],
         state=State({"settings": settings}),
-        cors_config=CORSConfig(allow_origins=settings.cors_origins) if settings.cors_origins else None,
+        cors_config=CORSConfig(allow_origins=settings.cors_origins)
+        if settings.cors_origins
+        else None,
         openapi_config=OpenAPIConfig(
-            title="modelport management API", version=__version__, path="/schema",
-            render_plugins=[docs_page()], components=COMPONENTS,
-            openapi_router=Router("/schema", route_handlers=[], opt={"perm": "public"},
-                                  include_in_schema=False),
+            title="modelport management API",
+            version=__version__,
+            path="/schema",
+            render_plugins=[docs_page()],
+            components=COMPONENTS,
+            openapi_router=Router(
+                "/schema", route_handlers=[], opt={"perm": "public"}, include_in_schema=False
+            ),
         ),
         plugins=[StructSchema()],
         logging_config=None,
@@ -265,6 +310,11 @@ def create_asgi(settings: Settings, *, lock: DataDirLock | None = None) -> Gatew
     """What `modelport serve` runs: predictions on the lean path, everything else to Litestar."""
     app = create_app(settings, lock=lock)
     services: Services = app.state.services
-    return Gateway(app, services.routes, services.auth, default_max_body_mb=settings.max_body_mb,
-                   on_result=services.monitor.on_result if settings.metrics else None,
-                   poller=services.supervisor.poller)
+    return Gateway(
+        app,
+        services.routes,
+        services.auth,
+        default_max_body_mb=settings.max_body_mb,
+        on_result=services.monitor.on_result if settings.metrics else None,
+        poller=services.supervisor.poller,
+    )

@@ -130,19 +130,26 @@ class Auth:
             if name and scheme.lower() == "bearer" and self.key_model(secret.strip()) == name:
                 # the guard's finding travels in the scope, whose TypedDict Litestar closes
                 connection.scope["identity"] = Identity(  # type: ignore[typeddict-unknown-key]
-                    f"key:{name}", f"{name}'s access key", "predict", (name,))
+                    f"key:{name}", f"{name}'s access key", "predict", (name,)
+                )
                 return
         connection.scope["identity"] = self.authenticate(  # type: ignore[typeddict-unknown-key]
-            header, permission)
+            header, permission
+        )
 
     async def issue_token(
         self, *, name: str, role: str, expires_in_days: float | None, models: list[str], actor: str
     ) -> tuple[Token, str]:
         secret = new_secret(TOKEN_PREFIX)
         token = await token_rows.insert(
-            self.db, token_id="tok_" + secrets.token_hex(6), name=name, role=role, models=models,
+            self.db,
+            token_id="tok_" + secrets.token_hex(6),
+            name=name,
+            role=role,
+            models=models,
             secret_hash=hash_secret(secret),
-            expires_at=in_days_iso(expires_in_days) if expires_in_days else None, actor=actor,
+            expires_at=in_days_iso(expires_in_days) if expires_in_days else None,
+            actor=actor,
         )
         self._tokens[hash_secret(secret)] = Identity(
             token.id, name, role, tuple(models), token.expires_at
@@ -153,11 +160,16 @@ class Auth:
         """Revoke a token; 409 for the last admin token that works (nobody could manage the
         server after it: make another admin token first)."""
         now = now_iso()
-        admins = {i.id for i in self._tokens.values()
-                  if i.role == "admin" and (i.expires_at is None or i.expires_at > now)}
+        admins = {
+            i.id
+            for i in self._tokens.values()
+            if i.role == "admin" and (i.expires_at is None or i.expires_at > now)
+        }
         if admins == {token_id}:
-            raise Conflict("This is the last admin token that works: revoking it would lock "
-                           "everyone out of the API. Create another admin token first.")
+            raise Conflict(
+                "This is the last admin token that works: revoking it would lock "
+                "everyone out of the API. Create another admin token first."
+            )
         token = await token_rows.revoke(self.db, token_id, actor)
         self._tokens = {h: i for h, i in self._tokens.items() if i.id != token_id}
         await self.drop_stale_token_file()
@@ -166,9 +178,13 @@ class Auth:
     async def drop_stale_token_file(self) -> None:
         """``admin.token`` never holds a token that no longer works here (revoked, unknown)."""
         if self.token_file is not None and await asyncio.to_thread(
-                drop_admin_token, self.token_file, self._tokens.__contains__):
-            log.warning("removed %s: the token in it is revoked (`modelport admin reset-token` "
-                        "makes a new one)", self.token_file)
+            drop_admin_token, self.token_file, self._tokens.__contains__
+        ):
+            log.warning(
+                "removed %s: the token in it is revoked (`modelport admin reset-token` "
+                "makes a new one)",
+                self.token_file,
+            )
 
     def new_model_key(self, model: str) -> tuple[str, str]:
         """A fresh access key for a model: (secret, hash); `remember_key` once it is stored."""

@@ -25,8 +25,9 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def find_token(token: str | None = None, data_dir: str | Path | None = None,
-               url: str | None = None) -> tuple[str | None, list[str]]:
+def find_token(
+    token: str | None = None, data_dir: str | Path | None = None, url: str | None = None
+) -> tuple[str | None, list[str]]:
     """--token, else MODELPORT_TOKEN, else the admin token of a data dir named by --data-dir or
     MODELPORT_HOME, else what the server at ``url`` left in the user's config dir (its data
     dir, for a loopback URL, or a token stored by `modelport login`), else ./artifacts/admin.token.
@@ -76,8 +77,12 @@ class Client:
     """Talks to a modelport server; every method returns decoded JSON or raises ApiError."""
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, *,
-        data_dir: str | Path | None = None, timeout: float = 60.0,
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        timeout: float = 60.0,
     ):
         self.url = (url or os.environ.get("MODELPORT_URL") or DEFAULT_URL).rstrip("/")
         self.token, self.token_looked = find_token(token, data_dir, self.url)
@@ -87,7 +92,7 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -105,8 +110,11 @@ class Client:
                 raise ApiError(response.status_code, "http.error", response.text[:500]) from None
             message = err["message"]
             if err["code"] == "auth.missing" and not self.token:
-                message += (" No token was found: looked at " + ", ".join(self.token_looked)
-                            + " (`modelport login URL` stores one for a remote server).")
+                message += (
+                    " No token was found: looked at "
+                    + ", ".join(self.token_looked)
+                    + " (`modelport login URL` stores one for a remote server)."
+                )
             raise ApiError(response.status_code, err["code"], message, err.get("field"))
         if not response.content:
             return None
@@ -144,8 +152,12 @@ class Client:
     def create_token(
         self, name: str, role: str, expires_in_days: float | None = 365, models: Sequence[str] = ()
     ) -> dict:
-        body = {"name": name, "role": role, "expires_in_days": expires_in_days,
-                "models": list(models)}
+        body = {
+            "name": name,
+            "role": role,
+            "expires_in_days": expires_in_days,
+            "models": list(models),
+        }
         return self.request("POST", "/api/v1/tokens", json=body)
 
     def revoke_token(self, token_id: str) -> dict:
@@ -154,12 +166,24 @@ class Client:
     def audit(self, model: str | None = None, limit: int | None = None) -> dict:
         return self.request("GET", "/api/v1/audit", params=_params(model=model, limit=limit))
 
-
     # Builds
 
-    def upload_build(self, folder: str | Path, name: str, entry: str, *, requirements=None,
-                     python=None, example_input=None, example_output=None, message="",
-                     labels=None, create=True, on_pack=None, on_upload=None) -> Upload:
+    def upload_build(
+        self,
+        folder: str | Path,
+        name: str,
+        entry: str,
+        *,
+        requirements=None,
+        python=None,
+        example_input=None,
+        example_output=None,
+        message="",
+        labels=None,
+        create=True,
+        on_pack=None,
+        on_upload=None,
+    ) -> Upload:
         """Pack the folder (honouring .gitignore/.modelportignore), upload it; the build is queued.
         A model created for it (``create``) is deleted again when the upload is refused.
         ``on_pack(bytes)`` and ``on_upload(bytes, total)`` report progress."""
@@ -175,9 +199,22 @@ class Client:
                     raise
                 created = self.create_model(name)
         try:
-            build, packed = self._upload(folder, name, _build_fields(
-                entry, requirements, python, example_input, example_output, message, labels,
-                git_commit(folder)), on_pack, on_upload)
+            build, packed = self._upload(
+                folder,
+                name,
+                _build_fields(
+                    entry,
+                    requirements,
+                    python,
+                    example_input,
+                    example_output,
+                    message,
+                    labels,
+                    git_commit(folder),
+                ),
+                on_pack,
+                on_upload,
+            )
         except BaseException:
             # A refused upload (a bad entrypoint, a folder that cannot be packed, Ctrl-C) must not
             # leave behind a model made for it, whose access key nobody has seen.
@@ -189,8 +226,9 @@ class Client:
             raise
         return Upload(build, packed, created)
 
-    def _upload(self, folder: Path, name: str, fields: dict, on_pack,
-                on_upload) -> tuple[dict, PackResult]:
+    def _upload(
+        self, folder: Path, name: str, fields: dict, on_pack, on_upload
+    ) -> tuple[dict, PackResult]:
         import tempfile
 
         from modelport.store.archive import pack
@@ -200,10 +238,12 @@ class Client:
             size = tmp.tell()
             tmp.seek(0)
             progress = (lambda n: on_upload(n, size)) if on_upload else None
-            files = {"archive": ("project.tar.zst", _ProgressFile(tmp, progress),
-                                 "application/zstd")}
-            return self.request("POST", f"/api/v1/models/{name}/builds", data=fields, files=files,
-                                timeout=None), packed
+            files = {
+                "archive": ("project.tar.zst", _ProgressFile(tmp, progress), "application/zstd")
+            }
+            return self.request(
+                "POST", f"/api/v1/models/{name}/builds", data=fields, files=files, timeout=None
+            ), packed
 
     def builds(self, name: str, limit: int | None = None) -> dict:
         return self.request("GET", f"/api/v1/models/{name}/builds", params=_params(limit=limit))
@@ -216,8 +256,12 @@ class Client:
 
     def follow_build_log(self, name: str, number: int):
         """Yield the build's log lines as they are written, until the build ends."""
-        with self.http.stream("GET", f"/api/v1/models/{name}/builds/{number}/log",
-                              params={"follow": "1"}, timeout=None) as response:
+        with self.http.stream(
+            "GET",
+            f"/api/v1/models/{name}/builds/{number}/log",
+            params={"follow": "1"},
+            timeout=None,
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 self._decode(response)
@@ -244,8 +288,9 @@ class Client:
 
     def export_build(self, name: str, number: int, out: str | Path, on_bytes=None) -> int:
         written = 0
-        with self.http.stream("GET", f"/api/v1/models/{name}/builds/{number}/export",
-                              timeout=None) as response:
+        with self.http.stream(
+            "GET", f"/api/v1/models/{name}/builds/{number}/export", timeout=None
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 self._decode(response)
@@ -261,9 +306,9 @@ class Client:
         data = {"model": model} if model else {}
         with open(path, "rb") as f:
             files = {"archive": (Path(path).name, _ProgressFile(f, on_upload), "application/zstd")}
-            return self.request("POST", "/api/v1/builds/import", data=data, files=files,
-                                timeout=None)
-
+            return self.request(
+                "POST", "/api/v1/builds/import", data=data, files=files, timeout=None
+            )
 
     # Deployments and predictions
     def deploy(self, name: str, build: int, **settings) -> dict:
@@ -271,14 +316,16 @@ class Client:
         return self.request("POST", f"/api/v1/models/{name}/deployments", json=body)
 
     def deployments(self, name: str, limit: int | None = None) -> dict:
-        return self.request("GET", f"/api/v1/models/{name}/deployments",
-                            params=_params(limit=limit))
+        return self.request(
+            "GET", f"/api/v1/models/{name}/deployments", params=_params(limit=limit)
+        )
 
     def deployment(self, name: str, deployment_id: int | str = "current") -> dict:
         return self.request("GET", f"/api/v1/models/{name}/deployments/{deployment_id}")
 
-    def wait_deployment(self, name: str, deployment_id: int, timeout: float = 600,
-                        on_status=None) -> dict:
+    def wait_deployment(
+        self, name: str, deployment_id: int, timeout: float = 600, on_status=None
+    ) -> dict:
         """Poll until the deployment is deployed, failed or stopped; return it."""
         import time
 
@@ -293,11 +340,13 @@ class Client:
             time.sleep(0.1)
 
     def scale(self, name: str, replicas: int) -> dict:
-        return self.request("PATCH", f"/api/v1/models/{name}/deployments/current",
-                            json={"replicas": replicas})
+        return self.request(
+            "PATCH", f"/api/v1/models/{name}/deployments/current", json={"replicas": replicas}
+        )
 
-    def rollback(self, name: str, to_build: int | None = None,
-                 allow_breaking: bool = False) -> dict:
+    def rollback(
+        self, name: str, to_build: int | None = None, allow_breaking: bool = False
+    ) -> dict:
         body = {"to_build": to_build} if to_build else {}
         if allow_breaking:
             body["allow_breaking"] = True
@@ -309,8 +358,7 @@ class Client:
     def restart(self, name: str) -> dict:
         return self.request("POST", f"/api/v1/models/{name}/restart")
 
-    def wait_restart(self, name: str, started: dict, timeout: float = 600,
-                     on_event=None) -> dict:
+    def wait_restart(self, name: str, started: dict, timeout: float = 600, on_event=None) -> dict:
         """Poll until the restart that answered ``started`` has ended (its deployment's event
         ``restarted`` or ``restart_failed``, or the deployment stopped); return the deployment."""
         import time
@@ -332,15 +380,20 @@ class Client:
         return self.request("GET", f"/api/v1/models/{name}/replicas")
 
     def replica_logs(self, name: str, replica_id: str, stream: str = "stdout") -> str:
-        response = self.http.get(f"/api/v1/models/{name}/replicas/{replica_id}/logs",
-                                 params={"stream": stream})
+        response = self.http.get(
+            f"/api/v1/models/{name}/replicas/{replica_id}/logs", params={"stream": stream}
+        )
         if response.status_code >= 400:
             self._decode(response)
         return response.text
 
     def follow_replica_logs(self, name: str, replica_id: str, stream: str = "stdout"):
-        with self.http.stream("GET", f"/api/v1/models/{name}/replicas/{replica_id}/logs",
-                              params={"stream": stream, "follow": "1"}, timeout=None) as response:
+        with self.http.stream(
+            "GET",
+            f"/api/v1/models/{name}/replicas/{replica_id}/logs",
+            params={"stream": stream, "follow": "1"},
+            timeout=None,
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 self._decode(response)
@@ -357,23 +410,31 @@ class Client:
         response = self.http.post(f"/models/{name}/predict", json=body, headers=headers)
         result = self._decode(response)
         build = response.headers.get("x-model-build")
-        return Prediction(result, response.headers.get("x-request-id", ""),
-                          int(build) if build and build.isdigit() else None,
-                          response.headers.get("x-model-digest"),
-                          response.headers.get("x-replica-id"))
+        return Prediction(
+            result,
+            response.headers.get("x-request-id", ""),
+            int(build) if build and build.isdigit() else None,
+            response.headers.get("x-model-digest"),
+            response.headers.get("x-replica-id"),
+        )
 
     # Monitoring and tracked metrics
     def metrics(self, name: str, since: str | None = None, step: int | None = None) -> dict:
         """The monitoring series: requests, errors, latency percentiles per build."""
-        return self.request("GET", f"/api/v1/models/{name}/metrics",
-                            params=_params(since=since, step=step))
+        return self.request(
+            "GET", f"/api/v1/models/{name}/metrics", params=_params(since=since, step=step)
+        )
 
-    def captures(self, name: str, build: int, limit: int | None = None,
-                 cursor: str | None = None) -> dict:
+    def captures(
+        self, name: str, build: int, limit: int | None = None, cursor: str | None = None
+    ) -> dict:
         """Requests and answers the deployment of a build recorded (capture_percent), newest
         first: a page."""
-        return self.request("GET", f"/api/v1/models/{name}/builds/{build}/captures",
-                            params=_params(limit=limit, cursor=cursor))
+        return self.request(
+            "GET",
+            f"/api/v1/models/{name}/builds/{build}/captures",
+            params=_params(limit=limit, cursor=cursor),
+        )
 
     def prediction_metrics(self, name: str, request_id: str) -> dict:
         """What `track_metric` recorded for one prediction (by its X-Request-Id)."""
@@ -382,14 +443,26 @@ class Client:
     def track_delayed_metrics(self, name: str, request_id: str, metrics: dict) -> dict:
         """Add metrics to a past prediction later (ground truth), as Cloudera's
         track_delayed_metrics."""
-        return self.request("POST", f"/api/v1/models/{name}/predictions/{request_id}/metrics",
-                            json={"metrics": metrics})
+        return self.request(
+            "POST",
+            f"/api/v1/models/{name}/predictions/{request_id}/metrics",
+            json={"metrics": metrics},
+        )
 
-    def read_metrics(self, name: str, metric: str | None = None, since: str | None = None,
-                     until: str | None = None) -> dict:
+    def read_metrics(
+        self,
+        name: str,
+        metric: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict:
         """Tracked metrics over a time range, as Cloudera's read_metrics."""
-        return self.request("GET", f"/api/v1/models/{name}/metrics/tracked",
-                            params=_params(name=metric, since=since, until=until))
+        return self.request(
+            "GET",
+            f"/api/v1/models/{name}/metrics/tracked",
+            params=_params(name=metric, since=since, until=until),
+        )
+
 
 def _params(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
@@ -415,15 +488,20 @@ def git_commit(folder: Path) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
-def _build_fields(entry: str, requirements, python, example_input, example_output, message,
-                  labels, commit) -> dict[str, str]:
+def _build_fields(
+    entry: str, requirements, python, example_input, example_output, message, labels, commit
+) -> dict[str, str]:
     fields = {"entrypoint": entry, "message": message or ""}
     optional = {"requirements": requirements, "python": python, "git_commit": commit}
     fields.update({k: v for k, v in optional.items() if v})

@@ -21,7 +21,7 @@ class DataDirLock:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self) -> "DataDirLock":
+    def acquire(self) -> DataDirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,8 +55,13 @@ PRIVATE_TREES = ("logs", "run", "uploads")
 def prepare(settings: Settings) -> None:
     """Create the data dir and its folders, private whatever modes they had (see `tighten`)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for folder in (settings.store_dir, settings.envs_dir, settings.logs_dir, settings.run_dir,
-                   settings.uploads_dir):
+    for folder in (
+        settings.store_dir,
+        settings.envs_dir,
+        settings.logs_dir,
+        settings.run_dir,
+        settings.uploads_dir,
+    ):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     tighten(settings.data_dir)
 

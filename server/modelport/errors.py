@@ -170,8 +170,9 @@ def disk_full(exc: BaseException | None) -> bool:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if isinstance(exc, sqlite3.OperationalError) and (
-                getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                or "database or disk is full" in str(exc)):
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "database or disk is full" in str(exc)
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -179,8 +180,10 @@ def disk_full(exc: BaseException | None) -> bool:
 
 def store_full(data_dir: Path | str | None) -> StoreFull:
     where = f"the data dir {data_dir}" if data_dir else "the data dir"
-    return StoreFull(f"The disk holding {where} is full. Free some room there (modelport gc "
-                     "removes what no build needs); predictions are served meanwhile.")
+    return StoreFull(
+        f"The disk holding {where} is full. Free some room there (modelport gc "
+        "removes what no build needs); predictions are served meanwhile."
+    )
 
 
 class ModelBusy(ModelportError):
@@ -211,8 +214,6 @@ def error_json(status: int, code: str, message: str, field: str | None = None) -
     return msgspec.json.encode(ErrorEnvelope(ErrorBody(code, message, field)))
 
 
-
-
 def _from_validation(exc: ValidationException) -> ModelportError:
     """Litestar's body/query validation failure → request.malformed / request.invalid."""
     extra = exc.extra if isinstance(exc.extra, list) and exc.extra else [{}]
@@ -239,11 +240,15 @@ def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> Modelpor
 
     if isinstance(exc, CorruptObject):
         log.error("store: %s", exc)
-        return StoreCorrupt(f"Object {exc.digest} is corrupt ({exc.reason}); it was not served. "
-                            "Run `modelport verify`.")
+        return StoreCorrupt(
+            f"Object {exc.digest} is corrupt ({exc.reason}); it was not served. "
+            "Run `modelport verify`."
+        )
     if isinstance(exc, ObjectMissing):
         log.error("store: %s", exc)
-        return StoreMissing(f"Object {exc.digest} is missing from the store. Run `modelport verify`.")
+        return StoreMissing(
+            f"Object {exc.digest} is missing from the store. Run `modelport verify`."
+        )
     if isinstance(exc, HTTPException):
         detail = str(exc.detail)
         if exc.status_code == 404:

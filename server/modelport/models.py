@@ -31,15 +31,28 @@ class Models:
         for model in await rows.every(self.db):
             self._route(model)
 
-    async def create(self, name: str, *, owner: str, description: str = "", auth: bool = True,
-                     rate_limit_per_s: float | None = None,
-                     rate_limit_burst: int | None = None) -> ModelCreated:
+    async def create(
+        self,
+        name: str,
+        *,
+        owner: str,
+        description: str = "",
+        auth: bool = True,
+        rate_limit_per_s: float | None = None,
+        rate_limit_burst: int | None = None,
+    ) -> ModelCreated:
         """A new model; its access key is in the answer, the one time it is shown."""
         secret, key_hash = self.auth.new_model_key(name)
-        model = await rows.create(self.db, name=name, description=description, auth=auth,
-                                  owner=owner, key_hash=key_hash,
-                                  rate_limit_per_s=rate_limit_per_s,
-                                  rate_limit_burst=rate_limit_burst)
+        model = await rows.create(
+            self.db,
+            name=name,
+            description=description,
+            auth=auth,
+            owner=owner,
+            key_hash=key_hash,
+            rate_limit_per_s=rate_limit_per_s,
+            rate_limit_burst=rate_limit_burst,
+        )
         self.auth.remember_key(name, key_hash)
         self._route(model)
         return ModelCreated(**msgspec.structs.asdict(model), access_key=secret)
@@ -66,6 +79,9 @@ class Models:
         return secret
 
     def _route(self, model: Model) -> None:
-        self.routes.set_model(model.name, auth=model.auth,
-                              rate_limit_per_s=model.rate_limit_per_s,
-                              rate_limit_burst=model.rate_limit_burst)
+        self.routes.set_model(
+            model.name,
+            auth=model.auth,
+            rate_limit_per_s=model.rate_limit_per_s,
+            rate_limit_burst=model.rate_limit_burst,
+        )

@@ -143,6 +143,7 @@ def unique_bytes(path: Path) -> int:
 
 def remove_tree(folder: Path) -> None:
     """rmtree, making read-only folders writable on the way (environments and projects are)."""
+
     def retry(func, path, _exc) -> None:
         parent = os.path.dirname(path)
         os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)

@@ -89,8 +89,12 @@ def announce(host: str, port: int, url: str, data_dir: Path) -> Path:
     """What a server writes once it listens; a token stored by `login` for it is kept."""
     path = record_path(host, port)
     old = read(path)
-    return write(path, ServerRecord(url=url, data_dir=str(data_dir), pid=os.getpid(),
-                                    token=old.token if old else None))
+    return write(
+        path,
+        ServerRecord(
+            url=url, data_dir=str(data_dir), pid=os.getpid(), token=old.token if old else None
+        ),
+    )
 
 
 def withdraw(path: Path) -> None:
@@ -109,8 +113,12 @@ def login(url: str, token: str) -> Path:
     host, port = host_port(url)
     path = record_path(host, port)
     old = read(path)
-    record = ServerRecord(url=url.rstrip("/"), data_dir=old.data_dir if old else None,
-                          pid=old.pid if old else None, token=token)
+    record = ServerRecord(
+        url=url.rstrip("/"),
+        data_dir=old.data_dir if old else None,
+        pid=old.pid if old else None,
+        token=token,
+    )
     return write(path, record)
 
 

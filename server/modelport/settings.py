@@ -92,7 +92,7 @@ class Settings(msgspec.Struct, kw_only=True):
         return f"http://{self.host}:{self.port}"
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """Settings from MODELPORT_* environment variables, then explicit overrides."""
         env = os.environ
         values: dict = {}
@@ -107,7 +107,9 @@ class Settings(msgspec.Struct, kw_only=True):
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):
-            values["r_repos"] = [u.strip() for u in env["MODELPORT_R_REPOS"].split(",") if u.strip()]
+            values["r_repos"] = [
+                u.strip() for u in env["MODELPORT_R_REPOS"].split(",") if u.strip()
+            ]
         for key, least in ENV_NUMBERS:
             found = env_number(f"MODELPORT_{key.upper()}", int, least)
             if found is not None:
@@ -118,15 +120,23 @@ class Settings(msgspec.Struct, kw_only=True):
         if switch in ("off", "0", "false", "no"):
             values["sandbox"] = False
         elif switch not in ("", "on", "1", "true", "yes"):
-            raise SettingError(f"MODELPORT_SANDBOX must be on or off, not {env['MODELPORT_SANDBOX']!r}")
+            raise SettingError(
+                f"MODELPORT_SANDBOX must be on or off, not {env['MODELPORT_SANDBOX']!r}"
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = resolve_data_dir(values.get("data_dir"))
         return cls(**values)
 
 
 # Whole-number settings read from MODELPORT_<KEY>, with their least value.
-ENV_NUMBERS = (("archive_max_bytes", 1), ("archive_max_expanded_bytes", 1), ("archive_max_ratio", 1),
-               ("busy_poll_us", 0), ("build_workers", 1), ("max_response_mb", 1))
+ENV_NUMBERS = (
+    ("archive_max_bytes", 1),
+    ("archive_max_expanded_bytes", 1),
+    ("archive_max_ratio", 1),
+    ("busy_poll_us", 0),
+    ("build_workers", 1),
+    ("max_response_mb", 1),
+)
 
 
 class SettingError(ValueError):

@@ -39,8 +39,14 @@ class GcDone(msgspec.Struct):
     temp_removed: int = 0  # temp files and folders of uploads and builds that died mid-way
 
 
-def verify(store: ContentStore, projects: Projects, in_use: InUse, *, quarantine: bool = False,
-           repair: bool = False) -> Verified:
+def verify(
+    store: ContentStore,
+    projects: Projects,
+    in_use: InUse,
+    *,
+    quarantine: bool = False,
+    repair: bool = False,
+) -> Verified:
     """Re-hash every object and every built build's project folder (blocking); ``quarantine``
     moves corrupt objects aside, ``repair`` restores tampered folders from the store."""
     corrupt = store.verify(quarantine=quarantine)
@@ -53,8 +59,14 @@ def verify(store: ContentStore, projects: Projects, in_use: InUse, *, quarantine
     return Verified(store.stats().objects, corrupt, missing, checked, tampered)
 
 
-def collect(store: ContentStore, data_dir: Path, in_use: InUse, *, grace_s: float = 3600.0,
-            stopped: bool = False) -> GcDone:
+def collect(
+    store: ContentStore,
+    data_dir: Path,
+    in_use: InUse,
+    *,
+    grace_s: float = 3600.0,
+    stopped: bool = False,
+) -> GcDone:
     """Remove what no build refers to (blocking): store objects, project folders, environments
     and checked-out files older than ``grace_s`` (a build may be making them), and the temps of
     uploads and builds that died. ``stopped``: no server runs on the data dir (its lock is the
@@ -63,5 +75,10 @@ def collect(store: ContentStore, data_dir: Path, in_use: InUse, *, grace_s: floa
     pruned = prune(data_dir, live_hex(in_use.projects), live_hex(in_use.envs), grace_s)
     temps = result.temp_removed + (clean_temp(store, 0) if stopped else 0)
     swept = sweep(data_dir, 0.0 if stopped else RUNNING_TEMP_GRACE_S)
-    return GcDone(result.removed, result.freed_bytes + pruned.freed_bytes + swept.freed_bytes,
-                  pruned.folders, pruned.files, temps + swept.removed)
+    return GcDone(
+        result.removed,
+        result.freed_bytes + pruned.freed_bytes + swept.freed_bytes,
+        pruned.folders,
+        pruned.files,
+        temps + swept.removed,
+    )

@@ -10,7 +10,8 @@ import os
 def pytest_configure(config) -> None:
     # Read by the bench modules when they are imported (after this hook).
     quick = bool(config.getoption("benchmark_disable", False)) and not config.getoption(
-        "benchmark_enable", False)
+        "benchmark_enable", False
+    )
     os.environ["MODELPORT_BENCH_QUICK"] = "1" if quick else ""
 
 

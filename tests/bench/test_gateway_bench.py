@@ -50,17 +50,32 @@ class Bench:
 
     async def _main(self) -> None:
         self.sup = Supervisor(runtime_dir=ensure_runtime(self.tmp), logs_dir=self.tmp / "logs")
-        self.group = await self.sup.deploy(GroupSpec(
-            model="add", build=1, python=sys.executable, project=str(MODELS / "add"),
-            entry="model.py:predict", digest="sha256:" + "ab" * 32))
+        self.group = await self.sup.deploy(
+            GroupSpec(
+                model="add",
+                build=1,
+                python=sys.executable,
+                project=str(MODELS / "add"),
+                entry="model.py:predict",
+                digest="sha256:" + "ab" * 32,
+            )
+        )
         routes = Routes(self.sup)
         routes.set_model("add", auth=True)
         auth = Auth(None)
         auth.remember_key("add", hash_secret(KEY))
         self.gateway = Gateway(fallback, routes, auth)
-        self.server = uvicorn.Server(uvicorn.Config(
-            self.gateway, host="127.0.0.1", port=self.port, loop="none", lifespan="off",
-            log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.gateway,
+                host="127.0.0.1",
+                port=self.port,
+                loop="none",
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+            )
+        )
         serving = asyncio.create_task(self.server.serve())
         while not self.server.started:
             await asyncio.sleep(0.01)
@@ -85,25 +100,33 @@ def bench(tmp_path_factory):
 def per_request(benchmark, fn) -> None:
     benchmark.pedantic(fn, rounds=30, iterations=1, warmup_rounds=2)
     if benchmark.stats is not None:  # None when untimed (--benchmark-disable)
-        benchmark.extra_info["per_request_us"] = round(benchmark.stats.stats.mean / BATCH * 1e6,
-                                                       1)
+        benchmark.extra_info["per_request_us"] = round(benchmark.stats.stats.mean / BATCH * 1e6, 1)
 
 
 def test_balancer_replica_round_trip(benchmark, bench):
     """The floor: balancer + pipe client + the worker, no HTTP and no gateway."""
+
     async def batch():
         for _ in range(BATCH):
             _, msg = await bench.group.call(BODY, "json", "json", "bench")
         assert msg.body == b"3.5"
+
     per_request(benchmark, lambda: bench.run(batch()))
 
 
 def test_gateway_in_process(benchmark, bench):
     """The gateway as ASGI (auth by access key, headers, response) on top of the round trip."""
-    scope = {"type": "http", "method": "POST", "path": "/models/add/predict",
-             "query_string": b"", "headers": [
-                 (b"content-type", b"application/json"), (b"content-length", b"18"),
-                 (b"authorization", f"Bearer {KEY}".encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/models/add/predict",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"18"),
+            (b"authorization", f"Bearer {KEY}".encode()),
+        ],
+    }
     message = {"type": "http.request", "body": BODY, "more_body": False}
     out: list = []
 
@@ -118,15 +141,20 @@ def test_gateway_in_process(benchmark, bench):
             await bench.gateway(scope, receive, send)
         assert out[-2]["status"] == 200 and out[-1]["body"] == b"3.5"
         out.clear()
+
     per_request(benchmark, lambda: bench.run(batch()))
 
 
 def test_http_round_trip(benchmark, bench):
     """uvicorn's HTTP/1.1 (keep-alive) + gateway + replica, from a minimal client that writes
     prebuilt request bytes (httpx alone would cost more than the server)."""
-    request = (b"POST /models/add/predict HTTP/1.1\r\nHost: bench\r\n"
-               b"Content-Type: application/json\r\nAuthorization: Bearer " + KEY.encode() +
-               b"\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+    request = (
+        b"POST /models/add/predict HTTP/1.1\r\nHost: bench\r\n"
+        b"Content-Type: application/json\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+        + BODY
+    )
 
     async def batch():
         reader, writer = await asyncio.open_connection("127.0.0.1", bench.port)
@@ -142,6 +170,7 @@ def test_http_round_trip(benchmark, bench):
 
     def run_batch():
         asyncio.run(batch())  # the client on its own loop, in this thread
+
     per_request(benchmark, run_batch)
 
 
@@ -167,10 +196,17 @@ def test_gateway_alone(benchmark):
     auth = Auth(None)
     auth.remember_key("add", hash_secret(KEY))
     gateway = Gateway(fallback, routes, auth)
-    scope = {"type": "http", "method": "POST", "path": "/models/add/predict",
-             "query_string": b"", "headers": [
-                 (b"content-type", b"application/json"), (b"content-length", b"18"),
-                 (b"authorization", f"Bearer {KEY}".encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/models/add/predict",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"18"),
+            (b"authorization", f"Bearer {KEY}".encode()),
+        ],
+    }
     message = {"type": "http.request", "body": BODY, "more_body": False}
 
     async def receive():
@@ -182,6 +218,7 @@ def test_gateway_alone(benchmark):
     async def batch():
         for _ in range(BATCH):
             await gateway(scope, receive, send)
+
     loop = uvloop.new_event_loop()
     try:
         per_request(benchmark, lambda: loop.run_until_complete(batch()))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from modelport.builder.integrity import LARGE
 from modelport.builder.projects import Projects
 from modelport.store.cas import ContentStore
@@ -32,7 +31,8 @@ def _project(tmp_path: Path, sources: dict[str, bytes]) -> tuple[Projects, str, 
 
 def test_check_of_the_iris_project(benchmark, tmp_path):
     projects, digest, files = _project(
-        tmp_path, {p.name: p.read_bytes() for p in IRIS.iterdir() if p.is_file()})
+        tmp_path, {p.name: p.read_bytes() for p in IRIS.iterdir() if p.is_file()}
+    )
     assert benchmark(projects.ensure, digest, files)[1] == []
 
 

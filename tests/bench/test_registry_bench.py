@@ -20,7 +20,6 @@ MODELS, BUILDS = (300, 3) if quick() else (10_000, 10)
 @pytest.fixture(scope="module")
 def big_registry(tmp_path_factory):
     from litestar.testing import TestClient
-
     from modelport.app import create_app
     from modelport.settings import Settings
 
@@ -36,13 +35,15 @@ def big_registry(tmp_path_factory):
             conn.executemany(
                 "INSERT INTO models (name, description, auth, owner, access_key_hash, created_at,"
                 " updated_at) VALUES (?, '', 1, 'bench', ?, '2026-01-01', '2026-01-01')",
-                [(f"m{i:05d}", f"h{i}") for i in range(200, MODELS)])
+                [(f"m{i:05d}", f"h{i}") for i in range(200, MODELS)],
+            )
             conn.execute(
                 "INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
                 " created_at, digest, labels) SELECT m.id, n.value, 'built', 'p.py:f', '3.11',"
                 " 'bench', '2026-01-01', 'sha256:' || hex(randomblob(32)), '{}' FROM models m,"
                 " (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c"
-                f" WHERE value < {BUILDS}) SELECT value FROM c) n")
+                f" WHERE value < {BUILDS}) SELECT value FROM c) n"
+            )
         conn.close()
         yield client, api_rate
 
@@ -59,9 +60,11 @@ def test_list_page_and_get_one(benchmark, big_registry):
     timings: dict[str, list[float]] = {"list": [], "get": [], "builds": []}
 
     def one_round():
-        for kind, path in (("list", "/api/v1/models?limit=50&cursor="),
-                           ("get", f"/api/v1/models/{random.choice(names)}"),
-                           ("builds", f"/api/v1/models/{random.choice(names)}/builds")):
+        for kind, path in (
+            ("list", "/api/v1/models?limit=50&cursor="),
+            ("get", f"/api/v1/models/{random.choice(names)}"),
+            ("builds", f"/api/v1/models/{random.choice(names)}/builds"),
+        ):
             if kind == "list":
                 page = client.get("/api/v1/models", params={"limit": 50}).json()
                 path = None
@@ -73,10 +76,13 @@ def test_list_page_and_get_one(benchmark, big_registry):
             timings[kind].append(time.perf_counter() - start)
 
     benchmark.pedantic(one_round, rounds=300, iterations=1)
-    benchmark.extra_info.update({
-        "models": MODELS, "builds": MODELS * BUILDS,
-        "create_model_api_per_s": round(api_rate, 1),
-        **{f"{k}_p99_ms": round(_p99(v), 2) for k, v in timings.items()},
-        **{f"{k}_p50_ms": round(statistics.median(v) * 1000, 2) for k, v in timings.items()},
-    })
+    benchmark.extra_info.update(
+        {
+            "models": MODELS,
+            "builds": MODELS * BUILDS,
+            "create_model_api_per_s": round(api_rate, 1),
+            **{f"{k}_p99_ms": round(_p99(v), 2) for k, v in timings.items()},
+            **{f"{k}_p50_ms": round(statistics.median(v) * 1000, 2) for k, v in timings.items()},
+        }
+    )
     print(benchmark.extra_info)

@@ -38,8 +38,20 @@ def worker_sock(request, model_dir: Path):
     """A worker on one end of a socketpair (``--fd``); we keep the other end, blocking."""
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "modelport.runtime.worker", "--project", str(model_dir),
-         "--entry", "model.py:predict", "--fd", str(theirs.fileno()), "--loop", request.param],
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "modelport.runtime.worker",
+            "--project",
+            str(model_dir),
+            "--entry",
+            "model.py:predict",
+            "--fd",
+            str(theirs.fileno()),
+            "--loop",
+            request.param,
+        ],
         pass_fds=[theirs.fileno()],
     )
     theirs.close()

@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-
 from modelport.store.cas import ContentStore
+
 from tests.bench.conftest import quick
 
 MB = int(os.environ.get("MODELPORT_BENCH_MB", "16" if quick() else "1024"))
@@ -112,7 +112,9 @@ def root(tmp_path):
 def child(op, root, arg):
     out = subprocess.run(
         [sys.executable, "-c", CHILD, op, str(root), str(arg)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout)
 

@@ -14,8 +14,13 @@ from tests.conftest import MODELPORT
 
 
 def reset(srv) -> dict:
-    done = subprocess.run([*MODELPORT, "admin", "reset-token", "--data-dir", str(srv.data_dir),
-                           "--json"], capture_output=True, text=True, env=srv.env, timeout=60)
+    done = subprocess.run(
+        [*MODELPORT, "admin", "reset-token", "--data-dir", str(srv.data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=srv.env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return msgspec.json.decode(done.stdout)
 
@@ -24,8 +29,9 @@ def works(srv, token: str, timeout: float = 30) -> bool:
     """Whether the server takes the token, within the time it has to notice a reset."""
     deadline = time.monotonic() + timeout
     while True:
-        status = httpx.get(f"{srv.url}/api/v1/tokens",
-                           headers={"Authorization": f"Bearer {token}"}).status_code
+        status = httpx.get(
+            f"{srv.url}/api/v1/tokens", headers={"Authorization": f"Bearer {token}"}
+        ).status_code
         if status == 200 or time.monotonic() > deadline:
             return status == 200
         time.sleep(0.2)
@@ -51,7 +57,9 @@ def test_reset_token_while_running_and_stopped_and_no_revoked_token_in_the_file(
     with srv.client() as c:
         entries = c.get("/api/v1/audit").json()["items"]
     assert [(e["actor"], e["action"]) for e in entries][:2] == [
-        ("admin (reset)", "token.revoke"), ("admin reset-token", "token.create")]
+        ("admin (reset)", "token.revoke"),
+        ("admin reset-token", "token.create"),
+    ]
 
     assert srv.stop() == 0
     token_file.write_text(made["token"] + "\n")  # a revoked token put back by hand
@@ -69,7 +77,11 @@ def test_reset_token_while_running_and_stopped_and_no_revoked_token_in_the_file(
 
 
 def test_reset_token_says_when_there_is_no_registry(tmp_path):
-    done = subprocess.run([*MODELPORT, "admin", "reset-token", "--data-dir",
-                           str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*MODELPORT, "admin", "reset-token", "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and "no registry in" in done.stderr
     assert not (tmp_path / "none").exists()

@@ -9,8 +9,8 @@ import subprocess
 
 import msgspec
 from click.testing import CliRunner
-
 from modelport.cli import main
+
 from tests.conftest import MODELPORT
 
 
@@ -21,8 +21,9 @@ def cli_env(srv, config) -> dict[str, str]:
 
 
 def run(env, cwd, *args, **kwargs):
-    return subprocess.run([*MODELPORT, *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [*MODELPORT, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120, **kwargs
+    )
 
 
 def test_the_cli_finds_the_admin_token_of_a_server_started_elsewhere(make_server, tmp_path):

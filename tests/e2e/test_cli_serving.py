@@ -16,8 +16,12 @@ def _deploy_folder(run, tmp_path, name: str, b: float, *extra: str):
 
 def test_a_stopped_model_comes_back_by_rollback_or_deploy_build(offline_server, tmp_path):
     run = _cli(offline_server().start())
-    assert _deploy_folder(run, tmp_path, "m", 1.0, "--replicas", "2",
-                          "--env", "GREETING=hi").returncode == 0
+    assert (
+        _deploy_folder(
+            run, tmp_path, "m", 1.0, "--replicas", "2", "--env", "GREETING=hi"
+        ).returncode
+        == 0
+    )
     assert _deploy_folder(run, tmp_path, "m", 2.0).returncode == 0
     assert run("stop", "m").returncode == 0
     restart = run("restart", "m")
@@ -56,8 +60,7 @@ def test_restart_returns_when_the_fresh_replicas_serve(offline_server, tmp_path)
     assert msgspec.json.decode(quick.stdout)["events"][-1]["kind"] == "restarting"
 
 
-def test_a_refused_build_leaves_no_model_and_a_failed_one_shows_its_key(offline_server,
-                                                                       tmp_path):
+def test_a_refused_build_leaves_no_model_and_a_failed_one_shows_its_key(offline_server, tmp_path):
     run = _cli(offline_server().start())
     folder = write_project(tmp_path / "p", {"predict.py": typed(1.0)})
     for verb in ("deploy", "build"):  # no function named: the server refuses the upload
@@ -76,9 +79,14 @@ def test_a_refused_build_leaves_no_model_and_a_failed_one_shows_its_key(offline_
 def test_every_change_a_person_makes_to_a_model_is_in_the_audit_trail(offline_server, tmp_path):
     run = _cli(offline_server().start())
     assert _deploy_folder(run, tmp_path, "aud", 1.0).returncode == 0
-    for verb in (("scale", "aud", "2"), ("restart", "aud"), ("stop", "aud"), ("rollback", "aud"),
-                 ("model", "update", "aud", "--description", "audited"),
-                 ("keys", "rotate", "aud")):
+    for verb in (
+        ("scale", "aud", "2"),
+        ("restart", "aud"),
+        ("stop", "aud"),
+        ("rollback", "aud"),
+        ("model", "update", "aud", "--description", "audited"),
+        ("keys", "rotate", "aud"),
+    ):
         done = run(*verb)
         assert done.returncode == 0 or verb[0] == "rollback", (verb, done.stderr)
     assert _deploy_folder(run, tmp_path, "aud", 2.0).returncode == 0
@@ -86,9 +94,18 @@ def test_every_change_a_person_makes_to_a_model_is_in_the_audit_trail(offline_se
     entries = msgspec.json.decode(run("audit", "--model", "aud", "--json").stdout)["items"]
     by_people = [e for e in reversed(entries) if e["actor"] != "system"]
     assert [e["action"] for e in by_people] == [
-        "model.create", "build.create", "deployment.create", "deployment.scale",
-        "deployment.restart", "deployment.stop", "model.update", "model.access_key.rotate",
-        "build.create", "deployment.create", "deployment.create"]
+        "model.create",
+        "build.create",
+        "deployment.create",
+        "deployment.scale",
+        "deployment.restart",
+        "deployment.stop",
+        "model.update",
+        "model.access_key.rotate",
+        "build.create",
+        "deployment.create",
+        "deployment.create",
+    ]
     assert {e["actor"] for e in by_people} == {"admin"}
     scale = by_people[3]
     assert scale["model"] == "aud" and scale["detail"] == {"from": 1, "to": 2}

@@ -6,12 +6,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from tests.e2e.test_deployments import Deployed, _cli, typed
 from tests.conftest import write_project
+from tests.e2e.test_deployments import Deployed, _cli, typed
 
 OTHER = "def predict(x: float) -> float:\n    return x\n"
-WIDER = ("def predict(a: float, b: float = 1.0, c: int = 0) -> float:\n"
-         "    return a + b + c\n")
+WIDER = "def predict(a: float, b: float = 1.0, c: int = 0) -> float:\n    return a + b + c\n"
 
 
 @pytest.fixture
@@ -55,8 +54,9 @@ def test_a_breaking_build_is_refused_naming_the_fields_unless_allowed(d):
     assert entry["detail"]["schema_note"].startswith("input schema not compatible with build #1")
 
 
-def test_the_cli_shows_the_diff_and_the_flag_and_deploys_an_existing_build(offline_server,
-                                                                            tmp_path):
+def test_the_cli_shows_the_diff_and_the_flag_and_deploys_an_existing_build(
+    offline_server, tmp_path
+):
     run = _cli(offline_server().start())
     first = write_project(tmp_path / "one", {"predict.py": typed(1.0)})
     second = write_project(tmp_path / "two", {"predict.py": OTHER})

@@ -25,7 +25,8 @@ class Deployed:
 
     def model(self, name: str, **extra) -> str:
         self.keys[name] = self.c.post("/api/v1/models", json={"name": name, **extra}).json()[
-            "access_key"]
+            "access_key"
+        ]
         return self.keys[name]
 
     def build(self, name: str, files: dict, **fields) -> int:
@@ -37,8 +38,9 @@ class Deployed:
         return number
 
     def deploy(self, name: str, build: int, wait: bool = True, **settings) -> dict:
-        response = self.c.post(f"/api/v1/models/{name}/deployments", json={"build": build,
-                                                                           **settings})
+        response = self.c.post(
+            f"/api/v1/models/{name}/deployments", json={"build": build, **settings}
+        )
         assert response.status_code == 202, response.text
         return self.wait(name, response.json()["id"]) if wait else response.json()
 
@@ -55,8 +57,13 @@ class Deployed:
         key = self.keys.get(name) if key is None else key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         headers.update(kwargs.pop("headers", {}))
-        return httpx.post(f"{self.srv.url}/models/{name}/predict", json=body, headers=headers,
-                          timeout=30, **kwargs)
+        return httpx.post(
+            f"{self.srv.url}/models/{name}/predict",
+            json=body,
+            headers=headers,
+            timeout=30,
+            **kwargs,
+        )
 
 
 @pytest.fixture
@@ -87,9 +94,15 @@ def test_deploy_predict_and_headers(d):
 def test_msgpack_both_ways_and_cloudera_compat(d):
     key = d.model("add")
     d.deploy("add", d.build("add", {"predict.py": typed(1.0)}))
-    r = httpx.post(f"{d.srv.url}/models/add/predict", content=msgspec.msgpack.encode({"a": 4}),
-                   headers={"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack",
-                            "Accept": "application/msgpack"})
+    r = httpx.post(
+        f"{d.srv.url}/models/add/predict",
+        content=msgspec.msgpack.encode({"a": 4}),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/msgpack",
+            "Accept": "application/msgpack",
+        },
+    )
     assert r.status_code == 200 and msgspec.msgpack.decode(r.content) == 5.0
     cloudera = httpx.post(f"{d.srv.url}/model", json={"accessKey": key, "request": {"a": 1}})
     body = cloudera.json()
@@ -106,16 +119,37 @@ def test_prediction_errors_have_the_specs_codes(d):
         (d.predict("add", {"a": "x"}), 422, "request.invalid", "a"),
         (d.predict("add", {}), 422, "request.invalid", "a"),
         (d.predict("add", {"a": 1, "zzz": 2}), 422, "request.invalid", "zzz"),
-        (httpx.post(f"{d.srv.url}/models/add/predict", content=b"{bad",
-                    headers={"Authorization": f"Bearer {d.keys['add']}"}), 400,
-         "request.malformed", None),
-        (httpx.post(f"{d.srv.url}/models/add/predict", json=[1, 2],
-                    headers={"Authorization": f"Bearer {d.keys['add']}"}), 400,
-         "request.malformed", None),
+        (
+            httpx.post(
+                f"{d.srv.url}/models/add/predict",
+                content=b"{bad",
+                headers={"Authorization": f"Bearer {d.keys['add']}"},
+            ),
+            400,
+            "request.malformed",
+            None,
+        ),
+        (
+            httpx.post(
+                f"{d.srv.url}/models/add/predict",
+                json=[1, 2],
+                headers={"Authorization": f"Bearer {d.keys['add']}"},
+            ),
+            400,
+            "request.malformed",
+            None,
+        ),
         (d.predict("nope", {"a": 1}, key=d.keys["add"]), 404, "model.not_found", None),
-        (httpx.post(f"{d.srv.url}/models/add/predict", content=b"{" + b" " * (6 << 20) + b"}",
-                    headers={"Authorization": f"Bearer {d.keys['add']}"}), 413,
-         "request.too_large", None),
+        (
+            httpx.post(
+                f"{d.srv.url}/models/add/predict",
+                content=b"{" + b" " * (6 << 20) + b"}",
+                headers={"Authorization": f"Bearer {d.keys['add']}"},
+            ),
+            413,
+            "request.too_large",
+            None,
+        ),
     ]
     for response, status, code, field in cases:
         assert response.status_code == status, response.text
@@ -161,8 +195,12 @@ def test_every_form_refuses_unknown_fields_and_json_has_no_infinity(d):
     assert inf.status_code == 500
     error = inf.json()["error"]
     assert error["code"] == "model.error" and "scores[1]" in error["message"]
-    packed = httpx.post(f"{d.srv.url}/models/dc/predict", json={"x": -1}, timeout=30, headers={
-        "Authorization": f"Bearer {d.keys['dc']}", "Accept": "application/msgpack"})
+    packed = httpx.post(
+        f"{d.srv.url}/models/dc/predict",
+        json={"x": -1},
+        timeout=30,
+        headers={"Authorization": f"Bearer {d.keys['dc']}", "Accept": "application/msgpack"},
+    )
     assert packed.status_code == 200
     assert msgspec.msgpack.decode(packed.content) == {"scores": [-1, float("inf")]}
 
@@ -183,8 +221,10 @@ def test_the_ready_probe_follows_the_replicas(d):
 
 def test_model_errors_500_and_the_replica_keeps_serving(d):
     d.model("boom")
-    code = ("def predict(x: int) -> int:\n    if x < 0:\n        raise ValueError('negative')\n"
-            "    return x\n")
+    code = (
+        "def predict(x: int) -> int:\n    if x < 0:\n        raise ValueError('negative')\n"
+        "    return x\n"
+    )
     d.deploy("boom", d.build("boom", {"predict.py": code}))
     r = d.predict("boom", {"x": -1})
     assert r.status_code == 500
@@ -199,15 +239,25 @@ def test_auth_rules(d):
     d.model("open", auth=False)
     for name in ("a", "b", "open"):
         d.deploy(name, d.build(name, {"predict.py": typed(0.0)}))
-    tokens = {role: d.c.post("/api/v1/tokens", json={"name": role, "role": role}).json()["token"]
-              for role in ("predict", "viewer", "deployer")}
-    scoped = d.c.post("/api/v1/tokens", json={"name": "s", "role": "predict",
-                                              "models": ["a"]}).json()["token"]
+    tokens = {
+        role: d.c.post("/api/v1/tokens", json={"name": role, "role": role}).json()["token"]
+        for role in ("predict", "viewer", "deployer")
+    }
+    scoped = d.c.post(
+        "/api/v1/tokens", json={"name": "s", "role": "predict", "models": ["a"]}
+    ).json()["token"]
     expect = [
-        ("a", d.keys["a"], 200), ("a", d.keys["b"], 403), ("a", "", 401),
-        ("a", "mp_key_garbage", 401), ("a", tokens["predict"], 200),
-        ("a", tokens["deployer"], 200), ("a", d.srv.token, 200), ("a", tokens["viewer"], 403),
-        ("a", scoped, 200), ("b", scoped, 403), ("open", "", 200),
+        ("a", d.keys["a"], 200),
+        ("a", d.keys["b"], 403),
+        ("a", "", 401),
+        ("a", "mp_key_garbage", 401),
+        ("a", tokens["predict"], 200),
+        ("a", tokens["deployer"], 200),
+        ("a", d.srv.token, 200),
+        ("a", tokens["viewer"], 403),
+        ("a", scoped, 200),
+        ("b", scoped, 403),
+        ("open", "", 200),
     ]
     for name, key, status in expect:
         r = d.predict(name, {"a": 1}, key=key)
@@ -271,9 +321,13 @@ def test_bad_deployments(d):
     r = d.c.post("/api/v1/models/m/deployments", json={"build": failed})
     assert r.status_code == 409 and r.json()["error"]["code"] == "build.not_ready"
     assert d.c.post("/api/v1/models/m/deployments", json={"build": 99}).status_code == 404
-    for body, field in [({"build": 1, "replicas": 0}, "replicas"), ({"build": "x"}, "build"),
-                        ({"build": 1, "env": {"1BAD": "x"}}, "env"), ({}, "build"),
-                        ({"build": 1, "colour": 1}, "colour")]:
+    for body, field in [
+        ({"build": 1, "replicas": 0}, "replicas"),
+        ({"build": "x"}, "build"),
+        ({"build": 1, "env": {"1BAD": "x"}}, "env"),
+        ({}, "build"),
+        ({"build": 1, "colour": 1}, "colour"),
+    ]:
         r = d.c.post("/api/v1/models/m/deployments", json=body)
         assert r.status_code == 422, (body, r.text)
     for path in ("stop", "restart", "rollback"):
@@ -290,8 +344,13 @@ def test_a_build_that_cannot_start_leaves_the_old_one_serving(d):
     d.model("m")
     good = d.build("m", {"predict.py": typed(1.0)})
     # builds fine (the import succeeds), but dies at replica start when READY_FAIL is set
-    bad = d.build("m", {"predict.py": "import os\nif os.environ.get('READY_FAIL'):\n"
-                                      "    raise SystemExit('cannot load weights')\n" + typed(5)})
+    bad = d.build(
+        "m",
+        {
+            "predict.py": "import os\nif os.environ.get('READY_FAIL'):\n"
+            "    raise SystemExit('cannot load weights')\n" + typed(5)
+        },
+    )
     d.deploy("m", good)
     failed = d.deploy("m", bad, env={"READY_FAIL": "1"})
     assert failed["status"] == "failed"
@@ -303,8 +362,7 @@ def test_a_build_that_cannot_start_leaves_the_old_one_serving(d):
 
 def test_env_reaches_the_replica_and_secrets_do_not(d):
     d.model("env")
-    code = ("import os\ndef predict(name: str) -> str | None:\n"
-            "    return os.environ.get(name)\n")
+    code = "import os\ndef predict(name: str) -> str | None:\n    return os.environ.get(name)\n"
     done = d.deploy("env", d.build("env", {"predict.py": code}), env={"GREETING": "hello"})
     assert done["env_keys"] == ["GREETING"]
     assert d.predict("env", {"name": "GREETING"}).json() == "hello"
@@ -354,8 +412,10 @@ def _cli(srv):
     env = {**srv.env, "MODELPORT_URL": srv.url}
 
     def run(*args):
-        return subprocess.run([*MODELPORT, *args], capture_output=True, text=True, env=env,
-                              timeout=300)
+        return subprocess.run(
+            [*MODELPORT, *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
     return run
 
 
@@ -363,8 +423,18 @@ def test_cli_deploy_predict_rollback(offline_server, tmp_path):
     run = _cli(offline_server().start())
     for b in ("1.0", "2.0"):
         folder = write_project(tmp_path / f"v{b}", {"predict.py": typed(float(b))})
-        out = run("deploy", str(folder), "--name", "cli", "--entry", "predict.py:predict",
-                  "--replicas", "2", "--example-input", '{"a": 1}')
+        out = run(
+            "deploy",
+            str(folder),
+            "--name",
+            "cli",
+            "--entry",
+            "predict.py:predict",
+            "--replicas",
+            "2",
+            "--example-input",
+            '{"a": 1}',
+        )
         assert out.returncode == 0, out.stderr
     assert "access key (shown once)" in out.stdout or "curl" in out.stdout
     assert run("predict", "cli", '{"a": 1}').stdout.strip() == "3.0"
@@ -388,12 +458,26 @@ def test_cli_deploy_predict_rollback(offline_server, tmp_path):
 
 def test_cli_deploy_of_a_new_version_keeps_how_the_model_is_served(offline_server, tmp_path):
     run = _cli(offline_server().start())
-    code = ("import os\n"
-            "def predict(a: float, b: float = {b}) -> dict:\n"
-            "    return {{'sum': a + b, 'greeting': os.environ.get('GREETING')}}\n")
+    code = (
+        "import os\n"
+        "def predict(a: float, b: float = {b}) -> dict:\n"
+        "    return {{'sum': a + b, 'greeting': os.environ.get('GREETING')}}\n"
+    )
     first = write_project(tmp_path / "v1", {"predict.py": code.format(b=1.0)})
-    out = run("deploy", str(first), "--name", "keep", "--entry", "predict.py:predict",
-              "--replicas", "2", "--timeout-s", "7", "--env", "GREETING=hello")
+    out = run(
+        "deploy",
+        str(first),
+        "--name",
+        "keep",
+        "--entry",
+        "predict.py:predict",
+        "--replicas",
+        "2",
+        "--timeout-s",
+        "7",
+        "--env",
+        "GREETING=hello",
+    )
     assert out.returncode == 0, out.stderr
     # No example input: the curl line shows the required fields, on one line, to copy as it is.
     curl = [line for line in out.stdout.splitlines() if line.startswith("curl ")]
@@ -404,11 +488,25 @@ def test_cli_deploy_of_a_new_version_keeps_how_the_model_is_served(offline_serve
     assert "2 replica(s)" in out.stdout
     now = msgspec.json.decode(run("deployments", "keep", "--json").stdout)["items"][0]
     assert (now["build"], now["replicas"], now["timeout_s"], now["env_keys"]) == (
-        2, 2, 7.0, ["GREETING"])
+        2,
+        2,
+        7.0,
+        ["GREETING"],
+    )
     answer = msgspec.json.decode(run("predict", "keep", '{"a": 1}').stdout)
     assert answer == {"sum": 3.0, "greeting": "hello"}
-    out = run("deploy", str(first), "--name", "keep", "--entry", "predict.py:predict",
-              "--replicas", "1", "--env", "GREETING=bye")
+    out = run(
+        "deploy",
+        str(first),
+        "--name",
+        "keep",
+        "--entry",
+        "predict.py:predict",
+        "--replicas",
+        "1",
+        "--env",
+        "GREETING=bye",
+    )
     assert out.returncode == 0, out.stderr
     now = msgspec.json.decode(run("deployments", "keep", "--json").stdout)["items"][0]
     assert (now["replicas"], now["timeout_s"]) == (1, 7.0)
@@ -418,8 +516,16 @@ def test_cli_deploy_of_a_new_version_keeps_how_the_model_is_served(offline_serve
 def test_cli_capture_turned_on_and_read(offline_server, tmp_path):
     run = _cli(offline_server().start())
     folder = write_project(tmp_path / "cap", {"predict.py": typed(1.0)})
-    out = run("deploy", str(folder), "--name", "cap", "--entry", "predict.py:predict",
-              "--capture-percent", "100")
+    out = run(
+        "deploy",
+        str(folder),
+        "--name",
+        "cap",
+        "--entry",
+        "predict.py:predict",
+        "--capture-percent",
+        "100",
+    )
     assert out.returncode == 0, out.stderr
     assert run("captures", "cap").stdout.startswith("No captured request of cap build #1")
     now = msgspec.json.decode(run("deployments", "cap", "--json").stdout)["items"][0]
@@ -432,30 +538,45 @@ def test_cli_capture_turned_on_and_read(offline_server, tmp_path):
             break
         time.sleep(0.5)
     assert [(c["request"], c["response"], c["status"]) for c in page["items"]] == [
-        ({"a": 41}, 42.0, 200)]
+        ({"a": 41}, 42.0, 200)
+    ]
     table = run("captures", "cap", "--build", "1")
     assert table.returncode == 0 and '{"a":41}' in table.stdout and "42.0" in table.stdout
-    bad = run("deploy", str(folder), "--name", "cap", "--entry", "predict.py:predict",
-              "--capture-percent", "101")
+    bad = run(
+        "deploy",
+        str(folder),
+        "--name",
+        "cap",
+        "--entry",
+        "predict.py:predict",
+        "--capture-percent",
+        "101",
+    )
     assert bad.returncode == 2 and "101" in bad.stderr
 
 
 def test_the_prediction_endpoints_openapi(d):
     d.model("shapes")
-    code = ("import msgspec\n"
-            "class Point(msgspec.Struct):\n    x: float\n    y: float\n"
-            "class Req(msgspec.Struct):\n    points: list[Point]\n    scale: float = 1.0\n"
-            "def predict(req: Req) -> list[float]:\n"
-            "    return [p.x * req.scale for p in req.points]\n")
+    code = (
+        "import msgspec\n"
+        "class Point(msgspec.Struct):\n    x: float\n    y: float\n"
+        "class Req(msgspec.Struct):\n    points: list[Point]\n    scale: float = 1.0\n"
+        "def predict(req: Req) -> list[float]:\n"
+        "    return [p.x * req.scale for p in req.points]\n"
+    )
     assert d.c.get("/api/v1/models/shapes/openapi.json").status_code == 404
-    d.deploy("shapes", d.build("shapes", {"predict.py": code},
-                               example_input={"points": [{"x": 1, "y": 2}]}))
+    d.deploy(
+        "shapes",
+        d.build("shapes", {"predict.py": code}, example_input={"points": [{"x": 1, "y": 2}]}),
+    )
     doc = d.c.get("/api/v1/models/shapes/openapi.json").json()
     post = doc["paths"]["/models/shapes/predict"]["post"]
     body = post["requestBody"]["content"]["application/json"]
     assert body["example"] == {"points": [{"x": 1, "y": 2}]}
     assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "type": "array", "items": {"type": "number"}}
+        "type": "array",
+        "items": {"type": "number"},
+    }
     assert post["responses"]["422"]["description"].startswith("request.invalid")
     refs = []
 
@@ -467,6 +588,7 @@ def test_the_prediction_endpoints_openapi(d):
         elif isinstance(node, list):
             for v in node:
                 walk(v)
+
     walk(doc)
     assert refs and all(r.startswith("#/components/schemas/") for r in refs)
     assert all(r.split("/")[-1] in doc["components"]["schemas"] for r in refs)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.e2e.test_deployments import Deployed, _alive, typed
 
-HOSTILE = '''
+HOSTILE = """
 import os, resource, socket, subprocess, sys, time
 
 def predict(action: str) -> dict:
@@ -46,7 +46,7 @@ def predict(action: str) -> dict:
         return {"env": sorted(k for k in os.environ if "MODELPORT" in k or "TOKEN" in k),
                 "cwd": os.getcwd()}
     return {"ok": True}
-'''
+"""
 
 
 @pytest.fixture

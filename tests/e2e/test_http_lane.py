@@ -28,17 +28,23 @@ def offline_server_module(tmp_path_factory, wheel_links):
 
     data = tmp_path_factory.mktemp("lane-data") / "data"
     srv = Server(data_dir=data, port=free_port(), env=server_env(data))
-    srv.env.update({"MODELPORT_FIND_LINKS": str(wheel_links), "MODELPORT_NO_INDEX": "1",
-                    "MODELPORT_HEADER_TIMEOUT_S": str(LIMIT_S),
-                    "MODELPORT_BODY_IDLE_S": str(LIMIT_S)})
+    srv.env.update(
+        {
+            "MODELPORT_FIND_LINKS": str(wheel_links),
+            "MODELPORT_NO_INDEX": "1",
+            "MODELPORT_HEADER_TIMEOUT_S": str(LIMIT_S),
+            "MODELPORT_BODY_IDLE_S": str(LIMIT_S),
+        }
+    )
     yield srv
     srv.stop()
 
 
 def request(live, body: bytes, *, extra: str = "", path: str = "/models/m/predict") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live.keys['m']}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-            ).encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {live.keys['m']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
@@ -58,8 +64,11 @@ def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
                 data = rest
                 out.append((100, b""))
                 continue
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length"))
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
             if len(rest) < length:
                 break
             out.append((status, rest[:length]))
@@ -79,7 +88,7 @@ def test_pipelined_predictions_answer_in_order(live):
 
 
 def test_prediction_then_management_on_one_connection(live):
-    get = ("GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    get = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
     with connect(live) as s:
         s.sendall(request(live, b'{"a": 1}') + get + request(live, b'{"a": 2}'))
         answers = read_responses(s, 3)
@@ -90,27 +99,34 @@ def test_prediction_then_management_on_one_connection(live):
 def test_expect_100_continue(live):
     body = b'{"a": 4}'
     with connect(live) as s:
-        s.sendall(request(live, b"", extra="Expect: 100-continue\r\n").replace(
-            b"Content-Length: 0", f"Content-Length: {len(body)}".encode()))
+        s.sendall(
+            request(live, b"", extra="Expect: 100-continue\r\n").replace(
+                b"Content-Length: 0", f"Content-Length: {len(body)}".encode()
+            )
+        )
         assert read_responses(s, 1) == [(100, b"")]
         s.sendall(body)
         assert read_responses(s, 1) == [(200, b"5.0")]
 
 
 def test_chunked_body(live):
-    head = (f"POST /models/m/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            f"{live.keys['m']}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    head = (
+        f"POST /models/m/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        f"{live.keys['m']}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
     with connect(live) as s:
-        s.sendall(head + b"4\r\n{\"a\"\r\n4\r\n: 6}\r\n0\r\n\r\n")
+        s.sendall(head + b'4\r\n{"a"\r\n4\r\n: 6}\r\n0\r\n\r\n')
         assert read_responses(s, 1) == [(200, b"7.0")]
 
 
 def test_too_large_by_content_length_closes(live):
     with connect(live) as s:
-        s.sendall(f"POST /models/m/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                  f"{live.keys['m']}\r\nContent-Length: {6 << 20}\r\n\r\n".encode()
-                  + b" " * (6 << 20))
-        (status, body), = read_responses(s, 1)
+        s.sendall(
+            f"POST /models/m/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{live.keys['m']}\r\nContent-Length: {6 << 20}\r\n\r\n".encode()
+            + b" " * (6 << 20)
+        )
+        ((status, body),) = read_responses(s, 1)
     assert status == 413 and b"request.too_large" in body
 
 

@@ -18,8 +18,7 @@ from tests.e2e.test_deployments import Deployed
 
 pytestmark = pytest.mark.slow
 
-ECHO_ENV = ("import os\ndef predict(name: str) -> str | None:\n"
-            "    return os.environ.get(name)\n")
+ECHO_ENV = "import os\ndef predict(name: str) -> str | None:\n    return os.environ.get(name)\n"
 
 
 def _registry_bytes(data_dir: Path) -> bytes:
@@ -31,8 +30,9 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def test_env_values_are_sealed_in_the_registry_and_still_reach_the_replica(offline_server,
-                                                                          tmp_path):
+def test_env_values_are_sealed_in_the_registry_and_still_reach_the_replica(
+    offline_server, tmp_path
+):
     srv = offline_server().start()
     d = Deployed(srv, tmp_path)
     d.model("env")
@@ -105,8 +105,14 @@ def test_data_dir_modes_are_fixed_at_start_whatever_they_were(offline_server, tm
     srv.start()
     data = srv.data_dir
     assert _mode(data) == 0o700
-    for name in ("registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm",
-                 "admin.token", "secret.key", "server.lock"):
+    for name in (
+        "registry.sqlite3",
+        "registry.sqlite3-wal",
+        "registry.sqlite3-shm",
+        "admin.token",
+        "secret.key",
+        "server.lock",
+    ):
         assert _mode(data / name) == 0o600, name
     for top in data.iterdir():
         if top.is_dir():
@@ -143,19 +149,20 @@ def _events(d: Deployed, name: str) -> list[dict]:
 def _restart(d: Deployed, name: str) -> str:
     seen = len(_events(d, name))
     assert d.c.post(f"/api/v1/models/{name}/restart").status_code == 202
-    _until(lambda: any(e["kind"] in ("restarted", "restart_failed")
-                       for e in _events(d, name)[seen:]))
+    _until(
+        lambda: any(e["kind"] in ("restarted", "restart_failed") for e in _events(d, name)[seen:])
+    )
     return [e for e in _events(d, name)[seen:] if e["kind"].startswith("restart")][-1]
 
 
 def _replica_log(d: Deployed, name: str) -> str:
     replica = d.c.get(f"/api/v1/models/{name}/replicas").json()["items"][0]
-    return d.c.get(f"/api/v1/models/{name}/replicas/{replica['id']}/logs",
-                   params={"stream": "stderr"}).text
+    return d.c.get(
+        f"/api/v1/models/{name}/replicas/{replica['id']}/logs", params={"stream": "stderr"}
+    ).text
 
 
-def test_a_tampered_served_file_is_restored_at_restart_rebuild_and_verify(offline_server,
-                                                                         tmp_path):
+def test_a_tampered_served_file_is_restored_at_restart_rebuild_and_verify(offline_server, tmp_path):
     srv = offline_server().start()
     d = Deployed(srv, tmp_path)
     d.model("m")
@@ -172,8 +179,10 @@ def test_a_tampered_served_file_is_restored_at_restart_rebuild_and_verify(offlin
     _tamper(folder / "predict.py", EVIL)
     assert _restart(d, "m")["kind"] == "restarted"
     assert d.predict("m", {"x": 1}).json() == "original"
-    assert "project folder tampered with (predict.py changed): restored from the store" in \
-        _replica_log(d, "m")
+    assert (
+        "project folder tampered with (predict.py changed): restored from the store"
+        in _replica_log(d, "m")
+    )
     assert "predict.py changed" in srv.log() and str(folder) in srv.log()
 
     # 2. the same folder built again (same digest) does not take the tampered folder as it is
@@ -207,7 +216,8 @@ def test_a_tampered_served_file_is_restored_at_restart_rebuild_and_verify(offlin
     report = subprocess.run([*cli, "--json"], capture_output=True, text=True, env=srv.env)
     assert report.returncode == 1
     assert json.loads(report.stdout)["tampered"][0]["files"] == [
-        {"path": "predict.py", "problem": "changed"}]
+        {"path": "predict.py", "problem": "changed"}
+    ]
     fixed = subprocess.run([*cli, "--repair"], capture_output=True, text=True, env=srv.env)
     assert fixed.returncode == 0, fixed.stderr
     assert "predict.py changed" in fixed.stderr and "repaired" in fixed.stderr
@@ -215,8 +225,7 @@ def test_a_tampered_served_file_is_restored_at_restart_rebuild_and_verify(offlin
     assert (folder / "predict.py").read_text() == ORIGINAL
 
 
-def test_a_replica_does_not_start_from_a_folder_the_store_cannot_restore(offline_server,
-                                                                        tmp_path):
+def test_a_replica_does_not_start_from_a_folder_the_store_cannot_restore(offline_server, tmp_path):
     srv = offline_server().start()
     d = Deployed(srv, tmp_path)
     d.model("m")

@@ -73,15 +73,18 @@ def test_rate_limit_changes_apply_at_once_and_survive_a_restart(d):
     # a PATCH of something else keeps the limit, and the buckets with it
     d.c.patch("/api/v1/models/rl", json={"description": "limited"})
     assert d.predict("rl", {}).status_code == 429
-    for body, field in [({"rate_limit_per_s": 0}, "rate_limit_per_s"),
-                        ({"rate_limit_per_s": -1}, "rate_limit_per_s"),
-                        ({"rate_limit_burst": 0}, "rate_limit_burst"),
-                        ({"rate_limit_per_s": "fast"}, "rate_limit_per_s")]:
+    for body, field in [
+        ({"rate_limit_per_s": 0}, "rate_limit_per_s"),
+        ({"rate_limit_per_s": -1}, "rate_limit_per_s"),
+        ({"rate_limit_burst": 0}, "rate_limit_burst"),
+        ({"rate_limit_per_s": "fast"}, "rate_limit_per_s"),
+    ]:
         bad = d.c.patch("/api/v1/models/rl", json=body)
         assert _error(bad) == (422, "request.invalid") and bad.json()["error"]["field"] == field
     audit = d.c.get("/api/v1/audit", params={"model": "rl"}).json()["items"]
-    assert any(e["detail"].get("rate_limit_per_s") is None and e["action"] == "model.update"
-               for e in audit)
+    assert any(
+        e["detail"].get("rate_limit_per_s") is None and e["action"] == "model.update" for e in audit
+    )
     d.srv.stop()
     d.srv.start()
     d.c = d.srv.client()
@@ -113,19 +116,25 @@ def test_deep_bodies_are_400_and_the_server_and_replica_stay_up(d):
         assert _error(r) == (400, "request.malformed"), r.text
         assert "nested too deeply" in r.json()["error"]["message"]
     packed = b"\x81\xa1x" + b"\x91" * DEEP + b"\x90"  # {"x": [[[...]]]} in MessagePack
-    r = httpx.post(f"{d.srv.url}/models/m/predict", content=packed,
-                   headers={**auth, "Content-Type": "application/msgpack"})
+    r = httpx.post(
+        f"{d.srv.url}/models/m/predict",
+        content=packed,
+        headers={**auth, "Content-Type": "application/msgpack"},
+    )
     assert _error(r) == (400, "request.malformed")
-    for body in (b'{"accessKey":"' + key.encode() + b'","request":{"x":' + deep_array + b"}}",
-                 b'{"request":' + deep_object + b"}"):
+    for body in (
+        b'{"accessKey":"' + key.encode() + b'","request":{"x":' + deep_array + b"}}",
+        b'{"request":' + deep_object + b"}",
+    ):
         r = httpx.post(f"{d.srv.url}/model", content=body)
         assert _error(r) == (400, "request.malformed"), r.text
-    for method, path, body in [("POST", "/api/v1/models", deep_object),
-                               ("POST", "/api/v1/models", b'{"name":"x","description":' +
-                                deep_array + b"}"),
-                               ("PATCH", "/api/v1/models/m", deep_array),
-                               ("POST", "/api/v1/tokens", deep_object),
-                               ("POST", "/api/v1/models/m/deployments", deep_object)]:
+    for method, path, body in [
+        ("POST", "/api/v1/models", deep_object),
+        ("POST", "/api/v1/models", b'{"name":"x","description":' + deep_array + b"}"),
+        ("PATCH", "/api/v1/models/m", deep_array),
+        ("POST", "/api/v1/tokens", deep_object),
+        ("POST", "/api/v1/models/m/deployments", deep_object),
+    ]:
         r = d.c.request(method, path, content=body, headers={"Content-Type": "application/json"})
         assert _error(r) == (400, "request.malformed"), (method, path, r.text)
     # a sane depth is served; the replica was never restarted; the server is up
@@ -152,8 +161,12 @@ def test_huge_strings_within_the_body_limit(d):
         ("POST", "/api/v1/models", {"name": "n", "description": "x" * (4 << 20)}, "description"),
         ("PATCH", "/api/v1/models/m", {"description": "x" * 10_001}, "description"),
         ("POST", "/api/v1/tokens", {"name": "x" * (1 << 20), "role": "viewer"}, "name"),
-        ("POST", "/api/v1/models/m/deployments", {"build": 1, "env": {"A": "x" * 70_000}},
-         "env[...]"),  # msgspec names a dict value so
+        (
+            "POST",
+            "/api/v1/models/m/deployments",
+            {"build": 1, "env": {"A": "x" * 70_000}},
+            "env[...]",
+        ),  # msgspec names a dict value so
     ]:
         r = d.c.request(method, path, json=body)
         assert _error(r) == (422, "request.invalid"), (path, r.text)
@@ -170,8 +183,11 @@ def test_huge_strings_within_the_body_limit(d):
 def test_no_cors_allowance_by_default(d):
     key = _serve(d, "m")
     origin = {"Origin": "https://a.example"}
-    preflight = {**origin, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        **origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     answers = [
         d.c.get("/api/v1/models", headers=origin),
         d.c.post("/api/v1/models", json={"name": "c"}, headers=origin),
@@ -184,8 +200,10 @@ def test_no_cors_allowance_by_default(d):
     assert [r.status_code for r in answers[:2]] == [200, 201]
     assert answers[4].status_code == 200 and answers[5].status_code == 200
     for r in answers:
-        assert not any(h.startswith("access-control-") for h in r.headers), (r.request.url,
-                                                                             r.headers)
+        assert not any(h.startswith("access-control-") for h in r.headers), (
+            r.request.url,
+            r.headers,
+        )
 
 
 def test_cors_origins_setting_allows_exactly_those_origins(make_server):
@@ -196,18 +214,26 @@ def test_cors_origins_setting_allows_exactly_those_origins(make_server):
     allowed = c.get("/api/v1/models", headers={"Origin": "https://a.example"})
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://a.example"
-    preflight = c.options("/api/v1/models", headers={
-        "Origin": "https://a.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    preflight = c.options(
+        "/api/v1/models",
+        headers={
+            "Origin": "https://a.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert preflight.status_code in (200, 204)
     assert preflight.headers["access-control-allow-origin"] == "https://a.example"
     assert "POST" in preflight.headers["access-control-allow-methods"]
     for other in ("https://b.example", "http://a.example", "https://a.example.evil"):
         r = c.get("/api/v1/models", headers={"Origin": other})
         assert r.headers.get("access-control-allow-origin") in (None, ""), (other, r.headers)
-        p = c.options("/api/v1/models", headers={"Origin": other,
-                                                 "Access-Control-Request-Method": "POST"})
+        p = c.options(
+            "/api/v1/models", headers={"Origin": other, "Access-Control-Request-Method": "POST"}
+        )
         assert p.headers.get("access-control-allow-origin") in (None, ""), (other, p.headers)
     # predictions never carry a CORS allowance (they are called by servers, with a secret)
-    r = httpx.post(f"{srv.url}/models/none/predict", json={}, headers={"Origin": "https://a.example"})
+    r = httpx.post(
+        f"{srv.url}/models/none/predict", json={}, headers={"Origin": "https://a.example"}
+    )
     assert r.status_code == 404 and "access-control-allow-origin" not in r.headers

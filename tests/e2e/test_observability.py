@@ -35,8 +35,12 @@ def obs(tmp_path_factory, wheel_links):
     tmp = tmp_path_factory.mktemp("obs")
     data = tmp / "data"
     env = {**server_env(data), "MODELPORT_FIND_LINKS": str(wheel_links), "MODELPORT_NO_INDEX": "1"}
-    srv = Server(data_dir=data, port=free_port(), env=env,
-                 extra_args=["--log-level", "debug", "--log-format", "json"]).start()
+    srv = Server(
+        data_dir=data,
+        port=free_port(),
+        env=env,
+        extra_args=["--log-level", "debug", "--log-format", "json"],
+    ).start()
     try:
         d = Deployed(srv, tmp)
         d.model("obs")
@@ -66,8 +70,10 @@ def test_prometheus_needs_a_token_and_counts(obs):
         r = viewer.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     fams = families(r.text)
-    requests = {s.labels["code"]: s.value for s in samples(fams["modelport_requests"],
-                                                           model="obs", build="1")}
+    requests = {
+        s.labels["code"]: s.value
+        for s in samples(fams["modelport_requests"], model="obs", build="1")
+    }
     assert requests == {"200": 5.0, "500": 1.0}
     latency = fams["modelport_request_duration_seconds"]
     buckets = [s for s in samples(latency, model="obs", build="1") if s.name.endswith("_bucket")]
@@ -94,8 +100,9 @@ def test_a_models_print_is_in_its_replica_log_and_follow_streams(obs):
     path = f"/api/v1/models/obs/replicas/{replica}/logs"
     log = obs.c.get(path, params={"stream": "stdout"}).text
     assert "observed: loaded" in log and "observed: predict x=3.0" in log
-    with obs.c.stream("GET", path, params={"stream": "stdout", "follow": "1", "tail": "0"},
-                      timeout=30) as stream:
+    with obs.c.stream(
+        "GET", path, params={"stream": "stdout", "follow": "1", "tail": "0"}, timeout=30
+    ) as stream:
         assert obs.predict("obs", {"x": 42}).status_code == 200
         seen = ""
         for chunk in stream.iter_text():
@@ -113,10 +120,15 @@ def test_tracked_metrics_by_request_id_and_ground_truth(obs):
     missing = obs.c.get("/api/v1/models/obs/predictions/nope/metrics")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "prediction.not_found"
     with obs.srv.client(token=obs.viewer) as viewer:
-        assert viewer.post("/api/v1/models/obs/predictions/obs-3/metrics",
-                           json={"metrics": {"truth": 6}}).status_code == 403
-    added = obs.c.post("/api/v1/models/obs/predictions/obs-3/metrics",
-                       json={"metrics": {"truth": 6}})
+        assert (
+            viewer.post(
+                "/api/v1/models/obs/predictions/obs-3/metrics", json={"metrics": {"truth": 6}}
+            ).status_code
+            == 403
+        )
+    added = obs.c.post(
+        "/api/v1/models/obs/predictions/obs-3/metrics", json={"metrics": {"truth": 6}}
+    )
     assert added.status_code == 200 and added.json()["metrics"] == {"input": 3.0, "truth": 6.0}
     bad = obs.c.post("/api/v1/models/obs/predictions/obs-3/metrics", json={"metrics": {"t": "x"}})
     assert bad.status_code == 422
@@ -124,8 +136,9 @@ def test_tracked_metrics_by_request_id_and_ground_truth(obs):
     assert [i["request_id"] for i in tracked["items"]] == ["obs-3"]
     page = obs.c.get("/api/v1/models/obs/metrics/tracked", params={"limit": 2}).json()
     assert [i["request_id"] for i in page["items"]] == ["obs-1", "obs-2"] and page["next"]
-    rest = obs.c.get("/api/v1/models/obs/metrics/tracked",
-                     params={"limit": 500, "cursor": page["next"]}).json()["items"]
+    rest = obs.c.get(
+        "/api/v1/models/obs/metrics/tracked", params={"limit": 500, "cursor": page["next"]}
+    ).json()["items"]
     assert [i["request_id"] for i in rest][:3] == ["obs-3", "obs-4", "obs-5"]
 
 

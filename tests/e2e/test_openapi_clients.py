@@ -23,10 +23,22 @@ def generate(spec: dict, folder: Path, package: str):
     (folder / f"{package}.json").write_bytes(msgspec.json.encode(spec))
     bin_dir = Path(sys.executable).parent
     made = subprocess.run(
-        [str(bin_dir / "openapi-python-client"), "generate", "--path", f"{package}.json",
-         "--meta", "none", "--output-path", package],
-        cwd=folder, capture_output=True, text=True, timeout=300,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(folder)})
+        [
+            str(bin_dir / "openapi-python-client"),
+            "generate",
+            "--path",
+            f"{package}.json",
+            "--meta",
+            "none",
+            "--output-path",
+            package,
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(folder)},
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     sys.path.insert(0, str(folder))
     try:
@@ -63,8 +75,9 @@ def test_generated_clients_drive_the_server(offline_server, tmp_path):
     validate(spec)
     assert spec["servers"][0]["url"] == d.srv.url
     other = d.model("other")
-    refused = d.c.get("/api/v1/models/add/openapi.json",
-                      headers={"Authorization": f"Bearer {other}"})
+    refused = d.c.get(
+        "/api/v1/models/add/openapi.json", headers={"Authorization": f"Bearer {other}"}
+    )
     assert refused.status_code == 401
 
     model = generate(spec, tmp_path / "gen", "addclient")
@@ -72,5 +85,6 @@ def test_generated_clients_drive_the_server(offline_server, tmp_path):
     body_type = next(getattr(model.models, n) for n in dir(model.models) if n.endswith("Input"))
     called = predict.sync_detailed(
         client=model.AuthenticatedClient(base_url=spec["servers"][0]["url"], token=key),
-        body=body_type(a=2.0))
+        body=body_type(a=2.0),
+    )
     assert called.status_code == 200 and msgspec.json.decode(called.content) == 3.0

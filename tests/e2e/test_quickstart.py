@@ -15,15 +15,16 @@ from tests.conftest import ROOT
 
 def quickstart_lines() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Quickstart"):]
+    section = text[text.index("## Quickstart") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line for line in block.splitlines() if line.strip()]
 
 
 def run(line: str, env: dict) -> subprocess.CompletedProcess:
     line = line.replace(".venv/bin/modelport", shlex.quote(sys.executable) + " -m modelport.cli")
-    return subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        ["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow

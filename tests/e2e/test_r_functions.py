@@ -57,8 +57,7 @@ def _metrics(d: Deployed, model: str, request_id: str) -> dict:
 
 def test_named_parameters_schema_types_and_answers(d):
     d.model("radd")
-    number = d.build("radd", {"model.R": MODEL_R}, entrypoint="model.R:add",
-                     example_input={"a": 1})
+    number = d.build("radd", {"model.R": MODEL_R}, entrypoint="model.R:add", example_input={"a": 1})
     build = d.c.get(f"/api/v1/models/radd/builds/{number}").json()
     assert build["status"] == "built", build
     schema = build["input_schema"]
@@ -99,17 +98,31 @@ def test_plumber_annotations_and_the_encoding_of_results(d):
     assert d.deploy("rsum", number)["status"] == "deployed"
     r = d.predict("rsum", {"x": [1, 2, 4]})
     assert r.status_code == 200, r.text
-    assert r.json() == {"label": "s", "mean": 7 / 3, "count": 3, "third": 1 / 3,
-                        "p": 0.123456789, "rows": [{"a": 1, "b": "x"}, {"a": 2, "b": "é"}],
-                        "raw": {"k": [1, 2]}, "flag": True, "none": None, "n": 1}
+    assert r.json() == {
+        "label": "s",
+        "mean": 7 / 3,
+        "count": 3,
+        "third": 1 / 3,
+        "p": 0.123456789,
+        "rows": [{"a": 1, "b": "x"}, {"a": 2, "b": "é"}],
+        "raw": {"k": [1, 2]},
+        "flag": True,
+        "none": None,
+        "n": 1,
+    }
     assert d.predict("rsum", {"x": [1], "n": 1.5}).json()["error"]["field"] == "n"
     # MessagePack callers get the same value
     import msgspec
 
-    packed = httpx.post(f"{d.srv.url}/models/rsum/predict", content=msgspec.msgpack.encode(
-        {"x": [2.0]}), headers={"Authorization": f"Bearer {d.keys['rsum']}",
-                                "Content-Type": "application/msgpack",
-                                "Accept": "application/msgpack"})
+    packed = httpx.post(
+        f"{d.srv.url}/models/rsum/predict",
+        content=msgspec.msgpack.encode({"x": [2.0]}),
+        headers={
+            "Authorization": f"Bearer {d.keys['rsum']}",
+            "Content-Type": "application/msgpack",
+            "Accept": "application/msgpack",
+        },
+    )
     assert packed.status_code == 200 and msgspec.msgpack.decode(packed.content)["mean"] == 2
 
 
@@ -122,8 +135,10 @@ def test_the_one_list_form_metrics_and_stop(d):
     assert _metrics(d, "rc", "rc-1") == {"a": 2.0}
 
     d.model("rf")
-    assert d.deploy("rf", d.build("rf", {"model.R": MODEL_R},
-                                  entrypoint="model.R:fails"))["status"] == "deployed"
+    assert (
+        d.deploy("rf", d.build("rf", {"model.R": MODEL_R}, entrypoint="model.R:fails"))["status"]
+        == "deployed"
+    )
     r = d.predict("rf", {"why": "no"})
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "model.error"
@@ -144,8 +159,7 @@ def test_r_entrypoints_at_the_door_and_bad_r_files(d):
     assert built["status"] == "failed" and "no function nope" in built["error"]
     # an R replica runs one call at a time
     good = d.build("bad", folder, entrypoint="model.R:predict")
-    refused = d.c.post("/api/v1/models/bad/deployments", json={"build": good,
-                                                               "max_concurrency": 2})
+    refused = d.c.post("/api/v1/models/bad/deployments", json={"build": good, "max_concurrency": 2})
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "max_concurrency"
 
 
@@ -215,8 +229,9 @@ def test_r_quitting_looping_and_hogging_memory(d):
     hogged = d.predict("rh", {"mb": 400})
     assert hogged.status_code == 502, hogged.text
     rid = _until(lambda: _replicas(d, "rh"), 60, "the replica restarted")[0]["id"]
-    logs = d.c.get(f"/api/v1/models/rh/replicas/{rid}/logs",
-                   params={"stream": "stderr", "tail": 65536}).text
+    logs = d.c.get(
+        f"/api/v1/models/rh/replicas/{rid}/logs", params={"stream": "stderr", "tail": 65536}
+    ).text
     assert "over memory_mb=200" in logs
 
 
@@ -226,8 +241,9 @@ def test_r_output_streams_bad_text_and_drain(d):
     assert d.deploy("rl", build)["status"] == "deployed"
     assert d.predict("rl", {}).json() == "printed"
     rid = _replicas(d, "rl")[0]["id"]
-    out = d.c.get(f"/api/v1/models/rl/replicas/{rid}/logs",
-                  params={"stream": "stdout", "tail": 4096}).text
+    out = d.c.get(
+        f"/api/v1/models/rl/replicas/{rid}/logs", params={"stream": "stdout", "tail": 4096}
+    ).text
     assert "xxxx" in out and "after the megabyte" in out
 
     d.model("ru")
@@ -268,9 +284,11 @@ def _r_package(root, name: str, version: str, body: str, imports: str = ""):
     (src / "DESCRIPTION").write_text(
         f"Package: {name}\nVersion: {version}\nTitle: Tiny\nDescription: A tiny package.\n"
         "License: MIT\nAuthor: t\nMaintainer: t <t@example.com>\n"
-        + (f"Imports: {imports}\n" if imports else ""))
-    (src / "NAMESPACE").write_text("exportPattern(\"^[a-z]\")\n"
-                                   + (f"import({imports})\n" if imports else ""))
+        + (f"Imports: {imports}\n" if imports else "")
+    )
+    (src / "NAMESPACE").write_text(
+        'exportPattern("^[a-z]")\n' + (f"import({imports})\n" if imports else "")
+    )
     (src / "R" / "code.R").write_text(body)
     return src
 
@@ -284,13 +302,23 @@ def r_repo(tmp_path_factory):
     contrib = root / "src" / "contrib"
     contrib.mkdir(parents=True)
     src = tmp_path_factory.mktemp("rsrc")
-    for pkg in (_r_package(src, "tinyr", "1.0", "tiny_add <- function(a, b) a + b + 0.5\n"),
-                _r_package(src, "tinyr2", "0.1", "twice <- function(x) 2 * tiny_add(x, 0)\n",
-                           imports="tinyr")):
-        subprocess.run(["R", "CMD", "build", "--no-build-vignettes", "--no-manual", str(pkg)],
-                       cwd=contrib, check=True, capture_output=True)
-    subprocess.run(["Rscript", "-e", f'tools::write_PACKAGES("{contrib}", type = "source")'],
-                   check=True, capture_output=True)
+    for pkg in (
+        _r_package(src, "tinyr", "1.0", "tiny_add <- function(a, b) a + b + 0.5\n"),
+        _r_package(
+            src, "tinyr2", "0.1", "twice <- function(x) 2 * tiny_add(x, 0)\n", imports="tinyr"
+        ),
+    ):
+        subprocess.run(
+            ["R", "CMD", "build", "--no-build-vignettes", "--no-manual", str(pkg)],
+            cwd=contrib,
+            check=True,
+            capture_output=True,
+        )
+    subprocess.run(
+        ["Rscript", "-e", f'tools::write_PACKAGES("{contrib}", type = "source")'],
+        check=True,
+        capture_output=True,
+    )
     return root
 
 
@@ -328,12 +356,18 @@ def test_r_packages_locked_stored_and_installed_offline(dr):
 
     # a package no repository has: the build fails naming it
     d.model("rmiss")
-    number = d.build("rmiss", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "nopkg\n"},
-                     entrypoint="model.R:predict")
+    number = d.build(
+        "rmiss",
+        {"model.R": USES_PACKAGES_R, "r-requirements.txt": "nopkg\n"},
+        entrypoint="model.R:predict",
+    )
     failed = d.c.get(f"/api/v1/models/rmiss/builds/{number}").json()
     assert failed["status"] == "failed" and "'nopkg'" in failed["error"]
-    number = d.build("rmiss", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr==9.9\n"},
-                     entrypoint="model.R:predict")
+    number = d.build(
+        "rmiss",
+        {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr==9.9\n"},
+        entrypoint="model.R:predict",
+    )
     failed = d.c.get(f"/api/v1/models/rmiss/builds/{number}").json()
     assert failed["status"] == "failed" and "the repositories have 1.0" in failed["error"]
 
@@ -341,13 +375,20 @@ def test_r_packages_locked_stored_and_installed_offline(dr):
 def test_r_builds_diff_export_and_import(dr, make_server, wheel_links):
     d = dr
     d.model("rx")
-    one = d.build("rx", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr\n"},
-                  entrypoint="model.R:predict")
-    two = d.build("rx", {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr2\n"},
-                  entrypoint="model.R:predict")
+    one = d.build(
+        "rx",
+        {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr\n"},
+        entrypoint="model.R:predict",
+    )
+    two = d.build(
+        "rx",
+        {"model.R": USES_PACKAGES_R, "r-requirements.txt": "tinyr2\n"},
+        entrypoint="model.R:predict",
+    )
     diff = d.c.get(f"/api/v1/models/rx/builds/{one}/diff/{two}").json()
     assert {"name": "R:tinyr2", "change": "added", "before": None, "after": "0.1"} in diff[
-        "dependencies"]
+        "dependencies"
+    ]
     exported = d.c.get(f"/api/v1/models/rx/builds/{two}/export")
     assert exported.status_code == 200
     # another server with no R repository at all serves the imported build

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_deployments import Deployed, typed
+from tests.e2e.test_deployments import Deployed
 
 # Builds fine (the build's inspect step imports it at once); a replica whose deployment sets
 # IMPORT_S sleeps that long while importing.
-SLOW_IMPORT = ("import os, time\n"
-               "time.sleep(float(os.environ.get('IMPORT_S', '0')))\n"
-               "def predict(a: float) -> dict:\n"
-               "    return {'a': a, 'pid': os.getpid()}\n")
+SLOW_IMPORT = (
+    "import os, time\n"
+    "time.sleep(float(os.environ.get('IMPORT_S', '0')))\n"
+    "def predict(a: float) -> dict:\n"
+    "    return {'a': a, 'pid': os.getpid()}\n"
+)
 
 
 @pytest.fixture

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from modelport.runtime import sandbox
+
 from tests.conftest import Server, free_port, pack_bytes, server_env, upload_build, write_project
 from tests.e2e.test_deployments import Deployed, _alive, typed
 
 PROTECTIONS = sandbox.probe()
-needs_landlock = pytest.mark.skipif("landlock" not in PROTECTIONS,
-                                    reason="this kernel has no Landlock")
+needs_landlock = pytest.mark.skipif(
+    "landlock" not in PROTECTIONS, reason="this kernel has no Landlock"
+)
 
 # A model that tries each of those attacks: every attempt answers "ok: …" or "refused: …", and is
 # printed too (so that a secret it got would be in its log).
-HOSTILE = r'''
+HOSTILE = r"""
 import os, socket, tempfile
 from pathlib import Path
 
@@ -71,11 +72,9 @@ def predict(action: str, path: str = "", port: int = 0) -> str:
     if action == "scratch":
         return attempt(scratch)
     return "ok"
-'''
+"""
 
-VICTIM = ("import os\n"
-          "def predict(a: float, b: float = 1.0) -> float:\n"
-          "    return a + b\n")
+VICTIM = "import os\ndef predict(a: float, b: float = 1.0) -> float:\n    return a + b\n"
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +88,22 @@ def world(tmp_path_factory, wheel_links):
     d = Deployed(srv, tmp)
     for name in ("evil", "open", "victim"):
         d.model(name)
-    assert d.deploy("evil", d.build("evil", {"predict.py": HOSTILE}),
-                    network=False)["status"] == "deployed"
-    assert d.deploy("open", d.build("open", {"predict.py": HOSTILE}),
-                    network=True)["status"] == "deployed"
-    assert d.deploy("victim", d.build("victim", {"predict.py": VICTIM}),
-                    env={"VICTIM_SECRET": "s3cr3t-of-the-victim"})["status"] == "deployed"
+    assert (
+        d.deploy("evil", d.build("evil", {"predict.py": HOSTILE}), network=False)["status"]
+        == "deployed"
+    )
+    assert (
+        d.deploy("open", d.build("open", {"predict.py": HOSTILE}), network=True)["status"]
+        == "deployed"
+    )
+    assert (
+        d.deploy(
+            "victim",
+            d.build("victim", {"predict.py": VICTIM}),
+            env={"VICTIM_SECRET": "s3cr3t-of-the-victim"},
+        )["status"]
+        == "deployed"
+    )
     yield d
     srv.stop()
 
@@ -191,14 +200,16 @@ def test_a_private_temp_dir_as_tmpdir_and_home_removed_with_the_replica(world):
 def test_the_inspect_step_of_a_build_is_confined(world):
     """The build imports the model to read its signature: a module that reads the token at import
     and puts what it got in a parameter's default finds nothing to show."""
-    code = ("from pathlib import Path\n"
-            "try:\n"
-            "    GOT = (Path.cwd().parent.parent / 'admin.token').read_text()\n"
-            "except Exception as exc:\n"
-            "    GOT = f'refused: {type(exc).__name__}'\n"
-            "print('inspect got', GOT)\n"
-            "def predict(x: str = GOT) -> str:\n"
-            "    return x\n")
+    code = (
+        "from pathlib import Path\n"
+        "try:\n"
+        "    GOT = (Path.cwd().parent.parent / 'admin.token').read_text()\n"
+        "except Exception as exc:\n"
+        "    GOT = f'refused: {type(exc).__name__}'\n"
+        "print('inspect got', GOT)\n"
+        "def predict(x: str = GOT) -> str:\n"
+        "    return x\n"
+    )
     world.model("sneaky")
     number = world.build("sneaky", {"predict.py": code})
     build = world.c.get(f"/api/v1/models/sneaky/builds/{number}").json()
@@ -221,7 +232,7 @@ def test_sandbox_off_gives_no_protection(offline_server, tmp_path):
     assert attempt(d, "token") == f"ok: {srv.token}\n"
 
 
-SLOW_IMPORT = '''
+SLOW_IMPORT = """
 import os, subprocess, sys, tempfile, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 with open(os.path.join(tempfile.gettempdir(), "pids"), "w") as f:
@@ -230,18 +241,26 @@ time.sleep(600)
 
 def predict(x: int) -> int:
     return x
-'''
+"""
 
 # A local package whose own build backend (run by uv while it locks) does the same.
-SLOW_BACKEND = "def _hang(*args, **kwargs):\n" + "".join(
-    "    " + line + "\n" for line in SLOW_IMPORT.strip().splitlines()[:5]) + (
-    "get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _hang\n")
-IN_TREE = ('[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-           '[project]\nname = "{name}"\nversion = "1.0"\n')
+SLOW_BACKEND = (
+    "def _hang(*args, **kwargs):\n"
+    + "".join("    " + line + "\n" for line in SLOW_IMPORT.strip().splitlines()[:5])
+    + ("get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _hang\n")
+)
+IN_TREE = (
+    '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    '[project]\nname = "{name}"\nversion = "1.0"\n'
+)
 PROJECTS = {
     "inspect": {"predict.py": SLOW_IMPORT},
-    "uv": {"predict.py": typed(1.0), "requirements.txt": "./slowpkg\n",
-           "slowpkg/backend.py": SLOW_BACKEND, "slowpkg/pyproject.toml": IN_TREE.format(name="slowpkg")},
+    "uv": {
+        "predict.py": typed(1.0),
+        "requirements.txt": "./slowpkg\n",
+        "slowpkg/backend.py": SLOW_BACKEND,
+        "slowpkg/pyproject.toml": IN_TREE.format(name="slowpkg"),
+    },
 }
 
 
@@ -266,14 +285,15 @@ def test_a_server_killed_mid_build_leaves_no_build_process(offline_server, tmp_p
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait(10)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (any(_alive(p) for p in pids)
-                                           or _processes_under(srv.data_dir)):
+    while time.monotonic() < deadline and (
+        any(_alive(p) for p in pids) or _processes_under(srv.data_dir)
+    ):
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), f"the {step} step or its child outlived the server"
     assert not _processes_under(srv.data_dir), "a build process outlived the server"
 
 
-EVIL_BACKEND = '''
+EVIL_BACKEND = """
 from pathlib import Path
 
 def _seen():
@@ -289,7 +309,7 @@ def _fail(*args, **kwargs):
     raise RuntimeError("the backend " + _seen())
 
 get_requires_for_build_wheel = prepare_metadata_for_build_wheel = build_wheel = _fail
-'''
+"""
 
 
 @needs_landlock
@@ -297,8 +317,12 @@ def test_a_build_backend_run_by_uv_is_confined(world):
     """A requirement on a local package runs that package's own build backend while uv locks:
     it finds the data dir above its folder, and cannot read the token there."""
     world.model("backend")
-    files = {"predict.py": typed(1.0), "requirements.txt": "./evilpkg\n",
-             "evilpkg/backend.py": EVIL_BACKEND, "evilpkg/pyproject.toml": IN_TREE.format(name="evilpkg")}
+    files = {
+        "predict.py": typed(1.0),
+        "requirements.txt": "./evilpkg\n",
+        "evilpkg/backend.py": EVIL_BACKEND,
+        "evilpkg/pyproject.toml": IN_TREE.format(name="evilpkg"),
+    }
     number = world.build("backend", files, requirements="requirements.txt")
     build = world.c.get(f"/api/v1/models/backend/builds/{number}").json()
     assert build["status"] == "failed"

@@ -45,7 +45,10 @@ def test_restart_keeps_everything_and_prints_no_new_token(make_server):
 def test_second_server_on_same_data_dir_refuses(server):
     result = subprocess.run(
         [*MODELPORT, "serve", "--port", "0", "--data-dir", str(server.data_dir)],
-        capture_output=True, text=True, timeout=30, env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server.env,
     )
     assert result.returncode != 0
     assert "already using" in result.stderr
@@ -72,25 +75,37 @@ def test_openapi_schema_is_served(server):
     assert "/api/v1/models" in paths
     # the streamed multipart uploads are described too, as docs/api.md has them
     form = paths["/api/v1/models/{name}/builds"]["post"]["requestBody"]["content"][
-        "multipart/form-data"]["schema"]
+        "multipart/form-data"
+    ]["schema"]
     assert form["required"] == ["archive", "entrypoint"]
     assert form["properties"]["archive"]["format"] == "binary"
     assert {"requirements", "python", "example_input", "message", "labels"} <= set(
-        form["properties"])
-    assert "model" in paths["/api/v1/builds/import"]["post"]["requestBody"]["content"][
-        "multipart/form-data"]["schema"]["properties"]
+        form["properties"]
+    )
+    assert (
+        "model"
+        in paths["/api/v1/builds/import"]["post"]["requestBody"]["content"]["multipart/form-data"][
+            "schema"
+        ]["properties"]
+    )
 
 
 def test_cli_lists_models_with_the_data_dir_token(server):
     with server.client() as c:
         c.post("/api/v1/models", json={"name": "cli-sees-me", "description": "hello"})
     env = {**server.env, "MODELPORT_URL": server.url}
-    out = subprocess.run([*MODELPORT, "models", "--json"], capture_output=True, text=True,
-                         timeout=30, env=env)
+    out = subprocess.run(
+        [*MODELPORT, "models", "--json"], capture_output=True, text=True, timeout=30, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert "cli-sees-me" in out.stdout
-    bad = subprocess.run([*MODELPORT, "models", "--token", "nope"], capture_output=True,
-                         text=True, timeout=30, env=env)
+    bad = subprocess.run(
+        [*MODELPORT, "models", "--token", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
     assert bad.returncode == 1 and "auth.invalid" in bad.stderr
 
 
@@ -98,30 +113,47 @@ def test_cli_model_update_changes_only_what_is_given(server):
     env = {**server.env, "MODELPORT_URL": server.url}
 
     def run(*args):
-        return subprocess.run([*MODELPORT, "model", *args], capture_output=True, text=True,
-                              timeout=30, env=env)
+        return subprocess.run(
+            [*MODELPORT, "model", *args], capture_output=True, text=True, timeout=30, env=env
+        )
 
     assert run("create", "tuned", "--description", "first").returncode == 0
     out = run("update", "tuned", "--no-auth", "--rate-limit", "5", "--burst", "10", "--json")
     assert out.returncode == 0, out.stderr
     changed = msgspec.json.decode(out.stdout)
-    assert (changed["auth"], changed["description"], changed["rate_limit_per_s"],
-            changed["rate_limit_burst"]) == (False, "first", 5.0, 10)
+    assert (
+        changed["auth"],
+        changed["description"],
+        changed["rate_limit_per_s"],
+        changed["rate_limit_burst"],
+    ) == (False, "first", 5.0, 10)
     out = run("update", "tuned", "--rate-limit", "none", "--description", "second", "--json")
     changed = msgspec.json.decode(out.stdout)
     assert (changed["auth"], changed["description"], changed["rate_limit_per_s"]) == (
-        False, "second", None)
+        False,
+        "second",
+        None,
+    )
     nothing = run("update", "tuned")
     assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
 
 
-@pytest.mark.parametrize("variable, value", [("MODELPORT_BUILD_WORKERS", "0"),
-                                             ("MODELPORT_BUSY_POLL_US", "fast"),
-                                             ("MODELPORT_HEADER_TIMEOUT_S", "-1")])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("MODELPORT_BUILD_WORKERS", "0"),
+        ("MODELPORT_BUSY_POLL_US", "fast"),
+        ("MODELPORT_HEADER_TIMEOUT_S", "-1"),
+    ],
+)
 def test_a_setting_it_cannot_use_stops_serve_with_its_name(tmp_path, variable, value):
-    out = subprocess.run([*MODELPORT, "serve", "--port", "1", "--data-dir", str(tmp_path / "d")],
-                         capture_output=True, text=True, timeout=60,
-                         env={**_plain_env(), variable: value})
+    out = subprocess.run(
+        [*MODELPORT, "serve", "--port", "1", "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_plain_env(), variable: value},
+    )
     assert out.returncode == 2
     assert variable in out.stderr and repr(value) in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "d").exists()

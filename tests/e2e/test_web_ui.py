@@ -99,7 +99,9 @@ def test_the_test_form_calls_the_model(page, site):
     expect(page.get_by_test_id("status")).to_contain_text("200")
     expect(page.get_by_test_id("answer")).to_have_text("3")
     expect(page.get_by_test_id("answer-build")).to_have_text("#1")
-    expect(page.get_by_test_id("answer-replica")).to_have_text(re.compile(r"^adder-1-1-[0-9a-f]{4}$"))
+    expect(page.get_by_test_id("answer-replica")).to_have_text(
+        re.compile(r"^adder-1-1-[0-9a-f]{4}$")
+    )
     shot(page, "10-test-answer")
 
     page.locator("#arg-a").fill("abc")
@@ -174,7 +176,8 @@ def test_deploy_another_build_and_roll_back_with_clicks(page, site):
     expect(timeline.first).to_contain_text("rollback from #2 to #1")
     expect(now).to_contain_text("Build #1")
     expect(page.get_by_role("status").filter(has_text="Done")).to_contain_text(
-        "Done: build #1 is deployed.")
+        "Done: build #1 is deployed."
+    )
     assert site.current_build("adder") == 1
     shot(page, "13-deployments-rolled-back")
 
@@ -212,15 +215,19 @@ def test_the_deploy_dialog_offers_every_setting_and_captures_show_in_monitoring(
     assert site.api().get("/api/v1/models/adder").json()["rate_limit_per_s"] == 1000
 
     for a in range(3):
-        answer = httpx.post(f"{site.url}/models/adder/predict", json={"a": a, "b": 1000},
-                            headers={"Authorization": f"Bearer {site.keys['adder']}"})
+        answer = httpx.post(
+            f"{site.url}/models/adder/predict",
+            json={"a": a, "b": 1000},
+            headers={"Authorization": f"Bearer {site.keys['adder']}"},
+        )
         assert answer.status_code == 200, answer.text
     page.get_by_role("link", name="Monitoring").click()
     captures = page.get_by_role("table", name="Captures")
     deadline = time.monotonic() + 40
     while not captures.count() and time.monotonic() < deadline:
         page.get_by_role("region", name="Captured requests").get_by_role(
-            "button", name="Refresh").click()
+            "button", name="Refresh"
+        ).click()
         page.wait_for_timeout(1000)
     expect(captures.locator("tr[data-capture]").first).to_contain_text('"b": 1000')
     # The charts include CPU, memory and bytes; no y-axis label is cut.
@@ -277,11 +284,17 @@ def test_replicas_monitoring_settings(page, site):
     key = page.get_by_test_id("new-key").inner_text()
     assert key.startswith("mp_key_")
     expect(page.get_by_test_id("snippet")).to_contain_text(key)
-    answer = httpx.post(f"{site.url}/models/adder/predict", json={"a": 2},
-                        headers={"Authorization": f"Bearer {key}"})
+    answer = httpx.post(
+        f"{site.url}/models/adder/predict",
+        json={"a": 2},
+        headers={"Authorization": f"Bearer {key}"},
+    )
     assert answer.status_code == 200 and answer.json() == 2.0
-    old = httpx.post(f"{site.url}/models/adder/predict", json={"a": 2},
-                     headers={"Authorization": f"Bearer {site.keys['adder']}"})
+    old = httpx.post(
+        f"{site.url}/models/adder/predict",
+        json={"a": 2},
+        headers={"Authorization": f"Bearer {site.keys['adder']}"},
+    )
     assert old.status_code == 401
     site.keys["adder"] = key
     shot(page, "18-settings-rotated")

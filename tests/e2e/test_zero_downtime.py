@@ -23,13 +23,19 @@ def test_deploy_and_rollback_under_load(offline_server, tmp_path):
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(base_url=d.srv.url, headers={"Authorization": f"Bearer {key}"},
-                          timeout=30) as c:
+        with httpx.Client(
+            base_url=d.srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ) as c:
             while not stop.is_set():
                 r = c.post("/models/live/predict", json={"a": 0})
                 with lock:
-                    results.append((time.monotonic(), r.status_code,
-                                    r.headers.get("x-model-build", r.text[:200])))
+                    results.append(
+                        (
+                            time.monotonic(),
+                            r.status_code,
+                            r.headers.get("x-model-build", r.text[:200]),
+                        )
+                    )
 
     threads = [threading.Thread(target=client) for _ in range(6)]
     for t in threads:

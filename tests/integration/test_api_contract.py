@@ -6,10 +6,20 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("path", [
-    "/models/m/health", "/models/m/ready/x", "/models/m/nope", "/models/m/builds/1/zzz",
-    "/models/m/builds/x", "/api/v1/nope", "/api/nope", "/v2/models", "/v2/models/m/infer",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/m/health",
+        "/models/m/ready/x",
+        "/models/m/nope",
+        "/models/m/builds/1/zzz",
+        "/models/m/builds/x",
+        "/api/v1/nope",
+        "/api/nope",
+        "/v2/models",
+        "/v2/models/m/infer",
+    ],
+)
 def test_unknown_paths_are_json_404s_never_the_web_ui(app_client, path):
     response = app_client.get(path)
     assert response.status_code == 404, path
@@ -17,10 +27,18 @@ def test_unknown_paths_are_json_404s_never_the_web_ui(app_client, path):
     assert response.json()["error"]["code"] == "route.not_found"
 
 
-@pytest.mark.parametrize("path", [
-    "/models/m", "/models/m/builds", "/models/m/monitoring", "/models/m/builds/3",
-    "/models/m/builds/3/log", "/models/m/builds/3/diff", "/models/m/builds/3/diff/2",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/m",
+        "/models/m/builds",
+        "/models/m/monitoring",
+        "/models/m/builds/3",
+        "/models/m/builds/3/log",
+        "/models/m/builds/3/diff",
+        "/models/m/builds/3/diff/2",
+    ],
+)
 def test_the_web_uis_own_pages_still_load(app_client, path):
     response = app_client.get(path)
     assert response.status_code in (200, 503), path  # 503: the web UI is not built

@@ -31,8 +31,9 @@ def test_no_token_is_401_missing(app_client):
     assert response.status_code == 401 and code(response) == "auth.missing"
 
 
-@pytest.mark.parametrize("header", ["Bearer garbage", "Bearer mp_tok_" + "x" * 43, "Basic abc",
-                                    "Bearer ", "mp_tok_abc"])
+@pytest.mark.parametrize(
+    "header", ["Bearer garbage", "Bearer mp_tok_" + "x" * 43, "Basic abc", "Bearer ", "mp_tok_abc"]
+)
 def test_garbage_token_is_401_invalid(app_client, header):
     response = app_client.get("/api/v1/models", headers={"Authorization": header})
     assert response.status_code == 401 and code(response) == "auth.invalid"
@@ -75,8 +76,10 @@ def test_expired_token_is_401(app_client):
     created = app_client.post("/api/v1/tokens", json={"name": "old", "role": "viewer"}).json()
     db = sqlite3.connect(app_client.app.state.settings.registry_path)
     with db:
-        db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000Z' WHERE id = ?",
-                   (created["id"],))
+        db.execute(
+            "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000Z' WHERE id = ?",
+            (created["id"],),
+        )
     db.close()
     app_client.blocking_portal.call(app_client.app.state.services.auth.load)
     response = app_client.get("/api/v1/models", headers=as_(created["token"]))
@@ -85,20 +88,35 @@ def test_expired_token_is_401(app_client):
 
 def test_token_shape_and_secret_stored_hashed(app_client):
     created = app_client.post(
-        "/api/v1/tokens", json={"name": "p", "role": "predict", "models": ["a", "b"],
-                                "expires_in_days": 2}).json()
+        "/api/v1/tokens",
+        json={"name": "p", "role": "predict", "models": ["a", "b"], "expires_in_days": 2},
+    ).json()
     assert created["token"].startswith("mp_tok_") and created["models"] == ["a", "b"]
-    assert set(created) >= {"id", "name", "role", "models", "created_at", "expires_at",
-                            "last_used_at", "token"}
+    assert set(created) >= {
+        "id",
+        "name",
+        "role",
+        "models",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "token",
+    }
     raw = app_client.app.state.settings.registry_path.read_bytes()
     wal = app_client.app.state.settings.registry_path.with_name("registry.sqlite3-wal")
     raw += wal.read_bytes() if wal.exists() else b""
     assert created["token"].encode() not in raw
 
 
-@pytest.mark.parametrize("body", [{"name": "x", "role": "god"}, {"name": "", "role": "viewer"},
-                                  {"name": "x", "role": "viewer", "models": ["a"]},
-                                  {"name": "x", "role": "viewer", "expires_in_days": -1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "x", "role": "god"},
+        {"name": "", "role": "viewer"},
+        {"name": "x", "role": "viewer", "models": ["a"]},
+        {"name": "x", "role": "viewer", "expires_in_days": -1},
+    ],
+)
 def test_bad_token_requests_are_422(app_client, body):
     response = app_client.post("/api/v1/tokens", json=body)
     assert response.status_code == 422 and code(response) == "request.invalid"

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from modelport.store.cas import ContentStore, CorruptObject, ObjectMissing, PutResult
 
 SMALL = b"def predict(args):\n    return {'ok': True}\n" * 10

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from modelport.builder import deps
+from modelport.builder.wheelhouse import sha256_file
 
 from tests.conftest import _tiny_package
-from modelport.builder.wheelhouse import sha256_file
 
 OFFLINE_INDEX = "http://127.0.0.1:9/nonexistent"
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -45,23 +45,47 @@ def links(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured pip index), tinypkg 1.0 and 2.0 as wheels, sdonly 1.0 as an sdist only."""
     links = tmp_path_factory.mktemp("links")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:", "--no-deps",
-         "-d", str(links), f"msgspec=={installed_version('msgspec')}", "flit_core>=3.2,<5"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--only-binary",
+            ":all:",
+            "--no-deps",
+            "-d",
+            str(links),
+            f"msgspec=={installed_version('msgspec')}",
+            "flit_core>=3.2,<5",
+        ],
         check=True,
     )
     src = tmp_path_factory.mktemp("src")
     offline = ["--no-index", "--find-links", str(links), "--out-dir", str(links)]
-    for name, ver, kind in [("tinypkg", "1.0", "--wheel"), ("tinypkg", "2.0", "--wheel"),
-                            ("sdonly", "1.0", "--sdist")]:
-        subprocess.run([deps.uv_bin(), "build", "-q", kind, *offline, str(_project(src, name, ver))],
-                       check=True)
+    for name, ver, kind in [
+        ("tinypkg", "1.0", "--wheel"),
+        ("tinypkg", "2.0", "--wheel"),
+        ("sdonly", "1.0", "--sdist"),
+    ]:
+        subprocess.run(
+            [deps.uv_bin(), "build", "-q", kind, *offline, str(_project(src, name, ver))],
+            check=True,
+        )
     return links
 
 
 def _resolve(requirements: str, tmp: Path, links: Path, log=None, **kw) -> deps.Lock:
     kw.setdefault("cache_dir", tmp / "wheelhouse")
-    return deps.resolve(requirements, PY, workdir=tmp / "work", log=Log() if log is None else log,
-                        no_index=True, find_links=[links], **kw)
+    return deps.resolve(
+        requirements,
+        PY,
+        workdir=tmp / "work",
+        log=Log() if log is None else log,
+        no_index=True,
+        find_links=[links],
+        **kw,
+    )
 
 
 def _ready(requirements: str, tmp: Path, links: Path) -> tuple[deps.Lock, Path]:
@@ -71,8 +95,9 @@ def _ready(requirements: str, tmp: Path, links: Path) -> tuple[deps.Lock, Path]:
 
 
 def _run(python: Path, code: str) -> str:
-    return subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_lock_is_exact_deterministic_and_holds_msgspec(tmp_path: Path, links: Path) -> None:
@@ -101,8 +126,11 @@ def test_empty_requirements_give_an_env_with_just_msgspec(tmp_path: Path, links:
     lock, wheels = _ready("", tmp_path, links)
     assert [p.name for p in lock.packages] == ["msgspec"]
     python = deps.materialize(lock, wheels, tmp_path / "envs", log=Log())
-    names = _run(python, "import importlib.metadata as m; print(sorted(d.metadata['Name'] "
-                         "for d in m.distributions()))")
+    names = _run(
+        python,
+        "import importlib.metadata as m; print(sorted(d.metadata['Name'] "
+        "for d in m.distributions()))",
+    )
     assert names == "['msgspec']"
 
 
@@ -112,8 +140,12 @@ def test_same_lock_shares_one_env_created_once(tmp_path: Path, links: Path) -> N
     assert deps.env_python(env_root, lock.digest) is None
     log = Log()
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(
-        deps.materialize(lock, wheels, env_root, log=log))) for _ in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(deps.materialize(lock, wheels, env_root, log=log))
+        )
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -124,7 +156,9 @@ def test_same_lock_shares_one_env_created_once(tmp_path: Path, links: Path) -> N
     assert deps.env_python(env_root, lock.digest) == again
     assert log.count("Creating environment") == 1 and log.count("Reusing environment") == 3
     assert log.count("+ tinypkg==1.0") == 1
-    assert [p.name for p in env_root.iterdir() if not p.name.startswith(".")] == [again.parent.parent.name]
+    assert [p.name for p in env_root.iterdir() if not p.name.startswith(".")] == [
+        again.parent.parent.name
+    ]
     assert _run(again, "import tinypkg; print(tinypkg.VERSION)") == "1.0"
 
 
@@ -148,7 +182,9 @@ def test_materialise_needs_no_index(
     monkeypatch.setenv("UV_OFFLINE", "1")
     monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "empty-uv-cache"))
     # Re-creating a build elsewhere: its stored wheels (here: the wheel cache) are all there is.
-    stored = deps.fetch_wheels(lock, tmp_path / "restored", log=Log(), cache_dir=tmp_path / "wheelhouse")
+    stored = deps.fetch_wheels(
+        lock, tmp_path / "restored", log=Log(), cache_dir=tmp_path / "wheelhouse"
+    )
     assert sorted(p.name for p in stored) == sorted(p.wheel for p in lock.packages)
     python = deps.materialize(lock, tmp_path / "restored", tmp_path / "envs", log=Log())
     assert _run(python, "import tinypkg, sdonly, msgspec; print(tinypkg.VERSION)") == "2.0"
@@ -208,26 +244,48 @@ def test_an_sdist_is_built_to_a_wheel_once(tmp_path: Path, links: Path) -> None:
     assert _run(python, "import sdonly; print(sdonly.VERSION)") == "1.0"
     # The wheel cache lost: fetching builds the sdist again, to the very same wheel.
     log = Log()
-    deps.fetch_wheels(second, tmp_path / "again", log=log, cache_dir=tmp_path / "lost",
-                      no_index=True, find_links=[links])
+    deps.fetch_wheels(
+        second,
+        tmp_path / "again",
+        log=log,
+        cache_dir=tmp_path / "lost",
+        no_index=True,
+        find_links=[links],
+    )
     assert log.count("Building a wheel from sdonly-1.0.tar.gz") == 1
     assert sha256_file(tmp_path / "again" / sd.wheel) == sd.sha256
 
 
 def test_index_options_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_EXTRA_INDEX_URL",
-                "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+    for var in (
+        "UV_INDEX_URL",
+        "UV_DEFAULT_INDEX",
+        "UV_INDEX",
+        "UV_EXTRA_INDEX_URL",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert deps.index_args() == []
     monkeypatch.setenv("PIP_INDEX_URL", "https://mirror/simple")
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://a/simple https://b/simple")
-    assert deps.index_args() == ["--default-index", "https://mirror/simple",
-                                 "--index", "https://a/simple", "--index", "https://b/simple"]
+    assert deps.index_args() == [
+        "--default-index",
+        "https://mirror/simple",
+        "--index",
+        "https://a/simple",
+        "--index",
+        "https://b/simple",
+    ]
     monkeypatch.setenv("UV_INDEX_URL", "https://uv/simple")  # uv reads its own variables
     monkeypatch.setenv("UV_EXTRA_INDEX_URL", "https://uv-extra/simple")
     assert deps.index_args() == []
     assert deps.index_args("https://x/simple", find_links=["/w"]) == [
-        "--default-index", "https://x/simple", "--find-links", "/w"]
+        "--default-index",
+        "https://x/simple",
+        "--find-links",
+        "/w",
+    ]
     assert deps.index_args("https://x/simple", no_index=True) == ["--no-index"]
 
 
@@ -235,11 +293,16 @@ def test_index_options_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_a_real_package_from_the_index(tmp_path: Path) -> None:
     """The real path: `six` from the configured package index, fetched, installed offline."""
     log = Log()
-    lock = deps.resolve("six\n", PY, workdir=tmp_path / "work", log=log,
-                        cache_dir=tmp_path / "wheelhouse")
+    lock = deps.resolve(
+        "six\n", PY, workdir=tmp_path / "work", log=log, cache_dir=tmp_path / "wheelhouse"
+    )
     six = next(p for p in lock.packages if p.name == "six")
-    assert six.wheel.endswith("-py2.py3-none-any.whl") and six.url.startswith(("https:", "http:", "file:"))
-    wheels = deps.fetch_wheels(lock, tmp_path / "wheels", log=log, cache_dir=tmp_path / "wheelhouse")
+    assert six.wheel.endswith("-py2.py3-none-any.whl") and six.url.startswith(
+        ("https:", "http:", "file:")
+    )
+    wheels = deps.fetch_wheels(
+        lock, tmp_path / "wheels", log=log, cache_dir=tmp_path / "wheelhouse"
+    )
     assert {w.name for w in wheels} == {p.wheel for p in lock.packages}
     for pkg in lock.packages:
         assert sha256_file(tmp_path / "wheels" / pkg.wheel) == pkg.sha256
@@ -295,7 +358,7 @@ def test_the_download_meter_reports_every_step_and_the_running_total() -> None:
     assert meter.downloaded == 15_000_000
 
 
-EVIL_BACKEND = '''
+EVIL_BACKEND = """
 import os
 
 def _seen():
@@ -312,13 +375,16 @@ def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     raise RuntimeError("the backend " + _seen() + " env " + os.environ.get("SERVER_SECRET", "-"))
-'''
+"""
 
 
-@pytest.mark.skipif("landlock" not in __import__("modelport.runtime.sandbox").runtime.sandbox
-                    .probe(), reason="this kernel has no Landlock")
+@pytest.mark.skipif(
+    "landlock" not in __import__("modelport.runtime.sandbox").runtime.sandbox.probe(),
+    reason="this kernel has no Landlock",
+)
 def test_a_confined_uv_locks_builds_and_installs_but_reads_no_secret(
-        tmp_path: Path, links: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, links: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every uv run of a build through the sandbox's jail: an sdist built, an environment
     installed; a package's own build backend cannot read a file beside the build's folders,
     nor the server's environment."""
@@ -341,7 +407,8 @@ def test_a_confined_uv_locks_builds_and_installs_but_reads_no_secret(
     (project / "evilpkg" / "backend.py").write_text(EVIL_BACKEND.format(secret=str(secret)))
     (project / "evilpkg" / "pyproject.toml").write_text(
         '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-        '[project]\nname = "evilpkg"\nversion = "1.0"\n')
+        '[project]\nname = "evilpkg"\nversion = "1.0"\n'
+    )
     log = Log()
     with pytest.raises(deps.DependencyError, match="build_wheel"):
         _resolve("./evilpkg\n", data / "b", links, log, jail=jail, project_dir=project)

@@ -9,8 +9,16 @@ import pytest
 
 WEAKEST = {"any": "predict", "read": "viewer", "write": "deployer", "admin": "admin"}
 TOO_WEAK = {"read": "predict", "write": "viewer", "admin": "deployer"}
-FILL = {"name": "nope", "number": "1", "other": "2", "path": "x.py", "token_id": "tok_nope",
-        "deployment_id": "1", "replica_id": "nope-1-1-abcd", "request_id": "req-1"}
+FILL = {
+    "name": "nope",
+    "number": "1",
+    "other": "2",
+    "path": "x.py",
+    "token_id": "tok_nope",
+    "deployment_id": "1",
+    "replica_id": "nope-1-1-abcd",
+    "request_id": "req-1",
+}
 
 
 def _routes(app):
@@ -27,7 +35,8 @@ def tokens(app_client):
     out = {"admin": app_client.app.state.services.admin_token}
     for role in ("deployer", "viewer", "predict"):
         out[role] = app_client.post("/api/v1/tokens", json={"name": role, "role": role}).json()[
-            "token"]
+            "token"
+        ]
     return out
 
 
@@ -36,10 +45,16 @@ def test_every_route_checks_its_token(app_client, tokens):
     assert len(walked) > 30
     checked = {"public": 0, "guarded": 0}
     for method, path, perm in walked:
+
         def call(token):
             headers = {"Authorization": f"Bearer {token}"} if token else {"Authorization": ""}
-            return app_client.request(method, path, headers=headers,
-                                      json={} if method in ("POST", "PATCH", "PUT") else None)
+            return app_client.request(
+                method,
+                path,
+                headers=headers,
+                json={} if method in ("POST", "PATCH", "PUT") else None,
+            )
+
         if perm == "public":
             assert call(None).status_code not in (401, 403), (method, path)
             checked["public"] += 1

@@ -42,8 +42,11 @@ def test_duplicate_is_409(app_client):
 
 
 def test_unknown_model_is_404(app_client):
-    for method, path in [("GET", "/api/v1/models/nope"), ("PATCH", "/api/v1/models/nope"),
-                         ("DELETE", "/api/v1/models/nope")]:
+    for method, path in [
+        ("GET", "/api/v1/models/nope"),
+        ("PATCH", "/api/v1/models/nope"),
+        ("DELETE", "/api/v1/models/nope"),
+    ]:
         response = app_client.request(method, path, json={} if method == "PATCH" else None)
         assert response.status_code == 404, (method, response.text)
         assert error(response)["code"] == "model.not_found"
@@ -62,7 +65,8 @@ def test_unknown_field_is_422(app_client):
     response = app_client.post("/api/v1/models", json={"name": "ok", "colour": "red"})
     assert response.status_code == 422
     assert error(response) == {
-        "code": "request.invalid", "message": "Object contains unknown field `colour`",
+        "code": "request.invalid",
+        "message": "Object contains unknown field `colour`",
         "field": "colour",
     }
 
@@ -132,8 +136,9 @@ def test_list_pages_with_cursor(app_client):
     assert seen == names
 
 
-@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"limit": "x"},
-                                    {"cursor": "!!notours"}])
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": 501}, {"limit": "x"}, {"cursor": "!!notours"}]
+)
 def test_bad_paging_is_422(app_client, params):
     response = app_client.get("/api/v1/models", params=params)
     assert response.status_code == 422 and error(response)["code"] == "request.invalid"
@@ -157,8 +162,13 @@ def test_every_change_is_audited(app_client):
     app_client.delete("/api/v1/models/aud")
     entries = app_client.get("/api/v1/audit").json()["items"]
     actions = [e["action"] for e in entries]
-    assert actions[:5] == ["model.delete", "token.create", "model.access_key.rotate",
-                           "model.update", "model.create"]
+    assert actions[:5] == [
+        "model.delete",
+        "token.create",
+        "model.access_key.rotate",
+        "model.update",
+        "model.create",
+    ]
     assert all(e["actor"] == "admin" and e["at"].endswith("Z") for e in entries[:5])
     assert entries[-1]["actor"] == "system" and entries[-1]["action"] == "token.create"
     only = app_client.get("/api/v1/audit", params={"model": "aud"}).json()["items"]
@@ -187,14 +197,19 @@ def test_rate_limit_settings_shape_and_validation(app_client):
     changed = app_client.patch("/api/v1/models/rl", json={"rate_limit_burst": 10}).json()
     assert (changed["rate_limit_per_s"], changed["rate_limit_burst"]) == (2.5, 10)
     cleared = app_client.patch("/api/v1/models/rl", json={"rate_limit_per_s": None}).json()
-    assert cleared["rate_limit_per_s"] is None and "rl" not in app_client.app.state.services.routes.limits
-    for body, field in [({"name": "x", "rate_limit_per_s": 0}, "rate_limit_per_s"),
-                        ({"name": "x", "rate_limit_per_s": 1e-309}, "rate_limit_per_s"),
-                        ({"name": "x", "rate_limit_per_s": 0.0009}, "rate_limit_per_s"),
-                        ({"name": "x", "rate_limit_per_s": 2e6}, "rate_limit_per_s"),
-                        ({"name": "x", "rate_limit_burst": 0}, "rate_limit_burst"),
-                        ({"name": "x", "rate_limit_burst": 1.5}, "rate_limit_burst"),
-                        ({"name": "x", "description": "d" * 10_001}, "description")]:
+    assert (
+        cleared["rate_limit_per_s"] is None
+        and "rl" not in app_client.app.state.services.routes.limits
+    )
+    for body, field in [
+        ({"name": "x", "rate_limit_per_s": 0}, "rate_limit_per_s"),
+        ({"name": "x", "rate_limit_per_s": 1e-309}, "rate_limit_per_s"),
+        ({"name": "x", "rate_limit_per_s": 0.0009}, "rate_limit_per_s"),
+        ({"name": "x", "rate_limit_per_s": 2e6}, "rate_limit_per_s"),
+        ({"name": "x", "rate_limit_burst": 0}, "rate_limit_burst"),
+        ({"name": "x", "rate_limit_burst": 1.5}, "rate_limit_burst"),
+        ({"name": "x", "description": "d" * 10_001}, "description"),
+    ]:
         r = app_client.post("/api/v1/models", json=body)
         assert r.status_code == 422 and error(r)["field"] == field, r.text
 
@@ -211,8 +226,10 @@ def test_a_version_2_registry_gains_the_rate_limit_columns(tmp_path):
     conn = sqlite3.connect(path)
     for number, script in enumerate(MIGRATIONS[:2], start=1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-    conn.execute("INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
-                 " VALUES ('old', 'me', 'h', 't', 't')")
+    conn.execute(
+        "INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
+        " VALUES ('old', 'me', 'h', 't', 't')"
+    )
     conn.commit()
     conn.close()
 
@@ -239,11 +256,15 @@ def test_a_version_5_registry_loses_what_nothing_read_and_keeps_its_builds(tmp_p
     conn = sqlite3.connect(path)
     for number, script in enumerate(MIGRATIONS[:5], start=1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
-    conn.execute("INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
-                 " VALUES ('old', 'me', 'h', 't', 't')")
-    conn.execute("INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
-                 " created_at, env_python) VALUES (1, 1, 'built', 'p.py:f', '3.11', 'me', 't',"
-                 " '/envs/x/bin/python')")
+    conn.execute(
+        "INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
+        " VALUES ('old', 'me', 'h', 't', 't')"
+    )
+    conn.execute(
+        "INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
+        " created_at, env_python) VALUES (1, 1, 'built', 'p.py:f', '3.11', 'me', 't',"
+        " '/envs/x/bin/python')"
+    )
     conn.commit()
     conn.close()
 
@@ -265,10 +286,14 @@ def test_a_version_5_registry_loses_what_nothing_read_and_keeps_its_builds(tmp_p
 
 def test_deep_json_is_400_on_the_management_api(app_client):
     deep = b"[" * 100_000 + b"]" * 100_000
-    for method, path in [("POST", "/api/v1/models"), ("PATCH", "/api/v1/models/x"),
-                         ("POST", "/api/v1/tokens")]:
-        r = app_client.request(method, path, content=deep,
-                               headers={"Content-Type": "application/json"})
+    for method, path in [
+        ("POST", "/api/v1/models"),
+        ("PATCH", "/api/v1/models/x"),
+        ("POST", "/api/v1/tokens"),
+    ]:
+        r = app_client.request(
+            method, path, content=deep, headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 400 and error(r)["code"] == "request.malformed", r.text
     assert app_client.get("/api/v1/health").status_code == 200
 
@@ -282,8 +307,9 @@ def test_deep_example_input_and_captured_bodies():
     assert parse_form({"entrypoint": "m.py:f", "example_output": ok}).example_output is not None
     for depth in (MAX_EXAMPLE_DEPTH + 1, 100_000):
         with pytest.raises(RequestInvalid) as caught:
-            parse_form({"entrypoint": "m.py:f",
-                        "example_input": '{"a":' + "[" * depth + "]" * depth + "}"})
+            parse_form(
+                {"entrypoint": "m.py:f", "example_input": '{"a":' + "[" * depth + "]" * depth + "}"}
+            )
         assert caught.value.field == "example_input"
     deep = b"[" * 100_000 + b"]" * 100_000
     value, b64 = _body(deep, truncated=False)  # a captured deep request: shown as base64

@@ -26,25 +26,42 @@ class Clock:
 def env(tmp_path):
     async def make():
         db = await Database(tmp_path / "registry.sqlite3").open()
-        await db.execute("INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
-                         " VALUES ('m', 'admin', 'x', 'now', 'now')")
+        await db.execute(
+            "INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
+            " VALUES ('m', 'admin', 'x', 'now', 'now')"
+        )
         routes = Routes()
         routes.set_model("m")
         clock = Clock()
-        monitor = Monitor(db, SimpleNamespace(groups=set(), active={}), routes, clock=clock,
-                          max_tracked_rows=3, captures_per_build=2)
+        monitor = Monitor(
+            db,
+            SimpleNamespace(groups=set(), active={}),
+            routes,
+            clock=clock,
+            max_tracked_rows=3,
+            captures_per_build=2,
+        )
         return db, monitor, clock
+
     return make
 
 
-def traffic(monitor, clock, seconds: float, build: int = 1, every: float = 5.0,
-            status: int = 200, metrics=None) -> None:
+def traffic(
+    monitor,
+    clock,
+    seconds: float,
+    build: int = 1,
+    every: float = 5.0,
+    status: int = 200,
+    metrics=None,
+) -> None:
     end = clock.t + seconds
     n = 0
     while clock.t < end:
         n += 1
-        monitor.on_result("m", build, status, 0.01, f"r{clock.t}", metrics or {}, None, None,
-                          b"{}", b"1")
+        monitor.on_result(
+            "m", build, status, 0.01, f"r{clock.t}", metrics or {}, None, None, b"{}", b"1"
+        )
         clock.t += every
 
 
@@ -81,6 +98,7 @@ def test_flush_series_downsampling_and_retention(env):
         await monitor.flush()
         assert (await metric_points.count(db)) == {}
         await db.close()
+
     run(main())
 
 
@@ -94,6 +112,7 @@ def test_a_slot_written_twice_is_merged(env):
         _, cells = await monitor.series(1, "m", T0, clock.t + 10, None)
         assert [(b.requests, b.errors) for _, _, b in cells] == [(8, 4)]
         await db.close()
+
     run(main())
 
 
@@ -118,24 +137,28 @@ def test_tracked_metrics_ground_truth_and_bounds(env):
         await monitor.prune(clock.t)
         assert await monitor.tracked(1, since=0, until=1e12, name=None, after=None, limit=10) == []
         await db.close()
+
     run(main())
 
 
 def test_captures_kept_per_build_and_pruned(env):
     async def main():
         db, monitor, clock = await env()
-        group = SimpleNamespace(spec=SimpleNamespace(capture_percent=100.0,
-                                                     capture_max_bytes=1000))
+        group = SimpleNamespace(spec=SimpleNamespace(capture_percent=100.0, capture_max_bytes=1000))
         for i in range(3):
-            monitor.on_result("m", 1, 200, 0.01, f"c{i}", {}, group, None, b'{"a": %d}' % i,
-                              b"%d" % i)
+            monitor.on_result(
+                "m", 1, 200, 0.01, f"c{i}", {}, group, None, b'{"a": %d}' % i, b"%d" % i
+            )
         rows = await monitor.captures(1, 1, after_id=None, limit=10)
         assert [r["request_id"] for r in rows] == ["c2", "c1", "c0"]
         await monitor.prune(clock.t)
-        assert [r["request_id"] for r in await monitor.captures(1, 1, after_id=None, limit=10)] \
-            == ["c2", "c1"]
+        assert [r["request_id"] for r in await monitor.captures(1, 1, after_id=None, limit=10)] == [
+            "c2",
+            "c1",
+        ]
         clock.t += 15 * 86_400
         await monitor.prune(clock.t)
         assert await monitor.captures(1, 1, after_id=None, limit=10) == []
         await db.close()
+
     run(main())

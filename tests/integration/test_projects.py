@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from modelport.builder.integrity import LARGE, RACY_NS, Trust, check
 from modelport.builder.projects import Projects, RestoreFailed
 from modelport.builder.snapshot import checkout_path
@@ -74,8 +73,10 @@ def test_added_and_missing_files_and_a_same_size_same_mtime_rewrite(made):
     os.chmod(folder / "pkg", 0o755)
     (folder / "pkg/data.bin").unlink()
     _, notes = projects.ensure(DIGEST, files)
-    assert notes == ["project folder tampered with (json.py added, pkg/data.bin missing): "
-                     "restored from the store"]
+    assert notes == [
+        "project folder tampered with (json.py added, pkg/data.bin missing): "
+        "restored from the store"
+    ]
     assert sorted(p.name for p in folder.iterdir()) == ["pkg", "predict.py"]
 
     target = folder / "predict.py"
@@ -104,8 +105,11 @@ def test_what_the_store_cannot_give_back_fails_with_the_reason(made, tmp_path):
     obj = projects.store.path(files[0].digest)
     os.chmod(obj, 0o644)
     obj.write_bytes(obj.read_bytes()[:-3])
-    with pytest.raises(RestoreFailed, match=r"predict.py changed\) and the store cannot restore "
-                                            r"it: object sha256:\w+ .* is corrupt"):
+    with pytest.raises(
+        RestoreFailed,
+        match=r"predict.py changed\) and the store cannot restore "
+        r"it: object sha256:\w+ .* is corrupt",
+    ):
         projects.ensure(DIGEST, files)
     assert (folder / "predict.py").read_bytes() == b"tampered"  # nothing half-made in its place
     assert not [p for p in (tmp_path / "projects").iterdir() if p.name.startswith(".tmp-")]
@@ -118,8 +122,10 @@ def test_verify_reports_and_repair_restores(made):
     os.chmod(folder / "pkg", 0o755)
     checked, found = projects.verify({DIGEST: files})
     assert checked == 1 and [(f.digest, f.repaired) for f in found] == [(DIGEST, False)]
-    assert [(t.path, t.problem) for t in found[0].files] == [("predict.py", "changed"),
-                                                              ("pkg", "mode")]
+    assert [(t.path, t.problem) for t in found[0].files] == [
+        ("predict.py", "changed"),
+        ("pkg", "mode"),
+    ]
     assert (folder / "predict.py").read_bytes() == b"tampered"  # verify alone changes nothing
     _, found = projects.verify({DIGEST: files}, repair=True)
     assert found[0].repaired
@@ -130,8 +136,14 @@ def test_verify_reports_and_repair_restores(made):
 def test_trust_vouches_for_an_unchanged_large_file_only(tmp_path):
     big = tmp_path / "weights.bin"
     big.write_bytes(b"\0" * LARGE)
-    files = [FileEntry("weights.bin", 0o444, LARGE,
-                       "sha256:" + __import__("hashlib").sha256(b"\0" * LARGE).hexdigest())]
+    files = [
+        FileEntry(
+            "weights.bin",
+            0o444,
+            LARGE,
+            "sha256:" + __import__("hashlib").sha256(b"\0" * LARGE).hexdigest(),
+        )
+    ]
     os.chmod(big, 0o444)
     trust = Trust()
     st = big.stat()

@@ -18,7 +18,8 @@ def test_a_write_is_seen_by_the_next_read_while_other_reads_run(tmp_path):
             async with db.write() as conn:
                 await conn.execute(
                     "INSERT INTO audit (at, actor, action, detail) VALUES ('t', 'me', ?, '{}')",
-                    (f"a{i}",))
+                    (f"a{i}",),
+                )
             if await db.one("SELECT id FROM audit WHERE action = ?", (f"a{i}",)) is None:
                 missing.append(i)
 

@@ -22,9 +22,11 @@ def test_a_sweep_removes_dead_writers_temps_and_keeps_held_ones(tmp_path):
     (data / "projects" / "abc123").mkdir()  # a finished project folder is no temp
     (data / "envs" / ".tmp-feed-123").mkdir(parents=True)
     (data / "envs" / ".tmp-beef-456").mkdir()
-    with scratch_dir(data, ".build-") as live_build, \
-            scratch_dir(data / "projects", ".tmp-") as staging, \
-            file_lock(data / "envs" / ".beef.lock"):
+    with (
+        scratch_dir(data, ".build-") as live_build,
+        scratch_dir(data / "projects", ".tmp-") as staging,
+        file_lock(data / "envs" / ".beef.lock"),
+    ):
         fd, live_upload = scratch_file(data / "uploads", "upload-")
         try:
             swept = sweep(data)

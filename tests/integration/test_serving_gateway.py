@@ -32,14 +32,26 @@ TOKENS = {
 
 
 def spec(name: str, project: str, build: int = 1, **kw) -> GroupSpec:
-    return GroupSpec(model=name, build=build, python=sys.executable, project=str(MODELS / project),
-                     entry="model.py:predict", digest=f"sha256:{build:064x}", **kw)
+    return GroupSpec(
+        model=name,
+        build=build,
+        python=sys.executable,
+        project=str(MODELS / project),
+        entry="model.py:predict",
+        digest=f"sha256:{build:064x}",
+        **kw,
+    )
 
 
 async def fallback(scope, receive, send):
     assert scope["type"] == "http"
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     await send({"type": "http.response.body", "body": b"fallback " + scope["path"].encode()})
 
 
@@ -62,19 +74,31 @@ class Harness:
         self.loop.run_until_complete(self._main())
 
     async def _main(self) -> None:
-        self.sup = Supervisor(runtime_dir=ensure_runtime(self.tmp), logs_dir=self.tmp / "logs",
-                              tuning=Tuning(stop_grace_s=3, backoff_base_s=0.05))
+        self.sup = Supervisor(
+            runtime_dir=ensure_runtime(self.tmp),
+            logs_dir=self.tmp / "logs",
+            tuning=Tuning(stop_grace_s=3, backoff_base_s=0.05),
+        )
         self.routes = Routes(self.sup)
         self.auth = Auth(None)
         for model, key in KEYS.items():
             self.auth.remember_key(model, hash_secret(key))
         for secret, identity in TOKENS.items():
             self.auth._tokens[hash_secret(secret)] = identity
-        gateway = Gateway(fallback, self.routes, self.auth,
-                          on_result=lambda *a: self.results.append(a))
-        self.server = uvicorn.Server(uvicorn.Config(
-            gateway, host="127.0.0.1", port=self.port, loop="none", lifespan="off",
-            log_level="warning", access_log=False))
+        gateway = Gateway(
+            fallback, self.routes, self.auth, on_result=lambda *a: self.results.append(a)
+        )
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                gateway,
+                host="127.0.0.1",
+                port=self.port,
+                loop="none",
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+            )
+        )
         serving = asyncio.create_task(self.server.serve())
         while not self.server.started:
             await asyncio.sleep(0.01)
@@ -135,23 +159,32 @@ def test_predict_rotates_and_sets_headers(hx, client):
         assert r.headers["x-request-id"]
         seen.append(r.headers["x-replica-id"])
     assert seen[0] != seen[1] and seen[:2] == seen[2:]
-    r = client.post("/models/add/predict", json={"a": 1}, headers={
-        **bearer(KEYS["add"]), "X-Request-Id": "my-request-1"})
+    r = client.post(
+        "/models/add/predict",
+        json={"a": 1},
+        headers={**bearer(KEYS["add"]), "X-Request-Id": "my-request-1"},
+    )
     assert r.headers["x-request-id"] == "my-request-1"
-    assert ("add", 1, 200) == hx.results[-1][:3] and hx.results[-1][4] == "my-request-1"
+    assert hx.results[-1][:3] == ("add", 1, 200) and hx.results[-1][4] == "my-request-1"
 
 
 def test_json_and_msgpack_both_ways(client):
     auth = bearer(KEYS["add"])
     mp = {"Content-Type": "application/msgpack"}
-    r = client.post("/models/add/predict", content=msgspec.msgpack.encode({"a": 1, "b": 2}),
-                    headers={**auth, **mp, "Accept": "application/msgpack"})
+    r = client.post(
+        "/models/add/predict",
+        content=msgspec.msgpack.encode({"a": 1, "b": 2}),
+        headers={**auth, **mp, "Accept": "application/msgpack"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/msgpack"
     assert msgspec.msgpack.decode(r.content) == 3.0
-    r = client.post("/models/add/predict", content=msgspec.msgpack.encode({"a": 1}),
-                    headers={**auth, **mp})
+    r = client.post(
+        "/models/add/predict", content=msgspec.msgpack.encode({"a": 1}), headers={**auth, **mp}
+    )
     assert r.json() == 1.0
-    r = client.post("/models/add/predict", json={"a": 5}, headers={**auth, "Accept": "application/msgpack"})
+    r = client.post(
+        "/models/add/predict", json={"a": 5}, headers={**auth, "Accept": "application/msgpack"}
+    )
     assert msgspec.msgpack.decode(r.content) == 5.0
     r = client.post("/models/echo/predict", content=b'{"x": [1, 2.5, "three", null]}')
     assert r.json()["echo"] == {"x": [1, 2.5, "three", None]}
@@ -163,11 +196,18 @@ def test_errors(client):
     assert err(r) == (422, "request.invalid", "a")
     assert r.json()["error"]["message"] == "Expected `float`, got `str` - at `$.a`"
     assert err(client.post("/models/add/predict", json={"b": 1}, headers=auth)) == (
-        422, "request.invalid", "a")
+        422,
+        "request.invalid",
+        "a",
+    )
     assert err(client.post("/models/add/predict", content=b"{a", headers=auth))[:2] == (
-        400, "request.malformed")
+        400,
+        "request.malformed",
+    )
     assert err(client.post("/models/add/predict", json=[1, 2], headers=auth))[:2] == (
-        400, "request.malformed")
+        400,
+        "request.malformed",
+    )
     r = client.post("/models/raises/predict", json={"x": 3}, headers=bearer(KEYS["raises"]))
     assert err(r)[:2] == (500, "model.error")
     assert r.json()["error"]["message"] == "ValueError: cannot handle 3"
@@ -195,20 +235,32 @@ def test_cloudera_model_endpoint(client):
     assert r.status_code == 200
     body = r.json()
     assert body["success"] is True and body["response"]["echo"] == {"b": [1, {"c": None}]}
-    assert body["ReplicaID"] == r.headers["x-replica-id"] and body["ReplicaID"].startswith("echo-1-1-")
+    assert body["ReplicaID"] == r.headers["x-replica-id"] and body["ReplicaID"].startswith(
+        "echo-1-1-"
+    )
     r = client.post(f"/model?accessKey={KEYS['add']}", json={"request": {"a": 2, "b": 3}})
     assert r.json()["response"] == 5.0
-    r = client.post("/model", content=msgspec.msgpack.encode(
-        {"accessKey": KEYS["add"], "request": {"a": 1}}), headers={
-        "Content-Type": "application/msgpack", "Accept": "application/msgpack"})
+    r = client.post(
+        "/model",
+        content=msgspec.msgpack.encode({"accessKey": KEYS["add"], "request": {"a": 1}}),
+        headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
+    )
     assert msgspec.msgpack.decode(r.content)["response"] == 1.0
     assert err(client.post("/model", json={"request": {}})) == (401, "auth.missing", None)
     assert err(client.post("/model", json={"accessKey": "mp_key_x", "request": {}}))[:2] == (
-        401, "auth.invalid")
+        401,
+        "auth.invalid",
+    )
     assert err(client.post("/model", json={"accessKey": KEYS["add"]})) == (
-        422, "request.invalid", "request")
+        422,
+        "request.invalid",
+        "request",
+    )
     assert err(client.post("/model", json={"accessKey": KEYS["add"], "request": {"a": "x"}})) == (
-        422, "request.invalid", "a")
+        422,
+        "request.invalid",
+        "a",
+    )
     assert err(client.post("/model", content=b"[1]"))[:2] == (400, "request.malformed")
 
 
@@ -220,6 +272,7 @@ def test_body_limit(client):
     def chunks():  # no Content-Length: counted while reading
         for _ in range(6):
             yield b"z" * (1024 * 1024)
+
     r = client.post("/models/echo/predict", content=chunks())
     assert err(r)[:2] == (413, "request.too_large")
     assert client.post("/models/echo/predict", json={"ok": 1}).status_code == 200
@@ -235,13 +288,17 @@ def test_other_requests_pass_through(client):
 
 def test_starting_group_is_503(hx, client):
     async def route_to_unstarted():
-        group = ReplicaGroup(spec("starting", "add"), runtime_dir=hx.sup.runtime_dir,
-                             logs_dir=hx.sup.logs_dir)
+        group = ReplicaGroup(
+            spec("starting", "add"), runtime_dir=hx.sup.runtime_dir, logs_dir=hx.sup.logs_dir
+        )
         hx.routes.set_model("starting", auth=False)
         hx.routes.set_group("starting", group)
+
     hx.run(route_to_unstarted())
     assert err(client.post("/models/starting/predict", json={"a": 1}))[:2] == (
-        503, "model.unavailable")
+        503,
+        "model.unavailable",
+    )
 
 
 def test_switching_builds_under_load_fails_nothing(hx):
@@ -260,6 +317,7 @@ def test_switching_builds_under_load_fails_nothing(hx):
                     sent.append((t, r.headers["x-model-build"]))
                 else:
                     failures.append((r.status_code, r.text))
+
     threads = [threading.Thread(target=client_loop) for _ in range(6)]
     for t in threads:
         t.start()
@@ -281,8 +339,9 @@ def test_switching_builds_under_load_fails_nothing(hx):
 def test_stopping_is_503_then_not_deployed(hx, client):
     group = hx.run(hx.sup.deploy(spec("st", "slow")))
     hx.routes.set_model("st", auth=False)
-    slow = threading.Thread(target=lambda: httpx.post(
-        f"{hx.url}/models/st/predict", json={"seconds": 1.0}, timeout=30))
+    slow = threading.Thread(
+        target=lambda: httpx.post(f"{hx.url}/models/st/predict", json={"seconds": 1.0}, timeout=30)
+    )
     slow.start()
     wait_for(lambda: group.replicas[0].in_flight == 1)
     stopping = asyncio.run_coroutine_threadsafe(hx.sup.stop("st"), hx.loop)

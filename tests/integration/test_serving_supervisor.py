@@ -27,14 +27,27 @@ from modelport.serving.config import GroupSpec, Tuning
 from modelport.serving.supervisor import GroupFailed, ReplicaGroup, Supervisor
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-TUNING = Tuning(boot_timeout_s=30, stop_grace_s=3, ping_interval_s=0.5, ping_timeout_s=10,
-                rss_interval_s=0.05, backoff_base_s=0.05, backoff_cap_s=0.5, log_check_s=0.5)
+TUNING = Tuning(
+    boot_timeout_s=30,
+    stop_grace_s=3,
+    ping_interval_s=0.5,
+    ping_timeout_s=10,
+    rss_interval_s=0.05,
+    backoff_base_s=0.05,
+    backoff_cap_s=0.5,
+    log_check_s=0.5,
+)
 
 
 def spec(model: str, **kw) -> GroupSpec:
-    return GroupSpec(model=model.replace("_", "-"), build=kw.pop("build", 1),
-                     python=sys.executable, project=str(MODELS / model),
-                     entry="model.py:predict", **kw)
+    return GroupSpec(
+        model=model.replace("_", "-"),
+        build=kw.pop("build", 1),
+        python=sys.executable,
+        project=str(MODELS / model),
+        entry="model.py:predict",
+        **kw,
+    )
 
 
 def one_file_model(project: Path, code: str) -> Path:
@@ -46,17 +59,26 @@ def one_file_model(project: Path, code: str) -> Path:
 
 def local_spec(project: Path, **kw) -> GroupSpec:
     """A group of the model in ``project`` (named after the folder), run by this Python."""
-    return GroupSpec(model=project.name, build=1, python=sys.executable, project=str(project),
-                     entry="model.py:predict", **kw)
+    return GroupSpec(
+        model=project.name,
+        build=1,
+        python=sys.executable,
+        project=str(project),
+        entry="model.py:predict",
+        **kw,
+    )
 
 
 class Env:
     def __init__(self, tmp: Path, **tuning) -> None:
         self.tmp = tmp
         self.events: list[tuple[str, dict]] = []
-        self.sup = Supervisor(runtime_dir=ensure_runtime(tmp), logs_dir=tmp / "logs",
-                              tuning=msgspec.structs.replace(TUNING, **tuning),
-                              on_change=lambda g, e, d: self.events.append((e, d)))
+        self.sup = Supervisor(
+            runtime_dir=ensure_runtime(tmp),
+            logs_dir=tmp / "logs",
+            tuning=msgspec.structs.replace(TUNING, **tuning),
+            on_change=lambda g, e, d: self.events.append((e, d)),
+        )
 
     def run(self, test) -> None:
         async def go():
@@ -64,6 +86,7 @@ class Env:
                 await test(self.sup)
             finally:
                 await self.sup.shutdown(5)
+
         asyncio.run(go())
 
     def named(self, event: str) -> list[dict]:
@@ -75,10 +98,19 @@ def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
 
 
-async def call(group, body: object = None, *, raw: bytes | None = None, ctype: str = "json",
-               accept: str = "json"):
-    data = raw if raw is not None else (
-        msgspec.msgpack.encode(body) if ctype == "msgpack" else msgspec.json.encode(body))
+async def call(
+    group,
+    body: object = None,
+    *,
+    raw: bytes | None = None,
+    ctype: str = "json",
+    accept: str = "json",
+):
+    data = (
+        raw
+        if raw is not None
+        else (msgspec.msgpack.encode(body) if ctype == "msgpack" else msgspec.json.encode(body))
+    )
     return await group.call(data, ctype, accept, "req")
 
 
@@ -114,9 +146,14 @@ def test_sequential_requests_rotate_over_ready_replicas(env):
         assert msgspec.msgpack.decode(msg.body) == 3.0
         assert [r.served for r in group.replicas] == [4, 3]
         assert group.info().state == "running"
+
     env.run(t)
     assert [e for e, _ in env.events][:4] == [
-        "group.starting", "replica.ready", "replica.ready", "group.ready"]
+        "group.starting",
+        "replica.ready",
+        "replica.ready",
+        "group.ready",
+    ]
     stdout = next((env.tmp / "logs" / "replicas").glob("add-1-1-*.stdout")).read_text()
     assert "add: loaded in pid" in stdout
 
@@ -125,7 +162,11 @@ def test_model_errors_come_back_as_failures(env):
     async def t(sup):
         group = await sup.deploy(spec("raises"))
         _, msg = await call(group, {"x": 3})
-        assert (msg.status, msg.code, msg.message) == (500, "model.error", "ValueError: cannot handle 3")
+        assert (msg.status, msg.code, msg.message) == (
+            500,
+            "model.error",
+            "ValueError: cannot handle 3",
+        )
         _, msg = await call(group, {"x": "three"})
         assert (msg.status, msg.code, msg.field) == (422, "request.invalid", "x")
         _, msg = await call(group, raw=b"{nope")
@@ -134,6 +175,7 @@ def test_model_errors_come_back_as_failures(env):
         metrics = await sup.deploy(spec("metrics"))
         _, msg = await call(metrics, {"x": 2})
         assert msg.body == b"4.0" and msg.metrics == {"input": 2.0, "doubled": 4.0}
+
     env.run(t)
     stderr = next((env.tmp / "logs" / "replicas").glob("raises-1-1-*.stderr")).read_text()
     assert "Traceback" in stderr and "ValueError: cannot handle 3" in stderr
@@ -146,6 +188,7 @@ def test_numpy_values_go_out_as_json(env):
         group = await sup.deploy(spec("numpy_out"))
         _, msg = await call(group, {"n": 3})
         assert msgspec.json.decode(msg.body) == {"values": [0.0, 1.5, 3.0], "mean": 1.5, "count": 3}
+
     env.run(t)
 
 
@@ -172,6 +215,7 @@ def test_routing_while_starting_and_stopping(env):
         with pytest.raises(GroupFailed):
             await sup.deploy(spec("fails_import"))
         assert sup.group("fails-import") is None
+
     env.run(t)
 
 
@@ -188,6 +232,7 @@ def test_crash_mid_request_is_502_and_the_replica_restarts(env):
         assert replica.pid != pid and gone(pid)
         _, msg = await call(group, {})
         assert msgspec.json.decode(msg.body) == {"pid": replica.pid}
+
     env.run(t)
     crashed = env.named("replica.crashed")
     assert crashed[0]["reason"] == "exited with code 7" and crashed[0]["restart_in_s"] == 0.05
@@ -206,6 +251,7 @@ def test_timeout_is_504_and_the_replica_is_replaced(env):
         assert replica.restarts == 1 and gone(pid)
         _, msg = await call(group, {})
         assert isinstance(msg, Result)
+
     env.run(t)
     stderr = next((env.tmp / "logs" / "replicas").glob("hang-1-1-*.stderr")).read_text()
     assert "a call ran past timeout_s=0.5s" in stderr
@@ -223,6 +269,7 @@ def test_memory_limit_kills_and_logs_why(env, caplog):
         assert "memory_mb=120" in info.value.message
         await until(lambda: replica.state == "ready")
         assert replica.restarts == 1
+
     env.run(t)
     stderr = next((env.tmp / "logs" / "replicas").glob("hog-1-1-*.stderr")).read_text()
     assert re.search(r"killed: resident memory \d+ MiB is over memory_mb=120", stderr)
@@ -233,8 +280,11 @@ def test_busy_is_429_after_the_queue_timeout_and_the_queue_is_fifo(env):
     async def t(sup):
         group = await sup.deploy(spec("slow", queue_timeout_s=0.2, max_queue=1))
         outcomes = await asyncio.gather(
-            call(group, {"seconds": 0.6}), call(group, {"seconds": 0.6}),
-            call(group, {"seconds": 0.6}), return_exceptions=True)
+            call(group, {"seconds": 0.6}),
+            call(group, {"seconds": 0.6}),
+            call(group, {"seconds": 0.6}),
+            return_exceptions=True,
+        )
         assert isinstance(outcomes[0][1], Result)
         for busy in outcomes[1:]:  # one waited 0.2 s, the other found the queue full
             assert isinstance(busy, ModelBusy) and busy.headers == {"Retry-After": "1"}
@@ -244,12 +294,14 @@ def test_busy_is_429_after_the_queue_timeout_and_the_queue_is_fifo(env):
         async def one(i: int):
             await call(fifo, {"seconds": 0.05})
             done.append(i)
+
         tasks = []
         for i in range(5):
             tasks.append(asyncio.create_task(one(i)))
             await asyncio.sleep(0.005)
         await asyncio.gather(*tasks)
         assert done == [0, 1, 2, 3, 4]
+
     env.run(t)
 
 
@@ -260,9 +312,11 @@ def test_max_concurrency_lets_a_replica_run_calls_side_by_side(env):
         results = await asyncio.gather(*(call(group, {"seconds": 0.4}) for _ in range(3)))
         assert time.monotonic() - started < 1.0  # together, not one after the other
         assert all(isinstance(m, Result) for _, m in results)
-        outcomes = await asyncio.gather(*(call(group, {"seconds": 0.4}) for _ in range(4)),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(call(group, {"seconds": 0.4}) for _ in range(4)), return_exceptions=True
+        )
         assert sum(isinstance(o, ModelBusy) for o in outcomes) == 1  # the fourth had to wait
+
     env.run(t)
 
 
@@ -271,6 +325,7 @@ def test_no_ready_replica_is_503(env):
         group = ReplicaGroup(spec("add"), runtime_dir=sup.runtime_dir, logs_dir=sup.logs_dir)
         with pytest.raises(ModelUnavailable):  # starting: nothing ready yet
             await call(group, {"a": 1})
+
     env.run(t)
 
 
@@ -285,6 +340,7 @@ def test_boot_failure_fails_the_group_with_the_error_and_no_restart(env):
         assert "loading the weights failed: corrupt file" in str(info.value)
         assert sup.active == {} and sup.groups == set()
         await asyncio.sleep(0.3)
+
     env.run(t)
     assert env.named("group.failed")[0]["reason"].startswith("ModuleNotFoundError")
     assert env.named("replica.ready") == [] and env.named("replica.crashed") == []
@@ -310,6 +366,7 @@ def test_flapping_gives_up_and_then_nothing_is_ready(tmp_path):
         assert replica.state == "crashed" and replica.restarts == 2
         with pytest.raises(ModelUnavailable):
             await call(group, {})
+
     env.run(t)
     assert env.named("group.failed")[0]["reason"].startswith("flapping")
 
@@ -335,6 +392,7 @@ def test_a_call_that_never_reached_a_dead_replica_is_retried(env):
         assert replica is only and msgspec.json.decode(msg.body)["pid"] == only.pid != pid
         assert only.restarts == 1
         assert [r.failed for r in (*group.replicas, only)] == [0, 0, 0]
+
     env.run(t)
 
 
@@ -350,7 +408,8 @@ BIG_ANSWERS = (
     "        except OSError:\n"
     "            pass\n"
     "        time.sleep(60)\n"
-    "    return {'pid': os.getpid(), 'pad': 'x' * args.get('pad', 0)}\n")
+    "    return {'pid': os.getpid(), 'pad': 'x' * args.get('pad', 0)}\n"
+)
 
 
 def test_answers_over_the_response_cap(tmp_path, caplog):
@@ -381,9 +440,13 @@ def test_answers_over_the_response_cap(tmp_path, caplog):
         group.balancer._cursor = 0
         replica, msg = await call(group, {})
         assert replica is first and msgspec.json.decode(msg.body)["pid"] == first.pid
+
     env.run(t)
-    assert re.search(r"killed: it sent an answer of 209715200 bytes, over the response cap of "
-                     r"1 MiB \(MODELPORT_MAX_RESPONSE_MB\)", caplog.text)
+    assert re.search(
+        r"killed: it sent an answer of 209715200 bytes, over the response cap of "
+        r"1 MiB \(MODELPORT_MAX_RESPONSE_MB\)",
+        caplog.text,
+    )
     assert env.named("replica.crashed")[0]["restart_in_s"] == 0.0
 
 
@@ -401,6 +464,7 @@ def test_sigkill_under_load_fails_only_what_was_in_flight(env):
                     ok.append(1)
                 except ModelCrashed as exc:
                     errors.append(exc)
+
         tasks = [asyncio.create_task(client()) for _ in range(6)]
         await asyncio.sleep(0.4)
         victim = group.replicas[0]
@@ -412,6 +476,7 @@ def test_sigkill_under_load_fails_only_what_was_in_flight(env):
         assert len(errors) <= 1  # max_concurrency 1: at most one call was inside it
         assert len(ok) > 40
         assert victim.served > 0 and group.replicas[1].served > 0
+
     env.run(t)
 
 
@@ -431,6 +496,7 @@ def test_drain_waits_for_in_flight_calls_then_stops_the_processes(env):
         assert group.state == "stopped" and [r.state for r in group.replicas] == ["exited"] * 2
         assert all(gone(p) for p in pids)
         assert "slow" not in sup.active
+
     env.run(t)
     assert env.named("group.stopped") == [{"clean": True}]
 
@@ -450,9 +516,13 @@ def test_scale_up_and_down_keeps_slots(env):
         assert all(gone(r.pid) for r in removed)
         await group.scale(2)
         assert [r.slot for r in group.replicas] == [1, 2]
+
     env.run(t)
-    assert env.named("group.scaled") == [{"from": 1, "to": 3}, {"from": 3, "to": 1},
-                                         {"from": 1, "to": 2}]
+    assert env.named("group.scaled") == [
+        {"from": 1, "to": 3},
+        {"from": 3, "to": 1},
+        {"from": 1, "to": 2},
+    ]
 
 
 PARENT = """
@@ -476,8 +546,17 @@ def test_replicas_die_with_a_killed_server(tmp_path):
     import subprocess
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(ensure_runtime(tmp_path)), str(tmp_path / "logs"),
-         str(MODELS / "add")], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            PARENT,
+            str(ensure_runtime(tmp_path)),
+            str(tmp_path / "logs"),
+            str(MODELS / "add"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]
         assert len(pids) == 2 and not any(gone(p) for p in pids)
@@ -511,6 +590,7 @@ def test_a_replica_that_stops_answering_pings_is_recycled(tmp_path):
         assert replica.restarts == 1
         _, msg = await call(group, {"a": 1})
         assert msg.body == b"1.0"
+
     env.run(t)
     assert env.named("replica.crashed")[0]["reason"] == "killed: no answer to pings for 0.6s"
 
@@ -554,9 +634,14 @@ def test_a_stopped_replica_is_late_and_passed_over_until_it_answers(tmp_path):
         group.balancer._cursor = 0
         replica, _ = await call(group, {"seconds": 0})
         assert replica is first
+
     env.run(t)
     assert [e for e, _ in env.events if e in ("replica.late", "replica.back")] == [
-        "replica.late", "replica.back", "replica.late", "replica.back"]
+        "replica.late",
+        "replica.back",
+        "replica.late",
+        "replica.back",
+    ]
 
 
 def test_replica_logs_are_bounded(tmp_path):
@@ -578,6 +663,7 @@ def test_replica_logs_are_bounded(tmp_path):
 def test_an_inline_replica_holds_one_queued_call_and_a_crash_retries_it(env):
     """A replica that runs calls one at a time gets the next one queued in its pipe; when the
     running call kills it, the queued one never started: it is answered by another replica."""
+
     async def t(sup):
         group = await sup.deploy(spec("crash_on_call", replicas=2))
         first, second = group.replicas
@@ -586,22 +672,27 @@ def test_an_inline_replica_holds_one_queued_call_and_a_crash_retries_it(env):
         crash = asyncio.create_task(call(group, {"crash": True, "after": 0.3}))
         await asyncio.sleep(0.05)
         busy_other = asyncio.create_task(call(group, {}))  # least connections: the idle one
-        queued = asyncio.create_task(call(group, {}))      # both hold one: queued behind a call
+        queued = asyncio.create_task(call(group, {}))  # both hold one: queued behind a call
         results = await asyncio.gather(crash, busy_other, queued, return_exceptions=True)
         assert isinstance(results[0], ModelCrashed)
         assert all(isinstance(r[1], Result) for r in results[1:]), results
         assert first.failed == 1 and second.failed == 0
+
     env.run(t)
 
 
 def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_path):
-    project = one_file_model(tmp_path / "counting", (
-        "import time\n"
-        "def predict(seconds: float, tag: str) -> str:\n"
-        "    with open('runs.log', 'a') as f:\n"
-        "        f.write(tag + '\\n')\n"
-        "    time.sleep(seconds)\n"
-        "    return tag\n"))
+    project = one_file_model(
+        tmp_path / "counting",
+        (
+            "import time\n"
+            "def predict(seconds: float, tag: str) -> str:\n"
+            "    with open('runs.log', 'a') as f:\n"
+            "        f.write(tag + '\\n')\n"
+            "    time.sleep(seconds)\n"
+            "    return tag\n"
+        ),
+    )
 
     async def t(sup):
         group = await sup.deploy(local_spec(project, queue_timeout_s=0.2))
@@ -613,6 +704,7 @@ def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_pat
         assert isinstance(msg, Result)
         _, after = await call(group, {"seconds": 0.0, "tag": "after"})
         assert isinstance(after, Result)
+
     env.run(t)
     assert (project / "runs.log").read_text().split() == ["first", "after"]
 
@@ -620,11 +712,15 @@ def test_a_queued_call_that_cannot_start_in_time_is_429_and_not_run(env, tmp_pat
 def test_a_queued_call_has_its_own_timeout_from_when_it_starts(env, tmp_path):
     """Two calls of 0.6 s on one replica with timeout_s=1: the second waits in the pipe, then
     runs; 1.2 s after the first arrived, but 0.6 s after it started — both answer."""
-    project = one_file_model(tmp_path / "sleepy", (
-        "import time\n"
-        "def predict(seconds: float) -> float:\n"
-        "    time.sleep(seconds)\n"
-        "    return seconds\n"))
+    project = one_file_model(
+        tmp_path / "sleepy",
+        (
+            "import time\n"
+            "def predict(seconds: float) -> float:\n"
+            "    time.sleep(seconds)\n"
+            "    return seconds\n"
+        ),
+    )
 
     async def t(sup):
         group = await sup.deploy(local_spec(project, timeout_s=1.0))
@@ -636,4 +732,5 @@ def test_a_queued_call_has_its_own_timeout_from_when_it_starts(env, tmp_path):
         assert group.replicas[0].restarts == 0 and group.replicas[0].state == "ready"
         with pytest.raises(ModelTimeout):  # and one that runs past it still times out
             await call(group, {"seconds": 3.0})
+
     env.run(t)

@@ -72,16 +72,34 @@ def exits(code: int, hard: bool):
 class Worker:
     """One worker process and the server end of its socket."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, first: object) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: object,
+    ) -> None:
         self.proc, self.reader, self.writer, self.first = proc, reader, writer, first
         self.next_id = 0
 
-    async def call(self, body: object, *, content_type: str = "json", accept: str = "json",
-                   raw: bytes | None = None) -> Result | Failure:
+    async def call(
+        self,
+        body: object,
+        *,
+        content_type: str = "json",
+        accept: str = "json",
+        raw: bytes | None = None,
+    ) -> Result | Failure:
         self.next_id += 1
-        await self.send(Call(self.next_id, raw if raw is not None else encode(body, content_type),
-                             content_type, accept, f"req-{self.next_id}"))
+        await self.send(
+            Call(
+                self.next_id,
+                raw if raw is not None else encode(body, content_type),
+                content_type,
+                accept,
+                f"req-{self.next_id}",
+            )
+        )
         msg = await asyncio.wait_for(read_frame(self.reader), 30)
         assert isinstance(msg, (Result, Failure)) and msg.id == self.next_id, msg
         return msg
@@ -118,9 +136,19 @@ async def start(project: Path, entry: str, sock_dir: Path, *extra: str) -> Worke
     conns: asyncio.Queue = asyncio.Queue()
     server = await asyncio.start_unix_server(lambda r, w: conns.put_nowait((r, w)), path=path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-u", "-m", "modelport.runtime.worker", "--project", str(project),
-        "--entry", entry, "--socket", path, *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-u",
+        "-m",
+        "modelport.runtime.worker",
+        "--project",
+        str(project),
+        "--entry",
+        entry,
+        "--socket",
+        path,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         reader, writer = await asyncio.wait_for(conns.get(), 30)
@@ -150,6 +178,7 @@ def test_ready_then_json_and_msgpack_calls(model_dir, sock_dir):
         rc, out, err = await w.close()
         assert rc == 0
         assert "loading weights" in out and "adding 2.0 and 5.0" in out
+
     run(go())
 
 
@@ -157,8 +186,9 @@ def test_failures(model_dir, sock_dir):
     async def go():
         w = await start(model_dir, "model.py:add", sock_dir)
         res = await w.call({"a": "x"})
-        assert res == Failure(res.id, 422, "request.invalid",
-                              "Expected `float`, got `str` - at `$.a`", "a")
+        assert res == Failure(
+            res.id, 422, "request.invalid", "Expected `float`, got `str` - at `$.a`", "a"
+        )
         res = await w.call({"b": 1})
         assert (res.status, res.code, res.field) == (422, "request.invalid", "a")
         res = await w.call({"a": 1, "c": 2})
@@ -171,12 +201,17 @@ def test_failures(model_dir, sock_dir):
         assert (res.status, res.code) == (400, "request.malformed")
         res = await w.call({"a": -1})
         assert (res.status, res.code, res.message, res.field) == (
-            500, "model.error", "ValueError: boom", None)
+            500,
+            "model.error",
+            "ValueError: boom",
+            None,
+        )
         res = await w.call({"a": 1})  # still serving after errors
         assert isinstance(res, Result) and res.body == b"2.0"
         rc, _, err = await w.close()
         assert rc == 0
         assert "Traceback" in err and "ValueError: boom" in err  # the traceback stays in the log
+
     run(go())
 
 
@@ -191,6 +226,7 @@ def test_cloudera_dict_form_and_ping(model_dir, sock_dir):
         assert isinstance(pong, Pong) and pong.id == 99
         assert pong.served == 1 and pong.in_flight == 0 and pong.rss_kb > 1000
         assert (await w.close())[0] == 0
+
     run(go())
 
 
@@ -201,6 +237,7 @@ def test_async_function_with_metrics(model_dir, sock_dir):
         res = await w.call({"seconds": 0.01})
         assert json.loads(res.body) == {"slept": 0.01} and res.metrics == {"slept": 0.01}
         assert (await w.close())[0] == 0
+
     run(go())
 
 
@@ -212,6 +249,7 @@ def test_import_failure_sends_boot_and_exits_3(tmp_path, sock_dir):
         assert w.first == Boot("ModuleNotFoundError: No module named 'not_a_real_dependency_xyz'")
         rc, _, err = await w.close()
         assert rc == 3 and "Traceback" in err
+
     run(go())
 
 
@@ -220,6 +258,7 @@ def test_missing_function_is_a_boot_failure(model_dir, sock_dir):
         w = await start(model_dir, "model.py:nope", sock_dir)
         assert isinstance(w.first, Boot) and w.first.error.startswith("EntryError: ")
         assert (await w.close())[0] == 3
+
     run(go())
 
 
@@ -229,6 +268,7 @@ def test_socket_close_stops_the_worker(model_dir, sock_dir):
         assert isinstance(w.first, Ready)
         w.writer.close()
         assert await asyncio.wait_for(w.proc.wait(), 10) == 0
+
     run(go())
 
 
@@ -245,6 +285,7 @@ def test_concurrency_runs_calls_in_parallel(model_dir, sock_dir, entry):
         assert all(isinstance(r, Result) for r in results)
         assert elapsed < 1.5, elapsed  # serially it would take 2 s
         assert (await w.close())[0] == 0
+
     run(go())
 
 
@@ -259,6 +300,7 @@ def test_ping_is_answered_while_threaded_calls_run(model_dir, sock_dir):
         res = await asyncio.wait_for(read_frame(w.reader), 10)
         assert isinstance(res, Result) and res.id == 1
         assert (await w.close())[0] == 0
+
     run(go())
 
 
@@ -272,6 +314,7 @@ def test_max_concurrency_one_serialises(model_dir, sock_dir):
         assert [r.id for r in results] == [1, 2, 3]
         assert time.monotonic() - started >= 0.6
         assert (await w.close())[0] == 0
+
     run(go())
 
 
@@ -289,6 +332,7 @@ def test_sigterm_finishes_in_flight_calls_then_exits(model_dir, sock_dir):
         assert (by_id[2].status, by_id[2].code) == (503, "model.unavailable")
         assert await asyncio.wait_for(read_frame(w.reader), 10) is None  # it closed the socket
         assert await asyncio.wait_for(w.proc.wait(), 10) == 0
+
     run(go())
 
 
@@ -300,14 +344,17 @@ def test_sys_exit_is_a_model_error_but_os_exit_a_crash(model_dir, sock_dir):
         await w.send(Call(2, b'{"code": 7, "hard": true}'))
         assert await asyncio.wait_for(read_frame(w.reader), 10) is None
         assert await asyncio.wait_for(w.proc.wait(), 10) == 7
+
     run(go())
 
 
 def test_standard_asyncio_loop(model_dir, sock_dir):
     """Model environments without uvloop serve on the standard loop, threads and drain included."""
+
     async def go():
-        w = await start(model_dir, "model.py:slow", sock_dir, "--loop", "asyncio",
-                        "--max-concurrency", "2")
+        w = await start(
+            model_dir, "model.py:slow", sock_dir, "--loop", "asyncio", "--max-concurrency", "2"
+        )
         started = time.monotonic()
         await w.send(Call(1, b'{"seconds": 0.4}'))
         await w.send(Call(2, b'{"seconds": 0.4}'))
@@ -320,6 +367,7 @@ def test_standard_asyncio_loop(model_dir, sock_dir):
         w2 = await start(model_dir, "model.py:add", sock_dir, "--loop", "asyncio")
         assert (await w2.call({"a": 1})).body == b"2.0"
         assert (await w2.close())[0] == 0
+
     run(go())
 
 
@@ -330,9 +378,21 @@ def test_inherited_fd(model_dir):
     ours, theirs = socket.socketpair()
     with ours:
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "modelport.runtime.worker", "--project", str(model_dir),
-             "--entry", "model.py:add", "--fd", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-u",
+                "-m",
+                "modelport.runtime.worker",
+                "--project",
+                str(model_dir),
+                "--entry",
+                "model.py:add",
+                "--fd",
+                str(theirs.fileno()),
+            ],
+            pass_fds=[theirs.fileno()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         theirs.close()
         ours.settimeout(30)
@@ -349,9 +409,20 @@ def test_cannot_connect_exits_4(model_dir, sock_dir):
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "modelport.runtime.worker", "--project", str(model_dir),
-         "--entry", "model.py:add", "--socket", str(sock_dir / "absent.sock")],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "modelport.runtime.worker",
+            "--project",
+            str(model_dir),
+            "--entry",
+            "model.py:add",
+            "--socket",
+            str(sock_dir / "absent.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 4 and "cannot connect" in proc.stderr
 
@@ -366,7 +437,7 @@ def test_frame_reader_reassembles_split_and_batched_frames():
         reader = FrameReader()
         got = []
         for i in range(0, len(stream), chunk):
-            got += reader.feed(stream[i:i + chunk])
+            got += reader.feed(stream[i : i + chunk])
         assert got == msgs and reader.pending == 0
 
 
@@ -398,6 +469,7 @@ def test_answers_over_the_response_cap_are_a_model_error(model_dir, sock_dir):
         assert "5002 bytes" in over.message and "MODELPORT_MAX_RESPONSE_MB" in over.message
         assert isinstance(await w.call({"n": 1}), Result)  # it keeps serving
         await w.close()
+
     run(go())
 
 
@@ -409,6 +481,7 @@ def test_a_call_over_the_workers_read_limit_closes_the_connection(model_dir, soc
         assert await asyncio.wait_for(read_frame(w.reader), 30) is None  # closed, not read
         code, _, err = await w.close()
         assert code == 0 and "exceeds the limit of 2000" in err
+
     run(go())
 
 

@@ -13,7 +13,6 @@ import tarfile
 
 import pytest
 import zstandard
-
 from modelport.store.archive import (
     ArchiveError,
     ArchiveInvalid,
@@ -43,8 +42,9 @@ def entry(name, data=b"", *, type=tarfile.REGTYPE, link="", mode=0o644, size=Non
 
 def tar(*entries, format=tarfile.PAX_FORMAT) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=format, encoding="utf-8",
-                      errors="surrogateescape") as t:
+    with tarfile.open(
+        fileobj=buf, mode="w", format=format, encoding="utf-8", errors="surrogateescape"
+    ) as t:
         for ti, data in entries:
             t.addfile(ti, io.BytesIO(data) if data else None)
     return buf.getvalue()
@@ -57,14 +57,14 @@ def zst(data: bytes) -> bytes:
 def raw_header(name: bytes, *, prefix: bytes = b"", size: int = 0, type: bytes = b"0") -> bytes:
     """A ustar header written byte by byte (for fields tarfile will not produce)."""
     h = bytearray(512)
-    h[0:len(name)] = name
+    h[0 : len(name)] = name
     h[100:108] = b"0000644\x00"
     h[108:116] = h[116:124] = b"0000000\x00"
     h[124:136] = b"%011o\x00" % size
     h[136:148] = b"00000000000\x00"
     h[156:157] = type
     h[257:265] = b"ustar\x0000"
-    h[345:345 + len(prefix)] = prefix
+    h[345 : 345 + len(prefix)] = prefix
     h[148:156] = b" " * 8
     h[148:156] = b"%06o\x00 " % sum(h)
     return bytes(h)
@@ -123,81 +123,186 @@ HOSTILE = {
     "dot-dotdot": (tar(entry("./../x", b"evil")), None, ArchiveUnsafe, "./../x"),
     "dot-dir-dotdot": (tar(entry("a/./../../x", b"e")), None, ArchiveUnsafe, "a/./../../x"),
     "ustar-prefix-absolute": (
-        raw_tar(raw_header(b"passwd", prefix=b"/etc")), None, ArchiveUnsafe, "/etc/passwd"),
-    "backslash-dotdot": (tar(entry("..\\..\\evil.py", b"e")), None, ArchiveUnsafe,
-                         "..\\..\\evil.py"),
-    "drive-letter": (tar(entry("C:/Windows/evil.dll", b"e")), None, ArchiveUnsafe,
-                     "C:/Windows/evil.dll"),
-    "symlink-to-etc": (tar(entry("etc", type=tarfile.SYMTYPE, link="/etc")), None,
-                       ArchiveUnsafe, "etc"),
-    "symlink-up-up": (tar(entry("x", type=tarfile.SYMTYPE, link="../..")), None,
-                      ArchiveUnsafe, "x"),
+        raw_tar(raw_header(b"passwd", prefix=b"/etc")),
+        None,
+        ArchiveUnsafe,
+        "/etc/passwd",
+    ),
+    "backslash-dotdot": (
+        tar(entry("..\\..\\evil.py", b"e")),
+        None,
+        ArchiveUnsafe,
+        "..\\..\\evil.py",
+    ),
+    "drive-letter": (
+        tar(entry("C:/Windows/evil.dll", b"e")),
+        None,
+        ArchiveUnsafe,
+        "C:/Windows/evil.dll",
+    ),
+    "symlink-to-etc": (
+        tar(entry("etc", type=tarfile.SYMTYPE, link="/etc")),
+        None,
+        ArchiveUnsafe,
+        "etc",
+    ),
+    "symlink-up-up": (
+        tar(entry("x", type=tarfile.SYMTYPE, link="../..")),
+        None,
+        ArchiveUnsafe,
+        "x",
+    ),
     "symlink-nested-escape": (
-        tar(entry("sub/deep/l", type=tarfile.SYMTYPE, link="../../../x")), None,
-        ArchiveUnsafe, "sub/deep/l"),
+        tar(entry("sub/deep/l", type=tarfile.SYMTYPE, link="../../../x")),
+        None,
+        ArchiveUnsafe,
+        "sub/deep/l",
+    ),
     "symlink-chain": (
-        tar(entry("a", type=tarfile.SYMTYPE, link="."),
-            entry("b", type=tarfile.SYMTYPE, link="a/..")), None, ArchiveUnsafe, "b"),
+        tar(
+            entry("a", type=tarfile.SYMTYPE, link="."),
+            entry("b", type=tarfile.SYMTYPE, link="a/.."),
+        ),
+        None,
+        ArchiveUnsafe,
+        "b",
+    ),
     "symlink-chain-reversed": (
-        tar(entry("b", type=tarfile.SYMTYPE, link="a/.."),
-            entry("a", type=tarfile.SYMTYPE, link=".")), None, ArchiveUnsafe, "a"),
+        tar(
+            entry("b", type=tarfile.SYMTYPE, link="a/.."),
+            entry("a", type=tarfile.SYMTYPE, link="."),
+        ),
+        None,
+        ArchiveUnsafe,
+        "a",
+    ),
     "symlink-chain-deep": (
-        tar(entry("s/a", type=tarfile.SYMTYPE, link=".."),
-            entry("b", type=tarfile.SYMTYPE, link="s/a/s/a/..")), None, ArchiveUnsafe, "b"),
+        tar(
+            entry("s/a", type=tarfile.SYMTYPE, link=".."),
+            entry("b", type=tarfile.SYMTYPE, link="s/a/s/a/.."),
+        ),
+        None,
+        ArchiveUnsafe,
+        "b",
+    ),
     "write-through-symlink-outside": (
-        tar(entry("d", type=tarfile.SYMTYPE, link="/tmp"), entry("d/evil", b"e")), None,
-        ArchiveUnsafe, "d"),
+        tar(entry("d", type=tarfile.SYMTYPE, link="/tmp"), entry("d/evil", b"e")),
+        None,
+        ArchiveUnsafe,
+        "d",
+    ),
     "write-through-symlink-inside": (
-        tar(entry("d", type=tarfile.SYMTYPE, link="sub"), entry("d/evil", b"e")), None,
-        ArchiveUnsafe, "d/evil"),
+        tar(entry("d", type=tarfile.SYMTYPE, link="sub"), entry("d/evil", b"e")),
+        None,
+        ArchiveUnsafe,
+        "d/evil",
+    ),
     "symlink-over-used-folder": (
-        tar(entry("d/ok", b"x"), entry("d", type=tarfile.SYMTYPE, link="/tmp")), None,
-        ArchiveUnsafe, "d"),
+        tar(entry("d/ok", b"x"), entry("d", type=tarfile.SYMTYPE, link="/tmp")),
+        None,
+        ArchiveUnsafe,
+        "d",
+    ),
     "hardlink-to-etc-passwd": (
-        tar(entry("pw", type=tarfile.LNKTYPE, link="/etc/passwd")), None, ArchiveUnsafe, "pw"),
+        tar(entry("pw", type=tarfile.LNKTYPE, link="/etc/passwd")),
+        None,
+        ArchiveUnsafe,
+        "pw",
+    ),
     "hardlink-up": (
-        tar(entry("a", b"x"), entry("h", type=tarfile.LNKTYPE, link="../a")), None,
-        ArchiveUnsafe, "h"),
+        tar(entry("a", b"x"), entry("h", type=tarfile.LNKTYPE, link="../a")),
+        None,
+        ArchiveUnsafe,
+        "h",
+    ),
     "hardlink-to-missing": (
-        tar(entry("h", type=tarfile.LNKTYPE, link="later"), entry("later", b"x")), None,
-        ArchiveUnsafe, "h"),
-    "char-device": (tar(entry("dev/null", type=tarfile.CHRTYPE)), None, ArchiveUnsafe,
-                    "dev/null"),
-    "block-device": (tar(entry("dev/sda", type=tarfile.BLKTYPE)), None, ArchiveUnsafe,
-                     "dev/sda"),
+        tar(entry("h", type=tarfile.LNKTYPE, link="later"), entry("later", b"x")),
+        None,
+        ArchiveUnsafe,
+        "h",
+    ),
+    "char-device": (tar(entry("dev/null", type=tarfile.CHRTYPE)), None, ArchiveUnsafe, "dev/null"),
+    "block-device": (tar(entry("dev/sda", type=tarfile.BLKTYPE)), None, ArchiveUnsafe, "dev/sda"),
     "fifo": (tar(entry("pipe", type=tarfile.FIFOTYPE)), None, ArchiveUnsafe, "pipe"),
     "unknown-type": (raw_tar(raw_header(b"vol", type=b"V")), None, ArchiveUnsafe, "vol"),
-    "size-100TB": (tar(entry("a.txt", b"ok"), entry("huge.bin", size=100 * TB)),
-                   None, ArchiveTooLarge, "huge.bin"),
-    "size-100TB-gnu": (tar(entry("huge.bin", size=100 * TB), format=tarfile.GNU_FORMAT)[:1024],
-                       None, ArchiveTooLarge, "huge.bin"),
-    "tar-bomb-members": (tar(*(entry(f"f{i}", b"") for i in range(60))), SMALL,
-                         ArchiveTooLarge, "f50"),
-    "tar-bomb-size": (tar(entry("ok", b"1"), entry("zeros.bin", bytes(2 * MiB))), SMALL,
-                      ArchiveTooLarge, "zeros.bin"),
-    "tar-bomb-total": (tar(*(entry(f"z{i}", bytes(300 * 1024)) for i in range(5))), SMALL,
-                       ArchiveTooLarge, "z3"),
-    "upload-too-large": (tar(entry("a.txt", b"1"), entry("big.bin", os.urandom(2 * MiB))),
-                         ArchiveLimits(max_archive_bytes=MiB), ArchiveTooLarge, "big.bin"),
+    "size-100TB": (
+        tar(entry("a.txt", b"ok"), entry("huge.bin", size=100 * TB)),
+        None,
+        ArchiveTooLarge,
+        "huge.bin",
+    ),
+    "size-100TB-gnu": (
+        tar(entry("huge.bin", size=100 * TB), format=tarfile.GNU_FORMAT)[:1024],
+        None,
+        ArchiveTooLarge,
+        "huge.bin",
+    ),
+    "tar-bomb-members": (
+        tar(*(entry(f"f{i}", b"") for i in range(60))),
+        SMALL,
+        ArchiveTooLarge,
+        "f50",
+    ),
+    "tar-bomb-size": (
+        tar(entry("ok", b"1"), entry("zeros.bin", bytes(2 * MiB))),
+        SMALL,
+        ArchiveTooLarge,
+        "zeros.bin",
+    ),
+    "tar-bomb-total": (
+        tar(*(entry(f"z{i}", bytes(300 * 1024)) for i in range(5))),
+        SMALL,
+        ArchiveTooLarge,
+        "z3",
+    ),
+    "upload-too-large": (
+        tar(entry("a.txt", b"1"), entry("big.bin", os.urandom(2 * MiB))),
+        ArchiveLimits(max_archive_bytes=MiB),
+        ArchiveTooLarge,
+        "big.bin",
+    ),
     "pax-header-huge": (
-        tar(entry("a", b"x"), entry("b", b"y", pax={"comment": "z" * (2 * MiB)})), None,
-        ArchiveTooLarge, "a"),
+        tar(entry("a", b"x"), entry("b", b"y", pax={"comment": "z" * (2 * MiB)})),
+        None,
+        ArchiveTooLarge,
+        "a",
+    ),
     "duplicate": (tar(entry("a.py", b"1"), entry("a.py", b"2")), None, ArchiveUnsafe, "a.py"),
-    "duplicate-normalised": (tar(entry("a/b.py", b"1"), entry("a/./b.py", b"2")), None,
-                             ArchiveUnsafe, "a/./b.py"),
-    "duplicate-dot-slash": (tar(entry("a.py", b"1"), entry(".//a.py", b"2")), None,
-                            ArchiveUnsafe, ".//a.py"),
+    "duplicate-normalised": (
+        tar(entry("a/b.py", b"1"), entry("a/./b.py", b"2")),
+        None,
+        ArchiveUnsafe,
+        "a/./b.py",
+    ),
+    "duplicate-dot-slash": (
+        tar(entry("a.py", b"1"), entry(".//a.py", b"2")),
+        None,
+        ArchiveUnsafe,
+        ".//a.py",
+    ),
     "file-then-folder": (tar(entry("a", b"1"), entry("a/b", b"2")), None, ArchiveUnsafe, "a/b"),
     "folder-then-file": (tar(entry("a/b", b"1"), entry("a", b"2")), None, ArchiveUnsafe, "a"),
-    "non-utf8-name": (tar(entry("caf\udce9.py", b"1"), format=tarfile.USTAR_FORMAT), None,
-                      ArchiveInvalid, "caf\udce9.py"),
+    "non-utf8-name": (
+        tar(entry("caf\udce9.py", b"1"), format=tarfile.USTAR_FORMAT),
+        None,
+        ArchiveInvalid,
+        "caf\udce9.py",
+    ),
     "name-5000-chars": (tar(entry(LONG, b"1")), None, ArchiveUnsafe, LONG),
     "depth-200": (tar(entry(DEEP, b"1")), None, ArchiveUnsafe, DEEP),
-    "nul-in-name": (tar(entry("x", b"1", pax={"path": "evil\x00.py"})), None, ArchiveUnsafe,
-                    "evil\x00.py"),
+    "nul-in-name": (
+        tar(entry("x", b"1", pax={"path": "evil\x00.py"})),
+        None,
+        ArchiveUnsafe,
+        "evil\x00.py",
+    ),
     "newline-in-name": (tar(entry("a\nb.py", b"1")), None, ArchiveUnsafe, "a\nb.py"),
-    "symlink-target-nul": (tar(entry("l", type=tarfile.SYMTYPE, link="x",
-                                     pax={"linkpath": "a\x00b"})), None, ArchiveUnsafe, "l"),
+    "symlink-target-nul": (
+        tar(entry("l", type=tarfile.SYMTYPE, link="x", pax={"linkpath": "a\x00b"})),
+        None,
+        ArchiveUnsafe,
+        "l",
+    ),
     "gzip": (gzip.compress(GOOD), None, ArchiveInvalid, None),
     "bzip2": (bz2.compress(GOOD), None, ArchiveInvalid, None),
     "xz": (lzma.compress(GOOD), None, ArchiveInvalid, None),
@@ -207,11 +312,15 @@ HOSTILE = {
     "empty-file": (b"", None, ArchiveInvalid, None),
     "short-file": (b"hello", None, ArchiveInvalid, None),
     "zstd-of-non-tar": (zst(b"just some text " * 100), None, ArchiveInvalid, None),
-    "truncated-tar-data": (GOOD[:1536 + 2000], None, ArchiveInvalid, "b.txt"),
-    "truncated-tar-header": (GOOD[:1024 + 100], None, ArchiveInvalid, "a.txt"),
+    "truncated-tar-data": (GOOD[: 1536 + 2000], None, ArchiveInvalid, "b.txt"),
+    "truncated-tar-header": (GOOD[: 1024 + 100], None, ArchiveInvalid, "a.txt"),
     "tar-without-end-block": (GOOD[:1024], None, ArchiveInvalid, "a.txt"),
-    "corrupt-second-header": (GOOD[:1024] + b"\xff" * 512 + GOOD[1536:], None, ArchiveInvalid,
-                              "a.txt"),
+    "corrupt-second-header": (
+        GOOD[:1024] + b"\xff" * 512 + GOOD[1536:],
+        None,
+        ArchiveInvalid,
+        "a.txt",
+    ),
     "truncated-zstd-early": (zst(GOOD)[: len(zst(GOOD)) // 2], None, ArchiveInvalid, None),
     "truncated-zstd-mid": (zst(NOISE)[: len(zst(NOISE)) * 6 // 10], None, ArchiveInvalid, "n2"),
     "corrupt-zstd": (zst(GOOD)[:12] + b"\x00" * 20 + zst(GOOD)[32:], None, ArchiveInvalid, None),
@@ -293,16 +402,21 @@ def test_nested_folders_modes_and_empty_files():
 def test_long_names(format):
     name = "/".join(["a-rather-long-folder-name"] * 20) + "/model.pkl"  # ~530 bytes
     link = "links/" + "l" * 200
-    data = tar(entry(name, b"w"), entry(link, type=tarfile.SYMTYPE, link="../" + name),
-               format=format)
+    data = tar(
+        entry(name, b"w"), entry(link, type=tarfile.SYMTYPE, link="../" + name), format=format
+    )
     got = drain(data)
     assert [m.path for m, _ in got] == [name, link]
     assert got[1][0].link_target == name
 
 
 def test_unicode_names_and_dot_prefix():
-    data = tar(entry("./", type=tarfile.DIRTYPE), entry("./café/ünïcødé.py", b"1"),
-               entry("./数据/模型.bin", b"2"), entry(".//emoji 🚀.txt", b"3"))
+    data = tar(
+        entry("./", type=tarfile.DIRTYPE),
+        entry("./café/ünïcødé.py", b"1"),
+        entry("./数据/模型.bin", b"2"),
+        entry(".//emoji 🚀.txt", b"3"),
+    )
     paths = [m.path for m, _ in drain(data)]
     assert paths == ["café/ünïcødé.py", "数据/模型.bin", "emoji 🚀.txt"]
 
@@ -312,8 +426,11 @@ def test_zstd_window_up_to_128_MiB_is_accepted():
 
 
 def test_tar_and_tar_zst_give_the_same_members():
-    data = tar(entry("a/b/c.py", b"x" * 10_000, mode=0o755), entry("d.txt", b""),
-               entry("e", type=tarfile.SYMTYPE, link="a/b/c.py"))
+    data = tar(
+        entry("a/b/c.py", b"x" * 10_000, mode=0o755),
+        entry("d.txt", b""),
+        entry("e", type=tarfile.SYMTYPE, link="a/b/c.py"),
+    )
     assert drain(data) == drain(zst(data))
     frames = zst(data[:2048]) + zst(data[2048:])  # multi-frame, as pzstd writes
     assert drain(frames) == drain(data)
@@ -343,8 +460,12 @@ def test_links_inside_are_yielded_for_the_caller():
     with pytest.raises(ArchiveUnsafe, match="'root': points to '', a folder holding it"):
         resolve_links(files, links)
     copies, warnings = resolve_links(files, [m for m in links if m.path != "root"])
-    assert copies == {"weights/latest.pt": "weights/v3.pt", "snap/x/model.pt": "weights/v3.pt",
-                      "copy.pt": "weights/v3.pt", "chain": "weights/v3.pt"}
+    assert copies == {
+        "weights/latest.pt": "weights/v3.pt",
+        "snap/x/model.pt": "weights/v3.pt",
+        "copy.pt": "weights/v3.pt",
+        "chain": "weights/v3.pt",
+    }
     assert warnings == []
 
 
@@ -354,14 +475,21 @@ def link(path, target):
 
 def test_resolve_links_to_folders_chains_and_nothing():
     files = {p: Member(p, 0o644, 10) for p in ["code/a.py", "code/sub/b.py", "code-x/c.py"]}
-    links = [link("alias", "code"), link("code/l", "code/a.py"), link("again", "alias"),
-             link("gone", "nowhere")]
+    links = [
+        link("alias", "code"),
+        link("code/l", "code/a.py"),
+        link("again", "alias"),
+        link("gone", "nowhere"),
+    ]
     copies, warnings = resolve_links(files, links)
     assert copies == {
-        "alias/a.py": "code/a.py", "alias/sub/b.py": "code/sub/b.py",  # not code-x/c.py
+        "alias/a.py": "code/a.py",
+        "alias/sub/b.py": "code/sub/b.py",  # not code-x/c.py
         "alias/l": "code/a.py",  # a link inside the folder, followed to its file
         "code/l": "code/a.py",
-        "again/a.py": "code/a.py", "again/sub/b.py": "code/sub/b.py", "again/l": "code/a.py",
+        "again/a.py": "code/a.py",
+        "again/sub/b.py": "code/sub/b.py",
+        "again/l": "code/a.py",
     }
     assert warnings == ["link 'gone' points to 'nowhere', not in the archive"]
 
@@ -372,10 +500,18 @@ def test_resolve_links_refusals():
         ([link("x", "y"), link("y", "x")], None, ArchiveUnsafe, "x"),  # a loop
         ([link("d/up", "d")], None, ArchiveUnsafe, "d/up"),  # a folder holding it
         ([link("root", "")], None, ArchiveUnsafe, "root"),
-        ([link("l1", "a.py"), link("l2", "a.py")], ArchiveLimits(max_total_bytes=1500),
-         ArchiveTooLarge, "l2"),
-        ([link(f"l{i}", "d") for i in range(5)], ArchiveLimits(max_members=5),
-         ArchiveTooLarge, "l3"),
+        (
+            [link("l1", "a.py"), link("l2", "a.py")],
+            ArchiveLimits(max_total_bytes=1500),
+            ArchiveTooLarge,
+            "l2",
+        ),
+        (
+            [link(f"l{i}", "d") for i in range(5)],
+            ArchiveLimits(max_members=5),
+            ArchiveTooLarge,
+            "l3",
+        ),
     ]:
         with pytest.raises(error) as caught:
             resolve_links(files, links, limits)
@@ -422,8 +558,13 @@ def _pax_record_past_ssize_t() -> bytes:
     pax.type, pax.size = tarfile.XHDTYPE, len(record)
     body = tarfile.TarInfo("a.txt")
     body.size = 1
-    return (pax.tobuf(tarfile.USTAR_FORMAT) + record.ljust(512, b"\0")
-            + body.tobuf(tarfile.USTAR_FORMAT) + b"x".ljust(512, b"\0") + b"\0" * 1024)
+    return (
+        pax.tobuf(tarfile.USTAR_FORMAT)
+        + record.ljust(512, b"\0")
+        + body.tobuf(tarfile.USTAR_FORMAT)
+        + b"x".ljust(512, b"\0")
+        + b"\0" * 1024
+    )
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["tar", "tar.zst"])
@@ -447,11 +588,18 @@ def test_ignore_rules():
     assert rules.matches("secret.txt") and not rules.matches("a/secret.txt")
     assert rules.check("x.py") is None and rules.check("keep.pt") is False
     assert apply_ignore(["a.py", "w.pt", "keep.pt", "build/o"], "*.pt\n!keep.pt\nbuild/") == [
-        "a.py", "keep.pt"]
+        "a.py",
+        "keep.pt",
+    ]
 
 
 def test_builtin_ignores():
-    for path in [".git/config", "a/__pycache__/m.cpython-311.pyc", ".venv/bin/python",
-                 "x.pyc", ".git"]:
+    for path in [
+        ".git/config",
+        "a/__pycache__/m.cpython-311.pyc",
+        ".venv/bin/python",
+        "x.pyc",
+        ".git",
+    ]:
         assert BUILTIN_IGNORE.matches(path), path
     assert not BUILTIN_IGNORE.matches("src/gitter.py")

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import click
-
 from modelport.cli import main
 from modelport.settings import ENV_NUMBERS
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 from litestar.exceptions import ValidationException
-
 from modelport.errors import ModelportError, ScaleFailed, to_modelport_error
 from modelport.store.archive import ArchiveInvalid, ArchiveTooLarge, ArchiveUnsafe
 
 
-@pytest.mark.parametrize(("error", "status", "code"), [
-    (ArchiveUnsafe("'../x' leaves the folder", member="../x"), 400, "archive.unsafe"),
-    (ArchiveInvalid("not a tar"), 400, "archive.invalid"),
-    (ArchiveTooLarge("over the limit"), 413, "archive.too_large"),
-    (ScaleFailed("Scaling to 3 replicas failed"), 409, "deployment.scale_failed"),
-])
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ArchiveUnsafe("'../x' leaves the folder", member="../x"), 400, "archive.unsafe"),
+        (ArchiveInvalid("not a tar"), 400, "archive.invalid"),
+        (ArchiveTooLarge("over the limit"), 413, "archive.too_large"),
+        (ScaleFailed("Scaling to 3 replicas failed"), 409, "deployment.scale_failed"),
+    ],
+)
 def test_errors_of_every_layer_carry_their_status_and_code(error, status, code):
     answered = to_modelport_error(error)
     assert isinstance(error, ModelportError) and answered is error
@@ -22,13 +24,16 @@ def test_errors_of_every_layer_carry_their_status_and_code(error, status, code):
     assert answered.message == str(error)
 
 
-@pytest.mark.parametrize(("message", "key", "field"), [
-    ("Object contains unknown field `colour`", "data", "colour"),
-    ("Object missing required field `name`", None, "name"),
-    ("Object missing required field `x`", "inner", "inner.x"),
-    ("Expected `int >= 1`", "limit", "limit"),
-    ("Expected `str`, got `int`", "env.A", "env.A"),
-])
+@pytest.mark.parametrize(
+    ("message", "key", "field"),
+    [
+        ("Object contains unknown field `colour`", "data", "colour"),
+        ("Object missing required field `name`", None, "name"),
+        ("Object missing required field `x`", "inner", "inner.x"),
+        ("Expected `int >= 1`", "limit", "limit"),
+        ("Expected `str`, got `int`", "env.A", "env.A"),
+    ],
+)
 def test_a_refused_request_names_the_bad_field(message, key, field):
     extra = [{"message": message} | ({"key": key} if key else {})]
     answered = to_modelport_error(ValidationException(extra=extra))

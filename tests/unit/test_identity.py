@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from litestar.connection import ASGIConnection
-
 from modelport.auth import Identity, identity_of
 from modelport.errors import AuthMissing
 

@@ -17,8 +17,12 @@ def st(kind: int, mode: int, size: int = 0, ino: int = 1) -> os.stat_result:
 
 
 def folder(**over) -> dict[str, os.stat_result]:
-    found = {"": st(stat.S_IFDIR, DIR_MODE), "predict.py": st(stat.S_IFREG, 0o444, 10),
-             "pkg": st(stat.S_IFDIR, DIR_MODE), "pkg/weights.bin": st(stat.S_IFREG, 0o555, 20)}
+    found = {
+        "": st(stat.S_IFDIR, DIR_MODE),
+        "predict.py": st(stat.S_IFREG, 0o444, 10),
+        "pkg": st(stat.S_IFDIR, DIR_MODE),
+        "pkg/weights.bin": st(stat.S_IFREG, 0o555, 20),
+    }
     found.update(over)
     return {k: v for k, v in found.items() if v is not None}
 
@@ -34,15 +38,26 @@ def test_a_folder_as_made_is_clean():
 
 def test_content_size_kind_added_and_missing_are_tampering():
     assert compare([A, B], folder(), lambda e, _: e is not A).tampered == [
-        Tampered("predict.py", "changed")]
-    assert compare([A, B], folder(**{"predict.py": st(stat.S_IFREG, 0o444, 11)}),
-                   good).tampered == [Tampered("predict.py", "changed")]
-    assert compare([A, B], folder(**{"predict.py": st(stat.S_IFLNK, 0o777, 10)}),
-                   good).tampered == [Tampered("predict.py", "changed")]
-    added = folder(**{"pkg/json.py": st(stat.S_IFREG, 0o644, 3), "cache": st(stat.S_IFDIR, 0o755),
-                      "cache/x": st(stat.S_IFREG, 0o644)})
+        Tampered("predict.py", "changed")
+    ]
+    assert compare(
+        [A, B], folder(**{"predict.py": st(stat.S_IFREG, 0o444, 11)}), good
+    ).tampered == [Tampered("predict.py", "changed")]
+    assert compare(
+        [A, B], folder(**{"predict.py": st(stat.S_IFLNK, 0o777, 10)}), good
+    ).tampered == [Tampered("predict.py", "changed")]
+    added = folder(
+        **{
+            "pkg/json.py": st(stat.S_IFREG, 0o644, 3),
+            "cache": st(stat.S_IFDIR, 0o755),
+            "cache/x": st(stat.S_IFREG, 0o644),
+        }
+    )
     assert compare([A, B], added, good).tampered == [
-        Tampered("cache", "added"), Tampered("cache/x", "added"), Tampered("pkg/json.py", "added")]
+        Tampered("cache", "added"),
+        Tampered("cache/x", "added"),
+        Tampered("pkg/json.py", "added"),
+    ]
     gone = folder(**{"pkg/weights.bin": None, "pkg": None})
     assert compare([A, B], gone, good).tampered == [Tampered("pkg/weights.bin", "missing")]
 
@@ -50,13 +65,21 @@ def test_content_size_kind_added_and_missing_are_tampering():
 def test_a_file_where_a_folder_belongs_is_added():
     found = folder(pkg=st(stat.S_IFREG, 0o444), **{"pkg/weights.bin": None})
     assert compare([A, B], found, good).tampered == [
-        Tampered("pkg", "added"), Tampered("pkg/weights.bin", "missing")]
+        Tampered("pkg", "added"),
+        Tampered("pkg/weights.bin", "missing"),
+    ]
 
 
 def test_modes_alone_are_not_tampering_and_content_is_asked_only_when_it_can_match():
     asked = []
-    found = folder(**{"predict.py": st(stat.S_IFREG, 0o644, 10), "pkg": st(stat.S_IFDIR, 0o755),
-                      "": st(stat.S_IFDIR, 0o700), "pkg/weights.bin": st(stat.S_IFREG, 0o555, 99)})
+    found = folder(
+        **{
+            "predict.py": st(stat.S_IFREG, 0o644, 10),
+            "pkg": st(stat.S_IFDIR, 0o755),
+            "": st(stat.S_IFDIR, 0o700),
+            "pkg/weights.bin": st(stat.S_IFREG, 0o555, 99),
+        }
+    )
     checked = compare([A, B], found, lambda e, s: asked.append(e.path) or True)
     assert checked.modes == ["", "pkg", "predict.py"]
     assert checked.tampered == [Tampered("pkg/weights.bin", "changed")]

@@ -41,14 +41,17 @@ def _imports(path: Path) -> set[str]:
 GRAPH = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
 
 
-def _violations(source: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()) -> list[str]:
+def _violations(
+    source: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()
+) -> list[str]:
     out = []
     for module, names in sorted(GRAPH.items()):
         if module != source and not module.startswith(source + "."):
             continue
         for name in sorted(names):
             if any(name == f or name.startswith(f + ".") for f in forbidden) and not any(
-                    name == a or name.startswith(a + ".") for a in allowed):
+                name == a or name.startswith(a + ".") for a in allowed
+            ):
                 out.append(f"{module} imports {name}")
     return out
 
@@ -65,8 +68,15 @@ def test_the_runtime_imports_nothing_else_of_modelport():
 
 @pytest.mark.parametrize("layer", ["modelport.registry", "modelport.store"])
 def test_the_registry_and_store_know_nothing_above_them(layer):
-    above = ("modelport.api", "modelport.gateway", "modelport.serving", "modelport.builder",
-             "modelport.cli", "modelport.app", "modelport.client")
+    above = (
+        "modelport.api",
+        "modelport.gateway",
+        "modelport.serving",
+        "modelport.builder",
+        "modelport.cli",
+        "modelport.app",
+        "modelport.client",
+    )
     assert _violations(layer, above) == []
 
 
@@ -74,8 +84,11 @@ def test_no_controller_imports_another():
     shared = ("modelport.api.common", "modelport.api.openapi")
     for module in GRAPH:
         if module.startswith("modelport.api.") and module not in shared:
-            others = tuple(m for m in GRAPH if m.startswith("modelport.api.")
-                           and m not in shared and m != module)
+            others = tuple(
+                m
+                for m in GRAPH
+                if m.startswith("modelport.api.") and m not in shared and m != module
+            )
             assert _violations(module, others) == [], module
 
 

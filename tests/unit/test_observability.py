@@ -24,8 +24,9 @@ class Clock:
 
 
 def recorder(clock, known=("m",), serving=None, **kw) -> Recorder:
-    return Recorder(known=set(known).__contains__, current_build=lambda m: serving, clock=clock,
-                    **kw)
+    return Recorder(
+        known=set(known).__contains__, current_build=lambda m: serving, clock=clock, **kw
+    )
 
 
 def test_latency_buckets_are_within_five_percent():

@@ -14,21 +14,35 @@ import httptools
 import uvicorn
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar._openapi.schema_generation.plugins import StructSchemaPlugin
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from modelport.gateway.http import PredictionProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 def test_uvicorns_protocol_hooks():
     start = inspect.signature(HttpToolsProtocol._start_asgi_task)
     assert list(start.parameters) == ["self", "cycle", "app"]
-    for hook in ("connection_made", "data_received", "connection_lost", "on_message_begin",
-                 "on_headers_complete", "on_body", "on_message_complete", "shutdown"):
+    for hook in (
+        "connection_made",
+        "data_received",
+        "connection_lost",
+        "on_message_begin",
+        "on_headers_complete",
+        "on_body",
+        "on_message_complete",
+        "shutdown",
+    ):
         assert callable(getattr(HttpToolsProtocol, hook)), hook
     # Attributes the lane reads, set by uvicorn's __init__ / connection_made.
     source = inspect.getsource(HttpToolsProtocol)
-    for attribute in ("self.parser", "self.pipeline", "self.flow", "self.cycle",
-                      "self.server_state", "self.transport", "self.expect_100_continue"):
+    for attribute in (
+        "self.parser",
+        "self.pipeline",
+        "self.flow",
+        "self.cycle",
+        "self.server_state",
+        "self.transport",
+        "self.expect_100_continue",
+    ):
         assert attribute in source, attribute
     assert issubclass(PredictionProtocol, HttpToolsProtocol)
     assert hasattr(httptools, "parse_url") and uvicorn.__version__

@@ -9,7 +9,10 @@ from modelport.runtime.invoke import CallFailed, Invoker
 from modelport.runtime.rbridge import is_r_entry, r_signature
 
 DESCRIBED = {
-    "function": "predict", "form": "params", "doc": "Sum.", "return_type": "number",
+    "function": "predict",
+    "form": "params",
+    "doc": "Sum.",
+    "return_type": "number",
     "params": [
         {"name": "a", "type": "number", "required": True, "default": None},
         {"name": "k", "type": "integer", "required": False, "default": "3"},
@@ -33,10 +36,16 @@ def test_the_schema_of_an_r_function():
     assert sig.describe()["doc"] == "Sum." and sig.describe()["function"] == "predict"
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    (b'{"k": 1}', "a"), (b'{"a": "1"}', "a"), (b'{"a": 1, "k": 1.5}', "k"),
-    (b'{"a": 1, "tags": [1]}', "tags[0]"), (b'{"a": 1, "zz": 1}', "zz"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"k": 1}', "a"),
+        (b'{"a": "1"}', "a"),
+        (b'{"a": 1, "k": 1.5}', "k"),
+        (b'{"a": 1, "tags": [1]}', "tags[0]"),
+        (b'{"a": 1, "zz": 1}', "zz"),
+    ],
+)
 def test_a_request_is_checked_before_r_sees_it(body, field):
     decode = Invoker(r_signature(DESCRIBED)).decode
     with pytest.raises(CallFailed) as failed:
@@ -59,23 +68,30 @@ def test_r_entrypoints():
 
 def test_r_requirements_lines():
     assert rdeps.parse_requirements("# pins\njsonlite\n\nglmnet==4.1-8  # the model\n") == [
-        ("jsonlite", None), ("glmnet", "4.1-8")]
+        ("jsonlite", None),
+        ("glmnet", "4.1-8"),
+    ]
     with pytest.raises(rdeps.RDependencyError, match="line 1"):
         rdeps.parse_requirements("glmnet>=4\n")
 
 
 def test_description_imports():
-    text = ("Package: mymodel\nVersion: 0.1\nDepends: R (>= 4.0), stats\n"
-            "Imports: jsonlite (>= 1.8),\n    glmnet\n")
+    text = (
+        "Package: mymodel\nVersion: 0.1\nDepends: R (>= 4.0), stats\n"
+        "Imports: jsonlite (>= 1.8),\n    glmnet\n"
+    )
     assert rdeps.description_imports(text) == [("jsonlite", None), ("glmnet", None)]
 
 
 def test_the_machines_packages_are_used_as_they_are():
     info = RInfo("/usr/bin/Rscript", "4.2.2", {"jsonlite": "1.8.4", "Matrix": "1.5-3"})
-    packages, order = rdeps.resolve([("jsonlite", None), ("Matrix", "1.5-3"), ("utils", None)],
-                                    info, [], lambda line: None)
+    packages, order = rdeps.resolve(
+        [("jsonlite", None), ("Matrix", "1.5-3"), ("utils", None)], info, [], lambda line: None
+    )
     assert [(p.name, p.version, p.machine) for p in packages] == [
-        ("Matrix", "1.5-3", True), ("jsonlite", "1.8.4", True)]
+        ("Matrix", "1.5-3", True),
+        ("jsonlite", "1.8.4", True),
+    ]
     assert order == []
     with pytest.raises(rdeps.RDependencyError, match="'Matrix' version 9.9"):
         rdeps.resolve([("Matrix", "9.9")], info, [], lambda line: None)

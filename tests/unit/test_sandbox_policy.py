@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from modelport.runtime import sandbox
 from modelport.runtime.sandbox import Policy, seccomp_program
 from modelport.sandboxing import (
@@ -31,8 +30,9 @@ def _under(path: str, folder: Path) -> bool:
 
 
 def test_a_replica_reads_its_own_folders_and_nothing_else_of_the_data_dir():
-    policy = replica_policy(python=PYTHON, project=PROJECT, runtime_dir=RUNTIME, tmp=TMP,
-                            network=False)
+    policy = replica_policy(
+        python=PYTHON, project=PROJECT, runtime_dir=RUNTIME, tmp=TMP, network=False
+    )
     read_in_data = sorted(p for p in policy.read if _under(p, DATA))
     assert read_in_data == sorted([str(PROJECT), str(RUNTIME)])
     assert [p for p in policy.write if _under(p, DATA)] == [str(TMP)]
@@ -48,33 +48,58 @@ def test_network_true_means_any_network_and_the_inspect_step_has_none():
 
 
 def test_the_system_paths_leave_out_secrets_and_other_processes():
-    for path in ("/etc", "/etc/ssl", "/etc/ssl/private", "/etc/shadow", "/proc", "/dev",
-                 "/dev/shm", "/sys", "/root", "/home", "/tmp", "/var", "/run"):
+    for path in (
+        "/etc",
+        "/etc/ssl",
+        "/etc/ssl/private",
+        "/etc/shadow",
+        "/proc",
+        "/dev",
+        "/dev/shm",
+        "/sys",
+        "/root",
+        "/home",
+        "/tmp",
+        "/var",
+        "/run",
+    ):
         assert path not in SYSTEM_READ, path
     assert not [p for p in SYSTEM_READ if p.startswith(("/proc/self", "/proc/1"))]
     assert "/etc/ssl/certs" in SYSTEM_READ and "/usr" in SYSTEM_READ
 
 
 def test_uv_gets_its_work_folders_and_the_index_port():
-    policy = uv_policy(uv="/opt/uv/bin/uv", read=[PROJECT], write=[DATA / ".build-x"],
-                       ports=[443, 443, 8080])
+    policy = uv_policy(
+        uv="/opt/uv/bin/uv", read=[PROJECT], write=[DATA / ".build-x"], ports=[443, 443, 8080]
+    )
     assert "/opt/uv/bin" in policy.read and str(PROJECT) in policy.read
     assert str(DATA / ".build-x") in policy.write
     assert policy.connect == (443, 8080)
     assert uv_policy(uv="/opt/uv/bin/uv", read=[], write=[], ports=None).connect == ()
 
 
-@pytest.mark.parametrize("index_url, find_links, no_index, env, ports", [
-    (None, [], False, {}, (443,)),  # uv's default: PyPI
-    ("http://127.0.0.1:3141/simple", [], False, {}, (3141,)),
-    (None, [], False, {"UV_DEFAULT_INDEX": "http://mirror:8080/simple"}, (8080,)),
-    (None, [], False, {"PIP_INDEX_URL": "https://idx/simple",
-                       "PIP_EXTRA_INDEX_URL": "http://extra:81/simple"}, (81, 443)),
-    (None, [], False, {"UV_INDEX": "internal=http://idx:5000/simple"}, (443, 5000)),
-    (None, ["/opt/wheels"], True, {}, None),  # local folders only: no network
-    (None, ["https://host/wheels/"], True, {"HTTPS_PROXY": "http://proxy:3128"}, (443, 3128)),
-    (None, [], True, {"HTTPS_PROXY": "http://proxy:3128"}, None),  # a proxy alone needs nothing
-])
+@pytest.mark.parametrize(
+    "index_url, find_links, no_index, env, ports",
+    [
+        (None, [], False, {}, (443,)),  # uv's default: PyPI
+        ("http://127.0.0.1:3141/simple", [], False, {}, (3141,)),
+        (None, [], False, {"UV_DEFAULT_INDEX": "http://mirror:8080/simple"}, (8080,)),
+        (
+            None,
+            [],
+            False,
+            {
+                "PIP_INDEX_URL": "https://idx/simple",
+                "PIP_EXTRA_INDEX_URL": "http://extra:81/simple",
+            },
+            (81, 443),
+        ),
+        (None, [], False, {"UV_INDEX": "internal=http://idx:5000/simple"}, (443, 5000)),
+        (None, ["/opt/wheels"], True, {}, None),  # local folders only: no network
+        (None, ["https://host/wheels/"], True, {"HTTPS_PROXY": "http://proxy:3128"}, (443, 3128)),
+        (None, [], True, {"HTTPS_PROXY": "http://proxy:3128"}, None),  # a proxy alone needs nothing
+    ],
+)
 def test_index_ports(index_url, find_links, no_index, env, ports):
     assert index_ports(index_url, find_links, no_index, env) == ports
 
@@ -90,7 +115,10 @@ def test_the_policy_goes_through_the_command_line():
 
 def test_handled_rights_per_landlock_abi():
     assert sandbox.handled_fs(1) == (1 << 13) - 1
-    assert sandbox.handled_fs(3) & sandbox.FS_TRUNCATE and not sandbox.handled_fs(2) & sandbox.FS_TRUNCATE
+    assert (
+        sandbox.handled_fs(3) & sandbox.FS_TRUNCATE
+        and not sandbox.handled_fs(2) & sandbox.FS_TRUNCATE
+    )
     assert sandbox.handled_fs(5) & sandbox.FS_IOCTL_DEV
     assert sandbox.handled_net(3, ()) == 0  # no TCP rules before ABI 4 (seccomp covers it)
     assert sandbox.handled_net(4, ()) == sandbox.NET_BIND_TCP | sandbox.NET_CONNECT_TCP
@@ -105,7 +133,7 @@ def test_the_seccomp_filter_is_well_formed(machine, network):
     assert len(rows) < 256
     for i, (code, jt, jf, _k) in enumerate(rows):
         if code & 0x07 == 0x05:  # a jump: forward and inside the program
-            assert 0 <= jt and i + jt + 1 < len(rows) and i + jf + 1 < len(rows)
+            assert jt >= 0 and i + jt + 1 < len(rows) and i + jf + 1 < len(rows)
     assert rows[-1][0] == 0x06  # ends with a return
     socket_nr = {"x86_64": 41, "aarch64": 198}[machine]
     tested = {k for code, _, _, k in rows if code == 0x15}

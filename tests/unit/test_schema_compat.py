@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import msgspec
-
 from modelport.builder.compat import compare
 from modelport.runtime.signature import analyze
 
@@ -49,19 +48,24 @@ def test_a_new_optional_field_is_compatible_with_a_note():
 def test_a_widened_type_passes_and_a_narrowed_one_does_not():
     assert compare(schema(adder_int), schema(adder)).breaking == []
     assert compare(schema(adder_int), schema(adder)).compatible == [
-        "field 'a' widened: integer → number"]
+        "field 'a' widened: integer → number"
+    ]
     assert compare(schema(adder), schema(adder_any)).breaking == []
     assert compare(schema(adder), schema(adder_int)).breaking == [
-        "field 'a' narrowed: number → integer"]
+        "field 'a' narrowed: number → integer"
+    ]
     assert compare(schema(adder_any), schema(adder)).breaking == [
-        "field 'a' narrowed: number | string → number"]
+        "field 'a' narrowed: number | string → number"
+    ]
 
 
 def test_an_optional_field_made_required_breaks():
     assert compare(schema(adder), schema(adder_required_b)).breaking == [
-        "field 'b' is now required"]
+        "field 'b' is now required"
+    ]
     assert compare(schema(adder_required_b), schema(adder)).compatible == [
-        "field 'b' is now optional"]
+        "field 'b' is now optional"
+    ]
 
 
 def test_the_same_schema_and_the_request_object_form():
@@ -74,25 +78,49 @@ def test_the_same_schema_and_the_request_object_form():
 
 def test_fields_inside_a_struct_by_path():
     assert compare(schema(struct_v1), schema(struct_v2)).breaking == [
-        "field 'x' narrowed: number → integer"]
-    nested_old = {"type": "object", "properties": {"p": {"$ref": "#/$defs/P"}}, "required": ["p"],
-                  "$defs": {"P": {"type": "object", "properties": {"x": {"type": "number"}},
-                                  "required": ["x"]}}}
-    nested_new = {"type": "object", "properties": {"p": {"$ref": "#/$defs/P"}}, "required": ["p"],
-                  "$defs": {"P": {"type": "object", "properties": {"z": {"type": "number"}},
-                                  "required": ["z"]}}}
-    assert compare(nested_old, nested_new).breaking == ["required field 'p.z' added",
-                                                        "field 'p.x' removed"]
+        "field 'x' narrowed: number → integer"
+    ]
+    nested_old = {
+        "type": "object",
+        "properties": {"p": {"$ref": "#/$defs/P"}},
+        "required": ["p"],
+        "$defs": {
+            "P": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}
+        },
+    }
+    nested_new = {
+        "type": "object",
+        "properties": {"p": {"$ref": "#/$defs/P"}},
+        "required": ["p"],
+        "$defs": {
+            "P": {"type": "object", "properties": {"z": {"type": "number"}}, "required": ["z"]}
+        },
+    }
+    assert compare(nested_old, nested_new).breaking == [
+        "required field 'p.z' added",
+        "field 'p.x' removed",
+    ]
 
 
 def test_enums_and_bounds():
-    old = {"type": "object", "properties": {"k": {"enum": ["a", "b"]}, "n": {"type": "integer",
-                                                                              "minimum": 0}}}
-    wider = {"type": "object", "properties": {"k": {"enum": ["a", "b", "c"]},
-                                              "n": {"type": "integer"}}}
+    old = {
+        "type": "object",
+        "properties": {"k": {"enum": ["a", "b"]}, "n": {"type": "integer", "minimum": 0}},
+    }
+    wider = {
+        "type": "object",
+        "properties": {"k": {"enum": ["a", "b", "c"]}, "n": {"type": "integer"}},
+    }
     assert compare(old, wider).breaking == []
     narrower = compare(wider, old).breaking
-    assert narrower == ["field 'k' narrowed: one of \"a\", \"b\", \"c\" → one of \"a\", \"b\"",
-                        "field 'n' narrowed: integer → integer (minimum 0)"]
-    assert compare(old, {"type": "object", "properties": {"k": {"type": "string"},
-                                                          "n": {"type": "number"}}}).breaking == []
+    assert narrower == [
+        'field \'k\' narrowed: one of "a", "b", "c" → one of "a", "b"',
+        "field 'n' narrowed: integer → integer (minimum 0)",
+    ]
+    assert (
+        compare(
+            old,
+            {"type": "object", "properties": {"k": {"type": "string"}, "n": {"type": "number"}}},
+        ).breaking
+        == []
+    )

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from modelport.registry.sealed import PREFIX, SealError, Sealer
+from modelport.registry.sealed import PREFIX, Sealer, SealError
 
 
 def test_a_sealed_value_opens_with_its_key_and_name_only():

@@ -57,10 +57,10 @@ def test_rotation_skips_a_replica_that_is_not_ready():
 def test_queue_depth_follows_how_long_calls_take():
     from modelport.serving.balancer import depth_for
 
-    assert depth_for(0.00002) == 32    # a + b: many queued calls, few wake-ups
-    assert depth_for(0.0002) == 10     # about 2 ms of work queued
+    assert depth_for(0.00002) == 32  # a + b: many queued calls, few wake-ups
+    assert depth_for(0.0002) == 10  # about 2 ms of work queued
     assert depth_for(0.003) == 2
-    assert depth_for(0.5) == 2         # slow calls: at most one waits behind a running one
+    assert depth_for(0.5) == 2  # slow calls: at most one waits behind a running one
     assert depth_for(0.0) == 8
 
 

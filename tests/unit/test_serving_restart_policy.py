@@ -14,8 +14,14 @@ class Clock:
 
 
 def policy(clock: Clock, **kw) -> RestartPolicy:
-    defaults = {"base_s": 0.5, "factor": 2.0, "cap_s": 4.0, "max_crashes": 5, "window_s": 60.0,
-                "healthy_after_s": 30.0}
+    defaults = {
+        "base_s": 0.5,
+        "factor": 2.0,
+        "cap_s": 4.0,
+        "max_crashes": 5,
+        "window_s": 60.0,
+        "healthy_after_s": 30.0,
+    }
     return RestartPolicy(clock=clock, **(defaults | kw))
 
 

@@ -145,7 +145,8 @@ def test_msgspec_struct_form(project):
     schema = inv.sig.input_schema
     assert schema["title"] == "IrisRequest" and schema["required"] == ["sepal_length"]
     assert inv.sig.output_schema["properties"] == {
-        "label": {"type": "string"}, "score": {"type": "number"},
+        "label": {"type": "string"},
+        "score": {"type": "number"},
     }
 
 
@@ -365,18 +366,27 @@ def test_describe_lists_params(project):
     assert info["params"] == [
         {"name": "a", "type": {"type": "number"}, "required": True, "default": None},
         {"name": "k", "type": {"type": "integer"}, "required": False, "default": 3},
-        {"name": "tags", "type": {"type": "array", "items": {"type": "string"}},
-         "required": False, "default": ["x"]},
-        {"name": "opt", "type": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-         "required": False, "default": None},
+        {
+            "name": "tags",
+            "type": {"type": "array", "items": {"type": "string"}},
+            "required": False,
+            "default": ["x"],
+        },
+        {
+            "name": "opt",
+            "type": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "required": False,
+            "default": None,
+        },
     ]
 
 
 # --- loading errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", ["model.py", "model:predict", "model.py:", ":predict",
-                                   "model.py:not-a-name"])
+@pytest.mark.parametrize(
+    "entry", ["model.py", "model:predict", "model.py:", ":predict", "model.py:not-a-name"]
+)
 def test_bad_entry_forms(entry):
     with pytest.raises(EntryError):
         parse_entry(entry)
@@ -402,8 +412,9 @@ def test_star_args_are_refused(project):
 
 def test_nested_file_with_relative_import(project):
     project("FACTOR = 3\n", "pkg/helpers.py")
-    d = project("from .helpers import FACTOR\ndef predict(a: int):\n    return a * FACTOR\n",
-                "pkg/serve.py")
+    d = project(
+        "from .helpers import FACTOR\ndef predict(a: int):\n    return a * FACTOR\n", "pkg/serve.py"
+    )
     assert json.loads(invoker(d, "pkg/serve.py:predict").run(b'{"a": 2}')[0]) == 6
 
 
@@ -432,8 +443,15 @@ def test_track_metric_outside_a_replica_is_a_noop():
 
 
 def run_inspect(project_dir: Path, entry: str, example: str | None = None):
-    cmd = [sys.executable, "-m", "modelport.runtime.describe", "--project", str(project_dir),
-           "--entry", entry]
+    cmd = [
+        sys.executable,
+        "-m",
+        "modelport.runtime.describe",
+        "--project",
+        str(project_dir),
+        "--entry",
+        entry,
+    ]
     if example is not None:
         cmd += ["--example-input", example]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -474,12 +492,27 @@ def test_inspect_success_keeps_stdout_clean(tmp_path):
         (MODEL, "model.py", None, "entry", "EntryError: "),
         (MODEL, "other.py:predict", None, "entry", "EntryError: "),
         ("def predict(a:\n", "model.py:predict", None, "import", "SyntaxError: "),
-        ("import not_a_real_dependency_xyz\n", "model.py:predict", None, "import",
-         "ModuleNotFoundError: No module named 'not_a_real_dependency_xyz'"),
-        ("raise RuntimeError('no weights')\n", "model.py:predict", None, "import",
-         "RuntimeError: no weights"),
-        (MODEL, "model.py:predict", '{"a": "x"}', "example_validate",
-         "ValidationError: Expected `float`, got `str` - at `$.a`"),
+        (
+            "import not_a_real_dependency_xyz\n",
+            "model.py:predict",
+            None,
+            "import",
+            "ModuleNotFoundError: No module named 'not_a_real_dependency_xyz'",
+        ),
+        (
+            "raise RuntimeError('no weights')\n",
+            "model.py:predict",
+            None,
+            "import",
+            "RuntimeError: no weights",
+        ),
+        (
+            MODEL,
+            "model.py:predict",
+            '{"a": "x"}',
+            "example_validate",
+            "ValidationError: Expected `float`, got `str` - at `$.a`",
+        ),
         (MODEL, "model.py:predict", '{"a": ', "example_validate", "DecodeError: "),
         (MODEL, "model.py:predict", '{"a": -1}', "example_call", "ValueError: boom"),
     ],

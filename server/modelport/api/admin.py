@@ -38,29 +38,42 @@ async def store_status(store: StoreDep) -> StoreStatus:
 
 @post("/api/v1/store/verify", opt={"perm": "admin"}, tags=["store"], status_code=200)
 async def store_verify(
-    request: Request, db: DbDep, store: StoreDep, builder: BuilderDep,
+    request: Request,
+    db: DbDep,
+    store: StoreDep,
+    builder: BuilderDep,
     repair: Annotated[bool, QueryParameter(required=False)] = False,
 ) -> VerifyResult:
     """Re-hash every object and every project folder; list the corrupt objects, those builds
     refer to but are missing, and the tampered project folders (`?repair=true` restores them)."""
-    found = await asyncio.to_thread(verify, store, builder.projects, await in_use(db),
-                                    repair=repair)
+    found = await asyncio.to_thread(
+        verify, store, builder.projects, await in_use(db), repair=repair
+    )
     if repair and found.tampered:
         async with db.write() as conn:
-            await audit.record(conn, who(request).actor, "store.repair", detail={
-                "folders": [t.digest for t in found.tampered if t.repaired]})
-    return VerifyResult(found.objects, [msgspec.structs.asdict(p) for p in found.corrupt],
-                        found.missing, found.projects, found.tampered)
+            await audit.record(
+                conn,
+                who(request).actor,
+                "store.repair",
+                detail={"folders": [t.digest for t in found.tampered if t.repaired]},
+            )
+    return VerifyResult(
+        found.objects,
+        [msgspec.structs.asdict(p) for p in found.corrupt],
+        found.missing,
+        found.projects,
+        found.tampered,
+    )
 
 
 @post("/api/v1/store/gc", opt={"perm": "admin"}, tags=["store"], status_code=200)
-async def store_gc(request: Request, db: DbDep, store: StoreDep,
-                   settings: SettingsDep) -> GcDone:
+async def store_gc(request: Request, db: DbDep, store: StoreDep, settings: SettingsDep) -> GcDone:
     """Remove objects no build refers to, the project folders, environments and checked-out
     files of builds that are gone, and the temp files of uploads and builds that died; never what
     a build or upload in progress is writing (an hour's grace; its temps are held)."""
     done = await asyncio.to_thread(collect, store, settings.data_dir, await in_use(db))
     async with db.write() as conn:
-        await audit.record(conn, who(request).actor, "store.gc",
-                           detail=msgspec.structs.asdict(done))
+        await audit.record(
+            conn, who(request).actor, "store.gc", detail=msgspec.structs.asdict(done)
+        )
     return done

@@ -59,8 +59,12 @@ async def _manifest(store: ContentStore, row: dict) -> mf.Manifest:
 
 
 async def _upload(request: Request, settings: Settings):
-    return await read_upload(request.headers.get("content-type", ""), request.stream(),
-                             settings.uploads_dir, settings.archive_max_bytes)
+    return await read_upload(
+        request.headers.get("content-type", ""),
+        request.stream(),
+        settings.uploads_dir,
+        settings.archive_max_bytes,
+    )
 
 
 class BuildsController(Controller):
@@ -69,8 +73,14 @@ class BuildsController(Controller):
     opt = {"perm": "read"}
 
     @post("/", opt={"perm": "write", **NO_LIMIT}, status_code=202, request_max_body_size=None)
-    async def create(self, request: Request, db: DbDep, builds: BuildsDep, settings: SettingsDep,
-                     name: FromPath[str]) -> Build:
+    async def create(
+        self,
+        request: Request,
+        db: DbDep,
+        builds: BuildsDep,
+        settings: SettingsDep,
+        name: FromPath[str],
+    ) -> Build:
         """Upload a project folder (multipart: archive, entrypoint, …); the build is queued."""
         await model_rows.row(db, name)
         upload = await _upload(request, settings)
@@ -81,13 +91,15 @@ class BuildsController(Controller):
             upload.discard()
 
     @get("/")
-    async def list_builds(self, db: DbDep, name: FromPath[str], limit: Limit = None,
-                          cursor: Cursor = None) -> Page[Build]:
+    async def list_builds(
+        self, db: DbDep, name: FromPath[str], limit: Limit = None, cursor: Cursor = None
+    ) -> Page[Build]:
         """The model's builds, newest first."""
         model = await model_rows.row(db, name)
         key = decode_cursor(cursor, int)
-        return await build_rows.list_builds(db, model["id"], name, limit=clamp_limit(limit),
-                                            cursor=key)
+        return await build_rows.list_builds(
+            db, model["id"], name, limit=clamp_limit(limit), cursor=key
+        )
 
     @get("/{number:int}")
     async def read(self, db: DbDep, name: FromPath[str], number: FromPath[int]) -> Build:
@@ -96,10 +108,14 @@ class BuildsController(Controller):
         return build_rows.to_build(row, name)
 
     @get("/{number:int}/log", media_type="text/plain")
-    async def log(self, db: DbDep, settings: SettingsDep, name: FromPath[str],
-                  number: FromPath[int],
-                  follow_: Annotated[bool, QueryParameter(name="follow", required=False)] = False
-                  ) -> Response:
+    async def log(
+        self,
+        db: DbDep,
+        settings: SettingsDep,
+        name: FromPath[str],
+        number: FromPath[int],
+        follow_: Annotated[bool, QueryParameter(name="follow", required=False)] = False,
+    ) -> Response:
         """The build's log; `?follow=1` streams it until the build ends."""
         _, row = await _build_row(db, name, number)
         path = log_path(settings.logs_dir, name, number)
@@ -114,23 +130,31 @@ class BuildsController(Controller):
         return Stream(follow(path, finished), media_type="text/plain")
 
     @get("/{number:int}/manifest")
-    async def manifest(self, db: DbDep, store: StoreDep, name: FromPath[str],
-                       number: FromPath[int]) -> mf.Manifest:
+    async def manifest(
+        self, db: DbDep, store: StoreDep, name: FromPath[str], number: FromPath[int]
+    ) -> mf.Manifest:
         """The build's manifest: files, the lock and its wheels, entrypoint, schemas, metadata."""
         _, row = await _build_row(db, name, number)
         return await _manifest(store, row)
 
     @get("/{number:int}/files")
-    async def files(self, db: DbDep, builds: BuildsDep, name: FromPath[str],
-                    number: FromPath[int]) -> FileList:
+    async def files(
+        self, db: DbDep, builds: BuildsDep, name: FromPath[str], number: FromPath[int]
+    ) -> FileList:
         """Every file of the build's snapshot: path, size, mode, digest."""
         _, row = await _build_row(db, name, number)
         snapshot = await builds.snapshot_of(row)
         return FileList([FileItem(e.path, e.size, e.mode, e.digest) for e in snapshot.files])
 
     @get("/{number:int}/files/{path:path}")
-    async def file(self, db: DbDep, builds: BuildsDep, name: FromPath[str],
-                   number: FromPath[int], path: FromPath[str]) -> Response:
+    async def file(
+        self,
+        db: DbDep,
+        builds: BuildsDep,
+        name: FromPath[str],
+        number: FromPath[int],
+        path: FromPath[str],
+    ) -> Response:
         """One file's content."""
         _, row = await _build_row(db, name, number)
         snapshot = await builds.snapshot_of(row)
@@ -145,8 +169,14 @@ class BuildsController(Controller):
         return Response(data, media_type=kind)
 
     @get("/{number:int}/diff/{other:int}")
-    async def diff(self, db: DbDep, builds: BuildsDep, name: FromPath[str],
-                   number: FromPath[int], other: FromPath[int]) -> BuildDiff:
+    async def diff(
+        self,
+        db: DbDep,
+        builds: BuildsDep,
+        name: FromPath[str],
+        number: FromPath[int],
+        other: FromPath[int],
+    ) -> BuildDiff:
         """Files, dependencies and schemas changed from build `number` to build `other`."""
         _, a = await _build_row(db, name, number)
         _, b = await _build_row(db, name, other)
@@ -154,22 +184,37 @@ class BuildsController(Controller):
         snap_b = await builds.snapshot_of(b)
         deps_a = await _versions(builds.store, a)
         deps_b = await _versions(builds.store, b)
-        schemas = [diff_schema(kind, msgspec.json.decode(a[col] or "null"),
-                               msgspec.json.decode(b[col] or "null"))
-                   for kind, col in (("input", "input_schema"), ("output", "output_schema"))]
+        schemas = [
+            diff_schema(
+                kind, msgspec.json.decode(a[col] or "null"), msgspec.json.decode(b[col] or "null")
+            )
+            for kind, col in (("input", "input_schema"), ("output", "output_schema"))
+        ]
         return BuildDiff(
-            compatibility=compare(msgspec.json.decode(a["input_schema"] or "null"),
-                                  msgspec.json.decode(b["input_schema"] or "null")),
-            model=name, base=number, other=other, files=diff_files(snap_a.files, snap_b.files),
+            compatibility=compare(
+                msgspec.json.decode(a["input_schema"] or "null"),
+                msgspec.json.decode(b["input_schema"] or "null"),
+            ),
+            model=name,
+            base=number,
+            other=other,
+            files=diff_files(snap_a.files, snap_b.files),
             dependencies=diff_dependencies(deps_a, deps_b),
             schemas=[s for s in schemas if s is not None],
-            entrypoint=None if a["entrypoint"] == b["entrypoint"] else [a["entrypoint"],
-                                                                        b["entrypoint"]],
+            entrypoint=None
+            if a["entrypoint"] == b["entrypoint"]
+            else [a["entrypoint"], b["entrypoint"]],
         )
 
     @get("/{number:int}/export", media_type="application/zstd")
-    async def export(self, db: DbDep, store: StoreDep, settings: SettingsDep,
-                     name: FromPath[str], number: FromPath[int]) -> Stream:
+    async def export(
+        self,
+        db: DbDep,
+        store: StoreDep,
+        settings: SettingsDep,
+        name: FromPath[str],
+        number: FromPath[int],
+    ) -> Stream:
         """The whole build, wheels included, as one portable .tar.zst."""
         _, row = await _build_row(db, name, number)
         manifest = await _manifest(store, row)
@@ -180,10 +225,14 @@ class BuildsController(Controller):
         except BaseException:
             _discard(fd, path)
             raise
-        return Stream(_stream_file(fd, path), media_type="application/zstd", headers={
-            "Content-Disposition": f'attachment; filename="{name}-{number}.tar.zst"',
-            "Content-Length": str(os.path.getsize(path)),
-        })
+        return Stream(
+            _stream_file(fd, path),
+            media_type="application/zstd",
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}-{number}.tar.zst"',
+                "Content-Length": str(os.path.getsize(path)),
+            },
+        )
 
 
 async def _versions(store: ContentStore, row: dict) -> dict[str, str]:
@@ -214,8 +263,13 @@ async def _stream_file(fd: int, path: Path, chunk: int = 1 << 20):
         _discard(fd, path)
 
 
-@post("/api/v1/builds/import", opt={"perm": "write"}, status_code=201, tags=["builds"],
-      request_max_body_size=None)
+@post(
+    "/api/v1/builds/import",
+    opt={"perm": "write"},
+    status_code=201,
+    tags=["builds"],
+    request_max_body_size=None,
+)
 async def import_build(request: Request, builds: BuildsDep, settings: SettingsDep) -> ImportedBuild:
     """Import an exported build (multipart `archive`, optional `model`); keeps its digest."""
     upload = await _upload(request, settings)
@@ -223,7 +277,6 @@ async def import_build(request: Request, builds: BuildsDep, settings: SettingsDe
         unknown = set(upload.fields) - {"model"}
         if unknown:
             raise RequestInvalid(f"Unknown field `{sorted(unknown)[0]}`.", field=sorted(unknown)[0])
-        return await builds.import_(upload.fields.get("model"), who(request).actor,
-                                    upload.archive)
+        return await builds.import_(upload.fields.get("model"), who(request).actor, upload.archive)
     finally:
         upload.discard()

@@ -50,9 +50,13 @@ RowNumber = Annotated[int, msgspec.Meta(ge=1, le=ROW_MAX)]
 PathNumber = Annotated[int, PathParameter(ge=1, le=ROW_MAX)]
 
 Limit = Annotated[int | None, QueryParameter(required=False, ge=1, le=500)]
-Cursor = Annotated[str | None, QueryParameter(
-    required=False, description="Opaque: the `next_cursor` of the page before (absent for the "
-    "first page)")]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        required=False,
+        description="Opaque: the `next_cursor` of the page before (absent for the first page)",
+    ),
+]
 
 
 def positive(**meta) -> msgspec.Meta:
@@ -90,8 +94,11 @@ def _strict_type(handler: BaseRouteHandler) -> type | None:
     if handler not in _strict_types:
         found = None
         data = handler.parsed_fn_signature.parameters.get("data")
-        if data is not None and isinstance(data.type_, type) and issubclass(data.type_,
-                                                                            msgspec.Struct):
+        if (
+            data is not None
+            and isinstance(data.type_, type)
+            and issubclass(data.type_, msgspec.Struct)
+        ):
             found = data.type_ if _holds_bool(mi.type_info(data.type_), set()) else None
         _strict_types[handler] = found
     return _strict_types[handler]

@@ -33,15 +33,26 @@ EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_l
 
 
 # The defaults of a deployment's settings (docs/api.md), for those a request leaves out.
-DEFAULTS: dict[str, Any] = {"replicas": 1, "memory_mb": None, "timeout_s": 30.0, "max_concurrency": 1,
-            "queue_timeout_s": 30.0, "max_body_mb": 5.0, "env": {}, "capture_percent": 0.0,
-            "capture_max_bytes": 65_536, "network": True, "boot_timeout_s": 300.0}
+DEFAULTS: dict[str, Any] = {
+    "replicas": 1,
+    "memory_mb": None,
+    "timeout_s": 30.0,
+    "max_concurrency": 1,
+    "queue_timeout_s": 30.0,
+    "max_body_mb": 5.0,
+    "env": {},
+    "capture_percent": 0.0,
+    "capture_max_bytes": 65_536,
+    "network": True,
+    "boot_timeout_s": 300.0,
+}
 Unset = msgspec.UnsetType
 
 
 def _left_out(default, **bounds) -> msgspec.Meta:
-    return msgspec.Meta(**bounds, description=f"Default {default}, or with keep_current the "
-                                              "current deployment's.")
+    return msgspec.Meta(
+        **bounds, description=f"Default {default}, or with keep_current the current deployment's."
+    )
 
 
 class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,22 +61,29 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
 
     build: RowNumber
     replicas: Annotated[int, _left_out(1, ge=1, le=64)] | Unset = msgspec.UNSET
-    memory_mb: Annotated[int, _left_out("none", ge=16, le=1_048_576)] | None | Unset = msgspec.UNSET
+    memory_mb: Annotated[int, _left_out("none", ge=16, le=1048576)] | Unset | None = msgspec.UNSET
     timeout_s: Annotated[float, _left_out(30, gt=0, le=86_400)] | Unset = msgspec.UNSET
     max_concurrency: Annotated[int, _left_out(1, ge=1, le=1024)] | Unset = msgspec.UNSET
     queue_timeout_s: Annotated[float, _left_out(30, ge=0, le=3_600)] | Unset = msgspec.UNSET
     max_body_mb: Annotated[float, _left_out(5, gt=0, le=1024)] | Unset = msgspec.UNSET
-    env: Annotated[dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]],
-                   _left_out("{}")] | Unset = msgspec.UNSET
+    env: (
+        Annotated[dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]], _left_out("{}")]
+        | Unset
+    ) = msgspec.UNSET
     capture_percent: Annotated[float, _left_out(0, ge=0, le=100)] | Unset = msgspec.UNSET
-    capture_max_bytes: Annotated[int, _left_out(65_536, ge=0, le=16 * 2**20)] | Unset = \
+    capture_max_bytes: Annotated[int, _left_out(65_536, ge=0, le=16 * 2**20)] | Unset = (
         msgspec.UNSET
+    )
     network: Annotated[bool, _left_out("true")] | Unset = msgspec.UNSET
     boot_timeout_s: Annotated[float, _left_out(300, gt=0, le=86_400)] | Unset = msgspec.UNSET
     keep_current: bool = False
-    allow_breaking: Annotated[bool, msgspec.Meta(
-        description="Deploy even when the build's input schema would refuse requests the "
-                    "serving build takes (else 409 schema.breaking).")] = False
+    allow_breaking: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Deploy even when the build's input schema would refuse requests the "
+            "serving build takes (else 409 schema.breaking)."
+        ),
+    ] = False
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -87,8 +105,14 @@ class DeploymentsController(Controller):
     opt = {"perm": "read"}
 
     @post("/deployments", opt={"perm": "write"}, status_code=202)
-    async def create(self, request: Request, db: DbDep, deployer: DeployerDep,
-                     name: FromPath[str], data: JSONBody[DeploymentCreate]) -> Deployment:
+    async def create(
+        self,
+        request: Request,
+        db: DbDep,
+        deployer: DeployerDep,
+        name: FromPath[str],
+        data: JSONBody[DeploymentCreate],
+    ) -> Deployment:
         """Deploy a build; replaces the current deployment with no failed request."""
         model = await model_rows.row(db, name)
         given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
@@ -102,13 +126,15 @@ class DeploymentsController(Controller):
             if current is not None:
                 settings = deployer.settings_of(current)
         settings = settings | given
-        row = await deployer.deploy(model, data.build, settings, who(request).actor,
-                                    allow_breaking=allow_breaking)
+        row = await deployer.deploy(
+            model, data.build, settings, who(request).actor, allow_breaking=allow_breaking
+        )
         return await _shown(db, row, name)
 
     @get("/deployments")
-    async def history(self, db: DbDep, name: FromPath[str], limit: Limit = None,
-                      cursor: Cursor = None) -> Page[Deployment]:
+    async def history(
+        self, db: DbDep, name: FromPath[str], limit: Limit = None, cursor: Cursor = None
+    ) -> Page[Deployment]:
         """Every deployment of the model, newest first, with its events."""
         model = await model_rows.row(db, name)
         key, size = decode_cursor(cursor, int), clamp_limit(limit)
@@ -126,16 +152,21 @@ class DeploymentsController(Controller):
         return await _shown(db, row, name)
 
     @patch("/deployments/current", opt={"perm": "write"})
-    async def scale(self, request: Request, db: DbDep, deployer: DeployerDep,
-                    name: FromPath[str], data: JSONBody[ScaleRequest]) -> Deployment:
+    async def scale(
+        self,
+        request: Request,
+        db: DbDep,
+        deployer: DeployerDep,
+        name: FromPath[str],
+        data: JSONBody[ScaleRequest],
+    ) -> Deployment:
         """Scale the current deployment; recorded as an event of it, not a new deployment."""
         model = await model_rows.row(db, name)
         row = await deployer.scale(model, data.replicas, who(request).actor)
         return await _shown(db, row, name)
 
     @get("/deployments/{deployment_id:int}")
-    async def read(self, db: DbDep, name: FromPath[str],
-                   deployment_id: PathNumber) -> Deployment:
+    async def read(self, db: DbDep, name: FromPath[str], deployment_id: PathNumber) -> Deployment:
         """One deployment with its events."""
         model = await model_rows.row(db, name)
         row = await rows.by_id(db, model["id"], deployment_id)
@@ -144,42 +175,55 @@ class DeploymentsController(Controller):
         return await _shown(db, row, name)
 
     @post("/rollback", opt={"perm": "write"}, status_code=202)
-    async def rollback(self, request: Request, db: DbDep, deployer: DeployerDep,
-                       name: FromPath[str],
-                       data: JSONBody[RollbackRequest | None] = None) -> Deployment:
+    async def rollback(
+        self,
+        request: Request,
+        db: DbDep,
+        deployer: DeployerDep,
+        name: FromPath[str],
+        data: JSONBody[RollbackRequest | None] = None,
+    ) -> Deployment:
         """Deploy the build that served before the current one (or `to_build`)."""
         model = await model_rows.row(db, name)
         to_build = data.to_build if data else None
-        row = await deployer.rollback(model, to_build, who(request).actor,
-                                      allow_breaking=bool(data and data.allow_breaking))
+        row = await deployer.rollback(
+            model, to_build, who(request).actor, allow_breaking=bool(data and data.allow_breaking)
+        )
         return await _shown(db, row, name)
 
     @post("/stop", opt={"perm": "write"}, status_code=200)
-    async def stop(self, request: Request, db: DbDep, deployer: DeployerDep,
-                   name: FromPath[str]) -> Deployment:
+    async def stop(
+        self, request: Request, db: DbDep, deployer: DeployerDep, name: FromPath[str]
+    ) -> Deployment:
         """Stop serving: in-flight requests finish, then the replicas exit."""
         model = await model_rows.row(db, name)
         row = await deployer.stop(model, who(request).actor)
         return await _shown(db, row, name)
 
     @post("/restart", opt={"perm": "write"}, status_code=202)
-    async def restart(self, request: Request, db: DbDep, deployer: DeployerDep,
-                      name: FromPath[str]) -> Deployment:
+    async def restart(
+        self, request: Request, db: DbDep, deployer: DeployerDep, name: FromPath[str]
+    ) -> Deployment:
         """Fresh replicas for the current deployment, ready before the old ones drain."""
         model = await model_rows.row(db, name)
         row = await deployer.restart(model, who(request).actor)
         return await _shown(db, row, name)
 
     @get("/replicas")
-    async def replicas(self, db: DbDep, supervisor: SupervisorDep,
-                       name: FromPath[str]) -> Page[Replica]:
+    async def replicas(
+        self, db: DbDep, supervisor: SupervisorDep, name: FromPath[str]
+    ) -> Page[Replica]:
         """The replicas serving the model now: state, pid, in flight, served, failed, restarts."""
         await model_rows.row(db, name)
         return Page(supervisor.replicas(name))
 
     @get("/replicas/{replica_id:str}/logs", media_type="text/plain")
     async def replica_logs(
-        self, db: DbDep, settings: SettingsDep, name: FromPath[str], replica_id: FromPath[str],
+        self,
+        db: DbDep,
+        settings: SettingsDep,
+        name: FromPath[str],
+        replica_id: FromPath[str],
         stream: Annotated[Literal["stdout", "stderr"], QueryParameter(required=False)] = "stdout",
         follow: Annotated[bool, QueryParameter(required=False)] = False,
         tail: Annotated[int, QueryParameter(required=False, ge=0, le=10_000_000)] = 1_000_000,

@@ -70,10 +70,18 @@ class ModelReady(msgspec.Struct):
     replicas_ready: int
 
 
-@get("/models/{name:str}/ready", opt={"perm": "public"}, tags=["health"],
-     responses={503: ResponseSpec(
-         data_container=ErrorEnvelope, generate_examples=False,
-         description="`model.unavailable`: not deployed, or no replica is ready")})
+@get(
+    "/models/{name:str}/ready",
+    opt={"perm": "public"},
+    tags=["health"],
+    responses={
+        503: ResponseSpec(
+            data_container=ErrorEnvelope,
+            generate_examples=False,
+            description="`model.unavailable`: not deployed, or no replica is ready",
+        )
+    },
+)
 async def model_ready(routes: RoutesDep, name: FromPath[str]) -> ModelReady:
     """200 while at least one replica of the model's serving build is ready; 503
     `model.unavailable` otherwise (not deployed, starting, every replica down); 404 for a model
@@ -85,6 +93,7 @@ async def model_ready(routes: RoutesDep, name: FromPath[str]) -> ModelReady:
         raise ModelUnavailable(f"Model '{name}' is not deployed.")
     ready = sum(1 for r in group.replicas if r.state == "ready")
     if not ready:
-        raise ModelUnavailable(f"Model '{name}' has no ready replica (build {group.spec.build}, "
-                               f"{group.state}).")
+        raise ModelUnavailable(
+            f"Model '{name}' has no ready replica (build {group.spec.build}, {group.state})."
+        )
     return ModelReady(True, group.spec.build, ready)

@@ -21,9 +21,14 @@ from modelport.registry import models as model_rows
 from modelport.registry.paging import clamp_limit, decode_cursor, encode_cursor
 from modelport.registry.records import Page
 
-Text = Annotated[str | None, QueryParameter(
-    required=False, description="An ISO-8601 time (`2026-12-01T10:00:00Z`) or seconds before now "
-    "(`3600`, `-3600`, `15m`, `2h`, `7d`)")]
+Text = Annotated[
+    str | None,
+    QueryParameter(
+        required=False,
+        description="An ISO-8601 time (`2026-12-01T10:00:00Z`) or seconds before now "
+        "(`3600`, `-3600`, `15m`, `2h`, `7d`)",
+    ),
+]
 MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -72,8 +77,9 @@ def parse_time(text: str | None, now: float, field: str, default: float) -> floa
     try:
         moment = parse_iso(text.strip().replace(" ", "+"))  # a bare '+' in a query is a space
     except ValueError:
-        raise RequestInvalid(f"`{field}` is neither an ISO-8601 time nor seconds before now.",
-                             field=field) from None
+        raise RequestInvalid(
+            f"`{field}` is neither an ISO-8601 time nor seconds before now.", field=field
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
@@ -100,8 +106,12 @@ def _prediction(row: dict) -> PredictionMetrics:
 @get("/metrics", opt={"perm": "any"}, tags=["monitoring"], media_type="text/plain")
 async def prometheus(request: Request, monitor: MonitorDep) -> Response:
     """Prometheus text (OpenMetrics when asked): requests, latency, bytes, replicas, builds."""
-    body, content_type = exposition(monitor.recorder, monitor.groups(),
-                                    await monitor.build_counts(), request.headers.get("accept"))
+    body, content_type = exposition(
+        monitor.recorder,
+        monitor.groups(),
+        await monitor.build_counts(),
+        request.headers.get("accept"),
+    )
     if content_type.startswith("text/"):  # Litestar adds the charset to text/* itself
         content_type = content_type.replace("; charset=utf-8", "")
     return Response(body, media_type=content_type)
@@ -113,10 +123,15 @@ class MonitoringController(Controller):
     opt = {"perm": "read"}
 
     @get("/metrics")
-    async def series(self, db: DbDep, monitor: MonitorDep, name: FromPath[str], since: Text = None,
-                     until: Text = None,
-                     step: Annotated[int | None, QueryParameter(required=False, ge=1,
-                                                                le=86_400)] = None) -> Series:
+    async def series(
+        self,
+        db: DbDep,
+        monitor: MonitorDep,
+        name: FromPath[str],
+        since: Text = None,
+        until: Text = None,
+        step: Annotated[int | None, QueryParameter(required=False, ge=1, le=86_400)] = None,
+    ) -> Series:
         """Requests, errors, latency p50/p95/p99, bytes, CPU and memory per build and step."""
         model = await model_rows.row(db, name)
         now = monitor.clock()
@@ -128,10 +143,17 @@ class MonitoringController(Controller):
         return Series(used, [to_point(_iso(t), build, b, used) for t, build, b in cells])
 
     @get("/metrics/tracked")
-    async def tracked(self, db: DbDep, monitor: MonitorDep, name: FromPath[str], metric: Annotated[
-            str | None, QueryParameter(name="name", required=False)] = None, since: Text = None,
-                      until: Text = None, limit: Limit = None,
-                      cursor: Cursor = None) -> Page[PredictionMetrics]:
+    async def tracked(
+        self,
+        db: DbDep,
+        monitor: MonitorDep,
+        name: FromPath[str],
+        metric: Annotated[str | None, QueryParameter(name="name", required=False)] = None,
+        since: Text = None,
+        until: Text = None,
+        limit: Limit = None,
+        cursor: Cursor = None,
+    ) -> Page[PredictionMetrics]:
         """What `track_metric` recorded, prediction by prediction, oldest first (`read_metrics`)."""
         model = await model_rows.row(db, name)
         now = monitor.clock()
@@ -143,11 +165,17 @@ class MonitoringController(Controller):
                 at, _, last = str(key).partition(":")
                 after = (float(at), int(last))
             except ValueError:
-                raise RequestInvalid("The cursor is not one this server gave out.",
-                                     field="cursor") from None
+                raise RequestInvalid(
+                    "The cursor is not one this server gave out.", field="cursor"
+                ) from None
         rows = await monitor.tracked(
-            model["id"], since=parse_time(since, now, "since", 0.0),
-            until=parse_time(until, now, "until", math.inf), name=metric, after=after, limit=size)
+            model["id"],
+            since=parse_time(since, now, "since", 0.0),
+            until=parse_time(until, now, "until", math.inf),
+            name=metric,
+            after=after,
+            limit=size,
+        )
         nxt = None
         if len(rows) > size:
             del rows[size:]
@@ -155,8 +183,9 @@ class MonitoringController(Controller):
         return Page([_prediction(r) for r in rows], nxt)
 
     @get("/predictions/{request_id:str}/metrics")
-    async def prediction(self, db: DbDep, monitor: MonitorDep, name: FromPath[str],
-                         request_id: FromPath[str]) -> PredictionMetrics:
+    async def prediction(
+        self, db: DbDep, monitor: MonitorDep, name: FromPath[str], request_id: FromPath[str]
+    ) -> PredictionMetrics:
         """What `track_metric` recorded for one prediction, with any delayed metrics."""
         model = await model_rows.row(db, name)
         row = await monitor.prediction(model["id"], request_id)
@@ -165,9 +194,14 @@ class MonitoringController(Controller):
         return _prediction(row)
 
     @post("/predictions/{request_id:str}/metrics", opt={"perm": "write"}, status_code=200)
-    async def add(self, db: DbDep, monitor: MonitorDep, name: FromPath[str],
-                  request_id: FromPath[str],
-                  data: JSONBody[MetricsIn]) -> PredictionMetrics:
+    async def add(
+        self,
+        db: DbDep,
+        monitor: MonitorDep,
+        name: FromPath[str],
+        request_id: FromPath[str],
+        data: JSONBody[MetricsIn],
+    ) -> PredictionMetrics:
         """Delayed metrics (ground truth) for a prediction, merged into what it recorded."""
         if len(request_id) > 128:
             raise RequestInvalid("A request id has at most 128 characters.", field="request_id")
@@ -176,15 +210,20 @@ class MonitoringController(Controller):
         return _prediction(row)
 
     @get("/builds/{number:int}/captures")
-    async def captures(self, db: DbDep, monitor: MonitorDep, name: FromPath[str],
-                       number: PathNumber,
-                       limit: Limit = None, cursor: Cursor = None) -> Page[CapturedRequest]:
+    async def captures(
+        self,
+        db: DbDep,
+        monitor: MonitorDep,
+        name: FromPath[str],
+        number: PathNumber,
+        limit: Limit = None,
+        cursor: Cursor = None,
+    ) -> Page[CapturedRequest]:
         """Requests and responses sampled while this build served (newest first)."""
         model = await model_rows.row(db, name)
         size = clamp_limit(limit)
         key = decode_cursor(cursor, int)
-        rows = await monitor.captures(
-            model["id"], number, after_id=key, limit=size)
+        rows = await monitor.captures(model["id"], number, after_id=key, limit=size)
         nxt = None
         if len(rows) > size:
             del rows[size:]
@@ -194,7 +233,19 @@ class MonitoringController(Controller):
             truncated = bool(r["truncated"])
             req, req_b64 = _body(r["request"], truncated)
             resp, resp_b64 = _body(r["response"], truncated)
-            items.append(CapturedRequest(
-                r["id"], r["request_id"], r["build"], _iso(r["at"]), r["status"],
-                round(r["latency_s"] * 1000, 3), truncated, req, resp, req_b64, resp_b64))
+            items.append(
+                CapturedRequest(
+                    r["id"],
+                    r["request_id"],
+                    r["build"],
+                    _iso(r["at"]),
+                    r["status"],
+                    round(r["latency_s"] * 1000, 3),
+                    truncated,
+                    req,
+                    resp,
+                    req_b64,
+                    resp_b64,
+                )
+            )
         return Page(items, nxt)

@@ -31,7 +31,7 @@ _EVERY = {
     400: "`request.malformed`: the body or a parameter cannot be read",
     404: "`*.not_found`: no such model, build, deployment, token, …",
     422: "`request.invalid`: the request does not match what this route accepts; `field` names "
-         "the first bad value",
+    "the first bad value",
     500: "`internal`, `store.corrupt`, `store.missing`",
 }
 _GUARDED = {
@@ -42,10 +42,17 @@ _GUARDED = {
 _WITH_BODY = {413: "`request.too_large`: the body is over the limit"}
 
 BEARER = "bearer"
-COMPONENTS = Components(security_schemes={BEARER: SecurityScheme(
-    type="http", scheme="bearer", description="A token's secret (`mp_…`) from `modelport "
-    "token create` or the data dir's admin.token; for a model's own routes also its access key "
-    "(`mp_key_…`).")})
+COMPONENTS = Components(
+    security_schemes={
+        BEARER: SecurityScheme(
+            type="http",
+            scheme="bearer",
+            description="A token's secret (`mp_…`) from `modelport "
+            "token create` or the data dir's admin.token; for a model's own routes also its access key "
+            "(`mp_key_…`).",
+        )
+    }
+)
 _ASSETS = Path(__file__).resolve().parent.parent / "static" / "assets"
 
 
@@ -56,9 +63,12 @@ def docs_page() -> SwaggerRenderPlugin:
     if not found:
         return SwaggerRenderPlugin()
     prefix = "/assets/" + found[-1].name.removesuffix("-bundle.js")
-    return SwaggerRenderPlugin(js_url=f"{prefix}-bundle.js", css_url=f"{prefix}-ui.css",
-                               standalone_preset_js_url=f"{prefix}-preset.js",
-                               favicon="<link rel='icon' href='/favicon.svg'>")
+    return SwaggerRenderPlugin(
+        js_url=f"{prefix}-bundle.js",
+        css_url=f"{prefix}-ui.css",
+        standalone_preset_js_url=f"{prefix}-preset.js",
+        favicon="<link rel='icon' href='/favicon.svg'>",
+    )
 
 
 class StructSchema(StructSchemaPlugin):
@@ -75,8 +85,9 @@ class StructSchema(StructSchemaPlugin):
         info = msgspec.inspect.type_info(struct)
         assert isinstance(info, msgspec.inspect.StructType)  # this plugin is given Structs only
         for field in info.fields:
-            _constrain(schema.properties.get(field.encode_name) if schema.properties else None,
-                       field.type)
+            _constrain(
+                schema.properties.get(field.encode_name) if schema.properties else None, field.type
+            )
         if config.array_like and schema.properties:
             fields = info.fields
             schema.prefix_items = [schema.properties[f.encode_name] for f in fields]
@@ -112,8 +123,11 @@ def _constrain(prop, info) -> None:
         prop.min_properties, prop.max_properties = info.min_length, info.max_length
         if isinstance(_bare(info.key_type), mi.StrType):
             prop.property_names = _string(_bare(info.key_type))
-    elif isinstance(info, mi.ListType) and isinstance(_bare(info.item_type), mi.StrType) \
-            and isinstance(prop.items, Schema):
+    elif (
+        isinstance(info, mi.ListType)
+        and isinstance(_bare(info.item_type), mi.StrType)
+        and isinstance(prop.items, Schema)
+    ):
         prop.items = _string(_bare(info.item_type)) or prop.items
 
 
@@ -124,13 +138,18 @@ def _bare(info):
 def _string(info) -> Schema | None:
     if info.pattern is None and info.min_length is None and info.max_length is None:
         return None
-    return Schema(type=OpenAPIType.STRING, pattern=info.pattern, min_length=info.min_length,
-                  max_length=info.max_length)
+    return Schema(
+        type=OpenAPIType.STRING,
+        pattern=info.pattern,
+        min_length=info.min_length,
+        max_length=info.max_length,
+    )
 
 
 def _spec(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=ErrorEnvelope, description=description,
-                        generate_examples=False)
+    return ResponseSpec(
+        data_container=ErrorEnvelope, description=description, generate_examples=False
+    )
 
 
 def finish_routes(app: Litestar) -> None:
@@ -147,25 +166,39 @@ def _text(description: str, **extra) -> Schema:
 # The multipart routes read their body as a stream (a 5 GB archive never sits in memory), so
 # Litestar sees no body parameter to describe: their fields are written here, as docs/api.md has them.
 UPLOADS: dict[tuple[str, str], tuple[list[str], dict[str, Schema | Reference]]] = {
-    ("/api/v1/models/{name}/builds", "post"): (["archive", "entrypoint"], {
-        "archive": _text("The project folder's contents at the archive's root (.tar or "
-                         ".tar.zst).", format="binary"),
-        "entrypoint": _text("path/to/file.py:function or path/to/file.R:function", pattern=ENTRY.pattern),
-        "requirements": _text("A requirements file inside the archive (default "
-                              "requirements.txt when present)."),
-        "python": _text("Python version of the environment, e.g. 3.11 (default: the "
-                        "server's).", pattern=PYTHON.pattern),
-        "example_input": _text("JSON: an input the build calls the function with."),
-        "example_output": _text("JSON: the output expected for example_input; the build fails "
-                                "when it differs."),
-        "message": _text("What this build changes."),
-        "labels": _text("JSON object of string labels."),
-        "git_commit": _text("The source folder's git commit."),
-    }),
-    ("/api/v1/builds/import", "post"): (["archive"], {
-        "archive": _text("A build exported by GET …/builds/{number}/export.", format="binary"),
-        "model": _text("Import as this model (default: the exported build's model)."),
-    }),
+    ("/api/v1/models/{name}/builds", "post"): (
+        ["archive", "entrypoint"],
+        {
+            "archive": _text(
+                "The project folder's contents at the archive's root (.tar or .tar.zst).",
+                format="binary",
+            ),
+            "entrypoint": _text(
+                "path/to/file.py:function or path/to/file.R:function", pattern=ENTRY.pattern
+            ),
+            "requirements": _text(
+                "A requirements file inside the archive (default requirements.txt when present)."
+            ),
+            "python": _text(
+                "Python version of the environment, e.g. 3.11 (default: the server's).",
+                pattern=PYTHON.pattern,
+            ),
+            "example_input": _text("JSON: an input the build calls the function with."),
+            "example_output": _text(
+                "JSON: the output expected for example_input; the build fails when it differs."
+            ),
+            "message": _text("What this build changes."),
+            "labels": _text("JSON object of string labels."),
+            "git_commit": _text("The source folder's git commit."),
+        },
+    ),
+    ("/api/v1/builds/import", "post"): (
+        ["archive"],
+        {
+            "archive": _text("A build exported by GET …/builds/{number}/export.", format="binary"),
+            "model": _text("Import as this model (default: the exported build's model)."),
+        },
+    ),
 }
 
 
@@ -180,14 +213,20 @@ def describe_uploads(app: Litestar) -> None:
     assert isinstance(raw, OpenAPIResponse)  # made by Litestar, not a reference
     raw.content = {
         "text/plain": OpenAPIMediaType(schema=_text("A text file (code, requirements, …).")),
-        "application/octet-stream": OpenAPIMediaType(schema=_text("Any other file.",
-                                                                  format="binary")),
+        "application/octet-stream": OpenAPIMediaType(
+            schema=_text("Any other file.", format="binary")
+        ),
     }
     for (path, method), (required, properties) in UPLOADS.items():
         operation = getattr(paths[path], method)
-        operation.request_body = RequestBody(required=True, content={
-            "multipart/form-data": OpenAPIMediaType(schema=Schema(
-                type=OpenAPIType.OBJECT, required=required, properties=properties))})
+        operation.request_body = RequestBody(
+            required=True,
+            content={
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.OBJECT, required=required, properties=properties)
+                )
+            },
+        )
 
 
 def fix_options_allow(app: Litestar) -> None:
@@ -218,5 +257,7 @@ def document_errors(app: Litestar) -> None:
                 handler.security = [{BEARER: []}]
             if handler.http_methods & {"POST", "PUT", "PATCH"}:
                 codes.update(_WITH_BODY)
-            handler.responses = {**{c: _spec(d) for c, d in codes.items()},
-                                 **(handler.responses or {})}
+            handler.responses = {
+                **{c: _spec(d) for c, d in codes.items()},
+                **(handler.responses or {}),
+            }

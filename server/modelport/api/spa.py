@@ -34,7 +34,8 @@ PUBLIC = {"perm": "public"}
 PAGES = ["/", "/tokens", "/audit", "/models/{name:str}", "/models/{name:str}/{rest:path}"]
 MODEL_PAGE = re.compile(
     r"^/(?:(?:builds|deployments|replicas|test|monitoring|settings)"
-    r"|builds/\d+(?:/(?:files|dependencies|log|diff(?:/\d+)?))?)/?$")
+    r"|builds/\d+(?:/(?:files|dependencies|log|diff(?:/\d+)?))?)/?$"
+)
 
 
 def _read(path: Path) -> bytes | None:
@@ -55,10 +56,11 @@ async def spa_page(rest: FromPath[str | None] = None) -> Response:
     if html is None:
         return Response(
             "modelport's web UI is not built: run `cd web && npm ci && npm run build`.\n",
-            status_code=503, media_type="text/plain; charset=utf-8", headers=SECURITY,
+            status_code=503,
+            media_type="text/plain; charset=utf-8",
+            headers=SECURITY,
         )
-    return Response(html, media_type="text/html",
-                    headers={**SECURITY, "Cache-Control": "no-cache"})
+    return Response(html, media_type="text/html", headers={**SECURITY, "Cache-Control": "no-cache"})
 
 
 @get("/assets/{name:str}", opt=PUBLIC, include_in_schema=False)
@@ -67,8 +69,12 @@ async def spa_asset(name: FromPath[str]) -> File:
     path = STATIC / "assets" / name
     if not ASSET_NAME.match(name) or not await asyncio.to_thread(path.is_file):
         raise RouteNotFound(f"No asset '{name}'.")
-    return File(path, filename=name, content_disposition_type="inline",
-                headers={**SECURITY, "Cache-Control": IMMUTABLE})
+    return File(
+        path,
+        filename=name,
+        content_disposition_type="inline",
+        headers={**SECURITY, "Cache-Control": IMMUTABLE},
+    )
 
 
 @get("/favicon.svg", opt=PUBLIC, include_in_schema=False)
@@ -77,8 +83,12 @@ async def spa_favicon() -> File:
     path = STATIC / "favicon.svg"
     if not await asyncio.to_thread(path.is_file):
         raise RouteNotFound("No favicon.")
-    return File(path, filename="favicon.svg", content_disposition_type="inline",
-                headers={**SECURITY, "Cache-Control": "public, max-age=86400"})
+    return File(
+        path,
+        filename="favicon.svg",
+        content_disposition_type="inline",
+        headers={**SECURITY, "Cache-Control": "public, max-age=86400"},
+    )
 
 
 spa_routes = [spa_page, spa_asset, spa_favicon]

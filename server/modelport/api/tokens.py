@@ -28,14 +28,18 @@ class TokensController(Controller):
     opt = {"perm": "admin"}
 
     @post("/", status_code=201)
-    async def create(self, request: Request, auth: AuthDep,
-                     data: JSONBody[TokenCreate]) -> TokenCreated:
+    async def create(
+        self, request: Request, auth: AuthDep, data: JSONBody[TokenCreate]
+    ) -> TokenCreated:
         """Issue a token; the response holds the secret, shown this once."""
         if data.models and data.role != "predict":
             raise RequestInvalid("Only predict tokens are scoped to models.", field="models")
         token, secret = await auth.issue_token(
-            name=data.name, role=data.role, expires_in_days=data.expires_in_days,
-            models=list(data.models), actor=who(request).actor,
+            name=data.name,
+            role=data.role,
+            expires_in_days=data.expires_in_days,
+            models=list(data.models),
+            actor=who(request).actor,
         )
         return TokenCreated(**msgspec.structs.asdict(token), token=secret)
 

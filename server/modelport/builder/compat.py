@@ -15,8 +15,18 @@ from typing import Any
 import msgspec
 
 # Keys that only describe a schema: a change in them changes no request's validity.
-_ANNOTATIONS = {"title", "description", "default", "examples", "$defs", "$comment", "deprecated",
-                "readOnly", "writeOnly", "$schema"}
+_ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$defs",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$schema",
+}
 # A bound the new schema may drop or loosen, never add or tighten: key → the looser direction.
 _LOWER_BOUNDS = ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties")
 _UPPER_BOUNDS = ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties")
@@ -35,7 +45,9 @@ class Compatibility(msgspec.Struct):
 
 def compare(before: Any, after: Any) -> Compatibility:
     """How ``after`` (the build to serve) stands to ``before`` (the build serving now)."""
-    walk = _Walk(before if isinstance(before, dict) else {}, after if isinstance(after, dict) else {})
+    walk = _Walk(
+        before if isinstance(before, dict) else {}, after if isinstance(after, dict) else {}
+    )
     walk.fields("", walk.old_root, walk.new_root)
     return Compatibility(walk.breaking, walk.compatible)
 
@@ -114,8 +126,7 @@ class _Walk:
         old_types, new_types = _types(old), _types(new)
         if old_types is None or new_types is None:
             return _essence(old) == _essence(new)
-        if not all(t in new_types or (t == "integer" and "number" in new_types)
-                   for t in old_types):
+        if not all(t in new_types or (t == "integer" and "number" in new_types) for t in old_types):
             return False
         if not _bounds_looser(old, new):
             return False
@@ -129,8 +140,10 @@ class _Walk:
                 return False
             extra_old, extra_new = old.get("additionalProperties"), new.get("additionalProperties")
             if isinstance(extra_old, dict) and "properties" not in old:
-                if extra_new is False or (isinstance(extra_new, dict)
-                                          and not self.accepts(extra_new, extra_old, depth + 1)):
+                if extra_new is False or (
+                    isinstance(extra_new, dict)
+                    and not self.accepts(extra_new, extra_old, depth + 1)
+                ):
                     return False
         return True
 
@@ -168,7 +181,9 @@ class _Walk:
     @staticmethod
     def resolve(schema: Any, root: dict) -> Any:
         for _ in range(32):
-            if not isinstance(schema, dict) or not str(schema.get("$ref", "")).startswith("#/$defs/"):
+            if not isinstance(schema, dict) or not str(schema.get("$ref", "")).startswith(
+                "#/$defs/"
+            ):
                 return schema
             schema = (root.get("$defs") or {}).get(schema["$ref"][8:], {})
         return schema

@@ -38,8 +38,16 @@ from modelport.sandboxing import python_paths
 from modelport.scratch import scratch_dir
 
 __all__ = [
-    "DependencyError", "Lock", "LockedPackage", "env_python", "fetch_wheels", "find_python",
-    "index_args", "lock_digest", "materialize", "resolve",
+    "DependencyError",
+    "Lock",
+    "LockedPackage",
+    "env_python",
+    "fetch_wheels",
+    "find_python",
+    "index_args",
+    "lock_digest",
+    "materialize",
+    "resolve",
 ]
 
 RUNTIME_REQUIREMENT = "msgspec"  # the replica runtime needs it in every environment
@@ -125,7 +133,9 @@ def index_args(
     elif index_url:
         args += ["--default-index", index_url]
     else:
-        if not (env.get("UV_DEFAULT_INDEX") or env.get("UV_INDEX_URL")) and env.get("PIP_INDEX_URL"):
+        if not (env.get("UV_DEFAULT_INDEX") or env.get("UV_INDEX_URL")) and env.get(
+            "PIP_INDEX_URL"
+        ):
             args += ["--default-index", env["PIP_INDEX_URL"]]
         if not (env.get("UV_INDEX") or env.get("UV_EXTRA_INDEX_URL")):
             for extra in env.get("PIP_EXTRA_INDEX_URL", "").split():
@@ -137,8 +147,13 @@ def index_args(
 
 def _index_with_credentials(index_url: str | None) -> str | None:
     env = os.environ
-    return (index_url or env.get("UV_DEFAULT_INDEX") or env.get("UV_INDEX_URL")
-            or env.get("PIP_INDEX_URL") or None)
+    return (
+        index_url
+        or env.get("UV_DEFAULT_INDEX")
+        or env.get("UV_INDEX_URL")
+        or env.get("PIP_INDEX_URL")
+        or None
+    )
 
 
 def find_python(version: str) -> Path:
@@ -150,7 +165,11 @@ def find_python(version: str) -> Path:
         return Path(getattr(sys, "_base_executable", None) or sys.executable)
     found = subprocess.run(
         [uv_bin(), "python", "find", "--system", "--no-config", version],
-        check=False, capture_output=True, text=True, env=uv_env(), cwd=tempfile.gettempdir(),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=uv_env(),
+        cwd=tempfile.gettempdir(),
     )
     if found.returncode != 0 or not found.stdout.strip():
         raise DependencyError(f"Python {version} is not installed on this server")
@@ -194,25 +213,70 @@ def resolve(
     # Confined, uv reads the interpreter and writes the work folder (and the project's own copy:
     # a local package's build backend writes its metadata into its folder).
     confined: _Confined = {"jail": jail, "read": _reads(interpreter), "write": [workdir, cwd]}
-    run_uv(["pip", "compile", "-", "--no-config", "--python", str(interpreter),
-            "--generate-hashes", "--no-header", "--no-annotate", "-o", str(compiled), *index],
-           log=log, cwd=cwd, stdin=source, **confined)
+    run_uv(
+        [
+            "pip",
+            "compile",
+            "-",
+            "--no-config",
+            "--python",
+            str(interpreter),
+            "--generate-hashes",
+            "--no-header",
+            "--no-annotate",
+            "-o",
+            str(compiled),
+            *index,
+        ],
+        log=log,
+        cwd=cwd,
+        stdin=source,
+        **confined,
+    )
     text = normalize_lock_text(compiled.read_text())
     compiled.write_text(text)
     # The same requirements held to those pins, as pylock.toml: it names the one file per
     # package that uv installs for this interpreter, with its URL and hash.
     pins = workdir / "pins.txt"
-    pins.write_text("".join(line.removesuffix(" \\").strip() + "\n" for line in text.splitlines()
-                            if re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*==", line)))
+    pins.write_text(
+        "".join(
+            line.removesuffix(" \\").strip() + "\n"
+            for line in text.splitlines()
+            if re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*==", line)
+        )
+    )
     pylock = workdir / "pylock.toml"
-    run_uv(["pip", "compile", "-", "--no-config", "--python", str(interpreter), "--format",
-            "pylock.toml", "--quiet", "-c", str(pins), "-o", str(pylock), *index],
-           log=log, cwd=cwd, stdin=source, **confined)
+    run_uv(
+        [
+            "pip",
+            "compile",
+            "-",
+            "--no-config",
+            "--python",
+            str(interpreter),
+            "--format",
+            "pylock.toml",
+            "--quiet",
+            "-c",
+            str(pins),
+            "-o",
+            str(pylock),
+            *index,
+        ],
+        log=log,
+        cwd=cwd,
+        stdin=source,
+        **confined,
+    )
     house = Wheelhouse(cache_dir or default_cache_dir())
-    context = _Context(interpreter, index, house, workdir, log, _index_with_credentials(index_url),
-                       jail)
+    context = _Context(
+        interpreter, index, house, workdir, log, _index_with_credentials(index_url), jail
+    )
     packages = sorted(
-        (_locked(entry, context) for entry in tomllib.loads(pylock.read_text()).get("packages", [])),
+        (
+            _locked(entry, context)
+            for entry in tomllib.loads(pylock.read_text()).get("packages", [])
+        ),
         key=lambda p: p.name,
     )
     return Lock(python=python, text=text, packages=packages, digest=lock_digest(python, packages))
@@ -262,25 +326,50 @@ def _locked(entry: dict, ctx: _Context) -> LockedPackage:
         if not sdist_sha256:
             raise DependencyError(f"{name} {version}: the index gave no sha256 for {ref}")
         path, sha256 = ctx.house.wheel_from_sdist(
-            ref, sdist_sha256, interpreter=ctx.interpreter, index=ctx.index,
-            workdir=ctx.workdir, log=ctx.log, auth_from=ctx.auth, jail=ctx.jail,
-            reads=_reads(ctx.interpreter))
-        return LockedPackage(name, version or _wheel_version(path.name), path.name, sha256,
-                             url=ref, sdist_sha256=sdist_sha256)
+            ref,
+            sdist_sha256,
+            interpreter=ctx.interpreter,
+            index=ctx.index,
+            workdir=ctx.workdir,
+            log=ctx.log,
+            auth_from=ctx.auth,
+            jail=ctx.jail,
+            reads=_reads(ctx.interpreter),
+        )
+        return LockedPackage(
+            name,
+            version or _wheel_version(path.name),
+            path.name,
+            sha256,
+            url=ref,
+            sdist_sha256=sdist_sha256,
+        )
     if entry.get("directory"):
         src = Path(_ref(entry["directory"], base))
         ctx.log(f"Building a wheel for {name} from {src}")
         out = Path(tempfile.mkdtemp(prefix="wheel-", dir=ctx.workdir))
         try:
-            path, sha256 = ctx.house.put(build_wheel(
-                src, interpreter=ctx.interpreter, index=ctx.index, out=out, cwd=ctx.workdir,
-                log=ctx.log, jail=ctx.jail, reads=_reads(ctx.interpreter)))
+            path, sha256 = ctx.house.put(
+                build_wheel(
+                    src,
+                    interpreter=ctx.interpreter,
+                    index=ctx.index,
+                    out=out,
+                    cwd=ctx.workdir,
+                    log=ctx.log,
+                    jail=ctx.jail,
+                    reads=_reads(ctx.interpreter),
+                )
+            )
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        return LockedPackage(name, version or _wheel_version(path.name), path.name, sha256,
-                             url=src.as_uri())
-    raise DependencyError(f"{name}: only packages from an index, file URLs and local folders "
-                          "can be locked (a VCS requirement cannot be kept as a wheel here)")
+        return LockedPackage(
+            name, version or _wheel_version(path.name), path.name, sha256, url=src.as_uri()
+        )
+    raise DependencyError(
+        f"{name}: only packages from an index, file URLs and local folders "
+        "can be locked (a VCS requirement cannot be kept as a wheel here)"
+    )
 
 
 def _wheel_version(filename: str) -> str:
@@ -317,8 +406,13 @@ def fetch_wheels(
         if target.is_file() and sha256_file(target) == pkg.sha256:
             continue
         found = house.get(pkg.sha256, pkg.wheel) or next(
-            (f / pkg.wheel for f in folders
-             if (f / pkg.wheel).is_file() and sha256_file(f / pkg.wheel) == pkg.sha256), None)
+            (
+                f / pkg.wheel
+                for f in folders
+                if (f / pkg.wheel).is_file() and sha256_file(f / pkg.wheel) == pkg.sha256
+            ),
+            None,
+        )
         if found is not None:
             link_or_copy(found, target)
         else:
@@ -339,27 +433,44 @@ def fetch_wheels(
         if pkg.sdist_sha256:
             interpreter = find_python(lock.python)
             _, sha256 = house.wheel_from_sdist(
-                pkg.url, pkg.sdist_sha256, interpreter=interpreter,
+                pkg.url,
+                pkg.sdist_sha256,
+                interpreter=interpreter,
                 index=index_args(index_url, no_index=no_index, find_links=find_links),
-                workdir=house.root / ".work", log=say, auth_from=auth, jail=jail,
-                reads=_reads(interpreter))
+                workdir=house.root / ".work",
+                log=say,
+                auth_from=auth,
+                jail=jail,
+                reads=_reads(interpreter),
+            )
             if sha256 != pkg.sha256:
                 raise DependencyError(
                     f"{pkg.name} {pkg.version}: the wheel built again from its sdist differs from "
-                    "the locked one (its build is not reproducible); lock the requirements again")
+                    "the locked one (its build is not reproducible); lock the requirements again"
+                )
         elif not pkg.url:
             raise DependencyError(f"{pkg.name} {pkg.version}: no wheel at hand and no URL")
         else:
             with scratch_dir(house.root, ".incoming-") as incoming:
-                house.put(download(pkg.url, incoming / pkg.wheel, pkg.sha256, auth_from=auth,
-                                   progress=meter.track(pkg.wheel)), pkg.sha256)
+                house.put(
+                    download(
+                        pkg.url,
+                        incoming / pkg.wheel,
+                        pkg.sha256,
+                        auth_from=auth,
+                        progress=meter.track(pkg.wheel),
+                    ),
+                    pkg.sha256,
+                )
         link_or_copy(house.get(pkg.sha256, pkg.wheel) or _lost(pkg), dest / pkg.wheel)
 
     with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
         for future in [pool.submit(get, pkg) for pkg in missing]:
             future.result()
-    log(f"Fetched {len(missing)} wheels ({megabytes(meter.downloaded)} downloaded); "
-        f"{len(paths) - len(missing)} were at hand")
+    log(
+        f"Fetched {len(missing)} wheels ({megabytes(meter.downloaded)} downloaded); "
+        f"{len(paths) - len(missing)} were at hand"
+    )
     return paths
 
 
@@ -471,24 +582,59 @@ def materialize(
 
 
 def _create_env(
-    lock: Lock, wheel_dir: Path, tmp: Path, interpreter: Path, compile_bytecode: bool, log: Log,
+    lock: Lock,
+    wheel_dir: Path,
+    tmp: Path,
+    interpreter: Path,
+    compile_bytecode: bool,
+    log: Log,
     jail: Jail | None = None,
 ) -> None:
     log(f"Creating environment {lock.digest[7:19]} for Python {lock.python}")
     tmp.mkdir()  # made here, so that a confined uv may write in it (and nowhere else of env_root)
-    confined: _Confined = {"jail": jail, "read": [wheel_dir, *_reads(interpreter)],
-                           "write": [tmp]}
-    run_uv(["venv", "--relocatable", "--no-config", "--no-project", "--python", str(interpreter),
-            str(tmp)], log=log, cwd=tmp, offline=True, **confined)
+    confined: _Confined = {"jail": jail, "read": [wheel_dir, *_reads(interpreter)], "write": [tmp]}
+    run_uv(
+        [
+            "venv",
+            "--relocatable",
+            "--no-config",
+            "--no-project",
+            "--python",
+            str(interpreter),
+            str(tmp),
+        ],
+        log=log,
+        cwd=tmp,
+        offline=True,
+        **confined,
+    )
     requirements = tmp / "modelport-requirements.txt"
-    requirements.write_text("".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n"
-                                    for p in lock.packages))
+    requirements.write_text(
+        "".join(f"{p.name}=={p.version} --hash=sha256:{p.sha256}\n" for p in lock.packages)
+    )
     if lock.packages:
-        run_uv(["pip", "install", "--no-config", "--python", str(tmp / "bin" / "python"),
-                "--offline", "--no-index", "--find-links", str(wheel_dir), "--no-deps",
-                "--require-hashes", "-r", str(requirements),
-                *(["--compile-bytecode"] if compile_bytecode else [])],
-               log=log, cwd=tmp, offline=True, **confined)
+        run_uv(
+            [
+                "pip",
+                "install",
+                "--no-config",
+                "--python",
+                str(tmp / "bin" / "python"),
+                "--offline",
+                "--no-index",
+                "--find-links",
+                str(wheel_dir),
+                "--no-deps",
+                "--require-hashes",
+                "-r",
+                str(requirements),
+                *(["--compile-bytecode"] if compile_bytecode else []),
+            ],
+            log=log,
+            cwd=tmp,
+            offline=True,
+            **confined,
+        )
     (tmp / "modelport-lock.json").write_bytes(msgspec.json.encode(lock))
     with open(tmp / COMPLETE_MARKER, "w") as marker:
         marker.write(lock.digest + "\n")

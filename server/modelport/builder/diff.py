@@ -47,16 +47,22 @@ def diff_files(before: list[FileEntry], after: list[FileEntry]) -> list[FileChan
     a, b = {e.path: e for e in before}, {e.path: e for e in after}
     out = [FileChange(p, "added", None, b[p].size) for p in sorted(b.keys() - a.keys())]
     out += [FileChange(p, "removed", a[p].size, None) for p in sorted(a.keys() - b.keys())]
-    out += [FileChange(p, "changed", a[p].size, b[p].size) for p in sorted(a.keys() & b.keys())
-            if (a[p].digest, a[p].mode) != (b[p].digest, b[p].mode)]
+    out += [
+        FileChange(p, "changed", a[p].size, b[p].size)
+        for p in sorted(a.keys() & b.keys())
+        if (a[p].digest, a[p].mode) != (b[p].digest, b[p].mode)
+    ]
     return sorted(out, key=lambda c: c.path)
 
 
 def diff_dependencies(before: dict[str, str], after: dict[str, str]) -> list[DependencyChange]:
     out = [DependencyChange(n, "added", None, after[n]) for n in after.keys() - before.keys()]
     out += [DependencyChange(n, "removed", before[n], None) for n in before.keys() - after.keys()]
-    out += [DependencyChange(n, "changed", before[n], after[n])
-            for n in before.keys() & after.keys() if before[n] != after[n]]
+    out += [
+        DependencyChange(n, "changed", before[n], after[n])
+        for n in before.keys() & after.keys()
+        if before[n] != after[n]
+    ]
     return sorted(out, key=lambda c: c.name)
 
 
@@ -65,8 +71,12 @@ def diff_schema(kind: str, before: Any, after: Any) -> SchemaChange | None:
         return None
     a = _properties(before)
     b = _properties(after)
-    return SchemaChange(kind, sorted(b.keys() - a.keys()), sorted(a.keys() - b.keys()),
-                        sorted(k for k in a.keys() & b.keys() if a[k] != b[k]))
+    return SchemaChange(
+        kind,
+        sorted(b.keys() - a.keys()),
+        sorted(a.keys() - b.keys()),
+        sorted(k for k in a.keys() & b.keys() if a[k] != b[k]),
+    )
 
 
 def _properties(schema: Any) -> dict[str, Any]:

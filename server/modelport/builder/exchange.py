@@ -32,8 +32,10 @@ def referenced(manifest: Manifest) -> list[str]:
 def export(store: ContentStore, manifest: Manifest, out: BinaryIO) -> None:
     """Write the build to `out` as .tar.zst, streaming each object (blocking)."""
     cctx = zstandard.ZstdCompressor(level=3, threads=-1)
-    with cctx.stream_writer(out, closefd=False) as zout, \
-            tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        cctx.stream_writer(out, closefd=False) as zout,
+        tarfile.open(fileobj=zout, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
         _add_bytes(tar, MANIFEST_NAME, encode(manifest))
         for digest in referenced(manifest):
             info = tarfile.TarInfo("objects/" + digest.removeprefix("sha256:"))

@@ -41,8 +41,11 @@ class Checked(msgspec.Struct):
     modes: list[str]  # paths whose content is right but mode is not (fixed in place if asked)
 
 
-def compare(files: Iterable[FileEntry], found: dict[str, os.stat_result],
-            same_content: Callable[[FileEntry, os.stat_result], bool]) -> Checked:
+def compare(
+    files: Iterable[FileEntry],
+    found: dict[str, os.stat_result],
+    same_content: Callable[[FileEntry, os.stat_result], bool],
+) -> Checked:
     """The verdict on a folder whose walk found ``found`` (relative path → lstat, "" the folder
     itself). ``same_content`` is asked only for a regular file of the right size."""
     left = dict(found)
@@ -55,8 +58,9 @@ def compare(files: Iterable[FileEntry], found: dict[str, os.stat_result],
         st = left.pop(entry.path, None)
         if st is None:
             tampered.append(Tampered(entry.path, "missing"))
-        elif (not stat.S_ISREG(st.st_mode) or st.st_size != entry.size
-              or not same_content(entry, st)):
+        elif (
+            not stat.S_ISREG(st.st_mode) or st.st_size != entry.size or not same_content(entry, st)
+        ):
             tampered.append(Tampered(entry.path, "changed"))
         elif stat.S_IMODE(st.st_mode) != file_mode(entry):
             modes.append(entry.path)
@@ -141,8 +145,9 @@ class Trust:
                 self._seen.pop(self._key(st), None)
 
 
-def check(folder: Path, files: list[FileEntry], trust: Trust | None = None, *,
-          fix_modes: bool = False) -> Checked:
+def check(
+    folder: Path, files: list[FileEntry], trust: Trust | None = None, *, fix_modes: bool = False
+) -> Checked:
     """Walk and hash ``folder`` against ``files`` (blocking). ``trust`` may vouch for large
     files; ``fix_modes`` puts right the modes of entries whose content is right."""
 
@@ -156,8 +161,11 @@ def check(folder: Path, files: list[FileEntry], trust: Trust | None = None, *,
             after = os.lstat(path)
         except OSError:  # unreadable, or gone meanwhile
             return False
-        if (after.st_ino, after.st_ctime_ns, after.st_size) != (st.st_ino, st.st_ctime_ns,
-                                                                st.st_size):
+        if (after.st_ino, after.st_ctime_ns, after.st_size) != (
+            st.st_ino,
+            st.st_ctime_ns,
+            st.st_size,
+        ):
             return False  # it changed while it was read
         if trust is not None and st.st_size >= LARGE and digest == entry.digest:
             trust.hashed(st, started, digest)
@@ -174,8 +182,7 @@ def check(folder: Path, files: list[FileEntry], trust: Trust | None = None, *,
         by_path = {e.path: e for e in files}
         for path in reversed(checked.modes):  # deepest first: a parent made read-only last
             entry = by_path.get(path)
-            os.chmod(folder / path if path else folder,
-                     file_mode(entry) if entry else DIR_MODE)
+            os.chmod(folder / path if path else folder, file_mode(entry) if entry else DIR_MODE)
     return checked
 
 

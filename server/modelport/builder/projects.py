@@ -25,7 +25,7 @@ import msgspec
 
 from modelport.builder.integrity import Tampered, Trust, check, seal
 from modelport.builder.snapshot import checkout_path, materialize
-from modelport.scratch import remove_tree, scratch_dir
+from modelport.scratch import scratch_dir
 from modelport.store import manifest as mf
 from modelport.store.cas import ContentStore, StoreError
 
@@ -102,20 +102,30 @@ class Projects:
                 return target, []
             checked = check(target, files, self.trust, fix_modes=True)
             if checked.modes:
-                log.info("project folder %s: put back the read-only modes of %s", target,
-                         ", ".join(p or "." for p in checked.modes[:10]))
+                log.info(
+                    "project folder %s: put back the read-only modes of %s",
+                    target,
+                    ", ".join(p or "." for p in checked.modes[:10]),
+                )
             if not checked.tampered:
                 return target, []
             what = describe(checked.tampered)
             try:
                 self._restore(digest, target, files)
             except RestoreFailed as exc:
-                log.error("project folder %s was tampered with (%s) and cannot be restored: %s",
-                          target, what, exc)
-                raise RestoreFailed(f"The project folder {target} was tampered with ({what}) "
-                                    f"and the store cannot restore it: {exc}") from None
-            log.warning("project folder %s was tampered with (%s): restored from the store",
-                        target, what)
+                log.error(
+                    "project folder %s was tampered with (%s) and cannot be restored: %s",
+                    target,
+                    what,
+                    exc,
+                )
+                raise RestoreFailed(
+                    f"The project folder {target} was tampered with ({what}) "
+                    f"and the store cannot restore it: {exc}"
+                ) from None
+            log.warning(
+                "project folder %s was tampered with (%s): restored from the store", target, what
+            )
             return target, [f"project folder tampered with ({what}): restored from the store"]
 
     @contextlib.contextmanager
@@ -138,8 +148,10 @@ class Projects:
             for t in checked.tampered:
                 if (entry := by_path.get(t.path)) is not None:
                     checkout_path(self.files_dir, entry.digest, entry.mode).unlink(missing_ok=True)
-        raise RestoreFailed(f"a copy from the store does not match build {digest[:19]}: "
-                            f"{describe(checked.tampered)}")
+        raise RestoreFailed(
+            f"a copy from the store does not match build {digest[:19]}: "
+            f"{describe(checked.tampered)}"
+        )
 
     def _restore(self, digest: str, target: Path, files: list[mf.FileEntry]) -> None:
         """A fresh folder in place of ``target`` in one rename; the old one kept aside."""
@@ -149,8 +161,9 @@ class Projects:
             os.rename(staging, aside)  # the old folder, now at the staging name
         os.utime(aside)  # gc's grace counts from now: replicas started from it may still run
 
-    def verify(self, builds: dict[str, list[mf.FileEntry]], repair: bool = False
-               ) -> tuple[int, list[Folder]]:
+    def verify(
+        self, builds: dict[str, list[mf.FileEntry]], repair: bool = False
+    ) -> tuple[int, list[Folder]]:
         """Hash every project folder in full (no Trust) against its build's files: how many were
         checked, and those found wrong; ``repair`` restores them (and fixes modes)."""
         checked_count, found = 0, []
@@ -169,12 +182,16 @@ class Projects:
                     try:
                         if result.tampered:
                             self._restore(digest, target, files)
-                            log.warning("store verify: project folder %s was tampered with "
-                                        "(%s): restored", target, describe(result.tampered))
+                            log.warning(
+                                "store verify: project folder %s was tampered with (%s): restored",
+                                target,
+                                describe(result.tampered),
+                            )
                         folder.repaired = True
                     except (RestoreFailed, OSError) as exc:
-                        log.error("store verify: project folder %s cannot be restored: %s",
-                                  target, exc)
+                        log.error(
+                            "store verify: project folder %s cannot be restored: %s", target, exc
+                        )
                 found.append(folder)
         return checked_count, found
 
@@ -196,7 +213,8 @@ class Projects:
         fut = self._inflight.get(digest)
         if fut is None or fut.done():
             fut = self._inflight[digest] = asyncio.ensure_future(
-                asyncio.to_thread(self.ensure, digest, files))
+                asyncio.to_thread(self.ensure, digest, files)
+            )
 
             def forget(done: asyncio.Future) -> None:
                 if self._inflight.get(digest) is done:
@@ -219,8 +237,7 @@ except (OSError, AttributeError):  # not glibc ≥ 2.28 (or not Linux)
 def exchange(a: Path, b: Path) -> None:
     """Swap two folders' names atomically (Linux renameat2); elsewhere, two renames."""
     if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
-                      _RENAME_EXCHANGE) == 0:
+        if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):

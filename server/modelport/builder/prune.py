@@ -29,8 +29,9 @@ class Pruned(msgspec.Struct, frozen=True):
     freed_bytes: int
 
 
-def prune(data_dir: Path, live_projects: set[str], live_envs: set[str],
-          grace_s: float = 3600.0) -> Pruned:
+def prune(
+    data_dir: Path, live_projects: set[str], live_envs: set[str], grace_s: float = 3600.0
+) -> Pruned:
     """Remove what no build names (blocking). ``live_*`` hold the digests' hex (no prefix)."""
     cutoff = time.time() - grace_s
     folders = files = freed = 0

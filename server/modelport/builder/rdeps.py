@@ -18,15 +18,44 @@ import msgspec
 from modelport.builder.rlang import RInfo
 from modelport.scratch import scratch_dir
 
-__all__ = ["RDependencyError", "RLock", "RPackage", "description_imports", "fetch", "install", "library_path",
-           "lock_text", "parse_requirements", "r_lock_digest", "read_index", "resolve"]
+__all__ = [
+    "RDependencyError",
+    "RLock",
+    "RPackage",
+    "description_imports",
+    "fetch",
+    "install",
+    "library_path",
+    "lock_text",
+    "parse_requirements",
+    "r_lock_digest",
+    "read_index",
+    "resolve",
+]
 
 R_REQUIREMENTS = "r-requirements.txt"
 COMPLETE_MARKER = ".modelport-complete"
 INSTALL_TIMEOUT_S = 1800
 # Names that are R itself: never a package to fetch.
-_BASE = frozenset({"R", "base", "compiler", "datasets", "graphics", "grDevices", "grid",
-                   "methods", "parallel", "splines", "stats", "stats4", "tcltk", "tools", "utils"})
+_BASE = frozenset(
+    {
+        "R",
+        "base",
+        "compiler",
+        "datasets",
+        "graphics",
+        "grDevices",
+        "grid",
+        "methods",
+        "parallel",
+        "splines",
+        "stats",
+        "stats4",
+        "tcltk",
+        "tools",
+        "utils",
+    }
+)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.]*$")
 
 Log = Callable[[str], None]
@@ -68,8 +97,9 @@ def parse_requirements(text: str) -> list[tuple[str, str | None]]:
             continue
         name, sep, version = (part.strip() for part in line.partition("=="))
         if not _NAME.match(name) or (sep and not re.match(r"^[0-9][0-9.\-]*$", version)):
-            raise RDependencyError(f"{R_REQUIREMENTS} line {number}: {raw.strip()!r} is not "
-                                   "`name` or `name==version`")
+            raise RDependencyError(
+                f"{R_REQUIREMENTS} line {number}: {raw.strip()!r} is not `name` or `name==version`"
+            )
         out.append((name, version or None))
     return out
 
@@ -130,8 +160,9 @@ def read_index(repo: str) -> dict[str, dict[str, str]]:
     return {r["Package"]: {**r, "_repo": repo} for r in _dcf(text) if "Package" in r}
 
 
-def resolve(requirements: list[tuple[str, str | None]], info: RInfo, repos: Sequence[str],
-            log: Log) -> tuple[list[RPackage], list[str]]:
+def resolve(
+    requirements: list[tuple[str, str | None]], info: RInfo, repos: Sequence[str], log: Log
+) -> tuple[list[RPackage], list[str]]:
     """Every package the requirements need (with their Depends/Imports/LinkingTo): the machine's
     R's own where it has them (a pinned version must match), else from the first repository
     that has them. Returns the packages (sorted) and the install order of those fetched."""
@@ -149,8 +180,14 @@ def resolve(requirements: list[tuple[str, str | None]], info: RInfo, repos: Sequ
         if have is not None and (pin is None or pin == have):
             chosen[name] = RPackage(name, have, machine=True)
             continue
-        record = next((ix[name] for ix in indexes if name in ix
-                       and (pin is None or ix[name].get("Version") == pin)), None)
+        record = next(
+            (
+                ix[name]
+                for ix in indexes
+                if name in ix and (pin is None or ix[name].get("Version") == pin)
+            ),
+            None,
+        )
         if record is None:
             where = ", ".join(repos) or "(none: MODELPORT_R_REPOS is empty)"
             found = [ix[name].get("Version", "?") for ix in indexes if name in ix]
@@ -159,10 +196,14 @@ def resolve(requirements: list[tuple[str, str | None]], info: RInfo, repos: Sequ
             raise RDependencyError(f"{what} is not in the R repositories {where}{extra}")
         version = record["Version"]
         filename = f"{name}_{version}.tar.gz"
-        chosen[name] = RPackage(name, version, "", filename,
-                                record["_repo"].rstrip("/") + "/src/contrib/" + filename)
-        deps[name] = [n for field in ("Depends", "Imports", "LinkingTo")
-                      for n in _names(record.get(field, ""))]
+        chosen[name] = RPackage(
+            name, version, "", filename, record["_repo"].rstrip("/") + "/src/contrib/" + filename
+        )
+        deps[name] = [
+            n
+            for field in ("Depends", "Imports", "LinkingTo")
+            for n in _names(record.get(field, ""))
+        ]
         todo.extend(deps[name])
     order: list[str] = []
 
@@ -170,8 +211,9 @@ def resolve(requirements: list[tuple[str, str | None]], info: RInfo, repos: Sequ
         if name in order or name not in deps:
             return
         if name in path:
-            raise RDependencyError(f"R packages depend on each other in a cycle: "
-                                   f"{' -> '.join((*path, name))}")
+            raise RDependencyError(
+                f"R packages depend on each other in a cycle: {' -> '.join((*path, name))}"
+            )
         for dep in deps[name]:
             visit(dep, (*path, name))
         order.append(name)
@@ -203,8 +245,14 @@ def library_path(root: Path, lock_digest: str) -> Path:
     return root / lock_digest.removeprefix("sha256:")[:32]
 
 
-def install(lock: RLock, tarballs: dict[str, Path], rscript: str, root: Path, log: Log,
-            confine: Callable[[list[str], Path, Path], list[str]] | None = None) -> Path:
+def install(
+    lock: RLock,
+    tarballs: dict[str, Path],
+    rscript: str,
+    root: Path,
+    log: Log,
+    confine: Callable[[list[str], Path, Path], list[str]] | None = None,
+) -> Path:
     """The lock's library, made once: each fetched package installed from its stored tarball
     (``R CMD INSTALL``, no network) in dependency order, then checked: every package's
     DESCRIPTION names the locked version. ``confine`` wraps a command line (argv, the library
@@ -224,34 +272,62 @@ def install(lock: RLock, tarballs: dict[str, Path], rscript: str, root: Path, lo
         lib.mkdir()
         tmp.mkdir()
         for name in lock.order:
-            argv = [r_bin, "CMD", "INSTALL", "--no-docs", "--no-html", "--no-multiarch",
-                    "--library=" + str(lib), str(tarballs[name])]
+            argv = [
+                r_bin,
+                "CMD",
+                "INSTALL",
+                "--no-docs",
+                "--no-html",
+                "--no-multiarch",
+                "--library=" + str(lib),
+                str(tarballs[name]),
+            ]
             if confine is not None:
                 argv = confine(argv, lib, tmp)
             env = {k: os.environ[k] for k in ("PATH",) if k in os.environ}
-            env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8", TMPDIR=str(tmp), HOME=str(tmp),
-                       R_LIBS=str(lib), R_LIBS_USER=str(lib))
+            env.update(
+                LANG="C.UTF-8",
+                LC_ALL="C.UTF-8",
+                TMPDIR=str(tmp),
+                HOME=str(tmp),
+                R_LIBS=str(lib),
+                R_LIBS_USER=str(lib),
+            )
             log(f"  $ R CMD INSTALL {tarballs[name].name}")
             try:
-                done = subprocess.run(argv, env=env, capture_output=True, stdin=subprocess.DEVNULL,
-                                      timeout=INSTALL_TIMEOUT_S, check=False, cwd=tmp)
+                done = subprocess.run(
+                    argv,
+                    env=env,
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=INSTALL_TIMEOUT_S,
+                    check=False,
+                    cwd=tmp,
+                )
             except subprocess.TimeoutExpired:
-                raise RDependencyError(f"R CMD INSTALL {name} took over {INSTALL_TIMEOUT_S}s") from None
+                raise RDependencyError(
+                    f"R CMD INSTALL {name} took over {INSTALL_TIMEOUT_S}s"
+                ) from None
             text = (done.stdout + done.stderr).decode(errors="replace").strip()
             if done.returncode != 0:
                 log(text[-4000:])
-                raise RDependencyError(f"R CMD INSTALL {name} failed (exit {done.returncode}): "
-                                       f"{text.splitlines()[-1] if text else ''}")
+                raise RDependencyError(
+                    f"R CMD INSTALL {name} failed (exit {done.returncode}): "
+                    f"{text.splitlines()[-1] if text else ''}"
+                )
         for name in lock.order:  # what got installed, not what the installer said
             desc = lib / name / "DESCRIPTION"
             try:
                 fields = _dcf(desc.read_text(encoding="utf-8", errors="replace"))[0]
             except (OSError, IndexError):
-                raise RDependencyError(f"R package {name} is not in the library after its "
-                                       "install") from None
+                raise RDependencyError(
+                    f"R package {name} is not in the library after its install"
+                ) from None
             if fields.get("Version") != by_name[name].version:
-                raise RDependencyError(f"R package {name}: installed {fields.get('Version')}, "
-                                       f"locked {by_name[name].version}")
+                raise RDependencyError(
+                    f"R package {name}: installed {fields.get('Version')}, "
+                    f"locked {by_name[name].version}"
+                )
         (lib / COMPLETE_MARKER).write_text(lock.digest + "\n")
         try:
             os.rename(lib, target)
@@ -265,6 +341,8 @@ def install(lock: RLock, tarballs: dict[str, Path], rscript: str, root: Path, lo
 def lock_text(lock: RLock) -> str:
     """The R packages' lines of the build's lock text (comments: uv never reads them)."""
     return "".join(
-        f"# R package: {p.name}=={p.version} (the machine's R)\n" if p.machine
-        else f"# R package: {p.name}=={p.version} sha256:{p.sha256}\n" for p in lock.packages)
-
+        f"# R package: {p.name}=={p.version} (the machine's R)\n"
+        if p.machine
+        else f"# R package: {p.name}=={p.version} sha256:{p.sha256}\n"
+        for p in lock.packages
+    )

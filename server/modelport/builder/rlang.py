@@ -38,13 +38,19 @@ def find_r(rscript: str) -> RInfo:
     what to do when there is none or it does not run (blocking)."""
     path = shutil.which(rscript)
     if path is None:
-        raise RMissing(f"R is needed to build an R function, and {rscript!r} was not found: "
-                       "install R (Debian: apt-get install r-base-core r-cran-jsonlite) or set "
-                       "MODELPORT_RSCRIPT to an Rscript")
+        raise RMissing(
+            f"R is needed to build an R function, and {rscript!r} was not found: "
+            "install R (Debian: apt-get install r-base-core r-cran-jsonlite) or set "
+            "MODELPORT_RSCRIPT to an Rscript"
+        )
     try:
-        done = subprocess.run([path, "--no-save", "--no-restore", "--no-site-file",
-                               "--no-init-file", "-e", _PROBE], capture_output=True, check=False,
-                              timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [path, "--no-save", "--no-restore", "--no-site-file", "--no-init-file", "-e", _PROBE],
+            capture_output=True,
+            check=False,
+            timeout=PROBE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RMissing(f"R ({path}) does not run: {exc}") from None
     try:
@@ -54,8 +60,10 @@ def find_r(rscript: str) -> RInfo:
         raise RMissing(f"R ({path}) does not run: exit {done.returncode}: {err}") from None
     info = RInfo(path, found["version"], found["packages"])
     if "jsonlite" not in info.machine:
-        raise RMissing(f"R {info.version} ({path}) has no jsonlite, which the R runtime needs: "
-                       "install it (Debian: apt-get install r-cran-jsonlite)")
+        raise RMissing(
+            f"R {info.version} ({path}) has no jsonlite, which the R runtime needs: "
+            "install it (Debian: apt-get install r-cran-jsonlite)"
+        )
     return info
 
 

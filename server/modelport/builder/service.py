@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from modelport.store.cas import ContentStore
 
 # A Python function (an identifier) in a .py file, or an R one (dots allowed) in a .R file.
-ENTRY = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|:))[^:\x00]+"
-                   r"(?:\.py:[A-Za-z_][A-Za-z0-9_]*|\.R:(?:[A-Za-z]|\.[A-Za-z_.])[A-Za-z0-9._]*)$")
+ENTRY = re.compile(
+    r"^(?!/)(?!.*(?:^|/)\.\.(?:/|:))[^:\x00]+"
+    r"(?:\.py:[A-Za-z_][A-Za-z0-9_]*|\.R:(?:[A-Za-z]|\.[A-Za-z_.])[A-Za-z0-9._]*)$"
+)
 PYTHON = re.compile(r"^3\.\d{1,2}$")
 
 
@@ -75,8 +77,9 @@ def parse_form(fields: dict[str, str]) -> BuildForm:
             except RecursionError:  # msgspec stops at Python's recursion limit
                 deep = True
             if deep:
-                raise RequestInvalid(f"`{key}` nests deeper than {MAX_EXAMPLE_DEPTH} levels.",
-                                     field=key)
+                raise RequestInvalid(
+                    f"`{key}` nests deeper than {MAX_EXAMPLE_DEPTH} levels.", field=key
+                )
         else:
             values[key] = text
     try:
@@ -85,8 +88,9 @@ def parse_form(fields: dict[str, str]) -> BuildForm:
         message = str(exc)
         field = field_of(message)
         if field == "entrypoint":
-            message = ("entrypoint must look like path/to/file.py:function or "
-                       "path/to/file.R:function")
+            message = (
+                "entrypoint must look like path/to/file.py:function or path/to/file.R:function"
+            )
         raise RequestInvalid(message, field=field) from None
     if form.example_input is not None and not isinstance(form.example_input, dict):
         raise RequestInvalid("example_input must be a JSON object.", field="example_input")
@@ -97,8 +101,14 @@ class Builds:
     """What the builds routes do beyond reading rows: take an upload into a queued build, import
     an exported one, read a build's snapshot. Archives are read within ``limits``."""
 
-    def __init__(self, db: Database, store: ContentStore, builder: Builder, models: Models,
-                 limits: ArchiveLimits) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ContentStore,
+        builder: Builder,
+        models: Models,
+        limits: ArchiveLimits,
+    ) -> None:
         self.db, self.store, self.builder, self.models = db, store, builder, models
         self.limits = limits
 
@@ -113,19 +123,32 @@ class Builds:
             if requirements is None and "requirements.txt" in paths:
                 requirements = "requirements.txt"
             if requirements is not None and requirements not in paths:
-                raise RequestInvalid(f"The requirements file '{requirements}' is not in the "
-                                     "archive.", field="requirements")
+                raise RequestInvalid(
+                    f"The requirements file '{requirements}' is not in the archive.",
+                    field="requirements",
+                )
             snap = await asyncio.to_thread(store.put_bytes, msgspec.json.encode(ingested.snapshot))
             lease.add(snap.digest)
-            row = await build_rows.create(self.db, model["id"], model_name, actor,
-                                          build_rows.NewBuild(
-                entrypoint=form.entrypoint, python=form.python or default_python(),
-                requirements=requirements, message=form.message, labels=form.labels,
-                example_input=form.example_input, example_output=form.example_output,
-                git_commit=form.git_commit, snapshot=snap.digest, size_bytes=ingested.size_bytes,
-                new_bytes=ingested.new_bytes + snap.new_bytes,
-                objects=[snap.digest, *(e.digest for e in ingested.snapshot.files)],
-            ))
+            row = await build_rows.create(
+                self.db,
+                model["id"],
+                model_name,
+                actor,
+                build_rows.NewBuild(
+                    entrypoint=form.entrypoint,
+                    python=form.python or default_python(),
+                    requirements=requirements,
+                    message=form.message,
+                    labels=form.labels,
+                    example_input=form.example_input,
+                    example_output=form.example_output,
+                    git_commit=form.git_commit,
+                    snapshot=snap.digest,
+                    size_bytes=ingested.size_bytes,
+                    new_bytes=ingested.new_bytes + snap.new_bytes,
+                    objects=[snap.digest, *(e.digest for e in ingested.snapshot.files)],
+                ),
+            )
         self.builder.submit(row["id"])
         return build_rows.to_build(row, model_name)
 
@@ -153,20 +176,43 @@ class Builds:
             lease.add(snap.digest)
             objects = [snap.digest, put.digest, *exchange.referenced(manifest)]
             meta, derived = manifest.meta, manifest.derived
-            row = await build_rows.create(db, model["id"], name, actor, build_rows.NewBuild(
-                entrypoint=manifest.content.entrypoint, python=manifest.content.python,
-                requirements=derived.requirements,
-                message=meta.message or f"imported from {meta.model} #{meta.number}",
-                labels=meta.labels, example_input=manifest.content.example_input,
-                example_output=derived.example_output, git_commit=meta.git_commit,
-                snapshot=snap.digest, size_bytes=sum(e.size for e in manifest.content.files)
-                + sum(w.size for w in derived.wheels), new_bytes=0, objects=objects,
-            ), status="building")
-            await build_rows.finish(db, row["id"], model=name, number=row["number"], fields={
-                "status": "built", "digest": manifest.digest, "manifest": put.digest,
-                "lock_digest": derived.lock_digest, "input_schema": derived.input_schema,
-                "output_schema": derived.output_schema,
-            })
+            row = await build_rows.create(
+                db,
+                model["id"],
+                name,
+                actor,
+                build_rows.NewBuild(
+                    entrypoint=manifest.content.entrypoint,
+                    python=manifest.content.python,
+                    requirements=derived.requirements,
+                    message=meta.message or f"imported from {meta.model} #{meta.number}",
+                    labels=meta.labels,
+                    example_input=manifest.content.example_input,
+                    example_output=derived.example_output,
+                    git_commit=meta.git_commit,
+                    snapshot=snap.digest,
+                    size_bytes=sum(e.size for e in manifest.content.files)
+                    + sum(w.size for w in derived.wheels),
+                    new_bytes=0,
+                    objects=objects,
+                ),
+                status="building",
+            )
+            await build_rows.finish(
+                db,
+                row["id"],
+                model=name,
+                number=row["number"],
+                fields={
+                    "status": "built",
+                    "digest": manifest.digest,
+                    "manifest": put.digest,
+                    "lock_digest": derived.lock_digest,
+                    "input_schema": derived.input_schema,
+                    "output_schema": derived.output_schema,
+                },
+            )
         row = await build_rows.row(db, model["id"], row["number"], name)
-        return ImportedBuild(**msgspec.structs.asdict(build_rows.to_build(row, name)),
-                             access_key=access_key)
+        return ImportedBuild(
+            **msgspec.structs.asdict(build_rows.to_build(row, name)), access_key=access_key
+        )

@@ -26,16 +26,30 @@ class InspectFailed(Exception):
 
 
 async def inspect_build(
-    python: Path, project: Path, entry: str, runtime_dir: Path, example_input: Any, log,
-    sandbox: Sandbox | None = None, tmp_name: str = "inspect", rscript: str = "",
+    python: Path,
+    project: Path,
+    entry: str,
+    runtime_dir: Path,
+    example_input: Any,
+    log,
+    sandbox: Sandbox | None = None,
+    tmp_name: str = "inspect",
+    rscript: str = "",
     r_libs: list[str] | None = None,
 ) -> dict:
     """The entry's form, schemas and (given an example input) its example output, or InspectFailed.
     With the sandbox on, the model is imported confined as a replica is, with no network, a temp
     dir of its own (``<data dir>/run/tmp/<tmp_name>``), and killed with all it started when it
     ends or the server dies."""
-    args = [str(python), "-m", "modelport.runtime.describe", "--project", str(project),
-            "--entry", entry]
+    args = [
+        str(python),
+        "-m",
+        "modelport.runtime.describe",
+        "--project",
+        str(project),
+        "--entry",
+        entry,
+    ]
     if example_input is not None:
         args += ["--example-input", msgspec.json.encode(example_input).decode()]
     log(f"$ python -m modelport.runtime.describe --entry {entry}")
@@ -44,8 +58,9 @@ async def inspect_build(
     if sandbox is not None and sandbox.enabled:
         tmp = await asyncio.to_thread(sandbox.fresh_tmp, tmp_name)
         r_read = (*r_paths(rscript), *r_libs) if rscript else ()
-        policy = inspect_policy(python=python, project=project, runtime_dir=runtime_dir, tmp=tmp,
-                                also_read=r_read)
+        policy = inspect_policy(
+            python=python, project=project, runtime_dir=runtime_dir, tmp=tmp, also_read=r_read
+        )
         args = sandbox.command(python, policy, args, runtime_dir=runtime_dir, supervise=True)
         env.update(TMPDIR=str(tmp), HOME=str(tmp))
     try:
@@ -57,8 +72,13 @@ async def inspect_build(
 
 async def _run(args: list[str], project: Path, env: dict[str, str], log) -> dict:
     proc = await asyncio.create_subprocess_exec(
-        *args, cwd=project, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        *args,
+        cwd=project,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), INSPECT_TIMEOUT_S)
@@ -67,7 +87,9 @@ async def _run(args: list[str], project: Path, env: dict[str, str], log) -> dict
             os.killpg(proc.pid, signal.SIGKILL)  # its session (not reaped yet: still its id)
         await proc.wait()
         if isinstance(exc, TimeoutError):
-            raise InspectFailed("import", f"the entry module took over {INSPECT_TIMEOUT_S}s") from None
+            raise InspectFailed(
+                "import", f"the entry module took over {INSPECT_TIMEOUT_S}s"
+            ) from None
         raise
     return _answer(proc.returncode, out, err, log)
 

@@ -36,7 +36,10 @@ class Upload(msgspec.Struct):
 
 
 async def read_upload(
-    content_type: str, chunks: AsyncIterator[bytes], tmp_dir: Path, max_archive_bytes: int,
+    content_type: str,
+    chunks: AsyncIterator[bytes],
+    tmp_dir: Path,
+    max_archive_bytes: int,
     file_field: str = "archive",
 ) -> Upload:
     """Parse multipart/form-data as it arrives; the caller calls `discard()` when done with it."""
@@ -53,11 +56,13 @@ async def read_upload(
         with PushMultipartParser(found.group(1).encode(), max_segment_count=64) as parser:
             async for chunk in chunks:
                 for event in parser.parse(chunk):
-                    segment, value = _event(event, segment, value, upload, archive, name,
-                                            file_field, max_archive_bytes)
+                    segment, value = _event(
+                        event, segment, value, upload, archive, name, file_field, max_archive_bytes
+                    )
             for event in parser.parse(b""):
-                segment, value = _event(event, segment, value, upload, archive, name,
-                                        file_field, max_archive_bytes)
+                segment, value = _event(
+                    event, segment, value, upload, archive, name, file_field, max_archive_bytes
+                )
             if not parser.closed:
                 raise RequestMalformed("The multipart body ended early.")
         archive.close()  # a full disk may answer only now
@@ -93,8 +98,9 @@ def _event(event, segment, value, upload: Upload, archive, name, file_field, max
             archive.write(event)
         else:
             if len(value) + len(event) > FIELD_LIMIT:
-                raise RequestInvalid(f"The field `{segment.name}` is over 1 MiB.",
-                                     field=segment.name)
+                raise RequestInvalid(
+                    f"The field `{segment.name}` is over 1 MiB.", field=segment.name
+                )
             value.extend(event)
         return segment, value
     # the end of the current part
@@ -104,6 +110,7 @@ def _event(event, segment, value, upload: Upload, archive, name, file_field, max
         try:
             upload.fields[segment.name] = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise RequestInvalid(f"The field `{segment.name}` is not UTF-8.",
-                                 field=segment.name) from None
+            raise RequestInvalid(
+                f"The field `{segment.name}` is not UTF-8.", field=segment.name
+            ) from None
     return None, bytearray()

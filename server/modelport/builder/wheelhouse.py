@@ -62,21 +62,44 @@ def uv_env(offline: bool = False, extra: dict[str, str] | None = None) -> dict[s
 # What a confined uv keeps of the server's environment: its own and pip's index settings,
 # proxies, certificates, locale. The rest (the server's settings, any cloud credentials) would be
 # read by the build backends uv runs.
-UV_KEPT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TERM", "NO_COLOR", "SOURCE_DATE_EPOCH",
-           "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC")
+UV_KEPT = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TERM",
+    "NO_COLOR",
+    "SOURCE_DATE_EPOCH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NETRC",
+)
 UV_KEPT_PREFIXES = ("UV_", "PIP_", "LC_")
 
 
 def confined_env(env: dict[str, str]) -> dict[str, str]:
     """`env` less what a confined uv (and the code it runs) has no need of."""
-    return {k: v for k, v in env.items()
-            if k in UV_KEPT or k.startswith(UV_KEPT_PREFIXES) or k.lower().endswith("_proxy")}
+    return {
+        k: v
+        for k, v in env.items()
+        if k in UV_KEPT or k.startswith(UV_KEPT_PREFIXES) or k.lower().endswith("_proxy")
+    }
 
 
 def run_uv(
-    args: list[str], *, log: Log, cwd: Path, stdin: str | None = None, offline: bool = False,
-    extra_env: dict[str, str] | None = None, jail: Jail | None = None,
-    read: Sequence[Path] = (), write: Sequence[Path] = (),
+    args: list[str],
+    *,
+    log: Log,
+    cwd: Path,
+    stdin: str | None = None,
+    offline: bool = False,
+    extra_env: dict[str, str] | None = None,
+    jail: Jail | None = None,
+    read: Sequence[Path] = (),
+    write: Sequence[Path] = (),
 ) -> None:
     """Run uv, sending each line it prints to `log` (pins yes, their hashes no); a failure
     raises DependencyError with uv's error text. With a `jail`, uv runs confined: it reads
@@ -88,11 +111,18 @@ def run_uv(
         argv, more = jail(argv, [cwd, *read], write, not offline)
         env = confined_env(env) | more
     proc = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
         start_new_session=True,  # its own group: the sandbox's launcher kills what it leaves
     )
     if stdin is not None:
+
         def feed() -> None:
             try:
                 proc.stdin.write(stdin)  # type: ignore[union-attr]
@@ -121,19 +151,38 @@ def _error_text(lines: list[str]) -> str:
 
 
 def build_wheel(
-    source: Path, *, interpreter: Path, index: list[str], out: Path, cwd: Path, log: Log,
-    jail: Jail | None = None, reads: Sequence[Path] = (),
+    source: Path,
+    *,
+    interpreter: Path,
+    index: list[str],
+    out: Path,
+    cwd: Path,
+    log: Log,
+    jail: Jail | None = None,
+    reads: Sequence[Path] = (),
 ) -> Path:
     """Build one wheel from an sdist or a project folder with `uv build` (isolated, its build
     requirements from `index`); with SOURCE_DATE_EPOCH set, most backends (setuptools, flit,
     hatchling) then give the same bytes when the same source is built again."""
     run_uv(
-        ["build", "--wheel", "--no-config", "--python", str(interpreter), "--out-dir", str(out),
-         *index, str(source)],
-        log=log, cwd=cwd,
+        [
+            "build",
+            "--wheel",
+            "--no-config",
+            "--python",
+            str(interpreter),
+            "--out-dir",
+            str(out),
+            *index,
+            str(source),
+        ],
+        log=log,
+        cwd=cwd,
         extra_env={"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH)},
         # a folder is built in place (setuptools writes build/ and *.egg-info into it)
-        jail=jail, read=[*reads], write=[cwd, out, *([source] if source.is_dir() else [])],
+        jail=jail,
+        read=[*reads],
+        write=[cwd, out, *([source] if source.is_dir() else [])],
     )
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
@@ -182,8 +231,14 @@ def filename_from_url(url: str) -> str:
     return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
 
 
-def download(url: str, dest: Path, sha256: str | None, *, auth_from: str | None = None,
-             progress: Callable[[int, int | None], None] | None = None) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    *,
+    auth_from: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Path:
     """Fetch `url` (http, https, file or a plain path) to `dest`, checking its sha256 when one
     is given; the file is renamed into place only once it matches. `auth_from` is an index URL
     whose `user:password@` is sent along to files on the same host. `progress(done, total)` is
@@ -203,7 +258,10 @@ def download(url: str, dest: Path, sha256: str | None, *, auth_from: str | None 
     request = urllib.request.Request(url, headers={"User-Agent": "modelport"})
     index = urllib.parse.urlsplit(auth_from or "")
     if index.username and index.hostname == parts.hostname:
-        user, password = urllib.parse.unquote(index.username), urllib.parse.unquote(index.password or "")
+        user, password = (
+            urllib.parse.unquote(index.username),
+            urllib.parse.unquote(index.password or ""),
+        )
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -225,7 +283,8 @@ def download(url: str, dest: Path, sha256: str | None, *, auth_from: str | None 
                     progress(done, total)
         if sha256 and h.hexdigest() != sha256:
             raise DependencyError(
-                f"hash mismatch for {url}: expected sha256:{sha256}, got {h.hexdigest()}")
+                f"hash mismatch for {url}: expected sha256:{sha256}, got {h.hexdigest()}"
+            )
         os.replace(tmp, dest)
     except OSError as exc:  # URLError and HTTPError are OSErrors
         raise DependencyError(f"cannot download {url}: {exc}") from exc
@@ -274,8 +333,16 @@ class Wheelhouse:
         return (path, sha256) if path else None
 
     def wheel_from_sdist(
-        self, url: str, sdist_sha256: str, *, interpreter: Path, index: list[str], workdir: Path,
-        log: Log, auth_from: str | None = None, jail: Jail | None = None,
+        self,
+        url: str,
+        sdist_sha256: str,
+        *,
+        interpreter: Path,
+        index: list[str],
+        workdir: Path,
+        log: Log,
+        auth_from: str | None = None,
+        jail: Jail | None = None,
         reads: Sequence[Path] = (),
     ) -> tuple[Path, str]:
         """The wheel built from this sdist: the one built before, else built now (the sdist
@@ -285,11 +352,20 @@ class Wheelhouse:
                 log(f"Using the wheel built before from {filename_from_url(url)}: {built[0].name}")
                 return built
             with scratch_dir(workdir, "sdist-") as tmp:
-                sdist = download(url, tmp / filename_from_url(url), sdist_sha256,
-                                 auth_from=auth_from)
+                sdist = download(
+                    url, tmp / filename_from_url(url), sdist_sha256, auth_from=auth_from
+                )
                 log(f"Building a wheel from {sdist.name}")
-                wheel = build_wheel(sdist, interpreter=interpreter, index=index, out=tmp / "out",
-                                    cwd=tmp, log=log, jail=jail, reads=reads)
+                wheel = build_wheel(
+                    sdist,
+                    interpreter=interpreter,
+                    index=index,
+                    out=tmp / "out",
+                    cwd=tmp,
+                    log=log,
+                    jail=jail,
+                    reads=reads,
+                )
                 path, sha256 = self.put(wheel)
             record = self.root / "built" / sdist_sha256
             tmp_record = record.with_name(f".{record.name}.{os.getpid()}.tmp")

@@ -26,8 +26,10 @@ def login(url: str, token: str | None) -> None:
             client.models(limit=1)
     except ApiError as exc:
         if exc.code in ("auth.missing", "auth.invalid"):
-            err_console.print(f"[red]error[/red] {exc.code}: the server at {url} does not take "
-                              "this token; nothing stored")
+            err_console.print(
+                f"[red]error[/red] {exc.code}: the server at {url} does not take "
+                "this token; nothing stored"
+            )
             sys.exit(1)
         if exc.code != "auth.denied":  # a token of a narrower role is still a token
             raise
@@ -61,8 +63,10 @@ def reset_token(data_dir: str | None, as_json: bool) -> None:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(2)
     if not settings.registry_path.exists():
-        err_console.print(f"[red]error[/red] no registry in {settings.data_dir}: no server has "
-                          "started there (--data-dir names the server's data dir)")
+        err_console.print(
+            f"[red]error[/red] no registry in {settings.data_dir}: no server has "
+            "started there (--data-dir names the server's data dir)"
+        )
         sys.exit(1)
     os.umask(0o077)
     try:  # held while stopped, so that no server starts half-way through
@@ -78,12 +82,20 @@ def reset_token(data_dir: str | None, as_json: bool) -> None:
         if lock is not None:
             lock.release()
     if as_json:
-        return print_json({"id": token.id, "token": secret,
-                           "path": str(settings.admin_token_path), "server_running": lock is None})
+        return print_json(
+            {
+                "id": token.id,
+                "token": secret,
+                "path": str(settings.admin_token_path),
+                "server_running": lock is None,
+            }
+        )
     console.print(f"new admin token {token.id}, shown once: {secret}", highlight=False)
-    console.print(f"written to {settings.admin_token_path} (mode 0600)"
-                  + ("; the running server takes it within a second" if lock is None else ""),
-                  highlight=False)
+    console.print(
+        f"written to {settings.admin_token_path} (mode 0600)"
+        + ("; the running server takes it within a second" if lock is None else ""),
+        highlight=False,
+    )
 
 
 async def _new_admin_token(settings):
@@ -92,9 +104,13 @@ async def _new_admin_token(settings):
 
     db = await Database(settings.registry_path).open()
     try:
-        return await Auth(db).issue_token(name="admin (reset)", role="admin",
-                                          expires_in_days=None, models=[],
-                                          actor="admin reset-token")
+        return await Auth(db).issue_token(
+            name="admin (reset)",
+            role="admin",
+            expires_in_days=None,
+            models=[],
+            actor="admin reset-token",
+        )
     finally:
         await db.close()
 

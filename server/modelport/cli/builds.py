@@ -9,7 +9,14 @@ import click
 import msgspec
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from modelport.cli.common import client_options, console, err_console, json_option, print_json, print_table
+from modelport.cli.common import (
+    client_options,
+    console,
+    err_console,
+    json_option,
+    print_json,
+    print_table,
+)
 
 
 def _json_arg(value: str | None, name: str):
@@ -34,33 +41,53 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 def build_options(func, deploying: bool = False):
     """FOLDER, --name, --entry and the rest; for `deploy`, whose ``--build N`` takes a model's
     NAME instead of a folder, the three are checked by the command."""
-    target = (click.argument("folder", metavar="FOLDER|NAME") if deploying else
-              click.argument("folder", type=click.Path(exists=True, file_okay=False,
-                                                       path_type=Path)))
-    for option in reversed([
-        target,
-        click.option("--name", required=not deploying,
-                     help="The model's name (created when missing)."),
-        click.option("--entry", required=not deploying,
-                     help="path/to/file.py:function or path/to/file.R:function"),
-        click.option("--requirements", help="Requirements file inside the folder."),
-        click.option("--python", help="Python version, e.g. 3.11 (default: the server's)."),
-        click.option("--example-input", help="Example input as JSON: the build calls the function on it."),
-        click.option("--example-output", help="Expected output as JSON: the build fails when it differs."),
-        click.option("--message", "-m", default="", help="What this build changes."),
-        click.option("--label", multiple=True, help="key=value, repeatable."),
-    ]):
+    target = (
+        click.argument("folder", metavar="FOLDER|NAME")
+        if deploying
+        else click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    )
+    for option in reversed(
+        [
+            target,
+            click.option(
+                "--name", required=not deploying, help="The model's name (created when missing)."
+            ),
+            click.option(
+                "--entry",
+                required=not deploying,
+                help="path/to/file.py:function or path/to/file.R:function",
+            ),
+            click.option("--requirements", help="Requirements file inside the folder."),
+            click.option("--python", help="Python version, e.g. 3.11 (default: the server's)."),
+            click.option(
+                "--example-input", help="Example input as JSON: the build calls the function on it."
+            ),
+            click.option(
+                "--example-output", help="Expected output as JSON: the build fails when it differs."
+            ),
+            click.option("--message", "-m", default="", help="What this build changes."),
+            click.option("--label", multiple=True, help="key=value, repeatable."),
+        ]
+    ):
         func = option(func)
     return func
 
 
-def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = False,
-              **kwargs) -> tuple[dict, str | None]:
+def run_build(
+    client, folder: Path, name: str, entry: str, *, quiet: bool = False, **kwargs
+) -> tuple[dict, str | None]:
     """Pack → upload → follow the build's steps; returns the finished build, and the access key of
     the model made for it (None when the model existed)."""
     out = err_console
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=out, transient=True, disable=quiet) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=out,
+        transient=True,
+        disable=quiet,
+    ) as progress:
         packing = progress.add_task("packing", total=None)
         uploading = progress.add_task("uploading", total=None, visible=False)
 
@@ -71,13 +98,16 @@ def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = Fals
             progress.update(uploading, visible=True, total=total)
             progress.advance(uploading, n)
 
-        upload = client.upload_build(folder, name, entry, on_pack=on_pack, on_upload=on_upload,
-                                     **kwargs)
+        upload = client.upload_build(
+            folder, name, entry, on_pack=on_pack, on_upload=on_upload, **kwargs
+        )
     queued = upload.build
     key = (upload.created_model or {}).get("access_key")
     if not quiet:
-        out.print(f"packed {upload.packed.files} files · uploaded · build "
-                  f"[bold]#{queued['number']}[/bold] queued")
+        out.print(
+            f"packed {upload.packed.files} files · uploaded · build "
+            f"[bold]#{queued['number']}[/bold] queued"
+        )
         for warning in upload.packed.warnings:
             out.print(f"[yellow]warning[/yellow] {warning}")
 
@@ -99,14 +129,33 @@ def run_build(client, folder: Path, name: str, entry: str, *, quiet: bool = Fals
 @build_options
 @client_options
 @json_option
-def build(client, folder, name, entry, requirements, python, example_input, example_output,
-          message, label, as_json) -> None:
+def build(
+    client,
+    folder,
+    name,
+    entry,
+    requirements,
+    python,
+    example_input,
+    example_output,
+    message,
+    label,
+    as_json,
+) -> None:
     """Snapshot FOLDER into a new build of model NAME (built, not deployed)."""
-    result, key = run_build(client, folder, name, entry, quiet=as_json,
-                            requirements=requirements, python=python,
-                            example_input=_json_arg(example_input, "--example-input"),
-                            example_output=_json_arg(example_output, "--example-output"),
-                            message=message, labels=_labels(label))
+    result, key = run_build(
+        client,
+        folder,
+        name,
+        entry,
+        quiet=as_json,
+        requirements=requirements,
+        python=python,
+        example_input=_json_arg(example_input, "--example-input"),
+        example_output=_json_arg(example_output, "--example-output"),
+        message=message,
+        labels=_labels(label),
+    )
     if as_json:
         print_json({**result, "access_key": key} if key else result)
     elif key:
@@ -129,9 +178,18 @@ def builds(client, name: str, as_json: bool) -> None:
     if as_json:
         return print_json(page)
     rows = [{**b, "digest": (b["digest"] or "")[:19]} for b in page["items"]]
-    print_table(rows, [("number", "#"), ("status", "status"), ("digest", "digest"),
-                       ("message", "message"), ("created_by", "who"), ("created_at", "when"),
-                       ("new_bytes", "new bytes")])
+    print_table(
+        rows,
+        [
+            ("number", "#"),
+            ("status", "status"),
+            ("digest", "digest"),
+            ("message", "message"),
+            ("created_by", "who"),
+            ("created_at", "when"),
+            ("new_bytes", "new bytes"),
+        ],
+    )
 
 
 @click.command("export")
@@ -142,10 +200,17 @@ def builds(client, name: str, as_json: bool) -> None:
 def export_cmd(client, name: str, number: int, output: Path | None) -> None:
     """Write build NUMBER of NAME, wheels included, to one portable .tar.zst."""
     output = output or Path(f"{name}-{number}.tar.zst")
-    with Progress(TextColumn("exporting"), DownloadColumn(), TransferSpeedColumn(),
-                  console=err_console, transient=True) as progress:
+    with Progress(
+        TextColumn("exporting"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("export", total=None)
-        size = client.export_build(name, number, output, on_bytes=lambda n: progress.advance(task, n))
+        size = client.export_build(
+            name, number, output, on_bytes=lambda n: progress.advance(task, n)
+        )
     console.print(f"wrote {output} ({size} bytes)")
 
 
@@ -161,8 +226,9 @@ def import_cmd(client, path: Path, model: str | None, as_json: bool) -> None:
         return print_json(imported)
     console.print(f"imported as {imported['model']} #{imported['number']} {imported['digest']}")
     if imported.get("access_key"):
-        console.print(f"created model {imported['model']}; access key (shown once): "
-                      f"{imported['access_key']}")
+        console.print(
+            f"created model {imported['model']}; access key (shown once): {imported['access_key']}"
+        )
 
 
 COMMANDS = [build, builds, export_cmd, import_cmd]

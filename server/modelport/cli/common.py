@@ -25,8 +25,10 @@ class ApiErrorHandlingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ApiError as exc:
-            err_console.print(f"[red]error[/red] {exc.code}: {exc.message}"
-                              + (f" [dim](field: {exc.field})[/dim]" if exc.field else ""))
+            err_console.print(
+                f"[red]error[/red] {exc.code}: {exc.message}"
+                + (f" [dim](field: {exc.field})[/dim]" if exc.field else "")
+            )
             sys.exit(1)
         except OSError as exc:  # connection refused and friends
             if "httpx" in type(exc).__module__ or "Connect" in type(exc).__name__:
@@ -38,8 +40,12 @@ class ApiErrorHandlingGroup(click.Group):
 def client_options(func):
     """--url, --token and --data-dir, turned into a `client` argument."""
 
-    @click.option("--url", envvar="MODELPORT_URL", help="Server address (default http://127.0.0.1:8000).")
-    @click.option("--token", envvar="MODELPORT_TOKEN", help="API token (default: the data dir's admin token).")
+    @click.option(
+        "--url", envvar="MODELPORT_URL", help="Server address (default http://127.0.0.1:8000)."
+    )
+    @click.option(
+        "--token", envvar="MODELPORT_TOKEN", help="API token (default: the data dir's admin token)."
+    )
     @click.option("--data-dir", envvar="MODELPORT_HOME", help="Where to find admin.token.")
     @functools.wraps(func)
     def wrapper(*args, url, token, data_dir, **kwargs):
@@ -49,7 +55,9 @@ def client_options(func):
             try:
                 return func(*args, client=client, **kwargs)
             except httpx.TransportError as exc:
-                err_console.print(f"[red]error[/red] cannot reach the server at {client.url}: {exc}")
+                err_console.print(
+                    f"[red]error[/red] cannot reach the server at {client.url}: {exc}"
+                )
                 sys.exit(2)
 
     return wrapper

@@ -10,16 +10,25 @@ from pathlib import Path
 
 import click
 import msgspec
-
-from modelport.cli.builds import _json_arg, _labels, build_options, run_build, show_created_key
-from modelport.cli.common import client_options, console, err_console, json_option, print_json, print_table
-from modelport.client import ApiError
 from rich.markup import escape
 
+from modelport.cli.builds import _json_arg, _labels, build_options, run_build, show_created_key
+from modelport.cli.common import (
+    client_options,
+    console,
+    err_console,
+    json_option,
+    print_json,
+    print_table,
+)
+from modelport.client import ApiError
+
 allow_breaking_option = click.option(
-    "--allow-breaking", is_flag=True,
+    "--allow-breaking",
+    is_flag=True,
     help="Deploy even when the build's input schema would refuse requests the serving build "
-         "takes (a required field added, a field removed or narrowed).")
+    "takes (a required field added, a field removed or narrowed).",
+)
 
 
 def _env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -35,7 +44,9 @@ def _env(pairs: tuple[str, ...]) -> dict[str, str]:
 def _wait(client, name: str, deployment: dict, quiet: bool) -> dict:
     def show(found: dict) -> None:
         if not quiet:
-            err_console.print(f"deployment {found['id']} (build #{found['build']}): {found['status']}")
+            err_console.print(
+                f"deployment {found['id']} (build #{found['build']}): {found['status']}"
+            )
 
     done = client.wait_deployment(name, deployment["id"], on_status=show)
     if done["status"] == "failed" and not quiet:
@@ -62,8 +73,11 @@ def _refused_schema(client, name: str, exc: ApiError, build: int | None, retry: 
             for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed")):
                 for field in change[key]:
                     err_console.print(f"  {sign} {field}", highlight=False, markup=False)
-    err_console.print(f"to serve it anyway (its callers' requests may be refused): {retry}",
-                      highlight=False, markup=False)
+    err_console.print(
+        f"to serve it anyway (its callers' requests may be refused): {retry}",
+        highlight=False,
+        markup=False,
+    )
     sys.exit(1)
 
 
@@ -96,45 +110,77 @@ def sample_input(schema: dict) -> dict:
 
 
 def _serving_options(func):
-    for option in reversed([
-        click.option("--replicas", type=int,
-                     help="Replica processes (default: as many as serve now, else 1)."),
-        click.option("--memory-mb", type=int,
-                     help="Memory limit per replica (default: the current deployment's)."),
-        click.option("--timeout-s", type=float,
-                     help="Per-request time limit (default: the current deployment's, else 30)."),
-        click.option("--max-concurrency", type=int,
-                     help="Requests at once per replica (default: the current deployment's, else 1)."),
-        click.option("--env", "env_pairs", multiple=True,
-                     help="KEY=VALUE for the replicas, repeatable (default: the current "
-                          "deployment's env)."),
-        click.option("--capture-percent", type=click.FloatRange(0, 100),
-                     help="Share of requests recorded with their answers, for `modelport "
-                          "captures` and replays (default: the current deployment's, else 0)."),
-        click.option("--network/--no-network", default=None,
-                     help="Let the replicas open network connections, or give them none but "
-                          "their pipe to the server (default: the current deployment's, else "
-                          "allowed)."),
-        click.option("--boot-timeout-s", type=float,
-                     help="Time a replica may take to import the model and be ready "
-                          "(default: the current deployment's, else 300)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--replicas",
+                type=int,
+                help="Replica processes (default: as many as serve now, else 1).",
+            ),
+            click.option(
+                "--memory-mb",
+                type=int,
+                help="Memory limit per replica (default: the current deployment's).",
+            ),
+            click.option(
+                "--timeout-s",
+                type=float,
+                help="Per-request time limit (default: the current deployment's, else 30).",
+            ),
+            click.option(
+                "--max-concurrency",
+                type=int,
+                help="Requests at once per replica (default: the current deployment's, else 1).",
+            ),
+            click.option(
+                "--env",
+                "env_pairs",
+                multiple=True,
+                help="KEY=VALUE for the replicas, repeatable (default: the current "
+                "deployment's env).",
+            ),
+            click.option(
+                "--capture-percent",
+                type=click.FloatRange(0, 100),
+                help="Share of requests recorded with their answers, for `modelport "
+                "captures` and replays (default: the current deployment's, else 0).",
+            ),
+            click.option(
+                "--network/--no-network",
+                default=None,
+                help="Let the replicas open network connections, or give them none but "
+                "their pipe to the server (default: the current deployment's, else "
+                "allowed).",
+            ),
+            click.option(
+                "--boot-timeout-s",
+                type=float,
+                help="Time a replica may take to import the model and be ready "
+                "(default: the current deployment's, else 300).",
+            ),
+        ]
+    ):
         func = option(func)
     return func
 
 
-def _deploy_target(folder: str, name: str | None, entry: str | None,
-                   build_number: int | None) -> tuple[Path | None, str]:
+def _deploy_target(
+    folder: str, name: str | None, entry: str | None, build_number: int | None
+) -> tuple[Path | None, str]:
     """`deploy FOLDER --name NAME --entry E` builds FOLDER; `deploy NAME --build N` does not."""
     if build_number is not None:
         if name or entry:
-            raise click.UsageError("with --build N give the model's NAME alone (no --name, "
-                                   "--entry): the build exists already")
+            raise click.UsageError(
+                "with --build N give the model's NAME alone (no --name, "
+                "--entry): the build exists already"
+            )
         return None, folder
     missing = [flag for flag, value in (("--name", name), ("--entry", entry)) if not value]
     if missing:
-        raise click.UsageError(f"missing {' and '.join(missing)} (or deploy an existing build: "
-                               f"modelport deploy NAME --build N)")
+        raise click.UsageError(
+            f"missing {' and '.join(missing)} (or deploy an existing build: "
+            f"modelport deploy NAME --build N)"
+        )
     path = Path(folder)
     if not path.is_dir():
         raise click.BadParameter(f"folder {folder!r} does not exist", param_hint="FOLDER")
@@ -144,16 +190,40 @@ def _deploy_target(folder: str, name: str | None, entry: str | None,
 
 @click.command()
 @functools.partial(build_options, deploying=True)
-@click.option("--build", "build_number", type=int,
-              help="Serve build N of model NAME, which exists (`modelport deploy NAME --build N`), "
-                   "instead of building a folder.")
+@click.option(
+    "--build",
+    "build_number",
+    type=int,
+    help="Serve build N of model NAME, which exists (`modelport deploy NAME --build N`), "
+    "instead of building a folder.",
+)
 @_serving_options
 @allow_breaking_option
 @client_options
 @json_option
-def deploy(client, folder, name, entry, requirements, python, example_input, example_output,
-           message, label, build_number, replicas, memory_mb, timeout_s, max_concurrency,
-           env_pairs, capture_percent, network, boot_timeout_s, allow_breaking, as_json) -> None:
+def deploy(
+    client,
+    folder,
+    name,
+    entry,
+    requirements,
+    python,
+    example_input,
+    example_output,
+    message,
+    label,
+    build_number,
+    replicas,
+    memory_mb,
+    timeout_s,
+    max_concurrency,
+    env_pairs,
+    capture_percent,
+    network,
+    boot_timeout_s,
+    allow_breaking,
+    as_json,
+) -> None:
     """Build FOLDER and deploy it as model NAME (or deploy build N of NAME with --build N);
     waits until it serves."""
     path, name = _deploy_target(folder, name, entry, build_number)
@@ -161,17 +231,26 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     if path is None:
         built = client.get_build(name, build_number)
     else:
-        built, key = run_build(client, path, name, entry, quiet=as_json,
-                               requirements=requirements, python=python,
-                               example_input=_json_arg(example_input, "--example-input"),
-                               example_output=_json_arg(example_output, "--example-output"),
-                               message=message, labels=_labels(label))
+        built, key = run_build(
+            client,
+            path,
+            name,
+            entry,
+            quiet=as_json,
+            requirements=requirements,
+            python=python,
+            example_input=_json_arg(example_input, "--example-input"),
+            example_output=_json_arg(example_output, "--example-output"),
+            message=message,
+            labels=_labels(label),
+        )
     if built["status"] != "built":
         if as_json:
             print_json({"build": built, "deployment": None, "access_key": key})
         elif path is None:
-            err_console.print(f"[red]error[/red] build #{build_number} of {name} is "
-                              f"{built['status']}, not built")
+            err_console.print(
+                f"[red]error[/red] build #{build_number} of {name} is {built['status']}, not built"
+            )
         elif key:
             show_created_key(name, key)
         sys.exit(1)
@@ -179,20 +258,40 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     # A new version keeps how the model is served now (or was last), but for what is given here.
     try:
         deployment = client.deploy(
-            name, built["number"], replicas=replicas, memory_mb=memory_mb, timeout_s=timeout_s,
-            max_concurrency=max_concurrency, env=_env(env_pairs) or None,
-            capture_percent=capture_percent, network=network, boot_timeout_s=boot_timeout_s,
-            keep_current=True, allow_breaking=allow_breaking or None)
+            name,
+            built["number"],
+            replicas=replicas,
+            memory_mb=memory_mb,
+            timeout_s=timeout_s,
+            max_concurrency=max_concurrency,
+            env=_env(env_pairs) or None,
+            capture_percent=capture_percent,
+            network=network,
+            boot_timeout_s=boot_timeout_s,
+            keep_current=True,
+            allow_breaking=allow_breaking or None,
+        )
     except ApiError as exc:
         if exc.code != "schema.breaking" or as_json:
             raise
-        _refused_schema(client, name, exc, built["number"],
-                        f"modelport deploy {name} --build {built['number']} --allow-breaking")
+        _refused_schema(
+            client,
+            name,
+            exc,
+            built["number"],
+            f"modelport deploy {name} --build {built['number']} --allow-breaking",
+        )
     _schema_note(deployment, as_json)
     done = _wait(client, name, deployment, as_json)
     if as_json:
-        print_json({"build": built, "deployment": done, "access_key": key,
-                    "endpoint": f"{client.url}/models/{name}/predict"})
+        print_json(
+            {
+                "build": built,
+                "deployment": done,
+                "access_key": key,
+                "endpoint": f"{client.url}/models/{name}/predict",
+            }
+        )
         sys.exit(0 if done["status"] == "deployed" else 1)
     if done["status"] != "deployed":
         if key:
@@ -203,13 +302,18 @@ def deploy(client, folder, name, entry, requirements, python, example_input, exa
     if example is None:
         example = sample_input(built.get("input_schema") or {})
     example = msgspec.json.encode(example).decode()
-    console.print(f"[green]✓[/green] built #{built['number']} · {done['replicas']} replica(s) "
-                  f"ready in {time.monotonic() - started:.1f}s · {endpoint}")
+    console.print(
+        f"[green]✓[/green] built #{built['number']} · {done['replicas']} replica(s) "
+        f"ready in {time.monotonic() - started:.1f}s · {endpoint}"
+    )
     if key:
         console.print(f"access key (shown once): [bold]{key}[/bold]")
-    console.print(f"curl -s {endpoint} -H 'Authorization: Bearer {key or '<access key>'}' "
-                  f"-H 'Content-Type: application/json' -d '{example}'", markup=False,
-                  highlight=False)
+    console.print(
+        f"curl -s {endpoint} -H 'Authorization: Bearer {key or '<access key>'}' "
+        f"-H 'Content-Type: application/json' -d '{example}'",
+        markup=False,
+        highlight=False,
+    )
 
 
 @click.command()
@@ -278,7 +382,8 @@ def restart(client, name: str, no_wait: bool, as_json: bool) -> None:
     started = client.restart(name)
     if no_wait:
         print_json(started) if as_json else console.print(
-            f"{name}: restarting deployment {started['id']}")
+            f"{name}: restarting deployment {started['id']}"
+        )
         return
     if not as_json:
         err_console.print(f"deployment {started['id']} (build #{started['build']}): restarting")
@@ -289,16 +394,20 @@ def restart(client, name: str, no_wait: bool, as_json: bool) -> None:
 
     done = client.wait_restart(name, started, on_event=show)
     ended = done["events"][-1] if done["events"] else {}
-    restarted = any(e["kind"] == "restarted" for e in done["events"][len(started["events"]):])
+    restarted = any(e["kind"] == "restarted" for e in done["events"][len(started["events"]) :])
     if as_json:
         print_json(done)
     elif restarted:
-        console.print(f"[green]✓[/green] {name}: {done['replicas']} fresh replica(s) of build "
-                      f"#{done['build']} ready")
+        console.print(
+            f"[green]✓[/green] {name}: {done['replicas']} fresh replica(s) of build "
+            f"#{done['build']} ready"
+        )
     else:
-        err_console.print(f"[red]failed[/red]: {name} was not restarted "
-                          f"({(ended.get('detail') or {}).get('error') or done['status']}); "
-                          "the replicas before it keep serving")
+        err_console.print(
+            f"[red]failed[/red]: {name} was not restarted "
+            f"({(ended.get('detail') or {}).get('error') or done['status']}); "
+            "the replicas before it keep serving"
+        )
     sys.exit(0 if restarted else 1)
 
 
@@ -311,10 +420,20 @@ def replicas(client, name: str, as_json: bool) -> None:
     page = client.replicas(name)
     if as_json:
         return print_json(page)
-    print_table(page["items"], [("id", "id"), ("build", "build"), ("state", "state"),
-                                ("pid", "pid"), ("in_flight", "in flight"), ("served", "served"),
-                                ("failed", "failed"), ("restarts", "restarts"),
-                                ("started_at", "started")])
+    print_table(
+        page["items"],
+        [
+            ("id", "id"),
+            ("build", "build"),
+            ("state", "state"),
+            ("pid", "pid"),
+            ("in_flight", "in flight"),
+            ("served", "served"),
+            ("failed", "failed"),
+            ("restarts", "restarts"),
+            ("started_at", "started"),
+        ],
+    )
 
 
 @click.command()
@@ -326,10 +445,19 @@ def deployments(client, name: str, as_json: bool) -> None:
     page = client.deployments(name, limit=200)
     if as_json:
         return print_json(page)
-    print_table(page["items"], [("id", "id"), ("build", "build"), ("status", "status"),
-                                ("replicas", "replicas"), ("created_by", "who"),
-                                ("created_at", "from"), ("finished_at", "until"),
-                                ("reason", "reason")])
+    print_table(
+        page["items"],
+        [
+            ("id", "id"),
+            ("build", "build"),
+            ("status", "status"),
+            ("replicas", "replicas"),
+            ("created_by", "who"),
+            ("created_at", "from"),
+            ("finished_at", "until"),
+            ("reason", "reason"),
+        ],
+    )
 
 
 @click.command()
@@ -342,8 +470,11 @@ def deployments(client, name: str, as_json: bool) -> None:
 def logs(client, name, build_number, replica_id, stderr, follow) -> None:
     """A build's log, or the replicas' output."""
     if build_number is not None:
-        lines = (client.follow_build_log(name, build_number) if follow
-                 else client.build_log(name, build_number).splitlines())
+        lines = (
+            client.follow_build_log(name, build_number)
+            if follow
+            else client.build_log(name, build_number).splitlines()
+        )
         for line in lines:
             click.echo(line)
         return
@@ -366,8 +497,12 @@ def logs(client, name, build_number, replica_id, stderr, follow) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--since", default="1h", show_default=True,
-              help="How far back: 15m, 6h, 7d, seconds, or an ISO-8601 time.")
+@click.option(
+    "--since",
+    default="1h",
+    show_default=True,
+    help="How far back: 15m, 6h, 7d, seconds, or an ISO-8601 time.",
+)
 @click.option("--step", type=int, help="Seconds per row (default: by the window, 10 s to 1 h).")
 @client_options
 @json_option
@@ -380,14 +515,31 @@ def metrics(client, name: str, since: str, step: int | None, as_json: bool) -> N
     if not points:
         console.print(f"No predictions of {name} since {since}.")
         return
-    rows = [{**p, "t": p["t"][11:19] if p["t"][:10] == points[-1]["t"][:10] else p["t"][:16],
-             "error_rate": f"{100 * p['errors'] / p['requests']:.1f} %" if p["requests"] else "—",
-             "cpu": f"{p['cpu_percent']:.0f} %", "memory": f"{p['memory_mb']:.0f} MB"}
-            for p in points]
-    print_table(rows, [("t", "time (UTC)"), ("build", "build"), ("requests", "requests"),
-                       ("error_rate", "errors"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
-                       ("p99_ms", "p99 ms"), ("cpu", "CPU"), ("memory", "memory")],
-                title=f"{name}: {series['step_s']} s per row")
+    rows = [
+        {
+            **p,
+            "t": p["t"][11:19] if p["t"][:10] == points[-1]["t"][:10] else p["t"][:16],
+            "error_rate": f"{100 * p['errors'] / p['requests']:.1f} %" if p["requests"] else "—",
+            "cpu": f"{p['cpu_percent']:.0f} %",
+            "memory": f"{p['memory_mb']:.0f} MB",
+        }
+        for p in points
+    ]
+    print_table(
+        rows,
+        [
+            ("t", "time (UTC)"),
+            ("build", "build"),
+            ("requests", "requests"),
+            ("error_rate", "errors"),
+            ("p50_ms", "p50 ms"),
+            ("p95_ms", "p95 ms"),
+            ("p99_ms", "p99 ms"),
+            ("cpu", "CPU"),
+            ("memory", "memory"),
+        ],
+        title=f"{name}: {series['step_s']} s per row",
+    )
 
 
 @click.command()
@@ -404,8 +556,10 @@ def captures(client, name: str, number: int | None, limit: int, as_json: bool) -
     if as_json:
         return print_json(page)
     if not page["items"]:
-        console.print(f"No captured request of {name} build #{number}: deploy with "
-                      "--capture-percent above 0 to record some.")
+        console.print(
+            f"No captured request of {name} build #{number}: deploy with "
+            "--capture-percent above 0 to record some."
+        )
         return
 
     def shown(item: dict, key: str) -> str:
@@ -414,13 +568,39 @@ def captures(client, name: str, number: int | None, limit: int, as_json: bool) -
             return "(bytes) " + item[f"{key}_base64"]
         return msgspec.json.encode(value).decode()
 
-    rows = [{"at": c["at"][11:19], "status": c["status"], "latency": f"{c['latency_ms']:g} ms",
-             "request": shown(c, "request"), "response": shown(c, "response")
-             + (" (cut)" if c["truncated"] else "")} for c in page["items"]]
-    print_table(rows, [("at", "time (UTC)"), ("status", "status"), ("latency", "latency"),
-                       ("request", "request"), ("response", "response")],
-                title=f"{name} build #{number}: captured requests")
+    rows = [
+        {
+            "at": c["at"][11:19],
+            "status": c["status"],
+            "latency": f"{c['latency_ms']:g} ms",
+            "request": shown(c, "request"),
+            "response": shown(c, "response") + (" (cut)" if c["truncated"] else ""),
+        }
+        for c in page["items"]
+    ]
+    print_table(
+        rows,
+        [
+            ("at", "time (UTC)"),
+            ("status", "status"),
+            ("latency", "latency"),
+            ("request", "request"),
+            ("response", "response"),
+        ],
+        title=f"{name} build #{number}: captured requests",
+    )
 
 
-COMMANDS = [deploy, predict, rollback, scale, stop, restart, replicas, deployments, logs, metrics,
-            captures]
+COMMANDS = [
+    deploy,
+    predict,
+    rollback,
+    scale,
+    stop,
+    restart,
+    replicas,
+    deployments,
+    logs,
+    metrics,
+    captures,
+]

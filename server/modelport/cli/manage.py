@@ -16,12 +16,24 @@ def models(client, as_json: bool) -> None:
     if as_json:
         return print_json(page)
     rows = [
-        {**m, "serving": (m["deployment"] or {}).get("build"),
-         "status": (m["deployment"] or {}).get("status", "—")}
+        {
+            **m,
+            "serving": (m["deployment"] or {}).get("build"),
+            "status": (m["deployment"] or {}).get("status", "—"),
+        }
         for m in page["items"]
     ]
-    print_table(rows, [("name", "name"), ("description", "description"), ("serving", "build"),
-                       ("status", "status"), ("auth", "auth"), ("owner", "owner")])
+    print_table(
+        rows,
+        [
+            ("name", "name"),
+            ("description", "description"),
+            ("serving", "build"),
+            ("status", "status"),
+            ("auth", "auth"),
+            ("owner", "owner"),
+        ],
+    )
 
 
 @click.group()
@@ -51,7 +63,7 @@ def model_show(client, name: str) -> None:
     print_json(client.model(name))
 
 
-def _rate(value: str | None) -> float | None | str:
+def _rate(value: str | None) -> float | str | None:
     if value is None:
         return "unchanged"
     if value.lower() in ("none", "off", "0"):
@@ -65,31 +77,49 @@ def _rate(value: str | None) -> float | None | str:
 @model.command("update")
 @click.argument("name")
 @click.option("--description", help="A new description.")
-@click.option("--auth/--no-auth", default=None,
-              help="Whether callers need the access key or a token (--no-auth: anyone may call).")
-@click.option("--rate-limit", help="Requests a second per key (or client address); 'none': no limit.")
+@click.option(
+    "--auth/--no-auth",
+    default=None,
+    help="Whether callers need the access key or a token (--no-auth: anyone may call).",
+)
+@click.option(
+    "--rate-limit", help="Requests a second per key (or client address); 'none': no limit."
+)
 @click.option("--burst", type=int, help="Requests above the rate a key may send at once.")
 @client_options
 @json_option
-def model_update(client, name: str, description: str | None, auth: bool | None,
-                 rate_limit: str | None, burst: int | None, as_json: bool) -> None:
+def model_update(
+    client,
+    name: str,
+    description: str | None,
+    auth: bool | None,
+    rate_limit: str | None,
+    burst: int | None,
+    as_json: bool,
+) -> None:
     """Change a model's description, auth flag or rate limit; what is not given stays."""
-    changes: dict = {k: v for k, v in (("description", description), ("auth", auth),
-                                        ("rate_limit_burst", burst)) if v is not None}
+    changes: dict = {
+        k: v
+        for k, v in (("description", description), ("auth", auth), ("rate_limit_burst", burst))
+        if v is not None
+    }
     rate = _rate(rate_limit)
     if rate != "unchanged":
         changes["rate_limit_per_s"] = rate
         if rate is None:
             changes["rate_limit_burst"] = None
     if not changes:
-        raise click.UsageError("nothing to change: give --description, --auth/--no-auth, "
-                               "--rate-limit or --burst")
+        raise click.UsageError(
+            "nothing to change: give --description, --auth/--no-auth, --rate-limit or --burst"
+        )
     updated = client.update_model(name, **changes)
     if as_json:
         return print_json(updated)
     limit = updated.get("rate_limit_per_s")
-    console.print(f"{name}: auth {'on' if updated['auth'] else 'off'}, rate limit "
-                  + (f"{limit:g}/s (burst {updated.get('rate_limit_burst')})" if limit else "none"))
+    console.print(
+        f"{name}: auth {'on' if updated['auth'] else 'off'}, rate limit "
+        + (f"{limit:g}/s (burst {updated.get('rate_limit_burst')})" if limit else "none")
+    )
 
 
 @model.command("delete")
@@ -134,14 +164,24 @@ def tokens_list(client, as_json: bool) -> None:
     page = client.tokens()
     if as_json:
         return print_json(page)
-    print_table(page["items"], [("id", "id"), ("name", "name"), ("role", "role"),
-                                ("models", "models"), ("expires_at", "expires"),
-                                ("last_used_at", "last used")])
+    print_table(
+        page["items"],
+        [
+            ("id", "id"),
+            ("name", "name"),
+            ("role", "role"),
+            ("models", "models"),
+            ("expires_at", "expires"),
+            ("last_used_at", "last used"),
+        ],
+    )
 
 
 @tokens.command("create")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["admin", "deployer", "viewer", "predict"]), required=True)
+@click.option(
+    "--role", type=click.Choice(["admin", "deployer", "viewer", "predict"]), required=True
+)
 @click.option("--expires-in-days", type=float, default=365, show_default=True)
 @click.option("--model", "models_", multiple=True, help="For role predict: the models it may call.")
 @client_options
@@ -172,8 +212,17 @@ def audit(client, model_name: str | None, as_json: bool) -> None:
     page = client.audit(model=model_name, limit=200)
     if as_json:
         return print_json(page)
-    print_table(page["items"], [("at", "when"), ("actor", "who"), ("action", "action"),
-                                ("model", "model"), ("target", "target"), ("detail", "detail")])
+    print_table(
+        page["items"],
+        [
+            ("at", "when"),
+            ("actor", "who"),
+            ("action", "action"),
+            ("model", "model"),
+            ("target", "target"),
+            ("detail", "detail"),
+        ],
+    )
 
 
 COMMANDS = [models, model, keys, tokens, audit]

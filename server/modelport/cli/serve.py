@@ -30,11 +30,16 @@ class CleanExitServer(uvicorn.Server):
             from modelport import servers
 
             try:
-                self.record = servers.announce(self.settings.host, self.settings.port,
-                                               self.settings.url, self.settings.data_dir)
+                self.record = servers.announce(
+                    self.settings.host,
+                    self.settings.port,
+                    self.settings.url,
+                    self.settings.data_dir,
+                )
             except OSError as exc:  # a read-only home must not stop the server
-                err_console.print(f"[yellow]warning[/yellow] could not write the server's "
-                                  f"file for the CLI: {exc}")
+                err_console.print(
+                    f"[yellow]warning[/yellow] could not write the server's file for the CLI: {exc}"
+                )
 
     def withdraw(self) -> None:
         if self.record is not None:
@@ -56,9 +61,15 @@ class CleanExitServer(uvicorn.Server):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
 @click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
 def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level: str) -> None:
     """Run the server: the REST API, predictions and the web UI at /."""
     from modelport.settings import SettingError, Settings
@@ -69,8 +80,9 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         from modelport.gateway.http import PredictionProtocol
         from modelport.observability.logs import configure
 
-        settings = Settings.from_env(host=host, port=port, data_dir=data_dir,
-                                     log_format=log_format, log_level=log_level)
+        settings = Settings.from_env(
+            host=host, port=port, data_dir=data_dir, log_format=log_format, log_level=log_level
+        )
     except SettingError as exc:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(2)
@@ -87,13 +99,26 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     app = create_asgi(settings, lock=lock)
-    click.echo(f"modelport serving {settings.url}  (web UI at /, API at /api/v1, OpenAPI at "
-               f"/schema; data dir {settings.data_dir})", err=True)
+    click.echo(
+        f"modelport serving {settings.url}  (web UI at /, API at /api/v1, OpenAPI at "
+        f"/schema; data dir {settings.data_dir})",
+        err=True,
+    )
     protocol = type("Protocol", (PredictionProtocol,), {"gateway": app})
     config = uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", http=protocol, lifespan="on", proxy_headers=False,
-        log_config=None, log_level=log_level, access_log=False, server_header=False,
-        timeout_keep_alive=5, timeout_graceful_shutdown=10,
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=protocol,
+        lifespan="on",
+        proxy_headers=False,
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
     )
     server = CleanExitServer(config, settings)
     try:

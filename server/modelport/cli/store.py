@@ -18,8 +18,11 @@ def _settings(data_dir: str | None):
 @click.command()
 @click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
 @click.option("--quarantine", is_flag=True, help="Move corrupt objects aside.")
-@click.option("--repair", is_flag=True,
-              help="Restore tampered project folders from the store (and fix their modes).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Restore tampered project folders from the store (and fix their modes).",
+)
 @json_option
 def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) -> None:
     """Re-hash every object in the store and every project folder; exit 1 when an object is
@@ -31,12 +34,23 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
 
     settings = _settings(data_dir)
     store = Store(settings.store_dir)
-    found = upkeep.verify(store, Projects(store, settings.data_dir),
-                          in_use_of_file(settings.registry_path), quarantine=quarantine,
-                          repair=repair)
+    found = upkeep.verify(
+        store,
+        Projects(store, settings.data_dir),
+        in_use_of_file(settings.registry_path),
+        quarantine=quarantine,
+        repair=repair,
+    )
     if as_json:
-        print_json({"objects": found.objects, "problems": found.corrupt, "missing": found.missing,
-                    "projects": found.projects, "tampered": found.tampered})
+        print_json(
+            {
+                "objects": found.objects,
+                "problems": found.corrupt,
+                "missing": found.missing,
+                "projects": found.projects,
+                "tampered": found.tampered,
+            }
+        )
     else:
         for problem in found.corrupt:
             err_console.print(f"[red]corrupt[/red] {problem.digest}: {problem.reason}")
@@ -44,18 +58,25 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
             err_console.print(f"[red]missing[/red] {digest} (referenced by a build)")
         for folder in found.tampered:
             done = " [green](repaired)[/green]" if folder.repaired else ""
-            err_console.print(f"[red]tampered[/red] {folder.folder}: "
-                              f"{describe(folder.files)}{done}")
+            err_console.print(
+                f"[red]tampered[/red] {folder.folder}: {describe(folder.files)}{done}"
+            )
         if not found.corrupt and not found.missing and not found.tampered:
-            console.print(f"[green]ok[/green] {found.objects} objects and {found.projects} "
-                          "project folders verified")
+            console.print(
+                f"[green]ok[/green] {found.objects} objects and {found.projects} "
+                "project folders verified"
+            )
     sys.exit(0 if found.ok else 1)
 
 
 @click.command()
 @click.option("--data-dir", envvar="MODELPORT_HOME", help="Data dir (default ./artifacts).")
-@click.option("--grace-s", default=3600, show_default=True,
-              help="Keep objects younger than this: a build may still be writing them.")
+@click.option(
+    "--grace-s",
+    default=3600,
+    show_default=True,
+    help="Keep objects younger than this: a build may still be writing them.",
+)
 @json_option
 def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     """Remove objects no build refers to, the project folders, environments and checked-out
@@ -73,16 +94,22 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     try:
-        done = upkeep.collect(Store(settings.store_dir), settings.data_dir,
-                              in_use_of_file(settings.registry_path), grace_s=grace_s,
-                              stopped=True)
+        done = upkeep.collect(
+            Store(settings.store_dir),
+            settings.data_dir,
+            in_use_of_file(settings.registry_path),
+            grace_s=grace_s,
+            stopped=True,
+        )
     finally:
         lock.release()
     if as_json:
         return print_json(done)
-    console.print(f"removed {done.removed} objects, {done.folders_removed} folders, "
-                  f"{done.files_removed} checked-out files and {done.temp_removed} temp files "
-                  f"and folders: {done.freed_bytes} bytes freed")
+    console.print(
+        f"removed {done.removed} objects, {done.folders_removed} folders, "
+        f"{done.files_removed} checked-out files and {done.temp_removed} temp files "
+        f"and folders: {done.freed_bytes} bytes freed"
+    )
 
 
 COMMANDS = [verify, gc]

@@ -37,14 +37,18 @@ log = logging.getLogger("modelport.gateway")
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CLOSE = b"connection: close\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_INTERNAL = (b'{"error":{"code":"internal","message":"Internal server error."}}')
+_INTERNAL = b'{"error":{"code":"internal","message":"Internal server error."}}'
 
 
 def _is_prediction_path(path: bytes) -> bool:
     if path == b"/model":
         return True
-    return path[:8] == b"/models/" and path[-8:] == b"/predict" and b"/" not in path[8:-8] \
+    return (
+        path[:8] == b"/models/"
+        and path[-8:] == b"/predict"
+        and b"/" not in path[8:-8]
         and len(path) > 16
+    )
 
 
 IDLE = "idle for timeout_keep_alive"  # not slow: kept alive and unused (not logged)
@@ -89,8 +93,12 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def _too_slow(self, now: float) -> str | None:
         """Why this connection is to be closed now, if it is (checked once a second)."""
-        if self._idle_since and not self._phase and not self._answering and \
-                now - self._idle_since > self.timeout_keep_alive:
+        if (
+            self._idle_since
+            and not self._phase
+            and not self._answering
+            and now - self._idle_since > self.timeout_keep_alive
+        ):
             return IDLE
         if self._phase == 1 and now - self._since > self.header_timeout_s:
             return f"its request headers took over {self.header_timeout_s:g}s"
@@ -113,8 +121,11 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._phase, self._since, self._seen = 2, _Sweeper.now, self._progress
-        if self.gateway is not None and self.parser.get_method() == b"POST" and \
-                (self.cycle is None or self.cycle.response_complete):
+        if (
+            self.gateway is not None
+            and self.parser.get_method() == b"POST"
+            and (self.cycle is None or self.cycle.response_complete)
+        ):
             parsed = httptools.parse_url(self.url)
             if _is_prediction_path(parsed.path):
                 self._start_lane(parsed)
@@ -127,9 +138,14 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def _start_lane(self, parsed: URL) -> None:
         keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
-        scope = {"type": "http", "method": "POST", "path": parsed.path.decode("latin-1"),
-                 "query_string": parsed.query or b"", "headers": self.headers,
-                 "client": self.client}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": parsed.path.decode("latin-1"),
+            "query_string": parsed.query or b"",
+            "headers": self.headers,
+            "client": self.client,
+        }
         cap = self._body_limit(parsed.path) + 1  # past it, bytes are counted, not kept
         self._lane = [scope, [], 0, cap, keep_alive]
         if self.expect_100_continue:
@@ -195,8 +211,12 @@ class PredictionProtocol(HttpToolsProtocol):
                 head.extend((name, b": ", value, b"\r\n"))
         except BaseException:
             log.exception("prediction failed in the HTTP layer")
-            head[:] = [_STATUS_LINES[500], b"content-type: application/json\r\ncontent-length: ",
-                       str(len(_INTERNAL)).encode(), b"\r\n"]
+            head[:] = [
+                _STATUS_LINES[500],
+                b"content-type: application/json\r\ncontent-length: ",
+                str(len(_INTERNAL)).encode(),
+                b"\r\n",
+            ]
             out = _INTERNAL
             keep_alive = False
         if not keep_alive or self._close_after:

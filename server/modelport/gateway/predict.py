@@ -59,7 +59,8 @@ Headers = list[tuple[bytes, bytes]]
 # bodies as sent (b"" when not read).
 Answer = tuple[int, Headers, bytes]  # status, headers (lowercase name, value), body
 OnResult = Callable[
-    [str, "int | None", int, float, str, dict[str, Any], Any, Any, bytes, bytes], None]
+    [str, "int | None", int, float, str, dict[str, Any], Any, Any, bytes, bytes], None
+]
 
 MiB = 1024 * 1024
 _PREDICT_ROLES = frozenset({"predict", "deployer", "admin"})
@@ -88,9 +89,16 @@ class Gateway:
     """Handles ``POST /models/{name}/predict`` and ``POST /model``; every other request goes to
     ``app`` (Litestar). ``auth`` answers for keys and tokens from its in-memory caches."""
 
-    def __init__(self, app: ASGIApp, routes: Routes, auth: Auth, *,
-                 default_max_body_mb: float = 5.0, on_result: OnResult | None = None,
-                 poller: Poller | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Routes,
+        auth: Auth,
+        *,
+        default_max_body_mb: float = 5.0,
+        on_result: OnResult | None = None,
+        poller: Poller | None = None,
+    ) -> None:
         self.app, self.routes, self.auth = app, routes, auth
         self.poller = poller or Poller(0)  # the supervisor's: see modelport.serving.poller
         self._limits = routes.limits  # model → RateLimit, only for models that have one
@@ -112,14 +120,20 @@ class Gateway:
                 answer = await self.answer(scope, name, receive=receive)
                 if answer is not None:
                     status, headers, out = answer
-                    await send({"type": "http.response.start", "status": status,
-                                "headers": headers})
+                    await send(
+                        {"type": "http.response.start", "status": status, "headers": headers}
+                    )
                     await send({"type": "http.response.body", "body": out})
                 return
         await self.app(scope, receive, send)
 
-    async def answer(self, scope: Scope, name: str | None, given: bytes | None = None,
-                     receive: Receive | None = None) -> Answer | None:
+    async def answer(
+        self,
+        scope: Scope,
+        name: str | None,
+        given: bytes | None = None,
+        receive: Receive | None = None,
+    ) -> Answer | None:
         """One prediction: its status, headers and body (None when the client went away while
         sending). ``name`` is None for ``POST /model``. The body is given whole (the HTTP lane)
         or read with ``receive`` (ASGI)."""
@@ -149,7 +163,8 @@ class Gateway:
             if name is None:
                 caller: str | None
                 name, body, content_type, caller = await self._cloudera(
-                    scope, receive, given, length, content_type, authz)
+                    scope, receive, given, length, content_type, authz
+                )
                 limit = self._limits.get(name)
                 if limit is not None:
                     _throttle(limit, caller)
@@ -171,16 +186,21 @@ class Gateway:
             try:
                 replica, msg = await group.call(body, content_type, wants, rid.decode())
             except Draining:  # replaced while we were on our way: follow the route
-                group, replica, msg = await self._follow(name, group, body, content_type, wants,
-                                                         rid)
+                group, replica, msg = await self._follow(
+                    name, group, body, content_type, wants, rid
+                )
             if type(msg) is Result:
                 status = 200
                 out = msg.body
                 if scope["path"] == "/model":
                     out = _cloudera_body(out, replica.id_bytes, wants)
-                headers = [_MSGPACK if wants == "msgpack" else _JSON,
-                           (b"content-length", str(len(out)).encode()), *group.headers,
-                           (b"x-replica-id", replica.id_bytes), (b"x-request-id", rid)]
+                headers = [
+                    _MSGPACK if wants == "msgpack" else _JSON,
+                    (b"content-length", str(len(out)).encode()),
+                    *group.headers,
+                    (b"x-replica-id", replica.id_bytes),
+                    (b"x-request-id", rid),
+                ]
                 metrics = msg.metrics
             else:
                 failed = cast("Failure", msg)  # not a Result: the replica's Failure
@@ -202,9 +222,18 @@ class Gateway:
             out = error_json(500, "internal", "Internal server error.")
             headers = _error_headers(out, rid, group, replica, None)
         if self.on_result is not None and name is not None:
-            self.on_result(name, group.spec.build if group is not None else None, status,
-                           time.perf_counter() - started, rid.decode(), metrics, group, replica,
-                           body, out)
+            self.on_result(
+                name,
+                group.spec.build if group is not None else None,
+                status,
+                time.perf_counter() - started,
+                rid.decode(),
+                metrics,
+                group,
+                replica,
+                body,
+                out,
+            )
         return status, headers, out
 
     def _group(self, name: str) -> ReplicaGroup:
@@ -213,9 +242,9 @@ class Gateway:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return group
 
-    async def _follow(self, name: str, group: ReplicaGroup, body: bytes, content_type: str,
-                      wants: str, rid: bytes
-                      ) -> tuple[ReplicaGroup, Replica, Result | Failure]:
+    async def _follow(
+        self, name: str, group: ReplicaGroup, body: bytes, content_type: str, wants: str, rid: bytes
+    ) -> tuple[ReplicaGroup, Replica, Result | Failure]:
         """The model's group was replaced while the request was on its way: call the new one."""
         for _ in range(2):
             newer = self.routes.group(name)
@@ -250,9 +279,15 @@ class Gateway:
             raise AuthDenied(f"This token may not call model '{name}'.")
         return digest
 
-    async def _cloudera(self, scope: Scope, receive: Receive | None, raw: bytes | None,
-                        length: int, content_type: str, authz: bytes
-                        ) -> tuple[str, bytes, str, str]:
+    async def _cloudera(
+        self,
+        scope: Scope,
+        receive: Receive | None,
+        raw: bytes | None,
+        length: int,
+        content_type: str,
+        authz: bytes,
+    ) -> tuple[str, bytes, str, str]:
         """POST /model: the model named by the access key, the inner request's bytes, its content
         type and the key's hash."""
         key = None
@@ -304,7 +339,8 @@ def _throttle(limit: RateLimit, caller: str) -> None:
         raise RateLimited(
             f"Over this model's rate limit of {limit.rate:g} requests a second (burst "
             f"{limit.burst:g}) for this key; retry in {retry} s.",
-            headers={"Retry-After": str(retry)})
+            headers={"Retry-After": str(retry)},
+        )
 
 
 def _whole(body: bytes, length: int, limit: int) -> bytes:
@@ -346,13 +382,19 @@ async def _read(receive: Receive | None, length: int, limit: int) -> bytes:
 
 def _cloudera_body(out: bytes, replica_id: bytes, wants: str) -> bytes:
     if wants == "msgpack":
-        return _msgpack_encode({"success": True, "response": msgspec.Raw(out),
-                                "ReplicaID": replica_id.decode()})
+        return _msgpack_encode(
+            {"success": True, "response": msgspec.Raw(out), "ReplicaID": replica_id.decode()}
+        )
     return b'{"success":true,"response":' + out + b',"ReplicaID":"' + replica_id + b'"}'
 
 
-def _error_headers(body: bytes, rid: bytes, group: ReplicaGroup | None, replica: Replica | None,
-                   extra: dict[str, str] | None) -> Headers:
+def _error_headers(
+    body: bytes,
+    rid: bytes,
+    group: ReplicaGroup | None,
+    replica: Replica | None,
+    extra: dict[str, str] | None,
+) -> Headers:
     headers: Headers = [_JSON, (b"content-length", str(len(body)).encode()), (b"x-request-id", rid)]
     if group is not None:
         headers += group.headers

@@ -26,8 +26,9 @@ class RateLimit:
 
     __slots__ = ("_buckets", "_clock", "_sweep_at", "burst", "burst_setting", "rate")
 
-    def __init__(self, rate: float, burst: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if not rate > 0:
             raise ValueError("rate must be > 0")
         self.rate = float(rate)
@@ -60,8 +61,9 @@ class RateLimit:
 
     def _sweep(self, now: float) -> None:
         rate, burst = self.rate, self.burst
-        self._buckets = {k: b for k, b in self._buckets.items()
-                         if b[0] + (now - b[1]) * rate < burst}
+        self._buckets = {
+            k: b for k, b in self._buckets.items() if b[0] + (now - b[1]) * rate < burst
+        }
         self._sweep_at = max(_SWEEP_MIN, 2 * len(self._buckets))
 
     def __len__(self) -> int:

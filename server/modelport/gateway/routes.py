@@ -32,8 +32,14 @@ class Routes:
         self.limits: dict[str, RateLimit] = {}
         self._groups: dict[str, ReplicaGroup] = supervisor.active if supervisor else {}
 
-    def set_model(self, name: str, *, auth: bool = True, rate_limit_per_s: float | None = None,
-                  rate_limit_burst: int | None = None) -> None:
+    def set_model(
+        self,
+        name: str,
+        *,
+        auth: bool = True,
+        rate_limit_per_s: float | None = None,
+        rate_limit_burst: int | None = None,
+    ) -> None:
         self._auth[name] = auth
         if rate_limit_per_s is None:
             self.limits.pop(name, None)

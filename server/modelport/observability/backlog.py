@@ -29,8 +29,14 @@ class Backlog:
     go first (and are counted in ``dropped``). A day of 10 s buckets for 50 builds is 432,000
     buckets; the default keeps about 6 hours of that, in some 20 MB."""
 
-    def __init__(self, *, max_buckets: int = 100_000, max_tracked: int = 50_000,
-                 max_captures: int = 1_000, max_capture_bytes: int = 64 * 2**20) -> None:
+    def __init__(
+        self,
+        *,
+        max_buckets: int = 100_000,
+        max_tracked: int = 50_000,
+        max_captures: int = 1_000,
+        max_capture_bytes: int = 64 * 2**20,
+    ) -> None:
         self.max_buckets, self.max_tracked = max_buckets, max_tracked
         self.max_captures, self.max_capture_bytes = max_captures, max_capture_bytes
         self.held = Batch([], {}, [])
@@ -57,7 +63,7 @@ class Backlog:
         closed, tracked, captures = list(batch.closed), dict(batch.tracked), list(batch.captures)
         if len(closed) > self.max_buckets:
             self.dropped += len(closed) - self.max_buckets
-            del closed[:len(closed) - self.max_buckets]
+            del closed[: len(closed) - self.max_buckets]
         while len(tracked) > self.max_tracked:
             del tracked[next(iter(tracked))]
             self.dropped += 1

@@ -15,8 +15,23 @@ __all__ = ["PROM_BOUNDS", "Capture", "Recorder", "Stats", "Tracked"]
 log = logging.getLogger("modelport.requests")
 
 # Prometheus latency buckets (seconds); +Inf is the last slot of Stats.buckets.
-PROM_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-               30.0, 60.0)
+PROM_BOUNDS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 class Stats:
@@ -54,11 +69,30 @@ class Tracked:
 class Capture:
     """One sampled request and its answer, cut to the deployment's ``capture_max_bytes``."""
 
-    __slots__ = ("at", "build", "latency_s", "model", "request", "request_id", "response",
-                 "status", "truncated")
+    __slots__ = (
+        "at",
+        "build",
+        "latency_s",
+        "model",
+        "request",
+        "request_id",
+        "response",
+        "status",
+        "truncated",
+    )
 
-    def __init__(self, model: str, build: int, request_id: str, at: float, status: int,
-                 latency_s: float, request: bytes, response: bytes, cap: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        build: int,
+        request_id: str,
+        at: float,
+        status: int,
+        latency_s: float,
+        request: bytes,
+        response: bytes,
+        cap: int,
+    ) -> None:
         self.model, self.build, self.request_id, self.at = model, build, request_id, at
         self.status, self.latency_s = status, latency_s
         self.truncated = len(request) > cap or len(response) > cap
@@ -74,10 +108,16 @@ class Recorder:
     takes the closed buckets, tracked metrics and captures from here and writes them in batches.
     """
 
-    def __init__(self, *, known: Callable[[str], bool],
-                 current_build: Callable[[str], int | None], clock: Callable[[], float] = time.time,
-                 max_tracked: int = 50_000, max_captures: int = 1_000,
-                 max_capture_bytes: int = 64 * 2**20) -> None:
+    def __init__(
+        self,
+        *,
+        known: Callable[[str], bool],
+        current_build: Callable[[str], int | None],
+        clock: Callable[[], float] = time.time,
+        max_tracked: int = 50_000,
+        max_captures: int = 1_000,
+        max_capture_bytes: int = 64 * 2**20,
+    ) -> None:
         self.known, self.current_build, self.clock = known, current_build, clock
         self.stats: dict[tuple[str, int | None], Stats] = {}
         self.unknown: dict[int, int] = {}  # status → count, for names that are no model
@@ -91,9 +131,19 @@ class Recorder:
         self.debug = log.isEnabledFor(logging.DEBUG)  # fixed at start: no cost when off
         self._random = random.random
 
-    def on_result(self, model: str, build: int | None, status: int, seconds: float,
-                  request_id: str, metrics: dict, group=None, replica=None, body: bytes = b"",
-                  out: bytes = b"") -> None:
+    def on_result(
+        self,
+        model: str,
+        build: int | None,
+        status: int,
+        seconds: float,
+        request_id: str,
+        metrics: dict,
+        group=None,
+        replica=None,
+        body: bytes = b"",
+        out: bytes = b"",
+    ) -> None:
         """The gateway's hook, after every prediction (see ``gateway.predict.OnResult``)."""
         if build is None:  # refused before a build was chosen (401, 403): the build serving now
             build = self.current_build(model)
@@ -118,17 +168,34 @@ class Recorder:
             b.add(status, seconds, nin, nout)
             if metrics:
                 self._track(model, st.build, request_id, now, metrics)
-            if group is not None and group.spec.capture_percent and (
-                    self._random() * 100 < group.spec.capture_percent):
-                self._capture(group.spec, model, st.build, request_id, now, status, seconds,
-                              body, out)
+            if (
+                group is not None
+                and group.spec.capture_percent
+                and (self._random() * 100 < group.spec.capture_percent)
+            ):
+                self._capture(
+                    group.spec, model, st.build, request_id, now, status, seconds, body, out
+                )
         if self.debug:
             ms = round(seconds * 1000, 3)
             rid = replica.id if replica is not None else None
-            log.debug("%s model=%s build=%s replica=%s status=%d %.3fms", request_id, model,
-                      st.build, rid, status, ms, extra={
-                          "request_id": request_id, "model": model, "build": st.build,
-                          "replica": rid, "status": status, "latency_ms": ms})
+            log.debug(
+                "%s model=%s build=%s replica=%s status=%d %.3fms",
+                request_id,
+                model,
+                st.build,
+                rid,
+                status,
+                ms,
+                extra={
+                    "request_id": request_id,
+                    "model": model,
+                    "build": st.build,
+                    "replica": rid,
+                    "status": status,
+                    "latency_ms": ms,
+                },
+            )
 
     # -- the rarer paths --------------------------------------------------------------------------
 
@@ -157,16 +224,29 @@ class Recorder:
         else:
             self.dropped["tracked"] += 1
 
-    def _capture(self, spec, model: str, build: int, request_id: str, now: float, status: int,
-                 seconds: float, body: bytes, out: bytes) -> None:
+    def _capture(
+        self,
+        spec,
+        model: str,
+        build: int,
+        request_id: str,
+        now: float,
+        status: int,
+        seconds: float,
+        body: bytes,
+        out: bytes,
+    ) -> None:
         cap = spec.capture_max_bytes
         size = min(len(body), cap) + min(len(out), cap)
-        if (len(self.captures) >= self.max_captures
-                or self.capture_bytes + size > self.max_capture_bytes):
+        if (
+            len(self.captures) >= self.max_captures
+            or self.capture_bytes + size > self.max_capture_bytes
+        ):
             self.dropped["captures"] += 1
             return
-        self.captures.append(Capture(model, build, request_id, now, status, seconds, body, out,
-                                     cap))
+        self.captures.append(
+            Capture(model, build, request_id, now, status, seconds, body, out, cap)
+        )
         self.capture_bytes += size
 
     # -- what the monitor takes -------------------------------------------------------------------
@@ -184,15 +264,20 @@ class Recorder:
     def open_buckets(self, model: str) -> list[tuple[int, Bucket]]:
         """The buckets of ``model`` not yet written (closed or still open), for a live series."""
         found = [(build, b) for m, build, b in self.closed if m == model]
-        found += [(st.build, st.bucket) for (m, _), st in self.stats.items()
-                  if m == model and st.bucket is not None and st.build is not None]
+        found += [
+            (st.build, st.bucket)
+            for (m, _), st in self.stats.items()
+            if m == model and st.bucket is not None and st.build is not None
+        ]
         return found
 
-    def add_resources(self, model: str, build: int, t: int, cpu_s: float,
-                      memory_bytes: int) -> None:
+    def add_resources(
+        self, model: str, build: int, t: int, cpu_s: float, memory_bytes: int
+    ) -> None:
         """CPU seconds used and resident memory of a build's replicas over the slot at ``t``."""
-        st = self.stats.get((model, build)) or self.stats.setdefault((model, build),
-                                                                     Stats(model, build))
+        st = self.stats.get((model, build)) or self.stats.setdefault(
+            (model, build), Stats(model, build)
+        )
         b = st.bucket
         if b is None or b.t < t:
             b = self._roll(st, t)

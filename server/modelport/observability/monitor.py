@@ -37,16 +37,26 @@ class Monitor:
     While the disk is full, what a flush could not write is held (``backlog``) and written
     first by the next flush that can."""
 
-    def __init__(self, db: Database, supervisor, routes, *, retention: Retention | None = None,
-                 clock: Callable[[], float] = time.time, max_tracked_rows: int = 1_000_000,
-                 captures_per_build: int = 1_000, prune_every_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        supervisor,
+        routes,
+        *,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+        max_tracked_rows: int = 1_000_000,
+        captures_per_build: int = 1_000,
+        prune_every_s: float = 600.0,
+    ) -> None:
         self.db, self.supervisor, self.routes = db, supervisor, routes
         self.retention = retention or Retention()
         self.clock = clock
         self.max_tracked_rows, self.captures_per_build = max_tracked_rows, captures_per_build
         self.prune_every_s = prune_every_s
-        self.recorder = Recorder(known=routes.__contains__, current_build=self._serving_build,
-                                 clock=clock)
+        self.recorder = Recorder(
+            known=routes.__contains__, current_build=self._serving_build, clock=clock
+        )
         self.on_result = self.recorder.on_result
         self._lock = asyncio.Lock()  # a flush and a series read never see a batch twice
         self._cpu: dict[int, float] = {}  # pid → CPU seconds at the last sample
@@ -79,12 +89,15 @@ class Monitor:
             self.sample_resources(now)
         async with self._lock:
             closed = self.recorder.close_buckets(now + SLOT_S if final else now)
-            written = await self._write_or_hold(Batch(closed, self.recorder.take_tracked(),
-                                                      self.recorder.take_captures()))
+            written = await self._write_or_hold(
+                Batch(closed, self.recorder.take_tracked(), self.recorder.take_captures())
+            )
         if not written:  # downsampling and pruning write too: they wait for room
             if final:
-                log.warning("monitoring: %d points held while the disk is full are lost at "
-                            "shutdown", len(self.backlog))
+                log.warning(
+                    "monitoring: %d points held while the disk is full are lost at shutdown",
+                    len(self.backlog),
+                )
             return
         await self.compact(now)
         if now - self._pruned_at >= self.prune_every_s:
@@ -96,8 +109,9 @@ class Monitor:
         if not self.recorder.tracked and not self.recorder.captures:
             return
         async with self._lock:
-            await self._write_or_hold(Batch([], self.recorder.take_tracked(),
-                                            self.recorder.take_captures()))
+            await self._write_or_hold(
+                Batch([], self.recorder.take_tracked(), self.recorder.take_captures())
+            )
 
     async def _write_or_hold(self, batch: Batch) -> bool:
         """Write what is held and ``batch``; a full disk keeps them all in the backlog (False)."""
@@ -109,14 +123,20 @@ class Monitor:
                 raise
             self.backlog.hold(batch)
             if not self._full:
-                log.warning("monitoring: the disk holding %s is full (%s); what is counted is "
-                            "held in memory until there is room", self.db.path.parent, exc)
+                log.warning(
+                    "monitoring: the disk holding %s is full (%s); what is counted is "
+                    "held in memory until there is room",
+                    self.db.path.parent,
+                    exc,
+                )
             self._full = True
             return False
         if self._full:
-            log.info("monitoring: the disk has room again; wrote %d points held while it was "
-                     "full%s", len(batch), f" ({self.backlog.dropped} dropped past the bound)"
-                     if self.backlog.dropped else "")
+            log.info(
+                "monitoring: the disk has room again; wrote %d points held while it was full%s",
+                len(batch),
+                f" ({self.backlog.dropped} dropped past the bound)" if self.backlog.dropped else "",
+            )
             self._full, self.backlog.dropped = False, 0
         return True
 
@@ -128,12 +148,32 @@ class Monitor:
             for model, build, b in closed:
                 if model in ids:
                     await point_rows.upsert(conn, ids[model], build, SLOT_S, b.row(), _merge_rows)
-            await tracked_rows.merge_many(conn, [
-                (ids[model], rid, e.build, e.at, e.metrics)
-                for (model, rid), e in tracked.items() if model in ids])
-            await capture_rows.add_many(conn, [
-                (ids[c.model], c.build, c.request_id, c.at, c.status, c.latency_s, c.request,
-                 c.response, int(c.truncated)) for c in captures if c.model in ids])
+            await tracked_rows.merge_many(
+                conn,
+                [
+                    (ids[model], rid, e.build, e.at, e.metrics)
+                    for (model, rid), e in tracked.items()
+                    if model in ids
+                ],
+            )
+            await capture_rows.add_many(
+                conn,
+                [
+                    (
+                        ids[c.model],
+                        c.build,
+                        c.request_id,
+                        c.at,
+                        c.status,
+                        c.latency_s,
+                        c.request,
+                        c.response,
+                        int(c.truncated),
+                    )
+                    for c in captures
+                    if c.model in ids
+                ],
+            )
 
     def sample_resources(self, now: float) -> None:
         """CPU seconds each build's replicas used since the last sample, and their resident memory
@@ -167,8 +207,10 @@ class Monitor:
     async def compact(self, now: float) -> None:
         """10 s rows past an hour become 1 min rows; 1 min rows past a day become 10 min rows."""
         r = self.retention
-        for src, dst, age in ((RESOLUTIONS[0], RESOLUTIONS[1], r.fine_s),
-                              (RESOLUTIONS[1], RESOLUTIONS[2], r.minute_s)):
+        for src, dst, age in (
+            (RESOLUTIONS[0], RESOLUTIONS[1], r.fine_s),
+            (RESOLUTIONS[1], RESOLUTIONS[2], r.minute_s),
+        ):
             before = int(now - age) - int(now - age) % dst
             async with self.db.write() as conn:
                 rows = await point_rows.older(conn, src, before)
@@ -199,25 +241,37 @@ class Monitor:
         """Builds per model and status (for /metrics)."""
         return await self.db.all(
             "SELECT m.name AS model, b.status AS status, count(*) AS n FROM builds b"
-            " JOIN models m ON m.id = b.model_id GROUP BY m.name, b.status")
+            " JOIN models m ON m.id = b.model_id GROUP BY m.name, b.status"
+        )
 
     def default_step(self, since: float, now: float) -> int:
         age = now - since - SLOT_S  # a window of "the last hour" is still 10 s points
         r = self.retention
-        return RESOLUTIONS[0] if age <= r.fine_s else RESOLUTIONS[1] if age <= r.minute_s else \
-            RESOLUTIONS[2]
+        return (
+            RESOLUTIONS[0]
+            if age <= r.fine_s
+            else RESOLUTIONS[1]
+            if age <= r.minute_s
+            else RESOLUTIONS[2]
+        )
 
-    async def series(self, model_id: int, model: str, since: float, until: float,
-                     step: int | None) -> tuple[int, list[tuple[int, int, Bucket]]]:
+    async def series(
+        self, model_id: int, model: str, since: float, until: float, step: int | None
+    ) -> tuple[int, list[tuple[int, int, Bucket]]]:
         """(step used, [(t, build, bucket)]) over [since, until), written and live data merged.
         The step is at least the coarsest resolution found in the window, so that a point always
         covers ``step`` seconds."""
         lo, hi = int(since) - int(since) % SLOT_S, int(until)
         async with self._lock:
             rows = await point_rows.in_range(self.db, model_id, lo, hi)
-            live = [(build, b) for build, b in [*self.recorder.open_buckets(model),
-                                                 *self.backlog.buckets_of(model)]
-                    if lo <= b.t < hi]
+            live = [
+                (build, b)
+                for build, b in [
+                    *self.recorder.open_buckets(model),
+                    *self.backlog.buckets_of(model),
+                ]
+                if lo <= b.t < hi
+            ]
         want = step or self.default_step(since, self.clock())
         want = max(want, max((r["res"] for r in rows), default=SLOT_S))
         span = max(hi - lo, 1)
@@ -225,20 +279,21 @@ class Monitor:
             want = -(-span // MAX_POINTS)
         want = -(-want // SLOT_S) * SLOT_S  # a multiple of 10 s
         grid = rebucket([(r["build"], Bucket.from_row(r)) for r in rows] + live, want)
-        return want, sorted(((t, build, b) for (t, build), b in grid.items()),
-                            key=lambda x: (x[0], x[1]))
+        return want, sorted(
+            ((t, build, b) for (t, build), b in grid.items()), key=lambda x: (x[0], x[1])
+        )
 
     async def prediction(self, model_id: int, request_id: str) -> dict | None:
         await self.flush_pending()
         return await tracked_rows.of_request(self.db, model_id, request_id)
 
-    async def add_metrics(self, model_id: int, request_id: str,
-                          metrics: dict[str, float]) -> Row:
+    async def add_metrics(self, model_id: int, request_id: str, metrics: dict[str, float]) -> Row:
         """Delayed metrics (ground truth) for a prediction, merged into what it recorded."""
         await self.flush_pending()
         async with self.db.write() as conn:
             await tracked_rows.merge_many(
-                conn, [(model_id, request_id, None, self.clock(), metrics)])
+                conn, [(model_id, request_id, None, self.clock(), metrics)]
+            )
         row = await tracked_rows.of_request(self.db, model_id, request_id)
         if row is None:  # merge_many inserts the row when there was none
             raise LookupError(f"no metrics of request {request_id!r} after writing them")

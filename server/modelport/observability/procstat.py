@@ -20,7 +20,7 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = data[data.rfind(b")") + 2 :].split()
     try:
         return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15)
     except (IndexError, ValueError):

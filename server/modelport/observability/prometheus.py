@@ -30,29 +30,42 @@ class Snapshot:
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
         yield from self._replicas()
-        built = GaugeMetricFamily("modelport_builds", "Builds by status.",
-                                  labels=["model", "status"])
+        built = GaugeMetricFamily(
+            "modelport_builds", "Builds by status.", labels=["model", "status"]
+        )
         for row in self.builds:
             built.add_metric([row["model"], row["status"]], row["n"])
         yield built
         dropped = CounterMetricFamily(
-            "modelport_monitor_dropped", "Tracked metrics and captures dropped: the in-memory "
-            "buffer was full before a write.", labels=["kind"])
+            "modelport_monitor_dropped",
+            "Tracked metrics and captures dropped: the in-memory buffer was full before a write.",
+            labels=["kind"],
+        )
         for kind, n in self.recorder.dropped.items():
             dropped.add_metric([kind], n)
         yield dropped
 
     def _requests(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("modelport_requests", "Predictions answered, by status.",
-                                       labels=["model", "build", "code"])
-        latency = HistogramMetricFamily("modelport_request_duration_seconds",
-                                        "Time from the request's headers to the answer.",
-                                        labels=["model", "build"])
-        sent = CounterMetricFamily("modelport_request_bytes",
-                                   "Bytes of prediction request bodies.", labels=["model", "build"])
-        answered = CounterMetricFamily("modelport_response_bytes",
-                                       "Bytes of prediction response bodies.",
-                                       labels=["model", "build"])
+        requests = CounterMetricFamily(
+            "modelport_requests",
+            "Predictions answered, by status.",
+            labels=["model", "build", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "modelport_request_duration_seconds",
+            "Time from the request's headers to the answer.",
+            labels=["model", "build"],
+        )
+        sent = CounterMetricFamily(
+            "modelport_request_bytes",
+            "Bytes of prediction request bodies.",
+            labels=["model", "build"],
+        )
+        answered = CounterMetricFamily(
+            "modelport_response_bytes",
+            "Bytes of prediction response bodies.",
+            labels=["model", "build"],
+        )
         for (model, build), st in list(self.recorder.stats.items()):
             labels = [model, "" if build is None else str(build)]
             for code, n in sorted(st.codes.items()):
@@ -69,22 +82,34 @@ class Snapshot:
         yield from (requests, latency, sent, answered)
 
     def _replicas(self) -> Iterator[Metric]:
-        in_flight = GaugeMetricFamily("modelport_in_flight",
-                                      "Predictions being handled by the build's replicas.",
-                                      labels=["model", "build"])
-        queued = GaugeMetricFamily("modelport_queue_depth",
-                                   "Predictions waiting for a free replica.",
-                                   labels=["model", "build"])
-        states = GaugeMetricFamily("modelport_replicas", "Replicas by state.",
-                                   labels=["model", "build", "state"])
-        restarts = CounterMetricFamily("modelport_replica_restarts", "Restarts of a replica slot.",
-                                       labels=["model", "build", "replica"])
-        cpu = CounterMetricFamily("modelport_replica_cpu_seconds",
-                                  "User and system CPU time of the replica's current process.",
-                                  labels=["model", "build", "replica"])
-        rss = GaugeMetricFamily("modelport_replica_resident_memory_bytes",
-                                "Resident memory of the replica's process.",
-                                labels=["model", "build", "replica"])
+        in_flight = GaugeMetricFamily(
+            "modelport_in_flight",
+            "Predictions being handled by the build's replicas.",
+            labels=["model", "build"],
+        )
+        queued = GaugeMetricFamily(
+            "modelport_queue_depth",
+            "Predictions waiting for a free replica.",
+            labels=["model", "build"],
+        )
+        states = GaugeMetricFamily(
+            "modelport_replicas", "Replicas by state.", labels=["model", "build", "state"]
+        )
+        restarts = CounterMetricFamily(
+            "modelport_replica_restarts",
+            "Restarts of a replica slot.",
+            labels=["model", "build", "replica"],
+        )
+        cpu = CounterMetricFamily(
+            "modelport_replica_cpu_seconds",
+            "User and system CPU time of the replica's current process.",
+            labels=["model", "build", "replica"],
+        )
+        rss = GaugeMetricFamily(
+            "modelport_replica_resident_memory_bytes",
+            "Resident memory of the replica's process.",
+            labels=["model", "build", "replica"],
+        )
         flight: dict[tuple, int] = defaultdict(int)
         queue: dict[tuple, int] = defaultdict(int)
         by_state: dict[tuple, int] = defaultdict(int)
@@ -116,8 +141,9 @@ class Snapshot:
         yield from (in_flight, queued, states, restarts, cpu, rss)
 
 
-def exposition(recorder: Recorder, groups: Iterable, builds: list[dict],
-               accept: str | None) -> tuple[bytes, str]:
+def exposition(
+    recorder: Recorder, groups: Iterable, builds: list[dict], accept: str | None
+) -> tuple[bytes, str]:
     """(body, content type): Prometheus text, or OpenMetrics when the scraper asks for it."""
     encoder, content_type = choose_encoder(accept or "")
     return encoder(Snapshot(recorder, groups, builds)), content_type

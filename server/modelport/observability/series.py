@@ -8,8 +8,16 @@ from collections.abc import Iterable
 import msgspec
 
 __all__ = [
-    "RESOLUTIONS", "SLOT_S", "Bucket", "Point", "Retention", "decode_hist", "encode_hist",
-    "latency_index", "percentile_ms", "rebucket",
+    "RESOLUTIONS",
+    "SLOT_S",
+    "Bucket",
+    "Point",
+    "Retention",
+    "decode_hist",
+    "encode_hist",
+    "latency_index",
+    "percentile_ms",
+    "rebucket",
 ]
 
 SLOT_S = 10  # the finest resolution, seconds
@@ -46,8 +54,18 @@ def index_ms(i: int) -> float:
 class Bucket:
     """One (model, build) over one slot: counters, a sparse latency histogram, resources."""
 
-    __slots__ = ("cpu_s", "errors", "hist", "latency_s", "memory_bytes", "request_bytes",
-                 "requests", "response_bytes", "server_errors", "t")
+    __slots__ = (
+        "cpu_s",
+        "errors",
+        "hist",
+        "latency_s",
+        "memory_bytes",
+        "request_bytes",
+        "requests",
+        "response_bytes",
+        "server_errors",
+        "t",
+    )
 
     def __init__(self, t: int) -> None:
         self.t = t
@@ -85,11 +103,18 @@ class Bucket:
 
     def row(self) -> dict:
         """As the registry keeps it (``hist`` as a small msgpack blob)."""
-        return {"t": self.t, "requests": self.requests, "errors": self.errors,
-                "server_errors": self.server_errors, "latency_s": self.latency_s,
-                "hist": encode_hist(self.hist), "request_bytes": self.request_bytes,
-                "response_bytes": self.response_bytes, "cpu_s": self.cpu_s,
-                "memory_bytes": self.memory_bytes}
+        return {
+            "t": self.t,
+            "requests": self.requests,
+            "errors": self.errors,
+            "server_errors": self.server_errors,
+            "latency_s": self.latency_s,
+            "hist": encode_hist(self.hist),
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+            "cpu_s": self.cpu_s,
+            "memory_bytes": self.memory_bytes,
+        }
 
     @classmethod
     def from_row(cls, row: dict, t: int | None = None) -> Bucket:
@@ -161,9 +186,17 @@ def rebucket(rows: Iterable[tuple[int, Bucket]], step: int) -> dict[tuple[int, i
 def to_point(t_iso: str, build: int, b: Bucket, step: int) -> Point:
     hist = b.hist
     return Point(
-        t=t_iso, build=build, requests=b.requests, errors=b.errors, server_errors=b.server_errors,
-        p50_ms=percentile_ms(hist, 0.50), p95_ms=percentile_ms(hist, 0.95),
+        t=t_iso,
+        build=build,
+        requests=b.requests,
+        errors=b.errors,
+        server_errors=b.server_errors,
+        p50_ms=percentile_ms(hist, 0.50),
+        p95_ms=percentile_ms(hist, 0.95),
         p99_ms=percentile_ms(hist, 0.99),
         mean_ms=round(b.latency_s / b.requests * 1000, 3) if b.requests else None,
-        request_bytes=b.request_bytes, response_bytes=b.response_bytes,
-        cpu_percent=round(b.cpu_s / step * 100, 2), memory_mb=round(b.memory_bytes / 2**20, 1))
+        request_bytes=b.request_bytes,
+        response_bytes=b.response_bytes,
+        cpu_percent=round(b.cpu_s / step * 100, 2),
+        memory_mb=round(b.memory_bytes / 2**20, 1),
+    )

@@ -45,8 +45,15 @@ async def list_entries(
     )
     nxt = next_cursor(rows, limit, "id")
     items = [
-        AuditEntry(r["id"], r["at"], r["actor"], r["action"], r["model"], r["target"],
-                   msgspec.json.decode(r["detail"]))
+        AuditEntry(
+            r["id"],
+            r["at"],
+            r["actor"],
+            r["action"],
+            r["model"],
+            r["target"],
+            msgspec.json.decode(r["detail"]),
+        )
         for r in rows
     ]
     return Page(items, nxt)

@@ -25,13 +25,25 @@ def _decode(text: str | None) -> Any:
 
 def to_build(r: Row, model: str) -> Build:
     return Build(
-        model=model, number=r["number"], status=r["status"], digest=r["digest"],
-        entrypoint=r["entrypoint"], python=r["python"], message=r["message"],
-        labels=_decode(r["labels"]), created_by=r["created_by"], created_at=r["created_at"],
-        finished_at=r["finished_at"], error=r["error"],
-        input_schema=_decode(r["input_schema"]), output_schema=_decode(r["output_schema"]),
-        example_input=_decode(r["example_input"]), example_output=_decode(r["example_output"]),
-        size_bytes=r["size_bytes"], new_bytes=r["new_bytes"], git_commit=r["git_commit"],
+        model=model,
+        number=r["number"],
+        status=r["status"],
+        digest=r["digest"],
+        entrypoint=r["entrypoint"],
+        python=r["python"],
+        message=r["message"],
+        labels=_decode(r["labels"]),
+        created_by=r["created_by"],
+        created_at=r["created_at"],
+        finished_at=r["finished_at"],
+        error=r["error"],
+        input_schema=_decode(r["input_schema"]),
+        output_schema=_decode(r["output_schema"]),
+        example_input=_decode(r["example_input"]),
+        example_output=_decode(r["example_output"]),
+        size_bytes=r["size_bytes"],
+        new_bytes=r["new_bytes"],
+        git_commit=r["git_commit"],
         requirements=r["requirements"],
     )
 
@@ -51,8 +63,9 @@ class NewBuild(msgspec.Struct, kw_only=True):
     objects: list[str]
 
 
-async def create(db: Database, model_id: int, model: str, actor: str, new: NewBuild,
-                 *, status: str = "queued") -> Row:
+async def create(
+    db: Database, model_id: int, model: str, actor: str, new: NewBuild, *, status: str = "queued"
+) -> Row:
     """Record a build with the next number; its snapshot's objects are referenced at once."""
     async with db.write() as conn:
         cur = await conn.execute(
@@ -66,32 +79,53 @@ async def create(db: Database, model_id: int, model: str, actor: str, new: NewBu
             "INSERT INTO builds (model_id, number, status, entrypoint, python, requirements,"
             " message, labels, created_by, created_at, example_input, example_output, git_commit,"
             " snapshot, size_bytes, new_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (model_id, number, status, new.entrypoint, new.python, new.requirements, new.message,
-             _json(new.labels).decode(), actor, now_iso(),
-             None if new.example_input is None else _json(new.example_input).decode(),
-             None if new.example_output is None else _json(new.example_output).decode(),
-             new.git_commit, new.snapshot, new.size_bytes, new.new_bytes),
+            (
+                model_id,
+                number,
+                status,
+                new.entrypoint,
+                new.python,
+                new.requirements,
+                new.message,
+                _json(new.labels).decode(),
+                actor,
+                now_iso(),
+                None if new.example_input is None else _json(new.example_input).decode(),
+                None if new.example_output is None else _json(new.example_output).decode(),
+                new.git_commit,
+                new.snapshot,
+                new.size_bytes,
+                new.new_bytes,
+            ),
         )
         build_id = cur.lastrowid
         await conn.executemany(
             "INSERT OR IGNORE INTO build_objects (build_id, digest) VALUES (?, ?)",
             [(build_id, d) for d in new.objects],
         )
-        await audit.record(conn, actor, "build.create", model=model, target=str(number),
-                           detail={"entrypoint": new.entrypoint, "message": new.message})
+        await audit.record(
+            conn,
+            actor,
+            "build.create",
+            model=model,
+            target=str(number),
+            detail={"entrypoint": new.entrypoint, "message": new.message},
+        )
     return await db.found("SELECT * FROM builds WHERE id = ?", (build_id,))
 
 
 async def row(db: Database, model_id: int, number: int, model: str = "") -> Row:
-    found = await db.one("SELECT * FROM builds WHERE model_id = ? AND number = ?",
-                         (model_id, number))
+    found = await db.one(
+        "SELECT * FROM builds WHERE model_id = ? AND number = ?", (model_id, number)
+    )
     if found is None:
         raise BuildNotFound(f"Model '{model}' has no build #{number}.")
     return found
 
 
-async def list_builds(db: Database, model_id: int, model: str, *, limit: int,
-                      cursor: int | None) -> Page[Build]:
+async def list_builds(
+    db: Database, model_id: int, model: str, *, limit: int, cursor: int | None
+) -> Page[Build]:
     rows = await db.all(
         "SELECT * FROM builds WHERE model_id = ? AND number < ? ORDER BY number DESC LIMIT ?",
         (model_id, cursor if cursor is not None else 2**62, limit + 1),
@@ -101,26 +135,43 @@ async def list_builds(db: Database, model_id: int, model: str, *, limit: int,
 
 
 async def set_building(db: Database, build_id: int) -> None:
-    await db.execute("UPDATE builds SET status = 'building', started_at = ?, error = NULL"
-                     " WHERE id = ?", (now_iso(), build_id))
+    await db.execute(
+        "UPDATE builds SET status = 'building', started_at = ?, error = NULL WHERE id = ?",
+        (now_iso(), build_id),
+    )
 
 
-async def finish(db: Database, build_id: int, *, model: str, number: int, fields: dict[str, Any],
-                 objects: Iterable[str] = ()) -> None:
+async def finish(
+    db: Database,
+    build_id: int,
+    *,
+    model: str,
+    number: int,
+    fields: dict[str, Any],
+    objects: Iterable[str] = (),
+) -> None:
     """Mark a build built or failed with what it learnt, and reference its new objects."""
-    encoded = {k: (_json(v).decode() if isinstance(v, (dict, list)) else v)
-               for k, v in fields.items()}
+    encoded = {
+        k: (_json(v).decode() if isinstance(v, (dict, list)) else v) for k, v in fields.items()
+    }
     sets = ", ".join(f"{k} = ?" for k in encoded)
     async with db.write() as conn:
-        await conn.execute(f"UPDATE builds SET {sets}, finished_at = ? WHERE id = ?",
-                           (*encoded.values(), now_iso(), build_id))
+        await conn.execute(
+            f"UPDATE builds SET {sets}, finished_at = ? WHERE id = ?",
+            (*encoded.values(), now_iso(), build_id),
+        )
         await conn.executemany(
             "INSERT OR IGNORE INTO build_objects (build_id, digest) VALUES (?, ?)",
             [(build_id, d) for d in objects],
         )
-        await audit.record(conn, "system", f"build.{fields.get('status', 'finish')}", model=model,
-                           target=str(number), detail={"error": fields.get("error")}
-                           if fields.get("error") else {})
+        await audit.record(
+            conn,
+            "system",
+            f"build.{fields.get('status', 'finish')}",
+            model=model,
+            target=str(number),
+            detail={"error": fields.get("error")} if fields.get("error") else {},
+        )
 
 
 async def unfinished(db: Database) -> list[Row]:
@@ -132,8 +183,10 @@ async def unfinished(db: Database) -> list[Row]:
 
 OBJECTS = "SELECT DISTINCT digest FROM build_objects"
 FOLDER_DIGESTS = "SELECT digest, lock_digest FROM builds"
-BUILT_MANIFESTS = ("SELECT DISTINCT digest, manifest FROM builds WHERE status = 'built'"
-                   " AND digest IS NOT NULL AND manifest IS NOT NULL")
+BUILT_MANIFESTS = (
+    "SELECT DISTINCT digest, manifest FROM builds WHERE status = 'built'"
+    " AND digest IS NOT NULL AND manifest IS NOT NULL"
+)
 
 
 class InUse(msgspec.Struct, frozen=True):
@@ -146,11 +199,18 @@ class InUse(msgspec.Struct, frozen=True):
     manifests: dict[str, str]  # build digest → its manifest's store digest, for built builds
 
 
-def _in_use(objects: Iterable[str | None], folders: Iterable[tuple[str | None, str | None]],
-            manifests: Iterable[tuple[str, str]]) -> InUse:
+def _in_use(
+    objects: Iterable[str | None],
+    folders: Iterable[tuple[str | None, str | None]],
+    manifests: Iterable[tuple[str, str]],
+) -> InUse:
     pairs = list(folders)
-    return InUse(frozenset(d for d in objects if d), frozenset(p for p, _ in pairs if p),
-                 frozenset(e for _, e in pairs if e), dict(manifests))
+    return InUse(
+        frozenset(d for d in objects if d),
+        frozenset(p for p, _ in pairs if p),
+        frozenset(e for _, e in pairs if e),
+        dict(manifests),
+    )
 
 
 async def in_use(db: Database) -> InUse:
@@ -158,9 +218,11 @@ async def in_use(db: Database) -> InUse:
     objects = await db.all(OBJECTS)
     folders = await db.all(FOLDER_DIGESTS)
     manifests = await db.all(BUILT_MANIFESTS)
-    return _in_use([r["digest"] for r in objects],
-                   [(r["digest"], r["lock_digest"]) for r in folders],
-                   [(r["digest"], r["manifest"]) for r in manifests])
+    return _in_use(
+        [r["digest"] for r in objects],
+        [(r["digest"], r["lock_digest"]) for r in folders],
+        [(r["digest"], r["manifest"]) for r in manifests],
+    )
 
 
 def in_use_of_file(path: Path) -> InUse:
@@ -170,7 +232,10 @@ def in_use_of_file(path: Path) -> InUse:
         return _in_use((), (), ())
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return _in_use((r[0] for r in conn.execute(OBJECTS)), conn.execute(FOLDER_DIGESTS),
-                       conn.execute(BUILT_MANIFESTS))
+        return _in_use(
+            (r[0] for r in conn.execute(OBJECTS)),
+            conn.execute(FOLDER_DIGESTS),
+            conn.execute(BUILT_MANIFESTS),
+        )
     finally:
         conn.close()

@@ -13,15 +13,20 @@ async def add_many(conn: aiosqlite.Connection, items: list[tuple[Any, ...]]) -> 
     """(model id, build, request id, at, status, latency_s, request, response, truncated)."""
     await conn.executemany(
         "INSERT INTO captures (model_id, build, request_id, at, status, latency_s, request,"
-        " response, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", items)
+        " response, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        items,
+    )
 
 
-async def of_build(db: Database, model_id: int, build: int, *, after_id: int | None,
-                   limit: int) -> list[Row]:
+async def of_build(
+    db: Database, model_id: int, build: int, *, after_id: int | None, limit: int
+) -> list[Row]:
     """Newest first."""
     return await db.all(
         "SELECT * FROM captures WHERE model_id = ? AND build = ? AND id < ? ORDER BY id DESC"
-        " LIMIT ?", (model_id, build, after_id if after_id is not None else 2**62, limit + 1))
+        " LIMIT ?",
+        (model_id, build, after_id if after_id is not None else 2**62, limit + 1),
+    )
 
 
 async def prune(conn: aiosqlite.Connection, before: float, per_build: int) -> int:
@@ -31,5 +36,6 @@ async def prune(conn: aiosqlite.Connection, before: float, per_build: int) -> in
     cur = await conn.execute(
         "DELETE FROM captures WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER"
         " (PARTITION BY model_id, build ORDER BY id DESC) AS k FROM captures) WHERE k > ?)",
-        (per_build,))
+        (per_build,),
+    )
     return gone + cur.rowcount

@@ -69,7 +69,7 @@ class Database:
         # another task run meanwhile would not see a write committed just before it.
         self._read_lock = asyncio.Lock()
 
-    async def open(self) -> "Database":
+    async def open(self) -> Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate)
         self._writer = await self._connect()

@@ -56,10 +56,13 @@ async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, 
 
 
 async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
-    rows = await db.all("SELECT * FROM deployment_events WHERE deployment_id = ? ORDER BY id",
-                        (deployment_id,))
-    return [DeploymentEvent(r["at"], r["kind"], r["actor"], msgspec.json.decode(r["detail"]))
-            for r in rows]
+    rows = await db.all(
+        "SELECT * FROM deployment_events WHERE deployment_id = ? ORDER BY id", (deployment_id,)
+    )
+    return [
+        DeploymentEvent(r["at"], r["kind"], r["actor"], msgspec.json.decode(r["detail"]))
+        for r in rows
+    ]
 
 
 async def full(db: Database, row: Row, model: str) -> Deployment:
@@ -67,8 +70,9 @@ async def full(db: Database, row: Row, model: str) -> Deployment:
 
 
 async def by_id(db: Database, model_id: int, deployment_id: int) -> Row | None:
-    return await db.one("SELECT * FROM deployments WHERE id = ? AND model_id = ?",
-                        (deployment_id, model_id))
+    return await db.one(
+        "SELECT * FROM deployments WHERE id = ? AND model_id = ?", (deployment_id, model_id)
+    )
 
 
 async def current(db: Database, model_id: int) -> Row | None:
@@ -77,14 +81,16 @@ async def current(db: Database, model_id: int) -> Row | None:
 
 async def latest(db: Database, model_id: int) -> Row | None:
     """The model's newest deployment, whatever its status."""
-    return await db.one("SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC LIMIT 1",
-                        (model_id,))
+    return await db.one(
+        "SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC LIMIT 1", (model_id,)
+    )
 
 
 async def history(db: Database, model_id: int, *, limit: int, cursor: int | None) -> list[Row]:
     return await db.all(
         "SELECT * FROM deployments WHERE model_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (model_id, cursor if cursor is not None else 2**62, limit + 1))
+        (model_id, cursor if cursor is not None else 2**62, limit + 1),
+    )
 
 
 def env_of(row: Row, sealer: Sealer) -> dict[str, str]:
@@ -104,16 +110,28 @@ async def seal_clear_env(db: Database, sealer: Sealer) -> int:
         await conn.execute("PRAGMA secure_delete = ON")  # this connection's, until set back
         for row in rows:
             sealed = sealer.seal_env(msgspec.json.decode(row["env"]))
-            await conn.execute("UPDATE deployments SET env = ?, env_sealed = 1 WHERE id = ?",
-                               (msgspec.json.encode(sealed).decode(), row["id"]))
+            await conn.execute(
+                "UPDATE deployments SET env = ?, env_sealed = 1 WHERE id = ?",
+                (msgspec.json.encode(sealed).decode(), row["id"]),
+            )
         await conn.execute("PRAGMA secure_delete = OFF")
     await db.checkpoint()
     return len(rows)
 
 
-async def create(db: Database, *, model_id: int, model: str, build_id: int, build_number: int,
-                 settings: dict[str, Any], actor: str, sealer: Sealer, reason: str | None = None,
-                 schema_note: str | None = None) -> Row:
+async def create(
+    db: Database,
+    *,
+    model_id: int,
+    model: str,
+    build_id: int,
+    build_number: int,
+    settings: dict[str, Any],
+    actor: str,
+    sealer: Sealer,
+    reason: str | None = None,
+    schema_note: str | None = None,
+) -> Row:
     """A pending deployment; ``schema_note`` (how the input schema changed from the build
     that served) goes into its created event and the audit entry."""
     noted = {"schema_note": schema_note} if schema_note else {}
@@ -124,28 +142,66 @@ async def create(db: Database, *, model_id: int, model: str, build_id: int, buil
             " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
             " env_sealed, capture_percent, capture_max_bytes, network, boot_timeout_s,"
             " created_by, created_at, reason) VALUES (?,?,?,'pending',?,?,?,?,?,?,?,1,?,?,?,?,?,?,?)",
-            (model_id, build_id, build_number, settings["replicas"], settings["memory_mb"],
-             settings["timeout_s"], settings["max_concurrency"], settings["queue_timeout_s"],
-             settings["max_body_mb"], env,
-             settings.get("capture_percent", 0.0), settings.get("capture_max_bytes", 65_536),
-             int(settings.get("network", True)), settings.get("boot_timeout_s", 300.0),
-             actor, now_iso(), reason))
+            (
+                model_id,
+                build_id,
+                build_number,
+                settings["replicas"],
+                settings["memory_mb"],
+                settings["timeout_s"],
+                settings["max_concurrency"],
+                settings["queue_timeout_s"],
+                settings["max_body_mb"],
+                env,
+                settings.get("capture_percent", 0.0),
+                settings.get("capture_max_bytes", 65_536),
+                int(settings.get("network", True)),
+                settings.get("boot_timeout_s", 300.0),
+                actor,
+                now_iso(),
+                reason,
+            ),
+        )
         await conn.execute(
             "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
             " VALUES (?, ?, 'created', ?, ?)",
-            (cur.lastrowid, now_iso(), actor,
-             msgspec.json.encode({"build": build_number, "reason": reason, **noted}).decode()))
-        await audit.record(conn, actor, "deployment.create", model=model, target=str(cur.lastrowid),
-                           detail={"build": build_number, "replicas": settings["replicas"],
-                                   "reason": reason, **noted})
+            (
+                cur.lastrowid,
+                now_iso(),
+                actor,
+                msgspec.json.encode({"build": build_number, "reason": reason, **noted}).decode(),
+            ),
+        )
+        await audit.record(
+            conn,
+            actor,
+            "deployment.create",
+            model=model,
+            target=str(cur.lastrowid),
+            detail={
+                "build": build_number,
+                "replicas": settings["replicas"],
+                "reason": reason,
+                **noted,
+            },
+        )
         deployment_id = cur.lastrowid
     return await db.found("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
 
 
-async def transition(db: Database, deployment_id: int, status: str | None, kind: str, *,
-                     actor: str | None = None, detail: dict[str, Any] | None = None,
-                     reason: str | None = None, finished: bool = False,
-                     replicas: int | None = None, audited: tuple[str, str] | None = None) -> None:
+async def transition(
+    db: Database,
+    deployment_id: int,
+    status: str | None,
+    kind: str,
+    *,
+    actor: str | None = None,
+    detail: dict[str, Any] | None = None,
+    reason: str | None = None,
+    finished: bool = False,
+    replicas: int | None = None,
+    audited: tuple[str, str] | None = None,
+) -> None:
     """Record an event of a deployment, and change its status (and what goes with it) if given.
     ``audited`` (action, model name): a person's change, in the audit trail in the same
     transaction."""
@@ -166,58 +222,84 @@ async def transition(db: Database, deployment_id: int, status: str | None, kind:
         params.append(replicas)
     async with db.write() as conn:
         if sets:
-            await conn.execute(f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?",
-                               (*params, deployment_id))
+            await conn.execute(
+                f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id)
+            )
         await _event(conn, deployment_id, at, kind, actor, detail or {})
         if audited is not None:
             action, model = audited
-            await audit.record(conn, actor or "system", action, model=model,
-                               target=str(deployment_id), detail=detail)
+            await audit.record(
+                conn,
+                actor or "system",
+                action,
+                model=model,
+                target=str(deployment_id),
+                detail=detail,
+            )
 
 
-async def audited(db: Database, actor: str, action: str, model: str, deployment_id: int,
-                  detail: dict[str, Any]) -> None:
+async def audited(
+    db: Database, actor: str, action: str, model: str, deployment_id: int, detail: dict[str, Any]
+) -> None:
     """A person's change to a deployment that wrote no event of its own, in the audit trail."""
     async with db.write() as conn:
-        await audit.record(conn, actor, action, model=model, target=str(deployment_id),
-                           detail=detail)
+        await audit.record(
+            conn, actor, action, model=model, target=str(deployment_id), detail=detail
+        )
 
 
-async def switched(db: Database, deployment_id: int, *, actor: str | None,
-                   detail: dict[str, Any]) -> None:
+async def switched(
+    db: Database, deployment_id: int, *, actor: str | None, detail: dict[str, Any]
+) -> None:
     """One write at the moment a deployment takes the model's traffic: it is deployed, and the
     earlier ones still active (the one it replaces, any left half-way) are stopped."""
     at = now_iso()
     async with db.write() as conn:
-        await conn.execute("UPDATE deployments SET status = 'deployed' WHERE id = ?",
-                           (deployment_id,))
+        await conn.execute(
+            "UPDATE deployments SET status = 'deployed' WHERE id = ?", (deployment_id,)
+        )
         await _event(conn, deployment_id, at, "deployed", actor, detail)
         cur = await conn.execute(
             "UPDATE deployments SET status = 'stopped', finished_at = ?, reason = ? WHERE"
             " model_id = (SELECT model_id FROM deployments WHERE id = ?) AND id < ? AND status IN"
             f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
-            (at, f"replaced by deployment {deployment_id}", deployment_id, deployment_id,
-             *ACTIVE_DEPLOYMENT))
+            (
+                at,
+                f"replaced by deployment {deployment_id}",
+                deployment_id,
+                deployment_id,
+                *ACTIVE_DEPLOYMENT,
+            ),
+        )
         for replaced in await cur.fetchall():
             await _event(conn, replaced["id"], at, "replaced", None, {"by": deployment_id})
 
 
-async def _event(conn: aiosqlite.Connection, deployment_id: int, at: str, kind: str,
-                 actor: str | None, detail: dict[str, Any]) -> None:
+async def _event(
+    conn: aiosqlite.Connection,
+    deployment_id: int,
+    at: str,
+    kind: str,
+    actor: str | None,
+    detail: dict[str, Any],
+) -> None:
     await conn.execute(
         "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
         " VALUES (?, ?, ?, ?, ?)",
-        (deployment_id, at, kind, actor, msgspec.json.encode(detail).decode()))
+        (deployment_id, at, kind, actor, msgspec.json.encode(detail).decode()),
+    )
 
 
-async def previous_build(db: Database, model_id: int, current_id: int,
-                         current_build: int) -> int | None:
+async def previous_build(
+    db: Database, model_id: int, current_id: int, current_build: int
+) -> int | None:
     """The build that served before the current deployment (one that reached deployed)."""
     build: int | None = await db.value(
         "SELECT d.build_number FROM deployments d WHERE d.model_id = ? AND d.id < ?"
         " AND d.build_number != ? AND EXISTS (SELECT 1 FROM deployment_events e"
         " WHERE e.deployment_id = d.id AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
-        (model_id, current_id, current_build))
+        (model_id, current_id, current_build),
+    )
     return build
 
 
@@ -227,11 +309,14 @@ async def last_served_build(db: Database, model_id: int) -> Row | None:
     return await db.one(
         "SELECT b.* FROM deployments d JOIN builds b ON b.id = d.build_id WHERE d.model_id = ?"
         " AND EXISTS (SELECT 1 FROM deployment_events e WHERE e.deployment_id = d.id"
-        " AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1", (model_id,))
+        " AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
+        (model_id,),
+    )
 
 
 async def to_restore(db: Database) -> list[Row]:
     """At startup: what should serve again, and what was left half-way."""
     return await db.all(
         "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
-        " WHERE d.status IN ('pending', 'deploying', 'deployed', 'stopping') ORDER BY d.id")
+        " WHERE d.status IN ('pending', 'deploying', 'deployed', 'stopping') ORDER BY d.id"
+    )

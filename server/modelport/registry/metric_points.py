@@ -8,8 +8,17 @@ import aiosqlite
 
 from modelport.registry.db import Database, Row, fetch_all, fetch_one
 
-COLUMNS = ("requests", "errors", "server_errors", "latency_s", "hist", "request_bytes",
-           "response_bytes", "cpu_s", "memory_bytes")
+COLUMNS = (
+    "requests",
+    "errors",
+    "server_errors",
+    "latency_s",
+    "hist",
+    "request_bytes",
+    "response_bytes",
+    "cpu_s",
+    "memory_bytes",
+)
 Merge = Callable[[Row, Row], Row]  # (stored row, new row) → the row to keep
 
 
@@ -18,29 +27,34 @@ async def model_ids(conn: aiosqlite.Connection) -> dict[str, int]:
         return {r["name"]: r["id"] for r in await cur.fetchall()}
 
 
-async def upsert(conn: aiosqlite.Connection, model_id: int, build: int, res: int, row: Row,
-                 merge: Merge) -> None:
+async def upsert(
+    conn: aiosqlite.Connection, model_id: int, build: int, res: int, row: Row, merge: Merge
+) -> None:
     """Insert a point, or merge it into the one already there (a restart within a slot)."""
     key = (model_id, row["t"], build, res)
-    async with conn.execute("SELECT * FROM metric_points WHERE model_id = ? AND t = ? AND build = ?"
-                            " AND res = ?", key) as cur:
+    async with conn.execute(
+        "SELECT * FROM metric_points WHERE model_id = ? AND t = ? AND build = ? AND res = ?", key
+    ) as cur:
         old = await fetch_one(cur)
     if old is not None:
         row = merge(old, row)
         await conn.execute(
             f"UPDATE metric_points SET {', '.join(f'{c} = ?' for c in COLUMNS)}"
             " WHERE model_id = ? AND t = ? AND build = ? AND res = ?",
-            (*(row[c] for c in COLUMNS), *key))
+            (*(row[c] for c in COLUMNS), *key),
+        )
         return
     await conn.execute(
         f"INSERT INTO metric_points (model_id, t, build, res, {', '.join(COLUMNS)})"
         f" VALUES (?, ?, ?, ?, {', '.join('?' * len(COLUMNS))})",
-        (*key, *(row[c] for c in COLUMNS)))
+        (*key, *(row[c] for c in COLUMNS)),
+    )
 
 
 async def older(conn: aiosqlite.Connection, res: int, before: int) -> list[Row]:
-    async with conn.execute("SELECT * FROM metric_points WHERE res = ? AND t < ?",
-                            (res, before)) as cur:
+    async with conn.execute(
+        "SELECT * FROM metric_points WHERE res = ? AND t < ?", (res, before)
+    ) as cur:
         return await fetch_all(cur)
 
 
@@ -52,10 +66,13 @@ async def delete_older(conn: aiosqlite.Connection, res: int | None, before: int)
     return cur.rowcount
 
 
-async def in_range(db: Database, model_id: int, since: int, until: int,
-                   builds: Iterable[int] | None = None) -> list[Row]:
-    rows = await db.all("SELECT * FROM metric_points WHERE model_id = ? AND t >= ? AND t < ?"
-                        " ORDER BY t", (model_id, since, until))
+async def in_range(
+    db: Database, model_id: int, since: int, until: int, builds: Iterable[int] | None = None
+) -> list[Row]:
+    rows = await db.all(
+        "SELECT * FROM metric_points WHERE model_id = ? AND t >= ? AND t < ? ORDER BY t",
+        (model_id, since, until),
+    )
     if builds is not None:
         wanted = set(builds)
         rows = [r for r in rows if r["build"] in wanted]

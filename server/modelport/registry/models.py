@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
 import sqlite3
+from typing import Any
 
 from modelport.clock import now_iso
 from modelport.errors import ModelActive, ModelExists, ModelNotFound
@@ -56,8 +56,15 @@ async def every(db: Database) -> list[Model]:
 
 
 async def create(
-    db: Database, *, name: str, description: str, auth: bool, owner: str, key_hash: str,
-    rate_limit_per_s: float | None = None, rate_limit_burst: int | None = None,
+    db: Database,
+    *,
+    name: str,
+    description: str,
+    auth: bool,
+    owner: str,
+    key_hash: str,
+    rate_limit_per_s: float | None = None,
+    rate_limit_burst: int | None = None,
 ) -> Model:
     at = now_iso()
     detail: dict[str, Any] = {"auth": auth, "description": description}
@@ -69,8 +76,17 @@ async def create(
                 "INSERT INTO models (name, description, auth, owner, access_key_hash, created_at,"
                 " updated_at, rate_limit_per_s, rate_limit_burst)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, description, int(auth), owner, key_hash, at, at, rate_limit_per_s,
-                 rate_limit_burst),
+                (
+                    name,
+                    description,
+                    int(auth),
+                    owner,
+                    key_hash,
+                    at,
+                    at,
+                    rate_limit_per_s,
+                    rate_limit_burst,
+                ),
             )
             await audit.record(conn, owner, "model.create", model=name, detail=detail)
     except sqlite3.IntegrityError:

@@ -25,9 +25,7 @@ K = TypeVar("K", str, int)
 def decode_cursor(cursor: str | None) -> str | int | None: ...
 @overload
 def decode_cursor(cursor: str | None, kind: type[K]) -> K | None: ...
-def decode_cursor(
-    cursor: str | None, kind: type[Any] | None = None
-) -> str | int | None:
+def decode_cursor(cursor: str | None, kind: type[Any] | None = None) -> str | int | None:
     """The key a cursor holds; with `kind`, None unless the key is of that type (a cursor of
     another list starts from the beginning)."""
     if not cursor:
@@ -35,7 +33,9 @@ def decode_cursor(
     try:
         key = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except Exception:
-        raise RequestInvalid("The cursor is not one this server gave out.", field="cursor") from None
+        raise RequestInvalid(
+            "The cursor is not one this server gave out.", field="cursor"
+        ) from None
     if not isinstance(key, (str, int)) or isinstance(key, bool):
         raise RequestInvalid("The cursor is not one this server gave out.", field="cursor")
     if kind is not None and not isinstance(key, kind):

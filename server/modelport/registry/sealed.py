@@ -64,11 +64,13 @@ class Sealer:
         if not sealed.startswith(PREFIX):
             raise SealError(f"the value of {name} is not sealed")
         try:
-            raw = base64.urlsafe_b64decode(sealed[len(PREFIX):])
+            raw = base64.urlsafe_b64decode(sealed[len(PREFIX) :])
             return self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], name.encode()).decode()
         except (InvalidTag, ValueError):
-            raise SealError(f"the value of {name} does not open with {self._where} (was the key "
-                            "replaced? put back the one the registry was written with)") from None
+            raise SealError(
+                f"the value of {name} does not open with {self._where} (was the key "
+                "replaced? put back the one the registry was written with)"
+            ) from None
 
     def seal_env(self, env: dict[str, str]) -> dict[str, str]:
         return {name: self.seal(name, value) for name, value in env.items()}

@@ -14,25 +14,50 @@ from modelport.registry.records import Page, Token
 
 def to_token(r: Row) -> Token:
     return Token(
-        id=r["id"], name=r["name"], role=r["role"], models=msgspec.json.decode(r["models"]),
-        created_at=r["created_at"], expires_at=r["expires_at"], last_used_at=r["last_used_at"],
+        id=r["id"],
+        name=r["name"],
+        role=r["role"],
+        models=msgspec.json.decode(r["models"]),
+        created_at=r["created_at"],
+        expires_at=r["expires_at"],
+        last_used_at=r["last_used_at"],
         revoked_at=r["revoked_at"],
     )
 
 
 async def insert(
-    db: Database, *, token_id: str, name: str, role: str, models: list[str], secret_hash: str,
-    expires_at: str | None, actor: str,
+    db: Database,
+    *,
+    token_id: str,
+    name: str,
+    role: str,
+    models: list[str],
+    secret_hash: str,
+    expires_at: str | None,
+    actor: str,
 ) -> Token:
     async with db.write() as conn:
         await conn.execute(
             "INSERT INTO tokens (id, name, role, models, hash, created_by, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (token_id, name, role, msgspec.json.encode(models).decode(), secret_hash, actor,
-             now_iso(), expires_at),
+            (
+                token_id,
+                name,
+                role,
+                msgspec.json.encode(models).decode(),
+                secret_hash,
+                actor,
+                now_iso(),
+                expires_at,
+            ),
         )
-        await audit.record(conn, actor, "token.create", target=token_id,
-                           detail={"name": name, "role": role, "models": models})
+        await audit.record(
+            conn,
+            actor,
+            "token.create",
+            target=token_id,
+            detail={"name": name, "role": role, "models": models},
+        )
     return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
 
 
@@ -41,7 +66,8 @@ async def list_tokens(
 ) -> Page[Token]:
     revoked = "" if include_revoked else "AND revoked_at IS NULL"
     rows = await db.all(
-        f"SELECT * FROM tokens WHERE id > ? {revoked} ORDER BY id LIMIT ?", (cursor or "", limit + 1)
+        f"SELECT * FROM tokens WHERE id > ? {revoked} ORDER BY id LIMIT ?",
+        (cursor or "", limit + 1),
     )
     nxt = next_cursor(rows, limit, "id")
     return Page([to_token(r) for r in rows], nxt)
@@ -53,8 +79,9 @@ async def revoke(db: Database, token_id: str, actor: str) -> Token:
         raise TokenNotFound(f"No active token with id '{token_id}'.")
     async with db.write() as conn:
         await conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now_iso(), token_id))
-        await audit.record(conn, actor, "token.revoke", target=token_id,
-                           detail={"name": found["name"]})
+        await audit.record(
+            conn, actor, "token.revoke", target=token_id, detail={"name": found["name"]}
+        )
     return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
 
 

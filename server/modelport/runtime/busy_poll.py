@@ -32,7 +32,7 @@ class Gap:
     ``stop()`` when the message came. ``window()`` is how long to poll for the next one: twice
     the average, up to ``max_s``; 0 when the average is ``max_s`` or more."""
 
-    __slots__ = ("max_s", "avg_s", "_since", "_most")
+    __slots__ = ("_most", "_since", "avg_s", "max_s")
 
     def __init__(self, max_s: float) -> None:
         self.max_s = max_s
@@ -70,7 +70,7 @@ class Spinner:
     up as soon as a turn comes back late: the CPU is contended, another process ran, and polling
     would only take time from the processes doing the work."""
 
-    __slots__ = ("until", "_loop", "_on", "_allowed", "_last")
+    __slots__ = ("_allowed", "_last", "_loop", "_on", "until")
 
     def __init__(self, allowed=None) -> None:
         self.until = 0.0

@@ -53,8 +53,12 @@ def inspect_entry(project: str, entry: str, example_input: str | None = None) ->
     except Exception as exc:
         traceback.print_exc()
         return _failure("entry", error_text(exc))
-    out: dict[str, Any] = {"ok": True, "describe": described, "example_output": None,
-                           "example_metrics": {}}
+    out: dict[str, Any] = {
+        "ok": True,
+        "describe": described,
+        "example_output": None,
+        "example_metrics": {},
+    }
     if example_input is None:
         return out
     body = example_input.encode()
@@ -85,11 +89,18 @@ def _inspect_r(project: str, entry: str, example_input: str | None) -> dict[str,
         func = RFunction(project, entry)
     except (EntryError, RBootError) as exc:
         text = str(exc)
-        stage = "entry" if isinstance(exc, EntryError) or text.startswith("entrypoint") else "import"
+        stage = (
+            "entry" if isinstance(exc, EntryError) or text.startswith("entrypoint") else "import"
+        )
         return _failure(stage, text.removeprefix("entrypoint: "))
     try:
-        out: dict[str, Any] = {"ok": True, "describe": func.sig.describe(), "example_output": None,
-                               "example_metrics": {}, "r_version": func.described["r_version"]}
+        out: dict[str, Any] = {
+            "ok": True,
+            "describe": func.sig.describe(),
+            "example_output": None,
+            "example_metrics": {},
+            "r_version": func.described["r_version"],
+        }
         if example_input is None:
             return out
         body = example_input.encode()
@@ -118,8 +129,11 @@ def _claim_stdout() -> BinaryIO:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m modelport.runtime.describe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m modelport.runtime.describe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--project", required=True)
     p.add_argument("--entry", required=True, help="path/to/file.py:function")
     p.add_argument("--example-input", default=None, help="a JSON object to call the function with")

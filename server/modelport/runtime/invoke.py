@@ -23,8 +23,7 @@ __all__ = ["TOO_DEEP", "CallFailed", "Invoker", "error_text", "field_of"]
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
 _PLAIN = frozenset({int, str, bool, type(None)})  # results that cannot hold a float
-TOO_DEEP = ("The body is nested too deeply (arrays and objects nest at most about 900 levels "
-            "deep).")
+TOO_DEEP = "The body is nested too deeply (arrays and objects nest at most about 900 levels deep)."
 
 
 class CallFailed(Exception):
@@ -130,8 +129,12 @@ class Invoker:
         else:
             path = _non_finite(value)
         if path is not None:
-            raise CallFailed(500, "model.error", f"the result holds a number JSON cannot carry "
-                             f"(infinity or NaN) at {path}; MessagePack callers get it as it is")
+            raise CallFailed(
+                500,
+                "model.error",
+                f"the result holds a number JSON cannot carry "
+                f"(infinity or NaN) at {path}; MessagePack callers get it as it is",
+            )
         return out
 
     def run(
@@ -210,16 +213,21 @@ def _non_finite(value: Any) -> str | None:
             if not math.isfinite(item):
                 return path or "$"
         elif isinstance(item, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k))
-                         for k, v in reversed(list(item.items())))
+            stack.extend(
+                (v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(item.items()))
+            )
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(item))))
     return None
 
 
 def _too_long(size: int, cap: int) -> CallFailed:
-    return CallFailed(500, "model.error", f"The answer is {size} bytes, over the server's "
-                      f"response cap of {cap} bytes (MODELPORT_MAX_RESPONSE_MB).")
+    return CallFailed(
+        500,
+        "model.error",
+        f"The answer is {size} bytes, over the server's "
+        f"response cap of {cap} bytes (MODELPORT_MAX_RESPONSE_MB).",
+    )
 
 
 def _model_error(exc: BaseException) -> CallFailed:

@@ -177,7 +177,7 @@ class FrameReader:
                     stop = pos + HEADER + size
                     if stop > end:
                         break
-                    out.append(decode_payload(view[pos + HEADER:stop]))
+                    out.append(decode_payload(view[pos + HEADER : stop]))
                     pos = stop
             except ProtocolError as exc:
                 exc.messages = out
@@ -205,7 +205,9 @@ class MessageProtocol(asyncio.Protocol):
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._frames = FrameReader(max_frame)
-        self._gathered: list[bytes | bytearray] | None = None  # frames sent while one read is dispatched
+        self._gathered: list[bytes | bytearray] | None = (
+            None  # frames sent while one read is dispatched
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

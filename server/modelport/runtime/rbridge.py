@@ -31,8 +31,13 @@ WORKER_R = Path(__file__).with_name("worker.R")
 # The types of `#' @param name type` lines (as worker.R names them) and what the decoder takes.
 _LIST = Union[dict[str, Any], list[Any]]  # noqa: UP007 - evaluated at run time on old Pythons
 TYPES: dict[str, Any] = {
-    "number": float, "integer": int, "string": str, "boolean": bool, "list": _LIST,
-    "rows": list[dict[str, Any]], "any": Any,
+    "number": float,
+    "integer": int,
+    "string": str,
+    "boolean": bool,
+    "list": _LIST,
+    "rows": list[dict[str, Any]],
+    "any": Any,
 }
 
 
@@ -59,8 +64,10 @@ def _type(name: str | None) -> Any:
 
 def _named(name: str, doc: str | None) -> Any:
     """A stand-in callable carrying the R function's name and doc (Signature describes it)."""
+
     def stand_in() -> None:  # pragma: no cover - never called: R runs the function
         raise RuntimeError("an R function runs in R")
+
     stand_in.__qualname__ = stand_in.__name__ = name
     stand_in.__doc__ = doc
     return stand_in
@@ -87,8 +94,12 @@ def r_signature(described: dict[str, Any]) -> Signature:
         else:
             fields.append((p["name"], tp, None))
             opaque.append(p["name"])
-    input_type = msgspec.defstruct(_camel(described["function"].replace(".", "_")) + "Input", fields,
-                                   forbid_unknown_fields=True, kw_only=True)
+    input_type = msgspec.defstruct(
+        _camel(described["function"].replace(".", "_")) + "Input",
+        fields,
+        forbid_unknown_fields=True,
+        kw_only=True,
+    )
     sig = Signature(func, "params", False, input_type, output, None)  # type: ignore[arg-type]
     props = sig.input_schema.get("properties") or {}
     for name in opaque:
@@ -114,19 +125,33 @@ class RFunction:
         to_r, self._to_r = os.pipe()
         self._from_r, from_r = os.pipe()
         env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8")
-        argv = [rscript(), "--no-save", "--no-restore", "--no-site-file", "--no-init-file",
-                str(WORKER_R), str(Path(project).resolve()), file, func, str(to_r), str(from_r)]
+        argv = [
+            rscript(),
+            "--no-save",
+            "--no-restore",
+            "--no-site-file",
+            "--no-init-file",
+            str(WORKER_R),
+            str(Path(project).resolve()),
+            file,
+            func,
+            str(to_r),
+            str(from_r),
+        ]
         # R would die at once on SIGTERM, mid-call: it starts with SIGTERM ignored (an ignored
         # signal stays ignored across exec) and the worker drains it by closing its input.
         before = [(sig, signal.signal(sig, signal.SIG_IGN)) for sig in _IGNORED]
         try:
             self.proc = subprocess.Popen(
-                argv, cwd=project, env=env, stdin=subprocess.DEVNULL, pass_fds=(to_r, from_r))
+                argv, cwd=project, env=env, stdin=subprocess.DEVNULL, pass_fds=(to_r, from_r)
+            )
         except OSError as exc:
             for fd in (to_r, from_r, self._to_r, self._from_r):
                 os.close(fd)
-            raise RBootError(f"cannot run R ({argv[0]}): {exc.strerror or exc}; install R "
-                             "(Debian: r-base-core r-cran-jsonlite) or set MODELPORT_RSCRIPT") from None
+            raise RBootError(
+                f"cannot run R ({argv[0]}): {exc.strerror or exc}; install R "
+                "(Debian: r-base-core r-cran-jsonlite) or set MODELPORT_RSCRIPT"
+            ) from None
         finally:
             for sig, handler in before:
                 signal.signal(sig, handler)
@@ -171,8 +196,12 @@ class RFunction:
         what = f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}"
         return f"R {what} {when}"
 
-    def call(self, body: bytes, content_type: str = "json", accept: str = "json",
-             ) -> tuple[bytes, dict[str, float]]:
+    def call(
+        self,
+        body: bytes,
+        content_type: str = "json",
+        accept: str = "json",
+    ) -> tuple[bytes, dict[str, float]]:
         """Validate → R → the answer in the accepted encoding; raises CallFailed. R ending
         mid-call ends this process: the server answers 502 and starts another replica."""
         self._decode(body, content_type)  # 400/422 here, before R is called
@@ -193,13 +222,18 @@ class RFunction:
         try:
             value = self._json_decode(payload)
         except msgspec.DecodeError as exc:
-            raise CallFailed(500, "model.error",
-                             f"the R function's answer is not valid JSON: {exc}") from None
+            raise CallFailed(
+                500, "model.error", f"the R function's answer is not valid JSON: {exc}"
+            ) from None
         out = self._msgpack(value) if accept == "msgpack" else payload
         if self.max_result and len(out) > self.max_result:
-            raise CallFailed(500, "model.error", f"The answer is {len(out)} bytes, over the "
-                             f"server's response cap of {self.max_result} bytes "
-                             "(MODELPORT_MAX_RESPONSE_MB).")
+            raise CallFailed(
+                500,
+                "model.error",
+                f"The answer is {len(out)} bytes, over the "
+                f"server's response cap of {self.max_result} bytes "
+                "(MODELPORT_MAX_RESPONSE_MB).",
+            )
         return out, metrics
 
     def _write_all(self, data: bytes) -> None:
@@ -242,4 +276,3 @@ class RFunction:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
-

@@ -39,16 +39,23 @@ class Policy:
     it is read before site-packages exist, at every replica start (json and dataclasses cost
     the launcher more than all the rest)."""
 
-    __slots__ = ("read", "write", "connect")
+    __slots__ = ("connect", "read", "write")
 
-    def __init__(self, read: tuple[str, ...] = (), write: tuple[str, ...] = (),
-                 connect: tuple[int, ...] | None = ()) -> None:
+    def __init__(
+        self,
+        read: tuple[str, ...] = (),
+        write: tuple[str, ...] = (),
+        connect: tuple[int, ...] | None = (),
+    ) -> None:
         self.read, self.write = tuple(read), tuple(write)
         self.connect = None if connect is None else tuple(int(p) for p in connect)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and (self.read, self.write, self.connect) == (
-            other.read, other.write, other.connect)
+            other.read,
+            other.write,
+            other.connect,
+        )
 
     def __repr__(self) -> str:
         return f"Policy(read={self.read!r}, write={self.write!r}, connect={self.connect!r})"
@@ -85,43 +92,168 @@ _LINUX = sys.platform.startswith("linux") and _MACHINE in _ARCH
 # Syscall numbers: x86_64's own table, and the generic one that aarch64 uses.
 _NR_BY_MACHINE = {
     "x86_64": dict(
-        landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
-        seccomp=317, capset=126, socket=41, clone=56, clone3=435,
-        ptrace=101, process_vm_readv=310, process_vm_writev=311, kcmp=312, pidfd_getfd=438,
-        init_module=175, finit_module=313, delete_module=176, kexec_load=246,
-        kexec_file_load=320, bpf=321, perf_event_open=298, userfaultfd=323, keyctl=250,
-        add_key=248, request_key=249, mount=165, umount2=166, pivot_root=155, chroot=161,
-        open_by_handle_at=304, name_to_handle_at=303, swapon=167, swapoff=168, reboot=169,
-        unshare=272, setns=308, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
-        move_mount=429, open_tree=428, mount_setattr=442, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, acct=163, quotactl=179, settimeofday=164,
-        clock_settime=227, adjtimex=159, sethostname=170, setdomainname=171, iopl=172,
-        ioperm=173),
+        landlock_create_ruleset=444,
+        landlock_add_rule=445,
+        landlock_restrict_self=446,
+        seccomp=317,
+        capset=126,
+        socket=41,
+        clone=56,
+        clone3=435,
+        ptrace=101,
+        process_vm_readv=310,
+        process_vm_writev=311,
+        kcmp=312,
+        pidfd_getfd=438,
+        init_module=175,
+        finit_module=313,
+        delete_module=176,
+        kexec_load=246,
+        kexec_file_load=320,
+        bpf=321,
+        perf_event_open=298,
+        userfaultfd=323,
+        keyctl=250,
+        add_key=248,
+        request_key=249,
+        mount=165,
+        umount2=166,
+        pivot_root=155,
+        chroot=161,
+        open_by_handle_at=304,
+        name_to_handle_at=303,
+        swapon=167,
+        swapoff=168,
+        reboot=169,
+        unshare=272,
+        setns=308,
+        fsopen=430,
+        fsconfig=431,
+        fsmount=432,
+        fspick=433,
+        move_mount=429,
+        open_tree=428,
+        mount_setattr=442,
+        io_uring_setup=425,
+        io_uring_enter=426,
+        io_uring_register=427,
+        acct=163,
+        quotactl=179,
+        settimeofday=164,
+        clock_settime=227,
+        adjtimex=159,
+        sethostname=170,
+        setdomainname=171,
+        iopl=172,
+        ioperm=173,
+    ),
     "aarch64": dict(
-        landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
-        seccomp=277, capset=91, socket=198, clone=220, clone3=435,
-        ptrace=117, process_vm_readv=270, process_vm_writev=271, kcmp=272, pidfd_getfd=438,
-        init_module=105, finit_module=273, delete_module=106, kexec_load=104,
-        kexec_file_load=294, bpf=280, perf_event_open=241, userfaultfd=282, keyctl=219,
-        add_key=217, request_key=218, mount=40, umount2=39, pivot_root=41, chroot=51,
-        open_by_handle_at=265, name_to_handle_at=264, swapon=224, swapoff=225, reboot=142,
-        unshare=97, setns=268, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
-        move_mount=429, open_tree=428, mount_setattr=442, io_uring_setup=425,
-        io_uring_enter=426, io_uring_register=427, acct=89, quotactl=60, settimeofday=170,
-        clock_settime=112, adjtimex=171, sethostname=161, setdomainname=162),
+        landlock_create_ruleset=444,
+        landlock_add_rule=445,
+        landlock_restrict_self=446,
+        seccomp=277,
+        capset=91,
+        socket=198,
+        clone=220,
+        clone3=435,
+        ptrace=117,
+        process_vm_readv=270,
+        process_vm_writev=271,
+        kcmp=272,
+        pidfd_getfd=438,
+        init_module=105,
+        finit_module=273,
+        delete_module=106,
+        kexec_load=104,
+        kexec_file_load=294,
+        bpf=280,
+        perf_event_open=241,
+        userfaultfd=282,
+        keyctl=219,
+        add_key=217,
+        request_key=218,
+        mount=40,
+        umount2=39,
+        pivot_root=41,
+        chroot=51,
+        open_by_handle_at=265,
+        name_to_handle_at=264,
+        swapon=224,
+        swapoff=225,
+        reboot=142,
+        unshare=97,
+        setns=268,
+        fsopen=430,
+        fsconfig=431,
+        fsmount=432,
+        fspick=433,
+        move_mount=429,
+        open_tree=428,
+        mount_setattr=442,
+        io_uring_setup=425,
+        io_uring_enter=426,
+        io_uring_register=427,
+        acct=89,
+        quotactl=60,
+        settimeofday=170,
+        clock_settime=112,
+        adjtimex=171,
+        sethostname=161,
+        setdomainname=162,
+    ),
 }
 _NR = _NR_BY_MACHINE.get(_MACHINE, {})
 
 # Always refused (EPERM): reading or steering other processes, the kernel's own state (modules,
 # mounts, keys, clocks, bpf), and io_uring, whose operations seccomp cannot see.
-DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
-          "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "bpf",
-          "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key", "mount",
-          "umount2", "pivot_root", "chroot", "open_by_handle_at", "name_to_handle_at", "swapon",
-          "swapoff", "reboot", "unshare", "setns", "fsopen", "fsconfig", "fsmount", "fspick",
-          "move_mount", "open_tree", "mount_setattr", "io_uring_setup", "io_uring_enter",
-          "io_uring_register", "acct", "quotactl", "settimeofday", "clock_settime", "adjtimex",
-          "sethostname", "setdomainname", "iopl", "ioperm")
+DENIED = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "unshare",
+    "setns",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "acct",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "iopl",
+    "ioperm",
+)
 CLONE_NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP = 1, 4, 22
@@ -179,8 +311,9 @@ def _syscall(name: str, *args: object) -> int:
 def _prctl(option: int, arg: int = 0, arg3: int = 0) -> int:
     if _libc is None:
         raise OSError("prctl: the sandbox needs Linux")
-    res = _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
-                      ctypes.c_ulong(0))
+    res = _libc.prctl(
+        option, ctypes.c_ulong(arg), ctypes.c_ulong(arg3), ctypes.c_ulong(0), ctypes.c_ulong(0)
+    )
     if res < 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}): {os.strerror(ctypes.get_errno())}")
     return res
@@ -191,8 +324,12 @@ def landlock_abi() -> int:
     if not _LINUX:
         return 0
     try:
-        return _syscall("landlock_create_ruleset", None, ctypes.c_size_t(0),
-                        ctypes.c_uint32(CREATE_RULESET_VERSION))
+        return _syscall(
+            "landlock_create_ruleset",
+            None,
+            ctypes.c_size_t(0),
+            ctypes.c_uint32(CREATE_RULESET_VERSION),
+        )
     except OSError:
         return 0
 
@@ -200,8 +337,12 @@ def landlock_abi() -> int:
 def _seccomp_available() -> bool:
     action = ctypes.c_uint32(SECCOMP_RET_ERRNO)
     try:
-        _syscall("seccomp", ctypes.c_uint(SECCOMP_GET_ACTION_AVAIL), ctypes.c_uint(0),
-                 ctypes.byref(action))
+        _syscall(
+            "seccomp",
+            ctypes.c_uint(SECCOMP_GET_ACTION_AVAIL),
+            ctypes.c_uint(0),
+            ctypes.byref(action),
+        )
         return True
     except OSError:
         return False
@@ -264,8 +405,11 @@ def apply(policy: Policy) -> list[str]:
         abi = landlock_abi()
         if abi:
             _landlock(policy, abi)
-            done += [n for n, least in (("landlock", 1), ("landlock_network", 4),
-                                        ("landlock_scopes", 6)) if abi >= least]
+            done += [
+                n
+                for n, least in (("landlock", 1), ("landlock_network", 4), ("landlock_scopes", 6))
+                if abi >= least
+            ]
         if _seccomp_available():
             _seccomp(network=policy.connect != ())
             done.append("seccomp")
@@ -305,16 +449,22 @@ def _landlock(policy: Policy, abi: int) -> None:
     net = handled_net(abi, policy.connect)
     attr = struct.pack("QQQ", fs, net, scopes(abi))
     buf = ctypes.create_string_buffer(attr, len(attr))
-    ruleset = _syscall("landlock_create_ruleset", buf, ctypes.c_size_t(len(attr)),
-                       ctypes.c_uint32(0))
+    ruleset = _syscall(
+        "landlock_create_ruleset", buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)
+    )
     try:
         rules = [(p, False) for p in policy.read] + [(p, True) for p in policy.write]
         for path, writable in rules + own_paths():
             _allow_path(ruleset, path, (fs if writable else READ_RIGHTS) & fs)
         for port in policy.connect or ():
             rule = ctypes.create_string_buffer(struct.pack("QQ", NET_CONNECT_TCP, port), 16)
-            _syscall("landlock_add_rule", ctypes.c_int(ruleset), ctypes.c_int(RULE_NET_PORT),
-                     rule, ctypes.c_uint32(0))
+            _syscall(
+                "landlock_add_rule",
+                ctypes.c_int(ruleset),
+                ctypes.c_int(RULE_NET_PORT),
+                rule,
+                ctypes.c_uint32(0),
+            )
         _syscall("landlock_restrict_self", ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
@@ -329,8 +479,13 @@ def _allow_path(ruleset: int, path: str, rights: int) -> None:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             rights &= FILE_RIGHTS
         rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
-        _syscall("landlock_add_rule", ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH),
-                 rule, ctypes.c_uint32(0))
+        _syscall(
+            "landlock_add_rule",
+            ctypes.c_int(ruleset),
+            ctypes.c_int(RULE_PATH_BENEATH),
+            rule,
+            ctypes.c_uint32(0),
+        )
     finally:
         os.close(fd)
 
@@ -343,25 +498,34 @@ def seccomp_program(machine: str, network: bool) -> list[tuple[int, int, int, in
     nr = _NR_BY_MACHINE[machine]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|…|K, BPF_RET
     eperm, enosys = SECCOMP_RET_ERRNO | errno.EPERM, SECCOMP_RET_ERRNO | errno.ENOSYS
-    rows: list[tuple] = [(ld, 0, 0, 4), (jeq, 1, 0, _ARCH[machine]), (ret, 0, 0, eperm),
-                         (ld, 0, 0, 0)]  # seccomp_data: nr at 0, arch at 4, args from 16
+    rows: list[tuple] = [
+        (ld, 0, 0, 4),
+        (jeq, 1, 0, _ARCH[machine]),
+        (ret, 0, 0, eperm),
+        (ld, 0, 0, 0),
+    ]  # seccomp_data: nr at 0, arch at 4, args from 16
     if machine == "x86_64":
         rows.append((jge, "deny", 0, 0x40000000))  # __X32_SYSCALL_BIT
     rows += [(jeq, "enosys", 0, nr["clone3"]), (jeq, "clone", 0, nr["clone"])]
     denied = [nr[name] for name in DENIED if name in nr] + ([] if network else [nr["socket"]])
     rows += [(jeq, "deny", 0, n) for n in denied]
-    rows += [(ret, 0, 0, SECCOMP_RET_ALLOW),
-             ("clone", ld, 0, 0, 16), (jset, "deny", 0, CLONE_NEW_NAMESPACES),
-             (ret, 0, 0, SECCOMP_RET_ALLOW),
-             ("deny", ret, 0, 0, eperm),
-             ("enosys", ret, 0, 0, enosys)]  # (classic BPF jumps only forward)
+    rows += [
+        (ret, 0, 0, SECCOMP_RET_ALLOW),
+        ("clone", ld, 0, 0, 16),
+        (jset, "deny", 0, CLONE_NEW_NAMESPACES),
+        (ret, 0, 0, SECCOMP_RET_ALLOW),
+        ("deny", ret, 0, 0, eperm),
+        ("enosys", ret, 0, 0, enosys),
+    ]  # (classic BPF jumps only forward)
     labels = {}
     for i, row in enumerate(rows):
         if isinstance(row[0], str):
             labels[row[0]] = i
             rows[i] = row[1:]
-    return [(code, labels[jt] - i - 1 if isinstance(jt, str) else jt, jf, k)
-            for i, (code, jt, jf, k) in enumerate(rows)]
+    return [
+        (code, labels[jt] - i - 1 if isinstance(jt, str) else jt, jf, k)
+        for i, (code, jt, jf, k) in enumerate(rows)
+    ]
 
 
 def _seccomp(network: bool) -> None:
@@ -487,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     split = args.index("--")
-    opts, target = args[1:split], args[split + 1:]
+    opts, target = args[1:split], args[split + 1 :]
     policy, parent, supervise = Policy(), 0, False
     i = 0
     while i < len(opts):

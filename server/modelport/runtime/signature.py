@@ -140,8 +140,15 @@ class Signature:
         "output_type",
     )
 
-    def __init__(self, func: Callable[..., Any], form: str, is_async: bool, input_type: Any,
-                 output_type: Any, call: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        form: str,
+        is_async: bool,
+        input_type: Any,
+        output_type: Any,
+        call: Callable[[Any], Any],
+    ) -> None:
         self.func = func
         self.form = form  # "dict" | "params" | "struct"
         self.is_async = is_async
@@ -166,8 +173,9 @@ class Signature:
         for name, prop in props.items():
             prop = dict(prop)
             default = prop.pop("default", None)
-            out.append({"name": name, "type": prop, "required": name in required,
-                        "default": default})
+            out.append(
+                {"name": name, "type": prop, "required": name in required, "default": default}
+            )
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -236,7 +244,9 @@ def analyze(func: Callable[..., Any]) -> Signature:
         fields.append((p.name, ann) if p.default is _EMPTY else (p.name, ann, _default(p.default)))
     input_type = msgspec.defstruct(
         _camel(getattr(func, "__name__", None) or type(func).__name__) + "Input",
-        fields, forbid_unknown_fields=True, kw_only=True,
+        fields,
+        forbid_unknown_fields=True,
+        kw_only=True,
     )
     result = Signature(func, "params", is_async, input_type, output_type, _caller(func, params))
     props = result.input_schema.get("properties") or {}
@@ -262,8 +272,7 @@ def _caller(func: Callable[..., Any], params: list[inspect.Parameter]) -> Callab
     named = [p.name for p in params if p.kind is not p.POSITIONAL_ONLY]
 
     def call(obj: Any) -> Any:
-        return func(*[getattr(obj, n) for n in positional],
-                    **{n: getattr(obj, n) for n in named})
+        return func(*[getattr(obj, n) for n in positional], **{n: getattr(obj, n) for n in named})
 
     return call
 
@@ -284,7 +293,8 @@ def _forbidding(struct: type[msgspec.Struct], ann: Any) -> Any:
 def _is_generator(func: Callable[..., Any]) -> bool:
     target = inspect.unwrap(func) if inspect.isfunction(func) or inspect.ismethod(func) else func
     if not (inspect.isfunction(target) or inspect.ismethod(target)) and not isinstance(
-            target, type):
+        target, type
+    ):
         target = getattr(type(target), "__call__", target)
     return inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
 
@@ -293,8 +303,10 @@ def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
     call = getattr(type(func), "__call__", None)
-    return not inspect.isfunction(func) and not isinstance(func, type) and (
-        inspect.iscoroutinefunction(call)
+    return (
+        not inspect.isfunction(func)
+        and not isinstance(func, type)
+        and (inspect.iscoroutinefunction(call))
     )
 
 
@@ -412,7 +424,7 @@ def _schema_or(tp: Any, fallback: dict[str, Any]) -> dict[str, Any]:
         return dict(fallback)
     ref = top.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        name = ref[len("#/$defs/"):]
+        name = ref[len("#/$defs/") :]
         top = dict(defs.get(name, {}))
         rest = {k: v for k, v in defs.items() if k != name}
         if ref.encode() in msgspec.json.encode([top, rest]):  # recursive: keep its definition

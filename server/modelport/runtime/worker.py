@@ -53,8 +53,14 @@ EXIT_CONNECT = 4
 class _Replica(MessageProtocol):
     """Dispatches frames: Calls run inline (sync, max_concurrency 1), in threads, or as tasks."""
 
-    def __init__(self, invoker: Invoker, max_concurrency: int, done: asyncio.Future[None],
-                 busy_poll_s: float = 0.0, max_call: int = MAX_FRAME) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        max_concurrency: int,
+        done: asyncio.Future[None],
+        busy_poll_s: float = 0.0,
+        max_call: int = MAX_FRAME,
+    ) -> None:
         super().__init__(max_call)
         self.invoker = invoker
         self.handle = invoker.handle
@@ -62,7 +68,8 @@ class _Replica(MessageProtocol):
         self.inline = max_concurrency <= 1 and not self.is_async
         self.pool = (
             ThreadPoolExecutor(max_concurrency, thread_name_prefix="predict")
-            if not self.is_async and not self.inline else None
+            if not self.is_async and not self.inline
+            else None
         )
         self.limit = asyncio.Semaphore(max_concurrency) if self.is_async else None
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -87,8 +94,14 @@ class _Replica(MessageProtocol):
             if self.draining:
                 self.send(Failure(msg.id, 503, "model.unavailable", "the replica is stopping"))
             elif msg.start_by and time.monotonic() > msg.start_by:
-                self.send(Failure(msg.id, 429, "model.busy",
-                                  "Every replica is busy and the request waited queue_timeout_s."))
+                self.send(
+                    Failure(
+                        msg.id,
+                        429,
+                        "model.busy",
+                        "Every replica is busy and the request waited queue_timeout_s.",
+                    )
+                )
             elif self.inline:
                 self.in_flight = 1
                 out = self.handle(msg)
@@ -109,14 +122,21 @@ class _Replica(MessageProtocol):
                 self.in_flight += 1
                 fut = self.pool.submit(self.handle, msg)  # type: ignore[union-attr]
                 loop = asyncio.get_running_loop()
+
                 def done(f: Future[Any], i: int = msg.id) -> None:
                     loop.call_soon_threadsafe(self._finished, i, f)
 
                 fut.add_done_callback(done)
         elif kind is Ping:
             child = self.child_rss
-            self.send(Pong(msg.id, self.served, self.in_flight,
-                           rss_kb() + (child() if child is not None else 0)))
+            self.send(
+                Pong(
+                    msg.id,
+                    self.served,
+                    self.in_flight,
+                    rss_kb() + (child() if child is not None else 0),
+                )
+            )
         else:
             print(f"modelport worker: ignoring unexpected {kind.__name__} frame", file=sys.stderr)
 
@@ -164,8 +184,12 @@ class _Replica(MessageProtocol):
 
 
 def serve(
-    sock: socket.socket, invoker: Invoker, max_concurrency: int = 1, loop_kind: str = "auto",
-    busy_poll_s: float = 0.0, max_call: int = MAX_FRAME,
+    sock: socket.socket,
+    invoker: Invoker,
+    max_concurrency: int = 1,
+    loop_kind: str = "auto",
+    busy_poll_s: float = 0.0,
+    max_call: int = MAX_FRAME,
 ) -> int:
     """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code.
     A frame longer than ``max_call`` bytes is a broken stream: the connection is closed."""
@@ -269,22 +293,38 @@ def _connect(args: argparse.Namespace) -> socket.socket:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m modelport.runtime.worker", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m modelport.runtime.worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--project", required=True, help="the build's project folder")
     p.add_argument("--entry", required=True, help="path/to/file.py:function")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", help="the server's Unix socket to connect to")
     where.add_argument("--fd", type=int, help="an inherited, connected socket's file descriptor")
-    p.add_argument("--max-concurrency", type=int, default=1,
-                   help="calls served at once (default 1)")
+    p.add_argument(
+        "--max-concurrency", type=int, default=1, help="calls served at once (default 1)"
+    )
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
-    p.add_argument("--busy-poll-us", type=int, default=0,
-                   help="poll this long for the next call instead of sleeping (0: never)")
-    p.add_argument("--max-call-bytes", type=int, default=MAX_FRAME,
-                   help="the longest Call frame the server sends (its body limit and a margin)")
-    p.add_argument("--max-result-bytes", type=int, default=0,
-                   help="the server's response cap: a longer answer is a model.error (0: none)")
+    p.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=0,
+        help="poll this long for the next call instead of sleeping (0: never)",
+    )
+    p.add_argument(
+        "--max-call-bytes",
+        type=int,
+        default=MAX_FRAME,
+        help="the longest Call frame the server sends (its body limit and a margin)",
+    )
+    p.add_argument(
+        "--max-result-bytes",
+        type=int,
+        default=0,
+        help="the server's response cap: a longer answer is a model.error (0: none)",
+    )
     return p
 
 
@@ -325,8 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         if r:  # an R function: its R process starts, sources the file and says it is ready
             invoker: Any = RFunction(args.project, args.entry, max(0, args.max_result_bytes))
         else:
-            invoker = Invoker(analyze(load_entry(args.project, args.entry)),
-                              max(0, args.max_result_bytes))
+            invoker = Invoker(
+                analyze(load_entry(args.project, args.entry)), max(0, args.max_result_bytes)
+            )
     except (Exception, SystemExit) as exc:
         if not r:
             traceback.print_exc()
@@ -339,8 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()  # the model's objects (weights) need not be scanned by every collection
     send_frame(sock, Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
-    code = serve(sock, invoker, 1 if r else max(1, args.max_concurrency), args.loop,
-                 max(0, args.busy_poll_us) / 1e6, max(1, args.max_call_bytes))
+    code = serve(
+        sock,
+        invoker,
+        1 if r else max(1, args.max_concurrency),
+        args.loop,
+        max(0, args.busy_poll_us) / 1e6,
+        max(1, args.max_call_bytes),
+    )
     if r:
         invoker.close()  # drained: R ends once its input closes
     return code

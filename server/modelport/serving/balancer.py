@@ -62,8 +62,15 @@ class Balancer:
     ``recoverable`` says whether a replica may become ready (False while starting, failed or
     stopping: then no ready replica means 503 at once)."""
 
-    def __init__(self, replicas: list[Replica], *, max_concurrency: int, timeout_s: float,
-                 queue_timeout_s: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        replicas: list[Replica],
+        *,
+        max_concurrency: int,
+        timeout_s: float,
+        queue_timeout_s: float,
+        max_queue: int,
+    ) -> None:
         self.replicas = replicas
         self.max_concurrency = max(1, max_concurrency)
         self.depth = self.max_concurrency  # calls a replica may hold; more when it is inline
@@ -79,8 +86,9 @@ class Balancer:
         self._handoff = 0  # waiters woken that have not picked yet: newcomers queue behind them
         self._idle: asyncio.Event | None = None
 
-    async def call(self, body: bytes, content_type: str, accept: str,
-                   request_id: str) -> tuple[Replica, Result | Failure]:
+    async def call(
+        self, body: bytes, content_type: str, accept: str, request_id: str
+    ) -> tuple[Replica, Result | Failure]:
         """The replica that answered and its answer. Raises Draining, ModelBusy (429),
         ModelUnavailable (503), ModelCrashed (502) or ModelTimeout (504)."""
         if self.closed:
@@ -95,7 +103,8 @@ class Balancer:
                     replica = await self._wait()
                 try:
                     answer = await replica.call(
-                        body, content_type, accept, request_id, self.timeout_s, start_by)
+                        body, content_type, accept, request_id, self.timeout_s, start_by
+                    )
                     if self.inline:
                         self.depth = depth_for(replica.service_s)
                     return replica, answer
@@ -152,9 +161,13 @@ class Balancer:
                 else:
                     _discard(self._waiters, fut)
                 if isinstance(exc, TimeoutError):
-                    raise (self._busy(
-                        f"and the request waited queue_timeout_s={self.queue_timeout_s:g}s") if self._any_ready() else ModelUnavailable(
-                        "No replica became ready in time.")) from None
+                    raise (
+                        self._busy(
+                            f"and the request waited queue_timeout_s={self.queue_timeout_s:g}s"
+                        )
+                        if self._any_ready()
+                        else ModelUnavailable("No replica became ready in time.")
+                    ) from None
                 raise
             finally:
                 timer.cancel()

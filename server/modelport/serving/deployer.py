@@ -20,8 +20,13 @@ from modelport.builder import deps
 from modelport.builder.compat import compare
 from modelport.builder.pipeline import Builder
 from modelport.builder.projects import RestoreFailed
-from modelport.errors import (BuildNotReady, ModelNotDeployed, RequestInvalid, ScaleFailed,
-                              SchemaBreaking)
+from modelport.errors import (
+    BuildNotReady,
+    ModelNotDeployed,
+    RequestInvalid,
+    ScaleFailed,
+    SchemaBreaking,
+)
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database, Row
@@ -33,9 +38,19 @@ from modelport.store import manifest as mf
 
 log = logging.getLogger("modelport.deployer")
 
-SETTING_KEYS = ("replicas", "memory_mb", "timeout_s", "max_concurrency", "queue_timeout_s",
-                "max_body_mb", "env", "capture_percent", "capture_max_bytes", "network",
-                "boot_timeout_s")
+SETTING_KEYS = (
+    "replicas",
+    "memory_mb",
+    "timeout_s",
+    "max_concurrency",
+    "queue_timeout_s",
+    "max_body_mb",
+    "env",
+    "capture_percent",
+    "capture_max_bytes",
+    "network",
+    "boot_timeout_s",
+)
 
 
 class Deployer:
@@ -52,21 +67,38 @@ class Deployer:
 
     # -- what the API asks for -------------------------------------------------------------------
 
-    async def deploy(self, model: Row, build_number: int, settings: dict[str, Any], actor: str,
-                     reason: str | None = None, allow_breaking: bool = False) -> Row:
+    async def deploy(
+        self,
+        model: Row,
+        build_number: int,
+        settings: dict[str, Any],
+        actor: str,
+        reason: str | None = None,
+        allow_breaking: bool = False,
+    ) -> Row:
         """Record a pending deployment and roll it out in the background."""
         build = await build_rows.row(self.db, model["id"], build_number, model["name"])
         if build["status"] != "built":
             raise BuildNotReady(f"Build #{build_number} is {build['status']}, not built.")
         if is_r_entry(build["entrypoint"]) and settings.get("max_concurrency", 1) > 1:
-            raise RequestInvalid("An R replica runs one call at a time: max_concurrency must be 1 "
-                                 "for an R function (add replicas to serve more at once).",
-                                 field="max_concurrency")
+            raise RequestInvalid(
+                "An R replica runs one call at a time: max_concurrency must be 1 "
+                "for an R function (add replicas to serve more at once).",
+                field="max_concurrency",
+            )
         note = await self._schema_gate(model, build, allow_breaking)
-        row = await rows.create(self.db, model_id=model["id"], model=model["name"],
-                                build_id=build["id"], build_number=build_number,
-                                settings=settings, actor=actor, sealer=self.sealer,
-                                reason=reason, schema_note=note)
+        row = await rows.create(
+            self.db,
+            model_id=model["id"],
+            model=model["name"],
+            build_id=build["id"],
+            build_number=build_number,
+            settings=settings,
+            actor=actor,
+            sealer=self.sealer,
+            reason=reason,
+            schema_note=note,
+        )
         await self._give_up(model["name"], f"replaced by deployment {row['id']} before it served")
         self._waiting[model["name"]].add(row["id"])
         self._spawn(self._roll_out(model["name"], row, build, actor))
@@ -79,39 +111,56 @@ class Deployer:
         base = await rows.last_served_build(self.db, model["id"])
         if base is None or base["number"] == build["number"]:
             return None
-        verdict = compare(msgspec.json.decode(base["input_schema"] or "null"),
-                          msgspec.json.decode(build["input_schema"] or "null"))
+        verdict = compare(
+            msgspec.json.decode(base["input_schema"] or "null"),
+            msgspec.json.decode(build["input_schema"] or "null"),
+        )
         if verdict.breaking and not allow_breaking:
             raise SchemaBreaking(
                 f"Build #{build['number']}'s input schema is not compatible with build "
                 f"#{base['number']}'s, whose callers would be refused: {verdict.summary()}. "
-                "Send allow_breaking: true (CLI --allow-breaking) to deploy it anyway.")
+                "Send allow_breaking: true (CLI --allow-breaking) to deploy it anyway."
+            )
         if verdict.breaking:
-            return (f"input schema not compatible with build #{base['number']}'s (allowed): "
-                    f"{verdict.summary()}")
+            return (
+                f"input schema not compatible with build #{base['number']}'s (allowed): "
+                f"{verdict.summary()}"
+            )
         if verdict.compatible:
-            return (f"input schema compatible with build #{base['number']}'s: "
-                    f"{verdict.summary(verdict.compatible)}")
+            return (
+                f"input schema compatible with build #{base['number']}'s: "
+                f"{verdict.summary(verdict.compatible)}"
+            )
         return None
 
-    async def rollback(self, model: Row, to_build: int | None, actor: str,
-                       allow_breaking: bool = False) -> Row:
+    async def rollback(
+        self, model: Row, to_build: int | None, actor: str, allow_breaking: bool = False
+    ) -> Row:
         """The build before the current deployment's (or ``to_build``), with its settings; from
         a stopped model, the build before the last deployment's, with that one's settings."""
-        current = await rows.current(self.db, model["id"]) or await rows.latest(self.db,
-                                                                               model["id"])
+        current = await rows.current(self.db, model["id"]) or await rows.latest(
+            self.db, model["id"]
+        )
         if current is None:
             raise ModelNotDeployed(f"Model '{model['name']}' has no deployment.")
         if to_build is None:
-            to_build = await rows.previous_build(self.db, model["id"], current["id"],
-                                                 current["build_number"])
+            to_build = await rows.previous_build(
+                self.db, model["id"], current["id"], current["build_number"]
+            )
             if to_build is None:
-                raise RequestInvalid("No earlier build has served this model; name one with "
-                                     "to_build.", field="to_build")
+                raise RequestInvalid(
+                    "No earlier build has served this model; name one with to_build.",
+                    field="to_build",
+                )
         settings = self.settings_of(current)
-        return await self.deploy(model, to_build, settings, actor,
-                                 reason=f"rollback from #{current['build_number']} to #{to_build}",
-                                 allow_breaking=allow_breaking)
+        return await self.deploy(
+            model,
+            to_build,
+            settings,
+            actor,
+            reason=f"rollback from #{current['build_number']} to #{to_build}",
+            allow_breaking=allow_breaking,
+        )
 
     async def scale(self, model: Row, replicas: int, actor: str) -> Row:
         current = await self._current(model)
@@ -121,13 +170,25 @@ class Deployer:
                 try:
                     await group.scale(replicas)
                 except GroupFailed as exc:
-                    await rows.transition(self.db, current["id"], None, "scale_failed",
-                                          actor=actor, detail={"to": replicas, "error": str(exc)})
+                    await rows.transition(
+                        self.db,
+                        current["id"],
+                        None,
+                        "scale_failed",
+                        actor=actor,
+                        detail={"to": replicas, "error": str(exc)},
+                    )
                     raise ScaleFailed(f"Scaling to {replicas} replicas failed: {exc}") from None
-            await rows.transition(self.db, current["id"], None, "scaled", actor=actor,
-                                  detail={"from": current["replicas"], "to": replicas},
-                                  replicas=replicas,
-                                  audited=("deployment.scale", model["name"]))
+            await rows.transition(
+                self.db,
+                current["id"],
+                None,
+                "scaled",
+                actor=actor,
+                detail={"from": current["replicas"], "to": replicas},
+                replicas=replicas,
+                audited=("deployment.scale", model["name"]),
+            )
         return await self._by_id(model, current["id"])
 
     async def stop(self, model: Row, actor: str) -> Row:
@@ -139,31 +200,57 @@ class Deployer:
             serving = await rows.current(self.db, model["id"])
             if serving is None:  # it was only starting
                 await self.supervisor.stop(model["name"])
-                await rows.audited(self.db, actor, "deployment.stop", model["name"],
-                                   current["id"], {"build": current["build_number"]})
+                await rows.audited(
+                    self.db,
+                    actor,
+                    "deployment.stop",
+                    model["name"],
+                    current["id"],
+                    {"build": current["build_number"]},
+                )
                 return await self._by_id(model, current["id"])
-            await rows.transition(self.db, serving["id"], "stopping", "stopping", actor=actor,
-                                  detail={"build": serving["build_number"]},
-                                  audited=("deployment.stop", model["name"]))
+            await rows.transition(
+                self.db,
+                serving["id"],
+                "stopping",
+                "stopping",
+                actor=actor,
+                detail={"build": serving["build_number"]},
+                audited=("deployment.stop", model["name"]),
+            )
             await self.supervisor.stop(model["name"], drain_timeout=serving["timeout_s"])
-            await rows.transition(self.db, serving["id"], "stopped", "stopped", actor=actor,
-                                  finished=True, reason=f"stopped by {actor}")
+            await rows.transition(
+                self.db,
+                serving["id"],
+                "stopped",
+                "stopped",
+                actor=actor,
+                finished=True,
+                reason=f"stopped by {actor}",
+            )
         return await self._by_id(model, current["id"])
 
     async def restart(self, model: Row, actor: str) -> Row:
         """New replicas of the same deployment; ready before the old ones drain."""
         current = await self._current(model)
         build = await build_rows.row(self.db, model["id"], current["build_number"], model["name"])
-        await rows.transition(self.db, current["id"], None, "restarting", actor=actor,
-                              detail={"build": current["build_number"]},
-                              audited=("deployment.restart", model["name"]))
+        await rows.transition(
+            self.db,
+            current["id"],
+            None,
+            "restarting",
+            actor=actor,
+            detail={"build": current["build_number"]},
+            audited=("deployment.restart", model["name"]),
+        )
         self._spawn(self._roll_out(model["name"], current, build, actor, restart=True))
         return current
 
     # -- the work --------------------------------------------------------------------------------
 
-    async def _roll_out(self, name: str, row: Row, build: Row, actor: str,
-                        restart: bool = False) -> None:
+    async def _roll_out(
+        self, name: str, row: Row, build: Row, actor: str, restart: bool = False
+    ) -> None:
         async with self._locks[name], self._turn(name, row["id"]):
             if row["id"] in self._given_up:  # stopped or replaced while it waited: recorded
                 return
@@ -176,15 +263,19 @@ class Deployer:
                 first, in one write (deployed, and what it replaces stopped), so that whenever
                 the server dies, a restart brings back what clients were last served."""
                 nonlocal switched
-                await rows.switched(self.db, row["id"], actor=actor,
-                                    detail={"replicas": spec.replicas})
+                await rows.switched(
+                    self.db, row["id"], actor=actor, detail={"replicas": spec.replicas}
+                )
                 switched = True
 
             try:
                 spec = await self.spec_for(name, row, build)
                 self._go_on(row["id"])
-                await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"],
-                                             on_switch=None if restart else record_switch)
+                await self.supervisor.deploy(
+                    spec,
+                    drain_timeout=row["timeout_s"],
+                    on_switch=None if restart else record_switch,
+                )
             except Interrupted as exc:
                 await self._interrupted(row, str(exc), restart)
                 return
@@ -224,8 +315,15 @@ class Deployer:
         for deployment_id in sorted(self._waiting[name]):
             if deployment_id not in self._given_up:
                 self._given_up[deployment_id] = why
-                await rows.transition(self.db, deployment_id, "stopped", "interrupted",
-                                      finished=True, reason=why, detail={"reason": why})
+                await rows.transition(
+                    self.db,
+                    deployment_id,
+                    "stopped",
+                    "interrupted",
+                    finished=True,
+                    reason=why,
+                    detail={"reason": why},
+                )
         holding = self._holding.get(name)
         if holding is not None and holding not in self._given_up:
             self._given_up[holding] = why
@@ -233,18 +331,35 @@ class Deployer:
 
     async def _interrupted(self, row: Row, why: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving (until the stop that interrupted it)
-            await rows.transition(self.db, row["id"], None, "restart_interrupted",
-                                  detail={"reason": why})
+            await rows.transition(
+                self.db, row["id"], None, "restart_interrupted", detail={"reason": why}
+            )
             return
-        await rows.transition(self.db, row["id"], "stopped", "interrupted", finished=True,
-                              reason=why, detail={"reason": why})
+        await rows.transition(
+            self.db,
+            row["id"],
+            "stopped",
+            "interrupted",
+            finished=True,
+            reason=why,
+            detail={"reason": why},
+        )
 
     async def _failed(self, row: Row, reason: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving
-            await rows.transition(self.db, row["id"], None, "restart_failed", detail={"error": reason})
+            await rows.transition(
+                self.db, row["id"], None, "restart_failed", detail={"error": reason}
+            )
             return
-        await rows.transition(self.db, row["id"], "failed", "failed", reason=reason, finished=True,
-                              detail={"error": reason})
+        await rows.transition(
+            self.db,
+            row["id"],
+            "failed",
+            "failed",
+            reason=reason,
+            finished=True,
+            detail={"error": reason},
+        )
 
     async def spec_for(self, name: str, row: Row, build: Row) -> GroupSpec:
         """Everything a replica needs on disk, from the store alone (no package index)."""
@@ -254,28 +369,43 @@ class Deployer:
         if manifest.derived.r is not None:  # an R function's packages: its library, once
             library = await self.builder.r_library(manifest.derived.r, lambda line: None)
             r_libs = [str(library)] if library else []
-        project = await asyncio.to_thread(self.builder.projects.prepare, manifest.digest,
-                                          manifest.content.files)
+        project = await asyncio.to_thread(
+            self.builder.projects.prepare, manifest.digest, manifest.content.files
+        )
         return GroupSpec(
-            model=name, build=build["number"], python=str(python), project=str(project),
-            entry=manifest.content.entrypoint, digest=manifest.digest,
-            deployment_id=str(row["id"]), replicas=row["replicas"], memory_mb=row["memory_mb"],
-            timeout_s=row["timeout_s"], max_concurrency=row["max_concurrency"],
-            queue_timeout_s=row["queue_timeout_s"], max_body_mb=row["max_body_mb"],
-            env=rows.env_of(row, self.sealer), capture_percent=row["capture_percent"],
-            capture_max_bytes=row["capture_max_bytes"], network=bool(row["network"]),
+            model=name,
+            build=build["number"],
+            python=str(python),
+            project=str(project),
+            entry=manifest.content.entrypoint,
+            digest=manifest.digest,
+            deployment_id=str(row["id"]),
+            replicas=row["replicas"],
+            memory_mb=row["memory_mb"],
+            timeout_s=row["timeout_s"],
+            max_concurrency=row["max_concurrency"],
+            queue_timeout_s=row["queue_timeout_s"],
+            max_body_mb=row["max_body_mb"],
+            env=rows.env_of(row, self.sealer),
+            capture_percent=row["capture_percent"],
+            capture_max_bytes=row["capture_max_bytes"],
+            network=bool(row["network"]),
             boot_timeout_s=row["boot_timeout_s"],
             rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "",
-            r_libs=r_libs)
+            r_libs=r_libs,
+        )
 
     async def environment(self, manifest: mf.Manifest) -> Path:
         derived = manifest.derived
         lock = deps.Lock(
-            python=manifest.content.python, text=manifest.content.lock,
-            packages=[deps.LockedPackage(w.name, w.version, w.filename,
-                                         w.digest.removeprefix("sha256:"))
-                      for w in derived.wheels],
-            digest=derived.lock_digest)
+            python=manifest.content.python,
+            text=manifest.content.lock,
+            packages=[
+                deps.LockedPackage(w.name, w.version, w.filename, w.digest.removeprefix("sha256:"))
+                for w in derived.wheels
+            ],
+            digest=derived.lock_digest,
+        )
         return await self.builder.environment(lock, derived.wheels, lambda line: None)
 
     # -- startup and hooks -----------------------------------------------------------------------
@@ -287,20 +417,38 @@ class Deployer:
             if row["status"] == "deployed":
                 previous = latest.get(row["model"])
                 if previous is not None:
-                    await rows.transition(self.db, previous["id"], "stopped", "replaced",
-                                          finished=True, reason=f"replaced by deployment {row['id']}")
+                    await rows.transition(
+                        self.db,
+                        previous["id"],
+                        "stopped",
+                        "replaced",
+                        finished=True,
+                        reason=f"replaced by deployment {row['id']}",
+                    )
                 latest[row["model"]] = row
             elif row["status"] == "stopping":
-                await rows.transition(self.db, row["id"], "stopped", "stopped", finished=True,
-                                      reason="stopped (the server restarted while stopping)")
+                await rows.transition(
+                    self.db,
+                    row["id"],
+                    "stopped",
+                    "stopped",
+                    finished=True,
+                    reason="stopped (the server restarted while stopping)",
+                )
             else:  # it never took traffic: a deployment takes it in the write that says so
-                await rows.transition(self.db, row["id"], "failed", "interrupted", finished=True,
-                                      reason="interrupted by a server restart before it took "
-                                      "traffic")
+                await rows.transition(
+                    self.db,
+                    row["id"],
+                    "failed",
+                    "interrupted",
+                    finished=True,
+                    reason="interrupted by a server restart before it took traffic",
+                )
         for name, row in latest.items():
             build = await self.db.found("SELECT * FROM builds WHERE id = ?", (row["build_id"],))
-            await rows.transition(self.db, row["id"], None, "restoring",
-                                  detail={"reason": "server restarted"})
+            await rows.transition(
+                self.db, row["id"], None, "restoring", detail={"reason": "server restarted"}
+            )
             self._spawn(self._restore_one(name, row, build))
 
     async def _restore_one(self, name: str, row: Row, build: Row) -> None:
@@ -313,8 +461,14 @@ class Deployer:
             except Interrupted as exc:
                 await self._interrupted(row, str(exc), False)
             except Exception as exc:
-                await rows.transition(self.db, row["id"], "failed", "failed", finished=True,
-                                      reason=f"could not be restored: {exc}")
+                await rows.transition(
+                    self.db,
+                    row["id"],
+                    "failed",
+                    "failed",
+                    finished=True,
+                    reason=f"could not be restored: {exc}",
+                )
 
     async def on_change(self, group: ReplicaGroup, event: str, detail: dict[str, Any]) -> None:
         """Supervisor hook: what a user needs in the deployment's history."""
@@ -347,7 +501,8 @@ class Deployer:
             if await rows.latest(self.db, model["id"]) is not None:
                 raise ModelNotDeployed(
                     f"Model '{name}' is stopped: nothing to change. Serve it again with a "
-                    f"deployment (`modelport deploy {name} --build N`) or a rollback.")
+                    f"deployment (`modelport deploy {name} --build N`) or a rollback."
+                )
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return current
 

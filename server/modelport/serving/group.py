@@ -48,10 +48,19 @@ class ReplicaGroup:
     group.ready, group.failed, group.scaled, group.draining, group.stopped, replica.ready,
     replica.crashed, replica.late, replica.back; each with a JSON-able detail dict."""
 
-    def __init__(self, spec: GroupSpec, *, runtime_dir: Path, logs_dir: Path,
-                 tuning: Tuning | None = None, on_change: OnChange | None = None,
-                 policy: RestartPolicy | None = None, poller: Poller | None = None,
-                 sandbox: Sandbox | None = None, prepare: Prepare | None = None) -> None:
+    def __init__(
+        self,
+        spec: GroupSpec,
+        *,
+        runtime_dir: Path,
+        logs_dir: Path,
+        tuning: Tuning | None = None,
+        on_change: OnChange | None = None,
+        policy: RestartPolicy | None = None,
+        poller: Poller | None = None,
+        sandbox: Sandbox | None = None,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.spec = spec
         self.runtime_dir, self.sandbox = runtime_dir, sandbox
         self._prepare = (lambda: prepare(spec)) if prepare is not None else None
@@ -60,24 +69,47 @@ class ReplicaGroup:
         self.logs_dir = logs_dir
         self.on_change = on_change
         self.policy = policy or RestartPolicy(
-            base_s=t.backoff_base_s, cap_s=t.backoff_cap_s, max_crashes=t.flap_max_crashes,
-            window_s=t.flap_window_s, healthy_after_s=t.healthy_after_s)
+            base_s=t.backoff_base_s,
+            cap_s=t.backoff_cap_s,
+            max_crashes=t.flap_max_crashes,
+            window_s=t.flap_window_s,
+            healthy_after_s=t.healthy_after_s,
+        )
         self.state = "starting"
         self.reason: str | None = None
         self.replicas: list[Replica] = []
         self.balancer = Balancer(
-            self.replicas, max_concurrency=spec.max_concurrency, timeout_s=spec.timeout_s,
-            queue_timeout_s=spec.queue_timeout_s, max_queue=spec.max_queue)
+            self.replicas,
+            max_concurrency=spec.max_concurrency,
+            timeout_s=spec.timeout_s,
+            queue_timeout_s=spec.queue_timeout_s,
+            max_queue=spec.max_queue,
+        )
         self.call = self.balancer.call  # the hot path: gateway → balancer → replica
         # Precomputed for the gateway: response headers and the body limit.
-        self.headers = [(b"x-model-build", str(spec.build).encode()),
-                        (b"x-model-digest", spec.digest.encode())]
+        self.headers = [
+            (b"x-model-build", str(spec.build).encode()),
+            (b"x-model-digest", spec.digest.encode()),
+        ]
         self.max_body = spec.max_body_bytes
-        self._argv = [spec.python, "-u", "-m", "modelport.runtime.worker", "--project",
-                      spec.project, "--entry", spec.entry, "--max-concurrency",
-                      str(max(1, spec.max_concurrency)), "--busy-poll-us", str(t.busy_poll_us),
-                      "--max-call-bytes", str(spec.max_body_bytes + FRAME_OVERHEAD),
-                      "--max-result-bytes", str(t.max_response_bytes)]
+        self._argv = [
+            spec.python,
+            "-u",
+            "-m",
+            "modelport.runtime.worker",
+            "--project",
+            spec.project,
+            "--entry",
+            spec.entry,
+            "--max-concurrency",
+            str(max(1, spec.max_concurrency)),
+            "--busy-poll-us",
+            str(t.busy_poll_us),
+            "--max-call-bytes",
+            str(spec.max_body_bytes + FRAME_OVERHEAD),
+            "--max-result-bytes",
+            str(t.max_response_bytes),
+        ]
         self._env = replica_env(runtime_dir, {**spec.env, **r_env(spec.rscript, spec.r_libs)})
         self._stop = asyncio.Event()
         self._drained: asyncio.Future[bool] | None = None
@@ -100,8 +132,9 @@ class ReplicaGroup:
                 raise
             self.replicas.clear()
             self.state, self.reason = "stopped", self._interrupted
-            self.balancer.fail_waiters(ModelUnavailable(f"The deployment did not start: "
-                                                      f"{self._interrupted}."))
+            self.balancer.fail_waiters(
+                ModelUnavailable(f"The deployment did not start: {self._interrupted}.")
+            )
             self._emit("group.stopped", {"interrupted": self._interrupted})
             raise Interrupted(self._interrupted) from None
         except GroupFailed as exc:
@@ -120,8 +153,9 @@ class ReplicaGroup:
         if self._booting is None or self._booting.done() or self._interrupted is not None:
             return False
         self._interrupted = why
-        log.warning("model %s build %s: start interrupted: %s", self.spec.model, self.spec.build,
-                    why)
+        log.warning(
+            "model %s build %s: start interrupted: %s", self.spec.model, self.spec.build, why
+        )
         self._booting.cancel()  # _spawn_all stops every replica it started before it returns
         return True
 
@@ -190,14 +224,26 @@ class ReplicaGroup:
                 slot += 1
             rid = replica_id(self.spec.model, self.spec.build, slot)
             argv, env, tmp = self._launch(rid)
-            fresh.append(Replica(
-                rid=rid, slot=slot, build=self.spec.build, argv=argv, cwd=self.spec.project,
-                env=env, logs_dir=self.logs_dir, memory_mb=self.spec.memory_mb, tuning=self.tuning,
-                on_exit=self._exited, on_late=self._late,
-                max_concurrency=max(1, self.spec.max_concurrency),
-                poller=self.poller, boot_timeout_s=self.tuning.boot_timeout_s
-                or self.spec.boot_timeout_s, tmp_dir=tmp,
-                prepare=self._prepare))
+            fresh.append(
+                Replica(
+                    rid=rid,
+                    slot=slot,
+                    build=self.spec.build,
+                    argv=argv,
+                    cwd=self.spec.project,
+                    env=env,
+                    logs_dir=self.logs_dir,
+                    memory_mb=self.spec.memory_mb,
+                    tuning=self.tuning,
+                    on_exit=self._exited,
+                    on_late=self._late,
+                    max_concurrency=max(1, self.spec.max_concurrency),
+                    poller=self.poller,
+                    boot_timeout_s=self.tuning.boot_timeout_s or self.spec.boot_timeout_s,
+                    tmp_dir=tmp,
+                    prepare=self._prepare,
+                )
+            )
         self.replicas.extend(fresh)
         return fresh
 
@@ -209,9 +255,14 @@ class ReplicaGroup:
             return self._argv, self._env, None
         spec, tmp = self.spec, sandbox.tmp_root / rid
         r_read = (*r_paths(spec.rscript), *spec.r_libs) if spec.rscript else ()
-        policy = replica_policy(python=spec.python, project=Path(spec.project),
-                                runtime_dir=self.runtime_dir, tmp=tmp, network=spec.network,
-                                also_read=r_read)
+        policy = replica_policy(
+            python=spec.python,
+            project=Path(spec.project),
+            runtime_dir=self.runtime_dir,
+            tmp=tmp,
+            network=spec.network,
+            also_read=r_read,
+        )
         argv = sandbox.command(spec.python, policy, self._argv, runtime_dir=self.runtime_dir)
         return argv, {**self._env, "TMPDIR": str(tmp), "HOME": str(tmp)}, tmp
 
@@ -241,8 +292,10 @@ class ReplicaGroup:
         self._punctual = asyncio.get_running_loop().call_later(CHECK_S, self._look_for_late)
 
     def _late(self, replica: Replica, late: bool) -> None:
-        self._emit("replica.late" if late else "replica.back",
-                   {"replica": replica.id, "pid": replica.pid, "in_flight": replica.in_flight})
+        self._emit(
+            "replica.late" if late else "replica.back",
+            {"replica": replica.id, "pid": replica.pid, "in_flight": replica.in_flight},
+        )
         if not late:  # it takes calls again: those waiting for a free replica may go to it
             self.balancer.replica_ready(replica.inline)
 
@@ -256,9 +309,15 @@ class ReplicaGroup:
         else:
             decision = self.policy.crashed(replica.slot, replica.uptime_s, reason)
         restart = decision is not None and decision.restart
-        self._emit("replica.crashed", {
-            "replica": replica.id, "pid": replica.pid, "reason": reason,
-            "restart_in_s": decision.delay if decision is not None and restart else None})
+        self._emit(
+            "replica.crashed",
+            {
+                "replica": replica.id,
+                "pid": replica.pid,
+                "reason": reason,
+                "restart_in_s": decision.delay if decision is not None and restart else None,
+            },
+        )
         if decision is not None and not restart:
             self._fail(decision.reason)
         elif decision is None and not any(r.accepting for r in self.replicas):
@@ -280,15 +339,17 @@ class ReplicaGroup:
         replica.restarts += 1
         try:
             await replica.spawn()
-        except Exception as exc:  # noqa: BLE001 - BootFailed, or it could not be spawned at all
+        except Exception as exc:
             if self.state == "running":
                 self._fail(self.policy.boot_failed(replica.slot, str(exc) or repr(exc)).reason)
             return
         if self.state != "running" or replica not in self.replicas:  # stopped or scaled down
             await replica.stop(self.tuning.stop_grace_s)
             return
-        self._emit("replica.ready", {"replica": replica.id, "pid": replica.pid,
-                                     "restarts": replica.restarts})
+        self._emit(
+            "replica.ready",
+            {"replica": replica.id, "pid": replica.pid, "restarts": replica.restarts},
+        )
         self.balancer.replica_ready(replica.inline)
 
     def _fail(self, reason: str) -> None:
@@ -320,8 +381,14 @@ class ReplicaGroup:
         return next((r for r in self.replicas if r.id == rid), None)
 
     def info(self) -> GroupInfo:
-        return GroupInfo(self.spec.model, self.spec.build, self.spec.deployment_id, self.state,
-                         self.reason, [r.info() for r in self.replicas])
+        return GroupInfo(
+            self.spec.model,
+            self.spec.build,
+            self.spec.deployment_id,
+            self.state,
+            self.reason,
+            [r.info() for r in self.replicas],
+        )
 
 
 def _log_hook_error(task: asyncio.Future[Any]) -> None:

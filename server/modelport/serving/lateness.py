@@ -33,8 +33,9 @@ class Punctuality:
         self.owed_since: float | None = None  # when a check first saw it owe something
         self.probed_at = float("-inf")
 
-    def check(self, now: float, *, owes: bool, heard: float, service_s: float,
-              can_probe: bool) -> str | None:
+    def check(
+        self, now: float, *, owes: bool, heard: float, service_s: float, can_probe: bool
+    ) -> str | None:
         """``owes``: a call in flight or a Ping unanswered; ``heard``: when it last sent
         anything; ``service_s``: how long its calls take lately."""
         if not owes:

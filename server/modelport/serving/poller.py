@@ -19,7 +19,7 @@ class Poller:
     """``sent(loop)`` when a call goes to a replica, ``answered()`` when it is back (or failed),
     ``responded(loop)`` when an HTTP answer was written. ``max_s = 0``: never polls."""
 
-    __slots__ = ("on", "out", "answer", "request", "spinner")
+    __slots__ = ("answer", "on", "out", "request", "spinner")
 
     def __init__(self, max_s: float) -> None:
         self.on = max_s > 0

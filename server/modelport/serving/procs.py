@@ -8,8 +8,16 @@ import threading
 from pathlib import Path
 
 __all__ = [
-    "append_line", "describe_exit", "kill_group", "log_paths", "open_log", "read_tail", "rss_kb",
-    "tail_text", "tree_rss_kb", "trim_log",
+    "append_line",
+    "describe_exit",
+    "kill_group",
+    "log_paths",
+    "open_log",
+    "read_tail",
+    "rss_kb",
+    "tail_text",
+    "tree_rss_kb",
+    "trim_log",
 ]
 
 # A trim empties the file before it writes the kept tail back: readers in this process take the
@@ -52,7 +60,7 @@ def trim_log(path: Path, max_bytes: int, keep_bytes: int) -> bool:
         tail = f.read(keep_bytes)
     cut = tail.find(b"\n")
     if 0 <= cut < len(tail) - 1:
-        tail = tail[cut + 1:]  # start at a line boundary
+        tail = tail[cut + 1 :]  # start at a line boundary
     note = f"--- modelport: log truncated, {size - len(tail)} earlier bytes dropped ---\n"
     with _trimming:
         os.truncate(path, 0)
@@ -79,7 +87,7 @@ def tail_text(path: Path, max_bytes: int = 4096, after: str | None = None) -> st
     except OSError:
         return ""
     if after and after in data:
-        data = data[data.rindex(after):].partition("\n")[2]
+        data = data[data.rindex(after) :].partition("\n")[2]
     return data.strip()
 
 

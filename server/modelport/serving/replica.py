@@ -82,13 +82,26 @@ class Replica:
     when a process that was ready ends without ``stop()``, ``on_late(replica, late)`` when it
     becomes late (see lateness) and when it answers again."""
 
-    def __init__(self, *, rid: str, slot: int, build: int, argv: list[str], cwd: str,
-                 env: dict[str, str], logs_dir: Path, memory_mb: int | None, tuning: Tuning,
-                 on_exit: Callable[[Replica, str, bool], None], max_concurrency: int = 1,
-                 poller: Poller | None = None, boot_timeout_s: float = 300.0,
-                 tmp_dir: Path | None = None,
-                 prepare: Callable[[], Awaitable[list[str]]] | None = None,
-                 on_late: Callable[[Replica, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rid: str,
+        slot: int,
+        build: int,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        logs_dir: Path,
+        memory_mb: int | None,
+        tuning: Tuning,
+        on_exit: Callable[[Replica, str, bool], None],
+        max_concurrency: int = 1,
+        poller: Poller | None = None,
+        boot_timeout_s: float = 300.0,
+        tmp_dir: Path | None = None,
+        prepare: Callable[[], Awaitable[list[str]]] | None = None,
+        on_late: Callable[[Replica, bool], None] | None = None,
+    ) -> None:
         self.id, self.slot, self.build = rid, slot, build
         self.tmp_dir = tmp_dir  # private (the sandbox's): made empty at each start, then removed
         self.prepare = prepare  # before each start: check the project folder (lines for the log)
@@ -145,8 +158,15 @@ class Replica:
 
     # -- the hot path -----------------------------------------------------------------------------
 
-    async def call(self, body: bytes, content_type: str, accept: str, request_id: str,
-                   timeout: float, start_by: float = 0.0) -> Result | Failure:
+    async def call(
+        self,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        request_id: str,
+        timeout: float,
+        start_by: float = 0.0,
+    ) -> Result | Failure:
         """Send one Call; NotSent when it could not be written, ModelCrashed when the replica died
         with it, ModelTimeout past ``timeout`` seconds (the replica is then recycled)."""
         transport = self._transport
@@ -158,8 +178,11 @@ class Replica:
             self._loop.call_soon(self._flush)
         poller = self.poller
         alone = poller.sent(self._loop)
-        self._outbox.append(encode_frame(Call(cid, body, content_type, accept, request_id,
-                                              start_by, alone, self.turns)))
+        self._outbox.append(
+            encode_frame(
+                Call(cid, body, content_type, accept, request_id, start_by, alone, self.turns)
+            )
+        )
         self._unsent.add(cid)
         fut: asyncio.Future[Result | Failure] = self._loop.create_future()
         self._pending[cid] = fut
@@ -238,16 +261,25 @@ class Replica:
         if self.state != "ready" or self._stopping or self._kill_reason is not None:
             return
         verdict = self.punctuality.check(
-            now, owes=self.in_flight > 0 or self._ping_at > self._heard, heard=self._heard,
-            service_s=self.service_s, can_probe=not self.inline)
+            now,
+            owes=self.in_flight > 0 or self._ping_at > self._heard,
+            heard=self._heard,
+            service_s=self.service_s,
+            can_probe=not self.inline,
+        )
         if verdict == "probe":
             self._ping(now)
         elif verdict == "late" and not self.late:
             self.late, self.accepting = True, False
-            log.warning("replica %s (pid %s): late: silent for %.1fs with %d call(s) in flight "
-                        "(calls take %.3gs); not chosen until it answers", self.id, self.pid,
-                        now - max(self._heard, self.punctuality.owed_since or 0.0), self.in_flight,
-                        self.service_s)
+            log.warning(
+                "replica %s (pid %s): late: silent for %.1fs with %d call(s) in flight "
+                "(calls take %.3gs); not chosen until it answers",
+                self.id,
+                self.pid,
+                now - max(self._heard, self.punctuality.owed_since or 0.0),
+                self.in_flight,
+                self.service_s,
+            )
             if self.on_late is not None:
                 self.on_late(self, True)
 
@@ -288,8 +320,12 @@ class Replica:
             timeout = self._timeout
             fut = self._pending.pop(head, None)
             if fut is not None and not fut.done():
-                fut.set_exception(ModelTimeout(f"The function ran past timeout_s={timeout:g}s; "
-                                               f"replica {self.id} is recycled."))
+                fut.set_exception(
+                    ModelTimeout(
+                        f"The function ran past timeout_s={timeout:g}s; "
+                        f"replica {self.id} is recycled."
+                    )
+                )
             self.kill(f"a call ran past timeout_s={timeout:g}s", recycle=True)
             return
         following = 0.0
@@ -306,15 +342,21 @@ class Replica:
         answer it 429 too, without running it)."""
         fut = self._pending.pop(cid, None)
         if fut is not None and not fut.done():
-            fut.set_exception(ModelBusy(
-                "Every replica is busy and the request waited queue_timeout_s.",
-                headers={"Retry-After": "1"}))
+            fut.set_exception(
+                ModelBusy(
+                    "Every replica is busy and the request waited queue_timeout_s.",
+                    headers={"Retry-After": "1"},
+                )
+            )
 
     def _expire(self, cid: int, timeout: float) -> None:
         fut = self._pending.pop(cid, None)
         if fut is not None and not fut.done():
-            fut.set_exception(ModelTimeout(
-                f"The function ran past timeout_s={timeout:g}s; replica {self.id} is recycled."))
+            fut.set_exception(
+                ModelTimeout(
+                    f"The function ran past timeout_s={timeout:g}s; replica {self.id} is recycled."
+                )
+            )
             self.kill(f"a call ran past timeout_s={timeout:g}s", recycle=True)
 
     def _lost(self) -> None:
@@ -342,8 +384,9 @@ class Replica:
             elif self._refused is not None:
                 fut.set_exception(ModelFailed(self._refused))
             else:
-                fut.set_exception(ModelCrashed(
-                    f"Replica {self.id} died while handling the request: {reason}."))
+                fut.set_exception(
+                    ModelCrashed(f"Replica {self.id} died while handling the request: {reason}.")
+                )
         proc = self._proc
         if self._booted and not self._stopping and proc is not None and proc.returncode is None:
             # Usually the process is dying and about to be reaped; if it is not, it cannot serve.
@@ -354,8 +397,10 @@ class Replica:
         read; the calls it was running fail as the model's error (those queued behind the running
         one, inline, were never started: they go to another replica)."""
         cap = self.tuning.max_response_bytes
-        what = (f"it sent an answer of {size} bytes, over the response cap of "
-                f"{cap / MiB:g} MiB (MODELPORT_MAX_RESPONSE_MB)")
+        what = (
+            f"it sent an answer of {size} bytes, over the response cap of "
+            f"{cap / MiB:g} MiB (MODELPORT_MAX_RESPONSE_MB)"
+        )
         self._refused = f"The model's answer was refused: {what}; replica {self.id} is recycled."
         self.kill(f"killed: {what}", recycle=True)
 
@@ -397,8 +442,15 @@ class Replica:
         try:
             argv = [*self.argv, "--fd", str(theirs.fileno())]
             self._proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=self.cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=out_fd, stderr=err_fd, pass_fds=(theirs.fileno(),), start_new_session=True)
+                *argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=err_fd,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
         except BaseException:
             ours.close()
             raise
@@ -432,7 +484,8 @@ class Replica:
             code = self._proc.returncode
             assert code is not None  # _exited is done: the process was waited for
             reason = f"{procs.describe_exit(code)} before it was ready" + (
-                f":\n{tail}" if tail else "")
+                f":\n{tail}" if tail else ""
+            )
         else:
             reason = f"not ready within boot_timeout_s={self.boot_timeout_s:g}s"
         if type(first) is Boot:  # it exits by itself (code 3) once its stderr is flushed
@@ -487,8 +540,10 @@ class Replica:
             if self.memory_kb and pid:
                 rss = procs.tree_rss_kb(pid)
                 if rss > self.memory_kb:
-                    self.kill(f"killed: resident memory {rss // 1024} MiB is over memory_mb="
-                              f"{self.memory_kb // 1024}")
+                    self.kill(
+                        f"killed: resident memory {rss // 1024} MiB is over memory_mb="
+                        f"{self.memory_kb // 1024}"
+                    )
                     return
             if now >= next_ping:
                 next_ping = now + t.ping_interval_s
@@ -543,6 +598,15 @@ class Replica:
         return time.monotonic() - self._started if self._started else 0.0
 
     def info(self) -> ReplicaInfo:
-        return ReplicaInfo(self.id, self.build, self.state, self.pid, self.in_flight, self.served,
-                           self.failed, self.restarts, self.started_at, self.late)
-
+        return ReplicaInfo(
+            self.id,
+            self.build,
+            self.state,
+            self.pid,
+            self.in_flight,
+            self.served,
+            self.failed,
+            self.restarts,
+            self.started_at,
+            self.late,
+        )

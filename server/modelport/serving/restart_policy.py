@@ -67,7 +67,8 @@ class RestartPolicy:
             crashes.popleft()
         if len(crashes) >= self.max_crashes:
             return Decision(
-                False, 0.0,
+                False,
+                0.0,
                 f"flapping: {len(crashes)} crashes within {self.window_s:g}s (last: {reason})",
                 give_up_group=True,
             )

@@ -20,9 +20,16 @@ class Supervisor:
     read by the gateway's Routes). A group's replicas never outlive the server: the worker dies
     with its parent (PDEATHSIG) and on its socket's EOF."""
 
-    def __init__(self, *, runtime_dir: Path, logs_dir: Path, tuning: Tuning | None = None,
-                 on_change: OnChange | None = None, sandbox: Sandbox | None = None,
-                 prepare: Prepare | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        runtime_dir: Path,
+        logs_dir: Path,
+        tuning: Tuning | None = None,
+        on_change: OnChange | None = None,
+        sandbox: Sandbox | None = None,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.runtime_dir, self.logs_dir, self.sandbox = runtime_dir, logs_dir, sandbox
         self.prepare = prepare  # before each replica start (the project folder's check)
         self.tuning = tuning or Tuning()
@@ -38,14 +45,22 @@ class Supervisor:
         group = self.active.get(model)
         return [r.info() for r in group.replicas] if group else []
 
-    async def start_group(self, spec: GroupSpec, *, route_while_starting: bool = False
-                          ) -> ReplicaGroup:
+    async def start_group(
+        self, spec: GroupSpec, *, route_while_starting: bool = False
+    ) -> ReplicaGroup:
         """A started group (not routed yet); GroupFailed with the boot error otherwise. With
         ``route_while_starting`` and nothing serving the model, the model is routed to the group
         while it starts, so that predictions get 503 model.unavailable rather than 404."""
-        group = ReplicaGroup(spec, runtime_dir=self.runtime_dir, logs_dir=self.logs_dir,
-                             tuning=self.tuning, on_change=self.on_change, poller=self.poller,
-                             sandbox=self.sandbox, prepare=self.prepare)
+        group = ReplicaGroup(
+            spec,
+            runtime_dir=self.runtime_dir,
+            logs_dir=self.logs_dir,
+            tuning=self.tuning,
+            on_change=self.on_change,
+            poller=self.poller,
+            sandbox=self.sandbox,
+            prepare=self.prepare,
+        )
         self.groups.add(group)
         placeholder = route_while_starting and spec.model not in self.active
         if placeholder:
@@ -66,8 +81,13 @@ class Supervisor:
         self.active[group.spec.model] = group
         return old if old is not group else None
 
-    async def deploy(self, spec: GroupSpec, *, drain_timeout: float | None = None,
-                     on_switch: Callable[[], Awaitable[None]] | None = None) -> ReplicaGroup:
+    async def deploy(
+        self,
+        spec: GroupSpec,
+        *,
+        drain_timeout: float | None = None,
+        on_switch: Callable[[], Awaitable[None]] | None = None,
+    ) -> ReplicaGroup:
         """Zero downtime: start the new group, switch to it once ready, then drain the old one
         (this returns after the drain). On GroupFailed the old group keeps serving.
         ``on_switch`` runs when the new group is ready, just before the switch (nothing awaits
@@ -110,5 +130,6 @@ class Supervisor:
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Server shutdown: drain every group at once."""
-        await asyncio.gather(*(self.retire(g, drain_timeout) for g in list(self.groups)),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(self.retire(g, drain_timeout) for g in list(self.groups)), return_exceptions=True
+        )

@@ -42,8 +42,17 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = [
-    "ArchiveError", "ArchiveInvalid", "ArchiveLimits", "ArchiveTooLarge", "ArchiveUnsafe",
-    "Member", "PackResult", "collect_files", "iter_members", "pack", "resolve_links",
+    "ArchiveError",
+    "ArchiveInvalid",
+    "ArchiveLimits",
+    "ArchiveTooLarge",
+    "ArchiveUnsafe",
+    "Member",
+    "PackResult",
+    "collect_files",
+    "iter_members",
+    "pack",
+    "resolve_links",
 ]
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -191,8 +200,14 @@ class _TarInfo(tarfile.TarInfo):
 
 
 # OverflowError: tarfile's pax parser takes a record length past 2**63 as a position (atheris).
-_CORRUPT = (tarfile.TarError, zstandard.ZstdError, UnicodeError, EOFError, ValueError,
-            OverflowError)
+_CORRUPT = (
+    tarfile.TarError,
+    zstandard.ZstdError,
+    UnicodeError,
+    EOFError,
+    ValueError,
+    OverflowError,
+)
 
 
 class _MemberStream(io.RawIOBase):
@@ -240,7 +255,8 @@ class _Meter:
         if n > self.cap or (n > lim.ratio_floor and n > lim.max_ratio * self.raw):
             raise self._too_large(
                 f"archive expands too much ({_human(n)} from {_human(self.raw)}; limits "
-                f"{_human(lim.max_total_bytes)}, ratio {lim.max_ratio:g})")
+                f"{_human(lim.max_total_bytes)}, ratio {lim.max_ratio:g})"
+            )
 
     def on_both(self, n: int) -> None:
         self.on_raw(n)
@@ -285,8 +301,14 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, io.Raw
     lim = meter.lim
     try:
         # tarfile only reads a "r|" stream; its stub asks for a whole file object
-        tar = tarfile.open(fileobj=expanded, mode="r|", tarinfo=_TarInfo,  # type: ignore[call-overload]
-                           bufsize=_BUFSIZE, encoding="utf-8", errors="surrogateescape")
+        tar = tarfile.open(
+            fileobj=expanded,
+            mode="r|",
+            tarinfo=_TarInfo,  # type: ignore[call-overload]
+            bufsize=_BUFSIZE,
+            encoding="utf-8",
+            errors="surrogateescape",
+        )
     except _CORRUPT as exc:
         raise ArchiveInvalid(f"not a valid tar archive ({exc})") from None
     seen: dict[str, Member | None] = {}  # path -> member; None for folders
@@ -318,13 +340,17 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, io.Raw
             if ti.size < 0:
                 raise _fail(ArchiveInvalid, name, "negative size")
             if ti.size > lim.max_total_bytes - total:
-                raise _fail(ArchiveTooLarge, name, f"its {_human(ti.size)} take the archive "
-                            f"past {_human(lim.max_total_bytes)} expanded")
+                raise _fail(
+                    ArchiveTooLarge,
+                    name,
+                    f"its {_human(ti.size)} take the archive "
+                    f"past {_human(lim.max_total_bytes)} expanded",
+                )
             total += ti.size
         data = ti.size + 511 if ti.isreg() else 0
         meter.stop_at = expanded.count + data + lim.max_header_bytes + _SLACK
         if ti.isdir():
-            if (folder_of := seen.get(path, None)) is not None:
+            if (folder_of := seen.get(path)) is not None:
                 kind = folder_of.kind
                 raise _fail(ArchiveUnsafe, name, f"{path!r} is both a {kind} and a folder")
             _go_through(parts, len(parts), seen, through, name)
@@ -337,8 +363,11 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, io.Raw
             dup = "duplicate member name" if seen[path] else "both a file and a folder:"
             raise _fail(ArchiveUnsafe, name, f"{dup} {path!r}")
         if path in through:
-            raise _fail(ArchiveUnsafe, name, f"{path!r} is a {kind} but member "
-                        f"{_shown(through[path])} uses it as a folder")
+            raise _fail(
+                ArchiveUnsafe,
+                name,
+                f"{path!r} is a {kind} but member {_shown(through[path])} uses it as a folder",
+            )
         _go_through(parts, len(parts) - 1, seen, through, name)
         mode = 0o755 if ti.mode & 0o100 else 0o644
         if kind == "file":
@@ -365,8 +394,11 @@ def _kind(ti: tarfile.TarInfo, name: str) -> Literal["file", "symlink", "hardlin
         return "symlink"
     if ti.islnk():
         return "hardlink"
-    what = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
-            tarfile.FIFOTYPE: "a FIFO"}.get(ti.type, f"of unsupported type {ti.type!r}")
+    what = {
+        tarfile.CHRTYPE: "a character device",
+        tarfile.BLKTYPE: "a block device",
+        tarfile.FIFOTYPE: "a FIFO",
+    }.get(ti.type, f"of unsupported type {ti.type!r}")
     raise _fail(ArchiveUnsafe, name, f"is {what}")
 
 
@@ -382,8 +414,13 @@ def _go_through(
 
 
 def _link_target(
-    ti: tarfile.TarInfo, parts: list[str], kind: str, lim: ArchiveLimits,
-    seen: dict[str, Member | None], through: dict[str, str], name: str,
+    ti: tarfile.TarInfo,
+    parts: list[str],
+    kind: str,
+    lim: ArchiveLimits,
+    seen: dict[str, Member | None],
+    through: dict[str, str],
+    name: str,
 ) -> str:
     try:
         target = _parts(ti.linkname, lim, what=f"{kind} target {_shown(ti.linkname)}")
@@ -440,13 +477,17 @@ def resolve_links(
         nonlocal count, total
         count, total = count + 1, total + files[real].size
         if count > lim.max_members or total > lim.max_total_bytes:
-            raise _fail(ArchiveTooLarge, link, f"its copies take the archive past "
-                        f"{lim.max_members} files or {_human(lim.max_total_bytes)}")
+            raise _fail(
+                ArchiveTooLarge,
+                link,
+                f"its copies take the archive past "
+                f"{lim.max_members} files or {_human(lim.max_total_bytes)}",
+            )
         found[path] = real
 
     def below(sorted_paths: list[str], prefix: str) -> list[str]:  # "0" follows "/"
         lo = bisect.bisect_left(sorted_paths, prefix)
-        return sorted_paths[lo:bisect.bisect_left(sorted_paths, prefix[:-1] + "0", lo)]
+        return sorted_paths[lo : bisect.bisect_left(sorted_paths, prefix[:-1] + "0", lo)]
 
     for link in targets:
         target = final(link)
@@ -458,10 +499,10 @@ def resolve_links(
             raise _fail(ArchiveUnsafe, link, f"points to {_shown(target)}, a folder holding it")
         inside, inner_links = below(names, prefix), below(link_names, prefix)
         for path in inside:
-            copy(f"{link}/{path[len(prefix):]}", path, link)
+            copy(f"{link}/{path[len(prefix) :]}", path, link)
         for inner in inner_links:
             if (real := final(inner)) in files:
-                copy(f"{link}/{inner[len(prefix):]}", real, link)
+                copy(f"{link}/{inner[len(prefix) :]}", real, link)
         if not inside and not inner_links:
             warnings.append(f"link {_shown(link)} points to {_shown(target)}, not in the archive")
     return found, warnings

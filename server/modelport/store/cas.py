@@ -15,13 +15,34 @@ from typing import BinaryIO
 from modelport.store import maintenance as _gc
 from modelport.store.maintenance import GcResult, Lease, Problem, StoreStats
 from modelport.store.objects import (
-    CHUNK, LEVEL, WRITEBACK, CorruptObject, ObjectMissing, ObjectReader, PutResult, StoreError,
-    Writer, fsync_dir, parse_digest, read_header, start_writeback,
+    CHUNK,
+    LEVEL,
+    WRITEBACK,
+    CorruptObject,
+    ObjectMissing,
+    ObjectReader,
+    PutResult,
+    StoreError,
+    Writer,
+    fsync_dir,
+    parse_digest,
+    read_header,
+    start_writeback,
 )
 
 __all__ = [
-    "ContentStore", "Writer", "ObjectReader", "PutResult", "Problem", "GcResult", "StoreStats",
-    "Lease", "StoreError", "ObjectMissing", "CorruptObject", "parse_digest",
+    "ContentStore",
+    "CorruptObject",
+    "GcResult",
+    "Lease",
+    "ObjectMissing",
+    "ObjectReader",
+    "Problem",
+    "PutResult",
+    "StoreError",
+    "StoreStats",
+    "Writer",
+    "parse_digest",
 ]
 
 
@@ -31,8 +52,14 @@ class ContentStore:
     Thread-safe: any number of concurrent puts, reads and one gc/verify at a time.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, level: int = LEVEL, threads: int | None = None,
-                 tmp_grace_s: float = _gc.TMP_GRACE_S) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        level: int = LEVEL,
+        threads: int | None = None,
+        tmp_grace_s: float = _gc.TMP_GRACE_S,
+    ) -> None:
         self.root = Path(root)
         self.objects, self.tmp = self.root / "objects", self.root / "tmp"
         self.quarantine = self.root / "quarantine"

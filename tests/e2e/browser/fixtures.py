@@ -40,9 +40,9 @@ print("adder v2 loading with tinypkg", tinypkg.VERSION, flush=True)
 def predict(a: float, b: float = 0.0, c: int = 0) -> float:
     return a + b + c
 '''
-ECHO = '''def predict(args):
+ECHO = """def predict(args):
     return {"echo": args, "keys": sorted(args)}
-'''
+"""
 
 
 @dataclass
@@ -114,18 +114,36 @@ def site_fixture(tmp_path_factory, wheel_links):
     site = Site(srv, projects)
     try:
         with srv.client() as c:
-            for name, about in (("adder", "Adds numbers: the smallest typed model."),
-                                ("echo", "Echoes the request (Cloudera style)")):
+            for name, about in (
+                ("adder", "Adds numbers: the smallest typed model."),
+                ("echo", "Echoes the request (Cloudera style)"),
+            ):
                 created = c.post("/api/v1/models", json={"name": name, "description": about})
                 assert created.status_code == 201, created.text
                 site.keys[name] = created.json()["access_key"]
-            one = _build(c, projects, "adder", {"predict.py": ADDER_V1},
-                         example_input={"a": 1, "b": 2}, message="first version")
-            echo = _build(c, projects, "echo", {"predict.py": ECHO},
-                          example_input={"text": "hello"})
-            _build(c, projects, "adder", {"predict.py": ADDER_V2, "notes.txt": "v2 adds c\n",
-                                          "requirements.txt": "tinypkg==1.0\n"},
-                   example_input={"a": 1, "b": 2, "c": 3}, message="adds c")
+            one = _build(
+                c,
+                projects,
+                "adder",
+                {"predict.py": ADDER_V1},
+                example_input={"a": 1, "b": 2},
+                message="first version",
+            )
+            echo = _build(
+                c, projects, "echo", {"predict.py": ECHO}, example_input={"text": "hello"}
+            )
+            _build(
+                c,
+                projects,
+                "adder",
+                {
+                    "predict.py": ADDER_V2,
+                    "notes.txt": "v2 adds c\n",
+                    "requirements.txt": "tinypkg==1.0\n",
+                },
+                example_input={"a": 1, "b": 2, "c": 3},
+                message="adds c",
+            )
             _deploy(c, "adder", one, timeout_s=12, env={"GREETING": "hi"})
             _deploy(c, "echo", echo)
         yield site
