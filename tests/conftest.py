@@ -43,7 +43,7 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 — the server process keeps it
         self.proc = subprocess.Popen(
             [
                 *MODELPORT,

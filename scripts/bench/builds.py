@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Build figures against a real server: a code-only change with the environment cached, bytes a
-one-file change adds, export and import of a build with 500 MB of weights, a cold scikit-learn build.
+one-file change adds, export and import of a build with 500 MB of weights, a cold sklearn build.
 
     scripts/bench/builds.py [--weights-mb 500] [--skip-sklearn]
 
@@ -54,7 +54,7 @@ def main() -> None:
                 project = tmp / "proj"
                 project.mkdir()
                 (project / "predict.py").write_text(CODE.format(b=1.0))
-                first, cold = timed_build(c, project, "add")
+                _, cold = timed_build(c, project, "add")
                 (project / "predict.py").write_text(CODE.format(b=2.0))
                 second, warm = timed_build(c, project, "add")
                 print(f"first build (tiny env, cold caches): {cold:.2f} s")
@@ -88,7 +88,8 @@ def main() -> None:
                 assert imported["digest"] == big["digest"]
                 print(
                     f"export: {ex_s:.2f} s ({size / ex_s:.0f} MB/s); import into another server:"
-                    f" {im_s:.2f} s ({size / im_s:.0f} MB/s); file {export.stat().st_size / 1e6:.0f} MB"
+                    f" {im_s:.2f} s ({size / im_s:.0f} MB/s);"
+                    f" file {export.stat().st_size / 1e6:.0f} MB"
                 )
                 if not args.skip_sklearn:
                     sk, sk_s = timed_build(c, ROOT / "examples" / "iris", "iris")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load against `POST /models/{name}/predict` next to a bare baseline measured in the same run.
 
-    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris,radder] [--sandbox-off-too]
+    scripts/bench/serving.py [--duration 5] [--rounds 3] [--models adder,iris,radder]
+                             [--sandbox-off-too]
 
 wrk (Debian's package; installed when missing) with one thread, since the machine has 2 cores.
 Every run is bounded in time and stops by itself; servers bind to 127.0.0.1 and are stopped by pid.

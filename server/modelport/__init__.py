@@ -5,7 +5,7 @@ __all__ = ["Client", "__version__", "track_metric"]
 
 
 def __getattr__(name: str):
-    # Lazy on purpose: inside a replica only `modelport.runtime` (standard library + msgspec) exists,
+    # Lazy on purpose: inside a replica only `modelport.runtime` (stdlib + msgspec) exists,
     # so `from modelport import track_metric` must not import the server.
     if name == "track_metric":
         from modelport.runtime.context import track_metric

@@ -1,4 +1,4 @@
-"""create_app(settings): the services in order, the routes, and the gateway in front for predictions."""
+"""create_app(settings): the services in order, the routes, and the gateway before predictions."""
 
 from __future__ import annotations
 

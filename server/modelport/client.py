@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -219,10 +220,8 @@ class Client:
             # A refused upload (a bad entrypoint, a folder that cannot be packed, Ctrl-C) must not
             # leave behind a model made for it, whose access key nobody has seen.
             if created is not None:
-                try:
+                with contextlib.suppress(ApiError, httpx.HTTPError):
                     self.delete_model(name)
-                except (ApiError, httpx.HTTPError):
-                    pass
             raise
         return Upload(build, packed, created)
 

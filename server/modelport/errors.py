@@ -31,14 +31,12 @@ class ModelportError(Exception):
 
     status = 500
     code = "internal"
-    headers: dict[str, str] = {}
 
     def __init__(self, message: str = "", *, field: str | None = None, headers: dict | None = None):
         super().__init__(message or self.__doc__ or self.code)
         self.message = message or (self.__doc__ or self.code).strip()
         self.field = field
-        if headers:
-            self.headers = headers
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class RequestMalformed(ModelportError):

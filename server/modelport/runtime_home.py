@@ -1,4 +1,4 @@
-"""Our replica runtime, copied out of the server's package to a folder a model's environment imports.
+"""Our replica runtime, copied out of the server's package to a folder a model's env imports.
 
 Only `modelport/__init__.py` and `modelport/runtime/` go there (standard library + msgspec), so a
 model's interpreter can run `python -m modelport.runtime.worker` and `from modelport import

@@ -1,4 +1,4 @@
-"""Temp files and folders under the data dir: held (flock) while in use, swept once their writer is gone.
+"""Temp files and folders under the data dir: held (flock) in use, swept once their writer is gone.
 
 An upload streams to `uploads/`, a build works in `.build-*` and `.wheels-*`, stages its project
 in `projects/.tmp-*` and its environment in `envs/.tmp-*`; a SIGKILLed server leaves them all

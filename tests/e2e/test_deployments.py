@@ -1,4 +1,4 @@
-"""Deployments through a real server and real replicas: deploy, predict, auth, rollback, scale, stop."""
+"""Deployments through a real server and real replicas: deploy, predict, auth, rollback, scale."""
 
 from __future__ import annotations
 
@@ -321,7 +321,7 @@ def test_bad_deployments(d):
     r = d.c.post("/api/v1/models/m/deployments", json={"build": failed})
     assert r.status_code == 409 and r.json()["error"]["code"] == "build.not_ready"
     assert d.c.post("/api/v1/models/m/deployments", json={"build": 99}).status_code == 404
-    for body, field in [
+    for body, _field in [
         ({"build": 1, "replicas": 0}, "replicas"),
         ({"build": "x"}, "build"),
         ({"build": 1, "env": {"1BAD": "x"}}, "env"),

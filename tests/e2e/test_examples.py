@@ -1,4 +1,4 @@
-"""The examples deploy and answer: Cloudera style, typed with track_metric, conflicting pins side by side."""
+"""The examples deploy and answer: Cloudera style, typed with track_metric, clashing pins."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Export a build from one server, import it into another with no package index; restarts mid-build."""
+"""Export a build from one server, import it into another with no index; restarts mid-build."""
 
 from __future__ import annotations
 
@@ -183,9 +183,12 @@ def test_cli_build_builds_export_import(offline_server, make_server, tmp_path):
         },
     )
     env = {**srv.env, "MODELPORT_URL": srv.url}
-    run = lambda *args: subprocess.run(
-        [*MODELPORT, *args], capture_output=True, text=True, env=env, timeout=300
-    )
+
+    def run(*args):
+        return subprocess.run(
+            [*MODELPORT, *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
     built = run(
         "build",
         str(folder),

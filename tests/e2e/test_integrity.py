@@ -95,7 +95,7 @@ def test_data_dir_modes_are_fixed_at_start_whatever_they_were(offline_server, tm
     d.model("env")
     d.deploy("env", d.build("env", {"predict.py": ECHO_ENV}), env={"A": "1"})
     srv.stop()
-    for dirpath, dirnames, filenames in os.walk(srv.data_dir):  # as a careless copy leaves it
+    for dirpath, _dirnames, filenames in os.walk(srv.data_dir):  # as a careless copy leaves it
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = Path(dirpath, name)

@@ -1,4 +1,4 @@
-"""The README's quickstart, run line by line as a newcomer would (against a real server, real PyPI)."""
+"""The README's quickstart, run line by line as a newcomer would (a real server, real PyPI)."""
 
 from __future__ import annotations
 

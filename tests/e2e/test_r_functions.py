@@ -27,7 +27,8 @@ add <- function(a, b = 2, tags = c("x")) {
 #* @param n:int
 summarise <- function(x, label = "s", n = 1L) {
   list(label = label, mean = mean(x), count = length(x), third = 1 / 3, p = 0.123456789,
-       rows = data.frame(a = 1:2, b = c("x", "é")), raw = structure('{"k": [1, 2]}', class = "json"),
+       rows = data.frame(a = 1:2, b = c("x", "é")),
+       raw = structure('{"k": [1, 2]}', class = "json"),
        flag = TRUE, none = NULL, n = n)
 }
 
@@ -331,7 +332,9 @@ def dr(offline_server, tmp_path, r_repo):
 
 USES_PACKAGES_R = """
 #' @param x numeric
-predict <- function(x) list(twice = tinyr2::twice(x), jsonlite = as.character(packageVersion("jsonlite")))
+predict <- function(x) {
+  list(twice = tinyr2::twice(x), jsonlite = as.character(packageVersion("jsonlite")))
+}
 """
 
 

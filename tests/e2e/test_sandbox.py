@@ -1,5 +1,5 @@
 """Hostile models and builds against the sandbox: each attack docs/security.md names is refused
-by the kernel, the model keeps serving, and nothing of the server's leaks into its answers or logs."""
+by the kernel, the model keeps serving, and no server secret leaks into its answers or logs."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def test_same_lock_shares_one_env_created_once(tmp_path: Path, links: Path) -> N
     for t in threads:
         t.join()
     again = deps.materialize(lock, wheels, env_root, log=log)
-    assert len(set(results + [again])) == 1
+    assert len({*results, again}) == 1
     assert again == env_root / lock.digest.removeprefix("sha256:") / "bin" / "python"
     assert deps.env_python(env_root, lock.digest) == again
     assert log.count("Creating environment") == 1 and log.count("Reusing environment") == 3

@@ -78,13 +78,13 @@ def test_the_monitor_holds_what_a_full_disk_refuses_and_writes_it_with_room(smal
         clock.t += 10
         await monitor.flush()  # refused: held
         assert len(monitor.backlog) > 0 and await metric_points.count(db) == {}
-        used, cells = await monitor.series(1, "m", T0, clock.t, 60)  # reads see what is held
+        _, cells = await monitor.series(1, "m", T0, clock.t, 60)  # reads see what is held
         assert sum(b.requests for _, _, b in cells) == 60
         assert len(await monitor.captures(1, 1, after_id=None, limit=100)) == 0  # not written
         filler.unlink()
         await monitor.flush()
         assert len(monitor.backlog) == 0
-        used, cells = await monitor.series(1, "m", T0, clock.t, 60)
+        _, cells = await monitor.series(1, "m", T0, clock.t, 60)
         assert sum(b.requests for _, _, b in cells) == 60
         assert sum((await metric_points.count(db)).values()) >= 6
         assert len(await monitor.captures(1, 1, after_id=None, limit=100)) == 60

@@ -46,7 +46,7 @@ def test_every_route_checks_its_token(app_client, tokens):
     checked = {"public": 0, "guarded": 0}
     for method, path, perm in walked:
 
-        def call(token):
+        def call(token, method=method, path=path):
             headers = {"Authorization": f"Bearer {token}"} if token else {"Authorization": ""}
             return app_client.request(
                 method,

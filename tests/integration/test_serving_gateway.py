@@ -217,7 +217,9 @@ def test_errors(client):
 
 
 def test_auth(client):
-    post = lambda headers: client.post("/models/add/predict", json={"a": 1}, headers=headers)
+    def post(headers):
+        return client.post("/models/add/predict", json={"a": 1}, headers=headers)
+
     assert err(post({})) == (401, "auth.missing", None)
     assert err(post(bearer("mp_key_unknown"))) == (401, "auth.invalid", None)
     assert err(post({"Authorization": "Basic abc"})) == (401, "auth.invalid", None)

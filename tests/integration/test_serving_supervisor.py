@@ -399,7 +399,7 @@ def test_a_call_that_never_reached_a_dead_replica_is_retried(env):
 BIG_ANSWERS = (
     "import os, struct, sys, time\n"
     "def predict(args):\n"
-    "    if args.get('frame'):  # writes on its pipe itself: a length far over the cap, then bytes\n"
+    "    if args.get('frame'):  # writes on its pipe itself: a length over the cap, then bytes\n"
     "        fd = int(sys.argv[sys.argv.index('--fd') + 1])\n"
     "        os.write(fd, struct.pack('>I', 200 << 20))\n"
     "        try:\n"

@@ -175,7 +175,7 @@ def test_ready_then_json_and_msgpack_calls(model_dir, sock_dir):
         assert msgspec.msgpack.decode(res.body) == 7.0
         res = await w.call({"a": 1}, content_type="msgpack", accept="json")
         assert res.body == b"2.0"
-        rc, out, err = await w.close()
+        rc, out, _ = await w.close()
         assert rc == 0
         assert "loading weights" in out and "adding 2.0 and 5.0" in out
 

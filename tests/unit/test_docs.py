@@ -26,7 +26,7 @@ def sections(text: str) -> dict[str, str]:
     """docs/cli.md by `### \\`modelport verb …\\`` heading: the verb → its section's text."""
     found = {}
     parts = re.split(r"^### `(modelport [a-z -]+?)(?: [A-Z].*)?`$", text, flags=re.M)
-    for heading, body in zip(parts[1::2], parts[2::2]):
+    for heading, body in zip(parts[1::2], parts[2::2], strict=True):
         found[heading.strip()] = body
     return found
 

@@ -1,4 +1,4 @@
-"""R functions without R: the schema made from worker.R's description, and the R lock's pure parts."""
+"""R functions without R: the schema made of worker.R's description, the R lock's pure parts."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_the_machines_packages_are_used_as_they_are():
         ("jsonlite", "1.8.4", True),
     ]
     assert order == []
-    with pytest.raises(rdeps.RDependencyError, match="'Matrix' version 9.9"):
+    with pytest.raises(rdeps.RDependencyError, match=r"'Matrix' version 9\.9"):
         rdeps.resolve([("Matrix", "9.9")], info, [], lambda line: None)
     a = rdeps.r_lock_digest("4.2.2", packages)
     assert a == rdeps.r_lock_digest("4.2.2", list(reversed(packages)))

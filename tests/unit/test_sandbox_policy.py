@@ -1,4 +1,4 @@
-"""The sandbox's policies and filter, as data: what each confined program may read, write and reach."""
+"""The sandbox's policies and filter, as data: what each confined program may read, write, reach."""
 
 from __future__ import annotations
 

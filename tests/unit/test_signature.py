@@ -519,7 +519,7 @@ def test_inspect_success_keeps_stdout_clean(tmp_path):
 )
 def test_inspect_failure_stages(tmp_path, source, entry, example, stage, error):
     (tmp_path / "model.py").write_text(source)
-    rc, out, err = run_inspect(tmp_path, entry, example)
+    rc, out, _ = run_inspect(tmp_path, entry, example)
     assert rc == 1
     assert out["ok"] is False and out["stage"] == stage
     assert out["error"].startswith(error), out

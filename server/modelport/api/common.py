@@ -69,7 +69,7 @@ def who(request: Request) -> Identity:
     return identity_of(request)
 
 
-# --- JSON booleans are booleans --------------------------------------------------------------------
+# --- JSON booleans are booleans -------------------------------------------------------------
 # Litestar converts a body into its Struct leniently (it must, for query strings), so `0`, `1` and
 # "false" would pass as booleans. For the bodies that hold a boolean, this guard decodes the
 # (cached) body strictly first; other bodies cost nothing.

@@ -47,9 +47,8 @@ COMPONENTS = Components(
         BEARER: SecurityScheme(
             type="http",
             scheme="bearer",
-            description="A token's secret (`mp_…`) from `modelport "
-            "token create` or the data dir's admin.token; for a model's own routes also its access key "
-            "(`mp_key_…`).",
+            description="A token's secret (`mp_…`) from `modelport token create` or the data "
+            "dir's admin.token; for a model's own routes also its access key (`mp_key_…`).",
         )
     }
 )
@@ -164,7 +163,7 @@ def _text(description: str, **extra) -> Schema:
 
 
 # The multipart routes read their body as a stream (a 5 GB archive never sits in memory), so
-# Litestar sees no body parameter to describe: their fields are written here, as docs/api.md has them.
+# Litestar sees no body parameter to describe: their fields are written here, as docs/api.md says.
 UPLOADS: dict[tuple[str, str], tuple[list[str], dict[str, Schema | Reference]]] = {
     ("/api/v1/models/{name}/builds", "post"): (
         ["archive", "entrypoint"],

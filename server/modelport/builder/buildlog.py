@@ -1,4 +1,4 @@
-"""A build's log: lines with a time, appended to a file as the build goes, readable while it grows."""
+"""A build's log: timed lines, appended to a file as the build goes, readable while it grows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class BuildLog:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = open(path, "a", buffering=1, encoding="utf-8")
+        # held open for the build's life, closed by close()
+        self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     def __call__(self, line: str) -> None:
         """Append a line; one the disk refuses (full) is dropped: the build's state is in the
@@ -32,18 +33,25 @@ class BuildLog:
             self._file.close()
 
 
+def _read_from(path: Path, offset: int) -> bytes:
+    """What the log holds past `offset`; nothing while the file is not there yet."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
 async def follow(path: Path, finished, poll_s: float = 0.2) -> AsyncIterator[bytes]:
     """Yield the log's bytes as they are written until `finished()` says the build is over."""
     offset = 0
     while True:
         done = await finished()
-        if path.exists():
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            if chunk:
-                offset += len(chunk)
-                yield chunk
+        chunk = await asyncio.to_thread(_read_from, path, offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
         if done:
             return
         await asyncio.sleep(poll_s)

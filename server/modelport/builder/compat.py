@@ -130,27 +130,34 @@ class _Walk:
             return False
         if not _bounds_looser(old, new):
             return False
-        if "array" in old_types:
-            if not self._items(old, new, depth):
-                return False
+        if "array" in old_types and not self._items(old, new, depth):
+            return False
         if "object" in old_types:
             sub = _Walk(self.old_root, self.new_root)
             sub.fields("", old, new)
             if sub.breaking:
                 return False
             extra_old, extra_new = old.get("additionalProperties"), new.get("additionalProperties")
-            if isinstance(extra_old, dict) and "properties" not in old:
-                if extra_new is False or (
-                    isinstance(extra_new, dict)
-                    and not self.accepts(extra_new, extra_old, depth + 1)
-                ):
-                    return False
+            if (
+                isinstance(extra_old, dict)
+                and "properties" not in old
+                and (
+                    extra_new is False
+                    or (
+                        isinstance(extra_new, dict)
+                        and not self.accepts(extra_new, extra_old, depth + 1)
+                    )
+                )
+            ):
+                return False
         return True
 
     def _items(self, old: dict, new: dict, depth: int) -> bool:
         if "prefixItems" in old or "prefixItems" in new:
             a, b = old.get("prefixItems", []), new.get("prefixItems", [])
-            if len(a) != len(b) or not all(self.accepts(y, x, depth + 1) for x, y in zip(a, b)):
+            if len(a) != len(b) or not all(
+                self.accepts(y, x, depth + 1) for x, y in zip(a, b, strict=True)
+            ):
                 return False
         if "items" in new:
             if "items" not in old:

@@ -18,7 +18,7 @@ MANIFEST_NAME = "modelport-build.json"
 
 
 def referenced(manifest: Manifest) -> list[str]:
-    """Every object a build needs: its files, its wheels and R tarballs, each once, in a stable order."""
+    """Every object a build needs: files, wheels and R tarballs, each once, in a stable order."""
     seen: dict[str, None] = {}
     for entry in manifest.content.files:
         seen.setdefault(entry.digest)

@@ -1,4 +1,4 @@
-"""The R side of a build: the machine's R (its version is in the digest) and the lock's text for it."""
+"""The R side of a build: the machine's R (its version is in the digest) and its lock's text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run the runtime's signature reader inside a build's environment, never in the server's interpreter."""
+"""Run the runtime's signature reader in a build's environment, never in the server's process."""
 
 from __future__ import annotations
 

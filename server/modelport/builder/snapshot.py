@@ -1,4 +1,4 @@
-"""An uploaded archive, member by member, into the store: the build's snapshot of the project folder."""
+"""An uploaded archive, member by member, into the store: the build's snapshot of the project."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def ingest(store: ContentStore, fileobj: BinaryIO, limits: ArchiveLimits) -> Ing
 
 
 def _ignored(store: ContentStore, files: dict[str, FileEntry]) -> set[str]:
-    """The server applies the root .modelportignore too (the CLI already did, other clients may not)."""
+    """The server applies the root .modelportignore too (the CLI did; other clients may not)."""
     rules_entry = files.get(IGNORE_FILE)
     if rules_entry is None:
         return set()
@@ -62,7 +62,7 @@ def checkout_path(files_dir: Path, digest: str, mode: int) -> Path:
 
 
 def checkout(store: ContentStore, digest: str, mode: int, files_dir: Path) -> Path:
-    """One uncompressed, read-only copy of an object per mode, shared by every project that holds it."""
+    """One uncompressed, read-only copy of an object per mode, shared by the projects holding it."""
     target = checkout_path(files_dir, digest, mode)
     if not target.exists():
         files_dir.mkdir(parents=True, exist_ok=True)

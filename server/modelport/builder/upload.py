@@ -1,4 +1,4 @@
-"""A multipart upload read as it streams: the archive part to a temp file, small fields in memory."""
+"""A multipart upload read as it streams: the archive to a temp file, small fields in memory."""
 
 from __future__ import annotations
 

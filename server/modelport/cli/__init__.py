@@ -1,4 +1,4 @@
-"""The `modelport` command: one click group; `serve` runs the server, every other verb is a client."""
+"""The `modelport` command: one click group; `serve` runs the server, other verbs are clients."""
 
 from __future__ import annotations
 

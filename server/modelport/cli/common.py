@@ -1,4 +1,4 @@
-"""What the verbs share: connection options, --json, tables, and turning API errors into exit codes."""
+"""What the verbs share: connection options, --json, tables, API errors turned into exit codes."""
 
 from __future__ import annotations
 

@@ -71,7 +71,9 @@ def _rate(value: str | None) -> float | str | None:
     try:
         return float(value)
     except ValueError:
-        raise click.BadParameter(f"a number of requests a second, or 'none'; got {value!r}")
+        raise click.BadParameter(
+            f"a number of requests a second, or 'none'; got {value!r}"
+        ) from None
 
 
 @model.command("update")

@@ -1,4 +1,4 @@
-"""What a monitoring write refused by a full disk leaves: held in memory, bounded, written first next time."""
+"""A monitoring write refused by a full disk: held in memory, bounded, written first next time."""
 
 from __future__ import annotations
 

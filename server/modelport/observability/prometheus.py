@@ -71,7 +71,7 @@ class Snapshot:
             for code, n in sorted(st.codes.items()):
                 requests.add_metric([*labels, str(code)], n)
             running, cumulative = 0, []
-            for le, n in zip(_LE, st.buckets):
+            for le, n in zip(_LE, st.buckets, strict=True):
                 running += n
                 cumulative.append((le, running))
             latency.add_metric(labels, cumulative, st.seconds)
