@@ -294,3 +294,92 @@ def fill_disk(disk: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL we started (scripts/pg-server) on loopback, for the whole session."""
+
+    folder: Path
+    port: int
+    made: int = 0
+
+    def url(self, database: str = "modelport") -> str:
+        return f"postgresql://modelport@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        done = subprocess.run(
+            [
+                *PSQL,
+                "-h",
+                str(self.folder),
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql {sql!r}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def fresh_database(self) -> str:
+        """A new, empty database owned by modelport; its URL."""
+        self.made += 1
+        name = f"test_{os.getpid()}_{self.made}"
+        self.psql(f"CREATE DATABASE {name} OWNER modelport")
+        return self.url(name)
+
+    def start(self) -> None:
+        subprocess.run(
+            [str(ROOT / "scripts" / "pg-server"), "start", str(self.folder), str(self.port)],
+            check=True,
+            capture_output=True,
+        )
+
+    def stop(self) -> None:
+        subprocess.run([str(ROOT / "scripts" / "pg-server"), "stop", str(self.folder)], check=True)
+
+
+def _psql() -> list[str]:
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))
+    return [found[-1] if found else "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+
+
+PSQL = _psql()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL for the session, started on first use and stopped (by its pid) at the end.
+    Its folder is outside pytest's tmp (that is root's own, closed to the postgres user)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="modelport-pg-"))
+    pg = Postgres(folder=folder, port=free_port())
+    try:
+        pg.start()
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(
+            f"PostgreSQL did not start (scripts/install-test-deps installs it): {exc.stderr!r}"
+        ) from None
+    yield pg
+    pg.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.fresh_database()
