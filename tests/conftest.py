@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,9 +106,37 @@ def private_config_dir(tmp_path_factory) -> Iterator[Path]:
         os.environ["XDG_CONFIG_HOME"] = before
 
 
+#: Every wheel the tests' builds need — msgspec (the runtime's), flit_core (to build the tiny
+#: packages tests make), the examples' requirements — fetched by scripts/install-test-deps, so
+#: that no test reaches a package index.
+TEST_WHEELS = ROOT / ".cache" / "test-wheels"
+
+
+def test_wheels() -> Path:
+    if not any(TEST_WHEELS.glob("msgspec-*.whl")):
+        raise RuntimeError(f"{TEST_WHEELS} lacks the tests' wheels: run scripts/install-test-deps")
+    return TEST_WHEELS
+
+
+def base_wheels(dest: Path) -> Path:
+    """Copy msgspec's and flit_core's wheels (the installed msgspec's version) into `dest`."""
+    from importlib.metadata import version
+
+    wanted = [f"msgspec-{version('msgspec')}-*.whl", "flit_core-*.whl"]
+    for pattern in wanted:
+        found = sorted(test_wheels().glob(pattern))
+        if not found:
+            raise RuntimeError(f"no {pattern} in {TEST_WHEELS}: run scripts/install-test-deps")
+        shutil.copy2(found[-1], dest)
+    return dest
+
+
 def server_env(data_dir: Path) -> dict[str, str]:
+    """A server's environment: its own data dir, and builds resolved from TEST_WHEELS only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
     env["MODELPORT_HOME"] = str(data_dir)
+    env["MODELPORT_FIND_LINKS"] = str(test_wheels())
+    env["MODELPORT_NO_INDEX"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -158,28 +187,10 @@ def _tiny_package(root: Path, name: str, version: str, body: str = "") -> Path:
 
 @pytest.fixture(scope="session")
 def wheel_links(tmp_path_factory) -> Path:
-    """A local wheel folder: msgspec's wheel (fetched once from the configured index) and tiny
+    """A local wheel folder: msgspec's wheel and flit_core's (from TEST_WHEELS) and tiny
     packages made here (tinypkg 1.0 and 2.0), so build tests need no index at all."""
-    from importlib.metadata import version
 
-    links = tmp_path_factory.mktemp("links")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--only-binary",
-            ":all:",
-            "--no-deps",
-            "-d",
-            str(links),
-            f"msgspec=={version('msgspec')}",
-            "flit_core>=3.2,<5",
-        ],
-        check=True,
-    )
+    links = base_wheels(tmp_path_factory.mktemp("links"))
     import uv
 
     src = tmp_path_factory.mktemp("src")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import pytest
 from modelport.builder import deps
 from modelport.builder.wheelhouse import sha256_file
 
-from tests.conftest import _tiny_package
+from tests.conftest import _tiny_package, base_wheels
 
 OFFLINE_INDEX = "http://127.0.0.1:9/nonexistent"
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -41,26 +40,9 @@ def _project(root: Path, name: str, version: str) -> Path:
 
 @pytest.fixture(scope="session")
 def links(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A find-links folder: msgspec's wheel and flit_core's (fetched once per session from the
-    configured pip index), tinypkg 1.0 and 2.0 as wheels, sdonly 1.0 as an sdist only."""
-    links = tmp_path_factory.mktemp("links")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--only-binary",
-            ":all:",
-            "--no-deps",
-            "-d",
-            str(links),
-            f"msgspec=={installed_version('msgspec')}",
-            "flit_core>=3.2,<5",
-        ],
-        check=True,
-    )
+    """A find-links folder: msgspec's wheel and flit_core's (from the tests' wheel folder),
+    tinypkg 1.0 and 2.0 as wheels, sdonly 1.0 as an sdist only."""
+    links = base_wheels(tmp_path_factory.mktemp("links"))
     src = tmp_path_factory.mktemp("src")
     offline = ["--no-index", "--find-links", str(links), "--out-dir", str(links)]
     for name, ver, kind in [
