@@ -49,8 +49,8 @@ from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
 from modelport.store.archive import ArchiveLimits
-from modelport.store.cas import ContentStore
-from modelport.store.maintenance import clean_temp
+from modelport.store.cas import LocalStore
+from modelport.store.contract import ContentStore
 
 log = logging.getLogger("modelport")
 
@@ -75,7 +75,7 @@ def clean_leftovers(settings: Settings, store: ContentStore) -> None:
     """What a server killed mid-way left: partial uploads, build folders, store temps. Nothing
     else runs on the data dir yet (its lock is ours), so every temp is a dead writer's."""
     swept = sweep(settings.data_dir)
-    temps = swept.removed + clean_temp(store, 0)
+    temps = swept.removed + store.clean_temp(0)
     if temps:
         log.info(
             "removed %d temp files and folders (%.1f MB) left by a server that stopped mid-way",
@@ -163,7 +163,7 @@ class Services:
         await asyncio.to_thread(tighten, s.data_dir)  # the registry's -wal and -shm exist now
         await self.auth.load()
         await self.models.load()
-        self.store = await asyncio.to_thread(ContentStore, s.store_dir)
+        self.store = await asyncio.to_thread(LocalStore, s.store_dir)
         await asyncio.to_thread(clean_leftovers, s, self.store)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
         await asyncio.to_thread(self.sandbox.clear_tmp)

@@ -32,7 +32,7 @@ SCRATCH = (
     (".", ".wheels-*"),  # the stored wheels copied out for an environment's install
     ("projects", ".tmp-*"),  # a project folder being staged
     ("envs", ".tmp-*"),  # an environment being installed (held by envs/.<digest>.lock)
-    ("files", ".*.tmp"),  # a checked-out object being decompressed (store/cas.py copy_to)
+    ("files", ".*.tmp"),  # a checked-out object being decompressed (store/contract.py copy_to)
     ("wheels", ".incoming-*"),  # a wheel being downloaded into the cache
     ("wheels/.work", "sdist-*"),  # a wheel being built from its sdist
     ("runtime", ".tmp-*"),  # the runtime's code being copied out (at start only)

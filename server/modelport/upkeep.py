@@ -10,8 +10,7 @@ from modelport.builder.projects import Folder, Projects
 from modelport.builder.prune import live_hex, prune
 from modelport.registry.builds import InUse
 from modelport.scratch import sweep
-from modelport.store.cas import ContentStore
-from modelport.store.maintenance import Problem, clean_temp
+from modelport.store.contract import ContentStore, Problem
 
 __all__ = ["RUNNING_TEMP_GRACE_S", "GcDone", "Verified", "collect", "verify"]
 
@@ -73,7 +72,7 @@ def collect(
     caller's), so every temp, however young, is a dead writer's."""
     result = store.gc(in_use.objects, grace_s=grace_s)
     pruned = prune(data_dir, live_hex(in_use.projects), live_hex(in_use.envs), grace_s)
-    temps = result.temp_removed + (clean_temp(store, 0) if stopped else 0)
+    temps = result.temp_removed + (store.clean_temp(0) if stopped else 0)
     swept = sweep(data_dir, 0.0 if stopped else RUNNING_TEMP_GRACE_S)
     return GcDone(
         result.removed,

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from modelport.builder.integrity import LARGE
 from modelport.builder.projects import Projects
-from modelport.store.cas import ContentStore
+from modelport.store.cas import LocalStore
 from modelport.store.manifest import FileEntry
 
 IRIS = Path(__file__).resolve().parents[2] / "examples" / "iris"
 
 
 def _project(tmp_path: Path, sources: dict[str, bytes]) -> tuple[Projects, str, list[FileEntry]]:
-    store = ContentStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
     files = []
     for name, data in sorted(sources.items()):
         put = store.put_bytes(data)

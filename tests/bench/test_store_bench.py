@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from modelport.store.cas import ContentStore
+from modelport.store.cas import LocalStore
 
 from tests.bench.conftest import quick
 
@@ -25,7 +25,8 @@ POOL = 16 << 20  # bytes of true gaussian float32s, re-randomised per chunk
 
 CHILD = """
 import json, os, sys, time
-from modelport.store.cas import CHUNK, ContentStore
+from modelport.store.cas import LocalStore
+from modelport.store.objects import CHUNK
 
 def cpu():
     return time.process_time()
@@ -36,7 +37,7 @@ def rss(field):
             return int(line.split()[1]) / 1024
 
 op, root, arg = sys.argv[1:4]
-store = ContentStore(root)
+store = LocalStore(root)
 out = {"baseline_rss_mb": round(rss("VmRSS:"), 1)}
 if op == "ingest":
     t, c = time.perf_counter(), cpu()
@@ -132,7 +133,7 @@ def test_ingest(benchmark, bench_file, root, kind):
 
 @pytest.mark.parametrize("kind", ["random", "floats"])
 def test_read(benchmark, bench_file, root, kind):
-    digest = ContentStore(root).put_file(bench_file(kind)).digest
+    digest = LocalStore(root).put_file(bench_file(kind)).digest
     info = benchmark.pedantic(child, args=("read", root, digest), rounds=1, iterations=1)
     benchmark.extra_info.update(info)
     print(f"\n{kind} read: {info}")

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from modelport.store.cas import ContentStore, CorruptObject, ObjectMissing, PutResult
+from modelport.store.cas import LocalStore
+from modelport.store.contract import ContentStore
+from modelport.store.objects import CorruptObject, ObjectMissing, PutResult
 
 SMALL = b"def predict(args):\n    return {'ok': True}\n" * 10
 # Over 1 MiB, objects stream: a first MiB that does not compress is stored as raw zstd blocks,
@@ -63,8 +65,8 @@ def files_under(path: Path) -> list[Path]:
 
 
 @pytest.fixture
-def store(tmp_path) -> ContentStore:
-    return ContentStore(tmp_path / "store")
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
 
 
 @pytest.mark.parametrize("data", [SMALL, RAW, ZST, b""], ids=["small", "raw", "zstd", "empty"])
@@ -235,7 +237,7 @@ def test_stale_temp_cleaned_live_temp_kept(store):
     age(live._tmp, 3600)
     assert store.gc([], grace_s=0).temp_removed == 1
     assert not dead.exists() and live._tmp.exists()
-    ContentStore(store.root, tmp_grace_s=0)  # opening the store cleans too, never a live writer
+    LocalStore(store.root, tmp_grace_s=0)  # opening the store cleans too, never a live writer
     assert live.commit().digest == sha(b"still uploading")
 
 
@@ -262,7 +264,7 @@ def test_async_wrappers(store, tmp_path):
 KILLED_WRITER = textwrap.dedent(
     """
     import os, sys, time
-    from modelport.store.cas import ContentStore
+    from modelport.store.cas import LocalStore
 
     class SlowUpload:  # endless random bytes, slower once it has started
         n = 0
@@ -274,7 +276,7 @@ KILLED_WRITER = textwrap.dedent(
                 time.sleep(0.02)
             return os.urandom(size)
 
-    ContentStore(sys.argv[1]).put_stream(SlowUpload())
+    LocalStore(sys.argv[1]).put_stream(SlowUpload())
     """
 )
 
@@ -294,8 +296,16 @@ def test_kill_9_mid_write_leaves_no_object(store):
     assert files_under(store.objects) == []
     [partial] = files_under(store.tmp)
     assert partial.stat().st_size > 1 << 20  # megabytes in, not yet an object
-    reopened = ContentStore(store.root)  # young temp: kept, but invisible
+    reopened = LocalStore(store.root)  # young temp: kept, but invisible
     assert reopened.verify() == [] and reopened.stats().objects == 0
     assert reopened.put_bytes(SMALL).new_bytes > 0
-    ContentStore(store.root, tmp_grace_s=0)  # its writer is dead (lock gone): cleaned
+    LocalStore(store.root, tmp_grace_s=0)  # its writer is dead (lock gone): cleaned
     assert files_under(store.tmp) == []
+
+
+def test_digests_list_what_is_stored(store):
+    assert isinstance(store, ContentStore) and list(store.digests()) == []
+    put = sorted(store.put_bytes(data).digest[7:] for data in (SMALL, RAW, ZST))
+    assert list(store.digests()) == put
+    store.gc([], grace_s=0)
+    assert list(store.digests()) == []

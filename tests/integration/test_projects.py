@@ -11,7 +11,7 @@ import pytest
 from modelport.builder.integrity import LARGE, RACY_NS, Trust, check
 from modelport.builder.projects import Projects, RestoreFailed
 from modelport.builder.snapshot import checkout_path
-from modelport.store.cas import ContentStore
+from modelport.store.cas import LocalStore
 from modelport.store.manifest import FileEntry
 
 DIGEST = "sha256:" + "c" * 64
@@ -21,7 +21,7 @@ DATA = b"weights\n" * 1000
 
 @pytest.fixture
 def made(tmp_path):
-    store = ContentStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store")
     files = []
     for path, mode, data in (("predict.py", 0o644, CODE), ("pkg/data.bin", 0o755, DATA)):
         put = store.put_bytes(data)

@@ -29,7 +29,7 @@ from modelport.registry.records import Build, ImportedBuild, Page
 from modelport.scratch import scratch_file
 from modelport.settings import Settings
 from modelport.store import manifest as mf
-from modelport.store.cas import ContentStore
+from modelport.store.contract import ContentStore
 
 NO_LIMIT = {"request_max_body_size": None}
 

@@ -26,7 +26,7 @@ from modelport.sandboxing import Sandbox
 from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
-from modelport.store.cas import ContentStore
+from modelport.store.contract import ContentStore
 
 # The server's services, as a handler asks for them: by parameter name and type (`db: DbDep`).
 # `app.dependencies` provides each under that name; the types make the handler's use checkable.

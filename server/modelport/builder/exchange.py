@@ -11,7 +11,7 @@ import msgspec
 import zstandard
 
 from modelport.store.archive import ArchiveInvalid, ArchiveLimits, iter_members
-from modelport.store.cas import ContentStore
+from modelport.store.contract import ContentStore
 from modelport.store.manifest import Manifest, Snapshot, decode, encode
 
 MANIFEST_NAME = "modelport-build.json"

@@ -24,7 +24,7 @@ from modelport.sandboxing import Sandbox
 from modelport.scratch import scratch_dir
 from modelport.settings import Settings
 from modelport.store import manifest as mf
-from modelport.store.cas import ContentStore
+from modelport.store.contract import ContentStore
 
 log = logging.getLogger("modelport.builder")
 

@@ -27,7 +27,8 @@ from modelport.builder.integrity import Tampered, Trust, check, seal
 from modelport.builder.snapshot import checkout_path, materialize
 from modelport.scratch import scratch_dir
 from modelport.store import manifest as mf
-from modelport.store.cas import ContentStore, StoreError
+from modelport.store.contract import ContentStore
+from modelport.store.objects import StoreError
 
 __all__ = ["Folder", "Projects", "RestoreFailed", "Tampered"]
 

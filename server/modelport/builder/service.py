@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from modelport.builder.pipeline import Builder
     from modelport.models import Models
     from modelport.registry.db import Database
-    from modelport.store.cas import ContentStore
+    from modelport.store.contract import ContentStore
 
 # A Python function (an identifier) in a .py file, or an R one (dots allowed) in a .R file.
 ENTRY = re.compile(

@@ -9,7 +9,7 @@ from typing import BinaryIO
 import msgspec
 
 from modelport.store.archive import ArchiveLimits, Member, iter_members, resolve_links
-from modelport.store.cas import ContentStore
+from modelport.store.contract import ContentStore
 from modelport.store.ignore import IgnoreRules
 from modelport.store.manifest import FileEntry, Snapshot
 

@@ -30,7 +30,7 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
     from modelport import upkeep
     from modelport.builder.projects import Projects, describe
     from modelport.registry.builds import in_use_of_file
-    from modelport.store.cas import ContentStore as Store
+    from modelport.store.cas import LocalStore as Store
 
     settings = _settings(data_dir)
     store = Store(settings.store_dir)
@@ -85,7 +85,7 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     from modelport import upkeep
     from modelport.datadir import DataDirBusy, DataDirLock
     from modelport.registry.builds import in_use_of_file
-    from modelport.store.cas import ContentStore as Store
+    from modelport.store.cas import LocalStore as Store
 
     settings = _settings(data_dir)
     try:

@@ -1,4 +1,4 @@
-"""Store maintenance: verify, gc with grace and leases, stats, stale temp-file cleanup."""
+"""The local store's maintenance: verify, gc with grace and leases, stats, stale temp cleanup."""
 
 from __future__ import annotations
 
@@ -9,71 +9,27 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import msgspec
-
+from modelport.store.contract import GcResult, Problem, StoreStats
 from modelport.store.objects import CHUNK, CorruptObject, ObjectMissing, parse_digest
 
 if TYPE_CHECKING:
-    from modelport.store.cas import ContentStore
+    from modelport.store.cas import LocalStore
 
 TMP_GRACE_S = 600.0  # an unlocked temp file this old belongs to a dead writer
 
 
-class Problem(msgspec.Struct, frozen=True):
-    digest: str
-    path: str
-    reason: str
-    quarantined_to: str | None = None
-
-
-class GcResult(msgspec.Struct, frozen=True):
-    removed: int  # objects deleted
-    freed_bytes: int  # their size on disk
-    temp_removed: int = 0  # temp files of dead writers deleted
-
-
-class StoreStats(msgspec.Struct, frozen=True):
-    objects: int
-    bytes: int  # on disk (compressed)
-
-
-class Lease:
-    """Keeps digests out of gc's reach while held, in this process.
-
-    Every object put through the store while a lease is held joins it, whoever put it: a build
-    takes a lease, puts its files, records its manifest, then releases. Across processes, gc's
-    grace period is the protection.
-    """
-
-    def __init__(self, store: ContentStore, digests: set[str]) -> None:
-        self._store, self.digests = store, digests
-
-    def add(self, digest: str) -> None:
-        with self._store._lock:
-            self.digests.add(parse_digest(digest))
-
-    def release(self) -> None:
-        with self._store._lock:
-            self._store._leases.discard(self)
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def iter_objects(store: ContentStore) -> Iterator[tuple[str, Path]]:
-    for fan in sorted(store.objects.iterdir()):
+def iter_objects(objects: Path) -> Iterator[tuple[str, Path]]:
+    """(hex digest, file) of every object under `objects/<2 hex>/<62 hex>`, in order."""
+    for fan in sorted(objects.iterdir()):
         if fan.is_dir() and len(fan.name) == 2:
             for obj in sorted(fan.iterdir()):
                 if len(obj.name) == 62:
                     yield fan.name + obj.name, obj
 
 
-def stats(store: ContentStore) -> StoreStats:
+def stats(store: LocalStore) -> StoreStats:
     count = size = 0
-    for _, path in iter_objects(store):
+    for _, path in iter_objects(store.objects):
         try:
             size += path.stat().st_size
             count += 1
@@ -82,10 +38,10 @@ def stats(store: ContentStore) -> StoreStats:
     return StoreStats(count, size)
 
 
-def verify(store: ContentStore, quarantine: bool = False) -> list[Problem]:
+def verify(store: LocalStore, quarantine: bool = False) -> list[Problem]:
     """Re-hash every object; with `quarantine`, move corrupt ones to `<root>/quarantine/`."""
     problems = []
-    for hexd, path in iter_objects(store):
+    for hexd, path in iter_objects(store.objects):
         try:
             with store.open(hexd) as f:
                 while f.read(CHUNK):
@@ -102,15 +58,16 @@ def verify(store: ContentStore, quarantine: bool = False) -> list[Problem]:
     return problems
 
 
-def collect(store: ContentStore, live: Iterable[str], grace_s: float) -> GcResult:
+def collect(store: LocalStore, live: Iterable[str], grace_s: float) -> GcResult:
     """Delete objects not live, not leased and older than `grace_s`; then dead writers' temps."""
     keep = {parse_digest(d) for d in live}
     removed = freed = 0
-    for hexd, path in iter_objects(store):
+    for hexd, path in iter_objects(store.objects):
         if hexd in keep:
             continue
-        with store._lock:  # a put deduplicating against this object touches it under the lock
-            if any(hexd in lease.digests for lease in store._leases):
+        # a put deduplicating against this object touches it inside the same lock
+        with store.leases.removing(hexd) as free:
+            if not free:
                 continue
             try:
                 st = path.stat()
@@ -121,14 +78,14 @@ def collect(store: ContentStore, live: Iterable[str], grace_s: float) -> GcResul
                 continue
         removed += 1
         freed += st.st_size
-    return GcResult(removed, freed, clean_temp(store, store.tmp_grace_s))
+    return GcResult(removed, freed, clean_temp(store.tmp, store.tmp_grace_s))
 
 
-def clean_temp(store: ContentStore, max_age_s: float) -> int:
-    """Delete temp files older than `max_age_s` whose writer is gone (its flock is free)."""
+def clean_temp(tmp: Path, max_age_s: float) -> int:
+    """Delete temp files in `tmp` older than `max_age_s` whose writer is gone (its flock is free)."""
     removed = 0
     now = time.time()
-    for path in store.tmp.iterdir():
+    for path in tmp.iterdir():
         try:
             if now - path.stat().st_mtime < max_age_s:
                 continue

@@ -11,15 +11,13 @@ import re
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import msgspec
 import zstandard
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
-
-    from modelport.store.cas import ContentStore
 
 CHUNK = 1 << 20  # read/write granularity; memory stays O(CHUNK) whatever the object size
 WRITEBACK = 32 << 20  # start writeback of a large object each time this much more is written
@@ -83,15 +81,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Install(Protocol):
+    """How a store takes a finished object: called once by Writer.commit() with the complete,
+    fsynced, closed temp file, the sha256 hex of its content, its uncompressed size and its size
+    as stored. It must consume the temp file (rename or remove it) and return the PutResult."""
+
+    def __call__(self, tmp: Path, hexd: str, size: int, stored: int) -> PutResult: ...
+
+
 class Writer:
-    """Streams bytes into a locked temp file while hashing; commit() names and installs it.
+    """Streams bytes into a locked temp file in `tmp_dir` while hashing; commit() names the
+    object and hands the file to `install`.
 
     Use as a context manager: leaving the block without commit() discards everything.
     """
 
-    def __init__(self, store: ContentStore) -> None:
-        self._store = store
-        fd, name = tempfile.mkstemp(dir=store.tmp, prefix="put-")
+    def __init__(self, tmp_dir: Path, install: Install, *, level: int, threads: int) -> None:
+        self._install, self._level, self._threads = install, level, threads
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells clean_temp this writer is alive
         self._tmp, self._f = Path(name), open(fd, "wb")
         self._f.write(bytes(HEADER.size))  # filled in by commit()
@@ -123,10 +130,10 @@ class Writer:
 
     def _open_frame(self) -> zstandard.ZstdCompressionWriter | RawFrame:
         """zstd, unless the first SMALL bytes (the buffer) do not compress."""
-        probe = zstandard.ZstdCompressor(level=self._store.level).compress(self._buf)
+        probe = zstandard.ZstdCompressor(level=self._level).compress(self._buf)
         if len(probe) > INCOMPRESSIBLE * len(self._buf):
             return RawFrame(self._f)
-        cctx = zstandard.ZstdCompressor(level=self._store.level, threads=self._store.threads)
+        cctx = zstandard.ZstdCompressor(level=self._level, threads=self._threads)
         return cctx.stream_writer(self._f, closefd=False)
 
     def commit(self) -> PutResult:
@@ -145,7 +152,7 @@ class Writer:
                 raise OSError(f"short write to {self._tmp}: {on_disk} of {stored} bytes")
             os.fsync(self._f.fileno())
             self._f.close()
-            return self._store._install(self._tmp, self._hash.hexdigest(), self._size, stored)
+            return self._install(self._tmp, self._hash.hexdigest(), self._size, stored)
         except BaseException:
             self._discard()
             raise
