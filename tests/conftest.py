@@ -394,3 +394,95 @@ def postgres() -> Iterator[Postgres]:
 def pg_url(postgres: Postgres) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return postgres.fresh_database()
+
+
+S3_BUCKET = "modelport"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "testtest"}
+
+
+@dataclass
+class S3Server:
+    """Ceph's radosgw we started (scripts/s3-server) on loopback, for the whole session: one
+    bucket, S3_BUCKET; each test takes its own prefix in it."""
+
+    folder: Path
+    port: int
+    made: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def prefix(self) -> str:
+        """A prefix no other test of the session uses."""
+        self.made += 1
+        return f"t{os.getpid()}-{self.made}"
+
+    def url(self, prefix: str, **options: str) -> str:
+        """The MODELPORT_STORE_URL of that prefix of the bucket."""
+        query = "&".join(f"{k}={v}" for k, v in {"region": "us-east-1", **options}.items())
+        return f"s3://{S3_BUCKET}/{prefix}?endpoint={self.endpoint}&{query}"
+
+    def client(self, prefix: str):
+        return bucket_client(self.endpoint, prefix)
+
+    def script(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "s3-server"), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"s3-server {' '.join(args)}: {done.stderr.strip()[-2000:]}")
+        return done.stdout.strip()
+
+    def stop_gateway(self) -> None:
+        """radosgw alone (the cluster keeps the objects): the S3 service is down."""
+        self.script("rgw-stop", str(self.folder))
+
+    def start_gateway(self) -> None:
+        self.script("rgw-start", str(self.folder))
+
+
+def bucket_client(endpoint: str, prefix: str):
+    """Our own obstore client of a prefix of S3_BUCKET, to look at and tamper with the bucket
+    behind a store's back."""
+    from obstore.store import S3Store
+
+    return S3Store(
+        S3_BUCKET,
+        prefix=prefix,
+        endpoint=endpoint,
+        region="us-east-1",
+        access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        virtual_hosted_style_request=False,
+        client_options={"allow_http": True},
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One radosgw for the session, started on first use (~15 s) and stopped by its pids."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="modelport-s3-"))
+    s3 = S3Server(folder=folder, port=free_port())
+    try:
+        s3.script("start", str(folder), str(s3.port), S3_BUCKET)
+    except RuntimeError:
+        subprocess.run([str(ROOT / "scripts" / "s3-server"), "stop", str(folder)], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    yield s3
+    s3.script("stop", str(folder))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The session's radosgw, with its credentials in this process's AWS_* variables."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

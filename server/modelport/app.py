@@ -49,7 +49,7 @@ from modelport.serving.deployer import Deployer
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
 from modelport.store.archive import ArchiveLimits
-from modelport.store.cas import LocalStore
+from modelport.store.backends import open_store
 from modelport.store.contract import ContentStore
 
 log = logging.getLogger("modelport")
@@ -163,7 +163,7 @@ class Services:
         await asyncio.to_thread(tighten, s.data_dir)  # the registry's -wal and -shm exist now
         await self.auth.load()
         await self.models.load()
-        self.store = await asyncio.to_thread(LocalStore, s.store_dir)
+        self.store = await asyncio.to_thread(open_store, s.store_dir, s.store_url)
         await asyncio.to_thread(clean_leftovers, s, self.store)
         runtime = await asyncio.to_thread(ensure_runtime, s.data_dir)
         await asyncio.to_thread(self.sandbox.clear_tmp)

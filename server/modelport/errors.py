@@ -153,6 +153,12 @@ class StoreMissing(ModelportError):
     status, code = 500, "store.missing"
 
 
+class StoreUnavailable(ModelportError):
+    """The artifact store's service (an S3 server) cannot be reached; retry when it is back."""
+
+    status, code = 503, "store.unavailable"
+
+
 class StoreFull(ModelportError):
     """The disk holding the data dir is full (or its quota is used up); nothing was written."""
 
@@ -234,7 +240,7 @@ def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> Modelpor
         return RequestMalformed(TOO_DEEP)
     if isinstance(exc, OverflowError) and "SQLite INTEGER" in str(exc):  # an id past 2**63 - 1
         return NotFound("Nothing has a number that large.")
-    from modelport.store.objects import CorruptObject, ObjectMissing
+    from modelport.store.objects import CorruptObject, ObjectMissing, StoreUnreachable
 
     if isinstance(exc, CorruptObject):
         log.error("store: %s", exc)
@@ -242,6 +248,9 @@ def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> Modelpor
             f"Object {exc.digest} is corrupt ({exc.reason}); it was not served. "
             "Run `modelport verify`."
         )
+    if isinstance(exc, StoreUnreachable):
+        log.error("store: %s", exc)
+        return StoreUnavailable(f"The artifact store is unavailable: {exc}. Try again later.")
     if isinstance(exc, ObjectMissing):
         log.error("store: %s", exc)
         return StoreMissing(

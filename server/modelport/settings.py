@@ -49,6 +49,9 @@ class Settings(msgspec.Struct, kw_only=True):
     r_repos: list[str] = msgspec.field(default_factory=lambda: ["https://cloud.r-project.org"])
     # Web
     cors_origins: list[str] = []
+    # The artifact store: None for the local one in the data dir; MODELPORT_STORE_URL
+    # (s3://bucket/prefix?endpoint=…&region=…) for an S3 bucket, cached in store_dir
+    store_url: str | None = None
 
     @property
     def registry_path(self) -> Path:
@@ -104,6 +107,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["find_links"] = [p for p in env["MODELPORT_FIND_LINKS"].split(os.pathsep) if p]
         if env.get("MODELPORT_NO_INDEX", "") not in ("", "0", "false"):
             values["no_index"] = True
+        if env.get("MODELPORT_STORE_URL"):
+            values["store_url"] = store_url(env["MODELPORT_STORE_URL"])
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):
@@ -126,6 +131,16 @@ class Settings(msgspec.Struct, kw_only=True):
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["data_dir"] = resolve_data_dir(values.get("data_dir"))
         return cls(**values)
+
+
+def store_url(url: str) -> str:
+    """MODELPORT_STORE_URL checked now: a wrong one stops the server at once, naming it."""
+    from modelport.store.backends import check_url
+
+    try:
+        return check_url(url)
+    except ValueError as exc:
+        raise SettingError(f"MODELPORT_STORE_URL: {exc}") from None
 
 
 # Whole-number settings read from MODELPORT_<KEY>, with their least value.

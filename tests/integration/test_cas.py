@@ -1,4 +1,6 @@
-"""The content-addressed store on real files: roundtrip, dedupe, corruption, gc, crash safety."""
+"""The content-addressed store's contract, on real files (LocalStore) and in a real S3 bucket
+(S3Store on radosgw): roundtrip, dedupe, corruption, verify, gc, leases; then what is the local
+store's own (its files, crash safety)."""
 
 import array
 import asyncio
@@ -15,10 +17,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import obstore
 import pytest
 from modelport.store.cas import LocalStore
 from modelport.store.contract import ContentStore
 from modelport.store.objects import CorruptObject, ObjectMissing, PutResult
+from modelport.store.s3 import S3Store
+
+from tests.conftest import bucket_client
 
 SMALL = b"def predict(args):\n    return {'ok': True}\n" * 10
 # Over 1 MiB, objects stream: a first MiB that does not compress is stored as raw zstd blocks,
@@ -65,8 +71,49 @@ def files_under(path: Path) -> list[Path]:
 
 
 @pytest.fixture
-def store(tmp_path) -> LocalStore:
+def local(tmp_path) -> LocalStore:
     return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> ContentStore:
+    """Each backend in turn; an S3 store gets its own prefix of the session's bucket."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    s3 = request.getfixturevalue("s3")
+    return S3Store(s3.url(s3.prefix()), tmp_path / "store")
+
+
+def where(store: ContentStore, digest: str) -> str:
+    """How errors and verify name the object."""
+    if isinstance(store, S3Store):
+        return store.url_of(digest[7:])
+    assert isinstance(store, LocalStore)
+    return str(store.path(digest))
+
+
+def stored(store: ContentStore, digest: str) -> bytes:
+    """The object as the backend holds it (compressed), read behind the store's back."""
+    if isinstance(store, S3Store):
+        return bytes(obstore.get(s3_client(store), f"objects/{digest[7:9]}/{digest[9:]}").bytes())
+    assert isinstance(store, LocalStore)
+    return store.path(digest).read_bytes()
+
+
+def damage_object(store: ContentStore, digest: str, fn) -> None:
+    """Corrupt the object where the backend holds it (and drop a node's cached copy)."""
+    if isinstance(store, S3Store):
+        key = f"objects/{digest[7:9]}/{digest[9:]}"
+        obstore.put(s3_client(store), key, bytes(fn(bytearray(stored(store, digest)))))
+        store.cache.discard(digest[7:])
+    else:
+        assert isinstance(store, LocalStore)
+        tamper(store.path(digest), fn)
+
+
+def s3_client(store: S3Store):
+    assert store.location.endpoint is not None
+    return bucket_client(store.location.endpoint, store.location.prefix)
 
 
 @pytest.mark.parametrize("data", [SMALL, RAW, ZST, b""], ids=["small", "raw", "zstd", "empty"])
@@ -74,7 +121,7 @@ def test_roundtrip(store, tmp_path, data):
     src = tmp_path / "src.bin"
     src.write_bytes(data)
     r = store.put_file(src)
-    assert r == PutResult(sha(data), len(data), store.path(r.digest).stat().st_size, r.stored_bytes)
+    assert r == PutResult(sha(data), len(data), len(stored(store, r.digest)), r.stored_bytes)
     assert r.new_bytes == r.stored_bytes > 0
     assert store.has(r.digest) and store.size(r.digest) == len(data)
     assert store.read_bytes(r.digest) == data
@@ -123,13 +170,19 @@ def test_dedupe_adds_nothing(store):
     assert files_under(store.tmp) == []
 
 
-def test_objects_are_read_only_and_valid_zstd(store):
+def test_objects_are_valid_zstd(store):
     for data in (SMALL, RAW, ZST):
-        path = store.path(store.put_bytes(data).digest)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o444
-        assert path.parent.name + path.name == store.put_bytes(data).digest[7:]
+        digest = store.put_bytes(data).digest
         if shutil.which("zstd"):  # the CLI reads objects as plain .zst files
-            assert subprocess.run(["zstd", "-dc", path], capture_output=True).stdout == data
+            out = subprocess.run(["zstd", "-dc"], input=stored(store, digest), capture_output=True)
+            assert out.stdout == data
+
+
+def test_local_objects_are_read_only_files_named_by_digest(local):
+    for data in (SMALL, RAW, ZST):
+        path = local.path(local.put_bytes(data).digest)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+        assert path.parent.name + path.name == local.put_bytes(data).digest[7:]
 
 
 def test_both_digest_forms(store):
@@ -137,7 +190,7 @@ def test_both_digest_forms(store):
     bare = digest.removeprefix("sha256:")
     for form in (digest, bare, bare.upper(), "sha256:" + bare.upper()):
         assert store.has(form) and store.size(form) == len(SMALL)
-        assert store.read_bytes(form) == SMALL and store.path(form) == store.path(digest)
+        assert store.read_bytes(form) == SMALL
     for bad in ("sha256:abc", "md5:" + bare, bare + "0", "", "sha256:" + "g" * 64):
         with pytest.raises(ValueError):
             store.has(bad)
@@ -158,8 +211,8 @@ def test_missing_object(store, tmp_path):
 @pytest.mark.parametrize("damage", [flip, truncate, cut_header, wrong_size])
 def test_corruption_detected(store, tmp_path, data, damage):
     r = store.put_bytes(data)
-    path = store.path(r.digest)
-    tamper(path, damage)
+    path = where(store, r.digest)
+    damage_object(store, r.digest, damage)
 
     with pytest.raises(CorruptObject) as err, store.open(r.digest) as f:
         f.read()
@@ -170,48 +223,49 @@ def test_corruption_detected(store, tmp_path, data, damage):
     with pytest.raises(CorruptObject):
         store.copy_to(r.digest, dst)
     assert dst.read_bytes() == b"the previous good file"  # nothing corrupt was served
-    assert os.listdir(tmp_path) == ["served.bin", "store"]  # and no temp file left beside it
+    assert sorted(os.listdir(tmp_path)) == ["served.bin", "store"]  # and no temp left beside it
 
     [problem] = store.verify()
-    assert (problem.digest, problem.path, problem.quarantined_to) == (r.digest, str(path), None)
+    assert (problem.digest, problem.path, problem.quarantined_to) == (r.digest, path, None)
     assert problem.reason and store.has(r.digest)
 
 
 def test_verify_quarantines_and_a_new_put_heals(store):
     good, bad = store.put_bytes(SMALL), store.put_bytes(RAW)
-    tamper(store.path(bad.digest), flip)
+    damage_object(store, bad.digest, flip)
     [problem] = store.verify(quarantine=True)
-    assert problem.digest == bad.digest and Path(problem.quarantined_to).parent == store.quarantine
+    assert problem.digest == bad.digest and problem.path == where(store, bad.digest)
+    assert problem.quarantined_to and bad.digest[7:] in problem.quarantined_to
     assert not store.has(bad.digest) and store.has(good.digest)
     assert store.verify() == []
     assert store.put_bytes(RAW).new_bytes > 0 and store.read_bytes(bad.digest) == RAW
 
 
-def test_gc_keeps_live_young_and_leased(store):
-    live, young, leased, dead = (store.put_bytes(b"%d" % i * 1000) for i in range(4))
-    with store.lease() as lease:
-        put_under_lease = store.put_bytes(b"built while leased")
+def test_gc_keeps_live_young_and_leased(local):
+    live, young, leased, dead = (local.put_bytes(b"%d" % i * 1000) for i in range(4))
+    with local.lease() as lease:
+        put_under_lease = local.put_bytes(b"built while leased")
         for r in (live, leased, dead, put_under_lease):
-            age(store.path(r.digest), 7200)
-        lease_b = store.lease([leased.digest])
-        result = store.gc({live.digest}, grace_s=3600)
+            age(local.path(r.digest), 7200)
+        lease_b = local.lease([leased.digest])
+        result = local.gc({live.digest}, grace_s=3600)
         assert (result.removed, result.freed_bytes) == (1, dead.stored_bytes)
         assert put_under_lease.digest[7:] in lease.digests
-    assert not store.has(dead.digest)
-    assert all(store.has(r.digest) for r in (live, young, leased, put_under_lease))
+    assert not local.has(dead.digest)
+    assert all(local.has(r.digest) for r in (live, young, leased, put_under_lease))
 
-    assert store.gc({live.digest}, grace_s=3600).removed == 1  # the first lease is released
-    assert not store.has(put_under_lease.digest) and store.has(leased.digest)
+    assert local.gc({live.digest}, grace_s=3600).removed == 1  # the first lease is released
+    assert not local.has(put_under_lease.digest) and local.has(leased.digest)
     lease_b.release()
-    result = store.gc([], grace_s=0)
-    assert result.removed == 3 and store.stats().objects == 0
+    result = local.gc([], grace_s=0)
+    assert result.removed == 3 and local.stats().objects == 0
 
 
-def test_dedupe_refreshes_age(store):
-    r = store.put_bytes(SMALL)
-    age(store.path(r.digest), 7200)
-    store.put_bytes(SMALL)  # a build that just "added" this object must not lose it to gc
-    assert store.gc([], grace_s=3600).removed == 0
+def test_dedupe_refreshes_age(local):
+    r = local.put_bytes(SMALL)
+    age(local.path(r.digest), 7200)
+    local.put_bytes(SMALL)  # a build that just "added" this object must not lose it to gc
+    assert local.gc([], grace_s=3600).removed == 0
 
 
 def test_aborted_writer_leaves_nothing(store):
@@ -228,16 +282,16 @@ def test_aborted_writer_leaves_nothing(store):
     assert store.stats().objects == 0 and files_under(store.tmp) == []
 
 
-def test_stale_temp_cleaned_live_temp_kept(store):
-    dead = store.tmp / "put-dead"
+def test_stale_temp_cleaned_live_temp_kept(local):
+    dead = local.tmp / "put-dead"
     dead.write_bytes(b"partial")
     age(dead, 3600)
-    live = store.writer()
+    live = local.writer()
     live.write(b"still uploading")
     age(live._tmp, 3600)
-    assert store.gc([], grace_s=0).temp_removed == 1
+    assert local.gc([], grace_s=0).temp_removed == 1
     assert not dead.exists() and live._tmp.exists()
-    LocalStore(store.root, tmp_grace_s=0)  # opening the store cleans too, never a live writer
+    LocalStore(local.root, tmp_grace_s=0)  # opening the store cleans too, never a live writer
     assert live.commit().digest == sha(b"still uploading")
 
 
@@ -281,9 +335,9 @@ KILLED_WRITER = textwrap.dedent(
 )
 
 
-def test_kill_9_mid_write_leaves_no_object(store):
+def test_kill_9_mid_write_leaves_no_object(local):
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, str(store.root)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KILLED_WRITER, str(local.root)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout.readline() == "writing\n"
@@ -293,14 +347,14 @@ def test_kill_9_mid_write_leaves_no_object(store):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
-    assert files_under(store.objects) == []
-    [partial] = files_under(store.tmp)
+    assert files_under(local.objects) == []
+    [partial] = files_under(local.tmp)
     assert partial.stat().st_size > 1 << 20  # megabytes in, not yet an object
-    reopened = LocalStore(store.root)  # young temp: kept, but invisible
+    reopened = LocalStore(local.root)  # young temp: kept, but invisible
     assert reopened.verify() == [] and reopened.stats().objects == 0
     assert reopened.put_bytes(SMALL).new_bytes > 0
-    LocalStore(store.root, tmp_grace_s=0)  # its writer is dead (lock gone): cleaned
-    assert files_under(store.tmp) == []
+    LocalStore(local.root, tmp_grace_s=0)  # its writer is dead (lock gone): cleaned
+    assert files_under(local.tmp) == []
 
 
 def test_digests_list_what_is_stored(store):

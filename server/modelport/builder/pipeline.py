@@ -25,6 +25,7 @@ from modelport.scratch import scratch_dir
 from modelport.settings import Settings
 from modelport.store import manifest as mf
 from modelport.store.contract import ContentStore
+from modelport.store.objects import StoreUnreachable
 
 log = logging.getLogger("modelport.builder")
 
@@ -150,6 +151,7 @@ class Builder:
             InspectFailed,
             rlang.RMissing,
             rdeps.RDependencyError,
+            StoreUnreachable,
         ) as exc:
             fields, objects = {"status": "failed", "error": str(exc)}, []
             blog(f"FAILED: {exc}")

@@ -30,10 +30,10 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
     from modelport import upkeep
     from modelport.builder.projects import Projects, describe
     from modelport.registry.builds import in_use_of_file
-    from modelport.store.cas import LocalStore as Store
+    from modelport.store.backends import open_store
 
     settings = _settings(data_dir)
-    store = Store(settings.store_dir)
+    store = open_store(settings.store_dir, settings.store_url)
     found = upkeep.verify(
         store,
         Projects(store, settings.data_dir),
@@ -85,7 +85,7 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     from modelport import upkeep
     from modelport.datadir import DataDirBusy, DataDirLock
     from modelport.registry.builds import in_use_of_file
-    from modelport.store.cas import LocalStore as Store
+    from modelport.store.backends import open_store
 
     settings = _settings(data_dir)
     try:
@@ -95,7 +95,7 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         sys.exit(1)
     try:
         done = upkeep.collect(
-            Store(settings.store_dir),
+            open_store(settings.store_dir, settings.store_url),
             settings.data_dir,
             in_use_of_file(settings.registry_path),
             grace_s=grace_s,

@@ -10,6 +10,7 @@ import os
 import re
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -46,9 +47,17 @@ class ObjectMissing(StoreError):
 
 
 class CorruptObject(StoreError):
-    def __init__(self, digest: str, path: Path, reason: str) -> None:
+    def __init__(self, digest: str, path: Path | str, reason: str) -> None:
         super().__init__(f"object sha256:{digest} at {path} is corrupt: {reason}")
         self.digest, self.path, self.reason = f"sha256:{digest}", path, reason
+
+
+class StoreUnreachable(StoreError):
+    """The store's service did not answer (a remote store: its server is down or unreachable)."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"the artifact store at {where} cannot be reached: {detail}")
+        self.where, self.detail = where, detail
 
 
 class PutResult(msgspec.Struct, frozen=True):
@@ -202,7 +211,7 @@ class RawFrame:
         self._f.write(b"\x01\x00\x00")  # an empty last block ends the frame
 
 
-def read_header(f: BinaryIO, hexd: str, path: Path) -> int:
+def read_header(f: BinaryIO, hexd: str, path: Path | str) -> int:
     header = f.read(HEADER.size)
     if len(header) != HEADER.size:
         raise CorruptObject(hexd, path, "shorter than its header")
@@ -216,16 +225,29 @@ class ObjectReader(io.RawIOBase):
     """Decompresses and re-hashes while read; at EOF raises CorruptObject unless all matches.
 
     A caller that stops before EOF gets no verdict: read to the end to trust the bytes.
+    `raw` is the stored object from its first byte; `where` names it in errors (default: its
+    file's name); `on_corrupt` is called once it is found corrupt (a cache drops its copy).
     """
 
-    def __init__(self, hexd: str, raw: BinaryIO) -> None:
-        self.digest, self.path, self._raw, self._z = f"sha256:{hexd}", Path(raw.name), raw, None
+    def __init__(
+        self,
+        hexd: str,
+        raw: BinaryIO,
+        *,
+        where: str | None = None,
+        on_corrupt: Callable[[], None] | None = None,
+    ) -> None:
+        self.digest, self._raw, self._z = f"sha256:{hexd}", raw, None
+        self.path: Path | str = where if where is not None else Path(raw.name)
+        self._on_corrupt = on_corrupt
         self._hexd, self._hash, self._got = hexd, hashlib.sha256(), 0
         try:
             self.size = read_header(raw, hexd, self.path)  # uncompressed size it must have
             self._z = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
-        except BaseException:
+        except BaseException as exc:
             raw.close()
+            if isinstance(exc, CorruptObject) and on_corrupt is not None:
+                on_corrupt()
             raise
         self._error: CorruptObject | None = None
         self._verified = False
@@ -272,6 +294,8 @@ class ObjectReader(io.RawIOBase):
 
     def _fail(self, reason: str) -> CorruptObject:
         self._error = CorruptObject(self._hexd, self.path, reason)
+        if self._on_corrupt is not None:
+            self._on_corrupt()
         return self._error
 
     def close(self) -> None:
