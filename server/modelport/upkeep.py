@@ -11,6 +11,7 @@ from modelport.builder.prune import live_hex, prune
 from modelport.registry.builds import InUse
 from modelport.scratch import sweep
 from modelport.store.contract import ContentStore, Problem
+from modelport.store.objects import parse_digest
 
 __all__ = ["RUNNING_TEMP_GRACE_S", "GcDone", "Verified", "collect", "verify"]
 
@@ -49,7 +50,8 @@ def verify(
     """Re-hash every object and every built build's project folder (blocking); ``quarantine``
     moves corrupt objects aside, ``repair`` restores tampered folders from the store."""
     corrupt = store.verify(quarantine=quarantine)
-    missing = sorted(d for d in in_use.objects if not store.has(d))
+    present = set(store.digests())  # one listing, not a request per object of a remote store
+    missing = sorted(d for d in in_use.objects if parse_digest(d) not in present)
     files = {}
     for digest, manifest in in_use.manifests.items():
         if (found := projects.files_of(manifest)) is not None:  # else: its manifest is missing

@@ -1,5 +1,5 @@
 """A real server whose artifact store is a bucket on a real radosgw (MODELPORT_STORE_URL): build,
-deploy and predict; the S3 service going away (503 store.unavailable, predictions go on); a
+deploy and predict, export to a local store; the S3 service going away (503 store.unavailable, predictions go on); a
 corrupt object in the bucket named by verify; the CLI's verify and gc on the same bucket."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _predict(srv, key: str, x: int) -> httpx.Response:
     )
 
 
-def test_build_deploy_predict_with_the_store_in_s3(s3_srv, s3, tmp_path):
+def test_build_deploy_predict_with_the_store_in_s3(s3_srv, s3, offline_server, tmp_path):
     bucket = s3.client(s3_srv.prefix)
     files = {"predict.py": CODE, "requirements.txt": "tinypkg==2.0\n", "w.bin": WEIGHTS}
     with s3_srv.client() as c:
@@ -94,6 +94,16 @@ def test_build_deploy_predict_with_the_store_in_s3(s3_srv, s3, tmp_path):
         again = _build(c, tmp_path, "r", {**files, "predict.py": CODE + "# 3\n"})
         assert again.status_code == 202, again.text
         assert wait_build(c, "m", again.json()["number"])["status"] == "built"
+
+        # a build exported from the bucket imports into a server with a local store
+        exported = c.get("/api/v1/models/m/builds/1/export")
+        assert exported.status_code == 200, exported.text
+        with offline_server().start().client() as local:
+            imported = local.post(
+                "/api/v1/builds/import", files={"archive": ("b.tar.zst", exported.content)}
+            )
+            assert imported.status_code == 201, imported.text
+            assert imported.json()["digest"] == built["digest"]
 
         # a corrupt object in the bucket: verify names it
         listed = c.get("/api/v1/models/m/builds/1/files").json()["items"]
