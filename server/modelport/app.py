@@ -38,7 +38,7 @@ from modelport.gateway.routes import Routes
 from modelport.models import Models
 from modelport.observability.monitor import Monitor
 from modelport.registry import deployments as deployment_rows
-from modelport.registry.db import Database
+from modelport.registry.db import SqliteDatabase
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
@@ -128,7 +128,7 @@ class Services:
 
     def __init__(self, settings: Settings, lock: DataDirLock | None = None):
         self.settings, self._lock = settings, lock
-        self.db = Database(settings.registry_path)
+        self.db = SqliteDatabase(settings.registry_path)
         self.auth = Auth(self.db, settings.admin_token_path)
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
         self.supervisor = Supervisor(

@@ -12,15 +12,15 @@ from modelport.errors import disk_full, to_modelport_error
 from modelport.gateway.routes import Routes
 from modelport.observability.monitor import Monitor
 from modelport.registry import metric_points
-from modelport.registry.db import Database
+from modelport.registry.db import SqliteDatabase
 
 from tests.conftest import fill_disk
 
 T0 = 1_699_999_200.0
 
 
-async def _registry(disk) -> Database:
-    db = await Database(disk / "registry.sqlite3").open()
+async def _registry(disk) -> SqliteDatabase:
+    db = await SqliteDatabase(disk / "registry.sqlite3").open()
     await db.execute(
         "INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
         " VALUES ('m', 'admin', 'x', 'now', 'now')"

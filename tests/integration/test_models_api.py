@@ -219,7 +219,7 @@ def test_a_version_2_registry_gains_the_rate_limit_columns(tmp_path):
     import sqlite3
 
     from modelport.registry import models as rows
-    from modelport.registry.db import Database
+    from modelport.registry.db import SqliteDatabase
     from modelport.registry.schema import MIGRATIONS
 
     path = tmp_path / "registry.sqlite3"
@@ -234,7 +234,7 @@ def test_a_version_2_registry_gains_the_rate_limit_columns(tmp_path):
     conn.close()
 
     async def read():
-        db = await Database(path).open()
+        db = await SqliteDatabase(path).open()
         try:
             return await rows.get(db, "old")
         finally:
@@ -249,7 +249,7 @@ def test_a_version_5_registry_loses_what_nothing_read_and_keeps_its_builds(tmp_p
     import asyncio
     import sqlite3
 
-    from modelport.registry.db import Database
+    from modelport.registry.db import SqliteDatabase
     from modelport.registry.schema import MIGRATIONS
 
     path = tmp_path / "registry.sqlite3"
@@ -269,7 +269,7 @@ def test_a_version_5_registry_loses_what_nothing_read_and_keeps_its_builds(tmp_p
     conn.close()
 
     async def upgrade():
-        db = await Database(path).open()
+        db = await SqliteDatabase(path).open()
         try:
             return await db.all("SELECT * FROM builds")
         finally:

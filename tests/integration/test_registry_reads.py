@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from modelport.registry.db import Database
+from modelport.registry.db import SqliteDatabase
 
 
 def test_a_write_is_seen_by_the_next_read_while_other_reads_run(tmp_path):
     # Found by schemathesis (scripts/fuzz/schemathesis.sh): POST /api/v1/tokens answered 500 when
     # another task's query held the reader's snapshot between the insert and its read-back.
     async def run() -> list[int]:
-        db = await Database(tmp_path / "registry.sqlite3").open()
+        db = await SqliteDatabase(tmp_path / "registry.sqlite3").open()
         missing: list[int] = []
 
         async def create(i: int) -> None:

@@ -100,9 +100,9 @@ def reset_token(data_dir: str | None, as_json: bool) -> None:
 
 async def _new_admin_token(settings):
     from modelport.auth import Auth
-    from modelport.registry.db import Database
+    from modelport.registry.db import SqliteDatabase
 
-    db = await Database(settings.registry_path).open()
+    db = await SqliteDatabase(settings.registry_path).open()
     try:
         return await Auth(db).issue_token(
             name="admin (reset)",

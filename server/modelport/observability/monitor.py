@@ -124,9 +124,8 @@ class Monitor:
             self.backlog.hold(batch)
             if not self._full:
                 log.warning(
-                    "monitoring: the disk holding %s is full (%s); what is counted is "
+                    "monitoring: the registry's disk is full (%s); what is counted is "
                     "held in memory until there is room",
-                    self.db.path.parent,
                     exc,
                 )
             self._full = True
@@ -168,7 +167,7 @@ class Monitor:
                         c.latency_s,
                         c.request,
                         c.response,
-                        int(c.truncated),
+                        c.truncated,
                     )
                     for c in captures
                     if c.model in ids

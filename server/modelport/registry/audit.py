@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 import msgspec
 
 from modelport.clock import now_iso
-from modelport.registry.db import Database
+from modelport.registry.db import Database, Tx
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import AuditEntry, Page
 
 
 async def record(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     actor: str,
     action: str,
     *,
@@ -22,7 +21,7 @@ async def record(
     target: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(
+    await tx.execute(
         "INSERT INTO audit (at, actor, action, model, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
         (now_iso(), actor, action, model, target, msgspec.json.encode(detail or {}).decode()),
     )

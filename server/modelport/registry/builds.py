@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.errors import BuildNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database, Row, fetch_one
+from modelport.registry.db import Database, Row, SqliteDatabase, Tx
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Build, Page
 
@@ -67,18 +67,19 @@ async def create(
     db: Database, model_id: int, model: str, actor: str, new: NewBuild, *, status: str = "queued"
 ) -> Row:
     """Record a build with the next number; its snapshot's objects are referenced at once."""
-    async with db.write() as conn:
-        cur = await conn.execute(
-            "UPDATE models SET next_build = next_build + 1 WHERE id = ? RETURNING next_build - 1",
+    async with db.write() as tx:
+        number = await tx.value(
+            "UPDATE models SET next_build = next_build + 1 WHERE id = ?"
+            " RETURNING next_build - 1 AS number",
             (model_id,),
         )
-        if (numbered := await fetch_one(cur)) is None:
+        if number is None:
             raise LookupError(f"no model {model_id}")
-        number = numbered["next_build - 1"]
-        cur = await conn.execute(
+        build_id = await tx.insert(
             "INSERT INTO builds (model_id, number, status, entrypoint, python, requirements,"
             " message, labels, created_by, created_at, example_input, example_output, git_commit,"
-            " snapshot, size_bytes, new_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " snapshot, size_bytes, new_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " RETURNING id",
             (
                 model_id,
                 number,
@@ -98,13 +99,9 @@ async def create(
                 new.new_bytes,
             ),
         )
-        build_id = cur.lastrowid
-        await conn.executemany(
-            "INSERT OR IGNORE INTO build_objects (build_id, digest) VALUES (?, ?)",
-            [(build_id, d) for d in new.objects],
-        )
+        await _reference(tx, build_id, new.objects)
         await audit.record(
-            conn,
+            tx,
             actor,
             "build.create",
             model=model,
@@ -135,10 +132,11 @@ async def list_builds(
 
 
 async def set_building(db: Database, build_id: int) -> None:
-    await db.execute(
-        "UPDATE builds SET status = 'building', started_at = ?, error = NULL WHERE id = ?",
-        (now_iso(), build_id),
-    )
+    async with db.write() as tx:
+        await tx.execute(
+            "UPDATE builds SET status = 'building', started_at = ?, error = NULL WHERE id = ?",
+            (now_iso(), build_id),
+        )
 
 
 async def finish(
@@ -155,23 +153,28 @@ async def finish(
         k: (_json(v).decode() if isinstance(v, (dict, list)) else v) for k, v in fields.items()
     }
     sets = ", ".join(f"{k} = ?" for k in encoded)
-    async with db.write() as conn:
-        await conn.execute(
+    async with db.write() as tx:
+        await tx.execute(
             f"UPDATE builds SET {sets}, finished_at = ? WHERE id = ?",
             (*encoded.values(), now_iso(), build_id),
         )
-        await conn.executemany(
-            "INSERT OR IGNORE INTO build_objects (build_id, digest) VALUES (?, ?)",
-            [(build_id, d) for d in objects],
-        )
+        await _reference(tx, build_id, objects)
         await audit.record(
-            conn,
+            tx,
             "system",
             f"build.{fields.get('status', 'finish')}",
             model=model,
             target=str(number),
             detail={"error": fields.get("error")} if fields.get("error") else {},
         )
+
+
+async def _reference(tx: Tx, build_id: int, digests: Iterable[str]) -> None:
+    """The build refers to these store objects (gc keeps them); a digest named twice is kept once."""
+    await tx.execute_many(
+        "INSERT INTO build_objects (build_id, digest) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        [(build_id, d) for d in digests],
+    )
 
 
 async def unfinished(db: Database) -> list[Row]:
@@ -230,12 +233,12 @@ def in_use_of_file(path: Path) -> InUse:
     it meanwhile); nothing when there is no file yet. Blocking."""
     if not path.exists():
         return _in_use((), (), ())
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return _in_use(
-            (r[0] for r in conn.execute(OBJECTS)),
-            conn.execute(FOLDER_DIGESTS),
-            conn.execute(BUILT_MANIFESTS),
-        )
-    finally:
-        conn.close()
+
+    async def read() -> InUse:
+        db = await SqliteDatabase(path, read_only=True).open()
+        try:
+            return await in_use(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(read())

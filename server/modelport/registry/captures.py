@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
-
-from modelport.registry.db import Database, Row
+from modelport.registry.db import Database, Row, Tx
 
 
-async def add_many(conn: aiosqlite.Connection, items: list[tuple[Any, ...]]) -> None:
+async def add_many(tx: Tx, items: list[tuple[Any, ...]]) -> None:
     """(model id, build, request id, at, status, latency_s, request, response, truncated)."""
-    await conn.executemany(
+    await tx.execute_many(
         "INSERT INTO captures (model_id, build, request_id, at, status, latency_s, request,"
         " response, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         items,
@@ -29,13 +27,12 @@ async def of_build(
     )
 
 
-async def prune(conn: aiosqlite.Connection, before: float, per_build: int) -> int:
+async def prune(tx: Tx, before: float, per_build: int) -> int:
     """Delete captures older than ``before``, and beyond the newest ``per_build`` of a build."""
-    cur = await conn.execute("DELETE FROM captures WHERE at < ?", (before,))
-    gone = cur.rowcount
-    cur = await conn.execute(
+    gone = await tx.execute("DELETE FROM captures WHERE at < ?", (before,))
+    return gone + await tx.execute(
         "DELETE FROM captures WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER"
-        " (PARTITION BY model_id, build ORDER BY id DESC) AS k FROM captures) WHERE k > ?)",
+        " (PARTITION BY model_id, build ORDER BY id DESC) AS k FROM captures) AS ranked"
+        " WHERE k > ?)",
         (per_build,),
     )
-    return gone + cur.rowcount

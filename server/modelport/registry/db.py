@@ -1,14 +1,21 @@
-"""The registry's SQLite file: WAL, foreign keys, numbered migrations, one reader and one writer."""
+"""The registry's database seam (`Database`, `Tx`) and its SQLite backend: WAL, foreign keys,
+numbered migrations, one reader and one writer.
+
+The table modules of `registry/` speak only to `Database` and `Tx`, in SQL that both SQLite and
+PostgreSQL read: `?` placeholders (a PostgreSQL backend renumbers them), `RETURNING id` for a new
+row's id, `ON CONFLICT DO NOTHING`, booleans passed as Python bools, never a PRAGMA. What only
+one backend can do (SQLite's `secure_delete`) is a backend's method or argument here, not SQL in
+a table module."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import aiosqlite
 
@@ -39,28 +46,125 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-#: A row as the registry returns it: column name → value.
+#: A row as the database returns it: column name → value.
 Row = dict[str, Any]
+Params = Iterable[Any]
+
+
+class IntegrityError(Exception):
+    """A statement broke a constraint (unique, foreign key, not null), whatever the backend."""
+
+
+class Tx(Protocol):
+    """One write transaction: every statement in it commits together or not at all."""
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        """Run one statement once per parameter tuple; the rows changed, summed."""
+        ...
+
+    async def insert(self, sql: str, params: Params = ()) -> int:
+        """Run an INSERT ending in `RETURNING id`; the new row's id."""
+        ...
+
+    async def one(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def all(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    async def value(self, sql: str, params: Params = ()) -> Any:
+        """The first column of the first row, None when there is no row."""
+        ...
+
+
+@runtime_checkable  # the API's handlers are given one, and Litestar checks what it injects
+class Database(Protocol):
+    """The registry's database, whichever backend: reads see every committed write, writes go
+    through `write()` one transaction at a time."""
+
+    dialect: str  # "sqlite" or "postgresql", for the few queries spelt differently
+
+    async def one(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def all(self, sql: str, params: Params = ()) -> list[Row]: ...
+
+    async def found(self, sql: str, params: Params = ()) -> Row:
+        """The row `sql` selects, which must be there (one just written); LookupError if not."""
+        ...
+
+    async def value(self, sql: str, params: Params = ()) -> Any: ...
+
+    async def close(self) -> None: ...
+
+    def write(self, *, scrub: bool = False) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction. ``scrub``: what it overwrites or deletes is to leave no old
+        bytes in the database's files (SQLite: secure_delete, then the WAL emptied); a backend
+        that cannot do that cheaply may ignore it."""
+        ...
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
-    return {col[0]: value for col, value in zip(cursor.description, row)}
+    return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}
 
 
-async def fetch_one(cur: aiosqlite.Cursor) -> Row | None:
-    """A cursor's next row, typed as the row factory makes it."""
-    return cast(Row | None, await cur.fetchone())
+@contextlib.contextmanager
+def _constraints() -> Iterator[None]:
+    """sqlite3's constraint error as the registry's own, which every backend raises."""
+    try:
+        yield
+    except sqlite3.IntegrityError as e:
+        raise IntegrityError(str(e)) from e
 
 
-async def fetch_all(cur: aiosqlite.Cursor) -> list[Row]:
-    return cast(list[Row], await cur.fetchall())
+class _SqliteTx:
+    """`Tx` on the writer connection, inside the transaction `SqliteDatabase.write` opened."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        with _constraints():
+            async with self._conn.execute(sql, tuple(params)) as cur:
+                return cur.rowcount
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> int:
+        with _constraints():
+            async with self._conn.executemany(sql, [tuple(r) for r in rows]) as cur:
+                return cur.rowcount
+
+    async def insert(self, sql: str, params: Params = ()) -> int:
+        row = await self.one(sql, params)
+        if row is None:
+            raise LookupError(f"no id returned by {sql!r}")
+        new_id: int = row["id"]
+        return new_id
+
+    async def one(self, sql: str, params: Params = ()) -> Row | None:
+        with _constraints():
+            async with self._conn.execute(sql, tuple(params)) as cur:
+                return cast(Row | None, await cur.fetchone())  # the row factory makes dicts
+
+    async def all(self, sql: str, params: Params = ()) -> list[Row]:
+        with _constraints():
+            async with self._conn.execute(sql, tuple(params)) as cur:
+                return cast(list[Row], await cur.fetchall())
+
+    async def value(self, sql: str, params: Params = ()) -> Any:
+        row = await self.one(sql, params)
+        return None if row is None else next(iter(row.values()))
 
 
-class Database:
-    """One writer connection behind a lock, one reader connection; rows come back as dicts."""
+class SqliteDatabase:
+    """`Database` on a SQLite file: one writer connection behind a lock, one reader connection;
+    rows come back as dicts."""
 
-    def __init__(self, path: Path):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, *, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only  # no migration, no writer: for a reader beside a server
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -69,7 +173,10 @@ class Database:
         # another task run meanwhile would not see a write committed just before it.
         self._read_lock = asyncio.Lock()
 
-    async def open(self) -> Database:
+    async def open(self) -> SqliteDatabase:
+        if self.read_only:
+            self._reader = await self._connect()
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate)
         self._writer = await self._connect()
@@ -85,10 +192,13 @@ class Database:
             conn.close()
 
     async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        if self.read_only:
+            conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+        else:
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
         # aiosqlite's stub types row_factory as a class; sqlite3 takes any callable
         conn.row_factory = _dict_row  # type: ignore[assignment]
-        for pragma in PRAGMAS:
+        for pragma in () if self.read_only else PRAGMAS:
             await conn.execute(pragma)
         return conn
 
@@ -99,7 +209,9 @@ class Database:
 
     def _write(self) -> aiosqlite.Connection:
         if self._writer is None:
-            raise RuntimeError("the registry is not open")
+            raise RuntimeError(
+                "the registry is read-only" if self.read_only else "the registry is not open"
+            )
         return self._writer
 
     async def close(self) -> None:
@@ -108,50 +220,60 @@ class Database:
                 await conn.close()
         self._reader = self._writer = None
 
-    async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+    async def one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._read_lock, self._read().execute(sql, tuple(params)) as cur:
             return cast(Row | None, await cur.fetchone())  # the row factory makes dicts
 
-    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    async def all(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._read_lock, self._read().execute(sql, tuple(params)) as cur:
             return cast(list[Row], await cur.fetchall())
 
-    async def found(self, sql: str, params: Iterable[Any] = ()) -> Row:
-        """The row `sql` selects, which must be there (one just written); LookupError if not."""
+    async def found(self, sql: str, params: Params = ()) -> Row:
         row = await self.one(sql, params)
         if row is None:
             raise LookupError(f"no row for {sql!r}")
         return row
 
-    async def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
+    async def value(self, sql: str, params: Params = ()) -> Any:
         row = await self.one(sql, params)
         return None if row is None else next(iter(row.values()))
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def write(self, *, scrub: bool = False) -> AsyncIterator[Tx]:
         """A write transaction; the only way to change the file, one at a time."""
         async with self._write_lock:
             writer = self._write()
-            await writer.execute("BEGIN IMMEDIATE")
+            if scrub:  # this connection's, until set back
+                await writer.execute("PRAGMA secure_delete = ON")
             try:
-                yield writer
-                await writer.execute("COMMIT")
-            except BaseException:
-                # SQLite may have rolled back itself (a full disk does that); the next write
-                # must find no transaction open, whatever failed.
-                if writer.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await writer.execute("ROLLBACK")
-                raise
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SqliteTx(writer)
+                    await writer.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back itself (a full disk does that); the next
+                    # write must find no transaction open, whatever failed.
+                    if writer.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            await writer.execute("ROLLBACK")
+                    raise
+            finally:
+                if scrub:
+                    await writer.execute("PRAGMA secure_delete = OFF")
+            if scrub:
+                await self._checkpoint()
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the file and empty it: until then it keeps old images of pages."""
         async with self._write_lock:
-            await self._write().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._checkpoint()
 
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
-        """One write statement in its own transaction; returns lastrowid."""
-        async with self.write() as conn:
-            cur = await conn.execute(sql, tuple(params))
+    async def _checkpoint(self) -> None:
+        await self._write().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """One write statement in its own transaction; returns lastrowid (tests' set-up)."""
+        async with self.write():
+            cur = await self._write().execute(sql, tuple(params))
             assert cur.lastrowid is not None  # None only before a statement ran
             return cur.lastrowid

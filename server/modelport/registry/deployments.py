@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import aiosqlite
 import msgspec
 
 from modelport.clock import now_iso
 from modelport.registry import audit
-from modelport.registry.db import Database, Row
+from modelport.registry.db import Database, Row, Tx
 from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
 from modelport.registry.sealed import Sealer
 
@@ -103,19 +102,16 @@ async def seal_clear_env(db: Database, sealer: Sealer) -> int:
     """Seal the env values of rows written before migration 5; returns how many rows. Their old
     bytes are zeroed in the file (secure_delete) and the WAL emptied, so that the clear values
     are nowhere in the registry's files afterwards."""
-    rows = await db.all("SELECT id, env FROM deployments WHERE env_sealed = 0")
+    rows = await db.all("SELECT id, env FROM deployments WHERE env_sealed = ?", (False,))
     if not rows:
         return 0
-    async with db.write() as conn:
-        await conn.execute("PRAGMA secure_delete = ON")  # this connection's, until set back
+    async with db.write(scrub=True) as tx:
         for row in rows:
             sealed = sealer.seal_env(msgspec.json.decode(row["env"]))
-            await conn.execute(
-                "UPDATE deployments SET env = ?, env_sealed = 1 WHERE id = ?",
-                (msgspec.json.encode(sealed).decode(), row["id"]),
+            await tx.execute(
+                "UPDATE deployments SET env = ?, env_sealed = ? WHERE id = ?",
+                (msgspec.json.encode(sealed).decode(), True, row["id"]),
             )
-        await conn.execute("PRAGMA secure_delete = OFF")
-    await db.checkpoint()
     return len(rows)
 
 
@@ -136,12 +132,13 @@ async def create(
     that served) goes into its created event and the audit entry."""
     noted = {"schema_note": schema_note} if schema_note else {}
     env = msgspec.json.encode(sealer.seal_env(settings["env"])).decode()
-    async with db.write() as conn:
-        cur = await conn.execute(
+    async with db.write() as tx:
+        deployment_id = await tx.insert(
             "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
             " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
             " env_sealed, capture_percent, capture_max_bytes, network, boot_timeout_s,"
-            " created_by, created_at, reason) VALUES (?,?,?,'pending',?,?,?,?,?,?,?,1,?,?,?,?,?,?,?)",
+            " created_by, created_at, reason)"
+            " VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (
                 model_id,
                 build_id,
@@ -153,31 +150,32 @@ async def create(
                 settings["queue_timeout_s"],
                 settings["max_body_mb"],
                 env,
+                True,
                 settings.get("capture_percent", 0.0),
                 settings.get("capture_max_bytes", 65_536),
-                int(settings.get("network", True)),
+                bool(settings.get("network", True)),
                 settings.get("boot_timeout_s", 300.0),
                 actor,
                 now_iso(),
                 reason,
             ),
         )
-        await conn.execute(
+        await tx.execute(
             "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
             " VALUES (?, ?, 'created', ?, ?)",
             (
-                cur.lastrowid,
+                deployment_id,
                 now_iso(),
                 actor,
                 msgspec.json.encode({"build": build_number, "reason": reason, **noted}).decode(),
             ),
         )
         await audit.record(
-            conn,
+            tx,
             actor,
             "deployment.create",
             model=model,
-            target=str(cur.lastrowid),
+            target=str(deployment_id),
             detail={
                 "build": build_number,
                 "replicas": settings["replicas"],
@@ -185,7 +183,6 @@ async def create(
                 **noted,
             },
         )
-        deployment_id = cur.lastrowid
     return await db.found("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
 
 
@@ -220,16 +217,16 @@ async def transition(
     if replicas is not None:
         sets.append("replicas = ?")
         params.append(replicas)
-    async with db.write() as conn:
+    async with db.write() as tx:
         if sets:
-            await conn.execute(
+            await tx.execute(
                 f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id)
             )
-        await _event(conn, deployment_id, at, kind, actor, detail or {})
+        await _event(tx, deployment_id, at, kind, actor, detail or {})
         if audited is not None:
             action, model = audited
             await audit.record(
-                conn,
+                tx,
                 actor or "system",
                 action,
                 model=model,
@@ -242,10 +239,8 @@ async def audited(
     db: Database, actor: str, action: str, model: str, deployment_id: int, detail: dict[str, Any]
 ) -> None:
     """A person's change to a deployment that wrote no event of its own, in the audit trail."""
-    async with db.write() as conn:
-        await audit.record(
-            conn, actor, action, model=model, target=str(deployment_id), detail=detail
-        )
+    async with db.write() as tx:
+        await audit.record(tx, actor, action, model=model, target=str(deployment_id), detail=detail)
 
 
 async def switched(
@@ -254,12 +249,12 @@ async def switched(
     """One write at the moment a deployment takes the model's traffic: it is deployed, and the
     earlier ones still active (the one it replaces, any left half-way) are stopped."""
     at = now_iso()
-    async with db.write() as conn:
-        await conn.execute(
+    async with db.write() as tx:
+        await tx.execute(
             "UPDATE deployments SET status = 'deployed' WHERE id = ?", (deployment_id,)
         )
-        await _event(conn, deployment_id, at, "deployed", actor, detail)
-        cur = await conn.execute(
+        await _event(tx, deployment_id, at, "deployed", actor, detail)
+        replaced = await tx.all(
             "UPDATE deployments SET status = 'stopped', finished_at = ?, reason = ? WHERE"
             " model_id = (SELECT model_id FROM deployments WHERE id = ?) AND id < ? AND status IN"
             f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
@@ -271,19 +266,19 @@ async def switched(
                 *ACTIVE_DEPLOYMENT,
             ),
         )
-        for replaced in await cur.fetchall():
-            await _event(conn, replaced["id"], at, "replaced", None, {"by": deployment_id})
+        for row in replaced:
+            await _event(tx, row["id"], at, "replaced", None, {"by": deployment_id})
 
 
 async def _event(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     deployment_id: int,
     at: str,
     kind: str,
     actor: str | None,
     detail: dict[str, Any],
 ) -> None:
-    await conn.execute(
+    await tx.execute(
         "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
         " VALUES (?, ?, ?, ?, ?)",
         (deployment_id, at, kind, actor, msgspec.json.encode(detail).decode()),

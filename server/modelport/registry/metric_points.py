@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import aiosqlite
-
-from modelport.registry.db import Database, Row, fetch_all, fetch_one
+from modelport.registry.db import Database, Row, Tx
 
 COLUMNS = (
     "requests",
@@ -22,48 +20,39 @@ COLUMNS = (
 Merge = Callable[[Row, Row], Row]  # (stored row, new row) → the row to keep
 
 
-async def model_ids(conn: aiosqlite.Connection) -> dict[str, int]:
-    async with conn.execute("SELECT name, id FROM models") as cur:
-        return {r["name"]: r["id"] for r in await cur.fetchall()}
+async def model_ids(tx: Tx) -> dict[str, int]:
+    return {r["name"]: r["id"] for r in await tx.all("SELECT name, id FROM models")}
 
 
-async def upsert(
-    conn: aiosqlite.Connection, model_id: int, build: int, res: int, row: Row, merge: Merge
-) -> None:
+async def upsert(tx: Tx, model_id: int, build: int, res: int, row: Row, merge: Merge) -> None:
     """Insert a point, or merge it into the one already there (a restart within a slot)."""
     key = (model_id, row["t"], build, res)
-    async with conn.execute(
+    old = await tx.one(
         "SELECT * FROM metric_points WHERE model_id = ? AND t = ? AND build = ? AND res = ?", key
-    ) as cur:
-        old = await fetch_one(cur)
+    )
     if old is not None:
         row = merge(old, row)
-        await conn.execute(
+        await tx.execute(
             f"UPDATE metric_points SET {', '.join(f'{c} = ?' for c in COLUMNS)}"
             " WHERE model_id = ? AND t = ? AND build = ? AND res = ?",
             (*(row[c] for c in COLUMNS), *key),
         )
         return
-    await conn.execute(
+    await tx.execute(
         f"INSERT INTO metric_points (model_id, t, build, res, {', '.join(COLUMNS)})"
         f" VALUES (?, ?, ?, ?, {', '.join('?' * len(COLUMNS))})",
         (*key, *(row[c] for c in COLUMNS)),
     )
 
 
-async def older(conn: aiosqlite.Connection, res: int, before: int) -> list[Row]:
-    async with conn.execute(
-        "SELECT * FROM metric_points WHERE res = ? AND t < ?", (res, before)
-    ) as cur:
-        return await fetch_all(cur)
+async def older(tx: Tx, res: int, before: int) -> list[Row]:
+    return await tx.all("SELECT * FROM metric_points WHERE res = ? AND t < ?", (res, before))
 
 
-async def delete_older(conn: aiosqlite.Connection, res: int | None, before: int) -> int:
+async def delete_older(tx: Tx, res: int | None, before: int) -> int:
     if res is None:
-        cur = await conn.execute("DELETE FROM metric_points WHERE t < ?", (before,))
-    else:
-        cur = await conn.execute("DELETE FROM metric_points WHERE res = ? AND t < ?", (res, before))
-    return cur.rowcount
+        return await tx.execute("DELETE FROM metric_points WHERE t < ?", (before,))
+    return await tx.execute("DELETE FROM metric_points WHERE res = ? AND t < ?", (res, before))
 
 
 async def in_range(

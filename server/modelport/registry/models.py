@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from modelport.clock import now_iso
 from modelport.errors import ModelActive, ModelExists, ModelNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database, Row
+from modelport.registry.db import Database, IntegrityError, Row
 from modelport.registry.deployments import current_by_model, to_deployment
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Model, Page
@@ -71,15 +70,15 @@ async def create(
     if rate_limit_per_s is not None:
         detail.update(rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
     try:
-        async with db.write() as conn:
-            await conn.execute(
+        async with db.write() as tx:
+            await tx.execute(
                 "INSERT INTO models (name, description, auth, owner, access_key_hash, created_at,"
                 " updated_at, rate_limit_per_s, rate_limit_burst)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     description,
-                    int(auth),
+                    auth,
                     owner,
                     key_hash,
                     at,
@@ -88,8 +87,8 @@ async def create(
                     rate_limit_burst,
                 ),
             )
-            await audit.record(conn, owner, "model.create", model=name, detail=detail)
-    except sqlite3.IntegrityError:
+            await audit.record(tx, owner, "model.create", model=name, detail=detail)
+    except IntegrityError:
         raise ModelExists(f"A model named '{name}' already exists.") from None
     return await get(db, name)
 
@@ -98,24 +97,23 @@ async def update(db: Database, name: str, actor: str, changes: dict[str, Any]) -
     await row(db, name)
     if changes:
         sets = ", ".join(f"{col} = ?" for col in changes)
-        values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
-        async with db.write() as conn:
-            await conn.execute(
+        async with db.write() as tx:
+            await tx.execute(
                 f"UPDATE models SET {sets}, updated_at = ? WHERE name = ?",
-                (*values, now_iso(), name),
+                (*changes.values(), now_iso(), name),
             )
-            await audit.record(conn, actor, "model.update", model=name, detail=changes)
+            await audit.record(tx, actor, "model.update", model=name, detail=changes)
     return await get(db, name)
 
 
 async def set_access_key(db: Database, name: str, actor: str, key_hash: str) -> None:
     await row(db, name)
-    async with db.write() as conn:
-        await conn.execute(
+    async with db.write() as tx:
+        await tx.execute(
             "UPDATE models SET access_key_hash = ?, updated_at = ? WHERE name = ?",
             (key_hash, now_iso(), name),
         )
-        await audit.record(conn, actor, "model.access_key.rotate", model=name)
+        await audit.record(tx, actor, "model.access_key.rotate", model=name)
 
 
 async def delete(db: Database, name: str, actor: str) -> None:
@@ -127,9 +125,9 @@ async def delete(db: Database, name: str, actor: str) -> None:
             f"Model '{name}' still has a deployment ({state}); stop it first "
             f"(`modelport stop {name}` or POST /api/v1/models/{name}/stop)."
         )
-    async with db.write() as conn:
-        await conn.execute("DELETE FROM models WHERE id = ?", (found["id"],))
-        await audit.record(conn, actor, "model.delete", model=name)
+    async with db.write() as tx:
+        await tx.execute("DELETE FROM models WHERE id = ?", (found["id"],))
+        await audit.record(tx, actor, "model.delete", model=name)
 
 
 async def access_key_hashes(db: Database) -> dict[str, str]:

@@ -36,8 +36,8 @@ async def insert(
     expires_at: str | None,
     actor: str,
 ) -> Token:
-    async with db.write() as conn:
-        await conn.execute(
+    async with db.write() as tx:
+        await tx.execute(
             "INSERT INTO tokens (id, name, role, models, hash, created_by, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -52,7 +52,7 @@ async def insert(
             ),
         )
         await audit.record(
-            conn,
+            tx,
             actor,
             "token.create",
             target=token_id,
@@ -77,10 +77,10 @@ async def revoke(db: Database, token_id: str, actor: str) -> Token:
     found = await db.one("SELECT * FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,))
     if found is None:
         raise TokenNotFound(f"No active token with id '{token_id}'.")
-    async with db.write() as conn:
-        await conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now_iso(), token_id))
+    async with db.write() as tx:
+        await tx.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now_iso(), token_id))
         await audit.record(
-            conn, actor, "token.revoke", target=token_id, detail={"name": found["name"]}
+            tx, actor, "token.revoke", target=token_id, detail={"name": found["name"]}
         )
     return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
 
@@ -92,8 +92,8 @@ async def active_rows(db: Database) -> list[Row]:
 async def touch(db: Database, used: dict[str, str]) -> None:
     """Write the batched last-used times (token id → time)."""
     if used:
-        async with db.write() as conn:
-            await conn.executemany(
+        async with db.write() as tx:
+            await tx.execute_many(
                 "UPDATE tokens SET last_used_at = ? WHERE id = ?",
                 [(at, token_id) for token_id, at in used.items()],
             )

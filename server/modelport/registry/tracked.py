@@ -4,34 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 import msgspec
 
-from modelport.registry.db import Database, Row, fetch_one
+from modelport.registry.db import Database, Row, Tx
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
+# A row whose metrics (a JSON object, stored as text) has a given name: the one filter spelt
+# differently per backend, since JSON functions are not standard SQL.
+_HAS_KEY = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(metrics) WHERE key = ?)",
+    "postgresql": "jsonb_exists(metrics::jsonb, ?)",
+}
+
 
 async def merge_many(
-    conn: aiosqlite.Connection, items: list[tuple[int, str, int | None, float, dict[str, float]]]
+    tx: Tx, items: list[tuple[int, str, int | None, float, dict[str, float]]]
 ) -> None:
     """(model id, request id, build, at, metrics): new rows, or new names merged into old ones."""
     for model_id, request_id, build, at, metrics in items:
-        async with conn.execute(
+        old = await tx.one(
             "SELECT id, metrics FROM tracked_metrics WHERE model_id = ? AND request_id = ?",
             (model_id, request_id),
-        ) as cur:
-            old = await cur.fetchone()
+        )
         if old is None:
-            await conn.execute(
+            await tx.execute(
                 "INSERT INTO tracked_metrics (model_id, request_id, build, at, metrics)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (model_id, request_id, build, at, _encode(metrics).decode()),
             )
         else:
             merged = {**_decode(old["metrics"]), **metrics}
-            await conn.execute(
+            await tx.execute(
                 "UPDATE tracked_metrics SET metrics = ? WHERE id = ?",
                 (_encode(merged).decode(), old["id"]),
             )
@@ -65,7 +70,7 @@ async def in_range(
         where.append("(at, id) > (?, ?)")
         params += after
     if name is not None:
-        where.append("EXISTS (SELECT 1 FROM json_each(metrics) WHERE key = ?)")
+        where.append(_HAS_KEY[db.dialect])
         params.append(name)
     rows = await db.all(
         f"SELECT * FROM tracked_metrics WHERE {' AND '.join(where)} ORDER BY at, id LIMIT ?",
@@ -76,18 +81,14 @@ async def in_range(
     return rows
 
 
-async def prune(conn: aiosqlite.Connection, before: float, max_rows: int) -> int:
+async def prune(tx: Tx, before: float, max_rows: int) -> int:
     """Delete rows older than ``before``, then the oldest beyond ``max_rows``."""
-    cur = await conn.execute("DELETE FROM tracked_metrics WHERE at < ?", (before,))
-    gone = cur.rowcount
-    async with conn.execute("SELECT count(*) AS n FROM tracked_metrics") as c:
-        counted = await fetch_one(c)
-    extra = (counted["n"] if counted else 0) - max_rows
+    gone = await tx.execute("DELETE FROM tracked_metrics WHERE at < ?", (before,))
+    extra = (await tx.value("SELECT count(*) AS n FROM tracked_metrics") or 0) - max_rows
     if extra > 0:
-        cur = await conn.execute(
+        gone += await tx.execute(
             "DELETE FROM tracked_metrics WHERE id IN (SELECT id FROM"
             " tracked_metrics ORDER BY at, id LIMIT ?)",
             (extra,),
         )
-        gone += cur.rowcount
     return gone
