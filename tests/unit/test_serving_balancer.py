@@ -70,3 +70,53 @@ def test_an_idle_replica_is_told_how_many_ready_ones_rotate():
     assert balancer._pick().turns == 2  # its next call comes after the other ready one's
     del replicas[1:]
     assert balancer._pick().turns == 1  # scaled down to one: it alone takes the next call
+
+
+def test_a_deeper_queue_starts_the_calls_waiting_for_it():
+    """An inline replica starts at depth 2; once its calls are known to be fast, the calls
+    waiting in the balancer go to its pipe at once, not one more per answer."""
+    import asyncio
+
+    class Fake:
+        def __init__(self) -> None:
+            self.in_flight, self.accepting, self.turns = 0, True, 1
+            self.service_s = 0.0001  # 0.1 ms a call: depth 20
+            self.held: list[asyncio.Future[None]] = []
+
+        async def call(self, *_: object) -> str:
+            self.in_flight += 1
+            fut = asyncio.get_running_loop().create_future()
+            self.held.append(fut)
+            try:
+                await fut
+            finally:
+                self.in_flight -= 1
+            return "ok"
+
+    async def go() -> None:
+        replica = Fake()
+        balancer = Balancer(
+            [replica],  # type: ignore[list-item]
+            max_concurrency=1,
+            timeout_s=10,
+            queue_timeout_s=10,
+            max_queue=100,
+        )
+        balancer.recoverable = True
+        balancer.replica_ready(inline=True)
+        calls = [asyncio.ensure_future(balancer.call(b"", "json", "json", "r")) for _ in range(30)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert replica.in_flight == 2 and balancer.queued == 28
+        replica.held[0].set_result(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert replica.in_flight == 20 and balancer.queued == 9
+        while not all(c.done() for c in calls):
+            for fut in replica.held:
+                if not fut.done():
+                    fut.set_result(None)
+            await asyncio.sleep(0)
+        assert [c.result()[1] for c in calls] == ["ok"] * 30
+
+    asyncio.run(go())

@@ -106,7 +106,7 @@ class Balancer:
                         body, content_type, accept, request_id, self.timeout_s, start_by
                     )
                     if self.inline:
-                        self.depth = depth_for(replica.service_s)
+                        self._deepen(depth_for(replica.service_s))
                     return replica, answer
                 except NotSent:  # it died before the call reached it: try another one
                     attempts += 1
@@ -119,6 +119,15 @@ class Balancer:
             self.active -= 1
             if self.closed and self.active == 0 and self._idle is not None:
                 self._idle.set()
+
+    def _deepen(self, depth: int) -> None:
+        """An inline replica's depth follows how long its calls take. When it grows, as many
+        more queued calls may start on each replica: wake them (an answer wakes only the one
+        that takes its place, so the depth a group started with would stay what it holds)."""
+        more = depth - self.depth
+        self.depth = depth
+        if more > 0 and self._waiters:
+            self._wake(more * sum(1 for r in self.replicas if r.accepting))
 
     @property
     def queued(self) -> int:
