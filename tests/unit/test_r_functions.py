@@ -98,3 +98,12 @@ def test_the_machines_packages_are_used_as_they_are():
     a = rdeps.r_lock_digest("4.2.2", packages)
     assert a == rdeps.r_lock_digest("4.2.2", list(reversed(packages)))
     assert a != rdeps.r_lock_digest("4.3.0", packages)
+
+
+def test_what_goes_to_r_as_json_text_rather_than_rs_serialization():
+    from modelport.runtime.rserial import Unfit, call_frame
+
+    assert call_frame(0.0, {"a": 1, "b": {"c": "é", "d": None}}).startswith(b"X\n")
+    for args in ({"x": [1]}, {"b": b"\x00"}, {"n": 2**1100}, {"k": {"x": ()}}):
+        with pytest.raises(Unfit):
+            call_frame(0.0, args)

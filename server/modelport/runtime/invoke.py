@@ -18,11 +18,13 @@ from .signature import Signature
 
 _clock = time.perf_counter
 
-__all__ = ["TOO_DEEP", "CallFailed", "Invoker", "error_text", "field_of"]
+__all__ = ["BUSY", "TOO_DEEP", "CallFailed", "Invoker", "error_text", "field_of", "within_cap"]
 
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
 _PLAIN = frozenset({int, str, bool, type(None)})  # results that cannot hold a float
+# A call still queued when its start_by passed: answered 429 model.busy, not run.
+BUSY = "Every replica is busy and the request waited queue_timeout_s."
 TOO_DEEP = "The body is nested too deeply (arrays and objects nest at most about 900 levels deep)."
 
 
@@ -86,9 +88,7 @@ class Invoker:
         self._json = sig.json_decoder.decode
         self._msgpack = sig.msgpack_decoder.decode
         self._known = sig.known_fields
-        # The server's response cap (bytes; 0: none): a longer answer is the model's error here,
-        # rather than a frame that the server refuses by recycling the replica.
-        self.max_result = max_result or sys.maxsize
+        self.max_result = max_result  # the server's response cap (bytes; 0: none): within_cap
 
     def decode(self, body: Any, content_type: str = "json") -> Any:
         """The decoded, validated input; CallFailed 400/422 otherwise."""
@@ -150,10 +150,7 @@ class Invoker:
             raise _model_error(exc) from exc
         finally:
             _METRICS.reset(token)
-        data = self.encode(out, accept)
-        if len(data) > self.max_result:
-            raise _too_long(len(data), self.max_result)
-        return data, metrics
+        return within_cap(self.encode(out, accept), self.max_result), metrics
 
     async def run_async(
         self, body: Any, content_type: str = "json", accept: str = "json"
@@ -167,10 +164,7 @@ class Invoker:
             raise _model_error(exc) from exc
         finally:
             _METRICS.reset(token)
-        data = self.encode(out, accept)
-        if len(data) > self.max_result:
-            raise _too_long(len(data), self.max_result)
-        return data, metrics
+        return within_cap(self.encode(out, accept), self.max_result), metrics
 
     def handle(self, call: Call) -> Result | Failure:
         """A Call of a synchronous function → its Result or Failure (safe to run in a thread)."""
@@ -221,13 +215,18 @@ def _non_finite(value: Any) -> str | None:
     return None
 
 
-def _too_long(size: int, cap: int) -> CallFailed:
-    return CallFailed(
-        500,
-        "model.error",
-        f"The answer is {size} bytes, over the server's "
-        f"response cap of {cap} bytes (MODELPORT_MAX_RESPONSE_MB).",
-    )
+def within_cap(data: bytes, cap: int) -> bytes:
+    """``data`` when it fits the server's response cap (``cap`` bytes; 0: none), else CallFailed:
+    a longer answer is the model's error here, rather than a frame that the server refuses by
+    recycling the replica."""
+    if cap and len(data) > cap:
+        raise CallFailed(
+            500,
+            "model.error",
+            f"The answer is {len(data)} bytes, over the server's "
+            f"response cap of {cap} bytes (MODELPORT_MAX_RESPONSE_MB).",
+        )
+    return data
 
 
 def _model_error(exc: BaseException) -> CallFailed:

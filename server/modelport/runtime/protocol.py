@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Optional, Union
 
 import msgspec
@@ -245,6 +246,13 @@ class MessageProtocol(asyncio.Protocol):
             self._gathered.append(encode_frame(msg))
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode_frame(msg))
+
+    def send_all(self, msgs: Sequence[Message]) -> None:
+        """Several messages, in one write."""
+        if self._gathered is not None:
+            self._gathered.extend(map(encode_frame, msgs))
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(map(encode_frame, msgs)))
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> Message | None:

@@ -8,18 +8,22 @@ mistyped field is a 422 naming it and R (which evaluates lazily) is never called
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 import msgspec
 
-from .invoke import CallFailed, Invoker
+from .invoke import BUSY, CallFailed, Invoker, within_cap
 from .protocol import Call, Failure, Result
+from .rserial import Unfit, call_frame, text_frame
 from .signature import EntryError, Signature, _camel, _default
 
 __all__ = ["RBootError", "RFunction", "is_r_entry", "r_signature", "rscript"]
@@ -110,8 +114,14 @@ def r_signature(described: dict[str, Any]) -> Signature:
 
 
 class RFunction:
-    """The R child of one replica (or inspect step): started, described, then called one call at
-    a time. ``sig`` and ``handle`` are what the worker uses of an Invoker."""
+    """The R child of one replica (or inspect step): started and described, then called.
+
+    A replica's worker relays: ``start`` on its event loop, then ``submit`` each Call. Calls are
+    written to R as they come (those of one read of the server's socket in one write), so that R
+    finds the next one in its pipe when it answers one instead of waiting for this process; R
+    runs them one at a time, in order, and answers each as it finishes. Answers go back in the
+    order of the calls (the server times the oldest one as the running one). The inspect step
+    calls ``call``, which blocks."""
 
     def __init__(self, project: str, entry: str, max_result: int = 0) -> None:
         file, sep, func = entry.rpartition(":")
@@ -122,6 +132,7 @@ class RFunction:
             raise EntryError(f"entrypoint {entry!r}: the file must be a path inside the project")
         self.max_result = max_result
         self._buf = bytearray()
+        self._got: deque[tuple[bytes, bytes]] = deque()  # frames read, not yet taken (_recv)
         to_r, self._to_r = os.pipe()
         self._from_r, from_r = os.pipe()
         env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8")
@@ -166,35 +177,75 @@ class RFunction:
             raise RBootError(self._ended("before it was ready"))
         self.sig = r_signature(self.described)
         self._decode = Invoker(self.sig).decode
+        self._dict = self.sig.form == "dict"
         self._json_decode = msgspec.json.decode
         self._msgpack = msgspec.msgpack.encode
+        # The relay's state (start): the calls R holds or whose answer waits for theirs, oldest
+        # first, as [call id, accept, a Failure already known (None: R answers it)]; what R is
+        # yet to be sent; the running call's metrics and since when R runs it.
+        self._queue: deque[list[Any]] = deque()
+        self._out = bytearray()
+        self._metrics: dict[str, float] = {}
+        self._since = 0.0
+        self._answer: Callable[[list[Result | Failure]], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writing = False
+        self._chunk = [memoryview(bytearray(65536))]
+
+    # -- the frames ---------------------------------------------------------------------------------
+
+    def _frame(self, body: bytes, content_type: str, start_by: float) -> bytes:
+        """A call for R, validated here first (CallFailed 400/422): its arguments and the
+        wall-clock time by which it must start (0: none; R's clock is the wall clock) in R's
+        serialization (rserial), or as JSON text for jsonlite where that cannot hold them."""
+        value = self._decode(body, content_type)  # 400/422 here, before R is called
+        by = time.time() + (start_by - time.monotonic()) if start_by else 0.0
+        msgpack = content_type == "msgpack"
+        if not self._dict:  # the decoded value is the function's Struct: the body as it came
+            value = (msgspec.msgpack.decode if msgpack else msgspec.json.decode)(body)
+        try:
+            return call_frame(by, value)
+        except Unfit:
+            return text_frame(by, msgspec.json.encode(value) if msgpack else body)
+
+    def _frames(self) -> list[tuple[bytes, bytes]]:
+        """The complete frames from R in the buffer, as (kind, payload); the rest is kept."""
+        buf = self._buf
+        out = []
+        pos, size = 0, len(buf)
+        while size - pos >= 8:
+            end = pos + 8 + int(buf[pos : pos + 8], 16)
+            if end > size:
+                break
+            out.append((bytes(buf[pos + 8 : pos + 9]), bytes(buf[pos + 9 : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return out
+
+    def _encoded(self, payload: bytes, accept: str) -> bytes:
+        """R's answer (JSON) in the accepted encoding; CallFailed when it is not valid JSON or
+        longer than the server's response cap."""
+        try:
+            value = self._json_decode(payload)
+        except msgspec.DecodeError as exc:
+            raise CallFailed(
+                500, "model.error", f"the R function's answer is not valid JSON: {exc}"
+            ) from None
+        return within_cap(self._msgpack(value) if accept == "msgpack" else payload, self.max_result)
+
+    # -- blocking: one call at a time (the inspect step) ----------------------------------------------
 
     def _recv(self) -> tuple[bytes, bytes]:
-        """One frame from R: (kind, payload); (b"", b"") when R's end closed. Reads what the
-        pipe holds (a frame in one read, usually), keeping the rest for the next frame."""
-        buf, fd = self._buf, self._from_r
-        while len(buf) < 8:
-            data = os.read(fd, 65536)
+        """One frame from R: (kind, payload); (b"", b"") when R's end closed."""
+        got = self._got
+        while not got:
+            data = os.read(self._from_r, 65536)
             if not data:
                 return b"", b""
-            buf += data
-        end = 8 + int(buf[:8], 16)
-        while len(buf) < end:
-            data = os.read(fd, max(65536, end - len(buf)))
-            if not data:
-                return b"", b""
-            buf += data
-        frame = bytes(buf[8:end])
-        del buf[:end]
-        return frame[:1], frame[1:]
-
-    def _ended(self, when: str) -> str:
-        try:
-            code = self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            return f"R stopped answering {when}"
-        what = f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}"
-        return f"R {what} {when}"
+            self._buf += data
+            got.extend(self._frames())
+        return got.popleft()
 
     def call(
         self,
@@ -204,37 +255,18 @@ class RFunction:
     ) -> tuple[bytes, dict[str, float]]:
         """Validate → R → the answer in the accepted encoding; raises CallFailed. R ending
         mid-call ends this process: the server answers 502 and starts another replica."""
-        self._decode(body, content_type)  # 400/422 here, before R is called
-        if content_type == "msgpack":
-            body = msgspec.json.encode(msgspec.msgpack.decode(body))
-        self._write_all(b"%08x" % len(body) + body)
+        self._write_all(self._frame(body, content_type, 0.0))
         metrics: dict[str, float] = {}
         while True:
             kind, payload = self._recv()
             if kind == b"R":
-                break
+                return self._encoded(payload, accept), metrics
             if kind == b"M":
                 metrics.update(self._json_decode(payload))
             elif kind == b"E":
                 raise CallFailed(500, "model.error", payload.decode(errors="replace"))
             else:
                 self._died(self._ended("while handling a request"))
-        try:
-            value = self._json_decode(payload)
-        except msgspec.DecodeError as exc:
-            raise CallFailed(
-                500, "model.error", f"the R function's answer is not valid JSON: {exc}"
-            ) from None
-        out = self._msgpack(value) if accept == "msgpack" else payload
-        if self.max_result and len(out) > self.max_result:
-            raise CallFailed(
-                500,
-                "model.error",
-                f"The answer is {len(out)} bytes, over the "
-                f"server's response cap of {self.max_result} bytes "
-                "(MODELPORT_MAX_RESPONSE_MB).",
-            )
-        return out, metrics
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -245,18 +277,117 @@ class RFunction:
                 self._died(self._ended("while handling a request"))
             view = view[n:]
 
+    # -- the relay: calls as they come, answers in order ------------------------------------------------
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, answer: Callable[[list[Result | Failure]], None]
+    ) -> None:
+        """Relay on ``loop``: the answers of submitted calls go to ``answer``, in the calls'
+        order, those that R sends in one write together."""
+        self._answer = answer
+        self._loop = loop
+        os.set_blocking(self._to_r, False)
+        os.set_blocking(self._from_r, False)
+        loop.add_reader(self._from_r, self._readable)
+
+    @property
+    def pending(self) -> int:
+        """Calls submitted and not answered yet."""
+        return len(self._queue)
+
+    def submit(self, call: Call) -> None:
+        """A Call for R: validated (a bad one is answered after those before it), then sent."""
+        queue = self._queue
+        try:  # (a call that finds R idle starts now: no start_by for R to check)
+            frame = self._frame(call.body, call.content_type, call.start_by if queue else 0.0)
+        except CallFailed as exc:
+            if queue:
+                queue.append([call.id, call.accept, exc.failure(call.id)])
+            else:
+                self._answer([exc.failure(call.id)])  # type: ignore[misc]
+            return
+        if not queue:
+            self._since = _clock()
+        queue.append([call.id, call.accept, None])
+        self._out += frame
+
+    def flush(self) -> None:
+        """Send R the calls submitted since the last flush, in one write (the worker flushes
+        after each read of the server's socket)."""
+        out = self._out
+        if not out or self._writing:
+            return
+        try:
+            n = os.write(self._to_r, out)
+        except BlockingIOError:
+            n = 0
+        except BrokenPipeError:
+            self._died(self._ended("while handling a request"))
+        del out[:n]
+        if out:  # R's pipe is full (a long call, or large bodies): write when it takes more
+            self._writing = True
+            self._loop.add_writer(self._to_r, self._more)  # type: ignore[union-attr]
+
+    def _more(self) -> None:
+        self._writing = False
+        self._loop.remove_writer(self._to_r)  # type: ignore[union-attr]
+        self.flush()
+
+    def _readable(self) -> None:
+        try:  # (into a buffer kept for it: a fresh large one is an mmap and munmap per read)
+            n = os.readv(self._from_r, self._chunk)
+        except BlockingIOError:
+            return
+        if not n:
+            self._died(self._ended("while handling a request" if self._queue else "while idle"))
+        self._buf += self._chunk[0][:n]
+        done: list[Result | Failure] = []
+        queue = self._queue
+        for kind, payload in self._frames():
+            if kind == b"M":
+                self._metrics.update(self._json_decode(payload))
+                continue
+            cid, accept, _ = queue.popleft()
+            now = _clock()
+            if kind == b"R":
+                try:
+                    done.append(
+                        Result(
+                            cid, self._encoded(payload, accept), self._metrics, now - self._since
+                        )
+                    )
+                except CallFailed as exc:
+                    done.append(exc.failure(cid))
+            elif kind == b"E":
+                done.append(Failure(cid, 500, "model.error", payload.decode(errors="replace")))
+            elif kind == b"S":
+                done.append(Failure(cid, 429, "model.busy", BUSY))
+            else:
+                self._died(f"R sent a frame of an unknown kind {kind!r}")
+            self._metrics = {}
+            self._since = now
+            while queue and queue[0][2] is not None:  # refused here: answered in their turn
+                done.append(queue.popleft()[2])
+        if done:
+            self._answer(done)  # type: ignore[misc]
+
+    # -- the R process ------------------------------------------------------------------------------------
+
+    def _ended(self, when: str) -> str:
+        try:
+            code = self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return f"R stopped answering {when}"
+        what = f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}"
+        return f"R {what} {when}"
+
     @staticmethod
-    def _died(reason: str) -> None:
+    def _died(reason: str) -> NoReturn:
+        """R ended (or broke the stream): so does this process, and the server answers the call
+        that R was running 502 and starts another replica; the calls queued behind it were never
+        started, and go to another replica."""
         print(f"modelport worker: {reason}", file=sys.stderr, flush=True)
         os._exit(1)
-
-    def handle(self, call: Call) -> Result | Failure:
-        started = _clock()
-        try:
-            body, metrics = self.call(call.body, call.content_type, call.accept)
-        except CallFailed as exc:
-            return exc.failure(call.id)
-        return Result(call.id, body, metrics, _clock() - started)
 
     def child_rss_kb(self) -> int:
         try:
@@ -267,6 +398,9 @@ class RFunction:
 
     def close(self, timeout: float = 10.0) -> int | None:
         """Drain: close R's input (it ends after the call it runs) and wait for it."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._from_r)
+            self._loop.remove_writer(self._to_r)
         try:
             os.close(self._to_r)
         except OSError:

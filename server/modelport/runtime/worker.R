@@ -3,12 +3,14 @@
 #   Rscript worker.R PROJECT FILE.R FUNCTION IN_FD OUT_FD
 #
 # Started by the Python worker (modelport/runtime/rbridge.py), which speaks the server's frames and
-# relays each call here, already validated against the function's schema. Frames on the pipes are
-# the payload's length in bytes as 8 hex digits, then the payload. In: a call's arguments as one JSON object. Out: the
-# payload's first byte says what it is:
+# relays each call here, already validated against the function's schema. In: each call as an R
+# object in R's serialization, list(by, args): the time (the wall clock; 0: none) by which it must
+# start, and its arguments as a named list, or as JSON text (for jsonlite: it has arrays). Calls
+# may be queued in the pipe: they are answered one by one, in order. Out: frames, the payload's
+# length in bytes as 8 hex digits, then the payload, whose first byte says what it is:
 #   Y  ready: the function's signature (JSON)      B  boot failure: the error text
 #   M  a metric of the coming answer: {"name": v}  R  the answer (JSON)
-#   E  the function failed: the error text
+#   E  the function failed: the error text         S  skipped: it was queued past its time
 # SIGTERM is ignored (R would die at once mid-call): the Python worker drains by closing IN_FD.
 
 local({
@@ -269,32 +271,42 @@ local({
   # -- serve --
 
   options(warn = 1L)  # a warning goes to stderr as it happens (deferred ones never would)
-  fail <- function(e) {
+  fail <- function(e) {  # the function's error: in the log, and its message for the caller
+    if (reading) return(NULL)
     call <- conditionCall(e)
     where <- if (is.null(call)) "" else paste0(" in ", paste(deparse(call, nlines = 1L), collapse = ""))
     cat("Error", where, ": ", conditionMessage(e), "\n", sep = "", file = stderr())
-    structure(conditionMessage(e), class = "modelport_error")
+    conditionMessage(e)
   }
   parse <- jsonlite::parse_json
-  repeat {
-    header <- readChar(inp, 8L, useBytes = TRUE)
-    if (length(header) == 0L || nchar(header) < 8L) break  # our input closed: drained
-    n <- strtoi(header, 16L)
-    body <- readChar(inp, n, useBytes = TRUE)
-    Encoding(body) <- "UTF-8"
-    metrics <- list()
-    answer <- tryCatch({
-      # Without arrays, simplifying changes nothing: skip its cost (most of jsonlite's time).
-      args <- parse(body, simplifyVector = grepl("[", body, fixed = TRUE))
-      to_json(if (dict) f(args) else do.call(f, args, quote = TRUE))
-    }, error = fail)
-    flush(stdout())
-    if (inherits(answer, "modelport_error")) {
-      send("E", enc2utf8(unclass(answer)))
+  reading <- FALSE
+  # The calls, one after another; an error ends it (the function's: answered E, then served on;
+  # reading: our input closed or broke, which is how the Python worker drains us).
+  serve <- function() repeat {
+    reading <<- TRUE
+    call <- unserialize(inp)
+    reading <<- FALSE
+    by <- call[[1L]]
+    if (by > 0 && .Internal(Sys.time()) > by) {  # queued past its start_by: not run
+      send("S", "")
       next
     }
-    for (name in names(metrics)) send("M", paste0("{", str(name), ":", num(metrics[[name]]), "}"))
+    args <- call[[2L]]
+    if (is.character(args)) args <- parse(args, simplifyVector = TRUE)  # JSON (it has arrays)
+    answer <- to_json(if (dict) f(args) else do.call(f, args, quote = TRUE))
+    flush(stdout())
+    if (length(metrics)) {
+      for (name in names(metrics)) send("M", paste0("{", str(name), ":", num(metrics[[name]]), "}"))
+      metrics <<- list()
+    }
     send("R", answer)
+  }
+  repeat {
+    failed <- tryCatch(serve(), error = fail)
+    if (reading) break  # drained
+    flush(stdout())
+    metrics <- list()
+    send("E", enc2utf8(failed))
   }
   quit(save = "no", status = 0L)
 })

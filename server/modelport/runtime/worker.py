@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .busy_poll import Gap, Spinner
-from .invoke import Invoker, error_text
+from .invoke import BUSY, Invoker, error_text
 from .protocol import (
     MAX_FRAME,
     Boot,
@@ -55,7 +55,7 @@ class _Replica(MessageProtocol):
 
     def __init__(
         self,
-        invoker: Invoker,
+        invoker: Invoker | RFunction,
         max_concurrency: int,
         done: asyncio.Future[None],
         busy_poll_s: float = 0.0,
@@ -63,12 +63,15 @@ class _Replica(MessageProtocol):
     ) -> None:
         super().__init__(max_call)
         self.invoker = invoker
-        self.handle = invoker.handle
+        # An R function's calls are relayed to its R process as they come (rbridge.RFunction);
+        # a Python function's run here: inline, in threads, or as tasks.
+        self.r = r = invoker if isinstance(invoker, RFunction) else None
+        self.handle = invoker.handle if isinstance(invoker, Invoker) else None
         self.is_async = invoker.sig.is_async
-        self.inline = max_concurrency <= 1 and not self.is_async
+        self.inline = max_concurrency <= 1 and not self.is_async and r is None
         self.pool = (
             ThreadPoolExecutor(max_concurrency, thread_name_prefix="predict")
-            if not self.is_async and not self.inline
+            if not self.is_async and not self.inline and r is None
             else None
         )
         self.limit = asyncio.Semaphore(max_concurrency) if self.is_async else None
@@ -82,9 +85,14 @@ class _Replica(MessageProtocol):
         self.poll = self.inline and busy_poll_s > 0
         self.gap = Gap(busy_poll_s)
         self.spinner = Spinner()
-        self.child_rss = getattr(invoker, "child_rss_kb", None)  # an R function's R process
+        self.child_rss = r.child_rss_kb if r is not None else None  # an R function's R process
 
     # -- frames -----------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.r is not None:
+            self.r.flush()  # the calls of this read go to R in one write
 
     def message_received(self, msg: Any) -> None:
         kind = type(msg)
@@ -94,17 +102,13 @@ class _Replica(MessageProtocol):
             if self.draining:
                 self.send(Failure(msg.id, 503, "model.unavailable", "the replica is stopping"))
             elif msg.start_by and time.monotonic() > msg.start_by:
-                self.send(
-                    Failure(
-                        msg.id,
-                        429,
-                        "model.busy",
-                        "Every replica is busy and the request waited queue_timeout_s.",
-                    )
-                )
+                self.send(Failure(msg.id, 429, "model.busy", BUSY))
+            elif self.r is not None:
+                self.in_flight += 1
+                self.r.submit(msg)
             elif self.inline:
                 self.in_flight = 1
-                out = self.handle(msg)
+                out = self.handle(msg)  # type: ignore[misc]
                 self.in_flight = 0
                 self.served += 1
                 self.send(out)
@@ -120,7 +124,7 @@ class _Replica(MessageProtocol):
                 task.add_done_callback(self.tasks.discard)
             else:
                 self.in_flight += 1
-                fut = self.pool.submit(self.handle, msg)  # type: ignore[union-attr]
+                fut = self.pool.submit(self.handle, msg)  # type: ignore[union-attr, arg-type]
                 loop = asyncio.get_running_loop()
 
                 def done(f: Future[Any], i: int = msg.id) -> None:
@@ -143,7 +147,7 @@ class _Replica(MessageProtocol):
     async def _run_async(self, call: Call) -> None:
         try:
             async with self.limit:  # type: ignore[union-attr]
-                out = await self.invoker.handle_async(call)
+                out = await self.invoker.handle_async(call)  # type: ignore[union-attr]
         except BaseException as exc:  # cancelled, or the model raised SystemExit
             out = Failure(call.id, 500, "model.error", error_text(exc))
         self._complete(out)
@@ -154,6 +158,14 @@ class _Replica(MessageProtocol):
         except BaseException as exc:  # SystemExit/KeyboardInterrupt raised by the model in a thread
             out = Failure(call_id, 500, "model.error", error_text(exc))
         self._complete(out)
+
+    def relayed(self, answers: list[Result | Failure]) -> None:
+        """Answers from the R process, in the order of the calls."""
+        self.in_flight -= len(answers)
+        self.served += len(answers)
+        self.send_all(answers)
+        if self.draining and self.in_flight == 0:
+            self._close()
 
     def _complete(self, out: Result | Failure) -> None:
         self.in_flight -= 1
@@ -185,7 +197,7 @@ class _Replica(MessageProtocol):
 
 def serve(
     sock: socket.socket,
-    invoker: Invoker,
+    invoker: Invoker | RFunction,
     max_concurrency: int = 1,
     loop_kind: str = "auto",
     busy_poll_s: float = 0.0,
@@ -197,6 +209,8 @@ def serve(
     asyncio.set_event_loop(loop)
     done: asyncio.Future[None] = loop.create_future()
     replica = _Replica(invoker, max_concurrency, done, busy_poll_s, max_call)
+    if replica.r is not None:
+        replica.r.start(loop, replica.relayed)
     unix = sock.family == socket.AF_UNIX
     connect = loop.create_unix_connection if unix else loop.create_connection
     loop.run_until_complete(connect(lambda: replica, sock=sock))
