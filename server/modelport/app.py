@@ -21,7 +21,7 @@ from modelport.api.audit import audit_log
 from modelport.api.builds import BuildsController, import_build
 from modelport.api.common import strict_booleans
 from modelport.api.deployments import DeploymentsController
-from modelport.api.health import health, model_ready, whoami
+from modelport.api.health import health, model_ready, r_check, whoami
 from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.model_openapi import model_openapi
 from modelport.api.models import ModelsController
@@ -256,6 +256,7 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
             await services.open()
+            r_check.ask(settings.rscript)  # health names the R version: ask R now, once
             yield
         finally:
             await services.close()

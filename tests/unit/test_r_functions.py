@@ -107,3 +107,41 @@ def test_what_goes_to_r_as_json_text_rather_than_rs_serialization():
     for args in ({"x": [1]}, {"b": b"\x00"}, {"n": 2**1100}, {"k": {"x": ()}}):
         with pytest.raises(Unfit):
             call_frame(0.0, args)
+
+
+def test_health_asks_r_in_the_background_and_answers_with_the_last_answer(monkeypatch):
+    import asyncio
+    import threading
+
+    from modelport.api import health
+    from modelport.builder import rlang
+
+    asked: list[str] = []
+    release = threading.Event()
+
+    def find_r(rscript: str) -> RInfo:
+        asked.append(rscript)
+        release.wait(10)
+        if rscript == "none":
+            raise rlang.RMissing("no R")
+        return RInfo(rscript, f"4.2.{len(asked)}")
+
+    monkeypatch.setattr(rlang, "find_r", find_r)
+
+    async def go() -> None:
+        check = health._RCheck()
+        check.ask("R")  # the server's start
+        first = asyncio.ensure_future(check.version("R"))  # waits for that one answer
+        await asyncio.sleep(0.05)
+        assert not first.done() and asked == ["R"]
+        release.set()
+        assert await first == "4.2.1"
+        assert await check.version("R") == "4.2.1" and asked == ["R"]  # not asked again
+        monkeypatch.setattr(health, "_R_CHECK_S", 0.0)  # stale: the last answer, asked anew
+        assert await check.version("R") == "4.2.1"
+        while len(asked) < 2 or check._asking:
+            await asyncio.sleep(0.01)
+        assert await check.version("R") == "4.2.2"
+        assert await check.version("none") is None
+
+    asyncio.run(go())

@@ -26,27 +26,52 @@ class Health(msgspec.Struct):
 
 
 _R_CHECK_S = 60.0
-_r_seen: dict[str, tuple[float, str | None]] = {}  # Rscript -> (checked at, version)
 
 
-async def _r_version(rscript: str) -> str | None:
-    """The machine's R version (running R takes a moment: checked once a minute at most)."""
-    now = time.monotonic()
-    seen = _r_seen.get(rscript)
-    if seen is None or now - seen[0] > _R_CHECK_S:
+class _RCheck:
+    """The machine's R version, for health: running R to ask takes half a second, so it is
+    asked in the background (from the server's start, then at most once a minute) and health
+    answers with the last answer at once; only a health request before the first answer waits."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, str | None]] = {}  # Rscript -> (checked at, version)
+        self._asking: dict[str, asyncio.Task[str | None]] = {}
+
+    def ask(self, rscript: str) -> asyncio.Task[str | None]:
+        task = self._asking.get(rscript)
+        if task is None:
+            self._asking[rscript] = task = asyncio.ensure_future(self._probe(rscript))
+        return task
+
+    async def _probe(self, rscript: str) -> str | None:
         try:
-            version = (await asyncio.to_thread(rlang.find_r, rscript)).version
+            version: str | None = (await asyncio.to_thread(rlang.find_r, rscript)).version
         except rlang.RMissing:
             version = None
-        _r_seen[rscript] = seen = (now, version)
-    return seen[1]
+        finally:
+            self._asking.pop(rscript, None)
+        self._seen[rscript] = (time.monotonic(), version)
+        return version
+
+    async def version(self, rscript: str) -> str | None:
+        seen = self._seen.get(rscript)
+        if seen is None:
+            return await asyncio.shield(self.ask(rscript))
+        if time.monotonic() - seen[0] > _R_CHECK_S:
+            self.ask(rscript)
+        return seen[1]
+
+
+r_check = _RCheck()
 
 
 @get("/api/v1/health", opt={"perm": "public"}, tags=["health"])
 async def health(sandbox: SandboxDep, settings: SettingsDep) -> Health:
     """Liveness, the sandbox replicas and builds run in, and whether R functions can be served
     (the R version): answers without a token."""
-    return Health("ok", __version__, list(sandbox.protections), await _r_version(settings.rscript))
+    return Health(
+        "ok", __version__, list(sandbox.protections), await r_check.version(settings.rscript)
+    )
 
 
 class WhoAmI(msgspec.Struct):
