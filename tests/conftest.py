@@ -486,3 +486,86 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for name, value in S3_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@dataclass
+class RayCluster:
+    """A real two-node Ray cluster on this machine (ray.cluster_utils.Cluster): the head on
+    127.0.0.2, a second node on 127.0.0.3 with the custom resource ``node2`` (Ray rewrites
+    127.0.0.1 to the machine's own address: docs/scale-out.md). Its processes are ours, stopped
+    by their pids (never `ray stop`, which matches by name)."""
+
+    cluster: object  # ray.cluster_utils.Cluster
+    temp_dir: Path
+    second: object = None  # the second node (ray._private.node.Node)
+
+    HEAD_IP = "127.0.0.2"
+    SECOND_IP = "127.0.0.3"
+
+    @property
+    def address(self) -> str:
+        """The head's cluster address (what `ray start --address` takes)."""
+        return self.cluster.address  # type: ignore[attr-defined]
+
+    @property
+    def url(self) -> str:
+        """MODELPORT_REPLICAS for a server placing its replicas on this cluster."""
+        return f"ray://{self.address}"
+
+    def add_second(self) -> None:
+        self.second = self.cluster.add_node(  # type: ignore[attr-defined]
+            node_ip_address=self.SECOND_IP,
+            num_cpus=4,
+            resources={"node2": 1},
+            object_store_memory=80_000_000,
+        )
+        self.cluster.wait_for_nodes()  # type: ignore[attr-defined]
+
+    def kill_second_raylet(self) -> int:
+        """SIGKILL the second node's raylet (a machine lost); its pid."""
+        from ray._private import ray_constants
+
+        info = self.second.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0]  # type: ignore[attr-defined]
+        info.process.send_signal(signal.SIGKILL)
+        info.process.wait(10)
+        return info.process.pid
+
+    def remove_second(self) -> None:
+        if self.second is not None:
+            self.cluster.remove_node(self.second, allow_graceful=False)  # type: ignore[attr-defined]
+            self.second = None
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """One Ray cluster for the session, started on first use (head ~4 s, second node ~2 s,
+    ~0.6 GiB each), for the tests that place replicas on Ray (marked slow)."""
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="mp-ray-", dir="/tmp"))  # Ray's socket paths: short
+    (temp / "ray").mkdir()
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(temp)  # where Ray writes its current cluster's address
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "node_ip_address": RayCluster.HEAD_IP,
+            "num_cpus": 4,
+            "include_dashboard": False,
+            "object_store_memory": 80_000_000,
+            "temp_dir": str(temp),
+        },
+    )
+    ray = RayCluster(cluster=cluster, temp_dir=temp)
+    try:
+        ray.add_second()
+        yield ray
+    finally:
+        cluster.shutdown()
+        if before is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = before
+        shutil.rmtree(temp, ignore_errors=True)

@@ -17,6 +17,7 @@ __all__ = [
     "Failure",
     "FrameReader",
     "FrameTooLarge",
+    "Hello",
     "Message",
     "MessageProtocol",
     "Ping",
@@ -103,7 +104,16 @@ class Boot(msgspec.Struct, tag=True, array_like=True, gc=False):
     error: str  # "ExceptionType: message"
 
 
-Message = Union[Call, Ping, Result, Failure, Pong, Ready, Boot]  # noqa: UP007
+class Hello(msgspec.Struct, tag=True, array_like=True, gc=False):
+    """Server → replica, first on a TCP connection (a replica on another node): the replica's
+    secret, without which the connection is closed, and the server's time.monotonic() as it
+    sent this, by which the replica turns each Call's ``start_by`` into its own clock."""
+
+    secret: bytes
+    clock: float = 0.0
+
+
+Message = Union[Call, Ping, Result, Failure, Pong, Ready, Boot, Hello]  # noqa: UP007
 
 HEADER = 4
 MAX_FRAME = 1 << 30  # a length beyond this is a corrupt stream, not a big body

@@ -1,19 +1,28 @@
-"""A replica process: import the model once, then serve Calls from the server over a Unix socket.
+"""A replica process: import the model once, then serve Calls from the server over a socket.
 
     python -u -m modelport.runtime.worker --project DIR --entry FILE:FUNC
-        (--socket PATH | --fd N) [--max-concurrency N] [--loop auto|uvloop|asyncio]
-        [--busy-poll-us N] [--max-call-bytes N] [--max-result-bytes N]
+        (--socket PATH | --fd N | --listen-fd N) [--max-concurrency N]
+        [--loop auto|uvloop|asyncio] [--busy-poll-us N] [--max-call-bytes N]
+        [--max-result-bytes N]
+
+With --listen-fd (a replica on another node than the server: an inherited, listening TCP
+socket), the worker reads its secret from the first line of stdin, then serves the first
+connection whose first frame is a Hello with that secret; a connection without it is closed
+(nothing is run for it) and the worker waits for the next one. Once one is in, it listens no
+more.
 
 Exit codes: 0 stopped (end of stream, SIGTERM/SIGINT after in-flight calls finish),
 2 bad command line, 3 boot failure (import or entry error; Boot was sent — do not restart),
-4 cannot connect to the server's socket.
+4 cannot connect to the server's socket (or no secret on stdin with --listen-fd).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import hmac
 import os
 import signal
 import socket
@@ -30,11 +39,14 @@ from .protocol import (
     Boot,
     Call,
     Failure,
+    Hello,
     MessageProtocol,
     Ping,
     Pong,
+    ProtocolError,
     Ready,
     Result,
+    recv_frame,
     send_frame,
 )
 from .rbridge import RFunction, is_r_entry
@@ -60,9 +72,13 @@ class _Replica(MessageProtocol):
         done: asyncio.Future[None],
         busy_poll_s: float = 0.0,
         max_call: int = MAX_FRAME,
+        skew: float = 0.0,
     ) -> None:
         super().__init__(max_call)
         self.invoker = invoker
+        # This machine's time.monotonic() less the server's (a replica on another node): a
+        # Call's start_by, in the server's clock, is moved into ours as it arrives. 0 locally.
+        self.skew = skew
         # An R function's calls are relayed to its R process as they come (rbridge.RFunction);
         # a Python function's run here: inline, in threads, or as tasks.
         self.r = r = invoker if isinstance(invoker, RFunction) else None
@@ -97,6 +113,8 @@ class _Replica(MessageProtocol):
     def message_received(self, msg: Any) -> None:
         kind = type(msg)
         if kind is Call:
+            if self.skew and msg.start_by:
+                msg.start_by += self.skew
             if self.poll:
                 self.gap.stop(_clock())
             if self.draining:
@@ -202,13 +220,14 @@ def serve(
     loop_kind: str = "auto",
     busy_poll_s: float = 0.0,
     max_call: int = MAX_FRAME,
+    skew: float = 0.0,
 ) -> int:
     """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code.
     A frame longer than ``max_call`` bytes is a broken stream: the connection is closed."""
     loop = _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     done: asyncio.Future[None] = loop.create_future()
-    replica = _Replica(invoker, max_concurrency, done, busy_poll_s, max_call)
+    replica = _Replica(invoker, max_concurrency, done, busy_poll_s, max_call, skew)
     if replica.r is not None:
         replica.r.start(loop, replica.relayed)
     unix = sock.family == socket.AF_UNIX
@@ -292,7 +311,75 @@ def _flush() -> None:
             pass
 
 
-def _connect(args: argparse.Namespace) -> socket.socket:
+HELLO_TIMEOUT_S = 10.0  # a connection must send its Hello within this
+HELLO_MAX = 4096  # and a short one: a longer first frame is refused from its length prefix
+
+
+class Refused(Exception):
+    """A connection to the listening socket did not open with the replica's secret."""
+
+
+def _read_secret() -> bytes:
+    """The first line of stdin (the launcher's pipe, closed after): never in argv or environ."""
+    try:
+        line = sys.stdin.buffer.readline(1024)
+    except (OSError, ValueError, AttributeError):
+        line = b""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stdin.close()
+    with contextlib.suppress(OSError):  # the pipe itself: fd 0 is /dev/null from here on
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    secret = line.strip()
+    if len(secret) < 16:
+        raise OSError("no secret (at least 16 bytes) on the first line of stdin")
+    return secret
+
+
+def hello(conn: socket.socket, secret: bytes) -> float:
+    """Check a new connection's first frame (blocking, bounded in time and size): the skew of
+    our clock against the server's when it is a Hello with ``secret``, else Refused."""
+    conn.settimeout(HELLO_TIMEOUT_S)
+    try:
+        msg = recv_frame(conn, HELLO_MAX)
+    except (OSError, ProtocolError) as exc:
+        raise Refused(f"no Hello ({type(exc).__name__})") from None
+    received = time.monotonic()
+    if type(msg) is not Hello:
+        raise Refused("its first frame is not a Hello")
+    if not hmac.compare_digest(msg.secret, secret):
+        raise Refused("wrong secret")
+    conn.settimeout(None)
+    return received - msg.clock if msg.clock else 0.0
+
+
+def accept(listener: socket.socket, secret: bytes) -> tuple[socket.socket, float]:
+    """The first connection that opens with the secret (and the clock skew it gives); the others
+    are closed as they come. The listening socket is closed once one is in."""
+    try:
+        while True:
+            conn, peer = listener.accept()
+            try:
+                skew = hello(conn, secret)
+            except Refused as exc:
+                conn.close()
+                print(f"modelport worker: refused a connection from {peer}: {exc}", file=sys.stderr)
+                continue
+            return conn, skew
+    finally:
+        listener.close()
+
+
+def _connect(args: argparse.Namespace) -> tuple[socket.socket, float]:
+    if args.listen_fd is not None:
+        secret = _read_secret()
+        listener = socket.socket(fileno=args.listen_fd)
+        listener.setblocking(True)
+        conn, skew = accept(listener, secret)
+        conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, skew
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)
     else:
@@ -303,7 +390,7 @@ def _connect(args: argparse.Namespace) -> socket.socket:
             sock.close()
             raise
     sock.setblocking(True)
-    return sock
+    return sock, 0.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -317,6 +404,12 @@ def _parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", help="the server's Unix socket to connect to")
     where.add_argument("--fd", type=int, help="an inherited, connected socket's file descriptor")
+    where.add_argument(
+        "--listen-fd",
+        type=int,
+        help="an inherited, listening TCP socket: serve the first connection with the secret "
+        "read from stdin",
+    )
     p.add_argument(
         "--max-concurrency", type=int, default=1, help="calls served at once (default 1)"
     )
@@ -370,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     _limit_resources()
     try:
-        sock = _connect(args)
+        sock, skew = _connect(args)
     except OSError as exc:
         print(f"modelport worker: cannot connect to the server: {exc}", file=sys.stderr)
         return EXIT_CONNECT
@@ -401,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         args.loop,
         max(0, args.busy_poll_us) / 1e6,
         max(1, args.max_call_bytes),
+        skew,
     )
     if r:
         invoker.close()  # drained: R ends once its input closes
