@@ -162,13 +162,18 @@ def server(make_server) -> Server:
 
 
 @pytest.fixture
-def app_client(tmp_path: Path):
-    """The app in-process (Litestar's TestClient) on a real SQLite file and store in tmp."""
+def app_client(request: pytest.FixtureRequest, tmp_path: Path):
+    """The app in-process (Litestar's TestClient) on a real SQLite file and store in tmp; on a
+    fresh PostgreSQL database instead when MODELPORT_TEST_REGISTRY=postgresql (to run the
+    in-process tests on that backend: `MODELPORT_TEST_REGISTRY=postgresql pytest tests/…`)."""
     from litestar.testing import TestClient
     from modelport.app import create_app
     from modelport.settings import Settings
 
-    settings = Settings(data_dir=tmp_path / "data")
+    url = None
+    if os.environ.get("MODELPORT_TEST_REGISTRY") == "postgresql":
+        url = request.getfixturevalue("pg_url")
+    settings = Settings(data_dir=tmp_path / "data", database_url=url)
     with TestClient(create_app(settings)) as client:
         client.headers["Authorization"] = f"Bearer {client.app.state.services.admin_token}"
         yield client
@@ -394,6 +399,31 @@ def postgres() -> Iterator[Postgres]:
 def pg_url(postgres: Postgres) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return postgres.fresh_database()
+
+
+@dataclass
+class Registry:
+    """Where a test's registry lives: the SQLite file in its tmp, or its own PostgreSQL
+    database; `open()` gives the opened `Database` (migrated unless read-only)."""
+
+    dialect: str
+    path: Path
+    url: str | None
+
+    def database(self, *, read_only: bool = False):
+        from modelport.registry.backends import registry
+
+        return registry(self.url, self.path, read_only=read_only)
+
+    async def open(self, *, read_only: bool = False):
+        return await self.database(read_only=read_only).open()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
+    """The registry on each backend in turn: a test that takes it runs once on each."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Registry(request.param, tmp_path / "registry.sqlite3", url)
 
 
 S3_BUCKET = "modelport"

@@ -38,7 +38,8 @@ from modelport.gateway.routes import Routes
 from modelport.models import Models
 from modelport.observability.monitor import Monitor
 from modelport.registry import deployments as deployment_rows
-from modelport.registry.db import SqliteDatabase
+from modelport.registry.backends import registry
+from modelport.registry.db import RegistryUnreachable
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
@@ -92,20 +93,28 @@ def _mtime(path: Path) -> int | None:
 
 
 async def _every(seconds: float, job) -> None:
-    full = False  # said once while the disk stays full, not every run
+    said = ""  # a full disk or an unreachable registry is said once while it lasts, not every run
     while True:
         await asyncio.sleep(seconds)
         try:
             await job()
-            full = False
+            said = ""
         except Exception as exc:
-            if not disk_full(exc):
+            why = (
+                "the disk is full"
+                if disk_full(exc)
+                else "the registry is unreachable"
+                if isinstance(exc, RegistryUnreachable)
+                else ""
+            )
+            if not why:
                 log.exception("periodic job %s failed", getattr(job, "__name__", job))
-            elif not full:
-                full = True
+            elif why != said:
+                said = why
                 log.warning(
-                    "periodic job %s: the disk is full (%s); it runs again every %g s",
+                    "periodic job %s: %s (%s); it runs again every %g s",
                     getattr(job, "__name__", job),
+                    why,
                     exc,
                     seconds,
                 )
@@ -128,7 +137,7 @@ class Services:
 
     def __init__(self, settings: Settings, lock: DataDirLock | None = None):
         self.settings, self._lock = settings, lock
-        self.db = SqliteDatabase(settings.registry_path)
+        self.db = registry(settings.database_url, settings.registry_path)
         self.auth = Auth(self.db, settings.admin_token_path)
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
         self.supervisor = Supervisor(

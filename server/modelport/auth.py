@@ -22,7 +22,7 @@ from litestar.handlers import BaseRouteHandler
 
 from modelport.clock import in_days_iso, now_iso
 from modelport.datadir import drop_admin_token
-from modelport.errors import AuthDenied, AuthInvalid, AuthMissing, Conflict
+from modelport.errors import AuthDenied, AuthInvalid, AuthMissing
 from modelport.registry import models as model_rows
 from modelport.registry import tokens as token_rows
 from modelport.registry.db import Database
@@ -158,18 +158,8 @@ class Auth:
 
     async def revoke_token(self, token_id: str, actor: str) -> Token:
         """Revoke a token; 409 for the last admin token that works (nobody could manage the
-        server after it: make another admin token first)."""
-        now = now_iso()
-        admins = {
-            i.id
-            for i in self._tokens.values()
-            if i.role == "admin" and (i.expires_at is None or i.expires_at > now)
-        }
-        if admins == {token_id}:
-            raise Conflict(
-                "This is the last admin token that works: revoking it would lock "
-                "everyone out of the API. Create another admin token first."
-            )
+        server after it: make another admin token first). The registry decides, in the
+        transaction that revokes: another server may have revoked an admin token meanwhile."""
         token = await token_rows.revoke(self.db, token_id, actor)
         self._tokens = {h: i for h, i in self._tokens.items() if i.id != token_id}
         await self.drop_stale_token_file()

@@ -159,6 +159,12 @@ class StoreUnavailable(ModelportError):
     status, code = 503, "store.unavailable"
 
 
+class RegistryUnavailable(ModelportError):
+    """The registry's database (PostgreSQL) cannot be reached; retry when it is back."""
+
+    status, code = 503, "registry.unavailable"
+
+
 class StoreFull(ModelportError):
     """The disk holding the data dir is full (or its quota is used up); nothing was written."""
 
@@ -240,7 +246,14 @@ def to_modelport_error(exc: Exception, data_dir: Path | None = None) -> Modelpor
         return RequestMalformed(TOO_DEEP)
     if isinstance(exc, OverflowError) and "SQLite INTEGER" in str(exc):  # an id past 2**63 - 1
         return NotFound("Nothing has a number that large.")
+    from modelport.registry.db import RegistryUnreachable
     from modelport.store.objects import CorruptObject, ObjectMissing, StoreUnreachable
+
+    if isinstance(exc, RegistryUnreachable):
+        log.error("registry: %s", exc)
+        return RegistryUnavailable(
+            f"The registry is unavailable: {exc}. Predictions go on; try again later."
+        )
 
     if isinstance(exc, CorruptObject):
         log.error("store: %s", exc)

@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # The artifact store: None for the local one in the data dir; MODELPORT_STORE_URL
     # (s3://bucket/prefix?endpoint=…&region=…) for an S3 bucket, cached in store_dir
     store_url: str | None = None
+    # The registry: None for the data dir's SQLite file; MODELPORT_DATABASE_URL
+    # (postgresql://user@host:5432/database) for a PostgreSQL database several servers share
+    database_url: str | None = None
 
     @property
     def registry_path(self) -> Path:
@@ -109,6 +112,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["no_index"] = True
         if env.get("MODELPORT_STORE_URL"):
             values["store_url"] = store_url(env["MODELPORT_STORE_URL"])
+        if env.get("MODELPORT_DATABASE_URL"):
+            values["database_url"] = database_url(env["MODELPORT_DATABASE_URL"])
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):
@@ -141,6 +146,16 @@ def store_url(url: str) -> str:
         return check_url(url)
     except ValueError as exc:
         raise SettingError(f"MODELPORT_STORE_URL: {exc}") from None
+
+
+def database_url(url: str) -> str:
+    """MODELPORT_DATABASE_URL checked now: a wrong one stops the server at once, naming it."""
+    from modelport.registry.backends import check_url
+
+    try:
+        return check_url(url)
+    except ValueError as exc:
+        raise SettingError(f"MODELPORT_DATABASE_URL: {exc}") from None
 
 
 # Whole-number settings read from MODELPORT_<KEY>, with their least value.

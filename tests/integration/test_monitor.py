@@ -9,7 +9,6 @@ import pytest
 from modelport.gateway.routes import Routes
 from modelport.observability.monitor import Monitor
 from modelport.registry import metric_points
-from modelport.registry.db import SqliteDatabase
 
 T0 = 1_699_999_200.0  # a multiple of 600 (so of 10 and 30)
 
@@ -23,9 +22,9 @@ class Clock:
 
 
 @pytest.fixture
-def env(tmp_path):
+def env(registry):
     async def make():
-        db = await SqliteDatabase(tmp_path / "registry.sqlite3").open()
+        db = await registry.open()
         await db.execute(
             "INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
             " VALUES ('m', 'admin', 'x', 'now', 'now')"

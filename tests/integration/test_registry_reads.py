@@ -1,17 +1,15 @@
-"""The registry's reader sees every write committed before a read began, under concurrent tasks."""
+"""The registry's reads (each backend) see every write committed before a read began, under concurrent tasks."""
 
 from __future__ import annotations
 
 import asyncio
 
-from modelport.registry.db import SqliteDatabase
 
-
-def test_a_write_is_seen_by_the_next_read_while_other_reads_run(tmp_path):
+def test_a_write_is_seen_by_the_next_read_while_other_reads_run(registry):
     # Found by schemathesis (scripts/fuzz/schemathesis.sh): POST /api/v1/tokens answered 500 when
     # another task's query held the reader's snapshot between the insert and its read-back.
     async def run() -> list[int]:
-        db = await SqliteDatabase(tmp_path / "registry.sqlite3").open()
+        db = await registry.open()
         missing: list[int] = []
 
         async def create(i: int) -> None:

@@ -1,13 +1,13 @@
-"""The registry's database seam (`Database`, `Tx`) on a real SQLite file: what each method
-returns, constraint errors in the registry's own type, a failed transaction leaves nothing, and a
-read-only registry reads but does not write."""
+"""The registry's database seam (`Database`, `Tx`) on each backend (a real SQLite file, a real
+PostgreSQL database): what each method returns, constraint errors in the registry's own type, a
+failed transaction leaves nothing, and a read-only registry reads but does not write."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from modelport.registry.db import Database, IntegrityError, SqliteDatabase
+from modelport.registry.db import Database, IntegrityError
 
 MODEL = (
     "INSERT INTO models (name, description, auth, owner, access_key_hash, created_at,"
@@ -15,9 +15,9 @@ MODEL = (
 )
 
 
-def _run(tmp_path, body):
+def _run(registry, body):
     async def go():
-        db = await SqliteDatabase(tmp_path / "registry.sqlite3").open()
+        db = await registry.open()
         try:
             return await body(db)
         finally:
@@ -26,9 +26,9 @@ def _run(tmp_path, body):
     return asyncio.run(go())
 
 
-def test_a_transaction_returns_ids_counts_and_values(tmp_path):
+def test_a_transaction_returns_ids_counts_and_values(registry):
     async def body(db: Database):
-        assert isinstance(db, Database) and db.dialect == "sqlite"
+        assert isinstance(db, Database) and db.dialect == registry.dialect
         async with db.write() as tx:
             first = await tx.insert(MODEL, ("a", True, "ha"))
             second = await tx.insert(MODEL, ("b", False, "hb"))
@@ -41,7 +41,7 @@ def test_a_transaction_returns_ids_counts_and_values(tmp_path):
         rows = await db.all("SELECT name, auth, owner FROM models ORDER BY id")
         return first, second, changed, many, seen, none, rows
 
-    first, second, changed, many, seen, none, rows = _run(tmp_path, body)
+    first, second, changed, many, seen, none, rows = _run(registry, body)
     assert second == first + 1 and (changed, many, seen, none) == (2, 2, 2, None)
     assert rows == [
         {"name": "a", "auth": 1, "owner": "you"},
@@ -49,7 +49,7 @@ def test_a_transaction_returns_ids_counts_and_values(tmp_path):
     ]
 
 
-def test_a_broken_constraint_is_the_registrys_error_and_undoes_the_transaction(tmp_path):
+def test_a_broken_constraint_is_the_registrys_error_and_undoes_the_transaction(registry):
     async def body(db: Database):
         with pytest.raises(IntegrityError):
             async with db.write() as tx:
@@ -59,27 +59,27 @@ def test_a_broken_constraint_is_the_registrys_error_and_undoes_the_transaction(t
             await tx.insert(MODEL, ("b", True, "h3"))
         return await db.all("SELECT name FROM models")
 
-    assert _run(tmp_path, body) == [{"name": "b"}]
+    assert _run(registry, body) == [{"name": "b"}]
 
 
-def test_found_insists_on_a_row(tmp_path):
+def test_found_insists_on_a_row(registry):
     async def body(db: Database):
         with pytest.raises(LookupError):
             await db.found("SELECT * FROM models WHERE name = ?", ("nobody",))
         return await db.value("SELECT name FROM models")
 
-    assert _run(tmp_path, body) is None
+    assert _run(registry, body) is None
 
 
-def test_a_read_only_registry_reads_and_refuses_to_write(tmp_path):
+def test_a_read_only_registry_reads_and_refuses_to_write(registry):
     async def body(db: Database):
         async with db.write() as tx:
             await tx.insert(MODEL, ("a", True, "h"))
 
-    _run(tmp_path, body)
+    _run(registry, body)
 
     async def read_only():
-        db = await SqliteDatabase(tmp_path / "registry.sqlite3", read_only=True).open()
+        db = await registry.open(read_only=True)
         try:
             names = await db.all("SELECT name FROM models")
             with pytest.raises(RuntimeError, match="read-only"):

@@ -62,7 +62,7 @@ def reset_token(data_dir: str | None, as_json: bool) -> None:
     except SettingError as exc:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(2)
-    if not settings.registry_path.exists():
+    if not settings.database_url and not settings.registry_path.exists():
         err_console.print(
             f"[red]error[/red] no registry in {settings.data_dir}: no server has "
             "started there (--data-dir names the server's data dir)"
@@ -100,9 +100,9 @@ def reset_token(data_dir: str | None, as_json: bool) -> None:
 
 async def _new_admin_token(settings):
     from modelport.auth import Auth
-    from modelport.registry.db import SqliteDatabase
+    from modelport.registry.backends import registry
 
-    db = await SqliteDatabase(settings.registry_path).open()
+    db = await registry(settings.database_url, settings.registry_path).open()
     try:
         return await Auth(db).issue_token(
             name="admin (reset)",

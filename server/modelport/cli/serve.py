@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -79,6 +80,8 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         from modelport.datadir import UMASK, DataDirBusy, DataDirLock, prepare
         from modelport.gateway.http import PredictionProtocol
         from modelport.observability.logs import configure
+        from modelport.registry import backends
+        from modelport.registry.db import RegistryTooNew, RegistryUnreachable
 
         settings = Settings.from_env(
             host=host, port=port, data_dir=data_dir, log_format=log_format, log_level=log_level
@@ -96,6 +99,12 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
     try:
         lock = DataDirLock(settings.lock_path).acquire()
     except DataDirBusy as exc:
+        err_console.print(f"[red]error[/red] {exc}")
+        sys.exit(1)
+    try:  # a registry this modelport cannot use stops it here, with one line saying why
+        asyncio.run(backends.ready(settings.database_url, settings.registry_path))
+    except (RegistryTooNew, RegistryUnreachable) as exc:
+        lock.release()
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     app = create_asgi(settings, lock=lock)

@@ -29,7 +29,7 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
     missing or corrupt or a project folder is tampered with (and not repaired)."""
     from modelport import upkeep
     from modelport.builder.projects import Projects, describe
-    from modelport.registry.builds import in_use_of_file
+    from modelport.registry.builds import in_use_read_only
     from modelport.store.backends import open_store
 
     settings = _settings(data_dir)
@@ -37,7 +37,7 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
     found = upkeep.verify(
         store,
         Projects(store, settings.data_dir),
-        in_use_of_file(settings.registry_path),
+        in_use_read_only(settings.database_url, settings.registry_path),
         quarantine=quarantine,
         repair=repair,
     )
@@ -84,7 +84,7 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
     (the server must be stopped)."""
     from modelport import upkeep
     from modelport.datadir import DataDirBusy, DataDirLock
-    from modelport.registry.builds import in_use_of_file
+    from modelport.registry.builds import in_use_read_only
     from modelport.store.backends import open_store
 
     settings = _settings(data_dir)
@@ -97,7 +97,7 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         done = upkeep.collect(
             open_store(settings.store_dir, settings.store_url),
             settings.data_dir,
-            in_use_of_file(settings.registry_path),
+            in_use_read_only(settings.database_url, settings.registry_path),
             grace_s=grace_s,
             stopped=True,
         )

@@ -12,7 +12,7 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.errors import BuildNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database, Row, SqliteDatabase, Tx
+from modelport.registry.db import Database, Row, Tx
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Build, Page
 
@@ -228,14 +228,16 @@ async def in_use(db: Database) -> InUse:
     )
 
 
-def in_use_of_file(path: Path) -> InUse:
-    """``in_use`` read from the registry file itself, read-only (the CLI: a server may run on
-    it meanwhile); nothing when there is no file yet. Blocking."""
-    if not path.exists():
+def in_use_read_only(database_url: str | None, path: Path) -> InUse:
+    """``in_use`` read from the registry itself, read-only (the CLI: a server may run on it
+    meanwhile); nothing when there is no SQLite file yet. Blocking."""
+    from modelport.registry.backends import registry
+
+    if not database_url and not path.exists():
         return _in_use((), (), ())
 
     async def read() -> InUse:
-        db = await SqliteDatabase(path, read_only=True).open()
+        db = await registry(database_url, path, read_only=True).open()
         try:
             return await in_use(db)
         finally:

@@ -1,5 +1,5 @@
 """The registry's database seam (`Database`, `Tx`) and its SQLite backend: WAL, foreign keys,
-numbered migrations, one reader and one writer.
+numbered migrations, one reader and one writer (the PostgreSQL backend: registry/postgres.py).
 
 The table modules of `registry/` speak only to `Database` and `Tx`, in SQL that both SQLite and
 PostgreSQL read: `?` placeholders (a PostgreSQL backend renumbers them), `RETURNING id` for a new
@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import aiosqlite
 
-from modelport.registry.schema import MIGRATIONS
+from modelport.registry.schema import MIGRATIONS, too_new
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -30,17 +30,19 @@ PRAGMAS = (
 
 
 class RegistryTooNew(RuntimeError):
-    pass
+    """The registry's schema is newer than this modelport knows: a server refuses to start."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+class RegistryUnreachable(RuntimeError):
+    """The registry's database server cannot be reached (PostgreSQL down, the network between):
+    the API answers 503 registry.unavailable until it is back; predictions go on from memory."""
+
+
+def migrate(conn: sqlite3.Connection, where: str = "") -> int:
     """Bring a file up to the newest migration, each in its own transaction; return the version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise RegistryTooNew(
-            f"The registry is at version {version}, newer than this modelport knows "
-            f"({len(MIGRATIONS)}); upgrade modelport."
-        )
+        raise RegistryTooNew(too_new(version, where or "the SQLite file"))
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
     return len(MIGRATIONS)
@@ -78,6 +80,13 @@ class Tx(Protocol):
         """The first column of the first row, None when there is no row."""
         ...
 
+    async def hold(self, key: str) -> None:
+        """Until this transaction ends, no other transaction holding ``key`` runs, in this
+        process or another (a read-then-write that must not interleave: the last admin token).
+        PostgreSQL: a transaction-level advisory lock; SQLite: every write transaction already
+        runs alone (BEGIN IMMEDIATE), so nothing to do."""
+        ...
+
 
 @runtime_checkable  # the API's handlers are given one, and Litestar checks what it injects
 class Database(Protocol):
@@ -85,6 +94,11 @@ class Database(Protocol):
     through `write()` one transaction at a time."""
 
     dialect: str  # "sqlite" or "postgresql", for the few queries spelt differently
+
+    async def open(self) -> Database:
+        """Connect, and bring the schema up to date (unless read-only); RegistryTooNew when the
+        registry is newer than this modelport, RegistryUnreachable when it cannot be reached."""
+        ...
 
     async def one(self, sql: str, params: Params = ()) -> Row | None: ...
 
@@ -155,6 +169,9 @@ class _SqliteTx:
         row = await self.one(sql, params)
         return None if row is None else next(iter(row.values()))
 
+    async def hold(self, key: str) -> None:
+        return None  # this transaction began with BEGIN IMMEDIATE: no other writer runs
+
 
 class SqliteDatabase:
     """`Database` on a SQLite file: one writer connection behind a lock, one reader connection;
@@ -176,6 +193,10 @@ class SqliteDatabase:
     async def open(self) -> SqliteDatabase:
         if self.read_only:
             self._reader = await self._connect()
+            version = await self.value("PRAGMA user_version")
+            if version > len(MIGRATIONS):  # its tables may mean what this modelport does not know
+                await self.close()
+                raise RegistryTooNew(too_new(version, str(self.path)))
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate)
@@ -187,7 +208,7 @@ class SqliteDatabase:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            migrate(conn)
+            migrate(conn, str(self.path))
         finally:
             conn.close()
 

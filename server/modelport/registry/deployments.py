@@ -9,7 +9,7 @@ import msgspec
 
 from modelport.clock import now_iso
 from modelport.registry import audit
-from modelport.registry.db import Database, Row, Tx
+from modelport.registry.db import Database, IntegrityError, Row, Tx
 from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
 from modelport.registry.sealed import Sealer
 
@@ -243,29 +243,55 @@ async def audited(
         await audit.record(tx, actor, action, model=model, target=str(deployment_id), detail=detail)
 
 
+class Superseded(Exception):
+    """A deployment about to take its model's traffic was stopped meanwhile (a newer one took the
+    traffic first, on this server or another; a stop): it must not switch."""
+
+
 async def switched(
     db: Database, deployment_id: int, *, actor: str | None, detail: dict[str, Any]
 ) -> None:
-    """One write at the moment a deployment takes the model's traffic: it is deployed, and the
-    earlier ones still active (the one it replaces, any left half-way) are stopped."""
+    """One write at the moment a deployment takes the model's traffic: the earlier ones still
+    active (the one it replaces, any left half-way) are stopped, and it is deployed — unless it
+    was stopped itself meanwhile (Superseded). Under the model's lock, so that two servers
+    switching two deployments of one model at once leave exactly one deployed: the newer."""
     at = now_iso()
     async with db.write() as tx:
-        await tx.execute(
-            "UPDATE deployments SET status = 'deployed' WHERE id = ?", (deployment_id,)
-        )
-        await _event(tx, deployment_id, at, "deployed", actor, detail)
+        model_id = await tx.value("SELECT model_id FROM deployments WHERE id = ?", (deployment_id,))
+        if model_id is None:
+            raise Superseded(f"deployment {deployment_id} is gone (its model was deleted)")
+        await tx.hold(f"deployments:{model_id}")
         replaced = await tx.all(
             "UPDATE deployments SET status = 'stopped', finished_at = ?, reason = ? WHERE"
-            " model_id = (SELECT model_id FROM deployments WHERE id = ?) AND id < ? AND status IN"
+            " model_id = ? AND id < ? AND status IN"
             f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
             (
                 at,
                 f"replaced by deployment {deployment_id}",
-                deployment_id,
+                model_id,
                 deployment_id,
                 *ACTIVE_DEPLOYMENT,
             ),
         )
+        try:
+            took = await tx.execute(
+                "UPDATE deployments SET status = 'deployed' WHERE id = ?"
+                " AND status IN ('pending', 'deploying')",
+                (deployment_id,),
+            )
+        except IntegrityError:
+            # a newer one is deployed already (deployments_one_deployed): one whose switch did
+            # not see this one, committed after it (ids are not given in commit order)
+            raise Superseded(
+                f"deployment {deployment_id} does not take the traffic: a newer deployment "
+                "of the model is deployed"
+            ) from None
+        if not took:  # (the transaction is undone: nothing above is stopped)
+            raise Superseded(
+                f"deployment {deployment_id} does not take the traffic: it was stopped "
+                "meanwhile (a newer deployment took it, or a stop)"
+            )
+        await _event(tx, deployment_id, at, "deployed", actor, detail)
         for row in replaced:
             await _event(tx, row["id"], at, "replaced", None, {"by": deployment_id})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from modelport.clock import now_iso
-from modelport.errors import TokenNotFound
+from modelport.errors import Conflict, TokenNotFound
 from modelport.registry import audit
 from modelport.registry.db import Database, Row
 from modelport.registry.paging import next_cursor
@@ -73,12 +73,35 @@ async def list_tokens(
     return Page([to_token(r) for r in rows], nxt)
 
 
+LAST_ADMIN = (
+    "This is the last admin token that works: revoking it would lock "
+    "everyone out of the API. Create another admin token first."
+)
+
+
 async def revoke(db: Database, token_id: str, actor: str) -> Token:
-    found = await db.one("SELECT * FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,))
-    if found is None:
-        raise TokenNotFound(f"No active token with id '{token_id}'.")
+    """Revoke an active token: TokenNotFound if there is none by that id (or another revoked it
+    first), Conflict if it is the last admin token that works. One transaction, holding the
+    tokens' lock: two servers revoking the last two admin tokens at once cannot both succeed."""
+    now = now_iso()
     async with db.write() as tx:
-        await tx.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now_iso(), token_id))
+        await tx.hold("tokens")
+        found = await tx.one(
+            "SELECT * FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,)
+        )
+        if found is None:
+            raise TokenNotFound(f"No active token with id '{token_id}'.")
+        if found["role"] == "admin" and (found["expires_at"] is None or found["expires_at"] > now):
+            others = await tx.value(
+                "SELECT count(*) FROM tokens WHERE role = 'admin' AND revoked_at IS NULL"
+                " AND (expires_at IS NULL OR expires_at > ?) AND id != ?",
+                (now, token_id),
+            )
+            if not others:
+                raise Conflict(LAST_ADMIN)
+        await tx.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id)
+        )
         await audit.record(
             tx, actor, "token.revoke", target=token_id, detail={"name": found["name"]}
         )

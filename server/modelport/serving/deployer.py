@@ -263,9 +263,12 @@ class Deployer:
                 first, in one write (deployed, and what it replaces stopped), so that whenever
                 the server dies, a restart brings back what clients were last served."""
                 nonlocal switched
-                await rows.switched(
-                    self.db, row["id"], actor=actor, detail={"replicas": spec.replicas}
-                )
+                try:
+                    await rows.switched(
+                        self.db, row["id"], actor=actor, detail={"replicas": spec.replicas}
+                    )
+                except rows.Superseded as exc:  # another server's newer deployment serves
+                    raise Interrupted(str(exc)) from None
                 switched = True
 
             try:
