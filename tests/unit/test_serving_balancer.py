@@ -13,6 +13,10 @@ class R:
     accepting: bool = True
     turns: int = 1
 
+    @property
+    def pipe(self) -> R:  # a replica's load and calls are its pipe's
+        return self
+
 
 def rotate(replicas: list[R], n: int, max_concurrency: int = 1) -> list[int]:
     """n sequential requests, each finished before the next."""
@@ -67,9 +71,9 @@ def test_queue_depth_follows_how_long_calls_take():
 def test_an_idle_replica_is_told_how_many_ready_ones_rotate():
     replicas = [R(), R(), R(accepting=False)]
     balancer = Balancer(replicas, max_concurrency=1, timeout_s=1, queue_timeout_s=1, max_queue=1)
-    assert balancer._pick().turns == 2  # its next call comes after the other ready one's
+    assert balancer._pick().pipe.turns == 2  # its next call comes after the other ready one's
     del replicas[1:]
-    assert balancer._pick().turns == 1  # scaled down to one: it alone takes the next call
+    assert balancer._pick().pipe.turns == 1  # scaled down to one: it alone takes the next call
 
 
 def test_a_deeper_queue_starts_the_calls_waiting_for_it():
@@ -81,6 +85,7 @@ def test_a_deeper_queue_starts_the_calls_waiting_for_it():
         def __init__(self) -> None:
             self.in_flight, self.accepting, self.turns = 0, True, 1
             self.service_s = 0.0001  # 0.1 ms a call: depth 20
+            self.pipe = self
             self.held: list[asyncio.Future[None]] = []
 
         async def call(self, *_: object) -> str:

@@ -11,14 +11,24 @@ from typing import Protocol
 from modelport.errors import ModelBusy, ModelUnavailable
 from modelport.runtime.protocol import Failure, Result
 
-from .replica import NotSent, Replica
+from .pipe import NotSent
+from .replica import Replica
 
 __all__ = ["Balancer", "Draining", "choose"]
 
 
+class _Load(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+
+
 class _Slot(Protocol):
-    accepting: bool
-    in_flight: int
+    """What ``choose`` reads of a replica: whether it takes calls, and its pipe's load."""
+
+    @property
+    def accepting(self) -> bool: ...
+    @property
+    def pipe(self) -> _Load: ...
 
 
 class Draining(Exception):
@@ -36,8 +46,8 @@ def choose(replicas: Sequence[_Slot], max_concurrency: int, cursor: int) -> int:
         if i >= n:
             i -= n
         r = replicas[i]
-        if r.accepting and r.in_flight < load:
-            best, load = i, r.in_flight
+        if r.accepting and r.pipe.in_flight < load:
+            best, load = i, r.pipe.in_flight
             if load == 0:
                 break
     return best
@@ -102,11 +112,11 @@ class Balancer:
                 if replica is None:
                     replica = await self._wait()
                 try:
-                    answer = await replica.call(
+                    answer = await replica.pipe.call(
                         body, content_type, accept, request_id, self.timeout_s, start_by
                     )
                     if self.inline:
-                        self._deepen(depth_for(replica.service_s))
+                        self._deepen(depth_for(replica.pipe.service_s))
                     return replica, answer
                 except NotSent:  # it died before the call reached it: try another one
                     attempts += 1
@@ -141,8 +151,9 @@ class Balancer:
             return None
         self._cursor = i + 1
         replica = replicas[i]
-        if replica.in_flight == 0:  # idle: sequential requests rotate over the ready ones
-            replica.turns = sum(1 for r in replicas if r.accepting) if len(replicas) > 1 else 1
+        pipe = replica.pipe
+        if pipe.in_flight == 0:  # idle: sequential requests rotate over the ready ones
+            pipe.turns = sum(1 for r in replicas if r.accepting) if len(replicas) > 1 else 1
         return replica
 
     async def _wait(self) -> Replica:
