@@ -124,7 +124,7 @@ class BuildsController(Controller):
             return Response(text, media_type="text/plain")
 
         async def finished() -> bool:
-            status = await db.value("SELECT status FROM builds WHERE id = ?", (row["id"],))
+            status = await build_rows.status_of(db, row["id"])
             return status not in ("queued", "building")
 
         return Stream(follow(path, finished), media_type="text/plain")

@@ -11,6 +11,7 @@ from litestar.params import FromPath
 from modelport import __version__
 from modelport.api.common import DbDep
 from modelport.errors import ModelNotDeployed
+from modelport.registry import builds as build_rows
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import models as model_rows
 
@@ -126,5 +127,5 @@ async def model_openapi(request: Request, db: DbDep, name: FromPath[str]) -> dic
     current = await deployment_rows.current(db, model["id"])
     if current is None:
         raise ModelNotDeployed(f"Model '{name}' has no deployment.")
-    build = await db.found("SELECT * FROM builds WHERE id = ?", (current["build_id"],))
+    build = await build_rows.by_id(db, current["build_id"])
     return document(name, build, str(request.base_url).rstrip("/"))

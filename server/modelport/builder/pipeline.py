@@ -130,11 +130,7 @@ class Builder:
                 self.running.discard(build_id)
 
     async def run(self, build_id: int) -> None:
-        row = await self.db.one(
-            "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
-            " WHERE b.id = ?",
-            (build_id,),
-        )
+        row = await build_rows.with_model(self.db, build_id)
         if row is None or row["status"] not in ("queued", "building"):
             return
         blog = BuildLog(log_path(self.settings.logs_dir, row["model"], row["number"]))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from modelport.errors import disk_full
+from modelport.registry import builds as build_rows
 from modelport.registry import captures as capture_rows
 from modelport.registry import metric_points as point_rows
 from modelport.registry import tracked as tracked_rows
@@ -238,10 +239,7 @@ class Monitor:
 
     async def build_counts(self) -> list[dict]:
         """Builds per model and status (for /metrics)."""
-        return await self.db.all(
-            "SELECT m.name AS model, b.status AS status, count(*) AS n FROM builds b"
-            " JOIN models m ON m.id = b.model_id GROUP BY m.name, b.status"
-        )
+        return await build_rows.counts(self.db)
 
     def default_step(self, since: float, now: float) -> int:
         age = now - since - SLOT_S  # a window of "the last hour" is still 10 s points

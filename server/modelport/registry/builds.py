@@ -111,6 +111,33 @@ async def create(
     return await db.found("SELECT * FROM builds WHERE id = ?", (build_id,))
 
 
+async def by_id(db: Database, build_id: int) -> Row:
+    """A build known to exist (a deployment refers to it); LookupError if not."""
+    return await db.found("SELECT * FROM builds WHERE id = ?", (build_id,))
+
+
+async def with_model(db: Database, build_id: int) -> Row | None:
+    """A build and its model's name (``model``), or None."""
+    return await db.one(
+        "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
+        " WHERE b.id = ?",
+        (build_id,),
+    )
+
+
+async def status_of(db: Database, build_id: int) -> str | None:
+    status: str | None = await db.value("SELECT status FROM builds WHERE id = ?", (build_id,))
+    return status
+
+
+async def counts(db: Database) -> list[Row]:
+    """Builds per model and status: rows of (model, status, n)."""
+    return await db.all(
+        "SELECT m.name AS model, b.status AS status, count(*) AS n FROM builds b"
+        " JOIN models m ON m.id = b.model_id GROUP BY m.name, b.status"
+    )
+
+
 async def row(db: Database, model_id: int, number: int, model: str = "") -> Row:
     found = await db.one(
         "SELECT * FROM builds WHERE model_id = ? AND number = ?", (model_id, number)

@@ -448,7 +448,7 @@ class Deployer:
                     reason="interrupted by a server restart before it took traffic",
                 )
         for name, row in latest.items():
-            build = await self.db.found("SELECT * FROM builds WHERE id = ?", (row["build_id"],))
+            build = await build_rows.by_id(self.db, row["build_id"])
             await rows.transition(
                 self.db, row["id"], None, "restoring", detail={"reason": "server restarted"}
             )
