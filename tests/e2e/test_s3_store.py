@@ -1,6 +1,7 @@
 """A real server whose artifact store is a bucket on a real radosgw (MODELPORT_STORE_URL): build,
-deploy and predict, export to a local store; the S3 service going away (503 store.unavailable, predictions go on); a
-corrupt object in the bucket named by verify; the CLI's verify and gc on the same bucket."""
+deploy and predict, export to a local store; the S3 service going away (503 store.unavailable,
+predictions go on); a corrupt object in the bucket named by verify; the CLI's verify and gc on the
+same bucket."""
 
 from __future__ import annotations
 

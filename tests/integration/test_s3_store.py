@@ -220,4 +220,5 @@ def test_a_large_object_streams_through_a_file(node, tmp_path):
     assert put.size == 48 << 20 and put.new_bytes == put.stored_bytes
     dst = tmp_path / "copy.bin"
     assert node("b").copy_to(put.digest, dst) == 48 << 20
-    assert hashlib.file_digest(open(dst, "rb"), "sha256").hexdigest() == put.digest[7:]
+    with open(dst, "rb") as f:
+        assert hashlib.file_digest(f, "sha256").hexdigest() == put.digest[7:]

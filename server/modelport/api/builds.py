@@ -230,7 +230,7 @@ class BuildsController(Controller):
             media_type="application/zstd",
             headers={
                 "Content-Disposition": f'attachment; filename="{name}-{number}.tar.zst"',
-                "Content-Length": str(os.path.getsize(path)),
+                "Content-Length": str(os.fstat(fd).st_size),
             },
         )
 
@@ -256,7 +256,7 @@ def _discard(fd: int, path: Path) -> None:
 async def _stream_file(fd: int, path: Path, chunk: int = 1 << 20):
     """The file's bytes; then it is deleted and let go (`fd` held it, out of a sweep's reach)."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f:  # noqa: ASYNC230 (a local file: the reads go to a thread)
             while data := await asyncio.to_thread(f.read, chunk):
                 yield data
     finally:

@@ -1,4 +1,4 @@
-"""The build pipeline: queued → building → built | failed, a bounded number at a time, each step logged."""
+"""The build pipeline: queued → building → built | failed, a few at once, each step logged."""
 
 from __future__ import annotations
 
@@ -136,7 +136,8 @@ class Builder:
         blog = BuildLog(log_path(self.settings.logs_dir, row["model"], row["number"]))
         await build_rows.set_building(self.db, build_id)
         blog(
-            f"Building {row['model']} #{row['number']}: {row['entrypoint']} on Python {row['python']}"
+            f"Building {row['model']} #{row['number']}: {row['entrypoint']}"
+            f" on Python {row['python']}"
         )
         try:
             with self.store.lease() as lease:  # gc keeps every object this build touches

@@ -1,4 +1,4 @@
-"""`modelport verify` and `modelport gc`: the artifact store and project folders checked, and pruned."""
+"""`modelport verify` and `modelport gc`: the store and project folders checked and pruned."""
 
 from __future__ import annotations
 

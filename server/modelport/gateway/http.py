@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 import msgspec
@@ -283,7 +283,7 @@ class _Sweeper:
     """One timer for every connection: once a second, close those whose client is too slow.
     (No timer per request on the hot path.)"""
 
-    connections: set[PredictionProtocol] = set()
+    connections: ClassVar[set[PredictionProtocol]] = set()
     handle: asyncio.TimerHandle | None = None
     now = 0.0
 

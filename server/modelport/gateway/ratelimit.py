@@ -1,4 +1,4 @@
-"""A model's per-caller rate limit: one token bucket per key, token or address; the clock injected."""
+"""A model's per-caller rate limit: a token bucket per key, token or address; the clock injected."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The audit trail: who did what to which model, when — written in the same transaction as the change."""
+"""The audit trail: who did what to which model, when — written in the change's own transaction."""
 
 from __future__ import annotations
 

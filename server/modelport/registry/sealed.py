@@ -46,7 +46,7 @@ def load_key(path: Path) -> bytes:
 
 
 class Sealer:
-    """Seals env values for the registry, and opens them for a replica or a carried-over deployment."""
+    """Seals env values for the registry; opens them for a replica or a carried-over deployment."""
 
     def __init__(self, key: bytes, where: str = "the data dir's secret.key") -> None:
         self._aead, self._where = AESGCM(key), where

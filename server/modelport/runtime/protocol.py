@@ -130,7 +130,8 @@ _unpack_len = struct.Struct(">I").unpack_from
 class ProtocolError(Exception):
     """The byte stream is not a sequence of valid frames."""
 
-    messages: list = []  # FrameReader.feed: the complete messages before the bad frame
+    # FrameReader.feed: the complete messages before the bad frame (set on the instance)
+    messages: list = []  # noqa: RUF012 (never mutated: replaced)
 
 
 class FrameTooLarge(ProtocolError):

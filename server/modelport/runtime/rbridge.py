@@ -9,6 +9,7 @@ mistyped field is a 422 naming it and R (which evaluates lazily) is never called
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -192,7 +193,7 @@ class RFunction:
         self._writing = False
         self._chunk = [memoryview(bytearray(65536))]
 
-    # -- the frames ---------------------------------------------------------------------------------
+    # -- the frames --------------------------------------------------------------------------------
 
     def _frame(self, body: bytes, content_type: str, start_by: float) -> bytes:
         """A call for R, validated here first (CallFailed 400/422): its arguments and the
@@ -234,7 +235,7 @@ class RFunction:
             ) from None
         return within_cap(self._msgpack(value) if accept == "msgpack" else payload, self.max_result)
 
-    # -- blocking: one call at a time (the inspect step) ----------------------------------------------
+    # -- blocking: one call at a time (the inspect step) -------------------------------------------
 
     def _recv(self) -> tuple[bytes, bytes]:
         """One frame from R: (kind, payload); (b"", b"") when R's end closed."""
@@ -277,7 +278,7 @@ class RFunction:
                 self._died(self._ended("while handling a request"))
             view = view[n:]
 
-    # -- the relay: calls as they come, answers in order ------------------------------------------------
+    # -- the relay: calls as they come, answers in order -------------------------------------------
 
     def start(
         self, loop: asyncio.AbstractEventLoop, answer: Callable[[list[Result | Failure]], None]
@@ -371,7 +372,7 @@ class RFunction:
         if done:
             self._answer(done)  # type: ignore[misc]
 
-    # -- the R process ------------------------------------------------------------------------------------
+    # -- the R process -----------------------------------------------------------------------------
 
     def _ended(self, when: str) -> str:
         try:
@@ -401,10 +402,8 @@ class RFunction:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._from_r)
             self._loop.remove_writer(self._to_r)
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._to_r)
-        except OSError:
-            pass
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

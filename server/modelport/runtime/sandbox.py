@@ -1,6 +1,7 @@
 """Confine a process with what the Linux kernel offers: Landlock, a seccomp filter, no privileges.
 
-    python -I -S -m modelport.runtime.sandbox exec --policy RULES --parent PID [--supervise] -- ARGV...
+    python -I -S -m modelport.runtime.sandbox exec --policy RULES --parent PID [--supervise] \
+        -- ARGV...
     python -I -S -m modelport.runtime.sandbox probe
 
 `exec` confines itself, then becomes ARGV (execve): the program runs confined from its first
@@ -17,6 +18,7 @@ What each layer gives: see `apply`; which layers this kernel has: `probe`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -416,15 +418,11 @@ def _drop_capabilities() -> None:
             _prctl(PR_CAPBSET_READ, cap)
         except OSError:
             break  # past the last capability this kernel knows
-        try:
+        with contextlib.suppress(OSError):  # no CAP_SETPCAP (not root): nothing to drop
             _prctl(PR_CAPBSET_DROP, cap)
-        except OSError:
-            pass  # no CAP_SETPCAP (not root): there is nothing to drop
         cap += 1
-    try:
+    with contextlib.suppress(OSError):
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    except OSError:
-        pass
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: all empty
     _syscall("capset", ctypes.byref(header), ctypes.byref(data))
@@ -581,10 +579,8 @@ def _kill_others() -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, SIGKILL)
-            except OSError:
-                pass
         _reap()
 
 
@@ -602,7 +598,7 @@ def _supervise(policy: Policy, argv: list[str], parent: int) -> int:
     """Run ``argv`` confined as our child; when it ends, or we are told to stop (the server died:
     SIGTERM by PR_SET_PDEATHSIG), kill everything it left, then exit as it did."""
     if os.getpgrp() != os.getpid():
-        os.setsid()  # a group of our own: what it leaves is told apart by it (and killpg(pid) works)
+        os.setsid()  # a group of our own: what it leaves is told apart (and killpg(pid) works)
     if _LINUX:
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -252,10 +253,8 @@ def analyze(func: Callable[..., Any]) -> Signature:
     props = result.input_schema.get("properties") or {}
     for p in params:  # defaults behind a factory (mutable ones) are missing from msgspec's schema
         if p.default is not _EMPTY and p.name in props and "default" not in props[p.name]:
-            try:
+            with contextlib.suppress(Exception):
                 props[p.name]["default"] = msgspec.to_builtins(p.default, enc_hook=enc_hook)
-            except Exception:
-                pass
     return result
 
 
@@ -295,14 +294,14 @@ def _is_generator(func: Callable[..., Any]) -> bool:
     if not (inspect.isfunction(target) or inspect.ismethod(target)) and not isinstance(
         target, type
     ):
-        target = getattr(type(target), "__call__", target)
+        target = getattr(type(target), "__call__", target)  # noqa: B004 (the method itself)
     return inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(func):
         return True
-    call = getattr(type(func), "__call__", None)
+    call = getattr(type(func), "__call__", None)  # noqa: B004 (the method itself)
     return (
         not inspect.isfunction(func)
         and not isinstance(func, type)
@@ -318,7 +317,7 @@ def _type_hints(func: Callable[..., Any], sig: inspect.Signature) -> dict[str, A
     if isinstance(target, type):
         target = target.__init__  # type: ignore[misc]  # the class's own, read for its signature
     elif not (inspect.isfunction(target) or inspect.ismethod(target)):
-        target = getattr(type(target), "__call__", target)
+        target = getattr(type(target), "__call__", target)  # noqa: B004 (the method itself)
     try:
         return typing.get_type_hints(target, include_extras=True)
     except Exception:

@@ -234,10 +234,9 @@ def serve(
     connect = loop.create_unix_connection if unix else loop.create_connection
     loop.run_until_complete(connect(lambda: replica, sock=sock))
     for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
+        # not the main thread / Windows: no handler
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, replica.drain)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / Windows
-            pass
     loop.run_until_complete(done)
     _flush()
     if replica.in_flight:  # the server is gone: nobody is waiting for these results
@@ -297,18 +296,14 @@ def _die_with_parent() -> None:
 
 def _line_buffered() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        except (AttributeError, ValueError):
-            pass
 
 
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 HELLO_TIMEOUT_S = 10.0  # a connection must send its Hello within this
@@ -479,10 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         if not r:
             traceback.print_exc()
         _flush()
-        try:
+        with contextlib.suppress(OSError):
             send_frame(sock, Boot(str(exc) if r else error_text(exc)))
-        except OSError:
-            pass
         return EXIT_BOOT
     gc.collect()
     gc.freeze()  # the model's objects (weights) need not be scanned by every collection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -251,7 +252,5 @@ def _woken(fut: asyncio.Future[None]) -> bool:
 
 
 def _discard(waiters: deque[asyncio.Future[None]], fut: asyncio.Future[None]) -> None:
-    try:
+    with contextlib.suppress(ValueError):
         waiters.remove(fut)
-    except ValueError:
-        pass

@@ -1,4 +1,4 @@
-"""What a replica group serves (GroupSpec), the supervisor's timings (Tuning), and what it reports."""
+"""What a replica group serves (GroupSpec), the supervisor's timings (Tuning), what it reports."""
 
 from __future__ import annotations
 

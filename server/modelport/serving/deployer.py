@@ -1,4 +1,4 @@
-"""Deployments: rolling deploys, scale, stop, restart, rollback, and bringing them back after a restart.
+"""Deployments: rolling deploys, scale, stop, restart, rollback, and bringing them back on restart.
 
 The registry says what should serve; the supervisor makes it so. One operation per model at a
 time; a deployment whose build cannot start leaves the one before it serving, and says why.

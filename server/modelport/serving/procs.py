@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -133,10 +134,8 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def append_line(path: Path, line: str) -> None:
@@ -155,7 +154,5 @@ def kill_leftovers(pgid: int) -> None:
     """After a replica's worker was reaped: SIGKILL what is left of its process group (children
     the model started). The group's id stays taken while it has members; without members this
     is a no-op. Never a plain kill(pid): that pid may already belong to another process."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -4,6 +4,7 @@ logs); the calls go over its pipe (``serving/pipe.py``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -359,10 +360,8 @@ class Replica:
             return
         if proc.returncode is None:
             self.state = "draining"
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 await asyncio.wait_for(asyncio.shield(exited), grace)
             except TimeoutError:

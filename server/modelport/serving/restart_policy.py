@@ -1,4 +1,4 @@
-"""When to restart a replica that died: capped exponential backoff, a flapping window, boot failures."""
+"""When to restart a replica that died: capped exponential backoff, a flapping window."""
 
 from __future__ import annotations
 

@@ -301,7 +301,7 @@ def _iter_tar(expanded: _Reader, meter: _Meter) -> Iterator[tuple[Member, io.Raw
     lim = meter.lim
     try:
         # tarfile only reads a "r|" stream; its stub asks for a whole file object
-        tar = tarfile.open(
+        tar = tarfile.open(  # noqa: SIM115 (a stream over `expanded`, closed by our caller)
             fileobj=expanded,
             mode="r|",
             tarinfo=_TarInfo,  # type: ignore[call-overload]

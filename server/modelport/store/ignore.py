@@ -185,23 +185,23 @@ def pack(
     content = 0
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
     # zstandard only calls write() and flush(); its stub asks for a whole IO[bytes]
-    with cctx.stream_writer(writer, closefd=False) as zw:  # type: ignore[arg-type]
-        with tarfile.open(
-            fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8"
-        ) as tar:
-            for rel in files:
-                with open(folder / rel, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    ti = tarfile.TarInfo(rel.as_posix())
-                    ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = (
-                        st.st_size,
-                        0,
-                        0,
-                        0,
-                        "",
-                        "",
-                    )
-                    ti.mode = 0o755 if st.st_mode & 0o100 else 0o644
-                    tar.addfile(ti, _ProgressReader(f, progress) if progress else f)
-                    content += st.st_size
+    with (
+        cctx.stream_writer(writer, closefd=False) as zw,  # type: ignore[arg-type]
+        tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar,
+    ):
+        for rel in files:
+            with open(folder / rel, "rb") as f:
+                st = os.fstat(f.fileno())
+                ti = tarfile.TarInfo(rel.as_posix())
+                ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = (
+                    st.st_size,
+                    0,
+                    0,
+                    0,
+                    "",
+                    "",
+                )
+                ti.mode = 0o755 if st.st_mode & 0o100 else 0o644
+                tar.addfile(ti, _ProgressReader(f, progress) if progress else f)
+                content += st.st_size
     return PackResult(len(files), content, writer.count, warnings)

@@ -109,7 +109,7 @@ class Writer:
         self._install, self._level, self._threads = install, level, threads
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # tells clean_temp this writer is alive
-        self._tmp, self._f = Path(name), open(fd, "wb")
+        self._tmp, self._f = Path(name), open(fd, "wb")  # noqa: SIM115 (closed by commit/abort)
         self._f.write(bytes(HEADER.size))  # filled in by commit()
         self._hash, self._size = hashlib.sha256(), 0
         self._buf = bytearray()  # until SMALL is exceeded; emptied once streaming
