@@ -1,4 +1,5 @@
-"""The registry's reads (each backend) see every write committed before a read began, under concurrent tasks."""
+"""The registry's reads (each backend) see every write committed before a read began, under
+concurrent tasks."""
 
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ async def test_the_calls_out_fail_when_the_connection_ends(kind):
     await peer.read()
     pipe.ending("killed: for the test")
     peer.writer.close()
-    with pytest.raises(ModelCrashed, match="Replica r-1 died .*: killed: for the test"):
+    with pytest.raises(ModelCrashed, match=r"Replica r-1 died .*: killed: for the test"):
         await call
     assert seen == ["closed"] and pipe.failed == 1
     with pytest.raises(NotSent):  # nothing to send it on: the caller may send it elsewhere
@@ -128,15 +128,15 @@ async def test_an_answer_over_the_cap_is_refused_from_its_length():
     got = await peer.read()
     peer.send(Result(got.id, b"x" * (2 << 20)))
     await asyncio.wait_for(pipe.closed, 5)  # the pipe aborted the connection itself
-    with pytest.raises(ModelFailed, match="of 2097[0-9]+ bytes, over the response cap"):
+    with pytest.raises(ModelFailed, match=r"of 2097[0-9]+ bytes, over the response cap"):
         await call
     assert seen[0].startswith("fault: killed: it sent an answer of") and seen[1] == "closed"
 
 
 @run
 async def test_a_call_past_its_timeout_fails_and_the_owner_is_told():
-    pipe, peer, seen = await _connect("unix")
-    with pytest.raises(ModelTimeout, match="timeout_s=0.05s; replica r-1 is recycled"):
+    pipe, _peer, seen = await _connect("unix")
+    with pytest.raises(ModelTimeout, match=r"timeout_s=0\.05s; replica r-1 is recycled"):
         await pipe.call(b"{}", "json", "json", "q", 0.05)
     assert seen == ["fault: a call ran past timeout_s=0.05s"]
 

@@ -197,7 +197,7 @@ async def finish(
 
 
 async def _reference(tx: Tx, build_id: int, digests: Iterable[str]) -> None:
-    """The build refers to these store objects (gc keeps them); a digest named twice is kept once."""
+    """The build refers to these store objects (gc keeps them); a digest named twice, once."""
     await tx.execute_many(
         "INSERT INTO build_objects (build_id, digest) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(build_id, d) for d in digests],

@@ -82,7 +82,7 @@ def collect(store: LocalStore, live: Iterable[str], grace_s: float) -> GcResult:
 
 
 def clean_temp(tmp: Path, max_age_s: float) -> int:
-    """Delete temp files in `tmp` older than `max_age_s` whose writer is gone (its flock is free)."""
+    """Delete temp files in `tmp` older than `max_age_s` whose writer is gone (flock free)."""
     removed = 0
     now = time.time()
     for path in tmp.iterdir():
