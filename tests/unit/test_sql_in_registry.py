@@ -24,7 +24,7 @@ SQL = re.compile(
 
 
 def sql_literals(source: str) -> list[tuple[int, str]]:
-    """(line, text) of each string constant (f-strings' literal parts included) that reads as SQL."""
+    """(line, text) of each string constant (f-strings' literal parts too) that reads as SQL."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
