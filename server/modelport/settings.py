@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 
 import msgspec
@@ -55,6 +57,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # The registry: None for the data dir's SQLite file; MODELPORT_DATABASE_URL
     # (postgresql://user@host:5432/database) for a PostgreSQL database several servers share
     database_url: str | None = None
+    # This server's name among those sharing a registry (MODELPORT_NODE; else the host name):
+    # in health, and the node a replica runs on
+    node: str = msgspec.field(default_factory=socket.gethostname)
 
     @property
     def registry_path(self) -> Path:
@@ -114,6 +119,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["store_url"] = store_url(env["MODELPORT_STORE_URL"])
         if env.get("MODELPORT_DATABASE_URL"):
             values["database_url"] = database_url(env["MODELPORT_DATABASE_URL"])
+        if "MODELPORT_NODE" in env:
+            values["node"] = node_name(env["MODELPORT_NODE"])
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):
@@ -146,6 +153,15 @@ def store_url(url: str) -> str:
         return check_url(url)
     except ValueError as exc:
         raise SettingError(f"MODELPORT_STORE_URL: {exc}") from None
+
+
+def node_name(name: str) -> str:
+    """MODELPORT_NODE: a name that fits a label, a log line and a URL unchanged."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+        raise SettingError(
+            f"MODELPORT_NODE must be 1-63 letters, digits, '.', '_' or '-', not {name!r}"
+        )
+    return name
 
 
 def database_url(url: str) -> str:

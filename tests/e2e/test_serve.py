@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 
@@ -25,7 +26,15 @@ def test_first_start_prints_and_writes_admin_token(server):
         assert c.get("/api/v1/models").json() == {"items": [], "next": None}
     with server.client(token="") as anonymous:
         assert anonymous.get("/api/v1/models").status_code == 401
-        assert anonymous.get("/api/v1/health").json()["status"] == "ok"
+        health = anonymous.get("/api/v1/health").json()
+        assert health["status"] == "ok" and health["node"] == socket.gethostname()
+
+
+def test_a_server_is_named_by_modelport_node(make_server):
+    srv = make_server()
+    srv.env["MODELPORT_NODE"] = "gw-a"
+    srv.start()
+    assert httpx.get(f"{srv.url}/api/v1/health").json()["node"] == "gw-a"
 
 
 def test_restart_keeps_everything_and_prints_no_new_token(make_server):
@@ -144,6 +153,7 @@ def test_cli_model_update_changes_only_what_is_given(server):
         ("MODELPORT_BUILD_WORKERS", "0"),
         ("MODELPORT_BUSY_POLL_US", "fast"),
         ("MODELPORT_HEADER_TIMEOUT_S", "-1"),
+        ("MODELPORT_NODE", "gw a/1"),
     ],
 )
 def test_a_setting_it_cannot_use_stops_serve_with_its_name(tmp_path, variable, value):

@@ -25,7 +25,7 @@ def commands(group: click.Group, path: str = "modelport"):
 def sections(text: str) -> dict[str, str]:
     """docs/cli.md by `### \\`modelport verb …\\`` heading: the verb → its section's text."""
     found = {}
-    parts = re.split(r"^### `(modelport [a-z -]+?)(?: [A-Z].*)?`$", text, flags=re.M)
+    parts = re.split(r"^### `(modelport [a-z0-9 -]+?)(?: [A-Z].*)?`$", text, flags=re.M)
     for heading, body in zip(parts[1::2], parts[2::2], strict=True):
         found[heading.strip()] = body
     return found

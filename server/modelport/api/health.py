@@ -23,6 +23,7 @@ class Health(msgspec.Struct):
     version: str
     sandbox: list[str]  # the protections replicas and builds run under; [] when none
     r: str | None = None  # the R version R functions build and run with; None: no usable R
+    node: str = ""  # this server's name (MODELPORT_NODE) among those sharing a registry
 
 
 _R_CHECK_S = 60.0
@@ -69,9 +70,8 @@ r_check = _RCheck()
 async def health(sandbox: SandboxDep, settings: SettingsDep) -> Health:
     """Liveness, the sandbox replicas and builds run in, and whether R functions can be served
     (the R version): answers without a token."""
-    return Health(
-        "ok", __version__, list(sandbox.protections), await r_check.version(settings.rscript)
-    )
+    r = await r_check.version(settings.rscript)
+    return Health("ok", __version__, list(sandbox.protections), r, settings.node)
 
 
 class WhoAmI(msgspec.Struct):
