@@ -1,4 +1,5 @@
-"""The README's quickstart, run line by line as a newcomer would (a real server, real PyPI)."""
+"""The README's quickstart, run line by line as a newcomer would (a real server; the wheels its
+builds need from the tests' wheel folder, which scripts/install-test-deps fills: no index)."""
 
 from __future__ import annotations
 

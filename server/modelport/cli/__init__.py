@@ -11,7 +11,7 @@ from modelport.cli.common import ApiErrorHandlingGroup
 @click.group(cls=ApiErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelport")
 def main() -> None:
-    """modelport: turn a Python function into a versioned, load-balanced REST API."""
+    """modelport: turn a Python or R function into a versioned, load-balanced REST API."""
 
 
 def _register() -> None:
