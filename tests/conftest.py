@@ -142,12 +142,19 @@ def server_env(data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator:
+def make_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
+    """Servers on their own data dirs; with MODELPORT_TEST_REGISTRY=postgresql each new data dir
+    gets its own fresh PostgreSQL database (to run the e2e tests on that backend)."""
     started: list[Server] = []
+    databases: dict[Path, str] = {}
 
     def make(data_dir: Path | None = None, **kwargs) -> Server:
         data = data_dir or tmp_path / f"data{len(started)}"
         srv = Server(data_dir=data, port=free_port(), env=server_env(data), **kwargs)
+        if os.environ.get("MODELPORT_TEST_REGISTRY") == "postgresql":
+            if data not in databases:
+                databases[data] = request.getfixturevalue("postgres").fresh_database()
+            srv.env["MODELPORT_DATABASE_URL"] = databases[data]
         started.append(srv)
         return srv
 

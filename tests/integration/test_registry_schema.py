@@ -99,3 +99,16 @@ def test_an_unreachable_postgres_is_registry_unreachable_naming_it_without_passw
     with pytest.raises(RegistryUnreachable, match="cannot be reached") as caught:
         asyncio.run(PostgresDatabase(url).open())
     assert "s3cret" not in str(caught.value) and "modelport:***@127.0.0.1" in str(caught.value)
+
+
+def test_migrate_copies_every_table_of_the_schema(registry):
+    from modelport.registry.copy import TABLES, tables_of
+
+    async def read():
+        db = await registry.open()
+        try:
+            return await tables_of(db)
+        finally:
+            await db.close()
+
+    assert asyncio.run(read()) == {t for t, _ in TABLES}

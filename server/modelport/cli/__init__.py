@@ -15,9 +15,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from modelport.cli import access, builds, deploying, k8s, manage, serve, store
+    from modelport.cli import access, builds, deploying, k8s, manage, migrating, serve, store
 
-    for module in (serve, manage, builds, deploying, store, access, k8s):
+    for module in (serve, manage, builds, deploying, store, access, k8s, migrating):
         for command in module.COMMANDS:
             main.add_command(command)
 
