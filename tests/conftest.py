@@ -545,6 +545,11 @@ class RayCluster:
         return self.cluster.address  # type: ignore[attr-defined]
 
     @property
+    def nodes_dir(self) -> Path:
+        """MODELPORT_NODE_DIR of the nodes: <it>/<node address>/ per node."""
+        return self.temp_dir / "nodes"
+
+    @property
     def url(self) -> str:
         """MODELPORT_REPLICAS for a server placing its replicas on this cluster."""
         return f"ray://{self.address}"
@@ -581,8 +586,10 @@ def ray_cluster() -> Iterator[RayCluster]:
 
     temp = Path(tempfile.mkdtemp(prefix="mp-ray-", dir="/tmp"))  # Ray's socket paths: short
     (temp / "ray").mkdir()
-    before = os.environ.get("RAY_TMPDIR")
+    before = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "MODELPORT_NODE_DIR")}
     os.environ["RAY_TMPDIR"] = str(temp)  # where Ray writes its current cluster's address
+    # What the nodes make ready for their replicas (serving/ray_host.py), one folder per node
+    os.environ["MODELPORT_NODE_DIR"] = str(temp / "nodes")
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
@@ -601,8 +608,9 @@ def ray_cluster() -> Iterator[RayCluster]:
         yield ray
     finally:
         cluster.shutdown()
-        if before is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         shutil.rmtree(temp, ignore_errors=True)

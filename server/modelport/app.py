@@ -45,8 +45,10 @@ from modelport.registry.tokens import count as token_count
 from modelport.runtime_home import ensure_runtime, runtime_dir
 from modelport.sandboxing import Sandbox
 from modelport.scratch import sweep
+from modelport.serving.backends import LocalBackend, ReplicaBackend
 from modelport.serving.config import Tuning
 from modelport.serving.deployer import Deployer
+from modelport.serving.ray_replicas import RayBackend
 from modelport.serving.supervisor import Supervisor
 from modelport.settings import Settings
 from modelport.store.archive import ArchiveLimits
@@ -140,6 +142,11 @@ class Services:
         self.db = registry(settings.database_url, settings.registry_path)
         self.auth = Auth(self.db, settings.admin_token_path)
         self.sandbox = Sandbox(settings.data_dir, enabled=settings.sandbox)
+        backend: ReplicaBackend = LocalBackend(settings.node)
+        if settings.replicas:  # MODELPORT_REPLICAS=ray://head:port
+            backend = RayBackend(
+                settings.replicas, store_root=settings.store_dir, store_url=settings.store_url
+            )
         self.supervisor = Supervisor(
             runtime_dir=runtime_dir(settings.data_dir),
             logs_dir=settings.logs_dir,
@@ -150,6 +157,7 @@ class Services:
                 max_response_bytes=settings.max_response_mb * 1024 * 1024,
             ),
             sandbox=self.sandbox,
+            backend=backend,
         )
         self.routes = Routes(self.supervisor)
         self.monitor = Monitor(self.db, self.supervisor, self.routes)
@@ -197,6 +205,8 @@ class Services:
         self.admin_token = await first_start(self.auth, s)
         await self.auth.drop_stale_token_file()
         await self.builder.start()
+        await self.supervisor.backend.open()  # a Ray cluster: joined as a driver
+        log.info("replicas run on: %s", (s.replicas and f"ray://{s.replicas}") or "local")
         await self.deployer.restore()
         self._tokens_seen = await asyncio.to_thread(_mtime, s.run_dir / TOKENS_CHANGED)
         self._jobs = [
@@ -223,6 +233,8 @@ class Services:
         if hasattr(self, "deployer"):
             await self.deployer.close()
         await self.supervisor.shutdown(drain_timeout=10.0)
+        with contextlib.suppress(Exception):
+            await self.supervisor.backend.close()
         if hasattr(self, "builder"):
             await self.builder.stop()
         with contextlib.suppress(Exception):

@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # This server's name among those sharing a registry (MODELPORT_NODE; else the host name):
     # in health, and the node a replica runs on
     node: str = msgspec.field(default_factory=socket.gethostname)
+    # Where replicas run: None here (MODELPORT_REPLICAS=local), or the Ray cluster's head address
+    # host:port (MODELPORT_REPLICAS=ray://host:port), which the server joins as a driver
+    replicas: str | None = None
 
     @property
     def registry_path(self) -> Path:
@@ -121,6 +124,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["database_url"] = database_url(env["MODELPORT_DATABASE_URL"])
         if "MODELPORT_NODE" in env:
             values["node"] = node_name(env["MODELPORT_NODE"])
+        if env.get("MODELPORT_REPLICAS"):
+            values["replicas"] = replicas_url(env["MODELPORT_REPLICAS"])
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):
@@ -172,6 +177,16 @@ def database_url(url: str) -> str:
         return check_url(url)
     except ValueError as exc:
         raise SettingError(f"MODELPORT_DATABASE_URL: {exc}") from None
+
+
+def replicas_url(value: str) -> str | None:
+    """MODELPORT_REPLICAS checked now: local, or ray://host:port (the head's address)."""
+    from modelport.serving.backends import parse_replicas_url
+
+    try:
+        return parse_replicas_url(value)
+    except ValueError as exc:
+        raise SettingError(f"MODELPORT_REPLICAS: {exc}") from None
 
 
 # Whole-number settings read from MODELPORT_<KEY>, with their least value.

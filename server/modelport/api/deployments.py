@@ -29,6 +29,7 @@ from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
 from modelport.registry.records import Deployment, Page, Replica
 from modelport.serving.procs import read_tail
 
+ResourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$", max_length=100)]
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
 
 
@@ -45,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     "capture_max_bytes": 65_536,
     "network": True,
     "boot_timeout_s": 300.0,
+    "cpus": 1.0,
+    "gpus": 0,
+    "resources": {},
+    "placement": "spread",
 }
 Unset = msgspec.UnsetType
 
@@ -76,6 +81,17 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     )
     network: Annotated[bool, _left_out("true")] | Unset = msgspec.UNSET
     boot_timeout_s: Annotated[float, _left_out(300, gt=0, le=86_400)] | Unset = msgspec.UNSET
+    # On a Ray cluster (MODELPORT_REPLICAS=ray://…): each replica's resources and placement
+    cpus: Annotated[float, _left_out(1, gt=0, le=1024)] | Unset = msgspec.UNSET
+    gpus: Annotated[int, _left_out(0, ge=0, le=64)] | Unset = msgspec.UNSET
+    resources: (
+        Annotated[
+            dict[ResourceName, Annotated[float, msgspec.Meta(gt=0, le=1e9)]],
+            _left_out("{}", max_length=32),
+        ]
+        | Unset
+    ) = msgspec.UNSET
+    placement: Annotated[Literal["spread", "pack"], _left_out("spread")] | Unset = msgspec.UNSET
     keep_current: bool = False
     allow_breaking: Annotated[
         bool,

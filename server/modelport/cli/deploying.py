@@ -109,6 +109,20 @@ def sample_input(schema: dict) -> dict:
     return out
 
 
+def _resources(pairs: tuple[str, ...]) -> dict[str, float]:
+    """`--resource NAME=AMOUNT`, repeatable."""
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, amount = pair.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not NAME=AMOUNT", param_hint="--resource")
+    return out
+
+
 def _serving_options(func):
     for option in reversed(
         [
@@ -157,6 +171,31 @@ def _serving_options(func):
                 type=float,
                 help="Time a replica may take to import the model and be ready "
                 "(default: the current deployment's, else 300).",
+            ),
+            click.option(
+                "--cpus",
+                type=float,
+                help="On a Ray cluster: CPUs per replica, fractions allowed (default: the "
+                "current deployment's, else 1).",
+            ),
+            click.option(
+                "--gpus",
+                type=int,
+                help="On a Ray cluster: GPUs per replica (default: the current deployment's, "
+                "else 0).",
+            ),
+            click.option(
+                "--resource",
+                "resource_pairs",
+                multiple=True,
+                help="On a Ray cluster: NAME=AMOUNT of a custom Ray resource per replica, "
+                "repeatable (default: the current deployment's).",
+            ),
+            click.option(
+                "--placement",
+                type=click.Choice(["spread", "pack"]),
+                help="On a Ray cluster: replicas on different nodes (spread) or together "
+                "(pack) (default: the current deployment's, else spread).",
             ),
         ]
     ):
@@ -221,6 +260,10 @@ def deploy(
     capture_percent,
     network,
     boot_timeout_s,
+    cpus,
+    gpus,
+    resource_pairs,
+    placement,
     allow_breaking,
     as_json,
 ) -> None:
@@ -268,6 +311,10 @@ def deploy(
             capture_percent=capture_percent,
             network=network,
             boot_timeout_s=boot_timeout_s,
+            cpus=cpus,
+            gpus=gpus,
+            resources=_resources(resource_pairs) or None,
+            placement=placement,
             keep_current=True,
             allow_breaking=allow_breaking or None,
         )
@@ -431,6 +478,7 @@ def replicas(client, name: str, as_json: bool) -> None:
             ("served", "served"),
             ("failed", "failed"),
             ("restarts", "restarts"),
+            ("node", "node"),
             ("started_at", "started"),
         ],
     )

@@ -31,6 +31,10 @@ def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = N
         capture_max_bytes=row["capture_max_bytes"],
         network=bool(row["network"]),
         boot_timeout_s=row["boot_timeout_s"],
+        cpus=row["cpus"],
+        gpus=row["gpus"],
+        resources=msgspec.json.decode(row["resources"]),
+        placement=row["placement"],
         created_by=row["created_by"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
@@ -137,8 +141,8 @@ async def create(
             "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
             " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
             " env_sealed, capture_percent, capture_max_bytes, network, boot_timeout_s,"
-            " created_by, created_at, reason)"
-            " VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            " cpus, gpus, resources, placement, created_by, created_at, reason)"
+            " VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (
                 model_id,
                 build_id,
@@ -155,6 +159,10 @@ async def create(
                 settings.get("capture_max_bytes", 65_536),
                 bool(settings.get("network", True)),
                 settings.get("boot_timeout_s", 300.0),
+                settings.get("cpus", 1.0),
+                settings.get("gpus", 0),
+                msgspec.json.encode(settings.get("resources") or {}).decode(),
+                settings.get("placement", "spread"),
                 actor,
                 now_iso(),
                 reason,

@@ -50,6 +50,10 @@ class Deployment(msgspec.Struct):
     capture_max_bytes: int = 65_536
     network: bool = True
     boot_timeout_s: float = 300.0
+    cpus: float = 1.0
+    gpus: int = 0
+    resources: dict[str, float] = {}
+    placement: Literal["spread", "pack"] = "spread"
 
 
 class Model(msgspec.Struct):
@@ -112,6 +116,7 @@ class Replica(msgspec.Struct):
     restarts: int
     started_at: str | None
     late: bool = False  # owes an answer and is silent: not chosen until it answers
+    node: str = "local"  # where it runs: this server's name (MODELPORT_NODE), or its Ray node's
 
 
 class Token(msgspec.Struct):

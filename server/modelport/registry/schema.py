@@ -248,4 +248,12 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX deployments_one_deployed ON deployments (model_id)
         WHERE status = 'deployed';
     """,
+    # 8: where a deployment's replicas go on a Ray cluster (MODELPORT_REPLICAS=ray://…): the
+    # resources of each (cpus, gpus, custom resources as a JSON object) and spread | pack
+    """
+    ALTER TABLE deployments ADD COLUMN cpus REAL NOT NULL DEFAULT 1;
+    ALTER TABLE deployments ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN resources TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE deployments ADD COLUMN placement TEXT NOT NULL DEFAULT 'spread';
+    """,
 ]

@@ -36,6 +36,13 @@ class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
     boot_timeout_s: float = 300.0  # import + weights loading until Ready
     rscript: str = ""  # an R function: the Rscript that runs it (the worker relays to R)
     r_libs: list[str] = []  # an R function: its build's R package library, read-only
+    manifest: str = ""  # the build's manifest object in the store (a Ray node makes it from it)
+    # Placed on a Ray cluster (MODELPORT_REPLICAS=ray://…): each replica's resources, and spread
+    # (on different nodes) or pack (on the node of the others while it has room)
+    cpus: float = 1.0
+    gpus: int = 0
+    resources: dict[str, float] = {}
+    placement: str = "spread"
 
     @property
     def max_body_bytes(self) -> int:

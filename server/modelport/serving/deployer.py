@@ -50,6 +50,10 @@ SETTING_KEYS = (
     "capture_max_bytes",
     "network",
     "boot_timeout_s",
+    "cpus",
+    "gpus",
+    "resources",
+    "placement",
 )
 
 
@@ -382,6 +386,7 @@ class Deployer:
             project=str(project),
             entry=manifest.content.entrypoint,
             digest=manifest.digest,
+            manifest=build["manifest"],
             deployment_id=str(row["id"]),
             replicas=row["replicas"],
             memory_mb=row["memory_mb"],
@@ -394,6 +399,10 @@ class Deployer:
             capture_max_bytes=row["capture_max_bytes"],
             network=bool(row["network"]),
             boot_timeout_s=row["boot_timeout_s"],
+            cpus=row["cpus"],
+            gpus=row["gpus"],
+            resources=msgspec.json.decode(row["resources"]),
+            placement=row["placement"],
             rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "",
             r_libs=r_libs,
         )
@@ -512,6 +521,7 @@ class Deployer:
     def settings_of(self, row: Row) -> dict[str, Any]:
         values = {k: row[k] for k in SETTING_KEYS if k != "env"}
         values["network"] = bool(values["network"])
+        values["resources"] = msgspec.json.decode(values["resources"])
         values["env"] = rows.env_of(row, self.sealer)
         return values
 

@@ -15,6 +15,7 @@ from modelport.runtime.protocol import FRAME_OVERHEAD
 from modelport.runtime_home import r_env, replica_env
 from modelport.sandboxing import Sandbox, r_paths, replica_policy
 
+from .backends import LocalBackend, ReplicaBackend
 from .balancer import Balancer
 from .config import GroupInfo, GroupSpec, Tuning
 from .lateness import CHECK_S
@@ -60,8 +61,10 @@ class ReplicaGroup:
         poller: Poller | None = None,
         sandbox: Sandbox | None = None,
         prepare: Prepare | None = None,
+        backend: ReplicaBackend | None = None,
     ) -> None:
         self.spec = spec
+        self.backend = backend or LocalBackend()  # where its replicas run (serving/backends.py)
         self.runtime_dir, self.sandbox = runtime_dir, sandbox
         self._prepare = (lambda: prepare(spec)) if prepare is not None else None
         self.poller = poller or Poller(0)
@@ -223,29 +226,31 @@ class ReplicaGroup:
             while slot in used:
                 slot += 1
             rid = replica_id(self.spec.model, self.spec.build, slot)
-            argv, env, tmp = self._launch(rid)
-            fresh.append(
-                Replica(
-                    rid=rid,
-                    slot=slot,
-                    build=self.spec.build,
-                    argv=argv,
-                    cwd=self.spec.project,
-                    env=env,
-                    logs_dir=self.logs_dir,
-                    memory_mb=self.spec.memory_mb,
-                    tuning=self.tuning,
-                    on_exit=self._exited,
-                    on_late=self._late,
-                    max_concurrency=max(1, self.spec.max_concurrency),
-                    poller=self.poller,
-                    boot_timeout_s=self.tuning.boot_timeout_s or self.spec.boot_timeout_s,
-                    tmp_dir=tmp,
-                    prepare=self._prepare,
-                )
-            )
+            fresh.append(self.backend.replica(self, rid, slot))
         self.replicas.extend(fresh)
         return fresh
+
+    def local_replica(self, rid: str, slot: int) -> Replica:
+        """A replica as a subprocess of this server (the local backend's)."""
+        argv, env, tmp = self._launch(rid)
+        return Replica(
+            rid=rid,
+            slot=slot,
+            build=self.spec.build,
+            argv=argv,
+            cwd=self.spec.project,
+            env=env,
+            logs_dir=self.logs_dir,
+            memory_mb=self.spec.memory_mb,
+            tuning=self.tuning,
+            on_exit=self._exited,
+            on_late=self._late,
+            max_concurrency=max(1, self.spec.max_concurrency),
+            poller=self.poller,
+            boot_timeout_s=self.tuning.boot_timeout_s or self.spec.boot_timeout_s,
+            tmp_dir=tmp,
+            prepare=self._prepare,
+        )
 
     def _launch(self, rid: str) -> tuple[list[str], dict[str, str], Path | None]:
         """A replica's command line, environment and private temp dir: confined by the sandbox

@@ -91,6 +91,7 @@ class Replica:
         self.restarts = 0
         self.started_at: str | None = None
         self.max_concurrency = max_concurrency
+        self.node = "local"  # where it runs (the replica shape's node): its backend names it
         self._started = 0.0
         self._proc: asyncio.subprocess.Process | None = None
         self._exited: asyncio.Task[None] | None = None
@@ -385,4 +386,5 @@ class Replica:
             self.restarts,
             self.started_at,
             self.late,
+            self.node,
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelport.sandboxing import Sandbox
 
+from .backends import LocalBackend, ReplicaBackend
 from .config import GroupSpec, ReplicaInfo, Tuning
 from .group import GroupFailed, Interrupted, OnChange, Prepare, ReplicaGroup
 from .poller import Poller
@@ -29,7 +30,9 @@ class Supervisor:
         on_change: OnChange | None = None,
         sandbox: Sandbox | None = None,
         prepare: Prepare | None = None,
+        backend: ReplicaBackend | None = None,
     ) -> None:
+        self.backend = backend or LocalBackend()  # where replicas run (MODELPORT_REPLICAS)
         self.runtime_dir, self.logs_dir, self.sandbox = runtime_dir, logs_dir, sandbox
         self.prepare = prepare  # before each replica start (the project folder's check)
         self.tuning = tuning or Tuning()
@@ -60,6 +63,7 @@ class Supervisor:
             poller=self.poller,
             sandbox=self.sandbox,
             prepare=self.prepare,
+            backend=self.backend,
         )
         self.groups.add(group)
         placeholder = route_while_starting and spec.model not in self.active

@@ -1,0 +1,123 @@
+"""Replicas placed on a real two-node Ray cluster (MODELPORT_REPLICAS=ray://…) by a real server:
+each replica a Ray actor that makes the build ready on its node from the store and starts the
+worker on a TCP port there; the server calls the worker directly over TCP."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import MODELPORT
+from tests.e2e.test_deployments import Deployed
+
+MODEL = {
+    "predict.py": (
+        "import os\n"
+        "print('loading on', os.uname().nodename, flush=True)\n"
+        "def predict(a: float, b: float = 1.0) -> dict:\n"
+        "    print('adding', a, b, flush=True)\n"
+        "    return {'sum': a + b, 'pid': os.getpid()}\n"
+    )
+}
+
+
+@pytest.fixture
+def on_ray(offline_server, tmp_path, ray_cluster):
+    srv = offline_server()
+    srv.env["MODELPORT_REPLICAS"] = ray_cluster.url
+    return Deployed(srv.start(timeout=120), tmp_path)
+
+
+def _replicas(d: Deployed, name: str) -> list[dict]:
+    return d.c.get(f"/api/v1/models/{name}/replicas").json()["items"]
+
+
+def _wait_for(check, timeout: float = 120.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+@pytest.mark.slow
+def test_replicas_spread_over_both_nodes_and_answer(on_ray, ray_cluster):
+    d = on_ray
+    d.model("adder")
+    build = d.build("adder", MODEL)
+    created = d.deploy("adder", build, wait=False, replicas=2, cpus=0.5)
+    done = d.wait("adder", created["id"], timeout=240)
+    assert done["status"] == "deployed", done
+    assert (done["cpus"], done["gpus"], done["placement"]) == (0.5, 0, "spread")
+    replicas = _replicas(d, "adder")
+    assert sorted(r["node"] for r in replicas) == ["127.0.0.2", "127.0.0.3"]
+    assert all(r["state"] == "ready" for r in replicas)
+    # Predictions reach both replicas (least-connections over the TCP pipes).
+    pids = set()
+    for i in range(40):
+        r = d.predict("adder", {"a": i, "b": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["sum"] == i + 2
+        pids.add(r.json()["pid"])
+    assert pids == {r["pid"] for r in replicas}
+    # Each node made the build ready from the store in its own folder.
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        assert any((ray_cluster.nodes_dir / ip / "envs").iterdir())
+    # The CLI shows where each replica runs.
+    shown = subprocess.run(
+        [*MODELPORT, "replicas", "adder", "--url", d.srv.url, "--token", d.srv.token],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "127.0.0.2" in shown and "127.0.0.3" in shown
+    # What a replica prints on its node reaches its log here (modelport logs, the UI).
+    rid = replicas[0]["id"]
+
+    def printed() -> bool:
+        out = d.c.get(f"/api/v1/models/adder/replicas/{rid}/logs", params={"stream": "stdout"})
+        return out.status_code == 200 and "loading on" in out.text and "adding" in out.text
+
+    _wait_for(printed, 30, "the replica's output in its log")
+    # The worker's port took the server's connection, and takes no other: nothing else on
+    # the network can drive the replica.
+    ports = re.findall(r"placed on Ray node (\S+) \(\w+\), worker pid \d+, port (\d+)", d.srv.log())
+    assert len(ports) == 2
+    for host, port in ports:
+        with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
+            pass
+    assert d.predict("adder", {"a": 1}).json()["sum"] == 2.0
+
+
+def test_ray_settings_are_kept_and_bad_ones_are_422(offline_server, tmp_path):
+    """Validated and recorded whatever the backend (a local server here: kept, unused)."""
+    d = Deployed(offline_server().start(), tmp_path)
+    d.model("bad")
+    for settings, field in (
+        ({"cpus": 0}, "cpus"),
+        ({"gpus": -1}, "gpus"),
+        ({"placement": "random"}, "placement"),
+        ({"resources": {"node2": 0}}, "resources"),
+        ({"resources": {"bad name": 1}}, "resources"),
+    ):
+        r = d.c.post("/api/v1/models/bad/deployments", json={"build": 1, **settings})
+        assert r.status_code == 422, (settings, r.text)
+        assert r.json()["error"]["code"] == "request.invalid"
+        assert field in r.text
+    build = d.build("bad", MODEL)
+    settings = {"cpus": 0.25, "gpus": 1, "resources": {"node2": 0.5}, "placement": "pack"}
+    done = d.deploy("bad", build, **settings)
+    assert done["status"] == "deployed", done
+    assert {k: done[k] for k in settings} == settings
+    node = d.c.get("/api/v1/health").json()["node"]  # this server's name: a local replica's
+    assert [r["node"] for r in _replicas(d, "bad")] == [node]
+    # A new deployment with keep_current keeps them.
+    kept = d.deploy("bad", build, keep_current=True, replicas=1)
+    assert {k: kept[k] for k in settings} == settings
