@@ -185,3 +185,26 @@ def test_the_last_admin_rule_does_not_hold_back_other_roles(registry, role):
         return revoked
 
     assert _two(registry, body).revoked_at is not None
+
+
+def test_one_model_created_from_two_servers_at_once_exists_once(registry):
+    from modelport.errors import ModelExists
+
+    async def body(a, b):
+        async def create(db, i: int) -> str:
+            try:
+                await models.create(
+                    db, name="same", description=f"{i}", auth=True, owner="me", key_hash=f"k{i}"
+                )
+                return "created"
+            except ModelExists:
+                return "exists"
+
+        results = await asyncio.gather(*(create((a, b)[i % 2], i) for i in range(2 * ROUNDS)))
+        rows = await a.all("SELECT name FROM models")
+        entries = await b.value("SELECT count(*) FROM audit WHERE action = 'model.create'")
+        return results, rows, entries
+
+    results, rows, entries = _two(registry, body)
+    assert sorted(results) == ["created"] + ["exists"] * (2 * ROUNDS - 1)
+    assert rows == [{"name": "same"}] and entries == 1  # nothing half-made by the others
