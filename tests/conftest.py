@@ -578,6 +578,15 @@ class RayCluster:
             self.second = None
 
 
+#: Ray's health checks of its nodes, as docs/scale-out.md advises for a modelport cluster.
+RAY_HEALTH_CHECKS = {
+    "health_check_initial_delay_ms": 1000,
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     """One Ray cluster for the session, started on first use (head ~4 s, second node ~2 s,
@@ -600,6 +609,8 @@ def ray_cluster() -> Iterator[RayCluster]:
             "include_dashboard": False,
             "object_store_memory": 80_000_000,
             "temp_dir": str(temp),
+            # A node lost is noticed within ~3 s, not Ray's default ~15 s (docs/scale-out.md)
+            "_system_config": RAY_HEALTH_CHECKS,
         },
     )
     ray = RayCluster(cluster=cluster, temp_dir=temp)

@@ -59,13 +59,13 @@ def test_replicas_spread_over_both_nodes_and_answer(on_ray, ray_cluster):
     assert sorted(r["node"] for r in replicas) == ["127.0.0.2", "127.0.0.3"]
     assert all(r["state"] == "ready" for r in replicas)
     # Predictions reach both replicas (least-connections over the TCP pipes).
-    pids = set()
-    for i in range(40):
-        r = d.predict("adder", {"a": i, "b": 2})
-        assert r.status_code == 200, r.text
-        assert r.json()["sum"] == i + 2
-        pids.add(r.json()["pid"])
-    assert pids == {r["pid"] for r in replicas}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: d.predict("adder", {"a": i, "b": 2}), range(80)))
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    assert [r.json()["sum"] for r in answers] == [i + 2 for i in range(80)]
+    assert {r.json()["pid"] for r in answers} == {r["pid"] for r in replicas}
     # Each node made the build ready from the store in its own folder.
     for ip in ("127.0.0.2", "127.0.0.3"):
         assert any((ray_cluster.nodes_dir / ip / "envs").iterdir())
@@ -121,3 +121,73 @@ def test_ray_settings_are_kept_and_bad_ones_are_422(offline_server, tmp_path):
     # A new deployment with keep_current keeps them.
     kept = d.deploy("bad", build, keep_current=True, replicas=1)
     assert {k: kept[k] for k in settings} == settings
+
+
+@pytest.mark.slow
+def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
+    """SIGKILL of the second node's raylet (a machine lost) under load: its replica ends
+    `lost`, the deployment's history says so, a replacement starts on the remaining node, and
+    the requests that failed are only those that were running on the lost replica."""
+    import threading
+
+    d = on_ray
+    d.model("sturdy")
+    build = d.build("sturdy", MODEL)
+    created = d.deploy("sturdy", build, wait=False, replicas=2, cpus=0.5)
+    assert d.wait("sturdy", created["id"], timeout=240)["status"] == "deployed"
+    before = {r["node"]: r for r in _replicas(d, "sturdy")}
+    assert sorted(before) == ["127.0.0.2", "127.0.0.3"]
+    lost = before["127.0.0.3"]
+
+    outcomes: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        import httpx
+
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                r = client.post(
+                    f"{d.srv.url}/models/sturdy/predict",
+                    json={"a": 1},
+                    headers={"Authorization": f"Bearer {d.keys['sturdy']}"},
+                )
+                code = r.json()["error"]["code"] if r.status_code != 200 else ""
+                outcomes.append((r.status_code, code))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        _wait_for(lambda: len(outcomes) > 50, 60, "load before the kill")
+        killed_at = time.monotonic()
+        ray_cluster.kill_second_raylet()
+
+        def replaced() -> list[dict] | None:
+            now = _replicas(d, "sturdy")
+            ready = [r for r in now if r["state"] == "ready"]
+            if len(ready) == 2 and all(r["node"] == "127.0.0.2" for r in ready):
+                return now
+            return None
+
+        now = _wait_for(replaced, 120, "a replacement on the remaining node")
+        back_in = time.monotonic() - killed_at
+        count = len(outcomes)
+        _wait_for(lambda: len(outcomes) > count + 50, 60, "load after the replacement")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        ray_cluster.remove_second()
+        ray_cluster.add_second()
+    print(f"lost node: 2 ready replicas on the remaining node {back_in:.1f}s after the kill")
+    assert lost["id"] in {r["id"] for r in now}  # the same slot, started again
+    failed = [o for o in outcomes if o[0] != 200]
+    # Only requests running on the lost replica fail (model.crashed); none waiting or unsent.
+    assert all(code == "model.crashed" for _, code in failed), failed
+    assert len(failed) <= 8, failed  # at most one per client thread: each was running there
+    history = d.c.get("/api/v1/models/sturdy/deployments/current").json()["events"]
+    crashed = [e for e in history if e["kind"] == "replica.crashed"]
+    assert crashed and crashed[0]["detail"]["replica"] == lost["id"]
+    assert crashed[0]["detail"]["reason"].startswith("lost: its Ray node 127.0.0.3")
+    assert d.predict("sturdy", {"a": 2}).json()["sum"] == 3.0

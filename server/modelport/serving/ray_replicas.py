@@ -48,6 +48,9 @@ MiB = 1024 * 1024
 NAMESPACE = "modelport"
 LOGS_EVERY_S = 1.0  # how often a replica's output is fetched from its node
 RPC_GRACE_S = 10.0  # an actor call past its own time + this: the actor is taken as gone
+PLACE_AGAIN_S = 1.0  # an actor that died while starting (its node lost): placed again after this
+DEAD_NODE_S = 10.0  # an actor dead: how long Ray may take to say its node is dead too
+UNREACHABLE_S = 30.0  # an actor unreachable this long, its node still alive: taken as lost
 
 
 class RayBackend(ReplicaBackend):
@@ -198,12 +201,7 @@ class RayReplica(Replica):
         ]
         secret = secrets.token_hex(32)
         try:
-            self._actor = self.backend.host_class.options(
-                **self.backend.options(self.group.spec, siblings)
-            ).remote()
-            placed = await asyncio.wait_for(
-                self._actor.start.remote(self._job(secret)), self.boot_timeout_s
-            )
+            placed = await asyncio.wait_for(self._place(secret, siblings), self.boot_timeout_s)
         except BaseException as exc:
             await self._fetch_logs()
             await self._end_actor()
@@ -275,6 +273,26 @@ class RayReplica(Replica):
             reason = f"not ready within boot_timeout_s={self.boot_timeout_s:g}s"
         await self._boot_failed(reason)
 
+    async def _place(self, secret: str, siblings: list[str]) -> dict[str, Any]:
+        """A new actor, started: placed again when its node dies under it meanwhile (a node
+        lost before Ray noticed); an error of the build's own (RayTaskError) is not retried."""
+        import ray
+
+        while True:
+            self._actor = self.backend.host_class.options(
+                **self.backend.options(self.group.spec, siblings)
+            ).remote()
+            try:
+                placed: dict[str, Any] = await self._actor.start.remote(self._job(secret))
+                return placed
+            except ray.exceptions.RayActorError as exc:
+                note = f"its actor died while starting ({_first_line(exc)}); placing it again"
+                log.warning("replica %s: %s", self.id, note)
+                procs.append_line(self.stderr_path, f"--- modelport: {note} ---\n")
+                await self._end_actor()
+                siblings = []
+                await asyncio.sleep(PLACE_AGAIN_S)
+
     async def _boot_failed(self, reason: str) -> None:
         if self._exited is not None and not self._exited.done():
             self.kill(reason)
@@ -298,15 +316,7 @@ class RayReplica(Replica):
 
     async def _wait_exit_ray(self) -> None:
         """The worker ended (the actor says how), or the actor is gone with its node."""
-        try:
-            done = await self._actor.wait.remote()
-            reason = str(done["reason"])
-        except Exception as exc:
-            alive = await asyncio.to_thread(_node_alive, self.node_id)
-            if alive is False:
-                reason = f"lost: its Ray node {self.node} ({self.node_id[:12]}) is gone"
-            else:
-                reason = f"lost: its Ray actor died ({_first_line(exc)})"
+        reason = await self._outcome()
         self._exit_reason = reason
         await self._fetch_logs()
         self.accepting = False
@@ -322,7 +332,8 @@ class RayReplica(Replica):
         self.state = "crashed"
         if not self._booted:
             return  # spawn() reports it
-        reason = self._kill_reason or reason
+        if not reason.startswith("lost:"):  # a lost node says more than the kill it led to
+            reason = self._kill_reason or reason
         log.warning("replica %s (node %s, pid %s) %s", self.id, self.node, self.pid, reason)
         self.on_exit(self, reason, self._recycle)
 
@@ -330,6 +341,49 @@ class RayReplica(Replica):
         task = asyncio.ensure_future(self._end_actor())
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+
+    async def _outcome(self) -> str:
+        """How the worker ended: the actor's word, or, when the actor is unreachable or dead,
+        whether Ray takes its node as gone (it takes a few seconds to mark a node dead). Once
+        the worker's connection has closed, the node is looked at every second meanwhile: a
+        lost node's actor may not answer at all."""
+        import ray
+
+        unreachable_since = 0.0
+        while True:
+            waiting = asyncio.wrap_future(self._actor.wait.remote().future())
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=1.0)
+                closed = self.pipe.closed
+                if (
+                    not waiting.done()
+                    and self._booted
+                    and closed is not None
+                    and closed.done()
+                    and await asyncio.to_thread(_node_alive, self.node_id) is False
+                ):
+                    waiting.cancel()
+                    return self._lost()
+            try:
+                done = waiting.result()
+                return str(done["reason"])
+            except ray.exceptions.ActorUnavailableError as exc:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if await asyncio.to_thread(_node_alive, self.node_id) is False:
+                    return self._lost()
+                if now - unreachable_since > UNREACHABLE_S:
+                    return f"lost: its Ray actor is unreachable ({_first_line(exc)})"
+                await asyncio.sleep(1.0)
+            except Exception as exc:
+                for _ in range(int(DEAD_NODE_S)):  # dead: with its node? Ray says so soon
+                    if await asyncio.to_thread(_node_alive, self.node_id) is False:
+                        return self._lost()
+                    await asyncio.sleep(1.0)
+                return f"lost: its Ray actor died ({_first_line(exc)})"
+
+    def _lost(self) -> str:
+        return f"lost: its Ray node {self.node} ({self.node_id[:12]}) is gone"
 
     async def _end_actor(self) -> None:
         """Free the actor's resources on the cluster (the worker dies with it)."""
