@@ -122,6 +122,23 @@ async def _every(seconds: float, job) -> None:
                 )
 
 
+def sealer_of(settings: Settings) -> Sealer:
+    """The sealer of env values: the data dir's secret.key (made at the first start), or the
+    shared key MODELPORT_SECRET_KEY_FILE names (which must be there). Blocking."""
+    return Sealer.for_data_dir(settings.secret_key_path, create=settings.secret_key_file is None)
+
+
+async def ready(settings: Settings) -> None:
+    """What a server checks before it starts, each refusal one line (RegistryTooNew,
+    RegistryUnreachable, SealError): the registry opened and migrated, and its env values
+    sealed with this server's key."""
+    db = await registry(settings.database_url, settings.registry_path).open()
+    try:
+        await deployment_rows.check_key(db, await asyncio.to_thread(sealer_of, settings))
+    finally:
+        await db.close()
+
+
 class Services:
     """Everything the server runs, built without I/O; `open` and `close` do the work, in order.
 
@@ -197,7 +214,8 @@ class Services:
                 max_ratio=s.archive_max_ratio,
             ),
         )
-        self.sealer = await asyncio.to_thread(Sealer.for_data_dir, s.secret_key_path)
+        self.sealer = await asyncio.to_thread(sealer_of, s)
+        await deployment_rows.check_key(self.db, self.sealer)
         sealed = await deployment_rows.seal_clear_env(self.db, self.sealer)
         if sealed:
             log.info("sealed the env values of %d deployments written before sealing", sealed)

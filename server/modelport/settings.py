@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # The registry: None for the data dir's SQLite file; MODELPORT_DATABASE_URL
     # (postgresql://user@host:5432/database) for a PostgreSQL database several servers share
     database_url: str | None = None
+    # The key that seals deployment env values: None for the data dir's secret.key (made at the
+    # first start); MODELPORT_SECRET_KEY_FILE for one every server sharing a registry reads
+    secret_key_file: Path | None = None
     # This server's name among those sharing a registry (MODELPORT_NODE; else the host name):
     # in health, and the node a replica runs on
     node: str = msgspec.field(default_factory=socket.gethostname)
@@ -95,7 +98,7 @@ class Settings(msgspec.Struct, kw_only=True):
     @property
     def secret_key_path(self) -> Path:
         """The key that seals deployment env values in the registry (registry/sealed.py)."""
-        return self.data_dir / "secret.key"
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def lock_path(self) -> Path:
@@ -126,6 +129,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["node"] = node_name(env["MODELPORT_NODE"])
         if env.get("MODELPORT_REPLICAS"):
             values["replicas"] = replicas_url(env["MODELPORT_REPLICAS"])
+        if env.get("MODELPORT_SECRET_KEY_FILE"):
+            values["secret_key_file"] = Path(env["MODELPORT_SECRET_KEY_FILE"]).expanduser()
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):

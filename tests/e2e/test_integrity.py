@@ -67,6 +67,10 @@ def test_clear_env_rows_of_an_older_registry_are_sealed_at_start(offline_server,
     conn.execute("ALTER TABLE deployments DROP COLUMN env_sealed")
     conn.execute("ALTER TABLE builds ADD COLUMN env_python TEXT")  # dropped by migration 6
     conn.execute("CREATE TABLE replicas (id TEXT PRIMARY KEY)")  # likewise
+    conn.execute("DROP INDEX deployments_one_deployed")  # made by migration 7
+    for column in ("cpus", "gpus", "resources", "placement"):  # added by migration 8
+        conn.execute(f"ALTER TABLE deployments DROP COLUMN {column}")
+    conn.execute("DROP TABLE seal_check")  # made by migration 9
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()

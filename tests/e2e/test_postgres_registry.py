@@ -183,3 +183,28 @@ def test_postgres_stopped_management_is_503_predictions_go_on_and_it_recovers(
     assert c.post("/api/v1/models", json={"name": "other"}).status_code == 201
     assert _predict(srv, "adder", key).json() == 3.0
     assert srv.proc is not None and srv.proc.poll() is None
+
+
+def test_servers_sharing_a_registry_must_share_its_key(make_server, pg_url, tmp_path):
+    first = make_server()
+    first.env["MODELPORT_DATABASE_URL"] = pg_url
+    first.start(timeout=60)
+    first.stop()
+    other = make_server()  # its own data dir: a secret.key of its own
+    other.env["MODELPORT_DATABASE_URL"] = pg_url
+    done = subprocess.run(
+        [*MODELPORT, "serve", "--port", str(free_port()), "--data-dir", str(other.data_dir)],
+        env=other.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "sealed with another key" in done.stderr
+    assert "MODELPORT_SECRET_KEY_FILE" in done.stderr
+
+    shared = tmp_path / "shared.key"  # as a mounted secret: one file every server reads
+    shutil.copy2(first.data_dir / "secret.key", shared)
+    other.env["MODELPORT_SECRET_KEY_FILE"] = str(shared)
+    other.start(timeout=60)  # up: its health answers
+    assert other.proc is not None and other.proc.poll() is None

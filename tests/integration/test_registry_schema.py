@@ -112,3 +112,26 @@ def test_migrate_copies_every_table_of_the_schema(registry):
             await db.close()
 
     assert asyncio.run(read()) == {t for t, _ in TABLES}
+
+
+def test_the_registry_key_check_refuses_another_key(registry, tmp_path):
+    from modelport.registry.deployments import check_key
+    from modelport.registry.sealed import Sealer, SealError, load_key
+
+    mine, other = Sealer(b"a" * 32, "mine"), Sealer(b"b" * 32, "theirs")
+
+    async def run():
+        db = await registry.open()
+        try:
+            await check_key(db, mine)  # the first to look seals it
+            await check_key(db, mine)
+            with pytest.raises(SealError, match="sealed with another key than theirs"):
+                await check_key(db, other)
+            return await db.value("SELECT count(*) FROM seal_check")
+        finally:
+            await db.close()
+
+    assert asyncio.run(run()) == 1
+    with pytest.raises(SealError, match="cannot be read"):  # a shared key is never made here
+        load_key(tmp_path / "absent.key", create=False)
+    assert not (tmp_path / "absent.key").exists()

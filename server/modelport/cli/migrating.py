@@ -107,9 +107,9 @@ def migrate(
         if done.ok:
             console.print(
                 "[green]ok[/green] start servers with MODELPORT_DATABASE_URL / "
-                "MODELPORT_STORE_URL set to these, each with a copy of "
-                f"{settings.secret_key_path} in its data dir (it opens the deployments' env "
-                "values)",
+                f"MODELPORT_STORE_URL set to these and the key {settings.secret_key_path} (it "
+                "opens the deployments' env values): a copy in each data dir, or one file "
+                "named by MODELPORT_SECRET_KEY_FILE",
                 highlight=False,
             )
     sys.exit(0 if done.ok else 1)

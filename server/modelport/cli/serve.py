@@ -76,12 +76,12 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
     from modelport.settings import SettingError, Settings
 
     try:
-        from modelport.app import create_asgi
+        from modelport.app import create_asgi, ready
         from modelport.datadir import UMASK, DataDirBusy, DataDirLock, prepare
         from modelport.gateway.http import PredictionProtocol
         from modelport.observability.logs import configure
-        from modelport.registry import backends
         from modelport.registry.db import RegistryTooNew, RegistryUnreachable
+        from modelport.registry.sealed import SealError
 
         settings = Settings.from_env(
             host=host, port=port, data_dir=data_dir, log_format=log_format, log_level=log_level
@@ -102,8 +102,8 @@ def serve(host: str, port: int, data_dir: str | None, log_format: str, log_level
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     try:  # a registry this modelport cannot use stops it here, with one line saying why
-        asyncio.run(backends.ready(settings.database_url, settings.registry_path))
-    except (RegistryTooNew, RegistryUnreachable) as exc:
+        asyncio.run(ready(settings))
+    except (RegistryTooNew, RegistryUnreachable, SealError) as exc:
         lock.release()
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)

@@ -31,10 +31,3 @@ def where(database_url: str | None, sqlite_path: Path) -> str:
 
         return redacted(database_url)
     return str(sqlite_path)
-
-
-async def ready(database_url: str | None, sqlite_path: Path) -> None:
-    """Open the registry once and close it: migrated to this modelport's schema, or the reason
-    it cannot be (RegistryTooNew, RegistryUnreachable) before a server starts on it."""
-    db = await registry(database_url, sqlite_path).open()
-    await db.close()

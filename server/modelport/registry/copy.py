@@ -22,6 +22,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metric_points", ("model_id", "t", "build", "res")),
     ("tracked_metrics", ("id",)),
     ("captures", ("id",)),
+    ("seal_check", ("id",)),
 )
 PAGE = 500
 #: Tables keyed by an integer the database draws (an identity on PostgreSQL): a resumed copy

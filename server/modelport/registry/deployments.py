@@ -11,7 +11,7 @@ from modelport.clock import now_iso
 from modelport.registry import audit
 from modelport.registry.db import Database, IntegrityError, Row, Tx
 from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
-from modelport.registry.sealed import Sealer
+from modelport.registry.sealed import Sealer, SealError
 
 
 def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
@@ -100,6 +100,30 @@ def env_of(row: Row, sealer: Sealer) -> dict[str, str]:
     """A deployment's env in clear (for its replicas, or a deployment that carries it over)."""
     env = msgspec.json.decode(row["env"])
     return sealer.unseal_env(env) if row["env_sealed"] else env
+
+
+KEY_CHECK = ("modelport", "the registry's key check")  # (name, value) sealed in seal_check
+
+
+async def check_key(db: Database, sealer: Sealer) -> None:
+    """The registry's key check opens with this server's key, else SealError: its env values
+    were sealed with another one. The first server to look seals it (one row, whoever wins)."""
+    sealed = await db.value("SELECT sealed FROM seal_check WHERE id = 1")
+    if sealed is None:
+        async with db.write() as tx:
+            await tx.execute(
+                "INSERT INTO seal_check (id, sealed) VALUES (1, ?) ON CONFLICT DO NOTHING",
+                (sealer.seal(*KEY_CHECK),),
+            )
+        sealed = (await db.found("SELECT sealed FROM seal_check WHERE id = 1"))["sealed"]
+    try:
+        sealer.unseal(KEY_CHECK[0], sealed)
+    except SealError:
+        raise SealError(
+            f"the registry's env values are sealed with another key than {sealer.where}: every "
+            "server sharing a registry needs the same key (copy the first server's secret.key, "
+            "or name one file with MODELPORT_SECRET_KEY_FILE)"
+        ) from None
 
 
 async def seal_clear_env(db: Database, sealer: Sealer) -> int:

@@ -256,4 +256,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deployments ADD COLUMN resources TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE deployments ADD COLUMN placement TEXT NOT NULL DEFAULT 'spread';
     """,
+    # 9: a value sealed with the key of the servers that write this registry (one row), so that a
+    # server with another key refuses to start rather than fail to open env values later
+    """
+    CREATE TABLE seal_check (
+        id INTEGER PRIMARY KEY,
+        sealed TEXT NOT NULL
+    );
+    """,
 ]

@@ -5,7 +5,9 @@ variable's name as associated data (a value cannot be moved to another name unno
 stay in clear, since every reader of a deployment sees them (``env_keys``). The key is 32 random
 bytes in ``<data dir>/secret.key`` (mode 0600), made at the first start that needs it: whoever
 can read that file and the registry can read the values, which is why a replica's sandbox keeps
-it off the data dir, and why a backup of the registry needs the key beside it.
+it off the data dir, and why a backup of the registry needs the key beside it. Servers sharing
+one registry (PostgreSQL) share one key: MODELPORT_SECRET_KEY_FILE names it (a mounted secret),
+and the registry's key check (`deployments.check_key`) refuses a server whose key is another.
 """
 
 from __future__ import annotations
@@ -27,8 +29,21 @@ class SealError(RuntimeError):
     """A sealed value that this data dir's key does not open (the key was replaced or lost)."""
 
 
-def load_key(path: Path) -> bytes:
-    """The key in ``path``; made (0600, exclusively) when there is none. Blocking."""
+def load_key(path: Path, *, create: bool = True) -> bytes:
+    """The key in ``path``; made (0600, exclusively) when there is none, if ``create`` (a key
+    named by MODELPORT_SECRET_KEY_FILE is the one every server shares: never made here). Blocking.
+    """
+    if not create:
+        try:
+            key = path.read_bytes()
+        except OSError as exc:
+            raise SealError(
+                f"the secret key file {path} cannot be read ({exc.strerror}): it must hold the "
+                f"{KEY_BYTES}-byte key every server of the registry shares"
+            ) from None
+        if len(key) != KEY_BYTES:
+            raise SealError(f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte key")
+        return key
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -49,11 +64,11 @@ class Sealer:
     """Seals env values for the registry; opens them for a replica or a carried-over deployment."""
 
     def __init__(self, key: bytes, where: str = "the data dir's secret.key") -> None:
-        self._aead, self._where = AESGCM(key), where
+        self._aead, self.where = AESGCM(key), where
 
     @classmethod
-    def for_data_dir(cls, path: Path) -> Sealer:
-        return cls(load_key(path), str(path))
+    def for_data_dir(cls, path: Path, *, create: bool = True) -> Sealer:
+        return cls(load_key(path, create=create), str(path))
 
     def seal(self, name: str, value: str) -> str:
         nonce = os.urandom(NONCE_BYTES)
@@ -68,7 +83,7 @@ class Sealer:
             return self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], name.encode()).decode()
         except (InvalidTag, ValueError):
             raise SealError(
-                f"the value of {name} does not open with {self._where} (was the key "
+                f"the value of {name} does not open with {self.where} (was the key "
                 "replaced? put back the one the registry was written with)"
             ) from None
 
