@@ -434,6 +434,20 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
 
 
 S3_BUCKET = "modelport"
+
+
+def app_sql(app_client, sql: str, params: tuple = ()) -> list[dict]:
+    """A statement run in the app's own registry (whichever backend app_client has), in one
+    write transaction; its rows (those a RETURNING gives)."""
+    db = app_client.app.state.services.db
+
+    async def run() -> list[dict]:
+        async with db.write() as tx:
+            return await tx.all(sql, params)
+
+    return app_client.blocking_portal.call(run)
+
+
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "testtest"}
 
 

@@ -98,21 +98,20 @@ def test_delete_then_gone(app_client):
 
 def test_delete_while_serving_is_409(app_client):
     """A model with an active deployment refuses deletion and says to stop it first."""
-    import sqlite3
+    from tests.conftest import app_sql
 
     app_client.post("/api/v1/models", json={"name": "busy"})
-    db = sqlite3.connect(app_client.app.state.settings.registry_path)
-    with db:
-        db.execute(
-            "INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
-            " created_at) SELECT id, 1, 'built', 'p.py:f', '3.11', 'admin', 'now' FROM models"
-        )
-        db.execute(
-            "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
-            " timeout_s, max_concurrency, queue_timeout_s, max_body_mb, created_by, created_at)"
-            " SELECT model_id, id, 1, 'deployed', 1, 30, 1, 30, 5, 'admin', 'now' FROM builds"
-        )
-    db.close()
+    app_sql(
+        app_client,
+        "INSERT INTO builds (model_id, number, status, entrypoint, python, created_by,"
+        " created_at) SELECT id, 1, 'built', 'p.py:f', '3.11', 'admin', 'now' FROM models",
+    )
+    app_sql(
+        app_client,
+        "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
+        " timeout_s, max_concurrency, queue_timeout_s, max_body_mb, created_by, created_at)"
+        " SELECT model_id, id, 1, 'deployed', 1, 30, 1, 30, 5, 'admin', 'now' FROM builds",
+    )
     response = app_client.delete("/api/v1/models/busy")
     assert response.status_code == 409
     assert error(response)["code"] == "model.active"
