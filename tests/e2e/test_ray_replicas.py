@@ -140,6 +140,7 @@ def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
     lost = before["127.0.0.3"]
 
     outcomes: list[tuple[int, str]] = []
+    messages: list[str] = []
     stop = threading.Event()
 
     def load() -> None:
@@ -152,8 +153,10 @@ def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
                     json={"a": 1},
                     headers={"Authorization": f"Bearer {d.keys['sturdy']}"},
                 )
-                code = r.json()["error"]["code"] if r.status_code != 200 else ""
-                outcomes.append((r.status_code, code))
+                error = r.json()["error"] if r.status_code != 200 else {}
+                outcomes.append((r.status_code, error.get("code", "")))
+                if error:
+                    messages.append(error.get("message", ""))
 
     threads = [threading.Thread(target=load) for _ in range(8)]
     for t in threads:
@@ -184,10 +187,89 @@ def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
     assert lost["id"] in {r["id"] for r in now}  # the same slot, started again
     failed = [o for o in outcomes if o[0] != 200]
     # Only requests running on the lost replica fail (model.crashed); none waiting or unsent.
-    assert all(code == "model.crashed" for _, code in failed), failed
+    assert all(code == "model.crashed" for _, code in failed), (failed, messages)
     assert len(failed) <= 8, failed  # at most one per client thread: each was running there
     history = d.c.get("/api/v1/models/sturdy/deployments/current").json()["events"]
     crashed = [e for e in history if e["kind"] == "replica.crashed"]
     assert crashed and crashed[0]["detail"]["replica"] == lost["id"]
     assert crashed[0]["detail"]["reason"].startswith("lost: its Ray node 127.0.0.3")
     assert d.predict("sturdy", {"a": 2}).json()["sum"] == 3.0
+
+
+HOG = {
+    "predict.py": (
+        "import os, time\n"
+        "held = []\n"
+        "def predict(mb: int) -> dict:\n"
+        "    held.append(b'\\x01' * (mb * 1024 * 1024))  # touched: resident\n"
+        "    time.sleep(5 if mb > 100 else 0)  # the node's memory watch sees it meanwhile\n"
+        "    return {'pid': os.getpid()}\n"
+    )
+}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_memory_limit_on_the_node_scale_and_stop(on_ray):
+    d = on_ray
+    d.model("hog")
+    build = d.build("hog", HOG)
+    created = d.deploy("hog", build, wait=False, replicas=1, cpus=0.5, memory_mb=96)
+    assert d.wait("hog", created["id"], timeout=240)["status"] == "deployed"
+    (first,) = _replicas(d, "hog")
+    assert d.predict("hog", {"mb": 1}).status_code == 200
+    # Over memory_mb on its node: killed there, the call fails, the replica comes back.
+    r = d.predict("hog", {"mb": 300})
+    assert r.status_code >= 500 and r.json()["error"]["code"] == "model.crashed", r.text
+
+    def restarted() -> list[dict] | None:
+        now = _replicas(d, "hog")
+        return now if now and now[0]["state"] == "ready" and now[0]["restarts"] == 1 else None
+
+    _wait_for(restarted, 120, "the replica back after its memory kill")
+    events = d.c.get("/api/v1/models/hog/deployments/current").json()["events"]
+    reasons = [e["detail"]["reason"] for e in events if e["kind"] == "replica.crashed"]
+    assert any("resident memory" in why and "memory_mb=96" in why for why in reasons), reasons
+    stderr = d.c.get(
+        f"/api/v1/models/hog/replicas/{first['id']}/logs", params={"stream": "stderr"}
+    ).text
+    assert "memory_mb=96" in stderr
+    # Scale out: the new replica goes to the other node (spread).
+    assert d.c.patch("/api/v1/models/hog/deployments/current", json={"replicas": 2}).status_code
+    both = _wait_for(
+        lambda: (
+            (now := _replicas(d, "hog"))
+            and len(now) == 2
+            and all(x["state"] == "ready" for x in now)
+            and now
+        ),
+        120,
+        "two replicas",
+    )
+    assert sorted(x["node"] for x in both) == ["127.0.0.2", "127.0.0.3"]
+    # Stop: the workers on the nodes end (and their actors with them).
+    assert d.c.post("/api/v1/models/hog/stop", json={}).status_code in (200, 202)
+    _wait_for(lambda: all(_gone(x["pid"]) for x in both), 60, "the workers gone after stop")
+    assert d.predict("hog", {"mb": 1}).status_code == 404
+
+
+def test_an_unreachable_ray_head_stops_the_server_at_start(make_server, tmp_path):
+    from tests.conftest import free_port
+
+    srv = make_server()
+    srv.env["MODELPORT_REPLICAS"] = f"ray://127.0.0.2:{free_port()}"
+    with pytest.raises(RuntimeError, match="exited"):
+        srv.start(timeout=60)
+    assert "the Ray head at 127.0.0.2" in srv.log() and "cannot be reached" in srv.log()
+    bad = make_server()
+    bad.env["MODELPORT_REPLICAS"] = "ray:/nope"
+    with pytest.raises(RuntimeError, match="exited"):
+        bad.start(timeout=60)
+    assert "MODELPORT_REPLICAS" in bad.log() and "ray://host:port" in bad.log()

@@ -12,7 +12,11 @@ if TYPE_CHECKING:
     from .group import ReplicaGroup
     from .replica import Replica
 
-__all__ = ["LocalBackend", "ReplicaBackend", "parse_replicas_url"]
+__all__ = ["BackendUnavailable", "LocalBackend", "ReplicaBackend", "parse_replicas_url"]
+
+
+class BackendUnavailable(Exception):
+    """Where replicas should run cannot be reached (the Ray head, at the server's start)."""
 
 
 class ReplicaBackend(ABC):

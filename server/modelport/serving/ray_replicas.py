@@ -32,7 +32,7 @@ from modelport.runtime.protocol import FRAME_OVERHEAD, Boot, Hello, Ready, encod
 from modelport.runtime_home import r_env
 
 from . import procs
-from .backends import ReplicaBackend
+from .backends import BackendUnavailable, ReplicaBackend
 from .config import GroupSpec
 from .lateness import Punctuality
 from .replica import BootFailed, Replica
@@ -48,6 +48,7 @@ MiB = 1024 * 1024
 NAMESPACE = "modelport"
 LOGS_EVERY_S = 1.0  # how often a replica's output is fetched from its node
 RPC_GRACE_S = 10.0  # an actor call past its own time + this: the actor is taken as gone
+JOIN_TIMEOUT_S = 120.0  # joining the cluster at the server's start
 PLACE_AGAIN_S = 1.0  # an actor that died while starting (its node lost): placed again after this
 DEAD_NODE_S = 10.0  # an actor dead: how long Ray may take to say its node is dead too
 UNREACHABLE_S = 30.0  # an actor unreachable this long, its node still alive: taken as lost
@@ -66,9 +67,16 @@ class RayBackend(ReplicaBackend):
         self.host_class: Any = None
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._join)
+        await asyncio.wait_for(asyncio.to_thread(self._join), JOIN_TIMEOUT_S)
 
     def _join(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        try:  # Ray itself retries an unreachable head for minutes: say so at once instead
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"MODELPORT_REPLICAS: the Ray head at {self.address} cannot be reached: {exc}"
+            ) from None
         import ray
 
         from .ray_host import ReplicaHost
