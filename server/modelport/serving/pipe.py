@@ -208,6 +208,10 @@ class Pipe:
         """Send one Call; see the module's contract for what it raises."""
         transport = self.transport
         if transport is None or transport.is_closing():
+            # Closing (an EOF read, its end not yet handled): it takes no more calls, so that
+            # the balancer's retry, which does not yield, does not pick it again at once.
+            if transport is not None:
+                self.on_broken()
             raise NotSent(self.peer)
         self._seq += 1
         cid = self._seq
