@@ -273,3 +273,23 @@ def test_an_unreachable_ray_head_stops_the_server_at_start(make_server, tmp_path
     with pytest.raises(RuntimeError, match="exited"):
         bad.start(timeout=60)
     assert "MODELPORT_REPLICAS" in bad.log() and "ray://host:port" in bad.log()
+
+
+@pytest.mark.slow
+def test_a_replica_that_cannot_boot_on_its_node_fails_the_deployment_saying_why(on_ray):
+    d = on_ray
+    d.model("broken")
+    files = {
+        "predict.py": (
+            "import os\n"
+            "if os.environ.get('BOOM'):\n"
+            "    raise ImportError('no such weights on this node')\n"
+            "def predict(a: float) -> float:\n"
+            "    return a\n"
+        )
+    }
+    build = d.build("broken", files)
+    created = d.deploy("broken", build, wait=False, replicas=1, cpus=0.5, env={"BOOM": "1"})
+    done = d.wait("broken", created["id"], timeout=240)
+    assert done["status"] == "failed"
+    assert "no such weights on this node" in (done["reason"] or ""), done

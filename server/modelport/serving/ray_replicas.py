@@ -500,5 +500,8 @@ class RayReplica(Replica):
 
 
 def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)  # a RayTaskError: the error raised on the node
+    if isinstance(cause, BaseException):
+        exc = cause
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
