@@ -46,10 +46,10 @@ from modelport.runtime_home import ensure_runtime, runtime_dir
 from modelport.sandboxing import Sandbox
 from modelport.scratch import sweep
 from modelport.serving.backends import LocalBackend, ReplicaBackend
-from modelport.serving.config import Tuning
+from modelport.serving.config import GroupEvent, Tuning
 from modelport.serving.deployer import Deployer
 from modelport.serving.ray_replicas import RayBackend
-from modelport.serving.supervisor import Supervisor
+from modelport.serving.supervisor import ReplicaGroup, Supervisor
 from modelport.settings import Settings
 from modelport.store.archive import ArchiveLimits
 from modelport.store.backends import open_store
@@ -181,7 +181,7 @@ class Services:
         self.models = Models(self.db, self.auth, self.routes, self.monitor.recorder)
         self._jobs: list[asyncio.Task] = []
 
-    async def _on_change(self, group, event: str, detail: dict) -> None:
+    async def _on_change(self, group: ReplicaGroup, event: GroupEvent, detail: dict) -> None:
         if hasattr(self, "deployer"):
             await self.deployer.on_change(group, event, detail)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,8 +11,18 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.registry import audit
 from modelport.registry.db import Database, IntegrityError, Row, Tx
-from modelport.registry.records import ACTIVE_DEPLOYMENT, Deployment, DeploymentEvent
+from modelport.registry.records import Deployment, DeploymentEvent
 from modelport.registry.sealed import Sealer, SealError
+from modelport.registry.states import (
+    ACTIVE_DEPLOYMENT,
+    EventKind,
+    IllegalMove,
+    finishes,
+    moving,
+    status_after,
+)
+
+log = logging.getLogger("modelport.registry")
 
 
 def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
@@ -166,11 +177,12 @@ async def create(
             " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
             " env_sealed, capture_percent, capture_max_bytes, network, boot_timeout_s,"
             " cpus, gpus, resources, placement, created_by, created_at, reason)"
-            " VALUES (?,?,?,'pending',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (
                 model_id,
                 build_id,
                 build_number,
+                status_after(None, "created"),
                 settings["replicas"],
                 settings["memory_mb"],
                 settings["timeout_s"],
@@ -192,15 +204,13 @@ async def create(
                 reason,
             ),
         )
-        await tx.execute(
-            "INSERT INTO deployment_events (deployment_id, at, kind, actor, detail)"
-            " VALUES (?, ?, 'created', ?, ?)",
-            (
-                deployment_id,
-                now_iso(),
-                actor,
-                msgspec.json.encode({"build": build_number, "reason": reason, **noted}).decode(),
-            ),
+        await _event(
+            tx,
+            deployment_id,
+            now_iso(),
+            "created",
+            actor,
+            {"build": build_number, "reason": reason, **noted},
         )
         await audit.record(
             tx,
@@ -221,40 +231,30 @@ async def create(
 async def transition(
     db: Database,
     deployment_id: int,
-    status: str | None,
-    kind: str,
+    kind: EventKind,
     *,
+    at_restart: bool = False,
     actor: str | None = None,
     detail: dict[str, Any] | None = None,
     reason: str | None = None,
-    finished: bool = False,
     replicas: int | None = None,
     audited: tuple[str, str] | None = None,
 ) -> None:
-    """Record an event of a deployment, and change its status (and what goes with it) if given.
-    ``audited`` (action, model name): a person's change, in the audit trail in the same
-    transaction."""
-    at = now_iso()
-    sets: list[str] = []
-    params: list[Any] = []
-    if status is not None:
-        sets.append("status = ?")
-        params.append(status)
-    if reason is not None:
-        sets.append("reason = ?")
-        params.append(reason)
-    if finished:
-        sets.append("finished_at = ?")
-        params.append(at)
-    if replicas is not None:
-        sets.append("replicas = ?")
-        params.append(replicas)
+    """Record an event of a deployment and the status it leads to (``states.status_after``).
+    ``at_restart``: the server's restart is the cause. ``audited`` (action, model name): a
+    person's change, in the audit trail in the same transaction."""
     async with db.write() as tx:
-        if sets:
-            await tx.execute(
-                f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id)
-            )
-        await _event(tx, deployment_id, at, kind, actor, detail or {})
+        await _move(
+            tx,
+            deployment_id,
+            now_iso(),
+            kind,
+            actor,
+            detail or {},
+            at_restart=at_restart,
+            reason=reason,
+            replicas=replicas,
+        )
         if audited is not None:
             action, model = audited
             await audit.record(
@@ -265,6 +265,49 @@ async def transition(
                 target=str(deployment_id),
                 detail=detail,
             )
+
+
+async def _move(
+    tx: Tx,
+    deployment_id: int,
+    at: str,
+    kind: EventKind,
+    actor: str | None,
+    detail: dict[str, Any],
+    *,
+    at_restart: bool = False,
+    reason: str | None = None,
+    replicas: int | None = None,
+) -> None:
+    """The event, and the deployment's status after it (finished_at when that ends it). An event
+    the table has no move for in the deployment's status (changed meanwhile by another server)
+    is recorded, and the status stays: never a move the table does not have."""
+    sets: list[str] = []
+    params: list[Any] = []
+    status = await tx.value("SELECT status FROM deployments WHERE id = ?", (deployment_id,))
+    if status is not None:  # (a deployment gone with its model: the event's insert says so)
+        try:
+            after = status_after(status, kind, at_restart=at_restart)
+        except IllegalMove as exc:
+            log.warning("deployment %s: %s; its status stays", deployment_id, exc)
+            after, reason = status, None
+        if after != status:
+            sets.append("status = ?")
+            params.append(after)
+        if finishes(status, after):
+            sets.append("finished_at = ?")
+            params.append(at)
+    if reason is not None:
+        sets.append("reason = ?")
+        params.append(reason)
+    if replicas is not None:
+        sets.append("replicas = ?")
+        params.append(replicas)
+    if sets:
+        await tx.execute(
+            f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id)
+        )
+    await _event(tx, deployment_id, at, kind, actor, detail)
 
 
 async def audited(
@@ -294,10 +337,11 @@ async def switched(
             raise Superseded(f"deployment {deployment_id} is gone (its model was deleted)")
         await tx.hold(f"deployments:{model_id}")
         replaced = await tx.all(
-            "UPDATE deployments SET status = 'stopped', finished_at = ?, reason = ? WHERE"
+            "UPDATE deployments SET status = ?, finished_at = ?, reason = ? WHERE"
             " model_id = ? AND id < ? AND status IN"
             f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
             (
+                status_after("deployed", "replaced"),
                 at,
                 f"replaced by deployment {deployment_id}",
                 model_id,
@@ -305,11 +349,12 @@ async def switched(
                 *ACTIVE_DEPLOYMENT,
             ),
         )
+        switchable = moving("deployed")  # the statuses the switch may leave
         try:
             took = await tx.execute(
-                "UPDATE deployments SET status = 'deployed' WHERE id = ?"
-                " AND status IN ('pending', 'deploying')",
-                (deployment_id,),
+                "UPDATE deployments SET status = ? WHERE id = ?"
+                f" AND status IN ({','.join('?' * len(switchable))})",
+                (status_after(switchable[0], "deployed"), deployment_id, *switchable),
             )
         except IntegrityError:
             # a newer one is deployed already (deployments_one_deployed): one whose switch did
@@ -332,7 +377,7 @@ async def _event(
     tx: Tx,
     deployment_id: int,
     at: str,
-    kind: str,
+    kind: EventKind,
     actor: str | None,
     detail: dict[str, Any],
 ) -> None:
@@ -371,5 +416,6 @@ async def to_restore(db: Database) -> list[Row]:
     """At startup: what should serve again, and what was left half-way."""
     return await db.all(
         "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
-        " WHERE d.status IN ('pending', 'deploying', 'deployed', 'stopping') ORDER BY d.id"
+        f" WHERE d.status IN ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) ORDER BY d.id",
+        ACTIVE_DEPLOYMENT,
     )

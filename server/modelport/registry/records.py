@@ -6,14 +6,15 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+# The states are spelled in states.py; the records that carry them, here (re-exported).
+from modelport.registry.states import BuildStatus as BuildStatus
+from modelport.registry.states import DeploymentStatus as DeploymentStatus
+from modelport.registry.states import EventKind as EventKind
+from modelport.registry.states import ReplicaState as ReplicaState
+
 T = TypeVar("T")
 
 Role = Literal["admin", "deployer", "viewer", "predict"]
-BuildStatus = Literal["queued", "building", "built", "failed"]
-DeploymentStatus = Literal["pending", "deploying", "deployed", "failed", "stopping", "stopped"]
-ReplicaState = Literal["starting", "ready", "draining", "exited", "crashed"]
-
-ACTIVE_DEPLOYMENT = ("pending", "deploying", "deployed", "stopping")
 MODEL_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # a model's name: lowercase, digits, dashes
 
 
@@ -24,7 +25,7 @@ class Page(msgspec.Struct, Generic[T]):
 
 class DeploymentEvent(msgspec.Struct):
     at: str
-    kind: str
+    kind: EventKind
     actor: str | None = None
     detail: dict[str, Any] = {}
 

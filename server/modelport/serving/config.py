@@ -1,12 +1,33 @@
-"""What a replica group serves (GroupSpec), the supervisor's timings (Tuning), what it reports."""
+"""What a replica group serves (GroupSpec), the supervisor's timings (Tuning), what it reports:
+its state (GroupState), its events (GroupEvent), GroupInfo."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import msgspec
 
 from modelport.registry.records import Replica
 
-__all__ = ["GroupInfo", "GroupSpec", "ReplicaInfo", "Tuning"]
+__all__ = ["GroupEvent", "GroupInfo", "GroupSpec", "GroupState", "ReplicaInfo", "Tuning"]
+
+# starting → running → draining → stopped; starting → stopped when its start is interrupted;
+# failed: could not start, or gave up restarting (replicas still alive keep serving).
+GroupState = Literal["starting", "running", "draining", "stopped", "failed"]
+
+# What a group tells its on_change hook, each with a JSON-able detail dict.
+GroupEvent = Literal[
+    "group.starting",
+    "group.ready",
+    "group.failed",
+    "group.scaled",
+    "group.draining",
+    "group.stopped",
+    "replica.ready",
+    "replica.crashed",
+    "replica.late",
+    "replica.back",
+]
 
 MiB = 1024 * 1024
 
@@ -78,6 +99,6 @@ class GroupInfo(msgspec.Struct):
     model: str
     build: int
     deployment_id: str
-    state: str  # starting | running | draining | stopped | failed
+    state: GroupState
     reason: str | None
     replicas: list[ReplicaInfo]

@@ -31,8 +31,9 @@ from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database, Row
 from modelport.registry.sealed import Sealer
+from modelport.registry.states import EventKind
 from modelport.runtime.rbridge import is_r_entry
-from modelport.serving.config import GroupSpec
+from modelport.serving.config import GroupEvent, GroupSpec
 from modelport.serving.supervisor import GroupFailed, Interrupted, ReplicaGroup, Supervisor
 from modelport.store import manifest as mf
 
@@ -55,6 +56,12 @@ SETTING_KEYS = (
     "resources",
     "placement",
 )
+
+# The replica group's events a deployment's history records, as the kinds they are recorded as.
+RECORDED_GROUP_EVENTS: dict[GroupEvent, EventKind] = {
+    "group.failed": "group.failed",
+    "replica.crashed": "replica.crashed",
+}
 
 
 class Deployer:
@@ -177,7 +184,6 @@ class Deployer:
                     await rows.transition(
                         self.db,
                         current["id"],
-                        None,
                         "scale_failed",
                         actor=actor,
                         detail={"to": replicas, "error": str(exc)},
@@ -186,7 +192,6 @@ class Deployer:
             await rows.transition(
                 self.db,
                 current["id"],
-                None,
                 "scaled",
                 actor=actor,
                 detail={"from": current["replicas"], "to": replicas},
@@ -217,7 +222,6 @@ class Deployer:
                 self.db,
                 serving["id"],
                 "stopping",
-                "stopping",
                 actor=actor,
                 detail={"build": serving["build_number"]},
                 audited=("deployment.stop", model["name"]),
@@ -227,9 +231,7 @@ class Deployer:
                 self.db,
                 serving["id"],
                 "stopped",
-                "stopped",
                 actor=actor,
-                finished=True,
                 reason=f"stopped by {actor}",
             )
         return await self._by_id(model, current["id"])
@@ -241,7 +243,6 @@ class Deployer:
         await rows.transition(
             self.db,
             current["id"],
-            None,
             "restarting",
             actor=actor,
             detail={"build": current["build_number"]},
@@ -259,7 +260,7 @@ class Deployer:
             if row["id"] in self._given_up:  # stopped or replaced while it waited: recorded
                 return
             if not restart:
-                await rows.transition(self.db, row["id"], "deploying", "deploying", actor=actor)
+                await rows.transition(self.db, row["id"], "deploying", actor=actor)
             switched = False
 
             async def record_switch() -> None:
@@ -296,7 +297,7 @@ class Deployer:
                     await self._failed(row, f"internal error: {exc!r}", restart)
                 return
             if restart:
-                await rows.transition(self.db, row["id"], None, "restarted", actor=actor)
+                await rows.transition(self.db, row["id"], "restarted", actor=actor)
 
     @contextlib.asynccontextmanager
     async def _turn(self, name: str, deployment_id: int) -> AsyncIterator[None]:
@@ -325,9 +326,7 @@ class Deployer:
                 await rows.transition(
                     self.db,
                     deployment_id,
-                    "stopped",
                     "interrupted",
-                    finished=True,
                     reason=why,
                     detail={"reason": why},
                 )
@@ -338,33 +337,25 @@ class Deployer:
 
     async def _interrupted(self, row: Row, why: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving (until the stop that interrupted it)
-            await rows.transition(
-                self.db, row["id"], None, "restart_interrupted", detail={"reason": why}
-            )
+            await rows.transition(self.db, row["id"], "restart_interrupted", detail={"reason": why})
             return
         await rows.transition(
             self.db,
             row["id"],
-            "stopped",
             "interrupted",
-            finished=True,
             reason=why,
             detail={"reason": why},
         )
 
     async def _failed(self, row: Row, reason: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving
-            await rows.transition(
-                self.db, row["id"], None, "restart_failed", detail={"error": reason}
-            )
+            await rows.transition(self.db, row["id"], "restart_failed", detail={"error": reason})
             return
         await rows.transition(
             self.db,
             row["id"],
             "failed",
-            "failed",
             reason=reason,
-            finished=True,
             detail={"error": reason},
         )
 
@@ -432,9 +423,7 @@ class Deployer:
                     await rows.transition(
                         self.db,
                         previous["id"],
-                        "stopped",
                         "replaced",
-                        finished=True,
                         reason=f"replaced by deployment {row['id']}",
                     )
                 latest[row["model"]] = row
@@ -443,23 +432,20 @@ class Deployer:
                     self.db,
                     row["id"],
                     "stopped",
-                    "stopped",
-                    finished=True,
                     reason="stopped (the server restarted while stopping)",
                 )
             else:  # it never took traffic: a deployment takes it in the write that says so
                 await rows.transition(
                     self.db,
                     row["id"],
-                    "failed",
                     "interrupted",
-                    finished=True,
+                    at_restart=True,
                     reason="interrupted by a server restart before it took traffic",
                 )
         for name, row in latest.items():
             build = await build_rows.by_id(self.db, row["build_id"])
             await rows.transition(
-                self.db, row["id"], None, "restoring", detail={"reason": "server restarted"}
+                self.db, row["id"], "restoring", detail={"reason": "server restarted"}
             )
             self._spawn(self._restore_one(name, row, build))
 
@@ -469,7 +455,7 @@ class Deployer:
                 spec = await self.spec_for(name, row, build)
                 self._go_on(row["id"])
                 await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
-                await rows.transition(self.db, row["id"], None, "restored")
+                await rows.transition(self.db, row["id"], "restored")
             except Interrupted as exc:
                 await self._interrupted(row, str(exc), False)
             except Exception as exc:
@@ -477,20 +463,21 @@ class Deployer:
                     self.db,
                     row["id"],
                     "failed",
-                    "failed",
-                    finished=True,
                     reason=f"could not be restored: {exc}",
                 )
 
-    async def on_change(self, group: ReplicaGroup, event: str, detail: dict[str, Any]) -> None:
+    async def on_change(
+        self, group: ReplicaGroup, event: GroupEvent, detail: dict[str, Any]
+    ) -> None:
         """Supervisor hook: what a user needs in the deployment's history."""
-        if event not in ("group.failed", "replica.crashed"):
+        kind = RECORDED_GROUP_EVENTS.get(event)
+        if kind is None:
             return
         try:
             deployment_id = int(group.spec.deployment_id)
         except ValueError:
             return
-        await rows.transition(self.db, deployment_id, None, event, detail=detail)
+        await rows.transition(self.db, deployment_id, kind, detail=detail)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -17,7 +17,7 @@ from modelport.sandboxing import Sandbox, r_paths, replica_policy
 
 from .backends import LocalBackend, ReplicaBackend
 from .balancer import Balancer
-from .config import GroupInfo, GroupSpec, Tuning
+from .config import GroupEvent, GroupInfo, GroupSpec, GroupState, Tuning
 from .lateness import CHECK_S
 from .poller import Poller
 from .replica import BootFailed, Replica, replica_id
@@ -27,7 +27,7 @@ __all__ = ["GroupFailed", "Interrupted", "OnChange", "Prepare", "ReplicaGroup"]
 
 log = logging.getLogger("modelport.serving")
 
-OnChange = Callable[["ReplicaGroup", str, dict[str, Any]], Any]  # may return an awaitable
+OnChange = Callable[["ReplicaGroup", GroupEvent, dict[str, Any]], Any]  # may return an awaitable
 # Before each replica start: make the folder it runs in right (lines for its log), or raise why not.
 Prepare = Callable[[GroupSpec], Awaitable[list[str]]]
 
@@ -43,11 +43,7 @@ class Interrupted(GroupFailed):
 class ReplicaGroup:
     """The replicas of one deployment, their restarts, and the balancer in front of them.
 
-    States: starting → running → draining → stopped; starting → stopped when its start is
-    interrupted; failed (could not start, or gave up restarting: replicas still alive keep
-    serving). Events for ``on_change``: group.starting,
-    group.ready, group.failed, group.scaled, group.draining, group.stopped, replica.ready,
-    replica.crashed, replica.late, replica.back; each with a JSON-able detail dict."""
+    Its states are config.GroupState, the events it tells ``on_change`` config.GroupEvent."""
 
     def __init__(
         self,
@@ -78,7 +74,7 @@ class ReplicaGroup:
             window_s=t.flap_window_s,
             healthy_after_s=t.healthy_after_s,
         )
-        self.state = "starting"
+        self.state: GroupState = "starting"
         self.reason: str | None = None
         self.replicas: list[Replica] = []
         self.balancer = Balancer(
@@ -369,7 +365,7 @@ class ReplicaGroup:
 
     # -- reporting --------------------------------------------------------------------------------
 
-    def _emit(self, event: str, detail: dict[str, Any]) -> None:
+    def _emit(self, event: GroupEvent, detail: dict[str, Any]) -> None:
         if self.on_change is None:
             return
         try:
