@@ -1,9 +1,12 @@
 """Kubernetes manifests for several modelport gateways sharing one registry and one store:
 a ConfigMap (the settings every pod shares), a Deployment (the gateways) and a Service in front.
 
-The registry's URL and the S3 credentials are secrets: the manifests only name the Secret that
-holds them (`secret_hint` says how to make it), so nothing secret is ever rendered. Each pod
-binds its own IP and names itself by its pod name (MODELPORT_NODE). A pod's data dir is an
+The registry's URL, the S3 credentials and the sealing key are secrets: the manifests only name
+the Secret that holds them (`secret_hint` says how to make it), so nothing secret is ever
+rendered. Every gateway of one registry must open the deployments' sealed env values with the
+same key, so the key is a file of that Secret mounted read-only in each pod and named by
+MODELPORT_SECRET_KEY_FILE (a server whose key does not open the registry's refuses to start).
+Each pod binds its own IP and names itself by its pod name (MODELPORT_NODE). A pod's data dir is an
 emptyDir: the registry and the store are elsewhere (PostgreSQL, S3), so what it holds (the
 read-through cache, environments, logs) is rebuilt on a new pod.
 """
@@ -20,10 +23,20 @@ PORT = 8000
 DATA_DIR = "/var/lib/modelport"
 # The Secret's keys, each the environment variable it becomes in the pod.
 SECRET_KEYS = ("MODELPORT_DATABASE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# The Secret's file holding the sealing key (32 bytes), and where each pod reads it.
+KEY_FILE = "secret.key"
+KEY_DIR = "/etc/modelport/key"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Set by the manifests themselves: --set may not replace them.
-_OWN = {"MODELPORT_HOME", "MODELPORT_STORE_URL", "MODELPORT_NODE", "POD_IP", *SECRET_KEYS}
+_OWN = {
+    "MODELPORT_HOME",
+    "MODELPORT_STORE_URL",
+    "MODELPORT_NODE",
+    "MODELPORT_SECRET_KEY_FILE",
+    "POD_IP",
+    *SECRET_KEYS,
+}
 
 
 class K8sOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,6 +81,7 @@ def render(opts: K8sOptions) -> list[dict[str, Any]]:
     config = {
         "MODELPORT_HOME": DATA_DIR,
         "MODELPORT_STORE_URL": opts.store_url,
+        "MODELPORT_SECRET_KEY_FILE": f"{KEY_DIR}/{KEY_FILE}",
         **dict(sorted(opts.settings.items())),
     }
     env: list[dict[str, Any]] = [
@@ -98,7 +112,10 @@ def render(opts: K8sOptions) -> list[dict[str, Any]]:
             "requests": {"cpu": opts.cpu, "memory": opts.memory},
             "limits": {"memory": opts.memory},
         },
-        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "key", "mountPath": KEY_DIR, "readOnly": True},
+        ],
     }
     deployment = {
         "apiVersion": "apps/v1",
@@ -115,7 +132,17 @@ def render(opts: K8sOptions) -> list[dict[str, Any]]:
                     # a replica's drain (SIGTERM → finish what is in flight) before the kill
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],
-                    "volumes": [{"name": "data", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {}},
+                        {
+                            "name": "key",
+                            "secret": {
+                                "secretName": opts.secret,
+                                "items": [{"key": KEY_FILE, "path": KEY_FILE}],
+                                "defaultMode": 0o400,
+                            },
+                        },
+                    ],
                 },
             },
         },
@@ -154,6 +181,10 @@ def secret_hint(opts: K8sOptions) -> str:
     return (
         f"modelport gateways ({opts.gateways}) sharing a registry and {opts.store_url}.\n"
         f"First make the Secret they read, in namespace {opts.namespace}:\n"
-        f"  kubectl -n {opts.namespace} create secret generic {opts.secret} {literals}\n"
-        "(the AWS_* keys may be left out where the pods get S3 credentials otherwise)."
+        f"  kubectl -n {opts.namespace} create secret generic {opts.secret} {literals} \\\n"
+        f"    --from-file={KEY_FILE}=./{KEY_FILE}\n"
+        "(the AWS_* keys may be left out where the pods get S3 credentials otherwise).\n"
+        f"./{KEY_FILE} is the key that seals deployments' env values, the same for every\n"
+        "gateway: the secret.key of the data dir the registry came from (modelport migrate),\n"
+        f"or for a new registry 32 random bytes: head -c 32 /dev/urandom > {KEY_FILE}"
     )

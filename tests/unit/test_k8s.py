@@ -42,6 +42,7 @@ def test_they_say_what_was_asked():
     assert config["data"] == {
         "MODELPORT_HOME": "/var/lib/modelport",
         "MODELPORT_STORE_URL": STORE,
+        "MODELPORT_SECRET_KEY_FILE": "/etc/modelport/key/secret.key",
         "MODELPORT_BUILD_WORKERS": "4",
     }
     spec = deployment["spec"]
@@ -57,6 +58,12 @@ def test_they_say_what_was_asked():
     assert pod["readinessProbe"]["httpGet"]["path"] == "/api/v1/health"
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
     assert spec["template"]["metadata"]["labels"] == spec["selector"]["matchLabels"]
+    # one sealing key for every gateway: the Secret's secret.key, read-only where the setting says
+    mounts = {m["name"]: m for m in pod["volumeMounts"]}
+    assert mounts["key"] == {"name": "key", "mountPath": "/etc/modelport/key", "readOnly": True}
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    assert volumes["key"]["secret"]["secretName"] == "modelport"
+    assert volumes["key"]["secret"]["items"] == [{"key": "secret.key", "path": "secret.key"}]
 
 
 def test_no_secret_is_rendered_only_named(monkeypatch):
@@ -68,6 +75,7 @@ def test_no_secret_is_rendered_only_named(monkeypatch):
     # the head comment says how to make the Secret the pods read
     assert "kubectl -n default create secret generic mp-secrets" in result.output
     assert "--from-literal=MODELPORT_DATABASE_URL=" in result.output
+    assert "--from-file=secret.key=./secret.key" in result.output
 
 
 def test_written_to_a_file(tmp_path):
