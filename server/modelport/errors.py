@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from modelport.runtime.invoke import TOO_DEEP, field_of
+from modelport.runtime.invoke import TOO_DEEP, field_of, refused
 
 log = logging.getLogger("modelport")
 
@@ -222,6 +222,14 @@ class ModelTimeout(ModelportError):
 
 def error_json(status: int, code: str, message: str, field: str | None = None) -> bytes:
     return msgspec.json.encode(ErrorEnvelope(ErrorBody(code, message, field)))
+
+
+def body_refused(exc: Exception, content_type: str = "json") -> ModelportError:
+    """A body msgspec could not decode or validate, answered as a replica answers it
+    (runtime/invoke.py `refused`): request.malformed, or request.invalid naming the field."""
+    failed = refused(exc, content_type)
+    kind = RequestMalformed if failed.code == RequestMalformed.code else RequestInvalid
+    return kind(failed.message, field=failed.field)
 
 
 def _from_validation(exc: ValidationException) -> ModelportError:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from litestar.exceptions import ValidationException
-from modelport.errors import ModelportError, ScaleFailed, to_modelport_error
+from modelport.errors import ModelportError, ScaleFailed, body_refused, to_modelport_error
+from modelport.runtime.invoke import refused
 from modelport.store.archive import ArchiveInvalid, ArchiveTooLarge, ArchiveUnsafe
 
 
@@ -43,3 +45,24 @@ def test_a_refused_request_names_the_bad_field(message, key, field):
 def test_a_body_that_is_no_object_is_malformed():
     extra = [{"message": "Expected `object`, got `array`", "key": "data"}]
     assert to_modelport_error(ValidationException(extra=extra)).code == "request.malformed"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        (b'{"request": 3}', "request.invalid", "request"),
+        (b"[1]", "request.malformed", None),
+        (b"{", "request.malformed", None),
+        (b"[" * 5000 + b"]" * 5000, "request.malformed", None),
+    ],
+)
+def test_a_body_the_gateway_decodes_is_refused_as_a_replica_refuses_it(body, code, field):
+    class Inner(msgspec.Struct):
+        request: dict
+
+    try:
+        msgspec.json.decode(body, type=Inner)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        answered, failed = body_refused(exc), refused(exc)
+    assert (answered.code, answered.field) == (code, field)
+    assert (answered.status, answered.message) == (failed.status, failed.message)

@@ -15,7 +15,6 @@ import msgspec
 
 from modelport.auth import Auth, hash_secret
 from modelport.errors import (
-    TOO_DEEP,
     AuthDenied,
     AuthInvalid,
     AuthMissing,
@@ -24,12 +23,10 @@ from modelport.errors import (
     ModelportError,
     ModelUnavailable,
     RateLimited,
-    RequestInvalid,
-    RequestMalformed,
     RequestTooLarge,
+    body_refused,
     error_json,
 )
-from modelport.runtime.invoke import field_of
 from modelport.runtime.protocol import Result
 from modelport.serving.balancer import Draining
 from modelport.serving.poller import Poller
@@ -299,15 +296,8 @@ class Gateway:
         raw = await _read(receive, length, limit) if raw is None else _whole(raw, length, limit)
         try:
             req = (_cloudera_msgpack if content_type == "msgpack" else _cloudera_json)(raw)
-        except msgspec.ValidationError as exc:
-            text, field = str(exc), field_of(str(exc))
-            if field is None and text.startswith("Expected `object`"):
-                raise RequestMalformed(f"The body must be an object: {text}") from None
-            raise RequestInvalid(text, field=field) from None
-        except msgspec.DecodeError as exc:
-            raise RequestMalformed(f"The body is not valid {content_type.upper()}: {exc}") from None
-        except RecursionError:
-            raise RequestMalformed(TOO_DEEP) from None
+        except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError is a DecodeError
+            raise body_refused(exc, content_type) from None
         key = key or req.accessKey
         if not key and authz[:7].lower() == b"bearer ":
             key = authz[7:].decode("latin-1").strip()

@@ -18,7 +18,16 @@ from .signature import Signature
 
 _clock = time.perf_counter
 
-__all__ = ["BUSY", "TOO_DEEP", "CallFailed", "Invoker", "error_text", "field_of", "within_cap"]
+__all__ = [
+    "BUSY",
+    "TOO_DEEP",
+    "CallFailed",
+    "Invoker",
+    "error_text",
+    "field_of",
+    "refused",
+    "within_cap",
+]
 
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"^Object (?:missing required|contains unknown) field `([^`]*)`")
@@ -67,8 +76,17 @@ def field_of(message: str, at: str | None = None) -> str | None:
     return path or None
 
 
-def _invalid(exc: msgspec.ValidationError) -> CallFailed:
+def refused(exc: Exception, content_type: str = "json") -> CallFailed:
+    """A body msgspec could not decode (``msgspec.DecodeError``, ``RecursionError`` when it nests
+    too deeply) or validate (``msgspec.ValidationError``), as it is answered: 400
+    request.malformed, or 422 request.invalid naming the bad field. The one mapping of a body's
+    decoding errors, for a replica's calls and the gateway's own decoding alike."""
+    if isinstance(exc, RecursionError):  # msgspec stops at Python's recursion limit
+        return CallFailed(400, "request.malformed", TOO_DEEP)
     message = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        kind = "MessagePack" if content_type == "msgpack" else "JSON"
+        return CallFailed(400, "request.malformed", f"the body is not valid {kind}: {message}")
     field = field_of(message)
     if field is None and message.startswith("Expected `object`"):
         return CallFailed(
@@ -97,14 +115,8 @@ class Invoker:
             if self._known is not None:
                 _refuse_unknown(body, content_type, self._known)
             return value
-        except msgspec.ValidationError as exc:
-            raise _invalid(exc) from exc
-        except msgspec.DecodeError as exc:
-            kind = "MessagePack" if content_type == "msgpack" else "JSON"
-            message = f"the body is not valid {kind}: {exc}"
-            raise CallFailed(400, "request.malformed", message) from exc
-        except RecursionError as exc:  # msgspec stops at Python's recursion limit
-            raise CallFailed(400, "request.malformed", TOO_DEEP) from exc
+        except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError is a DecodeError
+            raise refused(exc, content_type) from exc
 
     @staticmethod
     def encode(value: Any, accept: str = "json") -> bytes:
