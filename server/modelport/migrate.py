@@ -5,7 +5,7 @@ resumed by running it again.
 Objects go first (what the rows refer to is there before the rows are), each read from the local
 store (verified as it is read), put into the bucket (named by the digest of what was sent), then
 every object re-hashed as the bucket holds it. Rows go next, table by table in the order their
-references need (registry/copy.py), ids kept.
+references need (registry/transfer.py), ids kept.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from modelport.registry.backends import registry
-from modelport.registry.copy import Copied, copy_all
+from modelport.registry.transfer import Copied, copy_all
 from modelport.settings import Settings
 from modelport.store.backends import open_store
 from modelport.store.contract import ContentStore, Problem

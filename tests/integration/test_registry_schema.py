@@ -102,7 +102,7 @@ def test_an_unreachable_postgres_is_registry_unreachable_naming_it_without_passw
 
 
 def test_migrate_copies_every_table_of_the_schema(registry):
-    from modelport.registry.copy import TABLES, tables_of
+    from modelport.registry.transfer import TABLES, tables_of
 
     async def read():
         db = await registry.open()

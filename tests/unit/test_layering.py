@@ -6,6 +6,7 @@ touches no database."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,17 @@ def test_no_controller_imports_another():
 def test_the_prediction_path_touches_no_database():
     databases = ("modelport.registry", "aiosqlite", "sqlite3", "asyncpg")
     assert _violations("modelport.gateway", databases) == []
+
+
+def test_no_module_is_named_as_the_standard_library_names_its_own():
+    # A module named like the standard library's (gc, inspect, copy, …) reads as that one at a
+    # glance, and shadows it wherever its folder is put on the path (a script run from there).
+    # gateway/http.py keeps its name: it is the gateway's HTTP protocol, only ever imported by
+    # its package's name (nothing runs a script from gateway/).
+    shadowing = sorted(
+        module
+        for module in GRAPH
+        if module.rpartition(".")[2] in sys.stdlib_module_names
+        and module != "modelport.gateway.http"
+    )
+    assert shadowing == []

@@ -34,7 +34,7 @@ def migrate(
     from modelport import migrate as moving
     from modelport.datadir import DataDirBusy, DataDirLock
     from modelport.registry.backends import check_url as check_database
-    from modelport.registry.copy import CopyMismatch
+    from modelport.registry.transfer import CopyMismatch
     from modelport.registry.db import RegistryTooNew, RegistryUnreachable
     from modelport.settings import SettingError, Settings
     from modelport.store.backends import check_url as check_store
