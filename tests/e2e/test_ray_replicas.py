@@ -293,3 +293,19 @@ def test_a_replica_that_cannot_boot_on_its_node_fails_the_deployment_saying_why(
     done = d.wait("broken", created["id"], timeout=240)
     assert done["status"] == "failed"
     assert "no such weights on this node" in (done["reason"] or ""), done
+
+
+@pytest.mark.slow
+def test_pack_places_the_replicas_together_and_resources_pick_the_node(on_ray):
+    d = on_ray
+    d.model("packed")
+    build = d.build("packed", MODEL)
+    created = d.deploy("packed", build, wait=False, replicas=3, cpus=0.25, placement="pack")
+    assert d.wait("packed", created["id"], timeout=240)["status"] == "deployed"
+    nodes = {r["node"] for r in _replicas(d, "packed")}
+    assert len(nodes) == 1, nodes
+    # A custom resource only the second node has: every replica goes there.
+    created = d.deploy("packed", build, wait=False, replicas=2, resources={"node2": 0.25})
+    assert d.wait("packed", created["id"], timeout=240)["status"] == "deployed"
+    assert [r["node"] for r in _replicas(d, "packed")] == ["127.0.0.3", "127.0.0.3"]
+    assert d.predict("packed", {"a": 1}).json()["sum"] == 2.0

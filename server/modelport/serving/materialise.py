@@ -16,6 +16,7 @@ import msgspec
 
 from modelport.builder import deps
 from modelport.builder.projects import Projects
+from modelport.builder.wheelhouse import file_lock
 from modelport.runtime_home import ensure_runtime
 from modelport.store import manifest as mf
 from modelport.store.contract import ContentStore
@@ -65,7 +66,11 @@ def materialise(
             python = deps.materialize(lock, tmp, envs, log=log)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    project = Projects(store, node_dir).prepare(manifest.digest, manifest.content.files)
+    # Several replicas of a build may start on one node at once, each in its own actor process:
+    # one makes the folder, the others then find it (Projects' own lock is per process).
+    hexd = manifest.digest.removeprefix("sha256:")
+    with file_lock(node_dir / "projects" / f".{hexd}.lock"):
+        project = Projects(store, node_dir).prepare(manifest.digest, manifest.content.files)
     return NodeBuild(
         python=str(python),
         project=str(project),
