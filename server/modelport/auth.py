@@ -27,6 +27,7 @@ from modelport.registry import models as model_rows
 from modelport.registry import tokens as token_rows
 from modelport.registry.db import Database
 from modelport.registry.records import Token
+from modelport.registry.rows import TokenRow
 
 log = logging.getLogger("modelport.auth")
 
@@ -81,13 +82,12 @@ class Auth:
         self._used: dict[str, str] = {}
 
     async def load(self) -> None:
-        self._tokens = {r["hash"]: self._identity(r) for r in await token_rows.active_rows(self.db)}
+        self._tokens = {r.hash: self._identity(r) for r in await token_rows.active_rows(self.db)}
         self._keys = await model_rows.access_key_hashes(self.db)
 
     @staticmethod
-    def _identity(r: dict) -> Identity:
-        models = tuple(msgspec.json.decode(r["models"]))
-        return Identity(r["id"], r["name"], r["role"], models, r["expires_at"])
+    def _identity(r: TokenRow) -> Identity:
+        return Identity(r.id, r.name, r.role, tuple(r.models), r.expires_at)
 
     def token_identity(self, secret: str) -> Identity:
         """The token's identity; raises auth.invalid for unknown, expired or revoked ones."""

@@ -26,6 +26,7 @@ from modelport.registry import models as model_rows
 from modelport.registry.db import Database
 from modelport.registry.paging import clamp_limit, decode_cursor
 from modelport.registry.records import Build, ImportedBuild, Page
+from modelport.registry.rows import BuildRow, ModelRow
 from modelport.scratch import scratch_file
 from modelport.settings import Settings
 from modelport.store import manifest as mf
@@ -46,15 +47,15 @@ class FileList(msgspec.Struct):
     next: str | None = None
 
 
-async def _build_row(db: Database, name: str, number: int) -> tuple[dict, dict]:
+async def _build_row(db: Database, name: str, number: int) -> tuple[ModelRow, BuildRow]:
     model = await model_rows.row(db, name)
-    return model, await build_rows.row(db, model["id"], number, name)
+    return model, await build_rows.row(db, model.id, number, name)
 
 
-async def _manifest(store: ContentStore, row: dict) -> mf.Manifest:
-    if not row["manifest"]:
-        raise NotFound(f"Build #{row['number']} has no manifest: it is {row['status']}.")
-    data = await asyncio.to_thread(store.read_bytes, row["manifest"])
+async def _manifest(store: ContentStore, row: BuildRow) -> mf.Manifest:
+    if not row.manifest:
+        raise NotFound(f"Build #{row.number} has no manifest: it is {row.status}.")
+    data = await asyncio.to_thread(store.read_bytes, row.manifest)
     return mf.decode(data)
 
 
@@ -98,7 +99,7 @@ class BuildsController(Controller):
         model = await model_rows.row(db, name)
         key = decode_cursor(cursor, int)
         return await build_rows.list_builds(
-            db, model["id"], name, limit=clamp_limit(limit), cursor=key
+            db, model.id, name, limit=clamp_limit(limit), cursor=key
         )
 
     @get("/{number:int}")
@@ -124,7 +125,7 @@ class BuildsController(Controller):
             return Response(text, media_type="text/plain")
 
         async def finished() -> bool:
-            status = await build_rows.status_of(db, row["id"])
+            status = await build_rows.status_of(db, row.id)
             return status not in ("queued", "building")
 
         return Stream(follow(path, finished), media_type="text/plain")
@@ -185,25 +186,18 @@ class BuildsController(Controller):
         deps_a = await _versions(builds.store, a)
         deps_b = await _versions(builds.store, b)
         schemas = [
-            diff_schema(
-                kind, msgspec.json.decode(a[col] or "null"), msgspec.json.decode(b[col] or "null")
-            )
-            for kind, col in (("input", "input_schema"), ("output", "output_schema"))
+            diff_schema("input", a.input_schema, b.input_schema),
+            diff_schema("output", a.output_schema, b.output_schema),
         ]
         return BuildDiff(
-            compatibility=compare(
-                msgspec.json.decode(a["input_schema"] or "null"),
-                msgspec.json.decode(b["input_schema"] or "null"),
-            ),
+            compatibility=compare(a.input_schema, b.input_schema),
             model=name,
             base=number,
             other=other,
             files=diff_files(snap_a.files, snap_b.files),
             dependencies=diff_dependencies(deps_a, deps_b),
             schemas=[s for s in schemas if s is not None],
-            entrypoint=None
-            if a["entrypoint"] == b["entrypoint"]
-            else [a["entrypoint"], b["entrypoint"]],
+            entrypoint=None if a.entrypoint == b.entrypoint else [a.entrypoint, b.entrypoint],
         )
 
     @get("/{number:int}/export", media_type="application/zstd")
@@ -235,8 +229,8 @@ class BuildsController(Controller):
         )
 
 
-async def _versions(store: ContentStore, row: dict) -> dict[str, str]:
-    if not row["manifest"]:
+async def _versions(store: ContentStore, row: BuildRow) -> dict[str, str]:
+    if not row.manifest:
         return {}
     manifest = await _manifest(store, row)
     found = {w.name: w.version for w in manifest.derived.wheels}

@@ -136,9 +136,9 @@ class DeploymentsController(Controller):
         allow_breaking = given.pop("allow_breaking")
         settings = DEFAULTS
         if given.pop("keep_current"):
-            current = await rows.current(db, model["id"])
+            current = await rows.current(db, model.id)
             if current is None:  # stopped: serve again as it was served last
-                current = await rows.latest(db, model["id"])
+                current = await rows.latest(db, model.id)
             if current is not None:
                 settings = deployer.settings_of(current)
         settings = settings | given
@@ -154,7 +154,7 @@ class DeploymentsController(Controller):
         """Every deployment of the model, newest first, with its events."""
         model = await model_rows.row(db, name)
         key, size = decode_cursor(cursor, int), clamp_limit(limit)
-        found = await rows.history(db, model["id"], limit=size, cursor=key)
+        found = await rows.history(db, model.id, limit=size, cursor=key)
         nxt = next_cursor(found, size, "id")
         return Page([await _shown(db, r, name) for r in found], nxt)
 
@@ -162,7 +162,7 @@ class DeploymentsController(Controller):
     async def current(self, db: DbDep, name: FromPath[str]) -> Deployment:
         """The deployment serving (or about to serve) the model."""
         model = await model_rows.row(db, name)
-        row = await rows.current(db, model["id"])
+        row = await rows.current(db, model.id)
         if row is None:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return await _shown(db, row, name)
@@ -185,7 +185,7 @@ class DeploymentsController(Controller):
     async def read(self, db: DbDep, name: FromPath[str], deployment_id: PathNumber) -> Deployment:
         """One deployment with its events."""
         model = await model_rows.row(db, name)
-        row = await rows.by_id(db, model["id"], deployment_id)
+        row = await rows.by_id(db, model.id, deployment_id)
         if row is None:
             raise DeploymentNotFound(f"Model '{name}' has no deployment {deployment_id}.")
         return await _shown(db, row, name)

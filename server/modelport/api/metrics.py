@@ -139,7 +139,7 @@ class MonitoringController(Controller):
         end = parse_time(until, now, "until", now + 1)
         if end <= start:
             raise RequestInvalid("`until` must be after `since`.", field="until")
-        used, cells = await monitor.series(model["id"], name, start, end, step)
+        used, cells = await monitor.series(model.id, name, start, end, step)
         return Series(used, [to_point(_iso(t), build, b, used) for t, build, b in cells])
 
     @get("/metrics/tracked")
@@ -169,7 +169,7 @@ class MonitoringController(Controller):
                     "The cursor is not one this server gave out.", field="cursor"
                 ) from None
         rows = await monitor.tracked(
-            model["id"],
+            model.id,
             since=parse_time(since, now, "since", 0.0),
             until=parse_time(until, now, "until", math.inf),
             name=metric,
@@ -188,7 +188,7 @@ class MonitoringController(Controller):
     ) -> PredictionMetrics:
         """What `track_metric` recorded for one prediction, with any delayed metrics."""
         model = await model_rows.row(db, name)
-        row = await monitor.prediction(model["id"], request_id)
+        row = await monitor.prediction(model.id, request_id)
         if row is None:
             raise PredictionNotFound(f"No metrics were recorded for request '{request_id}'.")
         return _prediction(row)
@@ -206,7 +206,7 @@ class MonitoringController(Controller):
         if len(request_id) > 128:
             raise RequestInvalid("A request id has at most 128 characters.", field="request_id")
         model = await model_rows.row(db, name)
-        row = await monitor.add_metrics(model["id"], request_id, data.metrics)
+        row = await monitor.add_metrics(model.id, request_id, data.metrics)
         return _prediction(row)
 
     @get("/builds/{number:int}/captures")
@@ -223,7 +223,7 @@ class MonitoringController(Controller):
         model = await model_rows.row(db, name)
         size = clamp_limit(limit)
         key = decode_cursor(cursor, int)
-        rows = await monitor.captures(model["id"], number, after_id=key, limit=size)
+        rows = await monitor.captures(model.id, number, after_id=key, limit=size)
         nxt = None
         if len(rows) > size:
             del rows[size:]

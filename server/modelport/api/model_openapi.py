@@ -14,6 +14,7 @@ from modelport.errors import ModelNotDeployed
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import models as model_rows
+from modelport.registry.rows import BuildRow
 
 ERROR = {
     "type": "object",
@@ -55,12 +56,12 @@ def _lift(schema: dict | None, components: dict) -> dict:
     return msgspec.json.decode(text)
 
 
-def document(name: str, build: dict, server_url: str) -> dict[str, Any]:
+def document(name: str, build: BuildRow, server_url: str) -> dict[str, Any]:
     components: dict = {}
-    request_schema = _lift(msgspec.json.decode(build["input_schema"] or "{}"), components)
-    response_schema = _lift(msgspec.json.decode(build["output_schema"] or "{}"), components)
+    request_schema = _lift(build.input_schema or {}, components)
+    response_schema = _lift(build.output_schema or {}, components)
     components = {k: _lift(v, {}) for k, v in components.items()}
-    example = msgspec.json.decode(build["example_input"]) if build["example_input"] else None
+    example = build.example_input
     body = {"schema": request_schema} | ({"example": example} if example is not None else {})
     responses: dict[str, Any] = {
         "200": {
@@ -83,16 +84,16 @@ def document(name: str, build: dict, server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": f"{name} (build #{build['number']})",
-            "version": str(build["number"]),
-            "description": f"Served by modelport {__version__}; digest {build['digest']}.",
+            "title": f"{name} (build #{build.number})",
+            "version": str(build.number),
+            "description": f"Served by modelport {__version__}; digest {build.digest}.",
         },
         "servers": [{"url": server_url, "description": "The server this document came from"}],
         "paths": {
             f"/models/{name}/predict": {
                 "post": {
                     "operationId": "predict",
-                    "summary": f"Call {build['entrypoint']}",
+                    "summary": f"Call {build.entrypoint}",
                     "security": [{"bearer": []}],
                     "requestBody": {
                         "required": True,
@@ -124,7 +125,7 @@ async def model_openapi(request: Request, db: DbDep, name: FromPath[str]) -> dic
     """The OpenAPI document of the model's prediction endpoint, for the build it serves; a
     viewer's token or the model's own access key may read it."""
     model = await model_rows.row(db, name)
-    current = await deployment_rows.current(db, model["id"])
+    current = await deployment_rows.current(db, model.id)
     if current is None:
         raise ModelNotDeployed(f"Model '{name}' has no deployment.")
     build = await build_rows.by_id(db, current["build_id"])

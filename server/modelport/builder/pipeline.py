@@ -19,6 +19,7 @@ from modelport.builder.snapshot import materialize as write_snapshot
 from modelport.errors import disk_full, store_full
 from modelport.registry import builds as build_rows
 from modelport.registry.db import Database
+from modelport.registry.rows import BuildRow
 from modelport.runtime.rbridge import is_r_entry
 from modelport.sandboxing import Sandbox
 from modelport.scratch import scratch_dir
@@ -87,9 +88,9 @@ class Builder:
         """Queued builds wait again. One the server stopped during is built again from its
         snapshot, once: stopped during that second try too (a build that takes the server down,
         as an out-of-memory can), it is failed with that reason."""
-        for row in await build_rows.unfinished(self.db):
-            if row["status"] == "building":
-                path = log_path(self.settings.logs_dir, row["model"], row["number"])
+        for model, row in await build_rows.unfinished(self.db):
+            if row.status == "building":
+                path = log_path(self.settings.logs_dir, model, row.number)
                 blog = BuildLog(path)
                 again = await asyncio.to_thread(_tried_again, path)
                 blog(f"FAILED: {STOPPED_DURING_BUILD}" if again else RESTARTED_DURING_BUILD)
@@ -97,13 +98,13 @@ class Builder:
                 if again:
                     await build_rows.finish(
                         self.db,
-                        row["id"],
-                        model=row["model"],
-                        number=row["number"],
+                        row.id,
+                        model=model,
+                        number=row.number,
                         fields={"status": "failed", "error": STOPPED_DURING_BUILD},
                     )
                     continue
-            self.queue.put_nowait(row["id"])
+            self.queue.put_nowait(row.id)
         self._workers = [
             asyncio.create_task(self._work()) for _ in range(self.settings.build_workers)
         ]
@@ -130,18 +131,16 @@ class Builder:
                 self.running.discard(build_id)
 
     async def run(self, build_id: int) -> None:
-        row = await build_rows.with_model(self.db, build_id)
-        if row is None or row["status"] not in ("queued", "building"):
+        found = await build_rows.with_model(self.db, build_id)
+        if found is None or found[1].status not in ("queued", "building"):
             return
-        blog = BuildLog(log_path(self.settings.logs_dir, row["model"], row["number"]))
+        model, row = found
+        blog = BuildLog(log_path(self.settings.logs_dir, model, row.number))
         await build_rows.set_building(self.db, build_id)
-        blog(
-            f"Building {row['model']} #{row['number']}: {row['entrypoint']}"
-            f" on Python {row['python']}"
-        )
+        blog(f"Building {model} #{row.number}: {row.entrypoint} on Python {row.python}")
         try:
             with self.store.lease() as lease:  # gc keeps every object this build touches
-                fields, objects = await self._steps(row, blog, lease)
+                fields, objects = await self._steps(model, row, blog, lease)
         except (
             BuildFailed,
             deps.DependencyError,
@@ -164,25 +163,27 @@ class Builder:
         await build_rows.finish(
             self.db,
             build_id,
-            model=row["model"],
-            number=row["number"],
+            model=model,
+            number=row.number,
             fields=fields,
             objects=objects,
         )
         blog("Built " + fields["digest"] if fields["status"] == "built" else "Build failed")
         blog.close()
 
-    async def _steps(self, row: dict, blog: BuildLog, lease) -> tuple[dict[str, Any], list[str]]:
+    async def _steps(
+        self, model: str, row: BuildRow, blog: BuildLog, lease
+    ) -> tuple[dict[str, Any], list[str]]:
+        if row.snapshot is None:
+            raise BuildFailed("The build has no snapshot of its upload.")
         snapshot = msgspec.json.decode(
-            await asyncio.to_thread(self.store.read_bytes, row["snapshot"]), type=mf.Snapshot
+            await asyncio.to_thread(self.store.read_bytes, row.snapshot), type=mf.Snapshot
         )
         requirements = await self._requirements_text(row, snapshot)
-        example_input = (
-            None if row["example_input"] is None else msgspec.json.decode(row["example_input"])
-        )
+        example_input = row.example_input
         r = r_packages = None
         r_libs: list[str] = []
-        if is_r_entry(row["entrypoint"]):  # an R function: the Python env is its worker's relay
+        if is_r_entry(row.entrypoint):  # an R function: the Python env is its worker's relay
             r = await asyncio.to_thread(rlang.find_r, self.settings.rscript)
             blog(f"→ R {r.version} ({r.rscript})")
             r_packages = await self._r_packages(r, snapshot, blog, lease)
@@ -203,12 +204,12 @@ class Builder:
         result = await inspect_build(
             python,
             project,
-            row["entrypoint"],
+            row.entrypoint,
             self.runtime_dir,
             example_input,
             blog,
             self.sandbox,
-            f"build-{row['id']}",
+            f"build-{row.id}",
             rscript=r.rscript if r else "",
             r_libs=r_libs,
         )
@@ -221,7 +222,7 @@ class Builder:
             derived=mf.Derived(
                 wheels=wheels,
                 lock_digest=lock.digest,
-                requirements=row["requirements"],
+                requirements=row.requirements,
                 form=described["form"],
                 is_async=described["is_async"],
                 input_schema=described["input_schema"],
@@ -230,13 +231,13 @@ class Builder:
                 r=r_packages,
             ),
             meta=mf.Meta(
-                model=row["model"],
-                number=row["number"],
-                message=row["message"],
-                labels=msgspec.json.decode(row["labels"]),
-                created_by=row["created_by"],
-                created_at=row["created_at"],
-                git_commit=row["git_commit"],
+                model=model,
+                number=row.number,
+                message=row.message,
+                labels=row.labels,
+                created_by=row.created_by,
+                created_at=row.created_at,
+                git_commit=row.git_commit,
             ),
         )
         put = await asyncio.to_thread(self.store.put_bytes, mf.encode(manifest))
@@ -250,10 +251,10 @@ class Builder:
             "example_output": None
             if example_output is None
             else msgspec.json.encode(example_output).decode(),
-            "size_bytes": row["size_bytes"]
+            "size_bytes": row.size_bytes
             + sum(w.size for w in wheels)
             + (sum(t.size for t in r_packages.tarballs) if r_packages else 0),
-            "new_bytes": row["new_bytes"] + new_bytes + put.new_bytes,
+            "new_bytes": row.new_bytes + new_bytes + put.new_bytes,
             "error": None,
         }
         tarballs = [t.digest for t in r_packages.tarballs] if r_packages else []
@@ -261,7 +262,7 @@ class Builder:
 
     async def _dependencies(
         self,
-        row,
+        row: BuildRow,
         snapshot,
         requirements,
         example_input,
@@ -278,7 +279,7 @@ class Builder:
             lock = await asyncio.to_thread(
                 deps.resolve,
                 requirements,
-                row["python"],
+                row.python,
                 workdir=work,
                 log=blog,
                 project_dir=project,
@@ -302,7 +303,7 @@ class Builder:
                     )
                 )
             content = mf.Content(
-                snapshot.files, lock_text, row["entrypoint"], row["python"], example_input
+                snapshot.files, lock_text, row.entrypoint, row.python, example_input
             )
             wheels, new_bytes = await self._wheels(lock, work, blog, lease)
             blog("→ installing the environment (offline, from the stored wheels)")
@@ -419,14 +420,14 @@ class Builder:
 
         return confine
 
-    async def _requirements_text(self, row: dict, snapshot: mf.Snapshot) -> str:
-        if not row["requirements"]:
+    async def _requirements_text(self, row: BuildRow, snapshot: mf.Snapshot) -> str:
+        if not row.requirements:
             return ""
         for entry in snapshot.files:
-            if entry.path == row["requirements"]:
+            if entry.path == row.requirements:
                 data = await asyncio.to_thread(self.store.read_bytes, entry.digest)
                 return data.decode("utf-8", "replace")
-        raise BuildFailed(f"The requirements file '{row['requirements']}' is not in the upload.")
+        raise BuildFailed(f"The requirements file '{row.requirements}' is not in the upload.")
 
     async def _wheels(self, lock: deps.Lock, work: Path, blog, lease) -> tuple[list[mf.Wheel], int]:
         """Every locked wheel in the store; fetched only when the store lacks one."""
@@ -469,20 +470,15 @@ class Builder:
             )
 
     @staticmethod
-    def _check_example(row: dict, example_input: Any, output: Any, blog) -> Any:
+    def _check_example(row: BuildRow, example_input: Any, output: Any, blog) -> Any:
+        expected = row.example_output
         if example_input is None:
-            return (
-                None
-                if row["example_output"] is None
-                else msgspec.json.decode(row["example_output"])
+            return expected
+        if expected is not None and expected != output:
+            raise BuildFailed(
+                "The example output does not match: expected "
+                f"{msgspec.json.encode(expected).decode()[:500]}, got "
+                f"{msgspec.json.encode(output).decode()[:500]}"
             )
-        if row["example_output"] is not None:
-            expected = msgspec.json.decode(row["example_output"])
-            if expected != output:
-                raise BuildFailed(
-                    "The example output does not match: expected "
-                    f"{msgspec.json.encode(expected).decode()[:500]}, got "
-                    f"{msgspec.json.encode(output).decode()[:500]}"
-                )
         blog(f"  example output: {msgspec.json.encode(output).decode()[:500]}")
         return output

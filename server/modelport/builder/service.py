@@ -16,6 +16,7 @@ from modelport.errors import ModelNotFound, RequestInvalid
 from modelport.registry import builds as build_rows
 from modelport.registry import models as model_rows
 from modelport.registry.records import MODEL_NAME, Build, ImportedBuild
+from modelport.registry.rows import BuildRow
 from modelport.runtime.invoke import field_of
 from modelport.store import manifest as mf
 from modelport.store.archive import ArchiveLimits
@@ -131,7 +132,7 @@ class Builds:
             lease.add(snap.digest)
             row = await build_rows.create(
                 self.db,
-                model["id"],
+                model.id,
                 model_name,
                 actor,
                 build_rows.NewBuild(
@@ -149,11 +150,13 @@ class Builds:
                     objects=[snap.digest, *(e.digest for e in ingested.snapshot.files)],
                 ),
             )
-        self.builder.submit(row["id"])
+        self.builder.submit(row.id)
         return build_rows.to_build(row, model_name)
 
-    async def snapshot_of(self, row: dict) -> Snapshot:
-        data = await asyncio.to_thread(self.store.read_bytes, row["snapshot"])
+    async def snapshot_of(self, row: BuildRow) -> Snapshot:
+        if row.snapshot is None:
+            raise LookupError(f"build {row.id} has no snapshot")
+        data = await asyncio.to_thread(self.store.read_bytes, row.snapshot)
         return msgspec.json.decode(data, type=Snapshot)
 
     async def import_(self, model_name: str | None, actor: str, archive: Path) -> ImportedBuild:
@@ -178,7 +181,7 @@ class Builds:
             meta, derived = manifest.meta, manifest.derived
             row = await build_rows.create(
                 db,
-                model["id"],
+                model.id,
                 name,
                 actor,
                 build_rows.NewBuild(
@@ -200,9 +203,9 @@ class Builds:
             )
             await build_rows.finish(
                 db,
-                row["id"],
+                row.id,
                 model=name,
-                number=row["number"],
+                number=row.number,
                 fields={
                     "status": "built",
                     "digest": manifest.digest,
@@ -212,7 +215,7 @@ class Builds:
                     "output_schema": derived.output_schema,
                 },
             )
-        row = await build_rows.row(db, model["id"], row["number"], name)
+        row = await build_rows.row(db, model.id, row.number, name)
         return ImportedBuild(
             **msgspec.structs.asdict(build_rows.to_build(row, name)), access_key=access_key
         )

@@ -13,6 +13,7 @@ from modelport.registry import captures as capture_rows
 from modelport.registry import metric_points as point_rows
 from modelport.registry import tracked as tracked_rows
 from modelport.registry.db import Database, Row
+from modelport.registry.rows import BuildCount
 
 from . import procstat
 from .backlog import Backlog, Batch
@@ -237,7 +238,7 @@ class Monitor:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    async def build_counts(self) -> list[dict]:
+    async def build_counts(self) -> list[BuildCount]:
         """Builds per model and status (for /metrics)."""
         return await build_rows.counts(self.db)
 

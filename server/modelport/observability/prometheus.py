@@ -13,6 +13,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from modelport.registry.rows import BuildCount
+
 from . import procstat
 from .metrics import PROM_BOUNDS, Recorder
 
@@ -24,7 +26,7 @@ _LE = [repr(float(b)) for b in PROM_BOUNDS] + ["+Inf"]
 class Snapshot:
     """A prometheus-client collector over what was read at scrape time (no registry needed)."""
 
-    def __init__(self, recorder: Recorder, groups: Iterable, builds: list[dict]) -> None:
+    def __init__(self, recorder: Recorder, groups: Iterable, builds: list[BuildCount]) -> None:
         self.recorder, self.groups, self.builds = recorder, list(groups), builds
 
     def collect(self) -> Iterator[Metric]:
@@ -34,7 +36,7 @@ class Snapshot:
             "modelport_builds", "Builds by status.", labels=["model", "status"]
         )
         for row in self.builds:
-            built.add_metric([row["model"], row["status"]], row["n"])
+            built.add_metric([row.model, row.status], row.n)
         yield built
         dropped = CounterMetricFamily(
             "modelport_monitor_dropped",
@@ -142,7 +144,7 @@ class Snapshot:
 
 
 def exposition(
-    recorder: Recorder, groups: Iterable, builds: list[dict], accept: str | None
+    recorder: Recorder, groups: Iterable, builds: list[BuildCount], accept: str | None
 ) -> tuple[bytes, str]:
     """(body, content type): Prometheus text, or OpenMetrics when the scraper asks for it."""
     encoder, content_type = choose_encoder(accept or "")

@@ -12,39 +12,36 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.errors import BuildNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database, Row, Tx
+from modelport.registry.db import Database, Tx
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Build, Page
+from modelport.registry.rows import BuildCount, BuildRow, load, load_all
 
 _json = msgspec.json.encode
 
 
-def _decode(text: str | None) -> Any:
-    return None if text is None else msgspec.json.decode(text)
-
-
-def to_build(r: Row, model: str) -> Build:
+def to_build(r: BuildRow, model: str) -> Build:
     return Build(
         model=model,
-        number=r["number"],
-        status=r["status"],
-        digest=r["digest"],
-        entrypoint=r["entrypoint"],
-        python=r["python"],
-        message=r["message"],
-        labels=_decode(r["labels"]),
-        created_by=r["created_by"],
-        created_at=r["created_at"],
-        finished_at=r["finished_at"],
-        error=r["error"],
-        input_schema=_decode(r["input_schema"]),
-        output_schema=_decode(r["output_schema"]),
-        example_input=_decode(r["example_input"]),
-        example_output=_decode(r["example_output"]),
-        size_bytes=r["size_bytes"],
-        new_bytes=r["new_bytes"],
-        git_commit=r["git_commit"],
-        requirements=r["requirements"],
+        number=r.number,
+        status=r.status,
+        digest=r.digest,
+        entrypoint=r.entrypoint,
+        python=r.python,
+        message=r.message,
+        labels=r.labels,
+        created_by=r.created_by,
+        created_at=r.created_at,
+        finished_at=r.finished_at,
+        error=r.error,
+        input_schema=r.input_schema,
+        output_schema=r.output_schema,
+        example_input=r.example_input,
+        example_output=r.example_output,
+        size_bytes=r.size_bytes,
+        new_bytes=r.new_bytes,
+        git_commit=r.git_commit,
+        requirements=r.requirements,
     )
 
 
@@ -65,7 +62,7 @@ class NewBuild(msgspec.Struct, kw_only=True):
 
 async def create(
     db: Database, model_id: int, model: str, actor: str, new: NewBuild, *, status: str = "queued"
-) -> Row:
+) -> BuildRow:
     """Record a build with the next number; its snapshot's objects are referenced at once."""
     async with db.write() as tx:
         number = await tx.value(
@@ -108,21 +105,22 @@ async def create(
             target=str(number),
             detail={"entrypoint": new.entrypoint, "message": new.message},
         )
-    return await db.found("SELECT * FROM builds WHERE id = ?", (build_id,))
+    return await by_id(db, build_id)
 
 
-async def by_id(db: Database, build_id: int) -> Row:
-    """A build known to exist (a deployment refers to it); LookupError if not."""
-    return await db.found("SELECT * FROM builds WHERE id = ?", (build_id,))
+async def by_id(db: Database, build_id: int) -> BuildRow:
+    """A build known to exist (one just written, or a deployment's); LookupError if not."""
+    return load(BuildRow, await db.found("SELECT * FROM builds WHERE id = ?", (build_id,)))
 
 
-async def with_model(db: Database, build_id: int) -> Row | None:
-    """A build and its model's name (``model``), or None."""
-    return await db.one(
+async def with_model(db: Database, build_id: int) -> tuple[str, BuildRow] | None:
+    """A build and its model's name, or None."""
+    found = await db.one(
         "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
         " WHERE b.id = ?",
         (build_id,),
     )
+    return None if found is None else (found["model"], load(BuildRow, found))
 
 
 async def status_of(db: Database, build_id: int) -> str | None:
@@ -130,29 +128,34 @@ async def status_of(db: Database, build_id: int) -> str | None:
     return status
 
 
-async def counts(db: Database) -> list[Row]:
-    """Builds per model and status: rows of (model, status, n)."""
-    return await db.all(
+async def counts(db: Database) -> list[BuildCount]:
+    """How many builds each model has in each status."""
+    rows = await db.all(
         "SELECT m.name AS model, b.status AS status, count(*) AS n FROM builds b"
         " JOIN models m ON m.id = b.model_id GROUP BY m.name, b.status"
     )
+    return load_all(BuildCount, rows)
 
 
-async def row(db: Database, model_id: int, number: int, model: str = "") -> Row:
+async def row(db: Database, model_id: int, number: int, model: str = "") -> BuildRow:
+    """Build ``number`` of a model; BuildNotFound (naming ``model``) if there is none."""
     found = await db.one(
         "SELECT * FROM builds WHERE model_id = ? AND number = ?", (model_id, number)
     )
     if found is None:
         raise BuildNotFound(f"Model '{model}' has no build #{number}.")
-    return found
+    return load(BuildRow, found)
 
 
 async def list_builds(
     db: Database, model_id: int, model: str, *, limit: int, cursor: int | None
 ) -> Page[Build]:
-    rows = await db.all(
-        "SELECT * FROM builds WHERE model_id = ? AND number < ? ORDER BY number DESC LIMIT ?",
-        (model_id, cursor if cursor is not None else 2**62, limit + 1),
+    rows = load_all(
+        BuildRow,
+        await db.all(
+            "SELECT * FROM builds WHERE model_id = ? AND number < ? ORDER BY number DESC LIMIT ?",
+            (model_id, cursor if cursor is not None else 2**62, limit + 1),
+        ),
     )
     nxt = next_cursor(rows, limit, "number")
     return Page([to_build(r, model) for r in rows], nxt)
@@ -204,11 +207,13 @@ async def _reference(tx: Tx, build_id: int, digests: Iterable[str]) -> None:
     )
 
 
-async def unfinished(db: Database) -> list[Row]:
-    return await db.all(
+async def unfinished(db: Database) -> list[tuple[str, BuildRow]]:
+    """The builds queued or building, oldest first, each with its model's name."""
+    rows = await db.all(
         "SELECT b.*, m.name AS model FROM builds b JOIN models m ON m.id = b.model_id"
         " WHERE b.status IN ('queued', 'building') ORDER BY b.id"
     )
+    return [(r["model"], load(BuildRow, r)) for r in rows]
 
 
 OBJECTS = "SELECT DISTINCT digest FROM build_objects"

@@ -12,6 +12,7 @@ from modelport.clock import now_iso
 from modelport.registry import audit
 from modelport.registry.db import Database, IntegrityError, Row, Tx
 from modelport.registry.records import Deployment, DeploymentEvent
+from modelport.registry.rows import BuildRow, load
 from modelport.registry.sealed import Sealer, SealError
 from modelport.registry.states import (
     ACTIVE_DEPLOYMENT,
@@ -401,15 +402,16 @@ async def previous_build(
     return build
 
 
-async def last_served_build(db: Database, model_id: int) -> Row | None:
+async def last_served_build(db: Database, model_id: int) -> BuildRow | None:
     """The build of the latest deployment that reached deployed: the one callers use now (or
     used last, when the model is stopped)."""
-    return await db.one(
+    found = await db.one(
         "SELECT b.* FROM deployments d JOIN builds b ON b.id = d.build_id WHERE d.model_id = ?"
         " AND EXISTS (SELECT 1 FROM deployment_events e WHERE e.deployment_id = d.id"
         " AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
         (model_id,),
     )
+    return None if found is None else load(BuildRow, found)
 
 
 async def to_restore(db: Database) -> list[Row]:

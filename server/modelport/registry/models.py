@@ -11,47 +11,53 @@ from modelport.registry.db import Database, IntegrityError, Row
 from modelport.registry.deployments import current_by_model, to_deployment
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Model, Page
+from modelport.registry.rows import ModelRow, load, load_all
 
 
-def _to_model(row: Row, deployment_row: Row | None = None) -> Model:
+def _to_model(row: ModelRow, deployment: Row | None = None) -> Model:
     return Model(
-        name=row["name"],
-        description=row["description"],
-        auth=bool(row["auth"]),
-        owner=row["owner"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        deployment=to_deployment(deployment_row, row["name"]) if deployment_row else None,
-        rate_limit_per_s=row["rate_limit_per_s"],
-        rate_limit_burst=row["rate_limit_burst"],
+        name=row.name,
+        description=row.description,
+        auth=row.auth,
+        owner=row.owner,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        deployment=to_deployment(deployment, row.name) if deployment else None,
+        rate_limit_per_s=row.rate_limit_per_s,
+        rate_limit_burst=row.rate_limit_burst,
     )
 
 
-async def row(db: Database, name: str) -> Row:
+async def row(db: Database, name: str) -> ModelRow:
+    """The model named ``name``; ModelNotFound if there is none."""
     found = await db.one("SELECT * FROM models WHERE name = ?", (name,))
     if found is None:
         raise ModelNotFound(f"No model named '{name}'.")
-    return found
+    return load(ModelRow, found)
 
 
 async def get(db: Database, name: str) -> Model:
     found = await row(db, name)
-    current = await current_by_model(db, [found["id"]])
-    return _to_model(found, current.get(found["id"]))
+    current = await current_by_model(db, [found.id])
+    return _to_model(found, current.get(found.id))
 
 
 async def list_models(db: Database, *, limit: int, cursor: str | None) -> Page[Model]:
-    rows = await db.all(
-        "SELECT * FROM models WHERE name > ? ORDER BY name LIMIT ?", (cursor or "", limit + 1)
+    rows = load_all(
+        ModelRow,
+        await db.all(
+            "SELECT * FROM models WHERE name > ? ORDER BY name LIMIT ?", (cursor or "", limit + 1)
+        ),
     )
     nxt = next_cursor(rows, limit, "name")
-    current = await current_by_model(db, [r["id"] for r in rows])
-    return Page([_to_model(r, current.get(r["id"])) for r in rows], nxt)
+    current = await current_by_model(db, [r.id for r in rows])
+    return Page([_to_model(r, current.get(r.id)) for r in rows], nxt)
 
 
 async def every(db: Database) -> list[Model]:
     """Every model, without its deployment (what the gateway is told at start)."""
-    return [_to_model(r) for r in await db.all("SELECT * FROM models ORDER BY name")]
+    rows = load_all(ModelRow, await db.all("SELECT * FROM models ORDER BY name"))
+    return [_to_model(r) for r in rows]
 
 
 async def create(
@@ -118,15 +124,15 @@ async def set_access_key(db: Database, name: str, actor: str, key_hash: str) -> 
 
 async def delete(db: Database, name: str, actor: str) -> None:
     found = await row(db, name)
-    current = await current_by_model(db, [found["id"]])
-    if found["id"] in current:
-        state = current[found["id"]]["status"]
+    current = await current_by_model(db, [found.id])
+    if found.id in current:
+        state = current[found.id]["status"]
         raise ModelActive(
             f"Model '{name}' still has a deployment ({state}); stop it first "
             f"(`modelport stop {name}` or POST /api/v1/models/{name}/stop)."
         )
     async with db.write() as tx:
-        await tx.execute("DELETE FROM models WHERE id = ?", (found["id"],))
+        await tx.execute("DELETE FROM models WHERE id = ?", (found.id,))
         await audit.record(tx, actor, "model.delete", model=name)
 
 

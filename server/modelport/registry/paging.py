@@ -51,9 +51,11 @@ def clamp_limit(limit: int | None) -> int:
     return limit
 
 
-def next_cursor(rows: list[Row], limit: int, key: str) -> str | None:
-    """Callers fetch limit+1 rows; a next page exists when they got more than limit."""
+def next_cursor(rows: list[Row] | list[Any], limit: int, key: str) -> str | None:
+    """Callers fetch limit+1 rows (dicts, or row Structs); a next page exists when they got more
+    than limit. The cursor holds the last row's ``key``."""
     if len(rows) <= limit:
         return None
     del rows[limit:]
-    return encode_cursor(rows[-1][key])
+    last = rows[-1]
+    return encode_cursor(last[key] if isinstance(last, dict) else getattr(last, key))

@@ -7,22 +7,27 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.errors import Conflict, TokenNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database, Row
+from modelport.registry.db import Database
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Page, Token
+from modelport.registry.rows import TokenRow, load, load_all
 
 
-def to_token(r: Row) -> Token:
+def to_token(r: TokenRow) -> Token:
     return Token(
-        id=r["id"],
-        name=r["name"],
-        role=r["role"],
-        models=msgspec.json.decode(r["models"]),
-        created_at=r["created_at"],
-        expires_at=r["expires_at"],
-        last_used_at=r["last_used_at"],
-        revoked_at=r["revoked_at"],
+        id=r.id,
+        name=r.name,
+        role=r.role,
+        models=r.models,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        last_used_at=r.last_used_at,
+        revoked_at=r.revoked_at,
     )
+
+
+async def _by_id(db: Database, token_id: str) -> TokenRow:
+    return load(TokenRow, await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
 
 
 async def insert(
@@ -58,16 +63,19 @@ async def insert(
             target=token_id,
             detail={"name": name, "role": role, "models": models},
         )
-    return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+    return to_token(await _by_id(db, token_id))
 
 
 async def list_tokens(
     db: Database, *, limit: int, cursor: str | None, include_revoked: bool = False
 ) -> Page[Token]:
     revoked = "" if include_revoked else "AND revoked_at IS NULL"
-    rows = await db.all(
-        f"SELECT * FROM tokens WHERE id > ? {revoked} ORDER BY id LIMIT ?",
-        (cursor or "", limit + 1),
+    rows = load_all(
+        TokenRow,
+        await db.all(
+            f"SELECT * FROM tokens WHERE id > ? {revoked} ORDER BY id LIMIT ?",
+            (cursor or "", limit + 1),
+        ),
     )
     nxt = next_cursor(rows, limit, "id")
     return Page([to_token(r) for r in rows], nxt)
@@ -86,12 +94,13 @@ async def revoke(db: Database, token_id: str, actor: str) -> Token:
     now = now_iso()
     async with db.write() as tx:
         await tx.hold("tokens")
-        found = await tx.one(
+        active = await tx.one(
             "SELECT * FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,)
         )
-        if found is None:
+        if active is None:
             raise TokenNotFound(f"No active token with id '{token_id}'.")
-        if found["role"] == "admin" and (found["expires_at"] is None or found["expires_at"] > now):
+        found = load(TokenRow, active)
+        if found.role == "admin" and (found.expires_at is None or found.expires_at > now):
             others = await tx.value(
                 "SELECT count(*) FROM tokens WHERE role = 'admin' AND revoked_at IS NULL"
                 " AND (expires_at IS NULL OR expires_at > ?) AND id != ?",
@@ -102,14 +111,12 @@ async def revoke(db: Database, token_id: str, actor: str) -> Token:
         await tx.execute(
             "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id)
         )
-        await audit.record(
-            tx, actor, "token.revoke", target=token_id, detail={"name": found["name"]}
-        )
-    return to_token(await db.found("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+        await audit.record(tx, actor, "token.revoke", target=token_id, detail={"name": found.name})
+    return to_token(await _by_id(db, token_id))
 
 
-async def active_rows(db: Database) -> list[Row]:
-    return await db.all("SELECT * FROM tokens WHERE revoked_at IS NULL")
+async def active_rows(db: Database) -> list[TokenRow]:
+    return load_all(TokenRow, await db.all("SELECT * FROM tokens WHERE revoked_at IS NULL"))
 
 
 async def touch(db: Database, used: dict[str, str]) -> None:

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from modelport.builder import deps
 from modelport.builder.compat import compare
 from modelport.builder.pipeline import Builder
@@ -30,6 +28,7 @@ from modelport.errors import (
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database, Row
+from modelport.registry.rows import BuildRow, ModelRow
 from modelport.registry.sealed import Sealer
 from modelport.registry.states import EventKind
 from modelport.runtime.rbridge import is_r_entry
@@ -80,7 +79,7 @@ class Deployer:
 
     async def deploy(
         self,
-        model: Row,
+        model: ModelRow,
         build_number: int,
         settings: dict[str, Any],
         actor: str,
@@ -88,10 +87,10 @@ class Deployer:
         allow_breaking: bool = False,
     ) -> Row:
         """Record a pending deployment and roll it out in the background."""
-        build = await build_rows.row(self.db, model["id"], build_number, model["name"])
-        if build["status"] != "built":
-            raise BuildNotReady(f"Build #{build_number} is {build['status']}, not built.")
-        if is_r_entry(build["entrypoint"]) and settings.get("max_concurrency", 1) > 1:
+        build = await build_rows.row(self.db, model.id, build_number, model.name)
+        if build.status != "built":
+            raise BuildNotReady(f"Build #{build_number} is {build.status}, not built.")
+        if is_r_entry(build.entrypoint) and settings.get("max_concurrency", 1) > 1:
             raise RequestInvalid(
                 "An R replica runs one call at a time: max_concurrency must be 1 "
                 "for an R function (add replicas to serve more at once).",
@@ -100,9 +99,9 @@ class Deployer:
         note = await self._schema_gate(model, build, allow_breaking)
         row = await rows.create(
             self.db,
-            model_id=model["id"],
-            model=model["name"],
-            build_id=build["id"],
+            model_id=model.id,
+            model=model.name,
+            build_id=build.id,
             build_number=build_number,
             settings=settings,
             actor=actor,
@@ -110,53 +109,53 @@ class Deployer:
             reason=reason,
             schema_note=note,
         )
-        await self._give_up(model["name"], f"replaced by deployment {row['id']} before it served")
-        self._waiting[model["name"]].add(row["id"])
-        self._spawn(self._roll_out(model["name"], row, build, actor))
+        await self._give_up(model.name, f"replaced by deployment {row['id']} before it served")
+        self._waiting[model.name].add(row["id"])
+        self._spawn(self._roll_out(model.name, row, build, actor))
         return row
 
-    async def _schema_gate(self, model: Row, build: Row, allow_breaking: bool) -> str | None:
+    async def _schema_gate(
+        self, model: ModelRow, build: BuildRow, allow_breaking: bool
+    ) -> str | None:
         """Refuse a build whose input schema would turn away requests the build serving now
         takes (409 schema.breaking naming the fields), unless allowed; else a one-line note of
         what changed, or None."""
-        base = await rows.last_served_build(self.db, model["id"])
-        if base is None or base["number"] == build["number"]:
+        base = await rows.last_served_build(self.db, model.id)
+        if base is None or base.number == build.number:
             return None
         verdict = compare(
-            msgspec.json.decode(base["input_schema"] or "null"),
-            msgspec.json.decode(build["input_schema"] or "null"),
+            base.input_schema,
+            build.input_schema,
         )
         if verdict.breaking and not allow_breaking:
             raise SchemaBreaking(
-                f"Build #{build['number']}'s input schema is not compatible with build "
-                f"#{base['number']}'s, whose callers would be refused: {verdict.summary()}. "
+                f"Build #{build.number}'s input schema is not compatible with build "
+                f"#{base.number}'s, whose callers would be refused: {verdict.summary()}. "
                 "Send allow_breaking: true (CLI --allow-breaking) to deploy it anyway."
             )
         if verdict.breaking:
             return (
-                f"input schema not compatible with build #{base['number']}'s (allowed): "
+                f"input schema not compatible with build #{base.number}'s (allowed): "
                 f"{verdict.summary()}"
             )
         if verdict.compatible:
             return (
-                f"input schema compatible with build #{base['number']}'s: "
+                f"input schema compatible with build #{base.number}'s: "
                 f"{verdict.summary(verdict.compatible)}"
             )
         return None
 
     async def rollback(
-        self, model: Row, to_build: int | None, actor: str, allow_breaking: bool = False
+        self, model: ModelRow, to_build: int | None, actor: str, allow_breaking: bool = False
     ) -> Row:
         """The build before the current deployment's (or ``to_build``), with its settings; from
         a stopped model, the build before the last deployment's, with that one's settings."""
-        current = await rows.current(self.db, model["id"]) or await rows.latest(
-            self.db, model["id"]
-        )
+        current = await rows.current(self.db, model.id) or await rows.latest(self.db, model.id)
         if current is None:
-            raise ModelNotDeployed(f"Model '{model['name']}' has no deployment.")
+            raise ModelNotDeployed(f"Model '{model.name}' has no deployment.")
         if to_build is None:
             to_build = await rows.previous_build(
-                self.db, model["id"], current["id"], current["build_number"]
+                self.db, model.id, current["id"], current["build_number"]
             )
             if to_build is None:
                 raise RequestInvalid(
@@ -173,10 +172,10 @@ class Deployer:
             allow_breaking=allow_breaking,
         )
 
-    async def scale(self, model: Row, replicas: int, actor: str) -> Row:
+    async def scale(self, model: ModelRow, replicas: int, actor: str) -> Row:
         current = await self._current(model)
-        async with self._locks[model["name"]]:
-            group = self.supervisor.group(model["name"])
+        async with self._locks[model.name]:
+            group = self.supervisor.group(model.name)
             if group is not None:
                 try:
                     await group.scale(replicas)
@@ -196,24 +195,24 @@ class Deployer:
                 actor=actor,
                 detail={"from": current["replicas"], "to": replicas},
                 replicas=replicas,
-                audited=("deployment.scale", model["name"]),
+                audited=("deployment.scale", model.name),
             )
         return await self._by_id(model, current["id"])
 
-    async def stop(self, model: Row, actor: str) -> Row:
+    async def stop(self, model: ModelRow, actor: str) -> Row:
         """At once: a deployment still starting is interrupted (its replicas killed), those
         waiting to start are given up; then the one serving drains (in-flight calls finish)."""
         current = await self._current(model)
-        await self._give_up(model["name"], f"stopped by {actor} before it served")
-        async with self._locks[model["name"]]:
-            serving = await rows.current(self.db, model["id"])
+        await self._give_up(model.name, f"stopped by {actor} before it served")
+        async with self._locks[model.name]:
+            serving = await rows.current(self.db, model.id)
             if serving is None:  # it was only starting
-                await self.supervisor.stop(model["name"])
+                await self.supervisor.stop(model.name)
                 await rows.audited(
                     self.db,
                     actor,
                     "deployment.stop",
-                    model["name"],
+                    model.name,
                     current["id"],
                     {"build": current["build_number"]},
                 )
@@ -224,9 +223,9 @@ class Deployer:
                 "stopping",
                 actor=actor,
                 detail={"build": serving["build_number"]},
-                audited=("deployment.stop", model["name"]),
+                audited=("deployment.stop", model.name),
             )
-            await self.supervisor.stop(model["name"], drain_timeout=serving["timeout_s"])
+            await self.supervisor.stop(model.name, drain_timeout=serving["timeout_s"])
             await rows.transition(
                 self.db,
                 serving["id"],
@@ -236,25 +235,25 @@ class Deployer:
             )
         return await self._by_id(model, current["id"])
 
-    async def restart(self, model: Row, actor: str) -> Row:
+    async def restart(self, model: ModelRow, actor: str) -> Row:
         """New replicas of the same deployment; ready before the old ones drain."""
         current = await self._current(model)
-        build = await build_rows.row(self.db, model["id"], current["build_number"], model["name"])
+        build = await build_rows.row(self.db, model.id, current["build_number"], model.name)
         await rows.transition(
             self.db,
             current["id"],
             "restarting",
             actor=actor,
             detail={"build": current["build_number"]},
-            audited=("deployment.restart", model["name"]),
+            audited=("deployment.restart", model.name),
         )
-        self._spawn(self._roll_out(model["name"], current, build, actor, restart=True))
+        self._spawn(self._roll_out(model.name, current, build, actor, restart=True))
         return current
 
     # -- the work --------------------------------------------------------------------------------
 
     async def _roll_out(
-        self, name: str, row: Row, build: Row, actor: str, restart: bool = False
+        self, name: str, row: Row, build: BuildRow, actor: str, restart: bool = False
     ) -> None:
         async with self._locks[name], self._turn(name, row["id"]):
             if row["id"] in self._given_up:  # stopped or replaced while it waited: recorded
@@ -359,9 +358,11 @@ class Deployer:
             detail={"error": reason},
         )
 
-    async def spec_for(self, name: str, row: Row, build: Row) -> GroupSpec:
+    async def spec_for(self, name: str, row: Row, build: BuildRow) -> GroupSpec:
         """Everything a replica needs on disk, from the store alone (no package index)."""
-        manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build["manifest"]))
+        if build.manifest is None:
+            raise BuildNotReady(f"Build #{build.number} is {build.status}, not built.")
+        manifest = mf.decode(await asyncio.to_thread(self.store.read_bytes, build.manifest))
         python = await self.environment(manifest)
         r_libs: list[str] = []
         if manifest.derived.r is not None:  # an R function's packages: its library, once
@@ -372,7 +373,7 @@ class Deployer:
         )
         return GroupSpec(
             model=name,
-            build=build["number"],
+            build=build.number,
             python=str(python),
             project=str(project),
             entry=manifest.content.entrypoint,
@@ -449,7 +450,7 @@ class Deployer:
             )
             self._spawn(self._restore_one(name, row, build))
 
-    async def _restore_one(self, name: str, row: Row, build: Row) -> None:
+    async def _restore_one(self, name: str, row: Row, build: BuildRow) -> None:
         async with self._locks[name], self._turn(name, row["id"]):
             try:
                 spec = await self.spec_for(name, row, build)
@@ -486,18 +487,18 @@ class Deployer:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _by_id(self, model: Row, deployment_id: int) -> Row:
+    async def _by_id(self, model: ModelRow, deployment_id: int) -> Row:
         """A deployment row just written; LookupError if it is gone (its model deleted)."""
-        row = await rows.by_id(self.db, model["id"], deployment_id)
+        row = await rows.by_id(self.db, model.id, deployment_id)
         if row is None:
-            raise LookupError(f"deployment {deployment_id} of {model['name']!r} is gone")
+            raise LookupError(f"deployment {deployment_id} of {model.name!r} is gone")
         return row
 
-    async def _current(self, model: Row) -> Row:
-        current = await rows.current(self.db, model["id"])
+    async def _current(self, model: ModelRow) -> Row:
+        current = await rows.current(self.db, model.id)
         if current is None:
-            name = model["name"]
-            if await rows.latest(self.db, model["id"]) is not None:
+            name = model.name
+            if await rows.latest(self.db, model.id) is not None:
                 raise ModelNotDeployed(
                     f"Model '{name}' is stopped: nothing to change. Serve it again with a "
                     f"deployment (`modelport deploy {name} --build N`) or a rollback."

@@ -1,0 +1,112 @@
+"""The registry's rows as its table modules return them: frozen Structs, one per table, read by
+attribute. A row is what is stored, with the stored JSON texts decoded (a build's labels and
+schemas, a deployment's env, a token's models); what the API shows is in records.py.
+
+`load` makes a row from what a `Database` returns (a dict per row, whichever backend): the
+columns a row names are taken (a joined column it does not name is left), each converted to its
+field's type (SQLite's 0/1 to a bool, say)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+from modelport.registry.db import Row
+from modelport.registry.records import BuildStatus, Role
+
+R = TypeVar("R", bound="Stored")
+
+
+class Stored(msgspec.Struct, frozen=True, kw_only=True):
+    """A table's row; ``json_columns``: those stored as JSON text, decoded on load."""
+
+    json_columns: ClassVar[tuple[str, ...]] = ()
+
+
+def load(kind: type[R], row: Row) -> R:
+    """The row Struct of one row the database returned."""
+    if kind.json_columns:
+        row = dict(row)
+        for column in kind.json_columns:
+            text = row.get(column)
+            if isinstance(text, str | bytes):
+                row[column] = msgspec.json.decode(text)
+    return msgspec.convert(row, kind, strict=False)
+
+
+def load_all(kind: type[R], rows: list[Row]) -> list[R]:
+    return [load(kind, r) for r in rows]
+
+
+class ModelRow(Stored, frozen=True, kw_only=True):
+    id: int
+    name: str
+    description: str
+    auth: bool
+    owner: str
+    access_key_hash: str
+    next_build: int
+    created_at: str
+    updated_at: str
+    rate_limit_per_s: float | None = None
+    rate_limit_burst: int | None = None
+
+
+class BuildRow(Stored, frozen=True, kw_only=True):
+    json_columns = (
+        "labels",
+        "input_schema",
+        "output_schema",
+        "example_input",
+        "example_output",
+    )
+
+    id: int
+    model_id: int
+    number: int
+    status: BuildStatus
+    digest: str | None  # the build's content digest, once built
+    entrypoint: str
+    python: str
+    requirements: str | None
+    message: str
+    labels: dict[str, str]
+    created_by: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    input_schema: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
+    example_input: Any  # None: none given
+    example_output: Any
+    size_bytes: int
+    new_bytes: int
+    snapshot: str | None  # store digests: the upload's snapshot, the built manifest
+    manifest: str | None
+    lock_digest: str | None
+    git_commit: str | None
+
+
+class BuildCount(Stored, frozen=True, kw_only=True):
+    """How many builds of a model are in a status (a count, not a table's row)."""
+
+    model: str
+    status: BuildStatus
+    n: int
+
+
+class TokenRow(Stored, frozen=True, kw_only=True):
+    json_columns = ("models",)
+
+    id: str
+    name: str
+    role: Role
+    models: list[str]
+    hash: str  # of the secret, which is never stored
+    created_by: str | None
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
