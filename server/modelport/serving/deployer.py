@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from modelport.builder import deps
 from modelport.builder.compat import compare
 from modelport.builder.pipeline import Builder
@@ -378,7 +380,7 @@ class Deployer:
             project=str(project),
             entry=manifest.content.entrypoint,
             digest=manifest.digest,
-            manifest=build["manifest"],
+            manifest=build.manifest,
             deployment_id=str(row["id"]),
             replicas=row["replicas"],
             memory_mb=row["memory_mb"],
