@@ -284,12 +284,8 @@ class SqliteDatabase:
             if scrub:
                 await self._checkpoint()
 
-    async def checkpoint(self) -> None:
-        """Copy the WAL into the file and empty it: until then it keeps old images of pages."""
-        async with self._write_lock:
-            await self._checkpoint()
-
     async def _checkpoint(self) -> None:
+        """Copy the WAL into the file and empty it: until then it keeps old images of pages."""
         await self._write().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def execute(self, sql: str, params: Params = ()) -> int:

@@ -24,9 +24,6 @@ TYPES: tuple[tuple[str, str], ...] = (
     (r"\)\s*WITHOUT ROWID", ")"),
 )
 
-DIALECTS = ("sqlite", "postgresql")
-
-
 def scripts(dialect: str) -> list[str]:
     """Every migration, in order, as ``dialect`` runs it."""
     if dialect == "sqlite":
