@@ -93,9 +93,27 @@ def test_no_controller_imports_another():
             assert _violations(module, others) == [], module
 
 
-def test_the_prediction_path_touches_no_database():
+# The modules a prediction runs through, from the HTTP parser to the replica's pipe and back, and
+# the counting of its result. (The registry's rows and states are plain data, no database.)
+PREDICTION_PATH = (
+    "modelport.gateway",
+    "modelport.serving.balancer",
+    "modelport.serving.group",
+    "modelport.serving.lateness",
+    "modelport.serving.pipe",
+    "modelport.serving.poller",
+    "modelport.serving.replica",
+    "modelport.serving.supervisor",
+    "modelport.observability.metrics",
+)
+
+
+@pytest.mark.parametrize("module", PREDICTION_PATH)
+def test_the_prediction_path_touches_no_database(module):
     databases = ("modelport.registry", "aiosqlite", "sqlite3", "asyncpg")
-    assert _violations("modelport.gateway", databases) == []
+    data = ("modelport.registry.records", "modelport.registry.rows", "modelport.registry.states")
+    assert module in GRAPH or any(m.startswith(module + ".") for m in GRAPH), module
+    assert _violations(module, databases, data) == []
 
 
 def test_no_module_is_named_as_the_standard_library_names_its_own():
