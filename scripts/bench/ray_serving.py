@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Replicas on a Ray cluster against local replicas, in the same run (issue 16's figures).
+"""Replicas on a Ray cluster against local replicas, in the same run: throughput, latency and
+the time to ready of each.
 
     scripts/bench/ray_serving.py [--duration 5] [--rounds 3]
 
