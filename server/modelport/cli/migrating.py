@@ -34,8 +34,8 @@ def migrate(
     from modelport import migrate as moving
     from modelport.datadir import DataDirBusy, DataDirLock
     from modelport.registry.backends import check_url as check_database
-    from modelport.registry.transfer import CopyMismatch
     from modelport.registry.db import RegistryTooNew, RegistryUnreachable
+    from modelport.registry.transfer import CopyMismatch
     from modelport.settings import SettingError, Settings
     from modelport.store.backends import check_url as check_store
     from modelport.store.objects import StoreError

@@ -24,6 +24,7 @@ TYPES: tuple[tuple[str, str], ...] = (
     (r"\)\s*WITHOUT ROWID", ")"),
 )
 
+
 def scripts(dialect: str) -> list[str]:
     """Every migration, in order, as ``dialect`` runs it."""
     if dialect == "sqlite":
