@@ -77,7 +77,9 @@ def test_uvicorns_server_hooks():
     assert callable(uvicorn.Server.capture_signals)
     assert _sets(uvicorn.Server, "_captured_signals", "started", "should_exit") == []
     # Config(http=...) takes the protocol class itself, not only a name.
-    config = uvicorn.Config(lambda scope, receive, send: None, http=PredictionProtocol)
+    config = uvicorn.Config(
+        lambda scope, receive, send: None, http=PredictionProtocol, log_config=None
+    )
     config.load()
     assert config.http_protocol_class is PredictionProtocol
 
