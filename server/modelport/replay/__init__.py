@@ -1,0 +1,1 @@
+"""Replay and diff: captured requests of one build sent to another, their answers compared."""
