@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from modelport.errors import disk_full, to_modelport_error
+from modelport.gateway.predict import Outcome
 from modelport.gateway.routes import Routes
 from modelport.observability.monitor import Monitor
 from modelport.registry import metric_points
@@ -72,7 +73,18 @@ def test_the_monitor_holds_what_a_full_disk_refuses_and_writes_it_with_room(smal
         filler = fill_disk(disk)
         for i in range(60):  # 60 requests over 6 slots, each captured with a 60 kB body
             monitor.on_result(
-                "m", 1, 200, 0.01, f"r{i}", {"score": float(i)}, group, None, b"x" * 60_000, b"1"
+                Outcome(
+                    "m",
+                    1,
+                    200,
+                    0.01,
+                    f"r{i}",
+                    {"score": float(i)},
+                    group,
+                    None,
+                    b"x" * 60_000,
+                    b"1",
+                )
             )
             clock.t += 1
         clock.t += 10

@@ -6,6 +6,7 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
+from modelport.gateway.predict import Outcome
 from modelport.gateway.routes import Routes
 from modelport.observability.monitor import Monitor
 from modelport.registry import metric_points
@@ -59,7 +60,7 @@ def traffic(
     while clock.t < end:
         n += 1
         monitor.on_result(
-            "m", build, status, 0.01, f"r{clock.t}", metrics or {}, None, None, b"{}", b"1"
+            Outcome("m", build, status, 0.01, f"r{clock.t}", metrics or {}, None, None, b"{}", b"1")
         )
         clock.t += every
 
@@ -118,7 +119,7 @@ def test_a_slot_written_twice_is_merged(env):
 def test_tracked_metrics_ground_truth_and_bounds(env):
     async def main():
         db, monitor, clock = await env()
-        monitor.on_result("m", 2, 200, 0.01, "req-1", {"score": 0.9}, None, None, b"", b"")
+        monitor.on_result(Outcome("m", 2, 200, 0.01, "req-1", {"score": 0.9}, None, None, b"", b""))
         row = await monitor.prediction(1, "req-1")
         assert row["metrics"] == {"score": 0.9} and row["build"] == 2
         row = await monitor.add_metrics(1, "req-1", {"truth": 1.0})
@@ -126,7 +127,9 @@ def test_tracked_metrics_ground_truth_and_bounds(env):
         assert (await monitor.add_metrics(1, "later", {"truth": 0.0}))["build"] is None
         for i in range(4):
             clock.t += 1
-            monitor.on_result("m", 2, 200, 0.01, f"x{i}", {"other": i}, None, None, b"", b"")
+            monitor.on_result(
+                Outcome("m", 2, 200, 0.01, f"x{i}", {"other": i}, None, None, b"", b"")
+            )
         rows = await monitor.tracked(1, since=0, until=1e12, name="truth", after=None, limit=10)
         assert [r["request_id"] for r in rows] == ["req-1", "later"]
         await monitor.prune(clock.t)  # at most 3 rows: the oldest go first
@@ -146,7 +149,7 @@ def test_captures_kept_per_build_and_pruned(env):
         group = SimpleNamespace(spec=SimpleNamespace(capture_percent=100.0, capture_max_bytes=1000))
         for i in range(3):
             monitor.on_result(
-                "m", 1, 200, 0.01, f"c{i}", {}, group, None, b'{"a": %d}' % i, b"%d" % i
+                Outcome("m", 1, 200, 0.01, f"c{i}", {}, group, None, b'{"a": %d}' % i, b"%d" % i)
             )
         rows = await monitor.captures(1, 1, after_id=None, limit=10)
         assert [r["request_id"] for r in rows] == ["c2", "c1", "c0"]

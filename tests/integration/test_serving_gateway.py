@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 import uvloop
 from modelport.auth import Auth, Identity, hash_secret
-from modelport.gateway.predict import Gateway
+from modelport.gateway.predict import Gateway, Outcome
 from modelport.gateway.routes import Routes
 from modelport.runtime_home import ensure_runtime
 from modelport.serving.config import GroupSpec, Tuning
@@ -64,7 +64,7 @@ class Harness:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.results: list[tuple] = []
+        self.results: list[Outcome] = []
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._thread, daemon=True)
 
@@ -85,9 +85,7 @@ class Harness:
             self.auth.remember_key(model, hash_secret(key))
         for secret, identity in TOKENS.items():
             self.auth._tokens[hash_secret(secret)] = identity
-        gateway = Gateway(
-            fallback, self.routes, self.auth, on_result=lambda *a: self.results.append(a)
-        )
+        gateway = Gateway(fallback, self.routes, self.auth, on_result=self.results.append)
         self.server = uvicorn.Server(
             uvicorn.Config(
                 gateway,
@@ -165,7 +163,8 @@ def test_predict_rotates_and_sets_headers(hx, client):
         headers={**bearer(KEYS["add"]), "X-Request-Id": "my-request-1"},
     )
     assert r.headers["x-request-id"] == "my-request-1"
-    assert hx.results[-1][:3] == ("add", 1, 200) and hx.results[-1][4] == "my-request-1"
+    last = hx.results[-1]
+    assert (last.model, last.build, last.status, last.request_id) == ("add", 1, 200, "my-request-1")
 
 
 def test_json_and_msgpack_both_ways(client):
@@ -366,6 +365,6 @@ def test_metrics_reach_the_on_result_hook(hx, client):
     hx.routes.set_model("metrics", auth=False)
     r = client.post("/models/metrics/predict", json={"x": 2}, headers={"X-Request-Id": "m-1"})
     assert r.json() == 4.0 and r.headers["x-model-build"] == "4"
-    model, build, status, seconds, request_id, metrics = hx.results[-1][:6]
-    assert (model, build, status, request_id) == ("metrics", 4, 200, "m-1")
-    assert metrics == {"input": 2.0, "doubled": 4.0} and 0 < seconds < 5
+    last = hx.results[-1]
+    assert (last.model, last.build, last.status, last.request_id) == ("metrics", 4, 200, "m-1")
+    assert last.metrics == {"input": 2.0, "doubled": 4.0} and 0 < last.seconds < 5

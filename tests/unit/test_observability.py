@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from modelport.gateway.predict import Outcome
 from modelport.observability.metrics import PROM_BOUNDS, Recorder
 from modelport.observability.series import (
     Bucket,
@@ -68,32 +69,32 @@ def test_recorder_counts_codes_histogram_and_bytes():
     clock = Clock()
     rec = recorder(clock)
     for seconds, status in [(0.0005, 200), (0.003, 200), (0.2, 500), (99.0, 200)]:
-        rec.on_result("m", 1, status, seconds, "r", {}, None, None, b"abc", b"hello")
+        rec.on_result(Outcome("m", 1, status, seconds, "r", {}, None, None, b"abc", b"hello"))
     st = rec.stats[("m", 1)]
     assert st.codes == {200: 3, 500: 1}
     assert sum(st.buckets) == 4 and st.buckets[-1] == 1  # 99 s is past the last bound
     assert st.buckets[0] == 1 and len(st.buckets) == len(PROM_BOUNDS) + 1
     assert st.request_bytes == 12 and st.response_bytes == 20
-    rec.on_result("nope", None, 404, 0.001, "r", {}, None, None, b"", b"")
+    rec.on_result(Outcome("nope", None, 404, 0.001, "r", {}, None, None, b"", b""))
     assert rec.unknown == {404: 1} and ("nope", None) not in rec.stats
 
 
 def test_refusals_count_against_the_build_serving():
     rec = recorder(Clock(), serving=3)
-    rec.on_result("m", None, 401, 0.001, "r", {}, None, None, b"", b"")
+    rec.on_result(Outcome("m", None, 401, 0.001, "r", {}, None, None, b"", b""))
     assert rec.stats[("m", 3)].codes == {401: 1}
 
 
 def test_buckets_close_on_the_slot_boundary():
     clock = Clock(1_000_000.0)
     rec = recorder(clock)
-    rec.on_result("m", 1, 200, 0.01, "a", {}, None, None, b"", b"")
+    rec.on_result(Outcome("m", 1, 200, 0.01, "a", {}, None, None, b"", b""))
     clock.t += 3
-    rec.on_result("m", 1, 200, 0.01, "b", {}, None, None, b"", b"")
+    rec.on_result(Outcome("m", 1, 200, 0.01, "b", {}, None, None, b"", b""))
     assert rec.close_buckets(clock.t) == []  # still open
     assert [b.requests for _, b in rec.open_buckets("m")] == [2]
     clock.t += 10
-    rec.on_result("m", 1, 200, 0.01, "c", {}, None, None, b"", b"")  # rolls the first one
+    rec.on_result(Outcome("m", 1, 200, 0.01, "c", {}, None, None, b"", b""))  # rolls the first one
     closed = rec.close_buckets(clock.t)
     assert [(m, build, b.requests, b.t) for m, build, b in closed] == [("m", 1, 2, 1_000_000)]
     assert [b.requests for _, b in rec.open_buckets("m")] == [1]
@@ -102,15 +103,15 @@ def test_buckets_close_on_the_slot_boundary():
 def test_tracked_metrics_and_captures_are_bounded():
     rec = recorder(Clock(), max_tracked=2, max_captures=1)
     for rid in ("a", "b", "c"):
-        rec.on_result("m", 1, 200, 0.01, rid, {"x": 1.0}, None, None, b"", b"")
+        rec.on_result(Outcome("m", 1, 200, 0.01, rid, {"x": 1.0}, None, None, b"", b""))
     assert sorted(k[1] for k in rec.tracked) == ["a", "b"] and rec.dropped["tracked"] == 1
     group = SimpleNamespace(spec=SimpleNamespace(capture_percent=100.0, capture_max_bytes=4))
     for rid in ("a", "b"):
-        rec.on_result("m", 1, 200, 0.01, rid, {}, group, None, b'{"a": 1}', b"2")
+        rec.on_result(Outcome("m", 1, 200, 0.01, rid, {}, group, None, b'{"a": 1}', b"2"))
     assert len(rec.captures) == 1 and rec.dropped["captures"] == 1
     cap = rec.captures[0]
     assert cap.request == b'{"a"' and cap.response == b"2" and cap.truncated
     off = SimpleNamespace(spec=SimpleNamespace(capture_percent=0.0, capture_max_bytes=4))
     rec.take_captures()
-    rec.on_result("m", 1, 200, 0.01, "z", {}, off, None, b"{}", b"2")
+    rec.on_result(Outcome("m", 1, 200, 0.01, "z", {}, off, None, b"{}", b"2"))
     assert rec.captures == []

@@ -25,7 +25,7 @@ import httptools
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from modelport.gateway.predict import Gateway
+from modelport.gateway.predict import BY_KEY, Gateway
 from modelport.settings import env_number
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class PredictionProtocol(HttpToolsProtocol):
         gateway = self.gateway
         assert gateway is not None  # a lane starts only when there is a gateway
         try:
-            answer = await gateway.answer(scope, None if path == "/model" else path[8:-8], body)
+            answer = await gateway.answer(scope, BY_KEY if path == "/model" else path[8:-8], body)
             assert answer is not None  # None only when reading the body, here already, fails
             status, headers, out = answer
             head.append(_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode())

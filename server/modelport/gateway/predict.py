@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from urllib.parse import parse_qs
 
 import msgspec
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from modelport.serving.replica import Replica
     from modelport.serving.supervisor import ReplicaGroup
 
-__all__ = ["Answer", "Gateway", "OnResult"]
+__all__ = ["BY_KEY", "Answer", "Gateway", "OnResult", "Outcome", "Target"]
 
 log = logging.getLogger("modelport.gateway")
 
@@ -50,14 +51,40 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # messages (a Callable of Scope would not accept it)
 ASGIApp = Callable[..., Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
-# on_result(model, build, status, seconds, request_id, metrics, group, replica, body, out): called
-# after every prediction, synchronously (keep it to in-memory counting). ``group`` and ``replica``
-# are None when the request never reached them; ``body`` and ``out`` are the request and response
-# bodies as sent (b"" when not read).
 Answer = tuple[int, Headers, bytes]  # status, headers (lowercase name, value), body
-OnResult = Callable[
-    [str, "int | None", int, float, str, dict[str, Any], Any, Any, bytes, bytes], None
-]
+
+
+class _Route(enum.Enum):
+    BY_KEY = "POST /model"
+
+
+# The model a prediction is for: the path's name (POST /models/{name}/predict), or BY_KEY for
+# POST /model, whose access key names it.
+BY_KEY: Final = _Route.BY_KEY
+Target = str | Literal[_Route.BY_KEY]
+
+
+class Outcome(msgspec.Struct):
+    """One prediction as the gateway answered it, for ``on_result`` (a Struct: slots, made in C
+    at once). ``build`` is that of the group that took it (None when it was refused before one
+    was chosen); ``group`` and ``replica`` are None when the request never reached them;
+    ``body`` and ``out`` are the request and response bodies as sent (b"" when not read). A
+    POST /model refused before its key named a model has no outcome."""
+
+    model: str
+    build: int | None = None
+    status: int = 0
+    seconds: float = 0.0
+    request_id: str = ""
+    metrics: dict[str, Any] = {}
+    group: ReplicaGroup | None = None
+    replica: Replica | None = None
+    body: bytes = b""
+    out: bytes = b""
+
+
+# Called after every prediction, synchronously (keep it to in-memory counting).
+OnResult = Callable[[Outcome], None]
 
 MiB = 1024 * 1024
 _PREDICT_ROLES = frozenset({"predict", "deployer", "admin"})
@@ -107,14 +134,15 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
-            name: str | None = None  # POST /model
+            target: Target | None = None
             if path[:8] == "/models/" and path[-8:] == "/predict":
                 name = path[8:-8]
-                ours = bool(name) and "/" not in name
-            else:
-                ours = path == "/model"
-            if ours:
-                answer = await self.answer(scope, name, receive=receive)
+                if name and "/" not in name:
+                    target = name
+            elif path == "/model":
+                target = BY_KEY
+            if target is not None:
+                answer = await self.answer(scope, target, receive=receive)
                 if answer is not None:
                     status, headers, out = answer
                     await send(
@@ -127,111 +155,89 @@ class Gateway:
     async def answer(
         self,
         scope: Scope,
-        name: str | None,
+        target: Target,
         given: bytes | None = None,
         receive: Receive | None = None,
     ) -> Answer | None:
         """One prediction: its status, headers and body (None when the client went away while
-        sending). ``name`` is None for ``POST /model``. The body is given whole (the HTTP lane)
-        or read with ``receive`` (ASGI)."""
-        ctype = accept = authz = rid = b""
-        length = -1
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                ctype = value
-            elif key == b"accept":
-                accept = value
-            elif key == b"authorization":
-                authz = value
-            elif key == b"content-length":
-                length = int(value) if value.isdigit() else -1
-            elif key == b"x-request-id":
-                rid = value
+        sending). The body is given whole (the HTTP lane) or read with ``receive`` (ASGI)."""
+        ctype, accept, authz, length, rid = _headers(scope["headers"])
         if not rid or len(rid) > 128 or rid.translate(None, _ID_CHARS):
             rid = (self._id_prefix + format(next(self._ids), "x")).encode()
+        request_id = rid.decode()
         content_type = "msgpack" if b"msgpack" in ctype else "json"
         wants = "msgpack" if b"msgpack" in accept else "json"
         started = time.perf_counter() if self.on_result is not None else 0.0
+        # What the answer and the outcome are made of, as far as the request got:
+        model = None if target is BY_KEY else target  # POST /model: once its key names one
         group: ReplicaGroup | None = None
         replica: Replica | None = None
-        metrics: dict[str, Any] = {}
+        msg: Result | Failure | None = None
         body = b""  # as read, once it is
         try:
-            if name is None:
-                caller: str | None
-                name, body, content_type, caller = await self._cloudera(
+            if model is None:
+                model, body, content_type, caller = await self._cloudera(
                     scope, receive, given, length, content_type, authz
                 )
-                limit = self._limits.get(name)
-                if limit is not None:
-                    _throttle(limit, caller)
-                group = self._group(name)
+                group = self._admit_by_key(model, caller)
             else:
-                flag = self.routes.auth_flag(name)
-                if flag is None:
-                    raise ModelNotFound(f"No model named '{name}'.")
-                caller = self._authorize(name, authz) if flag else None
-                limit = self._limits.get(name)
-                if limit is not None:
-                    _throttle(limit, caller or _address(scope))
-                group = self._group(name)
+                group = self._admit(model, authz, scope)
                 if given is None:
                     body = await _read(receive, length, group.max_body)
-                    group = self._group(name)  # it may have been switched meanwhile
+                    group = self._group(model)  # it may have been switched meanwhile
                 else:
                     body = _whole(given, length, group.max_body)
             try:
-                replica, msg = await group.call(body, content_type, wants, rid.decode())
+                replica, msg = await group.call(body, content_type, wants, request_id)
             except Draining:  # replaced while we were on our way: follow the route
                 group, replica, msg = await self._follow(
-                    name, group, body, content_type, wants, rid
+                    model, group, body, content_type, wants, rid
                 )
-            if type(msg) is Result:
-                status = 200
-                out = msg.body
-                if scope["path"] == "/model":
-                    out = _cloudera_body(out, replica.id_bytes, wants)
-                headers = [
-                    _MSGPACK if wants == "msgpack" else _JSON,
-                    (b"content-length", str(len(out)).encode()),
-                    *group.headers,
-                    (b"x-replica-id", replica.id_bytes),
-                    (b"x-request-id", rid),
-                ]
-                metrics = msg.metrics
-            else:
-                failed = cast("Failure", msg)  # not a Result: the replica's Failure
-                status = failed.status
-                out = error_json(status, failed.code, failed.message, failed.field)
-                headers = _error_headers(out, rid, group, replica, None)
+            status, headers, out = _reply(msg, group, replica, wants, rid, target is BY_KEY)
         except _ClientGone:
             return None
         except ModelportError as exc:
-            status = exc.status
-            extra = exc.headers
-            if status == 413:  # the rest of the body is not read: do not keep the connection
-                extra = {**extra, "Connection": "close"}
-            out = error_json(status, exc.code, exc.message, exc.field)
-            headers = _error_headers(out, rid, group, replica, extra)
+            status, headers, out = _refusal(exc, rid, group, replica)
         except Exception:
             log.exception("prediction failed inside the gateway")
             status = 500
             out = error_json(500, "internal", "Internal server error.")
             headers = _error_headers(out, rid, group, replica, None)
-        if self.on_result is not None and name is not None:
+        if self.on_result is not None and model is not None:
             self.on_result(
-                name,
-                group.spec.build if group is not None else None,
-                status,
-                time.perf_counter() - started,
-                rid.decode(),
-                metrics,
-                group,
-                replica,
-                body,
-                out,
+                Outcome(
+                    model,
+                    group.spec.build if group is not None else None,
+                    status,
+                    time.perf_counter() - started,
+                    request_id,
+                    msg.metrics if type(msg) is Result else {},
+                    group,
+                    replica,
+                    body,
+                    out,
+                )
             )
         return status, headers, out
+
+    def _admit(self, name: str, authz: bytes, scope: Scope) -> ReplicaGroup:
+        """POST /models/{name}/predict: the model's group, once the caller may call it (its key
+        or token, the rate limit)."""
+        flag = self.routes.auth_flag(name)
+        if flag is None:
+            raise ModelNotFound(f"No model named '{name}'.")
+        caller = self._authorize(name, authz) if flag else None
+        limit = self._limits.get(name)
+        if limit is not None:
+            _throttle(limit, caller or _address(scope))
+        return self._group(name)
+
+    def _admit_by_key(self, name: str, caller: str) -> ReplicaGroup:
+        """POST /model, its key checked (``_cloudera``): the group, within the rate limit."""
+        limit = self._limits.get(name)
+        if limit is not None:
+            _throttle(limit, caller)
+        return self._group(name)
 
     def _group(self, name: str) -> ReplicaGroup:
         group = self.routes.group(name)
@@ -312,6 +318,62 @@ class Gateway:
         if len(raw) > self._group(name).max_body:
             raise RequestTooLarge(f"The body is over {self._group(name).max_body} bytes.")
         return name, bytes(req.request), content_type, digest
+
+
+def _headers(headers: Headers) -> tuple[bytes, bytes, bytes, int, bytes]:
+    """The request headers a prediction reads: content type, accept, authorization, content
+    length (-1: none or not a number) and X-Request-Id."""
+    ctype = accept = authz = rid = b""
+    length = -1
+    for key, value in headers:
+        if key == b"content-type":
+            ctype = value
+        elif key == b"accept":
+            accept = value
+        elif key == b"authorization":
+            authz = value
+        elif key == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif key == b"x-request-id":
+            rid = value
+    return ctype, accept, authz, length, rid
+
+
+def _reply(
+    msg: Result | Failure,
+    group: ReplicaGroup,
+    replica: Replica,
+    wants: str,
+    rid: bytes,
+    by_key: bool,
+) -> Answer:
+    """The replica's answer as the client gets it."""
+    if type(msg) is Result:
+        out = msg.body
+        if by_key:
+            out = _cloudera_body(out, replica.id_bytes, wants)
+        headers = [
+            _MSGPACK if wants == "msgpack" else _JSON,
+            (b"content-length", str(len(out)).encode()),
+            *group.headers,
+            (b"x-replica-id", replica.id_bytes),
+            (b"x-request-id", rid),
+        ]
+        return 200, headers, out
+    failed = cast("Failure", msg)  # not a Result: the replica's Failure
+    out = error_json(failed.status, failed.code, failed.message, failed.field)
+    return failed.status, _error_headers(out, rid, group, replica, None), out
+
+
+def _refusal(
+    exc: ModelportError, rid: bytes, group: ReplicaGroup | None, replica: Replica | None
+) -> Answer:
+    """An error of ours (auth, limits, routing, the replica's fate) as the client gets it."""
+    extra = exc.headers
+    if exc.status == 413:  # the rest of the body is not read: do not keep the connection
+        extra = {**extra, "Connection": "close"}
+    out = error_json(exc.status, exc.code, exc.message, exc.field)
+    return exc.status, _error_headers(out, rid, group, replica, extra), out
 
 
 def _address(scope: Scope) -> str:

@@ -7,8 +7,12 @@ import random
 import time
 from bisect import bisect_left
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .series import SLOT_S, Bucket
+
+if TYPE_CHECKING:
+    from modelport.gateway.predict import Outcome
 
 __all__ = ["PROM_BOUNDS", "Capture", "Recorder", "Stats", "Tracked"]
 
@@ -131,20 +135,9 @@ class Recorder:
         self.debug = log.isEnabledFor(logging.DEBUG)  # fixed at start: no cost when off
         self._random = random.random
 
-    def on_result(
-        self,
-        model: str,
-        build: int | None,
-        status: int,
-        seconds: float,
-        request_id: str,
-        metrics: dict,
-        group=None,
-        replica=None,
-        body: bytes = b"",
-        out: bytes = b"",
-    ) -> None:
-        """The gateway's hook, after every prediction (see ``gateway.predict.OnResult``)."""
+    def on_result(self, o: Outcome) -> None:
+        """The gateway's hook, after every prediction (see ``gateway.predict.Outcome``)."""
+        model, build, status, seconds = o.model, o.build, o.status, o.seconds
         if build is None:  # refused before a build was chosen (401, 403): the build serving now
             build = self.current_build(model)
         st = self.stats.get((model, build))
@@ -157,6 +150,7 @@ class Recorder:
         codes[status] = codes.get(status, 0) + 1
         st.buckets[bisect_left(PROM_BOUNDS, seconds)] += 1
         st.seconds += seconds
+        body, out = o.body, o.out
         nin, nout = len(body), len(out)
         st.request_bytes += nin
         st.response_bytes += nout
@@ -166,8 +160,9 @@ class Recorder:
             if b is None or now - b.t >= SLOT_S:
                 b = self._roll(st, int(now) - int(now) % SLOT_S)
             b.add(status, seconds, nin, nout)
-            if metrics:
-                self._track(model, st.build, request_id, now, metrics)
+            request_id, group = o.request_id, o.group
+            if o.metrics:
+                self._track(model, st.build, request_id, now, o.metrics)
             if (
                 group is not None
                 and group.spec.capture_percent
@@ -178,17 +173,17 @@ class Recorder:
                 )
         if self.debug:
             ms = round(seconds * 1000, 3)
-            rid = replica.id if replica is not None else None
+            rid = o.replica.id if o.replica is not None else None
             log.debug(
                 "%s model=%s build=%s replica=%s status=%d %.3fms",
-                request_id,
+                o.request_id,
                 model,
                 st.build,
                 rid,
                 status,
                 ms,
                 extra={
-                    "request_id": request_id,
+                    "request_id": o.request_id,
                     "model": model,
                     "build": st.build,
                     "replica": rid,
