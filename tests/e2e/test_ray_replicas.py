@@ -10,9 +10,12 @@ import subprocess
 import time
 
 import pytest
+from modelport.runtime.sandbox import probe
 
 from tests.conftest import MODELPORT
 from tests.e2e.test_deployments import Deployed
+
+PROTECTIONS = probe()
 
 MODEL = {
     "predict.py": (
@@ -309,3 +312,84 @@ def test_pack_places_the_replicas_together_and_resources_pick_the_node(on_ray):
     assert d.wait("packed", created["id"], timeout=240)["status"] == "deployed"
     assert [r["node"] for r in _replicas(d, "packed")] == ["127.0.0.3", "127.0.0.3"]
     assert d.predict("packed", {"a": 1}).json()["sum"] == 2.0
+
+
+PRYING = r"""
+import os, socket
+from pathlib import Path
+
+
+def attempt(fn):
+    try:
+        return "ok: " + str(fn())[:200]
+    except Exception as exc:
+        return f"refused: {type(exc).__name__}"
+
+
+def connect(port):
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    return "connected"
+
+
+def predict(path: str = "", port: int = 0) -> dict:
+    return {
+        "read": attempt(lambda: Path(path).read_text()) if path else "",
+        "walk": attempt(lambda: sorted(os.listdir(Path.cwd().parent))),
+        "own": attempt(lambda: len(Path("predict.py").read_text())),
+        "net": attempt(lambda: connect(port)) if port else "",
+        "home": os.environ.get("HOME", ""),
+    }
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("landlock" not in PROTECTIONS, reason="this kernel has no Landlock")
+def test_a_replica_on_a_ray_node_is_confined_as_a_local_one(on_ray, ray_cluster):
+    """The node starts the worker through the sandbox's launcher with a local replica's policy:
+    the server's data dir (same machine here) and the node's other builds are out of reach, it
+    writes only its own temp dir, and network: false leaves it no socket but its port."""
+    d = on_ray
+    health = d.c.get("/api/v1/health").json()["sandbox"]
+    assert "landlock" in health and "seccomp" in health
+    for name in ("neighbour", "prying", "open"):
+        d.model(name)
+    pin = {"replicas": 1, "cpus": 0.25, "resources": {"node2": 0.1}}  # all on the second node
+    neighbour = d.deploy("neighbour", d.build("neighbour", MODEL), wait=False, **pin)
+    prying = d.deploy(
+        "prying", d.build("prying", {"predict.py": PRYING}), wait=False, network=False, **pin
+    )
+    opened = d.deploy(
+        "open", d.build("open", {"predict.py": PRYING}), wait=False, network=True, **pin
+    )
+    for name, created in (("neighbour", neighbour), ("prying", prying), ("open", opened)):
+        assert d.wait(name, created["id"], timeout=240)["status"] == "deployed", name
+    projects = ray_cluster.nodes_dir / "127.0.0.3" / "projects"
+    other = next(p for p in projects.glob("*/predict.py") if "loading on" in p.read_text())
+    token = d.srv.data_dir / "admin.token"
+    port = d.srv.port
+
+    def pry(name: str, path: object) -> dict:
+        r = d.predict(name, {"path": str(path), "port": port})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    seen = pry("prying", token)
+    assert seen["read"] == "refused: PermissionError", seen  # the server's admin token
+    assert seen["own"].startswith("ok: "), seen  # its own project folder it reads
+    assert seen["walk"] == "refused: PermissionError", seen  # not the node's other builds
+    assert pry("prying", other)["read"] == "refused: PermissionError"
+    assert seen["net"] == "refused: PermissionError", seen  # network: false
+    assert "/run/tmp/" in seen["home"] and "127.0.0.3" in seen["home"], seen
+    # The same code with network: true may call out; files stay shut.
+    opened_seen = pry("open", token)
+    assert opened_seen["net"] == "ok: connected", opened_seen
+    assert opened_seen["read"] == "refused: PermissionError", opened_seen
+    assert pry("open", other)["read"] == "refused: PermissionError"
+    # The replica's log says under what it runs on its node (fetched from it every second).
+    rid = _replicas(d, "prying")[0]["id"]
+
+    def noted() -> bool:
+        logs = f"/api/v1/models/prying/replicas/{rid}/logs"
+        return "sandbox: landlock" in d.c.get(logs, params={"stream": "stderr"}).text
+
+    _wait_for(noted, 30, "the sandbox noted in the replica's log")

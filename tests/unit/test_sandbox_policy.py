@@ -157,3 +157,36 @@ def test_modelport_sandbox_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("MODELPORT_SANDBOX", "maybe")
     with pytest.raises(SettingError, match="MODELPORT_SANDBOX"):
         Settings.from_env()
+
+
+def test_a_ray_node_confines_its_worker_as_a_local_replica_or_starts_nothing(tmp_path):
+    """serving/ray_host.py on a node: the same launcher and policy as a local replica (its own
+    project, environment and runtime read; its temp dir under the node's folder written); a
+    node whose kernel lacks a protection the server's sandbox lists refuses, naming it."""
+    from modelport.serving.materialise import NodeBuild
+    from modelport.serving.ray_host import ReplicaHost
+
+    here = tmp_path / "nodes" / "127.0.0.3"
+    built = NodeBuild(
+        python=PYTHON,
+        project=str(here / "projects" / "ab12"),
+        entry="predict.py:predict",
+        runtime=str(here / "runtime" / "cd34"),
+        cached=True,
+    )
+    job = {"rid": "m-1-1-beef", "sandbox": sandbox.probe(), "network": False}
+    argv, env = ReplicaHost()._confined(here, built, job, ["worker"], {"PATH": "/usr/bin"})
+    tmp = here / "run" / "tmp" / "m-1-1-beef"
+    assert tmp.is_dir() and env["HOME"] == env["TMPDIR"] == str(tmp)
+    assert argv[:3] == [PYTHON, "-I", "-S"] and argv[-2:] == ["--", "worker"]
+    policy = Policy.decode(argv[argv.index("--policy") + 1])
+    assert policy == replica_policy(
+        python=PYTHON,
+        project=Path(built.project),
+        runtime_dir=Path(built.runtime),
+        tmp=tmp,
+        network=False,
+    )
+    lacking = {**job, "sandbox": [*job["sandbox"], "landlock_future"]}
+    with pytest.raises(RuntimeError, match="lacks landlock_future of the server's sandbox"):
+        ReplicaHost()._confined(here, built, lacking, ["worker"], {})

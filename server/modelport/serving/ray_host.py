@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from modelport.runtime_home import replica_env
+from modelport.sandboxing import Sandbox, replica_policy
 from modelport.store.backends import open_store
 
 from . import procs
-from .materialise import materialise
+from .materialise import NodeBuild, materialise
 
 __all__ = ["NODE_DIR_ENV", "ReplicaHost", "node_dir"]
 
@@ -77,6 +79,9 @@ class ReplicaHost:
         self.rss_kb = 0
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.tmp: Path | None = (
+            None  # the worker's private temp dir (sandboxed), removed at its end
+        )
 
     def _note(self, line: str) -> None:
         self.err.add(f"--- modelport: {line} ---\n".encode())
@@ -98,8 +103,6 @@ class ReplicaHost:
             ("environment reused" if built.cached else "environment made")
             + f", ready to start in {time.monotonic() - began:.2f}s"
         )
-        listener = socket.create_server((ip, 0))
-        port = listener.getsockname()[1]
         argv = [
             built.python,
             "-u",
@@ -110,14 +113,18 @@ class ReplicaHost:
             "--entry",
             built.entry,
             *job["worker_args"],
-            "--listen-fd",
-            str(listener.fileno()),
         ]
+        env = replica_env(Path(built.runtime), job["env"])
+        if job.get("sandbox"):
+            argv, env = await asyncio.to_thread(self._confined, here, built, job, argv, env)
+        listener = socket.create_server((ip, 0))
+        port = listener.getsockname()[1]
+        argv += ["--listen-fd", str(listener.fileno())]
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=built.project,
-                env=replica_env(Path(built.runtime), job["env"]),
+                env=env,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -153,6 +160,42 @@ class ReplicaHost:
             "python": sys.version.split()[0],
         }
 
+    def _confined(
+        self,
+        here: Path,
+        built: NodeBuild,
+        job: dict[str, Any],
+        argv: list[str],
+        env: dict[str, str],
+    ) -> tuple[list[str], dict[str, str]]:
+        """The worker's command line and environment confined as a local replica is (the same
+        launcher and policy: it reads the system, its interpreter and environment, the runtime
+        and its own project folder on this node; it writes only its private temp dir; no
+        network but its listening socket with ``network: false``). The server's sandbox lists
+        ``job["sandbox"]`` (GET /api/v1/health): a node whose kernel lacks one of them starts
+        nothing, so what the server says holds for every replica (blocking)."""
+        sandbox = Sandbox(here)
+        missing = [p for p in job["sandbox"] if p not in sandbox.protections]
+        if missing:
+            have = ", ".join(sandbox.protections) or "none"
+            raise RuntimeError(
+                f"this node's kernel lacks {', '.join(missing)} of the server's sandbox "
+                f"(it has {have}): the replica would run less confined than GET /api/v1/health "
+                "says"
+            )
+        self.tmp = tmp = sandbox.fresh_tmp(job["rid"])
+        runtime = Path(built.runtime)
+        policy = replica_policy(
+            python=built.python,
+            project=Path(built.project),
+            runtime_dir=runtime,
+            tmp=tmp,
+            network=job.get("network", True),
+        )
+        self._note(f"sandbox: {', '.join(sandbox.protections)} on this node")
+        confined = sandbox.command(built.python, policy, argv, runtime_dir=runtime)
+        return confined, {**env, "TMPDIR": str(tmp), "HOME": str(tmp)}
+
     async def _read(self, stream: asyncio.StreamReader | None, into: _Stream) -> None:
         if stream is None:
             return
@@ -164,6 +207,8 @@ class ReplicaHost:
     ) -> None:
         code = await proc.wait()
         procs.kill_leftovers(proc.pid)
+        if self.tmp is not None:
+            await asyncio.to_thread(shutil.rmtree, self.tmp, True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*readers), 2.0)
         assert self._done is not None

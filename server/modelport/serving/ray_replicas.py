@@ -186,7 +186,15 @@ class RayReplica(Replica):
             "memory_mb": spec.memory_mb,
             "rss_interval_s": t.rss_interval_s,
             "secret": secret,
+            # The server's sandbox (what GET /api/v1/health lists; [] when off): the node confines
+            # the worker as a local replica is, and starts nothing if its kernel has less.
+            "sandbox": self._protections(),
+            "network": spec.network,
         }
+
+    def _protections(self) -> list[str]:
+        sandbox = self.group.sandbox
+        return list(sandbox.protections) if sandbox is not None and sandbox.enabled else []
 
     async def spawn(self) -> None:
         """Place the actor, let it start the worker on its node, connect, wait for Ready."""
