@@ -31,6 +31,7 @@ from modelport.api.tokens import TokensController
 from modelport.auth import Auth
 from modelport.builder.pipeline import Builder
 from modelport.builder.service import Builds
+from modelport.cluster import Cluster
 from modelport.datadir import TOKENS_CHANGED, DataDirLock, prepare, tighten, write_admin_token
 from modelport.errors import disk_full, handle_exception
 from modelport.gateway.predict import Gateway
@@ -152,6 +153,7 @@ class Services:
     builds: Builds
     sealer: Sealer
     deployer: Deployer
+    cluster: Cluster
     admin_token: str | None  # the first start's admin token (None after): tests read it
 
     def __init__(self, settings: Settings, lock: DataDirLock | None = None):
@@ -226,6 +228,10 @@ class Services:
         await self.supervisor.backend.open()  # a Ray cluster: joined as a driver
         log.info("replicas run on: %s", (s.replicas and f"ray://{s.replicas}") or "local")
         await self.deployer.restore()
+        self.cluster = Cluster(
+            self.db, self.auth, self.models, self.deployer, reconcile_s=s.reconcile_s
+        )
+        self.cluster.start()
         self._tokens_seen = await asyncio.to_thread(_mtime, s.run_dir / TOKENS_CHANGED)
         self._jobs = [
             asyncio.create_task(_every(5.0, self.auth.flush_usage)),
@@ -248,6 +254,8 @@ class Services:
     async def close(self) -> None:
         for job in self._jobs:
             job.cancel()
+        if hasattr(self, "cluster"):
+            await self.cluster.close()
         if hasattr(self, "deployer"):
             await self.deployer.close()
         await self.supervisor.shutdown(drain_timeout=10.0)

@@ -85,6 +85,10 @@ class Auth:
         self._tokens = {r.hash: self._identity(r) for r in await token_rows.active_rows(self.db)}
         self._keys = await model_rows.access_key_hashes(self.db)
 
+    async def load_keys(self) -> None:
+        """The models' access keys again (another server rotated one, made or deleted a model)."""
+        self._keys = await model_rows.access_key_hashes(self.db)
+
     @staticmethod
     def _identity(r: TokenRow) -> Identity:
         return Identity(r.id, r.name, r.role, tuple(r.models), r.expires_at)

@@ -31,6 +31,19 @@ class Models:
         for model in await rows.every(self.db):
             self._route(model)
 
+    async def reload(self) -> None:
+        """Another server changed models: the gateway's table and the keys as the registry
+        has them (a model deleted there is dropped here, with its key and counters)."""
+        models = await rows.every(self.db)
+        for model in models:
+            self._route(model)
+        await self.auth.load_keys()
+        names = {m.name for m in models}
+        for gone in [name for name in self.routes.names() if name not in names]:
+            self.auth.forget_model(gone)
+            self.routes.drop_model(gone)
+            self.recorder.forget(gone)
+
     async def create(
         self,
         name: str,

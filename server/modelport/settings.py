@@ -66,6 +66,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Where replicas run: None here (MODELPORT_REPLICAS=local), or the Ray cluster's head address
     # host:port (MODELPORT_REPLICAS=ray://host:port), which the server joins as a driver
     replicas: str | None = None
+    # Servers sharing a PostgreSQL registry hear each other's changes at once (LISTEN/NOTIFY) and
+    # reload everything from it every reconcile_s seconds besides (MODELPORT_RECONCILE_S)
+    reconcile_s: int = 10
 
     @property
     def registry_path(self) -> Path:
@@ -202,6 +205,7 @@ ENV_NUMBERS = (
     ("busy_poll_us", 0),
     ("build_workers", 1),
     ("max_response_mb", 1),
+    ("reconcile_s", 1),
 )
 
 

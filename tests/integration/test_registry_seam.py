@@ -90,3 +90,43 @@ def test_a_read_only_registry_reads_and_refuses_to_write(registry):
             await db.close()
 
     assert asyncio.run(read_only()) == [{"name": "a"}]
+
+
+def test_a_committed_notify_is_heard_by_another_registry_and_a_rolled_back_one_is_not(registry):
+    """What one server writes, another hears (PostgreSQL: LISTEN on its own connection, the
+    notify sent at commit); SQLite has one server, whose listen returns at once."""
+
+    async def body(db: Database):
+        other = await registry.open()
+        heard: list[str] = []
+        connected = asyncio.Event()
+        listening = asyncio.create_task(other.listen(heard.append, connected.set))
+        try:
+            if registry.dialect == "sqlite":
+                await asyncio.wait_for(listening, 5)  # nothing to hear: it returns
+                async with db.write() as tx:
+                    await tx.notify("models")
+                assert heard == [] and not connected.is_set()
+                return
+            await asyncio.wait_for(connected.wait(), 10)
+            with pytest.raises(IntegrityError):
+                async with db.write() as tx:
+                    await tx.notify("tokens")
+                    await tx.insert(MODEL, ("a", True, "ha"))
+                    await tx.insert(MODEL, ("a", True, "hb"))  # the name taken: rolled back
+            async with db.write() as tx:
+                await tx.notify("models")
+                await tx.notify("models")  # once a transaction
+                await tx.notify("deployments")
+            for _ in range(200):
+                if len(heard) >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert heard == ["models", "deployments"]
+        finally:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+            await other.close()
+
+    _run(registry, body)

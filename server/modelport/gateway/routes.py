@@ -52,6 +52,10 @@ class Routes:
         self._auth.pop(name, None)
         self.limits.pop(name, None)
 
+    def names(self) -> list[str]:
+        """Every model the gateway knows."""
+        return list(self._auth)
+
     def set_group(self, name: str, group: ReplicaGroup | None) -> None:
         if group is None:
             self._groups.pop(name, None)

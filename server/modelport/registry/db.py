@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
@@ -87,6 +87,13 @@ class Tx(Protocol):
         runs alone (BEGIN IMMEDIATE), so nothing to do."""
         ...
 
+    async def notify(self, topic: str) -> None:
+        """When this transaction commits, every server listening on the registry (`listen`)
+        hears ``topic`` ("models", "tokens", "deployments"): what it keeps in memory of it
+        changed. PostgreSQL: pg_notify, sent at commit, dropped with a rollback; SQLite: one
+        server, which changed its memory itself: nothing to do."""
+        ...
+
 
 @runtime_checkable  # the API's handlers are given one, and Litestar checks what it injects
 class Database(Protocol):
@@ -111,6 +118,13 @@ class Database(Protocol):
     async def value(self, sql: str, params: Params = ()) -> Any: ...
 
     async def close(self) -> None: ...
+
+    async def listen(self, heard: Callable[[str], None], connected: Callable[[], None]) -> None:
+        """Until cancelled: ``heard(topic)`` for each topic another transaction notified
+        (`Tx.notify`, this server's own included), ``connected()`` each time listening (re)starts
+        (what was notified meanwhile is lost: the caller reloads everything). SQLite: returns at
+        once (one server: nothing to hear)."""
+        ...
 
     def write(self, *, scrub: bool = False) -> AbstractAsyncContextManager[Tx]:
         """A write transaction. ``scrub``: what it overwrites or deletes is to leave no old
@@ -171,6 +185,9 @@ class _SqliteTx:
 
     async def hold(self, key: str) -> None:
         return None  # this transaction began with BEGIN IMMEDIATE: no other writer runs
+
+    async def notify(self, topic: str) -> None:
+        return None  # one server on a SQLite file: it changed its own memory with the write
 
 
 class SqliteDatabase:
@@ -240,6 +257,9 @@ class SqliteDatabase:
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+
+    async def listen(self, heard: Callable[[str], None], connected: Callable[[], None]) -> None:
+        return None  # one server per file (the data dir's lock): nobody else writes it
 
     async def one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._read_lock, self._read().execute(sql, tuple(params)) as cur:

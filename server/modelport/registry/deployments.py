@@ -226,6 +226,7 @@ async def create(
                 **noted,
             },
         )
+        await tx.notify("deployments")
     return await db.found("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
 
 
@@ -308,6 +309,8 @@ async def _move(
         await tx.execute(
             f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id)
         )
+        if "status = ?" in sets or replicas is not None:  # what other servers serve changed
+            await tx.notify("deployments")
     await _event(tx, deployment_id, at, kind, actor, detail)
 
 
@@ -372,6 +375,7 @@ async def switched(
         await _event(tx, deployment_id, at, "deployed", actor, detail)
         for row in replaced:
             await _event(tx, row["id"], at, "replaced", None, {"by": deployment_id})
+        await tx.notify("deployments")
 
 
 async def _event(
@@ -420,4 +424,16 @@ async def to_restore(db: Database) -> list[Row]:
         "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
         f" WHERE d.status IN ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) ORDER BY d.id",
         ACTIVE_DEPLOYMENT,
+    )
+
+
+async def deployed(db: Database, model: str | None = None, status: str = "deployed") -> list[Row]:
+    """The deployments that take traffic now (one a model at most), with their model's name;
+    only ``model``'s when named: what every server sharing the registry serves. With
+    ``status="deploying"``: those being rolled out (that other servers may start ahead)."""
+    where, params = ("AND m.name = ?", (status, model)) if model is not None else ("", (status,))
+    return await db.all(
+        "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
+        f" WHERE d.status = ? {where} ORDER BY d.id",
+        params,
     )

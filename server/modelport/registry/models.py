@@ -94,6 +94,7 @@ async def create(
                 ),
             )
             await audit.record(tx, owner, "model.create", model=name, detail=detail)
+            await tx.notify("models")
     except IntegrityError:
         raise ModelExists(f"A model named '{name}' already exists.") from None
     return await get(db, name)
@@ -109,6 +110,7 @@ async def update(db: Database, name: str, actor: str, changes: dict[str, Any]) -
                 (*changes.values(), now_iso(), name),
             )
             await audit.record(tx, actor, "model.update", model=name, detail=changes)
+            await tx.notify("models")
     return await get(db, name)
 
 
@@ -120,6 +122,7 @@ async def set_access_key(db: Database, name: str, actor: str, key_hash: str) -> 
             (key_hash, now_iso(), name),
         )
         await audit.record(tx, actor, "model.access_key.rotate", model=name)
+        await tx.notify("models")
 
 
 async def delete(db: Database, name: str, actor: str) -> None:
@@ -134,6 +137,7 @@ async def delete(db: Database, name: str, actor: str) -> None:
     async with db.write() as tx:
         await tx.execute("DELETE FROM models WHERE id = ?", (found.id,))
         await audit.record(tx, actor, "model.delete", model=name)
+        await tx.notify("models")
 
 
 async def access_key_hashes(db: Database) -> dict[str, str]:

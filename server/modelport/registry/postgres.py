@@ -10,10 +10,12 @@ connections that died.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,7 +32,11 @@ from modelport.registry.db import (
 )
 from modelport.registry.schema import MIGRATIONS, SCHEMA_TABLE, scripts, too_new
 
+log = logging.getLogger("modelport.registry")
+
 SCHEMES = ("postgresql", "postgres")
+CHANNEL = "modelport"  # what Tx.notify sends on and listen hears (the payload: a topic)
+LISTEN_CHECK_S = 2.0  # a listening connection is checked this often (a lost link shows then)
 CONNECT_TIMEOUT_S = 5.0  # a database that does not answer is unavailable, not a hung request
 COMMAND_TIMEOUT_S = 60.0
 
@@ -102,6 +108,14 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# What ends a listening connection: the above, or a statement the server refused (shutting down)
+_LISTEN_LOST: tuple[type[BaseException], ...] = (
+    *_UNREACHABLE,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
 def _rowcount(status: str) -> int:
     """The rows a statement changed, from its command tag ("UPDATE 3", "INSERT 0 1")."""
     last = status.rpartition(" ")[2]
@@ -150,6 +164,10 @@ class _PgTx:
     async def hold(self, key: str) -> None:
         with self._errors():
             await self._conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(key))
+
+    async def notify(self, topic: str) -> None:
+        with self._errors():  # sent at commit (the same topic once per transaction)
+            await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, topic)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -261,6 +279,51 @@ class PostgresDatabase:
             return len(MIGRATIONS)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def listen(self, heard: Callable[[str], None], connected: Callable[[], None]) -> None:
+        """LISTEN on a connection of its own (not the pool's), checked every LISTEN_CHECK_S;
+        when it is lost, connect again (0.2 s, doubling to 5 s, between tries) and say
+        ``connected()`` once listening again."""
+        delay, said = 0.2, ""
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self.url,
+                    timeout=CONNECT_TIMEOUT_S,
+                    server_settings={"application_name": "modelport-listen"},
+                )
+                lost = asyncio.get_running_loop().create_future()
+
+                def on_lost(_conn: object, lost: asyncio.Future[None] = lost) -> None:
+                    if not lost.done():
+                        lost.set_result(None)
+
+                conn.add_termination_listener(on_lost)
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, topic: heard(topic))
+                if said:
+                    log.info("listening to the registry's changes again")
+                delay, said = 0.2, ""
+                connected()
+                while not lost.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(lost), LISTEN_CHECK_S)
+                    if not lost.done():
+                        await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_S)
+            except _LISTEN_LOST as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                if why != said:
+                    said = why
+                    log.warning(
+                        "not listening to the registry's changes at %s (%s): trying again",
+                        self.where,
+                        why,
+                    )
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._connection() as conn:

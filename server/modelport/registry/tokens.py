@@ -63,6 +63,7 @@ async def insert(
             target=token_id,
             detail={"name": name, "role": role, "models": models},
         )
+        await tx.notify("tokens")
     return to_token(await _by_id(db, token_id))
 
 
@@ -111,6 +112,7 @@ async def revoke(db: Database, token_id: str, actor: str) -> Token:
         await tx.execute(
             "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, token_id)
         )
+        await tx.notify("tokens")
         await audit.record(tx, actor, "token.revoke", target=token_id, detail={"name": found.name})
     return to_token(await _by_id(db, token_id))
 

@@ -76,6 +76,9 @@ class Deployer:
         self._waiting: defaultdict[str, set[int]] = defaultdict(set)  # model → deployment ids
         self._holding: dict[str, int] = {}  # model → the deployment whose rollout holds the lock
         self._given_up: dict[int, str] = {}  # deployment id → why
+        self._following: set[str] = set()  # models being brought in line with the registry
+        # model → (deployment id, group): another server's rollout, started here ahead, unrouted
+        self._ahead: dict[str, tuple[int, ReplicaGroup]] = {}
 
     # -- what the API asks for -------------------------------------------------------------------
 
@@ -468,6 +471,98 @@ class Deployer:
                     "failed",
                     reason=f"could not be restored: {exc}",
                 )
+
+    # -- what another server changed ----------------------------------------------------------
+
+    async def follow(self) -> None:
+        """Serve here what the registry says is deployed (another server deployed, rolled back,
+        scaled or stopped a model): each model whose group here differs is brought in line,
+        one model at a time under its lock (after any operation of this server's on it). A
+        deployment another server is rolling out is started here meanwhile, unrouted, so that
+        it takes the traffic here as soon as the registry says it took it there."""
+        want = {row["model"]: row for row in await rows.deployed(self.db)}
+        starting = {row["model"]: row for row in await rows.deployed(self.db, status="deploying")}
+        mine = set(self._holding.values())
+        for name, (deployment_id, group) in list(self._ahead.items()):
+            if deployment_id not in (
+                starting.get(name, {}).get("id"),
+                want.get(name, {}).get("id"),
+            ):
+                del self._ahead[name]  # failed, stopped or replaced there
+                self._spawn(self.supervisor.retire(group))
+        for name, ahead in starting.items():
+            if ahead["id"] in mine or name in self._following or name in self._ahead:
+                continue
+            self._following.add(name)
+            self._spawn(self._start_ahead(name, ahead))
+        for name in sorted(set(want) | set(self.supervisor.active)):
+            row = want.get(name)
+            if self._same(self.supervisor.group(name), row) or name in self._following:
+                continue
+            self._following.add(name)
+            self._spawn(self._follow_one(name))
+
+    @staticmethod
+    def _same(group: ReplicaGroup | None, row: Row | None) -> bool:
+        if group is None or row is None:
+            return group is None and row is None
+        return group.spec.deployment_id == str(row["id"]) and len(group.replicas) == row["replicas"]
+
+    async def _start_ahead(self, name: str, row: Row) -> None:
+        try:
+            async with self._locks[name]:
+                found = await rows.deployed(self.db, name, status="deploying")
+                if not found or found[0]["id"] != row["id"]:
+                    return
+                build = await build_rows.by_id(self.db, row["build_id"])
+                spec = await self.spec_for(name, row, build)
+                log.info("%s: starting deployment %d here ahead", name, row["id"])
+                group = await self.supervisor.start_group(spec)
+                self._ahead[name] = (row["id"], group)
+        except Exception as exc:
+            log.warning("could not start %s's deployment %s here ahead: %s", name, row["id"], exc)
+        finally:
+            self._following.discard(name)
+        await self.follow()  # it may have taken the traffic there meanwhile
+
+    async def _follow_one(self, name: str) -> None:
+        try:
+            async with self._locks[name]:
+                found = await rows.deployed(self.db, name)
+                row = found[0] if found else None
+                group = self.supervisor.group(name)
+                if self._same(group, row):
+                    return
+                if row is None:
+                    if group is not None and group.state != "starting":
+                        log.info("%s was stopped on another server: stopping it here", name)
+                        await self.supervisor.stop(name, drain_timeout=group.spec.timeout_s)
+                elif group is not None and group.spec.deployment_id == str(row["id"]):
+                    log.info("%s scaled to %d on another server", name, row["replicas"])
+                    await group.scale(row["replicas"])
+                else:
+                    log.info(
+                        "%s: deployment %d (build #%d) took the traffic on another server",
+                        name,
+                        row["id"],
+                        row["build_number"],
+                    )
+                    ahead = self._ahead.pop(name, None)
+                    if ahead is not None and ahead[0] == row["id"] and ahead[1].state == "running":
+                        log.info("%s: the group started ahead takes the traffic", name)
+                        old = self.supervisor.activate(ahead[1])
+                        if old is not None:
+                            await self.supervisor.retire(old, row["timeout_s"])
+                        return
+                    if ahead is not None:
+                        await self.supervisor.retire(ahead[1])
+                    build = await build_rows.by_id(self.db, row["build_id"])
+                    spec = await self.spec_for(name, row, build)
+                    await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
+        except Exception:
+            log.exception("could not serve here what the registry says %s serves", name)
+        finally:
+            self._following.discard(name)
 
     async def on_change(
         self, group: ReplicaGroup, event: GroupEvent, detail: dict[str, Any]
