@@ -51,23 +51,25 @@ def _wait_for(check, timeout: float = 120.0, what: str = "") -> object:
 
 @pytest.mark.slow
 def test_replicas_spread_over_both_nodes_and_answer(on_ray, ray_cluster):
+    """4 replicas over the 2 nodes with SPREAD (the default): both nodes used, and
+    predictions reach all 4."""
     d = on_ray
     d.model("adder")
     build = d.build("adder", MODEL)
-    created = d.deploy("adder", build, wait=False, replicas=2, cpus=0.5)
+    created = d.deploy("adder", build, wait=False, replicas=4, cpus=0.5)
     done = d.wait("adder", created["id"], timeout=240)
     assert done["status"] == "deployed", done
     assert (done["cpus"], done["gpus"], done["placement"]) == (0.5, 0, "spread")
     replicas = _replicas(d, "adder")
-    assert sorted(r["node"] for r in replicas) == ["127.0.0.2", "127.0.0.3"]
-    assert all(r["state"] == "ready" for r in replicas)
-    # Predictions reach both replicas (least-connections over the TCP pipes).
+    assert len(replicas) == 4 and all(r["state"] == "ready" for r in replicas)
+    assert {r["node"] for r in replicas} == {"127.0.0.2", "127.0.0.3"}, replicas
+    # Predictions reach all 4 replicas (least-connections over the TCP pipes).
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda i: d.predict("adder", {"a": i, "b": 2}), range(80)))
+        answers = list(pool.map(lambda i: d.predict("adder", {"a": i, "b": 2}), range(200)))
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
-    assert [r.json()["sum"] for r in answers] == [i + 2 for i in range(80)]
+    assert [r.json()["sum"] for r in answers] == [i + 2 for i in range(200)]
     assert {r.json()["pid"] for r in answers} == {r["pid"] for r in replicas}
     # Each node made the build ready from the store in its own folder.
     for ip in ("127.0.0.2", "127.0.0.3"):
@@ -92,7 +94,7 @@ def test_replicas_spread_over_both_nodes_and_answer(on_ray, ray_cluster):
     # The worker's port took the server's connection, and takes no other: nothing else on
     # the network can drive the replica.
     ports = re.findall(r"placed on Ray node (\S+) \(\w+\), worker pid \d+, port (\d+)", d.srv.log())
-    assert len(ports) == 2
+    assert len(ports) == 4
     for host, port in ports:
         with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
             pass
@@ -393,3 +395,31 @@ def test_a_replica_on_a_ray_node_is_confined_as_a_local_one(on_ray, ray_cluster)
         return "sandbox: landlock" in d.c.get(logs, params={"stream": "stderr"}).text
 
     _wait_for(noted, 30, "the sandbox noted in the replica's log")
+
+
+@pytest.mark.slow
+def test_a_build_the_node_never_saw_is_made_ready_there_from_the_store(on_ray, ray_cluster):
+    """A build with a dependency no other test uses, placed on the second node: that node has
+    no environment for its lock, makes it from the wheels in the store alone (uv --no-index
+    --offline: no package index, nor the server's find-links, is known there) and serves."""
+    d = on_ray
+    d.model("fresh")
+    code = "import tinypkg\ndef predict(x: int) -> dict:\n    return {'v': tinypkg.VERSION}\n"
+    build = d.build("fresh", {"predict.py": code, "requirements.txt": "tinypkg==2.0\n"})
+    envs = ray_cluster.nodes_dir / "127.0.0.3" / "envs"
+    before = set(envs.iterdir()) if envs.is_dir() else set()
+    created = d.deploy("fresh", build, wait=False, replicas=1, cpus=0.25, resources={"node2": 0.1})
+    assert d.wait("fresh", created["id"], timeout=240)["status"] == "deployed"
+    assert d.predict("fresh", {"x": 1}).json() == {"v": "2.0"}
+    made = [p for p in set(envs.iterdir()) - before if not p.name.startswith(".")]
+    assert len(made) == 1, made  # the new lock's environment, on that node
+    assert list(made[0].glob("lib/python*/site-packages/tinypkg/__init__.py"))
+    rid = _replicas(d, "fresh")[0]["id"]
+
+    def noted() -> str:
+        logs = f"/api/v1/models/fresh/replicas/{rid}/logs"
+        text = d.c.get(logs, params={"stream": "stderr"}).text
+        return text if "environment made" in text else ""
+
+    text = str(_wait_for(noted, 30, "the node's note in the replica's log"))
+    assert "from the store's wheels" in text
