@@ -4,10 +4,15 @@ worker on a TCP port there; the server calls the worker directly over TCP."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from modelport.runtime.sandbox import probe
@@ -423,3 +428,236 @@ def test_a_build_the_node_never_saw_is_made_ready_there_from_the_store(on_ray, r
 
     text = str(_wait_for(noted, 30, "the node's note in the replica's log"))
     assert "from the store's wheels" in text
+
+
+# -- a partition: the second node in its own network namespace -----------------------------------
+
+
+class Partitioned:
+    """A two-node Ray cluster of its own: the head on the host end of a veth pair, the second
+    node in a network namespace on the other end (10.231.N.1 / .2), started by `ray start
+    --block` (ours, ended by pid: every process under them and in the namespace)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import json
+        import random
+        import sys
+
+        from tests.conftest import RAY_HEALTH_CHECKS, free_port
+
+        self.net = random.randint(1, 250)
+        tag = f"{os.getpid() % 10000}{self.net}"
+        self.ns, self.host_if, self.ns_if = f"mp-ray-{tag}", f"mpv{tag}h", f"mpv{tag}n"
+        self.head_ip, self.node_ip = f"10.231.{self.net}.1", f"10.231.{self.net}.2"
+        self.port = free_port()
+        self.temp = Path(tempfile.mkdtemp(prefix="mp-rayp-", dir="/tmp"))
+        self.nodes_dir = self.temp / "nodes"
+        self.procs: list[subprocess.Popen] = []
+        self._ip("netns", "add", self.ns)
+        self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        self._ip("link", "set", self.ns_if, "netns", self.ns)
+        self._ip("addr", "add", f"{self.head_ip}/30", "dev", self.host_if)
+        self._ip("link", "set", self.host_if, "up")
+        self._in_ns("ip", "addr", "add", f"{self.node_ip}/30", "dev", self.ns_if)
+        self._in_ns("ip", "link", "set", self.ns_if, "up")
+        self._in_ns("ip", "link", "set", "lo", "up")
+        ray = str(Path(sys.executable).parent / "ray")
+        env = {
+            **os.environ,
+            "MODELPORT_NODE_DIR": str(self.nodes_dir),
+            "RAY_TMPDIR": str(self.temp),
+        }
+        common = ["--num-cpus", "2", "--object-store-memory", "80000000", "--block"]
+        common += ["--temp-dir", str(self.temp), "--disable-usage-stats"]
+        head = [ray, "start", "--head", "--node-ip-address", self.head_ip, "--port", str(self.port)]
+        head += ["--include-dashboard=false", "--ray-client-server-port", str(free_port())]
+        head += ["--dashboard-agent-listen-port", str(free_port())]
+        head += ["--system-config", json.dumps(RAY_HEALTH_CHECKS)]
+        self._start([*head, *common], env)
+        self._wait_port(self.head_ip, self.port, 60)
+        node = ["ip", "netns", "exec", self.ns, ray, "start", "--address", self.address]
+        node += ["--node-ip-address", self.node_ip, "--resources", '{"node2": 1}']
+        self._start([*node, *common], env)
+        self._wait_nodes(2, 90)
+
+    @property
+    def address(self) -> str:
+        return f"{self.head_ip}:{self.port}"
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def _in_ns(self, *args: str) -> None:
+        self._ip("netns", "exec", self.ns, *args)
+
+    def _start(self, argv: list[str], env: dict[str, str]) -> None:
+        log = open(self.temp / f"start-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=log))
+
+    @staticmethod
+    def _wait_port(host: str, port: int, timeout: float) -> None:
+        def up() -> bool:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        _wait_for(up, timeout, f"the Ray head on {host}:{port}")
+
+    def _wait_nodes(self, count: int, timeout: float) -> None:
+        import sys
+
+        probe = (
+            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        )
+
+        def alive() -> bool:
+            out = subprocess.run(
+                [sys.executable, "-c", probe, self.address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return out.stdout.strip().endswith(str(count))
+
+        _wait_for(alive, timeout, f"{count} Ray nodes alive")
+
+    def cut(self) -> None:
+        """The link down on the namespace's side: the node neither answers nor says so."""
+        self._in_ns("ip", "link", "set", self.ns_if, "down")
+
+    def _tree(self) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(name))
+        found, todo = set(), [p.pid for p in self.procs]
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found.add(pid)
+                todo += children.get(pid, [])
+        listed = subprocess.run(
+            ["ip", "netns", "pids", self.ns], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        return found | {int(p) for p in listed if p.isdigit()}
+
+    def close(self) -> None:
+        import signal
+
+        for _ in range(3):  # Ray's processes start others while going: look again
+            for pid in self._tree():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            for p in self.procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+            time.sleep(0.5)
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _netns_possible() -> str:
+    """Why a namespace cannot be made here ('' when it can)."""
+    if os.geteuid() != 0:
+        return "making a network namespace needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+    if shutil.which("ip") is None:
+        return "no `ip` (iproute2) on this machine"
+    return ""
+
+
+@pytest.fixture
+def partitioned(tmp_path):
+    if why := _netns_possible():
+        pytest.skip(why)
+    cluster = Partitioned(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slow
+def test_a_partitioned_node_s_replicas_are_replaced_on_the_other(
+    offline_server, tmp_path, partitioned
+):
+    """The second node's link set down under load (a partition: no FIN, no RST, silence): Ray's
+    tuned health checks mark the node dead, its replica ends lost, a replacement starts on the
+    head's node; the only failed requests are those that were running on the cut-off replica."""
+    import threading
+
+    srv = offline_server()
+    srv.env["MODELPORT_REPLICAS"] = f"ray://{partitioned.address}"
+    srv.env["MODELPORT_NODE_DIR"] = str(partitioned.nodes_dir)
+    d = Deployed(srv.start(timeout=120), tmp_path)
+    d.model("apart")
+    build = d.build("apart", MODEL)
+    created = d.deploy("apart", build, wait=False, replicas=2, cpus=0.5)
+    assert d.wait("apart", created["id"], timeout=240)["status"] == "deployed"
+    before = {r["node"]: r for r in _replicas(d, "apart")}
+    assert sorted(before) == [partitioned.head_ip, partitioned.node_ip], before
+    cut_off = before[partitioned.node_ip]
+
+    outcomes: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        import httpx
+
+        with httpx.Client(timeout=120) as client:
+            while not stop.is_set():
+                r = client.post(
+                    f"{d.srv.url}/models/apart/predict",
+                    json={"a": 1},
+                    headers={"Authorization": f"Bearer {d.keys['apart']}"},
+                )
+                error = r.json()["error"] if r.status_code != 200 else {}
+                outcomes.append((r.status_code, error.get("code", "")))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        _wait_for(lambda: len(outcomes) > 50, 60, "load before the cut")
+        cut_at, cut_wall = time.monotonic(), time.time()
+        partitioned.cut()
+
+        def replaced() -> list[dict] | None:
+            now = _replicas(d, "apart")
+            ready = [r for r in now if r["state"] == "ready"]
+            if len(ready) == 2 and all(r["node"] == partitioned.head_ip for r in ready):
+                return now
+            return None
+
+        now = _wait_for(replaced, 180, "a replacement on the head's node")
+        back_in = time.monotonic() - cut_at
+        count = len(outcomes)
+        _wait_for(lambda: len(outcomes) > count + 50, 60, "load after the replacement")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert cut_off["id"] in {r["id"] for r in now}  # the same slot, started again
+    failed = [o for o in outcomes if o[0] != 200]
+    assert all(code == "model.crashed" for _, code in failed), failed
+    assert len(failed) <= 4, failed  # at most one per client thread: each was running there
+    history = d.c.get("/api/v1/models/apart/deployments/current").json()["events"]
+    crashed = [e for e in history if e["kind"] == "replica.crashed"]
+    assert crashed and crashed[0]["detail"]["replica"] == cut_off["id"]
+    assert crashed[0]["detail"]["reason"].startswith(f"lost: its Ray node {partitioned.node_ip}")
+    from datetime import datetime
+
+    lost_in = datetime.fromisoformat(crashed[0]["at"]).timestamp() - cut_wall
+    print(
+        f"partition: lost {lost_in:.1f}s, 2 ready on the head's node {back_in:.1f}s after the cut"
+    )
+    assert d.predict("apart", {"a": 2}).json()["sum"] == 3.0
+    srv.stop()
