@@ -26,6 +26,7 @@ from modelport.api.metrics import MonitoringController, prometheus
 from modelport.api.model_openapi import model_openapi
 from modelport.api.models import ModelsController
 from modelport.api.openapi import COMPONENTS, StructSchema, docs_page, finish_routes
+from modelport.api.replays import ReplaysController
 from modelport.api.spa import spa_routes
 from modelport.api.tokens import TokensController
 from modelport.auth import Auth
@@ -43,6 +44,7 @@ from modelport.registry.backends import registry
 from modelport.registry.db import RegistryUnreachable
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
+from modelport.replay.runner import Replays
 from modelport.runtime_home import ensure_runtime, runtime_dir
 from modelport.sandboxing import Sandbox
 from modelport.scratch import sweep
@@ -154,6 +156,7 @@ class Services:
     sealer: Sealer
     deployer: Deployer
     cluster: Cluster
+    replays: Replays
     admin_token: str | None  # the first start's admin token (None after): tests read it
 
     def __init__(self, settings: Settings, lock: DataDirLock | None = None):
@@ -222,6 +225,8 @@ class Services:
         if sealed:
             log.info("sealed the env values of %d deployments written before sealing", sealed)
         self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
+        self.replays = Replays(self.db, self.supervisor, self.deployer, self.monitor)
+        await self.replays.open()
         self.admin_token = await first_start(self.auth, s)
         await self.auth.drop_stale_token_file()
         await self.builder.start()
@@ -256,6 +261,8 @@ class Services:
             job.cancel()
         if hasattr(self, "cluster"):
             await self.cluster.close()
+        if hasattr(self, "replays"):
+            await self.replays.close()
         if hasattr(self, "deployer"):
             await self.deployer.close()
         await self.supervisor.shutdown(drain_timeout=10.0)
@@ -291,6 +298,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "builder": lambda: services.builder,
         "builds": lambda: services.builds,
         "deployer": lambda: services.deployer,
+        "replays": lambda: services.replays,
     }
     return {name: Provide(get, sync_to_thread=False) for name, get in provided.items()}
 
@@ -320,6 +328,7 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> Litest
             BuildsController,
             import_build,
             DeploymentsController,
+            ReplaysController,
             store_status,
             store_verify,
             store_gc,

@@ -34,10 +34,12 @@ log = logging.getLogger("modelport.auth")
 TOKEN_PREFIX = "mp_tok_"
 KEY_PREFIX = "mp_key_"
 
-Permission = Literal["public", "any", "read", "write", "admin"]
+Permission = Literal["public", "any", "read", "private", "write", "admin"]
 ALLOWED: dict[str, set[str]] = {
     "any": {"admin", "deployer", "viewer", "predict"},
     "read": {"admin", "deployer", "viewer"},
+    # what may hold personal data (captured requests, replay reports): read by these only
+    "private": {"admin", "deployer"},
     "write": {"admin", "deployer"},
     "admin": {"admin"},
 }

@@ -435,6 +435,60 @@ class Client:
             params=_params(limit=limit, cursor=cursor),
         )
 
+    # Replays (deployer and admin)
+    def replay(
+        self,
+        name: str,
+        from_build: int,
+        to_build: int,
+        since: str = "1h",
+        until: str | None = None,
+        max_requests: int | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        source: str | None = None,
+    ) -> dict:
+        """Start replaying a window of `from_build`'s captured requests on `to_build`: the
+        report, running (`wait_replay` waits for it)."""
+        body = {"from_build": from_build, "to_build": to_build, "since": since}
+        extra = {
+            "until": until,
+            "max_requests": max_requests,
+            "rtol": rtol,
+            "atol": atol,
+            "source": source,
+        }
+        body |= {k: v for k, v in extra.items() if v is not None}
+        return self.request("POST", f"/api/v1/models/{name}/replays", json=body)
+
+    def replay_report(self, name: str, report_id: int) -> dict:
+        return self.request("GET", f"/api/v1/models/{name}/replays/{report_id}")
+
+    def replays(
+        self,
+        name: str,
+        build: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict:
+        """The model's replay reports, newest first (`build`: those from or to it): a page."""
+        return self.request(
+            "GET",
+            f"/api/v1/models/{name}/replays",
+            params=_params(build=build, limit=limit, cursor=cursor),
+        )
+
+    def wait_replay(self, name: str, report_id: int, timeout: float = 3600) -> dict:
+        """Poll until the report is done or failed; return it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.replay_report(name, report_id)
+            if found["status"] != "running" or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
     def prediction_metrics(self, name: str, request_id: str) -> dict:
         """What `track_metric` recorded for one prediction (by its X-Request-Id)."""
         return self.request("GET", f"/api/v1/models/{name}/predictions/{request_id}/metrics")

@@ -109,6 +109,10 @@ class PredictionNotFound(NotFound):
     code = "prediction.not_found"
 
 
+class ReplayNotFound(NotFound):
+    code = "replay.not_found"
+
+
 class MethodNotAllowed(ModelportError):
     status, code = 405, "method.not_allowed"
 
@@ -139,6 +143,12 @@ class SchemaBreaking(Conflict):
     """The build's input schema would refuse requests the serving build takes."""
 
     code = "schema.breaking"
+
+
+class ReplayMismatch(Conflict):
+    """A promotion gated on a replay report that differs, is not done, or is of other builds."""
+
+    code = "replay.mismatch"
 
 
 class StoreCorrupt(ModelportError):

@@ -7,8 +7,14 @@ import re
 
 import pytest
 
-WEAKEST = {"any": "predict", "read": "viewer", "write": "deployer", "admin": "admin"}
-TOO_WEAK = {"read": "predict", "write": "viewer", "admin": "deployer"}
+WEAKEST = {
+    "any": "predict",
+    "read": "viewer",
+    "private": "deployer",
+    "write": "deployer",
+    "admin": "admin",
+}
+TOO_WEAK = {"read": "predict", "private": "viewer", "write": "viewer", "admin": "deployer"}
 FILL = {
     "name": "nope",
     "number": "1",
@@ -18,6 +24,7 @@ FILL = {
     "deployment_id": "1",
     "replica_id": "nope-1-1-abcd",
     "request_id": "req-1",
+    "report_id": "1",
 }
 
 

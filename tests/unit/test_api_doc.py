@@ -60,7 +60,7 @@ def test_every_error_code_is_in_the_api_reference():
 
 
 def test_every_field_of_every_shape_is_in_the_api_reference():
-    from modelport.api import admin
+    from modelport.api import admin, replays
     from modelport.builder import projects
 
     missing = []
@@ -85,6 +85,8 @@ def test_every_field_of_every_shape_is_in_the_api_reference():
         (admin, "GcDone"),
         (projects, "Folder"),
         (projects, "Tampered"),
+        (replays, "ReplayReport"),
+        (replays, "ReplayDiff"),
     ]
     for module, name in shapes:
         for field in msgspec.structs.fields(getattr(module, name)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC
 from typing import Annotated
 
 import msgspec
@@ -15,12 +17,14 @@ from litestar.params import PathParameter, QueryParameter
 from modelport.auth import Auth, Identity, identity_of
 from modelport.builder.pipeline import Builder
 from modelport.builder.service import Builds
+from modelport.clock import parse_iso
 from modelport.errors import RequestInvalid
 from modelport.gateway.routes import Routes
 from modelport.models import Models
 from modelport.observability.monitor import Monitor
 from modelport.registry.db import Database
 from modelport.registry.records import MODEL_NAME
+from modelport.replay.runner import Replays
 from modelport.runtime.invoke import field_of
 from modelport.sandboxing import Sandbox
 from modelport.serving.deployer import Deployer
@@ -36,6 +40,7 @@ BuildsDep = NamedDependency[Builds]
 DbDep = NamedDependency[Database]
 DeployerDep = NamedDependency[Deployer]
 ModelsDep = NamedDependency[Models]
+ReplaysDep = NamedDependency[Replays]
 MonitorDep = NamedDependency[Monitor]
 RoutesDep = NamedDependency[Routes]
 SandboxDep = NamedDependency[Sandbox]
@@ -115,3 +120,25 @@ async def strict_booleans(connection: ASGIConnection, handler: BaseRouteHandler)
             raise RequestInvalid(str(exc), field=field_of(str(exc))) from None
     except msgspec.DecodeError:
         pass  # Litestar's own reading of the body answers request.malformed
+
+
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_time(text: str | None, now: float, field: str, default: float) -> float:
+    """ISO-8601, or seconds before now (`3600`, `-3600`, `15m`, `2h`, `7d`)."""
+    if not text:
+        return default
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - float(match.group(1)) * _UNIT[match.group(2)]
+    try:
+        moment = parse_iso(text.strip().replace(" ", "+"))  # a bare '+' in a query is a space
+    except ValueError:
+        raise RequestInvalid(
+            f"`{field}` is neither an ISO-8601 time nor seconds before now.", field=field
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

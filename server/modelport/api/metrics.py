@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -12,8 +11,8 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from modelport.api.common import Cursor, DbDep, Limit, MonitorDep, PathNumber
-from modelport.clock import iso, parse_iso
+from modelport.api.common import Cursor, DbDep, Limit, MonitorDep, PathNumber, parse_time
+from modelport.clock import iso
 from modelport.errors import PredictionNotFound, RequestInvalid
 from modelport.observability.prometheus import exposition
 from modelport.observability.series import Point, to_point
@@ -30,8 +29,6 @@ Text = Annotated[
     ),
 ]
 MetricName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)([smhd]?)$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 class Series(msgspec.Struct):
@@ -65,24 +62,6 @@ class CapturedRequest(msgspec.Struct):
     response: Any = None
     request_base64: str | None = None
     response_base64: str | None = None
-
-
-def parse_time(text: str | None, now: float, field: str, default: float) -> float:
-    """ISO-8601, or seconds before now (`3600`, `-3600`, `15m`, `2h`, `7d`)."""
-    if not text:
-        return default
-    match = _RELATIVE.match(text.strip())
-    if match:
-        return now - float(match.group(1)) * _UNIT[match.group(2)]
-    try:
-        moment = parse_iso(text.strip().replace(" ", "+"))  # a bare '+' in a query is a space
-    except ValueError:
-        raise RequestInvalid(
-            f"`{field}` is neither an ISO-8601 time nor seconds before now.", field=field
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _iso(unix: float) -> str:
@@ -209,7 +188,7 @@ class MonitoringController(Controller):
         row = await monitor.add_metrics(model.id, request_id, data.metrics)
         return _prediction(row)
 
-    @get("/builds/{number:int}/captures")
+    @get("/builds/{number:int}/captures", opt={"perm": "private"})
     async def captures(
         self,
         db: DbDep,

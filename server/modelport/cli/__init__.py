@@ -15,9 +15,19 @@ def main() -> None:
 
 
 def _register() -> None:
-    from modelport.cli import access, builds, deploying, k8s, manage, migrating, serve, store
+    from modelport.cli import (
+        access,
+        builds,
+        deploying,
+        k8s,
+        manage,
+        migrating,
+        replaying,
+        serve,
+        store,
+    )
 
-    for module in (serve, manage, builds, deploying, store, access, k8s, migrating):
+    for module in (serve, manage, builds, deploying, replaying, store, access, k8s, migrating):
         for command in module.COMMANDS:
             main.add_command(command)
 

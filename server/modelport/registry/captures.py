@@ -36,3 +36,34 @@ async def prune(tx: Tx, before: float, per_build: int) -> int:
         " WHERE k > ?)",
         (per_build,),
     )
+
+
+async def in_window(
+    db: Database, model_id: int, build: int, since: float, until: float, limit: int
+) -> list[Row]:
+    """The build's captures made in [since, until), oldest first, at most ``limit``."""
+    return await db.all(
+        "SELECT * FROM captures WHERE model_id = ? AND build = ? AND at >= ? AND at < ?"
+        " ORDER BY id LIMIT ?",
+        (model_id, build, since, until, limit),
+    )
+
+
+async def of_requests(db: Database, model_id: int, build: int, request_ids: list[str]) -> list[Row]:
+    """The build's captures of these request ids (a shadow's recorded answers)."""
+    if not request_ids:
+        return []
+    marks = ", ".join("?" for _ in request_ids)
+    return await db.all(
+        f"SELECT * FROM captures WHERE model_id = ? AND build = ? AND request_id IN ({marks})",
+        (model_id, build, *request_ids),
+    )
+
+
+async def stats(db: Database) -> tuple[int, int]:
+    """(captures, bytes of their requests and responses)."""
+    found = await db.one(
+        "SELECT count(*) AS n, coalesce(sum(length(request) + length(response)), 0) AS b"
+        " FROM captures"
+    )
+    return (int(found["n"]), int(found["b"])) if found else (0, 0)

@@ -262,4 +262,37 @@ MIGRATIONS: list[str] = [
         sealed TEXT NOT NULL
     );
     """,
+    # 10: replay reports (a window of one build's captured requests sent to another build, the
+    # answers compared) and a deployment's require_replay (promote only with a matching report)
+    """
+    CREATE TABLE replay_reports (
+        id INTEGER PRIMARY KEY,
+        model_id INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+        from_build INTEGER NOT NULL,
+        to_build INTEGER NOT NULL,
+        source TEXT NOT NULL DEFAULT 'capture',
+        status TEXT NOT NULL DEFAULT 'running',
+        since REAL NOT NULL,
+        until REAL NOT NULL,
+        max_requests INTEGER NOT NULL,
+        rtol REAL NOT NULL,
+        atol REAL NOT NULL,
+        replayed INTEGER NOT NULL DEFAULT 0,
+        equal INTEGER NOT NULL DEFAULT 0,
+        different INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        errors_from INTEGER NOT NULL DEFAULT 0,
+        errors_to INTEGER NOT NULL DEFAULT 0,
+        p50_ms_from REAL,
+        p50_ms_to REAL,
+        diffs TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        created_by TEXT NOT NULL,
+        at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX replay_reports_model ON replay_reports (model_id, id);
+    CREATE INDEX replay_reports_age ON replay_reports (at);
+    ALTER TABLE deployments ADD COLUMN require_replay INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -23,12 +23,22 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tracked_metrics", ("id",)),
     ("captures", ("id",)),
     ("seal_check", ("id",)),
+    ("replay_reports", ("id",)),
 )
 PAGE = 500
 #: Tables keyed by an integer the database draws (an identity on PostgreSQL): a resumed copy
 #: starts after the target's largest, and the identity is set to go on after it.
 IDENTITY = frozenset(
-    {"models", "builds", "deployments", "deployment_events", "audit", "tracked_metrics", "captures"}
+    {
+        "models",
+        "builds",
+        "deployments",
+        "deployment_events",
+        "audit",
+        "tracked_metrics",
+        "captures",
+        "replay_reports",
+    }
 )
 
 
