@@ -8,6 +8,7 @@ the report differs, is not done, or compares other builds than the primary and t
 from __future__ import annotations
 
 from modelport.errors import ReplayMismatch
+from modelport.registry import deployments as deployment_rows
 from modelport.registry import replays as report_rows
 from modelport.registry.db import Database, Row
 
@@ -57,3 +58,23 @@ async def check_promotion(
     if why is not None:
         raise ReplayMismatch(f"Not promoted: {why}.")
     return report
+
+
+def promotion_gate(db: Database):
+    """``check_promotion`` as the deployer's ``replay_gate`` hook takes it: (model, report id,
+    the candidate's deployment row); the primary is the model's current deployment."""
+    async def gate(model, report_id: int, candidate: Row) -> None:
+        model_id = model["id"] if isinstance(model, dict) else model.id
+        primary = await deployment_rows.current(db, model_id)
+        if primary is None:
+            raise ReplayMismatch("Not promoted: the model has no primary deployment.")
+        await check_promotion(
+            db,
+            model_id,
+            primary_build=int(primary["build_number"]),
+            candidate_build=int(candidate["build_number"]),
+            report_id=report_id,
+            required=bool(candidate.get("require_replay") or primary.get("require_replay")),
+        )
+
+    return gate
