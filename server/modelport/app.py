@@ -42,6 +42,7 @@ from modelport.observability.monitor import Monitor
 from modelport.registry import deployments as deployment_rows
 from modelport.registry.backends import registry
 from modelport.registry.db import RegistryUnreachable
+from modelport.registry.records import DEPLOYMENT_DEFAULTS
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
 from modelport.replay.runner import Replays
@@ -371,7 +372,7 @@ def create_asgi(settings: Settings, *, lock: DataDirLock | None = None) -> Gatew
         app,
         services.routes,
         services.auth,
-        default_max_body_mb=settings.max_body_mb,
+        default_max_body_mb=DEPLOYMENT_DEFAULTS.max_body_mb,  # a model not deployed
         on_result=services.monitor.on_result if settings.metrics else None,
         poller=services.supervisor.poller,
     )

@@ -34,10 +34,6 @@ class Settings(msgspec.Struct, kw_only=True):
     no_index: bool = False  # MODELPORT_NO_INDEX=1: only find_links, never an index
     # The longest answer a replica may send (MODELPORT_MAX_RESPONSE_MB); past it, recycled
     max_response_mb: int = 64
-    # Serving defaults (a deployment may override them)
-    max_body_mb: float = 5.0
-    queue_timeout_s: float = 30.0
-    timeout_s: float = 30.0
     # Busy polling window (µs) of the server and replicas; 0 = off (modelport.runtime.busy_poll)
     busy_poll_us: int = 250
     # Monitoring: MODELPORT_METRICS=0 stops counting predictions (the serving benchmark's baseline)

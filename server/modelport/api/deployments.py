@@ -26,72 +26,79 @@ from modelport.registry import deployments as rows
 from modelport.registry import models as model_rows
 from modelport.registry.db import Database
 from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
-from modelport.registry.records import Deployment, Page, Replica
+from modelport.registry.records import (
+    DEPLOYMENT_DEFAULTS,
+    Deployment,
+    Page,
+    Placement,
+    Replica,
+)
 from modelport.serving.procs import read_tail
 
 ResourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$", max_length=100)]
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)]
 
 
-# The defaults of a deployment's settings (docs/api.md), for those a request leaves out.
-DEFAULTS: dict[str, Any] = {
-    "replicas": 1,
-    "memory_mb": None,
-    "timeout_s": 30.0,
-    "max_concurrency": 1,
-    "queue_timeout_s": 30.0,
-    "max_body_mb": 5.0,
-    "env": {},
-    "capture_percent": 0.0,
-    "capture_max_bytes": 65_536,
-    "network": True,
-    "boot_timeout_s": 300.0,
-    "cpus": 1.0,
-    "gpus": 0,
-    "resources": {},
-    "placement": "spread",
-}
 Unset = msgspec.UnsetType
 
 
-def _left_out(default, **bounds) -> msgspec.Meta:
+def _left_out(setting: str, **bounds: Any) -> msgspec.Meta:
+    """A setting's bounds, and its default (DeploymentSettings') said in its description."""
+    default = getattr(DEPLOYMENT_DEFAULTS, setting)
+    if default is None:
+        shown = "none"
+    elif isinstance(default, float):
+        shown = f"{default:g}"
+    else:
+        shown = msgspec.json.encode(default).decode().strip('"')
     return msgspec.Meta(
-        **bounds, description=f"Default {default}, or with keep_current the current deployment's."
+        **bounds, description=f"Default {shown}, or with keep_current the current deployment's."
     )
 
 
 class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
-    """Settings left out take DEFAULTS, or with ``keep_current`` the current deployment's (its
-    ``env`` too, whose values the API never shows), the last one's when the model is stopped."""
+    """DeploymentSettings' settings (a test keeps the two the same); those left out take its
+    defaults, or with ``keep_current`` the current deployment's (its ``env`` too, whose values
+    the API never shows), the last one's when the model is stopped."""
 
     build: RowNumber
-    replicas: Annotated[int, _left_out(1, ge=1, le=64)] | Unset = msgspec.UNSET
-    memory_mb: Annotated[int, _left_out("none", ge=16, le=1048576)] | Unset | None = msgspec.UNSET
-    timeout_s: Annotated[float, _left_out(30, gt=0, le=86_400)] | Unset = msgspec.UNSET
-    max_concurrency: Annotated[int, _left_out(1, ge=1, le=1024)] | Unset = msgspec.UNSET
-    queue_timeout_s: Annotated[float, _left_out(30, ge=0, le=3_600)] | Unset = msgspec.UNSET
-    max_body_mb: Annotated[float, _left_out(5, gt=0, le=1024)] | Unset = msgspec.UNSET
-    env: (
-        Annotated[dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]], _left_out("{}")]
-        | Unset
-    ) = msgspec.UNSET
-    capture_percent: Annotated[float, _left_out(0, ge=0, le=100)] | Unset = msgspec.UNSET
-    capture_max_bytes: Annotated[int, _left_out(65_536, ge=0, le=16 * 2**20)] | Unset = (
+    replicas: Annotated[int, _left_out("replicas", ge=1, le=64)] | Unset = msgspec.UNSET
+    memory_mb: Annotated[int, _left_out("memory_mb", ge=16, le=1048576)] | Unset | None = (
         msgspec.UNSET
     )
-    network: Annotated[bool, _left_out("true")] | Unset = msgspec.UNSET
-    boot_timeout_s: Annotated[float, _left_out(300, gt=0, le=86_400)] | Unset = msgspec.UNSET
+    timeout_s: Annotated[float, _left_out("timeout_s", gt=0, le=86_400)] | Unset = msgspec.UNSET
+    max_concurrency: Annotated[int, _left_out("max_concurrency", ge=1, le=1024)] | Unset = (
+        msgspec.UNSET
+    )
+    queue_timeout_s: Annotated[float, _left_out("queue_timeout_s", ge=0, le=3_600)] | Unset = (
+        msgspec.UNSET
+    )
+    max_body_mb: Annotated[float, _left_out("max_body_mb", gt=0, le=1024)] | Unset = msgspec.UNSET
+    env: (
+        Annotated[dict[EnvName, Annotated[str, msgspec.Meta(max_length=65_536)]], _left_out("env")]
+        | Unset
+    ) = msgspec.UNSET
+    capture_percent: Annotated[float, _left_out("capture_percent", ge=0, le=100)] | Unset = (
+        msgspec.UNSET
+    )
+    capture_max_bytes: (
+        Annotated[int, _left_out("capture_max_bytes", ge=0, le=16 * 2**20)] | Unset
+    ) = msgspec.UNSET
+    network: Annotated[bool, _left_out("network")] | Unset = msgspec.UNSET
+    boot_timeout_s: Annotated[float, _left_out("boot_timeout_s", gt=0, le=86_400)] | Unset = (
+        msgspec.UNSET
+    )
     # On a Ray cluster (MODELPORT_REPLICAS=ray://…): each replica's resources and placement
-    cpus: Annotated[float, _left_out(1, gt=0, le=1024)] | Unset = msgspec.UNSET
-    gpus: Annotated[int, _left_out(0, ge=0, le=64)] | Unset = msgspec.UNSET
+    cpus: Annotated[float, _left_out("cpus", gt=0, le=1024)] | Unset = msgspec.UNSET
+    gpus: Annotated[int, _left_out("gpus", ge=0, le=64)] | Unset = msgspec.UNSET
     resources: (
         Annotated[
             dict[ResourceName, Annotated[float, msgspec.Meta(gt=0, le=1e9)]],
-            _left_out("{}", max_length=32),
+            _left_out("resources", max_length=32),
         ]
         | Unset
     ) = msgspec.UNSET
-    placement: Annotated[Literal["spread", "pack"], _left_out("spread")] | Unset = msgspec.UNSET
+    placement: Annotated[Placement, _left_out("placement")] | Unset = msgspec.UNSET
     keep_current: bool = False
     allow_breaking: Annotated[
         bool,
@@ -134,14 +141,14 @@ class DeploymentsController(Controller):
         given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         given.pop("build")
         allow_breaking = given.pop("allow_breaking")
-        settings = DEFAULTS
+        settings = DEPLOYMENT_DEFAULTS
         if given.pop("keep_current"):
             current = await rows.current(db, model.id)
             if current is None:  # stopped: serve again as it was served last
                 current = await rows.latest(db, model.id)
             if current is not None:
                 settings = deployer.settings_of(current)
-        settings = settings | given
+        settings = msgspec.structs.replace(settings, **given)
         row = await deployer.deploy(
             model, data.build, settings, who(request).actor, allow_breaking=allow_breaking
         )

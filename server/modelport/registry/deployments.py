@@ -11,7 +11,12 @@ import msgspec
 from modelport.clock import now_iso
 from modelport.registry import audit
 from modelport.registry.db import Database, IntegrityError, Row, Tx
-from modelport.registry.records import Deployment, DeploymentEvent
+from modelport.registry.records import (
+    SETTING_NAMES,
+    Deployment,
+    DeploymentEvent,
+    DeploymentSettings,
+)
 from modelport.registry.rows import BuildRow, load
 from modelport.registry.sealed import Sealer, SealError
 from modelport.registry.states import (
@@ -27,32 +32,38 @@ log = logging.getLogger("modelport.registry")
 
 
 def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
+    settings = _stored_settings(row)
+    del settings["env"]  # the API shows its names only
     return Deployment(
         id=row["id"],
         model=model,
         build=row["build_number"],
         status=row["status"],
-        replicas=row["replicas"],
-        memory_mb=row["memory_mb"],
-        timeout_s=row["timeout_s"],
-        max_concurrency=row["max_concurrency"],
-        queue_timeout_s=row["queue_timeout_s"],
-        max_body_mb=row["max_body_mb"],
         env_keys=sorted(msgspec.json.decode(row["env"])),
-        capture_percent=row["capture_percent"],
-        capture_max_bytes=row["capture_max_bytes"],
-        network=bool(row["network"]),
-        boot_timeout_s=row["boot_timeout_s"],
-        cpus=row["cpus"],
-        gpus=row["gpus"],
-        resources=msgspec.json.decode(row["resources"]),
-        placement=row["placement"],
         created_by=row["created_by"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
         reason=row["reason"],
         events=events or [],
+        **settings,
     )
+
+
+def _stored_settings(row: Row) -> dict[str, Any]:
+    """A deployment's settings columns as their types (its env as stored: sealed)."""
+    values = {name: row[name] for name in SETTING_NAMES}
+    values["network"] = bool(values["network"])
+    values["resources"] = msgspec.json.decode(values["resources"])
+    values["env"] = msgspec.json.decode(values["env"])
+    return values
+
+
+def settings_of(row: Row, sealer: Sealer) -> DeploymentSettings:
+    """What a deployment was created with, its env in clear (for its replicas, or a deployment
+    that carries them over: keep_current, a rollback)."""
+    values = _stored_settings(row)
+    values["env"] = env_of(row, sealer)
+    return msgspec.convert(values, DeploymentSettings, strict=False)
 
 
 async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, Row]:
@@ -162,7 +173,7 @@ async def create(
     model: str,
     build_id: int,
     build_number: int,
-    settings: dict[str, Any],
+    settings: DeploymentSettings,
     actor: str,
     sealer: Sealer,
     reason: str | None = None,
@@ -171,39 +182,24 @@ async def create(
     """A pending deployment; ``schema_note`` (how the input schema changed from the build
     that served) goes into its created event and the audit entry."""
     noted = {"schema_note": schema_note} if schema_note else {}
-    env = msgspec.json.encode(sealer.seal_env(settings["env"])).decode()
+    columns: dict[str, Any] = {
+        "model_id": model_id,
+        "build_id": build_id,
+        "build_number": build_number,
+        "status": status_after(None, "created"),
+        **msgspec.structs.asdict(settings),
+        "env": msgspec.json.encode(sealer.seal_env(settings.env)).decode(),
+        "env_sealed": True,
+        "resources": msgspec.json.encode(settings.resources).decode(),
+        "created_by": actor,
+        "created_at": now_iso(),
+        "reason": reason,
+    }
     async with db.write() as tx:
         deployment_id = await tx.insert(
-            "INSERT INTO deployments (model_id, build_id, build_number, status, replicas,"
-            " memory_mb, timeout_s, max_concurrency, queue_timeout_s, max_body_mb, env,"
-            " env_sealed, capture_percent, capture_max_bytes, network, boot_timeout_s,"
-            " cpus, gpus, resources, placement, created_by, created_at, reason)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-            (
-                model_id,
-                build_id,
-                build_number,
-                status_after(None, "created"),
-                settings["replicas"],
-                settings["memory_mb"],
-                settings["timeout_s"],
-                settings["max_concurrency"],
-                settings["queue_timeout_s"],
-                settings["max_body_mb"],
-                env,
-                True,
-                settings.get("capture_percent", 0.0),
-                settings.get("capture_max_bytes", 65_536),
-                bool(settings.get("network", True)),
-                settings.get("boot_timeout_s", 300.0),
-                settings.get("cpus", 1.0),
-                settings.get("gpus", 0),
-                msgspec.json.encode(settings.get("resources") or {}).decode(),
-                settings.get("placement", "spread"),
-                actor,
-                now_iso(),
-                reason,
-            ),
+            f"INSERT INTO deployments ({', '.join(columns)})"
+            f" VALUES ({','.join('?' * len(columns))}) RETURNING id",
+            tuple(columns.values()),
         )
         await _event(
             tx,
@@ -221,7 +217,7 @@ async def create(
             target=str(deployment_id),
             detail={
                 "build": build_number,
-                "replicas": settings["replicas"],
+                "replicas": settings.replicas,
                 "reason": reason,
                 **noted,
             },

@@ -30,6 +30,38 @@ class DeploymentEvent(msgspec.Struct):
     detail: dict[str, Any] = {}
 
 
+Placement = Literal["spread", "pack"]
+
+
+class DeploymentSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What a deployment is served with, and each setting's default (docs/api.md): one shape for
+    the API (a request's settings left out take these, or with keep_current the current
+    deployment's), the registry (a deployment's columns), and serving (GroupSpec is one). Its env
+    is in clear: the registry seals it, the API shows its names only."""
+
+    replicas: int = 1
+    memory_mb: int | None = None  # resident memory limit per replica; None = no limit
+    timeout_s: float = 30.0
+    max_concurrency: int = 1
+    queue_timeout_s: float = 30.0
+    max_body_mb: float = 5.0
+    env: dict[str, str] = {}
+    capture_percent: float = 0.0  # requests sampled (with their answers) for replay; 0 = none
+    capture_max_bytes: int = 65_536  # each captured body is cut to this
+    network: bool = True  # False: the replica has no network but its pipe (the sandbox)
+    boot_timeout_s: float = 300.0  # import + weights loading until Ready
+    # Placed on a Ray cluster (MODELPORT_REPLICAS=ray://…): each replica's resources, and spread
+    # (on different nodes) or pack (on the node of the others while it has room)
+    cpus: float = 1.0
+    gpus: int = 0
+    resources: dict[str, float] = {}
+    placement: Placement = "spread"
+
+
+DEPLOYMENT_DEFAULTS = DeploymentSettings()
+SETTING_NAMES: tuple[str, ...] = DeploymentSettings.__struct_fields__
+
+
 class Deployment(msgspec.Struct):
     id: int
     model: str
@@ -54,7 +86,7 @@ class Deployment(msgspec.Struct):
     cpus: float = 1.0
     gpus: int = 0
     resources: dict[str, float] = {}
-    placement: Literal["spread", "pack"] = "spread"
+    placement: Placement = "spread"
 
 
 class Model(msgspec.Struct):

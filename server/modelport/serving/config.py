@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from modelport.registry.records import Replica
+from modelport.registry.records import DeploymentSettings, Replica
 
 __all__ = ["GroupEvent", "GroupInfo", "GroupSpec", "GroupState", "ReplicaInfo", "Tuning"]
 
@@ -32,9 +32,9 @@ GroupEvent = Literal[
 MiB = 1024 * 1024
 
 
-class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
+class GroupSpec(DeploymentSettings, kw_only=True, frozen=True):
     """One deployment as the supervisor runs it: a build, where its code and interpreter are, and
-    the deployment's settings (the API's defaults)."""
+    the deployment's settings (DeploymentSettings, with their defaults)."""
 
     model: str
     build: int
@@ -43,27 +43,11 @@ class GroupSpec(msgspec.Struct, kw_only=True, frozen=True):
     entry: str  # path/to/file.py:function
     digest: str = ""
     deployment_id: str = ""  # opaque to serving; handed back in hooks
-    replicas: int = 1
-    memory_mb: int | None = None  # resident memory limit per replica; None = no limit
-    timeout_s: float = 30.0
-    max_concurrency: int = 1
-    queue_timeout_s: float = 30.0
-    max_body_mb: float = 5.0
     max_queue: int = 1000  # requests waiting for a free replica before 429 at once
-    env: dict[str, str] = {}
-    capture_percent: float = 0.0  # requests sampled (with their answers) for replay; 0 = none
-    capture_max_bytes: int = 65_536  # each captured body is cut to this
-    network: bool = True  # False: the replica has no network but its pipe (the sandbox)
-    boot_timeout_s: float = 300.0  # import + weights loading until Ready
     rscript: str = ""  # an R function: the Rscript that runs it (the worker relays to R)
-    r_libs: list[str] = []  # an R function: its build's R package library, read-only
+    # an R function: its build's R package library, read-only
+    r_libs: list[str] = msgspec.field(default_factory=list)
     manifest: str = ""  # the build's manifest object in the store (a Ray node makes it from it)
-    # Placed on a Ray cluster (MODELPORT_REPLICAS=ray://…): each replica's resources, and spread
-    # (on different nodes) or pack (on the node of the others while it has room)
-    cpus: float = 1.0
-    gpus: int = 0
-    resources: dict[str, float] = {}
-    placement: str = "spread"
 
     @property
     def max_body_bytes(self) -> int:

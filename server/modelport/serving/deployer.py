@@ -30,6 +30,7 @@ from modelport.errors import (
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database, Row
+from modelport.registry.records import DeploymentSettings
 from modelport.registry.rows import BuildRow, ModelRow
 from modelport.registry.sealed import Sealer
 from modelport.registry.states import EventKind
@@ -39,24 +40,6 @@ from modelport.serving.supervisor import GroupFailed, Interrupted, ReplicaGroup,
 from modelport.store import manifest as mf
 
 log = logging.getLogger("modelport.deployer")
-
-SETTING_KEYS = (
-    "replicas",
-    "memory_mb",
-    "timeout_s",
-    "max_concurrency",
-    "queue_timeout_s",
-    "max_body_mb",
-    "env",
-    "capture_percent",
-    "capture_max_bytes",
-    "network",
-    "boot_timeout_s",
-    "cpus",
-    "gpus",
-    "resources",
-    "placement",
-)
 
 # The replica group's events a deployment's history records, as the kinds they are recorded as.
 RECORDED_GROUP_EVENTS: dict[GroupEvent, EventKind] = {
@@ -86,7 +69,7 @@ class Deployer:
         self,
         model: ModelRow,
         build_number: int,
-        settings: dict[str, Any],
+        settings: DeploymentSettings,
         actor: str,
         reason: str | None = None,
         allow_breaking: bool = False,
@@ -95,7 +78,7 @@ class Deployer:
         build = await build_rows.row(self.db, model.id, build_number, model.name)
         if build.status != "built":
             raise BuildNotReady(f"Build #{build_number} is {build.status}, not built.")
-        if is_r_entry(build.entrypoint) and settings.get("max_concurrency", 1) > 1:
+        if is_r_entry(build.entrypoint) and settings.max_concurrency > 1:
             raise RequestInvalid(
                 "An R replica runs one call at a time: max_concurrency must be 1 "
                 "for an R function (add replicas to serve more at once).",
@@ -385,21 +368,7 @@ class Deployer:
             digest=manifest.digest,
             manifest=build.manifest,
             deployment_id=str(row["id"]),
-            replicas=row["replicas"],
-            memory_mb=row["memory_mb"],
-            timeout_s=row["timeout_s"],
-            max_concurrency=row["max_concurrency"],
-            queue_timeout_s=row["queue_timeout_s"],
-            max_body_mb=row["max_body_mb"],
-            env=rows.env_of(row, self.sealer),
-            capture_percent=row["capture_percent"],
-            capture_max_bytes=row["capture_max_bytes"],
-            network=bool(row["network"]),
-            boot_timeout_s=row["boot_timeout_s"],
-            cpus=row["cpus"],
-            gpus=row["gpus"],
-            resources=msgspec.json.decode(row["resources"]),
-            placement=row["placement"],
+            **msgspec.structs.asdict(self.settings_of(row)),
             rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "",
             r_libs=r_libs,
         )
@@ -603,12 +572,9 @@ class Deployer:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return current
 
-    def settings_of(self, row: Row) -> dict[str, Any]:
-        values = {k: row[k] for k in SETTING_KEYS if k != "env"}
-        values["network"] = bool(values["network"])
-        values["resources"] = msgspec.json.decode(values["resources"])
-        values["env"] = rows.env_of(row, self.sealer)
-        return values
+    def settings_of(self, row: Row) -> DeploymentSettings:
+        """What a deployment was created with, its env in clear."""
+        return rows.settings_of(row, self.sealer)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
