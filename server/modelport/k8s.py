@@ -188,3 +188,147 @@ def secret_hint(opts: K8sOptions) -> str:
         "gateway: the secret.key of the data dir the registry came from (modelport migrate),\n"
         f"or for a new registry 32 random bytes: head -c 32 /dev/urandom > {KEY_FILE}"
     )
+
+
+# -- a Ray cluster for the gateways' replicas (KubeRay) ----------------------------------------
+
+RAY_GCS_PORT = 6379
+# Ray's node health checks as docs/scale-out.md advises (a lost node noticed in ~3 s, a partitioned
+# one in ~5.5 s, not ~65 s), as Ray reads them from the environment (RAY_<setting>): a
+# --system-config JSON would not survive KubeRay's shell command line.
+RAY_HEALTH_ENV = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+NODE_DIR = "/var/lib/modelport-node"
+
+
+class RayOptions(msgspec.Struct, frozen=True, kw_only=True):
+    image: str
+    name: str = "modelport-ray"
+    namespace: str = "default"
+    workers: int = 2
+    cpu: str = "4"
+    memory: str = "16Gi"
+    gpus: int = 0
+    secret: str = "modelport"
+    ray_version: str = "2.60.0"
+
+
+def check_ray(opts: RayOptions) -> list[str]:
+    """What is wrong with the options, each a sentence; empty when they render."""
+    problems = []
+    if not opts.image.strip():
+        problems.append("--image is empty: name an image with modelport[ray] installed")
+    for flag, value in (("--name", opts.name), ("--namespace", opts.namespace)):
+        if not _DNS_LABEL.match(value) or len(value) > 50:  # KubeRay appends -head-svc and more
+            problems.append(f"{flag} {value!r} is not a DNS label of at most 50 characters")
+    if not _DNS_LABEL.match(opts.secret):
+        problems.append(f"--secret {opts.secret!r} is not a DNS label (a-z, 0-9, '-', ≤ 63)")
+    if opts.workers < 1:
+        problems.append("--workers must be at least 1 (the head runs no replica)")
+    if opts.gpus < 0:
+        problems.append("--gpus must be 0 or more")
+    if not re.fullmatch(r"\d+\.\d+\.\d+", opts.ray_version):
+        problems.append(f"--ray-version {opts.ray_version!r} is not a version such as 2.60.0")
+    return problems
+
+
+def ray_address(opts: RayOptions) -> str:
+    """MODELPORT_REPLICAS for the gateways: the head service KubeRay makes, its GCS port."""
+    return f"ray://{opts.name}-head-svc.{opts.namespace}.svc:{RAY_GCS_PORT}"
+
+
+def render_ray(opts: RayOptions) -> dict[str, Any]:
+    """A KubeRay RayCluster (ray.io/v1): a head that places nothing itself (num-cpus 0) and one
+    worker group of ``workers`` pods, each node's builds under an emptyDir, the store's S3 keys
+    from the gateways' Secret (optional: an IAM role may stand for them)."""
+    labels = {"app.kubernetes.io/name": "modelport-ray", "app.kubernetes.io/instance": opts.name}
+    keys = [
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": opts.secret, "key": key, "optional": True}},
+        }
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+    node_env = [{"name": "MODELPORT_NODE_DIR", "value": NODE_DIR}, *keys]
+
+    def pod(container: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "metadata": {"labels": labels},
+            "spec": {
+                "containers": [
+                    {
+                        "name": container.pop("name"),
+                        "image": opts.image,
+                        **container,
+                        "volumeMounts": [{"name": "node", "mountPath": NODE_DIR}],
+                    }
+                ],
+                "volumes": [{"name": "node", "emptyDir": {}}],
+            },
+        }
+
+    limits: dict[str, Any] = {"cpu": opts.cpu, "memory": opts.memory}
+    if opts.gpus:
+        limits["nvidia.com/gpu"] = str(opts.gpus)
+    head = pod(
+        {
+            "name": "ray-head",
+            "env": [*({"name": k, "value": v} for k, v in RAY_HEALTH_ENV.items()), *node_env],
+            "ports": [
+                {"name": "gcs-server", "containerPort": RAY_GCS_PORT, "protocol": "TCP"},
+                {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
+                {"name": "client", "containerPort": 10001, "protocol": "TCP"},
+            ],
+            "resources": {
+                "requests": {"cpu": "1", "memory": "2Gi"},
+                "limits": {"cpu": "1", "memory": "2Gi"},
+            },
+        }
+    )
+    worker = pod(
+        {
+            "name": "ray-worker",
+            "env": node_env,
+            "resources": {"requests": dict(limits), "limits": limits},
+        }
+    )
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": opts.name, "namespace": opts.namespace, "labels": labels},
+        "spec": {
+            "rayVersion": opts.ray_version,
+            "headGroupSpec": {
+                "serviceType": "ClusterIP",
+                # the head keeps the cluster's state; replicas go to the workers
+                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "template": head,
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "replicas",
+                    "replicas": opts.workers,
+                    "minReplicas": opts.workers,
+                    "maxReplicas": opts.workers,
+                    "rayStartParams": {},
+                    "template": worker,
+                }
+            ],
+        },
+    }
+
+
+def ray_to_yaml(cluster: dict[str, Any], opts: RayOptions) -> str:
+    head = (
+        f"A Ray cluster ({opts.workers} worker pods) for modelport's replicas, run by KubeRay's\n"
+        "operator (installed first: its CRD ray.io/v1 RayCluster). Every pod's image has\n"
+        "modelport[ray] installed; each node reads builds from the gateways' S3 store with the\n"
+        f"AWS_* keys of Secret {opts.secret}. Point the gateways at its head:\n"
+        f"  modelport k8s render … --set MODELPORT_REPLICAS={ray_address(opts)}"
+    )
+    text = "".join(f"# {line}\n" for line in head.splitlines())
+    return text + "---\n" + yaml.dump(cluster, Dumper=_Dumper, sort_keys=False, width=100)

@@ -108,3 +108,98 @@ def test_bad_options_are_refused_with_a_reason(args, says):
 def test_image_and_store_are_required():
     result = run("--store-url", STORE)
     assert result.exit_code == 2 and "--image" in result.output
+
+
+# -- modelport k8s ray: a KubeRay RayCluster ------------------------------------------------------
+
+# The fields of KubeRay's ray.io/v1 RayCluster this renders, as its CRD (ray-operator 1.x) has
+# them. The CRD's schema is not available offline here (no package ships it), so its own fields
+# are checked against this list; the pod templates, core/v1 PodTemplateSpecs, are validated
+# strictly against Kubernetes' own schemas.
+RAYCLUSTER_FIELDS = {
+    "": {"apiVersion", "kind", "metadata", "spec"},
+    "spec": {"rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling"},
+    "head": {"serviceType", "rayStartParams", "template", "headService", "enableIngress"},
+    "worker": {
+        "groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
+        "numOfHosts", "suspend", "scaleStrategy",
+    },
+}  # fmt: skip
+
+
+def ray_rendered(*args: str) -> tuple[str, dict]:
+    result = CliRunner().invoke(
+        main, ["k8s", "ray", "--image", "registry.example/modelport:0.1.0", *args]
+    )
+    assert result.exit_code == 0, result.output
+    (cluster,) = [doc for doc in yaml.safe_load_all(result.output) if doc is not None]
+    return result.output, cluster
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_raycluster_is_kuberay_s_shape_with_valid_pod_templates(version):
+    _, cluster = ray_rendered("--workers", "3", "--gpus", "1")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert set(cluster) <= RAYCLUSTER_FIELDS[""]
+    spec = cluster["spec"]
+    assert set(spec) <= RAYCLUSTER_FIELDS["spec"]
+    assert set(spec["headGroupSpec"]) <= RAYCLUSTER_FIELDS["head"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in spec["workerGroupSpecs"]:
+        assert set(group) <= RAYCLUSTER_FIELDS["worker"]
+        assert all(isinstance(group[k], int) for k in ("replicas", "minReplicas", "maxReplicas"))
+    for group in groups:
+        # KubeRay's rayStartParams: a map of strings (each becomes --key=value)
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "check", "namespace": "default"},
+            "template": group["template"],
+        }
+        kubernetes_validate.validate(template, version, strict=True)
+
+
+def test_the_raycluster_says_what_was_asked_and_names_no_secret():
+    text, cluster = ray_rendered(
+        "--name", "rc", "--namespace", "ml", "--workers", "3", "--cpu", "8", "--memory", "32Gi",
+        "--gpus", "2", "--secret", "mp-keys",
+    )  # fmt: skip
+    assert cluster["metadata"]["name"] == "rc" and cluster["metadata"]["namespace"] == "ml"
+    spec = cluster["spec"]
+    assert spec["rayVersion"] == "2.60.0"
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # replicas go to the workers
+    (group,) = spec["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
+    (worker,) = group["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    # Ray's tuned node health checks (docs/scale-out.md), read by Ray from the environment
+    (head_pod,) = head["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in head_pod["env"]}
+    assert env["RAY_health_check_period_ms"]["value"] == "1000"
+    assert env["RAY_health_check_failure_threshold"]["value"] == "3"
+    # every node keeps its builds in an emptyDir and reads the store with the Secret's keys
+    for pod in (head_pod, worker):
+        names = {e["name"]: e for e in pod["env"]}
+        assert names["MODELPORT_NODE_DIR"]["value"] == "/var/lib/modelport-node"
+        ref = names["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "mp-keys", "key": "AWS_SECRET_ACCESS_KEY", "optional": True}
+    # the head comment says how the gateways reach it
+    assert "--set MODELPORT_REPLICAS=ray://rc-head-svc.ml.svc:6379" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--name", "Ray_Cluster"], "--name 'Ray_Cluster' is not a DNS label"),
+        (["--gpus", "-1"], "--gpus must be 0 or more"),
+        (["--ray-version", "latest"], "--ray-version 'latest' is not a version"),
+    ],
+)
+def test_bad_raycluster_options_are_refused_with_a_reason(args, says):
+    result = CliRunner().invoke(main, ["k8s", "ray", "--image", "img:1", *args])
+    assert result.exit_code == 2
+    assert says in " ".join(result.output.split())
+    assert "apiVersion" not in result.output

@@ -92,4 +92,62 @@ def render(
         err_console.print(f"Wrote {output}: ConfigMap, Deployment ({gateways}), Service")
 
 
+@k8s.command("ray")
+@click.option("--image", required=True, help="Container image with modelport[ray] installed.")
+@click.option("--name", default="modelport-ray", show_default=True, help="The RayCluster's name.")
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--workers", default=2, show_default=True, type=int, help="Worker pods (nodes).")
+@click.option("--cpu", default="4", show_default=True, help="CPU of a worker pod.")
+@click.option("--memory", default="16Gi", show_default=True, help="Memory of a worker pod.")
+@click.option("--gpus", default=0, show_default=True, type=int, help="GPUs of a worker pod.")
+@click.option(
+    "--secret",
+    default="modelport",
+    show_default=True,
+    help="Secret holding the AWS_* keys of the store (never rendered).",
+)
+@click.option("--ray-version", default="2.60.0", show_default=True, help="The pods' Ray.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def ray(
+    image: str,
+    name: str,
+    namespace: str,
+    workers: int,
+    cpu: str,
+    memory: str,
+    gpus: int,
+    secret: str,
+    ray_version: str,
+    output: Path | None,
+) -> None:
+    """A KubeRay RayCluster whose nodes run the gateways' replicas, as YAML (stdout or -o)."""
+    from modelport.k8s import RayOptions, check_ray, ray_address, ray_to_yaml, render_ray
+
+    opts = RayOptions(
+        image=image,
+        name=name,
+        namespace=namespace,
+        workers=workers,
+        cpu=cpu,
+        memory=memory,
+        gpus=gpus,
+        secret=secret,
+        ray_version=ray_version,
+    )
+    problems = check_ray(opts)
+    if problems:
+        for problem in problems:
+            err_console.print(f"[red]error:[/] {problem}")
+        sys.exit(2)
+    text = ray_to_yaml(render_ray(opts), opts)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        err_console.print(
+            f"Wrote {output}: RayCluster {name} ({workers} workers); gateways: "
+            f"--set MODELPORT_REPLICAS={ray_address(opts)}"
+        )
+
+
 COMMANDS = [k8s]
