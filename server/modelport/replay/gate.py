@@ -63,6 +63,7 @@ async def check_promotion(
 def promotion_gate(db: Database):
     """``check_promotion`` as the deployer's ``replay_gate`` hook takes it: (model, report id,
     the candidate's deployment row); the primary is the model's current deployment."""
+
     async def gate(model, report_id: int, candidate: Row) -> None:
         model_id = model["id"] if isinstance(model, dict) else model.id
         primary = await deployment_rows.current(db, model_id)
