@@ -183,7 +183,12 @@ class Services:
             backend=backend,
         )
         self.routes = Routes(self.supervisor)
-        self.monitor = Monitor(self.db, self.supervisor, self.routes)
+        self.monitor = Monitor(
+            self.db,
+            self.supervisor,
+            self.routes,
+            capture_keep_s=settings.capture_retention_days * 86_400.0,
+        )
         self.models = Models(self.db, self.auth, self.routes, self.monitor.recorder)
         self._jobs: list[asyncio.Task] = []
 

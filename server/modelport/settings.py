@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # CRAN-like repositories their r-requirements.txt resolves against (MODELPORT_R_REPOS)
     rscript: str = "Rscript"
     r_repos: list[str] = msgspec.field(default_factory=lambda: ["https://cloud.r-project.org"])
+    # Captured requests and replay reports (they may hold personal data) are deleted after this
+    # many days (MODELPORT_CAPTURE_RETENTION_DAYS)
+    capture_retention_days: int = 14
     # Web
     cors_origins: list[str] = []
     # The artifact store: None for the local one in the data dir; MODELPORT_STORE_URL
@@ -200,6 +203,7 @@ ENV_NUMBERS = (
     ("archive_max_ratio", 1),
     ("busy_poll_us", 0),
     ("build_workers", 1),
+    ("capture_retention_days", 1),
     ("max_response_mb", 1),
     ("reconcile_s", 1),
 )

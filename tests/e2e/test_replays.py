@@ -153,3 +153,10 @@ def test_the_cli_replays_waits_and_prints_the_report(rp):
     assert refused.returncode != 0 and "schema.breaking" in refused.stderr + refused.stdout
     listed = run("replays", "rp", "--build", str(rp.same))
     assert listed.returncode == 0 and f"#{rp.one} → #{rp.same}" in listed.stdout
+
+
+def test_the_store_counts_captures_and_reports(rp):
+    replay(rp, from_build=rp.one, to_build=rp.one)
+    stats = rp.c.get("/api/v1/store").json()
+    assert stats["captures"] == 11 and stats["capture_bytes"] > 11 * len('{"a":0}')
+    assert stats["replay_reports"] >= 1 and stats["replay_report_bytes"] > 0

@@ -164,3 +164,48 @@ def test_captures_kept_per_build_and_pruned(env):
         await db.close()
 
     run(main())
+
+
+def test_captures_and_replay_reports_go_after_the_capture_retention(registry):
+    from modelport.registry import replays as report_rows
+
+    async def main():
+        db = await registry.open()
+        await db.execute(
+            "INSERT INTO models (name, owner, access_key_hash, created_at, updated_at)"
+            " VALUES ('m', 'admin', 'x', 'now', 'now')"
+        )
+        routes = Routes()
+        routes.set_model("m")
+        clock = Clock()
+        monitor = Monitor(
+            db, SimpleNamespace(groups=set(), active={}), routes, clock=clock, capture_keep_s=86_400
+        )
+        group = SimpleNamespace(spec=SimpleNamespace(capture_percent=100.0, capture_max_bytes=99))
+        monitor.on_result(Outcome("m", 1, 200, 0.01, "c0", {}, group, None, b"{}", b"1"))
+        await monitor.flush_pending()
+        await report_rows.create(
+            db,
+            model_id=1,
+            from_build=1,
+            to_build=1,
+            source="capture",
+            since=0.0,
+            until=1.0,
+            max_requests=1,
+            rtol=0.0,
+            atol=0.0,
+            created_by="t",
+            at=clock.t,
+        )
+        clock.t += 3600
+        await monitor.prune(clock.t)  # within a day: both kept
+        assert len(await monitor.captures(1, 1, after_id=None, limit=10)) == 1
+        assert (await report_rows.stats(db))[0] == 1
+        clock.t += 86_400
+        await monitor.prune(clock.t)  # past a day: both gone, the series kept 14 days
+        assert await monitor.captures(1, 1, after_id=None, limit=10) == []
+        assert await report_rows.stats(db) == (0, 0)
+        await db.close()
+
+    run(main())

@@ -9,9 +9,11 @@ import msgspec
 from litestar import Request, get, post
 from litestar.params import QueryParameter
 
-from modelport.api.common import BuilderDep, DbDep, SettingsDep, StoreDep, who
+from modelport.api.common import BuilderDep, DbDep, MonitorDep, SettingsDep, StoreDep, who
 from modelport.builder.projects import Folder
 from modelport.registry import audit
+from modelport.registry import captures as capture_rows
+from modelport.registry import replays as report_rows
 from modelport.registry.builds import in_use
 from modelport.upkeep import GcDone, collect, verify
 
@@ -19,6 +21,11 @@ from modelport.upkeep import GcDone, collect, verify
 class StoreStatus(msgspec.Struct):
     objects: int
     bytes: int
+    # in the registry, counted apart since they may hold personal data (capture_retention_days)
+    captures: int = 0
+    capture_bytes: int = 0
+    replay_reports: int = 0
+    replay_report_bytes: int = 0
 
 
 class VerifyResult(msgspec.Struct):
@@ -30,10 +37,14 @@ class VerifyResult(msgspec.Struct):
 
 
 @get("/api/v1/store", opt={"perm": "admin"}, tags=["store"])
-async def store_status(store: StoreDep) -> StoreStatus:
-    """How many objects the artifact store holds, and their bytes on disk."""
+async def store_status(db: DbDep, monitor: MonitorDep, store: StoreDep) -> StoreStatus:
+    """How many objects the artifact store holds and their bytes on disk; the captured requests
+    and replay reports the registry holds, and their bytes."""
     stats = await asyncio.to_thread(store.stats)
-    return StoreStatus(stats.objects, stats.bytes)
+    await monitor.flush_pending()
+    captures, capture_bytes = await capture_rows.stats(db)
+    reports, report_bytes = await report_rows.stats(db)
+    return StoreStatus(stats.objects, stats.bytes, captures, capture_bytes, reports, report_bytes)
 
 
 @post("/api/v1/store/verify", opt={"perm": "admin"}, tags=["store"], status_code=200)

@@ -11,6 +11,7 @@ from modelport.errors import disk_full
 from modelport.registry import builds as build_rows
 from modelport.registry import captures as capture_rows
 from modelport.registry import metric_points as point_rows
+from modelport.registry import replays as report_rows
 from modelport.registry import tracked as tracked_rows
 from modelport.registry.db import Database, Row
 from modelport.registry.rows import BuildCount
@@ -50,12 +51,16 @@ class Monitor:
         max_tracked_rows: int = 1_000_000,
         captures_per_build: int = 1_000,
         prune_every_s: float = 600.0,
+        capture_keep_s: float = 14 * 86_400.0,
     ) -> None:
         self.db, self.supervisor, self.routes = db, supervisor, routes
         self.retention = retention or Retention()
         self.clock = clock
         self.max_tracked_rows, self.captures_per_build = max_tracked_rows, captures_per_build
         self.prune_every_s = prune_every_s
+        # captures and replay reports may hold personal data: kept this long
+        # (capture_retention_days)
+        self.capture_keep_s = capture_keep_s
         self.recorder = Recorder(
             known=routes.__contains__, current_build=self._serving_build, clock=clock
         )
@@ -229,12 +234,14 @@ class Monitor:
                 await point_rows.delete_older(conn, src, before)
 
     async def prune(self, now: float) -> None:
-        """Anything past ``keep_s`` goes; tracked metrics and captures are bounded in count too."""
+        """Anything past ``keep_s`` goes, captures and replay reports past ``capture_keep_s``;
+        tracked metrics and captures are bounded in count too."""
         before = now - self.retention.keep_s
         async with self.db.write() as conn:
             await point_rows.delete_older(conn, None, int(before))
             await tracked_rows.prune(conn, before, self.max_tracked_rows)
-            await capture_rows.prune(conn, before, self.captures_per_build)
+            await capture_rows.prune(conn, now - self.capture_keep_s, self.captures_per_build)
+            await report_rows.prune(conn, now - self.capture_keep_s)
 
     # -- queries ----------------------------------------------------------------------------------
 
