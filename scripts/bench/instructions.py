@@ -2,15 +2,20 @@
 """The server's instructions per prediction (valgrind's callgrind), for before/after comparisons
 that wall time on a busy machine cannot make.
 
-    scripts/bench/instructions.py [--requests 2000] [--replicas 1]
+    scripts/bench/instructions.py [--requests 2000] [--replicas 1] [--side server|replica]
 
 A server of the hot path alone (uvicorn's httptools protocol with the prediction lane, the
 gateway with an access key and the metrics recorder, a group of `a + b` replicas; no Litestar)
 runs under callgrind with collection off; after a warm-up, collection is switched on for
 ``--requests`` sequential keep-alive requests from a client in this process, then dumped. Busy
-polling is off (spinning would count as work). The replicas run outside valgrind. Figures:
-instructions (Ir) of the server process per request, everything it runs included (the event
-loop, the kernel's side excepted). Valgrind (Debian's package) is installed when missing.
+polling is off (spinning would count as work), and so are pings and log checks (periodic work,
+whose share per request would follow the machine's load). With ``--side server`` (the default)
+the server runs under valgrind and the replicas outside it; with ``--side replica`` the one
+replica does (``--replicas 1``: it takes every request) and the server runs as usual. Figures:
+instructions (Ir) of that process per request, everything it runs included (the event loop; not
+the kernel's side: a system call's own cost, seccomp's filter among it, is not counted). Valgrind
+(Debian's package) is installed when missing. ``--keep FILE`` keeps callgrind's dump for
+``callgrind_annotate`` (per C function; Python functions show as the interpreter's).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ KEY = "mp_key_instructions"
 BODY = b'{"a": 1.5, "b": 2.25}'
 
 
-def serve(port: int, tmp: Path, replicas: int) -> None:
-    """The server (run under callgrind): prints "ready" once it answers."""
+def serve(port: int, tmp: Path, replicas: int, python: str) -> None:
+    """The server (run under callgrind, or with its replicas run by ``python``, a wrapper that
+    runs them under it): prints "ready" and its replicas' pids once it answers."""
     sys.path.insert(0, str(ROOT / "server"))
     import uvicorn
     import uvloop
@@ -55,12 +61,16 @@ def serve(port: int, tmp: Path, replicas: int) -> None:
         sup = Supervisor(
             runtime_dir=ensure_runtime(tmp),
             logs_dir=tmp / "logs",
-            tuning=Tuning(busy_poll_us=0, boot_timeout_s=600),
+            # no pings or log checks during the run: periodic work, whose share of a request
+            # would follow how long the run takes (the machine's load), not the request's path
+            tuning=Tuning(
+                busy_poll_us=0, boot_timeout_s=600, ping_interval_s=3600, log_check_s=3600
+            ),
         )
         spec = GroupSpec(
             model="add",
             build=1,
-            python=sys.executable,
+            python=python,
             project=str(ROOT / "tests/models/add"),
             entry="model.py:predict",
             digest="sha256:" + "ab" * 32,
@@ -88,7 +98,8 @@ def serve(port: int, tmp: Path, replicas: int) -> None:
         task = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.05)
-        print("ready", flush=True)
+        pids = [r.pid for g in sup.groups for r in g.replicas]
+        print("ready", *pids, flush=True)
         await task
         await sup.shutdown(5)
 
@@ -117,12 +128,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--side", choices=("server", "replica"), default="server")
     ap.add_argument("--keep", type=Path, help="copy callgrind's dump here (callgrind_annotate)")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server's own process
     ap.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, args.tmp, args.replicas)
+        serve(args.serve, args.tmp, args.replicas, args.python)
         return
     if not shutil.which("valgrind"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
@@ -131,12 +144,21 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         out = Path(tmp) / "callgrind.out"
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        python = sys.executable
+        if args.side == "replica":  # the replicas' interpreter: valgrind running this Python
+            wrapper = Path(tmp) / "python-under-callgrind"
+            wrapper.write_text(
+                f"#!/bin/sh\nexec {' '.join(valgrind)} --callgrind-out-file={out} "
+                f'{sys.executable} "$@"\n'
+            )
+            wrapper.chmod(0o755)
+            valgrind, python = [], str(wrapper)
+        else:
+            valgrind.append(f"--callgrind-out-file={out}")
         proc = subprocess.Popen(
             [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}",
+                *valgrind,
                 sys.executable,
                 __file__,
                 "--serve",
@@ -145,6 +167,8 @@ def main() -> None:
                 tmp,
                 "--replicas",
                 str(args.replicas),
+                "--python",
+                python,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -153,23 +177,20 @@ def main() -> None:
         )
         try:
             deadline = time.monotonic() + 600
-            while "ready" not in (proc.stdout.readline() or ""):
+            while not (line := proc.stdout.readline() or "").startswith("ready"):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the server did not start")
+            measured = str(proc.pid) if args.side == "server" else line.split()[1]
             client(port, 300)  # warm-up (imports, caches, the recorder's first bucket)
             subprocess.run(
-                ["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True
+                ["callgrind_control", "-i", "on", measured], check=True, capture_output=True
             )
             client(port, 50)  # the code retranslated with instrumentation
-            subprocess.run(
-                ["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True
-            )
+            subprocess.run(["callgrind_control", "-z", measured], check=True, capture_output=True)
             client(port, args.requests)
-            subprocess.run(
-                ["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True
-            )
+            subprocess.run(["callgrind_control", "-d", measured], check=True, capture_output=True)
             total = 0
-            for _ in range(100):  # the dump is written by the server's process
+            for _ in range(100):  # the dump is written by the measured process
                 dumps = list(Path(tmp).glob("callgrind.out.*"))
                 found = dumps and re.search(r"^totals: (\d+)", dumps[0].read_text(), re.M)
                 if found:
@@ -179,10 +200,11 @@ def main() -> None:
                     break
                 time.sleep(0.1)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(60)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
         print(
-            f"{total / args.requests:,.0f} instructions per request "
+            f"{total / args.requests:,.0f} instructions per request in the {args.side} "
             f"({args.requests} requests, {args.replicas} replica(s))"
         )
 

@@ -112,6 +112,15 @@ class Harness:
     def run(self, coro, timeout: float = 60):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def last_outcome(self) -> Outcome:
+        """The last prediction's outcome, read on the server's loop: the lane records it just
+        after writing the answer, which the client may have read already."""
+
+        async def last() -> Outcome:
+            return self.results[-1]
+
+        return self.run(last())
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
@@ -163,7 +172,7 @@ def test_predict_rotates_and_sets_headers(hx, client):
         headers={**bearer(KEYS["add"]), "X-Request-Id": "my-request-1"},
     )
     assert r.headers["x-request-id"] == "my-request-1"
-    last = hx.results[-1]
+    last = hx.last_outcome()
     assert (last.model, last.build, last.status, last.request_id) == ("add", 1, 200, "my-request-1")
 
 
@@ -365,6 +374,6 @@ def test_metrics_reach_the_on_result_hook(hx, client):
     hx.routes.set_model("metrics", auth=False)
     r = client.post("/models/metrics/predict", json={"x": 2}, headers={"X-Request-Id": "m-1"})
     assert r.json() == 4.0 and r.headers["x-model-build"] == "4"
-    last = hx.results[-1]
+    last = hx.last_outcome()
     assert (last.model, last.build, last.status, last.request_id) == ("metrics", 4, 200, "m-1")
     assert last.metrics == {"input": 2.0, "doubled": 4.0} and 0 < last.seconds < 5

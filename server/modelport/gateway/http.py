@@ -37,6 +37,7 @@ log = logging.getLogger("modelport.gateway")
 
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CLOSE = b"connection: close\r\n"
+_SLASH = ord("/")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INTERNAL = b'{"error":{"code":"internal","message":"Internal server error."}}'
 
@@ -47,7 +48,7 @@ def _is_prediction_path(path: bytes) -> bool:
     return (
         path[:8] == b"/models/"
         and path[-8:] == b"/predict"
-        and b"/" not in path[8:-8]
+        and _SLASH not in path[8:-8]  # (an int: `b"/" in` would first try b"/" as one)
         and len(path) > 16
     )
 
@@ -216,10 +217,11 @@ class PredictionProtocol(HttpToolsProtocol):
         head: list[bytes] = []
         gateway = self.gateway
         assert gateway is not None  # a lane starts only when there is a gateway
+        outcome = None
         try:
-            answer = await gateway.answer(scope, BY_KEY if path == "/model" else path[8:-8], body)
-            assert answer is not None  # None only when reading the body, here already, fails
-            status, headers, out = answer
+            handled = await gateway.handle(scope, BY_KEY if path == "/model" else path[8:-8], body)
+            assert handled is not None  # None only when reading the body, here already, fails
+            (status, headers, out), outcome = handled
             head.append(_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode())
             for name, value in self.server_state.default_headers:
                 head.extend((name, b": ", value, b"\r\n"))
@@ -244,6 +246,11 @@ class PredictionProtocol(HttpToolsProtocol):
         head.append(out)
         reply.data, reply.keep_alive = b"".join(head), keep_alive
         self._write_answers()
+        if outcome is not None and gateway.on_result is not None:  # counted once it is sent
+            try:
+                gateway.on_result(outcome)
+            except Exception:
+                log.exception("recording a prediction failed")
 
     def _write_answers(self) -> None:
         """Write the answers that are ready, in the order their requests came (pipelining)."""
