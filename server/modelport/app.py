@@ -240,7 +240,13 @@ class Services:
         log.info("replicas run on: %s", (s.replicas and f"ray://{s.replicas}") or "local")
         await self.deployer.restore()
         self.cluster = Cluster(
-            self.db, self.auth, self.models, self.deployer, reconcile_s=s.reconcile_s
+            self.db,
+            self.auth,
+            self.models,
+            self.deployer,
+            node=s.node,
+            address=s.advertise_url or s.url,
+            reconcile_s=s.reconcile_s,
         )
         self.cluster.start()
         self._tokens_seen = await asyncio.to_thread(_mtime, s.run_dir / TOKENS_CHANGED)

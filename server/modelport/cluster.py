@@ -8,6 +8,13 @@ Every write that changes what a server keeps in memory notifies a topic in its t
 part from the registry: a reload reads what is committed, so whichever order notifications come
 in, the last reload leaves the server as the registry is. Topics heard while a reload runs are
 taken together by the next. On SQLite (one server) nothing is heard and nothing runs here.
+
+One server at a time is the controller: it holds a session advisory lock on a connection of its
+own (`Database.lead`), takes a new term in the registry when it gets it, and settles what a
+server that is gone left half-way (`Deployer.settle`), every write of it checking the term
+(`servers.Fenced`: another server leads now, this one stops acting). Every server writes a
+heartbeat each HEARTBEAT_S with the address others forward predictions to; a server not seen for
+LIVE_S is gone.
 """
 
 from __future__ import annotations
@@ -19,13 +26,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from modelport.auth import Auth
+from modelport.clock import now_iso
 from modelport.models import Models
+from modelport.registry import servers
 from modelport.registry.db import Database, RegistryUnreachable
 from modelport.serving.deployer import Deployer
 
 log = logging.getLogger("modelport.cluster")
 
 TOPICS = ("models", "tokens", "deployments")
+HEARTBEAT_S = 1.0
+LIVE_S = 5.0  # a server not seen for this long is gone: its half-way rollouts are settled
 
 
 class Cluster:
@@ -38,9 +49,14 @@ class Cluster:
         models: Models,
         deployer: Deployer,
         *,
+        node: str,
+        address: str,
         reconcile_s: float = 10.0,
     ) -> None:
         self.db, self.reconcile_s = db, reconcile_s
+        self.node, self.address, self.deployer = node, address, deployer
+        self.term: int | None = None  # while this server is the controller
+        self.started_at = now_iso()
         self._reloads: dict[str, Callable[[], Awaitable[None]]] = {
             "models": models.reload,
             "tokens": auth.load,
@@ -62,6 +78,8 @@ class Cluster:
             asyncio.create_task(self.db.listen(self.heard, self.everything)),
             asyncio.create_task(self._reload_loop()),
             asyncio.create_task(self._periodic()),
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self.db.lead("controller", self._leading)),
         ]
 
     async def close(self) -> None:
@@ -71,6 +89,45 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self.shared:
+            with contextlib.suppress(Exception):  # no longer a forwarding target, at once
+                await servers.leave(self.db, self.node)
+
+    async def _leading(self, held: bool) -> None:
+        if not held:
+            if self.term is not None:
+                log.warning("%s is no longer the controller (term %d)", self.node, self.term)
+            self.term = None
+            return
+        while self.term is None:
+            try:
+                self.term = await servers.take_lead(self.db, self.node)
+            except RegistryUnreachable:
+                await asyncio.sleep(HEARTBEAT_S)
+        log.info("%s is the controller (term %d)", self.node, self.term)
+
+    async def _heartbeats(self) -> None:
+        said = ""
+        while True:
+            try:
+                await servers.heartbeat(self.db, self.node, self.address, self.started_at)
+                term = self.term
+                if term is not None:
+                    live = {r["node"] for r in await servers.live(self.db, LIVE_S)}
+                    settled = await self.deployer.settle(term, live)
+                    if settled:
+                        log.info("settled %d deployments left half-way by a gone server", settled)
+                said = ""
+            except servers.Fenced as exc:
+                log.warning("%s stops acting as the controller: %s", self.node, exc)
+                self.term = None
+            except RegistryUnreachable as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    log.warning("heartbeat: %s", exc)
+            except Exception:
+                log.exception("the heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_S)
 
     def heard(self, topic: str) -> None:
         if topic in self._reloads:

@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Servers sharing a PostgreSQL registry hear each other's changes at once (LISTEN/NOTIFY) and
     # reload everything from it every reconcile_s seconds besides (MODELPORT_RECONCILE_S)
     reconcile_s: int = 10
+    # Where other servers of the registry reach this one (MODELPORT_ADVERTISE_URL, forwarded
+    # predictions); default http://host:port as it binds
+    advertise_url: str | None = None
 
     @property
     def registry_path(self) -> Path:
@@ -133,6 +136,8 @@ class Settings(msgspec.Struct, kw_only=True):
             values["replicas"] = replicas_url(env["MODELPORT_REPLICAS"])
         if env.get("MODELPORT_SECRET_KEY_FILE"):
             values["secret_key_file"] = Path(env["MODELPORT_SECRET_KEY_FILE"]).expanduser()
+        if env.get("MODELPORT_ADVERTISE_URL"):
+            values["advertise_url"] = advertise_url(env["MODELPORT_ADVERTISE_URL"])
         if env.get("MODELPORT_RSCRIPT"):
             values["rscript"] = env["MODELPORT_RSCRIPT"]
         if env.get("MODELPORT_R_REPOS"):
@@ -165,6 +170,19 @@ def store_url(url: str) -> str:
         return check_url(url)
     except ValueError as exc:
         raise SettingError(f"MODELPORT_STORE_URL: {exc}") from None
+
+
+def advertise_url(url: str) -> str:
+    """MODELPORT_ADVERTISE_URL: http(s)://host:port, without a path."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        raise SettingError(
+            f"MODELPORT_ADVERTISE_URL must be http://host:port (how other servers reach this "
+            f"one), not {url!r}"
+        )
+    return url.rstrip("/")
 
 
 def node_name(name: str) -> str:

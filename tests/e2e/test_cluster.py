@@ -149,3 +149,85 @@ def test_what_one_server_deploys_rolls_back_and_stops_the_other_serves(pair, tmp
     assert a.client().post("/api/v1/models/calc/stop").status_code == 200
     stopped, _ = until(lambda: (r := predict(b, "calc", key)).status_code == 404 and r)
     assert stopped.json()["error"]["code"] == "model.not_deployed"
+
+
+SLOW = {
+    "predict.py": "import os\nimport time\n\nif os.environ.get('SLOW_BOOT'):\n"
+    "    time.sleep(120)\n\n\ndef predict(a: float, b: float) -> float:\n    return a + b\n"
+}
+
+
+def leader(postgres, pg_url) -> tuple[str, int]:
+    node, term = postgres.psql(
+        "SELECT node, term FROM leadership", pg_url.rpartition("/")[2]
+    ).split("|")
+    return node, int(term)
+
+
+def test_the_controller_killed_under_load_another_takes_over_and_nothing_is_lost(
+    pair, postgres, pg_url, tmp_path
+):
+    import signal
+    import threading
+
+    a, b = pair
+    assert until(lambda: leader(postgres, pg_url)[0] == "a")[0]  # a started first
+    key = a.client().post("/api/v1/models", json={"name": "calc"}).json()["access_key"]
+    number = build(a, tmp_path, "calc", SLOW)
+    serving = deploy(a, "calc", number)
+    until(lambda: predict(b, "calc", key).status_code == 200)
+    # a rolls out a deployment that cannot be ready before a dies (its replicas boot for 120 s)
+    slow = a.client().post(
+        "/api/v1/models/calc/deployments",
+        json={"build": number, "env": {"SLOW_BOOT": "1"}},
+    )
+    assert slow.status_code == 202
+    until(
+        lambda: (
+            a.client().get(f"/api/v1/models/calc/deployments/{slow.json()['id']}").json()["status"]
+            == "deploying"
+        )
+    )
+
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                r = http.post(
+                    f"{b.url}/models/calc/predict",
+                    json={"a": 1, "b": 1},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                answers.append(r.status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        killed = time.monotonic()
+        a.stop(signal.SIGKILL)
+        (_, term), took_lead = until(
+            lambda: (found := leader(postgres, pg_url))[0] == "b" and found, timeout=30
+        )
+        assert term == 2
+        settled = wait_status(b, "calc", slow.json()["id"], "failed", timeout=60)
+        took_settle = time.monotonic() - killed
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    print(
+        f"a killed: b leads after {took_lead:.2f} s, a's half-way deployment settled "
+        f"{took_settle:.2f} s after the kill; {len(answers)} predictions on b meanwhile"
+    )
+    assert set(answers) == {200}, sorted(set(answers))  # b kept serving throughout
+    assert "server a, which rolled it out, is gone" in settled["reason"]
+    current = b.client().get("/api/v1/models/calc").json()
+    assert current["deployment"]["id"] == serving  # the one before still serves
+    again = deploy(b, "calc", number, replicas=2)  # and b manages alone now
+    assert b.client().get("/api/v1/models/calc").json()["deployment"]["id"] == again
+    assert predict(b, "calc", key).json() == 5.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
@@ -124,6 +124,12 @@ class Database(Protocol):
         (`Tx.notify`, this server's own included), ``connected()`` each time listening (re)starts
         (what was notified meanwhile is lost: the caller reloads everything). SQLite: returns at
         once (one server: nothing to hear)."""
+        ...
+
+    async def lead(self, name: str, held: Callable[[bool], Awaitable[None]]) -> None:
+        """Until cancelled: ``held(True)`` once this server alone holds the lock ``name`` among
+        those sharing the registry, ``held(False)`` when it lost it (its connection lost).
+        SQLite: one server, which holds it at once, for good."""
         ...
 
     def write(self, *, scrub: bool = False) -> AbstractAsyncContextManager[Tx]:
@@ -260,6 +266,9 @@ class SqliteDatabase:
 
     async def listen(self, heard: Callable[[str], None], connected: Callable[[], None]) -> None:
         return None  # one server per file (the data dir's lock): nobody else writes it
+
+    async def lead(self, name: str, held: Callable[[bool], Awaitable[None]]) -> None:
+        await held(True)  # the data dir's lock made this server the only one
 
     async def one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._read_lock, self._read().execute(sql, tuple(params)) as cur:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from modelport.clock import now_iso
-from modelport.registry import audit
+from modelport.registry import audit, servers
 from modelport.registry.db import Database, IntegrityError, Row, Tx
 from modelport.registry.records import (
     SETTING_NAMES,
@@ -178,9 +178,11 @@ async def create(
     sealer: Sealer,
     reason: str | None = None,
     schema_note: str | None = None,
+    node: str | None = None,
 ) -> Row:
     """A pending deployment; ``schema_note`` (how the input schema changed from the build
-    that served) goes into its created event and the audit entry."""
+    that served) goes into its created event and the audit entry; ``node``: the server that
+    rolls it out (the controller settles it if that server is gone before it served)."""
     noted = {"schema_note": schema_note} if schema_note else {}
     columns: dict[str, Any] = {
         "model_id": model_id,
@@ -201,6 +203,8 @@ async def create(
             f" VALUES ({','.join('?' * len(columns))}) RETURNING id",
             tuple(columns.values()),
         )
+        if node is not None:
+            await tx.execute("UPDATE deployments SET node = ? WHERE id = ?", (node, deployment_id))
         await _event(
             tx,
             deployment_id,
@@ -237,11 +241,15 @@ async def transition(
     reason: str | None = None,
     replicas: int | None = None,
     audited: tuple[str, str] | None = None,
+    term: int | None = None,
 ) -> None:
     """Record an event of a deployment and the status it leads to (``states.status_after``).
     ``at_restart``: the server's restart is the cause. ``audited`` (action, model name): a
-    person's change, in the audit trail in the same transaction."""
+    person's change, in the audit trail in the same transaction. ``term``: the controller's
+    write, refused (servers.Fenced) once another server leads."""
     async with db.write() as tx:
+        if term is not None:
+            await servers.check_term(tx, term)
         await _move(
             tx,
             deployment_id,

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -324,6 +324,44 @@ class PostgresDatabase:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def lead(self, name: str, held: Callable[[bool], Awaitable[None]]) -> None:
+        """Until cancelled: take the session advisory lock ``name`` on a connection of its own
+        (tried every LISTEN_CHECK_S / 2 while another session holds it), ``held(True)`` once it is
+        ours, and ``held(False)`` as soon as that connection is lost (the lock with it: another
+        server may hold it from then on); then try again."""
+        key, said = lock_key(name), ""
+        while True:
+            conn: asyncpg.Connection | None = None
+            ours = False
+            try:
+                conn = await asyncpg.connect(
+                    self.url,
+                    timeout=CONNECT_TIMEOUT_S,
+                    server_settings={"application_name": "modelport-lead"},
+                )
+                said = ""
+                # polled: the lock's holder may be another machine; no event tells us it let go
+                while not await conn.fetchval(  # noqa: ASYNC110
+                    "SELECT pg_try_advisory_lock($1)", key, timeout=LISTEN_CHECK_S
+                ):
+                    await asyncio.sleep(LISTEN_CHECK_S / 2)
+                ours = True
+                await held(True)
+                while True:
+                    await asyncio.sleep(LISTEN_CHECK_S / 2)
+                    await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_S)
+            except _LISTEN_LOST as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                if why != said:
+                    said = why
+                    log.warning("the %s lock's connection to %s: %s", name, self.where, why)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+                if ours:
+                    await held(False)
+            await asyncio.sleep(LISTEN_CHECK_S / 2)
 
     async def one(self, sql: str, params: Params = ()) -> Row | None:
         async with self._connection() as conn:

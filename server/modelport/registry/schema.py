@@ -295,4 +295,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX replay_reports_age ON replay_reports (at);
     ALTER TABLE deployments ADD COLUMN require_replay INTEGER NOT NULL DEFAULT 0;
     """,
+    # 11: several servers on one registry: each server's advertised address and when it was last
+    # seen (a heartbeat), the controller's term (fencing: the one leader's writes check it), and
+    # which server rolls each deployment out (what the leader settles when that server is gone)
+    """
+    CREATE TABLE servers (
+        node TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        seen_at TEXT NOT NULL
+    );
+    CREATE TABLE leadership (
+        name TEXT PRIMARY KEY,
+        term INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        since TEXT NOT NULL
+    );
+    ALTER TABLE deployments ADD COLUMN node TEXT;
+    """,
 ]

@@ -24,6 +24,8 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("captures", ("id",)),
     ("seal_check", ("id",)),
     ("replay_reports", ("id",)),
+    ("servers", ("node",)),
+    ("leadership", ("name",)),
 )
 PAGE = 500
 #: Tables keyed by an integer the database draws (an identity on PostgreSQL): a resumed copy

@@ -96,6 +96,7 @@ class Deployer:
             sealer=self.sealer,
             reason=reason,
             schema_note=note,
+            node=self.settings.node,
         )
         await self._give_up(model.name, f"replaced by deployment {row['id']} before it served")
         self._waiting[model.name].add(row["id"])
@@ -389,7 +390,12 @@ class Deployer:
     # -- startup and hooks -----------------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Serve again what served before the server stopped; settle what was half-way."""
+        """Serve again what served before the server stopped; settle what was half-way. On a
+        registry other servers share, this server only serves what is deployed (`follow`): what
+        was half-way is the controller's to settle (`settle`), once its server is gone."""
+        if self.db.dialect == "postgresql":
+            await self.follow()
+            return
         latest: dict[str, Row] = {}
         for row in await rows.to_restore(self.db):
             if row["status"] == "deployed":
@@ -440,6 +446,45 @@ class Deployer:
                     "failed",
                     reason=f"could not be restored: {exc}",
                 )
+
+    async def settle(self, term: int, live: set[str]) -> int:
+        """The controller's part (one server at a time, in its ``term``): the deployments left
+        half-way by a server that is gone (not in ``live``; this one's own that it is not rolling
+        out any more, after a restart) are settled — one that never served is interrupted (the
+        one before it still serves), one stopping is stopped. Each write checks the term
+        (servers.Fenced once another server leads). The number settled."""
+        busy = set(self._holding.values()) | {i for ids in self._waiting.values() for i in ids}
+        settled = 0
+        for row in await rows.to_restore(self.db):
+            node = row.get("node")
+            if row["status"] == "deployed" or row["id"] in busy:
+                continue
+            if node in live and node != self.settings.node:
+                continue  # its server is rolling it out
+            ours = node == self.settings.node
+            if row["status"] == "stopping":
+                await rows.transition(
+                    self.db,
+                    row["id"],
+                    "stopped",
+                    reason="stopped (the server restarted while stopping)"
+                    if ours
+                    else f"stopped (server {node} stopped while stopping it)",
+                    term=term,
+                )
+            else:
+                await rows.transition(
+                    self.db,
+                    row["id"],
+                    "interrupted",
+                    at_restart=True,
+                    reason="interrupted by a server restart before it took traffic"
+                    if ours
+                    else f"interrupted: server {node}, which rolled it out, is gone",
+                    term=term,
+                )
+            settled += 1
+        return settled
 
     # -- what another server changed ----------------------------------------------------------
 
