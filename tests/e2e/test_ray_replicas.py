@@ -438,12 +438,10 @@ class Partitioned:
     node in a network namespace on the other end (10.231.N.1 / .2), started by `ray start
     --block` (ours, ended by pid: every process under them and in the namespace)."""
 
-    def __init__(self, tmp: Path) -> None:
-        import json
+    def __init__(self) -> None:
         import random
-        import sys
 
-        from tests.conftest import RAY_HEALTH_CHECKS, free_port
+        from tests.conftest import free_port
 
         self.net = random.randint(1, 250)
         tag = f"{os.getpid() % 10000}{self.net}"
@@ -453,6 +451,13 @@ class Partitioned:
         self.temp = Path(tempfile.mkdtemp(prefix="mp-rayp-", dir="/tmp"))
         self.nodes_dir = self.temp / "nodes"
         self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        import json
+        import sys
+
+        from tests.conftest import RAY_HEALTH_CHECKS, free_port
+
         self._ip("netns", "add", self.ns)
         self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
         self._ip("link", "set", self.ns_if, "netns", self.ns)
@@ -478,7 +483,7 @@ class Partitioned:
         node = ["ip", "netns", "exec", self.ns, ray, "start", "--address", self.address]
         node += ["--node-ip-address", self.node_ip, "--resources", '{"node2": 1}']
         self._start([*node, *common], env)
-        self._wait_nodes(2, 90)
+        self._wait_nodes(2, 300)
 
     @property
     def address(self) -> str:
@@ -506,23 +511,23 @@ class Partitioned:
         _wait_for(up, timeout, f"the Ray head on {host}:{port}")
 
     def _wait_nodes(self, count: int, timeout: float) -> None:
+        """Until ``count`` nodes are alive (one driver that joins once and looks every 0.5 s:
+        joining alone took 30 s here with the machine loaded)."""
         import sys
 
         probe = (
-            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+            "import ray, sys, time; ray.init(address=sys.argv[1], log_to_driver=False)\n"
+            "while sum(1 for n in ray.nodes() if n['Alive']) < int(sys.argv[2]):\n"
+            "    time.sleep(0.5)\n"
+            "print('alive')"
         )
-
-        def alive() -> bool:
-            out = subprocess.run(
-                [sys.executable, "-c", probe, self.address],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            return out.stdout.strip().endswith(str(count))
-
-        _wait_for(alive, timeout, f"{count} Ray nodes alive")
+        out = subprocess.run(
+            [sys.executable, "-c", probe, self.address, str(count)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert out.stdout.strip() == "alive", out.stderr[-2000:]
 
     def cut(self) -> None:
         """The link down on the namespace's side: the node neither answers nor says so."""
@@ -547,7 +552,21 @@ class Partitioned:
         listed = subprocess.run(
             ["ip", "netns", "pids", self.ns], capture_output=True, text=True, timeout=30
         ).stdout.split()
-        return found | {int(p) for p in listed if p.isdigit()}
+        return found | {int(p) for p in listed if p.isdigit()} | self._marked()
+
+    def _marked(self) -> set[int]:
+        """Processes whose environment names our temp dir (Ray's agents outlive their raylet,
+        re-parented away from the tree)."""
+        mark, found = f"RAY_TMPDIR={self.temp}".encode(), set()
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != os.getpid():
+                try:
+                    with open(f"/proc/{name}/environ", "rb") as f:
+                        if mark in f.read().split(b"\0"):
+                            found.add(int(name))
+                except OSError:
+                    continue
+        return found
 
     def close(self) -> None:
         import signal
@@ -575,11 +594,12 @@ def _netns_possible() -> str:
 
 
 @pytest.fixture
-def partitioned(tmp_path):
+def partitioned():
     if why := _netns_possible():
         pytest.skip(why)
-    cluster = Partitioned(tmp_path)
+    cluster = Partitioned()
     try:
+        cluster.start()
         yield cluster
     finally:
         cluster.close()
