@@ -5,6 +5,7 @@ const TONES = {
   ready: "ok",
   success: "ok",
   pending: "info",
+  candidate: "info",
   deploying: "info",
   building: "info",
   starting: "info",
