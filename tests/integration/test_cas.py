@@ -207,6 +207,18 @@ def test_missing_object(store, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_reader_of_exactly_its_size_gets_the_verdict(store):
+    """A copy of exactly `size` bytes (as tarfile copies an export's member) never asks for EOF:
+    a byte changed in place is still refused, with the last bytes."""
+    r = store.put_bytes(RAW)
+    damage_object(store, r.digest, flip)
+    size = store.size(r.digest)
+    with pytest.raises(CorruptObject, match=r.digest), store.open(r.digest) as f:
+        left = size
+        while left:
+            left -= len(f.read(min(left, 16 << 10)))
+
+
 @pytest.mark.parametrize("data", [SMALL, RAW, ZST], ids=["small", "raw", "zstd"])
 @pytest.mark.parametrize("damage", [flip, truncate, cut_header, wrong_size])
 def test_corruption_detected(store, tmp_path, data, damage):

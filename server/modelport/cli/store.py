@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
+from rich.markup import escape
 
 from modelport.cli.common import console, err_console, json_option, print_json
 
@@ -13,6 +16,20 @@ def _settings(data_dir: str | None):
     from modelport.settings import Settings
 
     return Settings.from_env(data_dir=data_dir)
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """A store's S3 server or a registry's PostgreSQL that does not answer: one line naming it,
+    exit 1 (no traceback)."""
+    from modelport.registry.db import RegistryUnreachable
+    from modelport.store.objects import StoreUnreachable
+
+    try:
+        yield
+    except (StoreUnreachable, RegistryUnreachable) as exc:
+        err_console.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
 
 
 @click.command()
@@ -34,13 +51,14 @@ def verify(data_dir: str | None, quarantine: bool, repair: bool, as_json: bool) 
 
     settings = _settings(data_dir)
     store = open_store(settings.store_dir, settings.store_url)
-    found = upkeep.verify(
-        store,
-        Projects(store, settings.data_dir),
-        in_use_read_only(settings.database_url, settings.registry_path),
-        quarantine=quarantine,
-        repair=repair,
-    )
+    with _reachable():
+        found = upkeep.verify(
+            store,
+            Projects(store, settings.data_dir),
+            in_use_read_only(settings.database_url, settings.registry_path),
+            quarantine=quarantine,
+            repair=repair,
+        )
     if as_json:
         print_json(
             {
@@ -94,13 +112,14 @@ def gc(data_dir: str | None, grace_s: int, as_json: bool) -> None:
         err_console.print(f"[red]error[/red] {exc}")
         sys.exit(1)
     try:
-        done = upkeep.collect(
-            open_store(settings.store_dir, settings.store_url),
-            settings.data_dir,
-            in_use_read_only(settings.database_url, settings.registry_path),
-            grace_s=grace_s,
-            stopped=True,
-        )
+        with _reachable():
+            done = upkeep.collect(
+                open_store(settings.store_dir, settings.store_url),
+                settings.data_dir,
+                in_use_read_only(settings.database_url, settings.registry_path),
+                grace_s=grace_s,
+                stopped=True,
+            )
     finally:
         lock.release()
     if as_json:

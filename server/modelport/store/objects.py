@@ -224,7 +224,8 @@ def read_header(f: BinaryIO, hexd: str, path: Path | str) -> int:
 class ObjectReader(io.RawIOBase):
     """Decompresses and re-hashes while read; at EOF raises CorruptObject unless all matches.
 
-    A caller that stops before EOF gets no verdict: read to the end to trust the bytes.
+    A wrong content is also raised as the last of the `size` bytes its header says is read (a
+    caller copying exactly `size` bytes gets the verdict); a caller that stops earlier gets none.
     `raw` is the stored object from its first byte; `where` names it in errors (default: its
     file's name); `on_corrupt` is called once it is found corrupt (a cache drops its copy).
     """
@@ -272,6 +273,10 @@ class ObjectReader(io.RawIOBase):
             self._got += len(data)
             if self._got > self.size:
                 raise self._fail(f"longer than the {self.size} bytes its header says")
+            if self._got == self.size and (actual := self._hash.hexdigest()) != self._hexd:
+                # the verdict with the last byte: a caller that reads exactly `size` bytes (a
+                # tar member's copy) never asks for EOF, and must not get wrong bytes unnoticed
+                raise self._fail(f"content hashes to sha256:{actual}")
             return data
         if self._got != self.size:
             raise self._fail(f"ends after {self._got} of the {self.size} bytes its header says")
