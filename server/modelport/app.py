@@ -45,6 +45,7 @@ from modelport.registry.db import RegistryUnreachable
 from modelport.registry.records import DEPLOYMENT_DEFAULTS
 from modelport.registry.sealed import Sealer
 from modelport.registry.tokens import count as token_count
+from modelport.replay.gate import promotion_gate
 from modelport.replay.runner import Replays
 from modelport.runtime_home import ensure_runtime, runtime_dir
 from modelport.sandboxing import Sandbox
@@ -189,6 +190,7 @@ class Services:
             self.routes,
             capture_keep_s=settings.capture_retention_days * 86_400.0,
         )
+        self.supervisor.on_shadow = self.monitor.recorder.on_shadow  # a shadow's pairs
         self.models = Models(self.db, self.auth, self.routes, self.monitor.recorder)
         self._jobs: list[asyncio.Task] = []
 
@@ -231,6 +233,7 @@ class Services:
         if sealed:
             log.info("sealed the env values of %d deployments written before sealing", sealed)
         self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
+        self.deployer.replay_gate = promotion_gate(self.db)  # promote --if-replay-matches
         self.replays = Replays(self.db, self.supervisor, self.deployer, self.monitor)
         await self.replays.open()
         self.admin_token = await first_start(self.auth, s)

@@ -338,6 +338,42 @@ class Client:
                 return found
             time.sleep(0.1)
 
+    def wait_candidate(
+        self, name: str, deployment_id: int, timeout: float = 600, on_status=None
+    ) -> dict:
+        """Poll until a candidate serves its share (its event candidate.ready), or failed or
+        stopped; return it."""
+        import time
+
+        deadline, seen = time.monotonic() + timeout, None
+        while True:
+            found = self.deployment(name, deployment_id)
+            if on_status and found["status"] != seen:
+                on_status(found)
+                seen = found["status"]
+            ready = any(e["kind"] == "candidate.ready" for e in found["events"])
+            if ready or found["status"] != "candidate" or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def traffic(self, name: str) -> dict:
+        """The split now: the candidate, the traffic, each build's share and live figures."""
+        return self.request("GET", f"/api/v1/models/{name}/deployments/current/traffic")
+
+    def set_traffic(self, name: str, candidate_percent: float) -> dict:
+        return self.request(
+            "PATCH",
+            f"/api/v1/models/{name}/deployments/current/traffic",
+            json={"candidate_percent": candidate_percent},
+        )
+
+    def promote(self, name: str, if_replay_matches: int | None = None) -> dict:
+        body = {"if_replay_matches": if_replay_matches} if if_replay_matches is not None else {}
+        return self.request("POST", f"/api/v1/models/{name}/promote", json=body)
+
+    def abort(self, name: str) -> dict:
+        return self.request("POST", f"/api/v1/models/{name}/abort")
+
     def scale(self, name: str, replicas: int) -> dict:
         return self.request(
             "PATCH", f"/api/v1/models/{name}/deployments/current", json={"replicas": replicas}

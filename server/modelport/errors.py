@@ -139,6 +139,18 @@ class ScaleFailed(Conflict):
     code = "deployment.scale_failed"
 
 
+class CandidateExists(Conflict):
+    """The model's current deployment has a candidate already (promote or abort it first)."""
+
+    code = "candidate.exists"
+
+
+class CandidateNone(Conflict):
+    """Promote, abort or a split change, and the current deployment has no candidate."""
+
+    code = "candidate.none"
+
+
 class SchemaBreaking(Conflict):
     """The build's input schema would refuse requests the serving build takes."""
 

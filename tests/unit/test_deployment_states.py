@@ -37,9 +37,16 @@ MOVES = {
     ("pending", "failed"): "failed",
     ("deploying", "failed"): "failed",
     ("deployed", "failed"): "failed",  # a restore that could not start
+    # a candidate (a canary or a shadow beside the current deployment)
+    (None, "candidate.created"): "candidate",
+    ("candidate", "promoted"): "deployed",
+    ("candidate", "aborted"): "stopped",
+    ("candidate", "replaced"): "stopped",  # a full replace ends the candidate too
+    ("candidate", "interrupted"): "stopped",
+    ("candidate", "failed"): "failed",
 }
 # A late report of a deployment already finished (by another server, a stop): it stays finished.
-LATE = ["deploying", "replaced", "stopping", "stopped", "interrupted", "failed"]
+LATE = ["deploying", "replaced", "stopping", "stopped", "interrupted", "failed", "aborted"]
 MOVES |= {(finished, kind): finished for finished in ("failed", "stopped") for kind in LATE}
 HISTORY_ONLY = {
     "scaled",
@@ -52,13 +59,18 @@ HISTORY_ONLY = {
     "restored",
     "group.failed",
     "replica.crashed",
+    "candidate.added",
+    "candidate.ready",
+    "candidate.failed",
+    "traffic",
+    "guard.tripped",
 }
 BEFORE = [None, *DEPLOYMENT_STATUSES]
 
 
 def test_every_event_kind_has_its_entry_and_no_other():
     assert set(LEADS_TO) == set(EVENT_KINDS)
-    assert len(EVENT_KINDS) == len(set(EVENT_KINDS)) == 18
+    assert len(EVENT_KINDS) == len(set(EVENT_KINDS)) == 26
     assert {kind for _, kind in MOVES} | HISTORY_ONLY == set(EVENT_KINDS)
     assert {kind for kind, moves in LEADS_TO.items() if moves is None} == HISTORY_ONLY
 
@@ -81,7 +93,7 @@ def test_the_illegal_moves_are_every_other_pair():
             status_after(status, kind)
         except IllegalMove:
             illegal.append((status, kind))
-    assert len(illegal) == len(BEFORE) * len(EVENT_KINDS) - len(MOVES) - 6 * len(HISTORY_ONLY)
+    assert len(illegal) == len(BEFORE) * len(EVENT_KINDS) - len(MOVES) - 7 * len(HISTORY_ONLY)
     assert ("stopped", "deployed") in illegal  # a finished deployment does not come back
     assert ("failed", "deployed") in illegal
     assert ("deployed", "deploying") in illegal
@@ -96,6 +108,8 @@ def test_the_servers_restart_fails_what_never_took_traffic(status, kind):
     if kind == "interrupted":
         if status in ("pending", "deploying"):
             assert status_after(status, kind, at_restart=True) == "failed"
+        elif status == "candidate":  # a candidate is only a trial: stopped, the primary serves
+            assert status_after(status, kind, at_restart=True) == "stopped"
         else:
             with pytest.raises(IllegalMove):
                 status_after(status, kind, at_restart=True)
@@ -125,7 +139,11 @@ def test_the_active_statuses_are_those_a_move_leaves_for_a_finished_one():
         s for (s, _), after in MOVES.items() if after in ("failed", "stopped") and s != after
     }
     assert set(ACTIVE_DEPLOYMENT) - {"stopping"} <= left_for_finished
-    assert set(ACTIVE_DEPLOYMENT) == set(DEPLOYMENT_STATUSES) - {"failed", "stopped"}
+    assert set(ACTIVE_DEPLOYMENT) == set(DEPLOYMENT_STATUSES) - {
+        "failed",
+        "stopped",
+        "candidate",
+    }
 
 
 def test_the_api_reference_names_only_these_strings():

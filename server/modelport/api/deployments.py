@@ -21,7 +21,7 @@ from modelport.api.common import (
     SupervisorDep,
     who,
 )
-from modelport.errors import DeploymentNotFound, ModelNotDeployed, NotFound
+from modelport.errors import DeploymentNotFound, ModelNotDeployed, NotFound, RequestInvalid
 from modelport.registry import deployments as rows
 from modelport.registry import models as model_rows
 from modelport.registry.db import Database
@@ -29,9 +29,11 @@ from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
 from modelport.registry.records import (
     DEPLOYMENT_DEFAULTS,
     Deployment,
+    Guard,
     Page,
     Placement,
     Replica,
+    Traffic,
 )
 from modelport.serving.procs import read_tail
 
@@ -100,6 +102,37 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
     ) = msgspec.UNSET
     placement: Annotated[Placement, _left_out("placement")] | Unset = msgspec.UNSET
     keep_current: bool = False
+    canary_percent: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0,
+                le=100,
+                description="Add the build as a candidate beside the current deployment, answering "
+                "this share of requests (the primary keeps serving the rest).",
+            ),
+        ]
+        | None
+    ) = None
+    shadow: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Add the build as a candidate that gets a copy of every request after "
+            "the primary answered (its answers are recorded, never returned)."
+        ),
+    ] = False
+    sticky_header: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[A-Za-z0-9-]{1,100}$",
+                description="A canary's callers "
+                "sticky by this header's value (e.g. X-User-Id): each always on the same build.",
+            ),
+        ]
+        | None
+    ) = None
+    guard: Guard | None = None
     allow_breaking: Annotated[
         bool,
         msgspec.Meta(
@@ -107,6 +140,42 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
             "serving build takes (else 409 schema.breaking)."
         ),
     ] = False
+
+
+class TrafficChange(msgspec.Struct, forbid_unknown_fields=True):
+    candidate_percent: Annotated[float, msgspec.Meta(ge=0, le=100)]
+
+
+class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    if_replay_matches: RowNumber | None = None
+
+
+class BuildTraffic(msgspec.Struct):
+    build: int
+    role: Literal["primary", "candidate"]
+    answered: int
+    share_percent: float | None
+    requests: int
+    errors: int
+    error_rate: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class LiveTraffic(msgspec.Struct):
+    """The current deployment's split: its candidate, the traffic, and each build's live figures
+    (answers since the split serves; requests, errors and latency over the last window_s)."""
+
+    deployment: int
+    build: int
+    candidate: int | None = None
+    candidate_build: int | None = None
+    candidate_status: str | None = None
+    traffic: Traffic | None = None
+    guard: Guard | None = None
+    window_s: float = 60.0
+    builds: list[BuildTraffic] = []
+    shadow: dict[str, int] = {}
 
 
 class ScaleRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -141,6 +210,17 @@ class DeploymentsController(Controller):
         given = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         given.pop("build")
         allow_breaking = given.pop("allow_breaking")
+        canary, shadow = given.pop("canary_percent"), given.pop("shadow")
+        sticky, guard = given.pop("sticky_header"), given.pop("guard")
+        if canary is not None and shadow:
+            raise RequestInvalid(
+                "A candidate is a canary (canary_percent) or a shadow, not both.", field="shadow"
+            )
+        if (sticky is not None or guard is not None) and canary is None and not shadow:
+            raise RequestInvalid(
+                "sticky_header and guard are a candidate's: send canary_percent or shadow.",
+                field="sticky_header" if sticky is not None else "guard",
+            )
         settings = DEPLOYMENT_DEFAULTS
         if given.pop("keep_current"):
             current = await rows.current(db, model.id)
@@ -149,6 +229,22 @@ class DeploymentsController(Controller):
             if current is not None:
                 settings = deployer.settings_of(current)
         settings = msgspec.structs.replace(settings, **given)
+        if canary is not None or shadow:
+            traffic = Traffic(
+                "shadow" if shadow else "split",
+                100.0 if shadow else canary,
+                sticky,
+            )
+            row = await deployer.add_candidate(
+                model,
+                data.build,
+                settings,
+                who(request).actor,
+                traffic,
+                guard,
+                allow_breaking=allow_breaking,
+            )
+            return await _shown(db, row, name)
         row = await deployer.deploy(
             model, data.build, settings, who(request).actor, allow_breaking=allow_breaking
         )
@@ -186,6 +282,67 @@ class DeploymentsController(Controller):
         """Scale the current deployment; recorded as an event of it, not a new deployment."""
         model = await model_rows.row(db, name)
         row = await deployer.scale(model, data.replicas, who(request).actor)
+        return await _shown(db, row, name)
+
+    @get("/deployments/current/traffic")
+    async def traffic(self, db: DbDep, deployer: DeployerDep, name: FromPath[str]) -> LiveTraffic:
+        """The split now: each build's share and its live errors and latency."""
+        model = await model_rows.row(db, name)
+        row = await rows.current(db, model.id)
+        if row is None:
+            raise ModelNotDeployed(f"Model '{name}' has no deployment.")
+        cand = await rows.candidate(db, row["id"])
+        shown = LiveTraffic(row["id"], row["build_number"])
+        if cand is not None:
+            shown.candidate, shown.candidate_build = cand["id"], cand["build_number"]
+            shown.candidate_status = (
+                "serving" if deployer.supervisor.candidate(name) else ("starting")
+            )
+            shown.traffic, shown.guard = rows.traffic_of(cand), rows.guard_of(cand)
+        live = deployer.live_traffic(name)
+        if live is not None:
+            shown.window_s = live["window_s"]
+            shown.builds = [msgspec.convert(b, BuildTraffic) for b in live["builds"]]
+            shown.shadow = live["shadow"]
+        return shown
+
+    @patch("/deployments/current/traffic", opt={"perm": "write"})
+    async def set_traffic(
+        self,
+        request: Request,
+        db: DbDep,
+        deployer: DeployerDep,
+        name: FromPath[str],
+        data: JSONBody[TrafficChange],
+    ) -> Deployment:
+        """Move the split: the candidate's share (a shadow's: the share of requests copied)."""
+        model = await model_rows.row(db, name)
+        row = await deployer.set_traffic(model, data.candidate_percent, who(request).actor)
+        return await _shown(db, row, name)
+
+    @post("/promote", opt={"perm": "write"}, status_code=200)
+    async def promote(
+        self,
+        request: Request,
+        db: DbDep,
+        deployer: DeployerDep,
+        name: FromPath[str],
+        data: JSONBody[PromoteRequest | None] = None,
+    ) -> Deployment:
+        """The candidate takes all the traffic; the old primary drains (no failed request)."""
+        model = await model_rows.row(db, name)
+        row = await deployer.promote(
+            model, who(request).actor, data.if_replay_matches if data else None
+        )
+        return await _shown(db, row, name)
+
+    @post("/abort", opt={"perm": "write"}, status_code=200)
+    async def abort(
+        self, request: Request, db: DbDep, deployer: DeployerDep, name: FromPath[str]
+    ) -> Deployment:
+        """Stop the candidate: the primary takes all the traffic again."""
+        model = await model_rows.row(db, name)
+        row = await deployer.abort(model, who(request).actor)
         return await _shown(db, row, name)
 
     @get("/deployments/{deployment_id:int}")

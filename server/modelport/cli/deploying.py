@@ -237,6 +237,23 @@ def _deploy_target(
     "instead of building a folder.",
 )
 @_serving_options
+@click.option(
+    "--canary",
+    "canary",
+    type=click.FloatRange(0, 100),
+    help="Add the build as a candidate answering P %% of requests beside the build serving "
+    "now (which keeps serving the rest); `modelport promote` or `abort` ends it.",
+)
+@click.option(
+    "--shadow",
+    is_flag=True,
+    help="Add the build as a candidate that gets a copy of every request after the serving "
+    "build answered (its answers recorded, never returned).",
+)
+@click.option(
+    "--sticky-header",
+    help="With --canary: callers sticky by this header's value (e.g. X-User-Id).",
+)
 @allow_breaking_option
 @client_options
 @json_option
@@ -264,11 +281,18 @@ def deploy(
     gpus,
     resource_pairs,
     placement,
+    canary,
+    shadow,
+    sticky_header,
     allow_breaking,
     as_json,
 ) -> None:
     """Build FOLDER and deploy it as model NAME (or deploy build N of NAME with --build N);
-    waits until it serves."""
+    waits until it serves. With --canary P or --shadow, beside the build serving now."""
+    if canary is not None and shadow:
+        raise click.UsageError("--canary and --shadow: one or the other")
+    if sticky_header and canary is None:
+        raise click.UsageError("--sticky-header goes with --canary")
     path, name = _deploy_target(folder, name, entry, build_number)
     key = None
     if path is None:
@@ -317,6 +341,9 @@ def deploy(
             placement=placement,
             keep_current=True,
             allow_breaking=allow_breaking or None,
+            canary_percent=canary,
+            shadow=shadow or None,
+            sticky_header=sticky_header,
         )
     except ApiError as exc:
         if exc.code != "schema.breaking" or as_json:
@@ -329,6 +356,9 @@ def deploy(
             f"modelport deploy {name} --build {built['number']} --allow-breaking",
         )
     _schema_note(deployment, as_json)
+    if canary is not None or shadow:
+        _candidate_started(client, name, deployment, as_json, key)
+        return
     done = _wait(client, name, deployment, as_json)
     if as_json:
         print_json(
@@ -361,6 +391,147 @@ def deploy(
         markup=False,
         highlight=False,
     )
+
+
+def _candidate_started(client, name: str, deployment: dict, as_json: bool, key) -> None:
+    done = client.wait_candidate(name, deployment["id"])
+    if as_json:
+        print_json({"deployment": done, "access_key": key})
+    ready = done["status"] == "candidate"
+    if not as_json:
+        if ready:
+            traffic = done.get("traffic") or {}
+            share = (
+                "a copy of every request (shadow)"
+                if traffic.get("mode") == "shadow"
+                else f"{traffic.get('candidate_percent', 0):g} % of requests"
+            )
+            console.print(
+                f"[green]✓[/green] build #{done['build']} is {name}'s candidate: {share} · "
+                f"`modelport traffic {name}`, `modelport promote {name}`, "
+                f"`modelport abort {name}`"
+            )
+        else:
+            err_console.print(f"[red]{done['status']}[/red]: {done['reason']}")
+    sys.exit(0 if ready else 1)
+
+
+def _split(value: str) -> tuple[int, float]:
+    build, sep, percent = value.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(build.lstrip("#")), float(percent)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected BUILD=PERCENT, got {value!r}", param_hint="--set"
+        ) from None
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--set",
+    "setting",
+    metavar="N=P",
+    help="Give build N (the candidate, or the primary) P %% of requests; the other build the rest.",
+)
+@client_options
+@json_option
+def traffic(client, name: str, setting: str | None, as_json: bool) -> None:
+    """Each build's share of NAME's requests, with its live errors and latency."""
+    if setting is not None:
+        build, percent = _split(setting)
+        now = client.traffic(name)
+        if now.get("candidate") is None:
+            raise click.UsageError(f"{name} has no candidate (deploy one with --canary P)")
+        if build == now["candidate_build"]:
+            client.set_traffic(name, percent)
+        elif build == now["build"]:
+            client.set_traffic(name, 100 - percent)
+        else:
+            raise click.BadParameter(
+                f"build #{build} serves no share of {name}: the primary is "
+                f"#{now['build']}, the candidate #{now['candidate_build']}",
+                param_hint="--set",
+            )
+    shown = client.traffic(name)
+    if as_json:
+        print_json(shown)
+        return
+    t = shown.get("traffic")
+    if t is None:
+        console.print(f"{name}: build #{shown['build']} takes 100 % (no candidate)")
+        return
+    pct = t["candidate_percent"]
+    if t["mode"] == "shadow":
+        line = f"#{shown['build']} 100 % · #{shown['candidate_build']} shadow ({pct:g} % copied)"
+    else:
+        line = f"#{shown['build']} {100 - pct:g} % · #{shown['candidate_build']} {pct:g} %"
+    sticky = f" · sticky by {t['sticky_header']}" if t.get("sticky_header") else ""
+    console.print(f"{name}: {line}{sticky} · candidate {shown['candidate_status']}")
+    print_table(
+        shown["builds"],
+        [
+            ("build", "build"),
+            ("role", "role"),
+            ("answered", "answered"),
+            ("share_percent", "share %"),
+            ("requests", f"requests ({shown['window_s']:g}s)"),
+            ("error_rate", "error rate"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+        ],
+    )
+    if t["mode"] == "shadow":
+        s = shown["shadow"]
+        console.print(
+            f"copies: {s.get('sent', 0)} sent · {s.get('recorded', 0)} recorded · "
+            f"{s.get('dropped', 0)} dropped (candidate busy) · {s.get('failed', 0)} failed"
+        )
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--if-replay-matches",
+    is_flag=True,
+    help="Only if the newest replay report of the candidate's build found no difference "
+    "(else 409 replay.mismatch).",
+)
+@client_options
+@json_option
+def promote(client, name: str, if_replay_matches: bool, as_json: bool) -> None:
+    """The candidate takes all of NAME's requests; the build serving now drains."""
+    report = None
+    if if_replay_matches:
+        now = client.traffic(name)
+        reports = client.request("GET", f"/api/v1/models/{name}/replays")["items"]
+        mine = [r for r in reports if r.get("to_build") == now.get("candidate_build")]
+        if not mine:
+            raise click.UsageError(
+                f"no replay report of build #{now.get('candidate_build')}: run "
+                f"`modelport replay {name} --build {now.get('candidate_build')}` first"
+            )
+        report = max(r["id"] for r in mine)
+    done = client.promote(name, report)
+    if as_json:
+        print_json(done)
+    else:
+        console.print(f"[green]✓[/green] {name} serves build #{done['build']} (promoted)")
+
+
+@click.command()
+@click.argument("name")
+@client_options
+@json_option
+def abort(client, name: str, as_json: bool) -> None:
+    """Stop NAME's candidate: the build serving takes all requests again."""
+    done = client.abort(name)
+    if as_json:
+        print_json(done)
+    else:
+        console.print(f"{name}: candidate aborted · build #{done['build']} takes 100 %")
 
 
 @click.command()
@@ -651,4 +822,7 @@ COMMANDS = [
     logs,
     metrics,
     captures,
+    traffic,
+    promote,
+    abort,
 ]

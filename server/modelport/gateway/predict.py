@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from modelport.runtime.protocol import Failure
     from modelport.serving.replica import Replica
     from modelport.serving.supervisor import ReplicaGroup
+    from modelport.serving.traffic import Traffic
 
 __all__ = ["BY_KEY", "Answer", "Gateway", "OnResult", "Outcome", "Target"]
 
@@ -194,6 +195,8 @@ class Gateway:
         replica: Replica | None = None
         msg: Result | Failure | None = None
         body = b""  # as read, once it is
+        traffic: Traffic | None = None
+        primary: ReplicaGroup | None = None
         try:
             if model is None:
                 model, body, content_type, caller = await self._cloudera(
@@ -207,6 +210,13 @@ class Gateway:
                     group = self._group(model)  # it may have been switched meanwhile
                 else:
                     body = _whole(given, length, group.max_body)
+            traffic = group.traffic  # None unless the model has a candidate
+            if traffic is not None:
+                primary = group
+                if not started:
+                    started = time.perf_counter()
+                if traffic.split and traffic.pick(scope["headers"]):
+                    group = traffic.group
             try:
                 replica, msg = await group.call(body, content_type, wants, request_id)
             except Draining:  # replaced while we were on our way: follow the route
@@ -224,6 +234,11 @@ class Gateway:
             out = error_json(500, "internal", "Internal server error.")
             headers = _error_headers(out, rid, group, replica, None)
         outcome = None
+        if traffic is not None and model is not None:
+            seconds = time.perf_counter() - started
+            traffic.seen(group is not primary, status, seconds)
+            if traffic.shadow and group is primary:
+                traffic.mirror(model, body, content_type, wants, request_id, status, out, seconds)
         if self.on_result is not None and model is not None:
             outcome = Outcome(
                 model,

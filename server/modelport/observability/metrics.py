@@ -81,6 +81,7 @@ class Capture:
         "request",
         "request_id",
         "response",
+        "source",
         "status",
         "truncated",
     )
@@ -96,8 +97,10 @@ class Capture:
         request: bytes,
         response: bytes,
         cap: int,
+        source: str = "sample",
     ) -> None:
         self.model, self.build, self.request_id, self.at = model, build, request_id, at
+        self.source = source  # sample (capture_percent) | shadow (one side of a shadow's pair)
         self.status, self.latency_s = status, latency_s
         self.truncated = len(request) > cap or len(response) > cap
         self.request, self.response = request[:cap], response[:cap]
@@ -191,6 +194,50 @@ class Recorder:
                     "latency_ms": ms,
                 },
             )
+
+    def on_shadow(
+        self,
+        model: str,
+        build: int,
+        candidate: int,
+        request_id: str,
+        body: bytes,
+        status: int,
+        out: bytes,
+        seconds: float,
+        candidate_status: int,
+        candidate_out: bytes,
+        candidate_seconds: float,
+        cap: int,
+    ) -> None:
+        """A shadow's pair (serving.traffic.OnShadow): the request with the primary's answer
+        and with the candidate's, two captures of source shadow under the same request id."""
+        size = 2 * min(len(body), cap) + min(len(out), cap) + min(len(candidate_out), cap)
+        if (
+            len(self.captures) + 2 > self.max_captures
+            or self.capture_bytes + size > self.max_capture_bytes
+        ):
+            self.dropped["captures"] += 1
+            return
+        now = self.clock()
+        self.captures.append(
+            Capture(model, build, request_id, now, status, seconds, body, out, cap, "shadow")
+        )
+        self.captures.append(
+            Capture(
+                model,
+                candidate,
+                request_id,
+                now,
+                candidate_status,
+                candidate_seconds,
+                body,
+                candidate_out,
+                cap,
+                "shadow",
+            )
+        )
+        self.capture_bytes += size
 
     # -- the rarer paths --------------------------------------------------------------------------
 

@@ -175,6 +175,7 @@ class Monitor:
                         c.request,
                         c.response,
                         c.truncated,
+                        c.source,
                     )
                     for c in captures
                     if c.model in ids

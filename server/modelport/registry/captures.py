@@ -8,12 +8,58 @@ from modelport.registry.db import Database, Row, Tx
 
 
 async def add_many(tx: Tx, items: list[tuple[Any, ...]]) -> None:
-    """(model id, build, request id, at, status, latency_s, request, response, truncated)."""
+    """(model id, build, request id, at, status, latency_s, request, response, truncated,
+    source): source ``sample`` (capture_percent) or ``shadow`` (one side of a shadow's pair)."""
     await tx.execute_many(
         "INSERT INTO captures (model_id, build, request_id, at, status, latency_s, request,"
-        " response, truncated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " response, truncated, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         items,
     )
+
+
+async def shadow_pairs(
+    db: Database,
+    model_id: int,
+    primary_build: int,
+    candidate_build: int,
+    *,
+    since: float = 0.0,
+    until: float | None = None,
+    limit: int = 1_000,
+) -> list[Row]:
+    """A shadow's recorded pairs, oldest first: request_id, at, request, old and new (the
+    primary's and the candidate's answers), old_status, new_status, old_latency_s,
+    new_latency_s."""
+    return await db.all(
+        "SELECT p.request_id, p.at, p.request, p.response AS old, c.response AS new,"
+        " p.status AS old_status, c.status AS new_status, p.latency_s AS old_latency_s,"
+        " c.latency_s AS new_latency_s FROM captures p JOIN captures c ON"
+        " c.model_id = p.model_id AND c.request_id = p.request_id AND c.build = ?"
+        " AND c.source = 'shadow' AND c.id != p.id WHERE p.model_id = ? AND p.build = ?"
+        " AND p.source = 'shadow' AND p.at >= ? AND p.at <= ? ORDER BY p.id LIMIT ?",
+        (
+            candidate_build,
+            model_id,
+            primary_build,
+            since,
+            until if until is not None else 2.0**62,
+            limit,
+        ),
+    )
+
+
+async def count(db: Database, model_id: int, build: int, source: str | None = None) -> int:
+    """How many captures a build has (of one source when given)."""
+    if source is None:
+        n = await db.value(
+            "SELECT count(*) FROM captures WHERE model_id = ? AND build = ?", (model_id, build)
+        )
+    else:
+        n = await db.value(
+            "SELECT count(*) FROM captures WHERE model_id = ? AND build = ? AND source = ?",
+            (model_id, build, source),
+        )
+    return int(n or 0)
 
 
 async def of_build(

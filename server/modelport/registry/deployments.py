@@ -13,14 +13,18 @@ from modelport.registry import audit, servers
 from modelport.registry.db import Database, IntegrityError, Row, Tx
 from modelport.registry.records import (
     SETTING_NAMES,
+    CandidateOf,
     Deployment,
     DeploymentEvent,
     DeploymentSettings,
+    Guard,
+    Traffic,
 )
 from modelport.registry.rows import BuildRow, load
 from modelport.registry.sealed import Sealer, SealError
 from modelport.registry.states import (
     ACTIVE_DEPLOYMENT,
+    CANDIDATE,
     EventKind,
     IllegalMove,
     finishes,
@@ -31,7 +35,25 @@ from modelport.registry.states import (
 log = logging.getLogger("modelport.registry")
 
 
-def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = None) -> Deployment:
+def traffic_of(row: Row) -> Traffic | None:
+    """A candidate row's traffic (None for a deployment that never was a candidate)."""
+    if row["traffic_mode"] is None:
+        return None
+    return Traffic(row["traffic_mode"], row["candidate_percent"], row["sticky_header"])
+
+
+def guard_of(row: Row) -> Guard | None:
+    return msgspec.json.decode(row["guard"], type=Guard) if row["guard"] else None
+
+
+def to_deployment(
+    row: Row,
+    model: str,
+    events: list[DeploymentEvent] | None = None,
+    candidate: Row | None = None,
+) -> Deployment:
+    shown = candidate if candidate is not None else row
+    is_candidate = row["status"] == CANDIDATE
     settings = _stored_settings(row)
     del settings["env"]  # the API shows its names only
     return Deployment(
@@ -46,6 +68,14 @@ def to_deployment(row: Row, model: str, events: list[DeploymentEvent] | None = N
         reason=row["reason"],
         events=events or [],
         **settings,
+        candidate_of=row["candidate_of"],
+        candidate=(
+            CandidateOf(candidate["id"], candidate["build_number"], candidate["status"])
+            if candidate is not None
+            else None
+        ),
+        traffic=traffic_of(shown) if candidate is not None or is_candidate else None,
+        guard=guard_of(shown) if candidate is not None or is_candidate else None,
     )
 
 
@@ -92,7 +122,120 @@ async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
 
 
 async def full(db: Database, row: Row, model: str) -> Deployment:
-    return to_deployment(row, model, await events_of(db, row["id"]))
+    cand = await candidate(db, row["id"]) if row["status"] in ACTIVE_DEPLOYMENT else None
+    return to_deployment(row, model, await events_of(db, row["id"]), cand)
+
+
+async def candidate(db: Database, deployment_id: int) -> Row | None:
+    """The candidate of a deployment (a canary or a shadow beside it), if it has one."""
+    return await db.one(
+        "SELECT * FROM deployments WHERE candidate_of = ? AND status = ? ORDER BY id DESC LIMIT 1",
+        (deployment_id, CANDIDATE),
+    )
+
+
+async def traffic_changed(
+    db: Database,
+    primary_id: int,
+    candidate_id: int,
+    percent: float,
+    *,
+    kind: EventKind = "traffic",
+    actor: str | None,
+    detail: dict[str, Any],
+    audited: tuple[str, str] | None = None,
+) -> None:
+    """The candidate's share changed (by a person, or its guard): stored on its row, an event
+    of both deployments' histories."""
+    at = now_iso()
+    async with db.write() as tx:
+        await tx.execute(
+            "UPDATE deployments SET candidate_percent = ? WHERE id = ?", (percent, candidate_id)
+        )
+        full_detail = {**detail, "candidate": candidate_id, "candidate_percent": percent}
+        await _event(tx, primary_id, at, kind, actor, full_detail)
+        await _event(tx, candidate_id, at, kind, actor, full_detail)
+        await tx.notify("deployments")
+        if audited is not None:
+            action, model = audited
+            await audit.record(
+                tx, actor or "system", action, model=model, target=str(primary_id), detail=detail
+            )
+
+
+async def candidate_event(
+    db: Database,
+    primary_id: int,
+    candidate_id: int,
+    kind: EventKind,
+    *,
+    actor: str | None = None,
+    detail: dict[str, Any],
+    primary_kind: EventKind | None = None,
+    reason: str | None = None,
+    audited: tuple[str, str] | None = None,
+) -> None:
+    """An event of a candidate (``kind``, moving its status by the table) and of the deployment
+    it is the candidate of (``primary_kind``, history only; the same kind when not given)."""
+    at = now_iso()
+    async with db.write() as tx:
+        await _move(tx, candidate_id, at, kind, actor, detail, reason=reason)
+        pk = primary_kind or kind
+        await _event(tx, primary_id, at, pk, actor, {**detail, "candidate": candidate_id})
+        await tx.notify("deployments")
+        if audited is not None:
+            action, model = audited
+            await audit.record(
+                tx, actor or "system", action, model=model, target=str(candidate_id), detail=detail
+            )
+
+
+async def promoted(
+    db: Database, primary_id: int, candidate_id: int, *, actor: str | None, detail: dict[str, Any]
+) -> None:
+    """One write at the moment a candidate takes all its model's traffic: the primary (and any
+    other deployment left active) is stopped, replaced by it, and it is deployed. Superseded when
+    it is no longer a candidate (aborted meanwhile, replaced by a full deploy)."""
+    at = now_iso()
+    async with db.write() as tx:
+        model_id = await tx.value("SELECT model_id FROM deployments WHERE id = ?", (candidate_id,))
+        if model_id is None:
+            raise Superseded(f"deployment {candidate_id} is gone (its model was deleted)")
+        await tx.hold(f"deployments:{model_id}")
+        status = await tx.value("SELECT status FROM deployments WHERE id = ?", (candidate_id,))
+        if status != CANDIDATE:
+            raise Superseded(f"deployment {candidate_id} is no longer a candidate ({status})")
+        replaced = await tx.all(
+            "UPDATE deployments SET status = ?, finished_at = ?, reason = ? WHERE"
+            " model_id = ? AND id != ? AND status IN"
+            f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
+            (
+                status_after("deployed", "replaced"),
+                at,
+                f"replaced by deployment {candidate_id} (promoted)",
+                model_id,
+                candidate_id,
+                *ACTIVE_DEPLOYMENT,
+            ),
+        )
+        await tx.execute(
+            "UPDATE deployments SET status = ? WHERE id = ?",
+            (status_after(CANDIDATE, "promoted"), candidate_id),
+        )
+        await _event(tx, candidate_id, at, "promoted", actor, {**detail, "from": primary_id})
+        for row in replaced:
+            await _event(
+                tx, row["id"], at, "replaced", actor, {"by": candidate_id, "promoted": True}
+            )
+        await audit.record(
+            tx,
+            actor or "system",
+            "deployment.promote",
+            model=await tx.value("SELECT name FROM models WHERE id = ?", (model_id,)),
+            target=str(candidate_id),
+            detail={**detail, "from": primary_id},
+        )
+        await tx.notify("deployments")
 
 
 async def by_id(db: Database, model_id: int, deployment_id: int) -> Row | None:
@@ -179,16 +322,30 @@ async def create(
     reason: str | None = None,
     schema_note: str | None = None,
     node: str | None = None,
+    candidate_of: int | None = None,
+    traffic: Traffic | None = None,
+    guard: Guard | None = None,
 ) -> Row:
     """A pending deployment; ``schema_note`` (how the input schema changed from the build
     that served) goes into its created event and the audit entry; ``node``: the server that
-    rolls it out (the controller settles it if that server is gone before it served)."""
+    rolls it out (the controller settles it if that server is gone before it served). With
+    ``candidate_of`` (and its ``traffic``, its ``guard``): a candidate beside that deployment,
+    created candidate, and an event candidate.added of the deployment it is the candidate of."""
     noted = {"schema_note": schema_note} if schema_note else {}
+    kind: EventKind = "created" if candidate_of is None else "candidate.created"
+    shape: dict[str, Any] = {}
+    if traffic is not None:
+        shape = {
+            "mode": traffic.mode,
+            "candidate_percent": traffic.candidate_percent,
+            "sticky_header": traffic.sticky_header,
+            "guard": msgspec.to_builtins(guard) if guard is not None else None,
+        }
     columns: dict[str, Any] = {
         "model_id": model_id,
         "build_id": build_id,
         "build_number": build_number,
-        "status": status_after(None, "created"),
+        "status": status_after(None, kind),
         **msgspec.structs.asdict(settings),
         "env": msgspec.json.encode(sealer.seal_env(settings.env)).decode(),
         "env_sealed": True,
@@ -196,6 +353,11 @@ async def create(
         "created_by": actor,
         "created_at": now_iso(),
         "reason": reason,
+        "candidate_of": candidate_of,
+        "traffic_mode": traffic.mode if traffic is not None else None,
+        "candidate_percent": traffic.candidate_percent if traffic is not None else 0.0,
+        "sticky_header": traffic.sticky_header if traffic is not None else None,
+        "guard": msgspec.json.encode(guard).decode() if guard is not None else None,
     }
     async with db.write() as tx:
         deployment_id = await tx.insert(
@@ -209,14 +371,23 @@ async def create(
             tx,
             deployment_id,
             now_iso(),
-            "created",
+            kind,
             actor,
-            {"build": build_number, "reason": reason, **noted},
+            {"build": build_number, "reason": reason, **noted, **shape},
         )
+        if candidate_of is not None:
+            await _event(
+                tx,
+                candidate_of,
+                now_iso(),
+                "candidate.added",
+                actor,
+                {"candidate": deployment_id, "build": build_number, **noted, **shape},
+            )
         await audit.record(
             tx,
             actor,
-            "deployment.create",
+            "deployment.create" if candidate_of is None else "deployment.candidate",
             model=model,
             target=str(deployment_id),
             detail={
@@ -224,6 +395,7 @@ async def create(
                 "replicas": settings.replicas,
                 "reason": reason,
                 **noted,
+                **shape,
             },
         )
         await tx.notify("deployments")
@@ -344,10 +516,11 @@ async def switched(
         if model_id is None:
             raise Superseded(f"deployment {deployment_id} is gone (its model was deleted)")
         await tx.hold(f"deployments:{model_id}")
+        # the earlier active ones, and any candidate (a full replace ends a canary, a shadow)
         replaced = await tx.all(
             "UPDATE deployments SET status = ?, finished_at = ?, reason = ? WHERE"
-            " model_id = ? AND id < ? AND status IN"
-            f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) RETURNING id",
+            " model_id = ? AND ((id < ? AND status IN"
+            f" ({','.join('?' * len(ACTIVE_DEPLOYMENT))})) OR status = ?) RETURNING id",
             (
                 status_after("deployed", "replaced"),
                 at,
@@ -355,6 +528,7 @@ async def switched(
                 model_id,
                 deployment_id,
                 *ACTIVE_DEPLOYMENT,
+                CANDIDATE,
             ),
         )
         switchable = moving("deployed")  # the statuses the switch may leave
@@ -404,7 +578,8 @@ async def previous_build(
     build: int | None = await db.value(
         "SELECT d.build_number FROM deployments d WHERE d.model_id = ? AND d.id < ?"
         " AND d.build_number != ? AND EXISTS (SELECT 1 FROM deployment_events e"
-        " WHERE e.deployment_id = d.id AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
+        " WHERE e.deployment_id = d.id AND e.kind IN ('deployed', 'promoted'))"
+        " ORDER BY d.id DESC LIMIT 1",
         (model_id, current_id, current_build),
     )
     return build
@@ -416,18 +591,18 @@ async def last_served_build(db: Database, model_id: int) -> BuildRow | None:
     found = await db.one(
         "SELECT b.* FROM deployments d JOIN builds b ON b.id = d.build_id WHERE d.model_id = ?"
         " AND EXISTS (SELECT 1 FROM deployment_events e WHERE e.deployment_id = d.id"
-        " AND e.kind = 'deployed') ORDER BY d.id DESC LIMIT 1",
+        " AND e.kind IN ('deployed', 'promoted')) ORDER BY d.id DESC LIMIT 1",
         (model_id,),
     )
     return None if found is None else load(BuildRow, found)
 
 
 async def to_restore(db: Database) -> list[Row]:
-    """At startup: what should serve again, and what was left half-way."""
+    """At startup: what should serve again (a candidate too), and what was left half-way."""
     return await db.all(
         "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
-        f" WHERE d.status IN ({','.join('?' * len(ACTIVE_DEPLOYMENT))}) ORDER BY d.id",
-        ACTIVE_DEPLOYMENT,
+        f" WHERE d.status IN ({','.join('?' * (len(ACTIVE_DEPLOYMENT) + 1))}) ORDER BY d.id",
+        (*ACTIVE_DEPLOYMENT, CANDIDATE),
     )
 
 

@@ -62,6 +62,30 @@ DEPLOYMENT_DEFAULTS = DeploymentSettings()
 SETTING_NAMES: tuple[str, ...] = DeploymentSettings.__struct_fields__
 
 
+class Traffic(msgspec.Struct):
+    """How requests reach a candidate: a share of them (split) or a copy of them (shadow)."""
+
+    mode: Literal["split", "shadow"]
+    candidate_percent: float
+    sticky_header: str | None = None
+
+
+class Guard(msgspec.Struct, forbid_unknown_fields=True):
+    """A candidate's limits over the last ``window_s`` seconds; broken: its percent goes to 0."""
+
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
+    window_s: float = 60.0
+
+
+class CandidateOf(msgspec.Struct):
+    """The current deployment's candidate, in its shape: its own deployment row."""
+
+    id: int
+    build: int
+    status: DeploymentStatus
+
+
 class Deployment(msgspec.Struct):
     id: int
     model: str
@@ -87,6 +111,12 @@ class Deployment(msgspec.Struct):
     gpus: int = 0
     resources: dict[str, float] = {}
     placement: Placement = "spread"
+    # A candidate's own row: the deployment it is the candidate of; on the current deployment,
+    # its candidate. ``traffic`` and ``guard`` are the candidate's (on both rows).
+    candidate_of: int | None = None
+    candidate: CandidateOf | None = None
+    traffic: Traffic | None = None
+    guard: Guard | None = None
 
 
 class Model(msgspec.Struct):

@@ -313,4 +313,16 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE deployments ADD COLUMN node TEXT;
     """,
+    # 12: a candidate (a canary or a shadow) beside a model's current deployment: its own row
+    # (status candidate) naming the deployment it is the candidate of, with its traffic
+    # (split | shadow, the candidate's percent, the sticky header) and its guard (JSON or null);
+    # a capture's source: a sampled request (sample) or a shadow's pair (shadow)
+    """
+    ALTER TABLE deployments ADD COLUMN candidate_of INTEGER;
+    ALTER TABLE deployments ADD COLUMN traffic_mode TEXT;
+    ALTER TABLE deployments ADD COLUMN candidate_percent REAL NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN sticky_header TEXT;
+    ALTER TABLE deployments ADD COLUMN guard TEXT;
+    ALTER TABLE captures ADD COLUMN source TEXT NOT NULL DEFAULT 'sample';
+    """,
 ]

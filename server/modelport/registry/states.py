@@ -14,7 +14,9 @@ UNFINISHED_BUILD: Final[tuple[BuildStatus, ...]] = ("queued", "building")
 ReplicaState = Literal["starting", "ready", "draining", "exited", "crashed"]
 GONE_REPLICA: Final[tuple[ReplicaState, ...]] = ("exited", "crashed")  # no process
 
-DeploymentStatus = Literal["pending", "deploying", "deployed", "failed", "stopping", "stopped"]
+DeploymentStatus = Literal[
+    "pending", "deploying", "deployed", "failed", "stopping", "stopped", "candidate"
+]
 DEPLOYMENT_STATUSES: Final[tuple[DeploymentStatus, ...]] = get_args(DeploymentStatus)
 # Those that may serve or are on their way to: a model has at most one (the newest, after the
 # switch's write) that the API calls current.
@@ -25,6 +27,9 @@ ACTIVE_DEPLOYMENT: Final[tuple[DeploymentStatus, ...]] = (
     "stopping",
 )
 FINISHED_DEPLOYMENT: Final[tuple[DeploymentStatus, ...]] = ("failed", "stopped")  # finished_at
+# A candidate (a canary or a shadow beside the current deployment, its ``candidate_of``): its own
+# row and replica group, never the model's current deployment until it is promoted.
+CANDIDATE: Final[DeploymentStatus] = "candidate"
 
 # Every kind of event a deployment's history holds.
 EventKind = Literal[
@@ -48,6 +53,16 @@ EventKind = Literal[
     "restored",
     "group.failed",  # the replica group's own events (serving's), recorded as they come
     "replica.crashed",
+    # a candidate's own row
+    "candidate.created",  # recorded → candidate (its replicas start beside the primary's)
+    "promoted",  # it took all the traffic: deployed, in the write that replaces the primary
+    "aborted",  # it stopped (an abort, the guard's): the primary keeps serving alone
+    # the current deployment's history (and the candidate's): who served which share when
+    "candidate.added",  # a candidate build started beside it: mode, percent, sticky_header, guard
+    "candidate.ready",  # its replicas are ready: the split serves from now
+    "candidate.failed",  # its replicas could not start: the primary kept serving alone
+    "traffic",  # the split changed: candidate_percent (by a person, or the guard)
+    "guard.tripped",  # the candidate broke its guard: candidate_percent went to 0, and why
 ]
 EVENT_KINDS: Final[tuple[EventKind, ...]] = get_args(EventKind)
 
@@ -65,13 +80,16 @@ LEADS_TO: Final[Mapping[EventKind, Mapping[DeploymentStatus | None, DeploymentSt
     "created": {None: "pending"},
     "deploying": {"pending": "deploying", **_LATE},
     "deployed": dict.fromkeys(_BEFORE_SERVING, "deployed"),
-    "replaced": {**dict.fromkeys(ACTIVE_DEPLOYMENT, "stopped"), **_LATE},
+    "replaced": {**dict.fromkeys((*ACTIVE_DEPLOYMENT, CANDIDATE), "stopped"), **_LATE},
     "stopping": {"deployed": "stopping", **_LATE},
     "stopped": {"stopping": "stopped", **_LATE},
     # deployed: a restore interrupted while its replicas start again
-    "interrupted": {**dict.fromkeys((*_BEFORE_SERVING, "deployed"), "stopped"), **_LATE},
+    "interrupted": {
+        **dict.fromkeys((*_BEFORE_SERVING, "deployed", CANDIDATE), "stopped"),
+        **_LATE,
+    },
     # deployed: a restore that could not start its replicas
-    "failed": {**dict.fromkeys((*_BEFORE_SERVING, "deployed"), "failed"), **_LATE},
+    "failed": {**dict.fromkeys((*_BEFORE_SERVING, "deployed", CANDIDATE), "failed"), **_LATE},
     "scaled": None,
     "scale_failed": None,
     "restarting": None,
@@ -82,12 +100,20 @@ LEADS_TO: Final[Mapping[EventKind, Mapping[DeploymentStatus | None, DeploymentSt
     "restored": None,
     "group.failed": None,
     "replica.crashed": None,
+    "candidate.created": {None: CANDIDATE},
+    "promoted": {CANDIDATE: "deployed"},
+    "aborted": {CANDIDATE: "stopped", **_LATE},
+    "candidate.added": None,
+    "candidate.ready": None,
+    "candidate.failed": None,
+    "traffic": None,
+    "guard.tripped": None,
 }
 
 # What differs when the server's restart is the cause (the restore at startup): a deployment
 # that never took traffic is failed, not stopped — no one asked for it to go.
 AT_RESTART: Final[Mapping[EventKind, Mapping[DeploymentStatus | None, DeploymentStatus]]] = {
-    "interrupted": dict.fromkeys(_BEFORE_SERVING, "failed"),
+    "interrupted": {**dict.fromkeys(_BEFORE_SERVING, "failed"), CANDIDATE: "stopped"},
 }
 
 

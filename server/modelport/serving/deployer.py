@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,10 @@ from modelport.builder.pipeline import Builder
 from modelport.builder.projects import RestoreFailed
 from modelport.errors import (
     BuildNotReady,
+    CandidateExists,
+    CandidateNone,
     ModelNotDeployed,
+    ReplayMismatch,
     RequestInvalid,
     ScaleFailed,
     SchemaBreaking,
@@ -30,16 +33,23 @@ from modelport.errors import (
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database, Row
-from modelport.registry.records import DeploymentSettings
+from modelport.registry.records import DeploymentSettings, Guard, Traffic
 from modelport.registry.rows import BuildRow, ModelRow
 from modelport.registry.sealed import Sealer
 from modelport.registry.states import EventKind
 from modelport.runtime.rbridge import is_r_entry
 from modelport.serving.config import GroupEvent, GroupSpec
 from modelport.serving.supervisor import GroupFailed, Interrupted, ReplicaGroup, Supervisor
+from modelport.serving.traffic import Guard as LiveGuard
 from modelport.store import manifest as mf
 
 log = logging.getLogger("modelport.deployer")
+
+# promote --if-replay-matches: (model, report id, the candidate's row) → None, or the 409
+# replay.mismatch error (set by the replay service)
+ReplayGate = Callable[[ModelRow, int | None, Row], Awaitable[None]]
+GUARD_CHECK_S = 0.5  # how often each candidate's guard is looked at
+GUARD_MIN_REQUESTS = 5  # the fewest answers of the window before the guard judges
 
 # The replica group's events a deployment's history records, as the kinds they are recorded as.
 RECORDED_GROUP_EVENTS: dict[GroupEvent, EventKind] = {
@@ -62,6 +72,8 @@ class Deployer:
         self._following: set[str] = set()  # models being brought in line with the registry
         # model → (deployment id, group): another server's rollout, started here ahead, unrouted
         self._ahead: dict[str, tuple[int, ReplicaGroup]] = {}
+        self.replay_gate: ReplayGate | None = None
+        self._guarding: asyncio.Task[None] | None = None
 
     # -- what the API asks for -------------------------------------------------------------------
 
@@ -102,6 +114,262 @@ class Deployer:
         self._waiting[model.name].add(row["id"])
         self._spawn(self._roll_out(model.name, row, build, actor))
         return row
+
+    # -- a candidate beside the current deployment (canary, shadow) ------------------------------
+
+    async def add_candidate(
+        self,
+        model: ModelRow,
+        build_number: int,
+        settings: DeploymentSettings,
+        actor: str,
+        traffic: Traffic,
+        guard: Guard | None = None,
+        allow_breaking: bool = False,
+    ) -> Row:
+        """Record a candidate beside the current deployment and start its replicas in the
+        background; the primary keeps serving. 409 candidate.exists when it has one."""
+        build = await build_rows.row(self.db, model.id, build_number, model.name)
+        if build.status != "built":
+            raise BuildNotReady(f"Build #{build_number} is {build.status}, not built.")
+        if is_r_entry(build.entrypoint) and settings.max_concurrency > 1:
+            raise RequestInvalid(
+                "An R replica runs one call at a time: max_concurrency must be 1 "
+                "for an R function (add replicas to serve more at once).",
+                field="max_concurrency",
+            )
+        current = await self._current(model)
+        if current["status"] != "deployed":
+            raise ModelNotDeployed(
+                f"Model '{model.name}' has no deployment serving yet ({current['status']}): "
+                "a candidate goes beside one that serves."
+            )
+        existing = await rows.candidate(self.db, current["id"])
+        if existing is not None:
+            raise CandidateExists(
+                f"Deployment {current['id']} has a candidate already: build "
+                f"#{existing['build_number']} (deployment {existing['id']}). Promote or abort it "
+                "first."
+            )
+        note = await self._schema_gate(model, build, allow_breaking)
+        row = await rows.create(
+            self.db,
+            model_id=model.id,
+            model=model.name,
+            build_id=build.id,
+            build_number=build_number,
+            settings=settings,
+            actor=actor,
+            sealer=self.sealer,
+            reason=f"{'shadow' if traffic.mode == 'shadow' else 'canary'} of deployment "
+            f"{current['id']} (build #{current['build_number']})",
+            schema_note=note,
+            candidate_of=current["id"],
+            traffic=traffic,
+            guard=guard,
+        )
+        self._spawn(self._start_candidate(model.name, current, row, build))
+        self._guard_on()
+        return row
+
+    async def _start_candidate(self, name: str, primary: Row, row: Row, build: BuildRow) -> None:
+        try:
+            spec = await self.spec_for(name, row, build)
+            group = await self.supervisor.start_group(spec)
+        except Interrupted:
+            return  # aborted while starting: recorded by the abort
+        except Exception as exc:
+            why = str(exc) if isinstance(exc, GroupFailed | RestoreFailed | OSError) else repr(exc)
+            await rows.candidate_event(
+                self.db,
+                primary["id"],
+                row["id"],
+                "failed",
+                primary_kind="candidate.failed",
+                detail={"build": row["build_number"], "error": why},
+                reason=why,
+            )
+            return
+        await self._attach(name, primary, row["id"], group)
+
+    async def _attach(
+        self, name: str, primary: Row, candidate_id: int, group: ReplicaGroup
+    ) -> None:
+        """A started candidate group takes its share, if it is still the candidate of what
+        serves; else it drains."""
+        row = await rows.by_id(self.db, primary["model_id"], candidate_id)
+        serving = self.supervisor.group(name)
+        if (
+            row is None
+            or row["status"] != "candidate"
+            or serving is None
+            or serving.spec.deployment_id != str(primary["id"])
+            or serving.traffic is not None
+        ):
+            await self.supervisor.retire(group, 0)
+            return
+        self.supervisor.attach(
+            group,
+            mode=row["traffic_mode"],
+            percent=row["candidate_percent"],
+            sticky_header=row["sticky_header"],
+            guard=_live_guard(rows.guard_of(row)),
+        )
+        await rows.candidate_event(
+            self.db,
+            primary["id"],
+            candidate_id,
+            "candidate.ready",
+            detail={"build": row["build_number"], "replicas": row["replicas"]},
+        )
+
+    async def _candidate_of(self, model: ModelRow) -> tuple[Row, Row]:
+        current = await self._current(model)
+        cand = await rows.candidate(self.db, current["id"])
+        if cand is None:
+            raise CandidateNone(
+                f"Model '{model.name}' has no candidate: deploy one with canary_percent "
+                "or shadow (CLI --canary P, --shadow)."
+            )
+        return current, cand
+
+    async def set_traffic(self, model: ModelRow, percent: float, actor: str) -> Row:
+        """Move the split: the candidate's share (a shadow's: the share of requests copied)."""
+        current, cand = await self._candidate_of(model)
+        await rows.traffic_changed(
+            self.db,
+            current["id"],
+            cand["id"],
+            percent,
+            actor=actor,
+            detail={"build": cand["build_number"], "from": cand["candidate_percent"]},
+            audited=("deployment.traffic", model.name),
+        )
+        group = self.supervisor.group(model.name)
+        if group is not None and group.traffic is not None:
+            group.traffic.set_percent(percent)
+            group.traffic.candidate_window().clear()
+        return current
+
+    async def promote(
+        self, model: ModelRow, actor: str, if_replay_matches: int | None = None
+    ) -> Row:
+        """The candidate takes all the traffic (the registry says so first, in one write), then
+        the old primary drains: no failed request."""
+        current, cand = await self._candidate_of(model)
+        if self.replay_gate is not None:  # (a deployment's require_replay too)
+            await self.replay_gate(model, if_replay_matches, cand)
+        elif if_replay_matches is not None:
+            raise ReplayMismatch(f"No replay report {if_replay_matches} to check the promotion by.")
+        async with self._locks[model.name]:
+            if self.supervisor.candidate(model.name) is None:
+                raise CandidateNone(
+                    f"Build #{cand['build_number']} (deployment {cand['id']}) is still starting: "
+                    "promote it once it serves its share."
+                )
+            try:
+                await rows.promoted(
+                    self.db,
+                    current["id"],
+                    cand["id"],
+                    actor=actor,
+                    detail={
+                        "build": cand["build_number"],
+                        "from_build": current["build_number"],
+                        "if_replay_matches": if_replay_matches,
+                    },
+                )
+            except rows.Superseded as exc:
+                raise CandidateNone(str(exc)) from None
+            await self.supervisor.promote(model.name, drain_timeout=current["timeout_s"])
+        return await self._by_id(model, cand["id"])
+
+    async def abort(self, model: ModelRow, actor: str, reason: str | None = None) -> Row:
+        """The candidate stops: its share goes back to the primary at once, its replicas drain."""
+        current, cand = await self._candidate_of(model)
+        why = reason or f"aborted by {actor}"
+        await rows.candidate_event(
+            self.db,
+            current["id"],
+            cand["id"],
+            "aborted",
+            actor=actor,
+            detail={"build": cand["build_number"], "reason": why},
+            primary_kind="traffic",
+            reason=why,
+            audited=("deployment.abort", model.name),
+        )
+        if not await self.supervisor.abort(model.name, drain_timeout=cand["timeout_s"]):
+            self.supervisor.interrupt(model.name, why, deployment_id=str(cand["id"]))
+        return current
+
+    def live_traffic(self, model: str) -> dict[str, Any] | None:
+        group = self.supervisor.group(model)
+        traffic = group.traffic if group is not None else None
+        if traffic is None:
+            return None
+        window = traffic.guard.window_s if traffic.guard is not None else 60.0
+        return traffic.live(window)
+
+    def _guard_on(self) -> None:
+        if self._guarding is None or self._guarding.done():
+            self._guarding = asyncio.ensure_future(self._guard_loop())
+            self._tasks.add(self._guarding)
+            self._guarding.add_done_callback(self._tasks.discard)
+
+    async def _guard_loop(self) -> None:
+        """Every candidate with a guard: broken over its window, its percent goes to 0."""
+        while True:
+            await asyncio.sleep(GUARD_CHECK_S)
+            for group in list(self.supervisor.active.values()):
+                traffic = group.traffic
+                if traffic is None or traffic.guard is None or traffic.percent <= 0:
+                    continue
+                try:
+                    await self._check_guard(group)
+                except Exception:
+                    log.exception("the guard of %s could not be checked", group.spec.model)
+
+    async def _check_guard(self, group: ReplicaGroup) -> None:
+        traffic = group.traffic
+        assert traffic is not None and traffic.guard is not None
+        guard = traffic.guard
+        figures = traffic.candidate_window().summary(guard.window_s)
+        if figures["requests"] < GUARD_MIN_REQUESTS:
+            return
+        why = None
+        if guard.max_error_rate is not None and figures["error_rate"] > guard.max_error_rate:
+            why = (
+                f"error rate {figures['error_rate']:.4g} over {figures['requests']} requests "
+                f"broke max_error_rate {guard.max_error_rate:g}"
+            )
+        elif guard.max_p99_ms is not None and (figures["p99_ms"] or 0) > guard.max_p99_ms:
+            why = f"p99 {figures['p99_ms']:g} ms broke max_p99_ms {guard.max_p99_ms:g}"
+        if why is None:
+            return
+        before = traffic.percent
+        traffic.set_percent(0)
+        traffic.candidate_window().clear()
+        try:
+            primary_id = int(group.spec.deployment_id)
+            candidate_id = int(traffic.group.spec.deployment_id)
+        except ValueError:
+            return
+        log.warning("model %s: the candidate's guard tripped: %s", group.spec.model, why)
+        await rows.traffic_changed(
+            self.db,
+            primary_id,
+            candidate_id,
+            0.0,
+            kind="guard.tripped",
+            actor=None,
+            detail={
+                "build": traffic.group.spec.build,
+                "from": before,
+                "why": why,
+                **{k: figures[k] for k in ("requests", "errors", "error_rate", "p99_ms")},
+            },
+        )
 
     async def _schema_gate(
         self, model: ModelRow, build: BuildRow, allow_breaking: bool
@@ -214,6 +482,19 @@ class Deployer:
                 detail={"build": serving["build_number"]},
                 audited=("deployment.stop", model.name),
             )
+            cand = await rows.candidate(self.db, serving["id"])
+            if cand is not None:  # it stops with its deployment (its group drains with it)
+                await rows.candidate_event(
+                    self.db,
+                    serving["id"],
+                    cand["id"],
+                    "aborted",
+                    actor=actor,
+                    detail={"build": cand["build_number"], "reason": f"stopped by {actor}"},
+                    primary_kind="traffic",
+                    reason=f"stopped with deployment {serving['id']}",
+                )
+                self.supervisor.interrupt(model.name, "stopped", deployment_id=str(cand["id"]))
             await self.supervisor.stop(model.name, drain_timeout=serving["timeout_s"])
             await rows.transition(
                 self.db,
@@ -397,8 +678,11 @@ class Deployer:
             await self.follow()
             return
         latest: dict[str, Row] = {}
+        candidates: list[Row] = []
         for row in await rows.to_restore(self.db):
-            if row["status"] == "deployed":
+            if row["status"] == "candidate":
+                candidates.append(row)
+            elif row["status"] == "deployed":
                 previous = latest.get(row["model"])
                 if previous is not None:
                     await rows.transition(
@@ -423,18 +707,62 @@ class Deployer:
                     at_restart=True,
                     reason="interrupted by a server restart before it took traffic",
                 )
+        kept: dict[str, Row] = {}  # model → its candidate, started again with the primary
+        for cand in candidates:
+            primary = latest.get(cand["model"])
+            if primary is None or primary["id"] != cand["candidate_of"]:
+                await rows.transition(
+                    self.db,
+                    cand["id"],
+                    "interrupted",
+                    at_restart=True,
+                    reason="its deployment does not serve after the server restarted",
+                )
+            else:
+                kept[cand["model"]] = cand
         for name, row in latest.items():
             build = await build_rows.by_id(self.db, row["build_id"])
             await rows.transition(
                 self.db, row["id"], "restoring", detail={"reason": "server restarted"}
             )
-            self._spawn(self._restore_one(name, row, build))
+            self._spawn(self._restore_one(name, row, build, kept.get(name)))
+        if kept:
+            self._guard_on()
 
-    async def _restore_one(self, name: str, row: Row, build: BuildRow) -> None:
+    async def _restore_one(
+        self, name: str, row: Row, build: BuildRow, candidate: Row | None = None
+    ) -> None:
         async with self._locks[name], self._turn(name, row["id"]):
             try:
                 spec = await self.spec_for(name, row, build)
                 self._go_on(row["id"])
+                if candidate is not None:  # both start at once; the split serves when both do
+                    cbuild = await build_rows.by_id(self.db, candidate["build_id"])
+                    cspec = await self.spec_for(name, candidate, cbuild)
+                    started = await asyncio.gather(
+                        self.supervisor.deploy(spec, drain_timeout=row["timeout_s"]),
+                        self.supervisor.start_group(cspec),
+                        return_exceptions=True,
+                    )
+                    if isinstance(started[0], BaseException):
+                        if isinstance(started[1], ReplicaGroup):
+                            await self.supervisor.retire(started[1], 0)
+                        raise started[0]
+                    await rows.transition(self.db, row["id"], "restored")
+                    if isinstance(started[1], ReplicaGroup):
+                        await self._attach(name, row, candidate["id"], started[1])
+                    else:
+                        why = f"could not be restored: {started[1]}"
+                        await rows.candidate_event(
+                            self.db,
+                            row["id"],
+                            candidate["id"],
+                            "failed",
+                            primary_kind="candidate.failed",
+                            detail={"build": candidate["build_number"], "error": why},
+                            reason=why,
+                        )
+                    return
                 await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
                 await rows.transition(self.db, row["id"], "restored")
             except Interrupted as exc:
@@ -457,7 +785,7 @@ class Deployer:
         settled = 0
         for row in await rows.to_restore(self.db):
             node = row.get("node")
-            if row["status"] == "deployed" or row["id"] in busy:
+            if row["status"] in ("deployed", "candidate") or row["id"] in busy:
                 continue
             if node in live and node != self.settings.node:
                 continue  # its server is rolling it out
@@ -625,3 +953,9 @@ class Deployer:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _live_guard(guard: Guard | None) -> LiveGuard | None:
+    if guard is None or (guard.max_error_rate is None and guard.max_p99_ms is None):
+        return None
+    return LiveGuard(guard.max_error_rate, guard.max_p99_ms, guard.window_s)

@@ -22,6 +22,7 @@ from .lateness import CHECK_S
 from .poller import Poller
 from .replica import BootFailed, Replica, replica_id
 from .restart_policy import RestartPolicy
+from .traffic import Traffic
 
 __all__ = ["GroupFailed", "Interrupted", "OnChange", "Prepare", "ReplicaGroup"]
 
@@ -85,6 +86,8 @@ class ReplicaGroup:
             max_queue=spec.max_queue,
         )
         self.call = self.balancer.call  # the hot path: gateway → balancer → replica
+        # A primary's candidate and how requests reach it (serving/traffic.py); None: no candidate
+        self.traffic: Traffic | None = None
         # Precomputed for the gateway: response headers and the body limit.
         self.headers = [
             (b"x-model-build", str(spec.build).encode()),

@@ -12,6 +12,7 @@ from .backends import LocalBackend, ReplicaBackend
 from .config import GroupSpec, ReplicaInfo, Tuning
 from .group import GroupFailed, Interrupted, OnChange, Prepare, ReplicaGroup
 from .poller import Poller
+from .traffic import Guard, OnShadow, Traffic, TrafficMode
 
 __all__ = ["GroupFailed", "Interrupted", "OnChange", "ReplicaGroup", "Supervisor"]
 
@@ -40,6 +41,7 @@ class Supervisor:
         self.on_change = on_change
         self.active: dict[str, ReplicaGroup] = {}
         self.groups: set[ReplicaGroup] = set()  # every group not yet stopped
+        self.on_shadow: OnShadow | None = None  # a shadow's pairs go there (the monitor's)
 
     def group(self, model: str) -> ReplicaGroup | None:
         return self.active.get(model)
@@ -105,14 +107,78 @@ class Supervisor:
                 raise
         old = self.activate(group)
         if old is not None:
+            traffic = old.traffic
+            if traffic is not None and old.spec.deployment_id == group.spec.deployment_id:
+                old.traffic = None  # a restart of the primary: its candidate stays beside it
+                traffic.primary, group.traffic = group, traffic
             await self.retire(old, drain_timeout)
         return group
 
-    def interrupt(self, model: str, why: str) -> int:
+    def interrupt(self, model: str, why: str, deployment_id: str | None = None) -> int:
         """The model's groups still starting stop starting (a stop, a newer deployment): their
         replicas are killed, and the start (``start_group``, ``deploy``) raises Interrupted(why).
-        The number of groups interrupted."""
-        return sum(g.interrupt(why) for g in list(self.groups) if g.spec.model == model)
+        Only the group of ``deployment_id`` when given. The number of groups interrupted."""
+        return sum(
+            g.interrupt(why)
+            for g in list(self.groups)
+            if g.spec.model == model
+            and (deployment_id is None or g.spec.deployment_id == deployment_id)
+        )
+
+    # -- a candidate beside the primary ----------------------------------------------------------
+
+    def candidate(self, model: str) -> ReplicaGroup | None:
+        group = self.active.get(model)
+        traffic = group.traffic if group is not None else None
+        return traffic.group if traffic is not None else None
+
+    def attach(
+        self,
+        candidate: ReplicaGroup,
+        *,
+        mode: TrafficMode,
+        percent: float,
+        sticky_header: str | None = None,
+        guard: Guard | None = None,
+    ) -> Traffic | None:
+        """Route a share of the model's requests (or copies of them) to a started ``candidate``
+        group, beside the group serving the model; None when nothing serves it."""
+        primary = self.active.get(candidate.spec.model)
+        if primary is None or primary is candidate:
+            return None
+        primary.traffic = Traffic(
+            primary,
+            candidate,
+            mode=mode,
+            percent=percent,
+            sticky_header=sticky_header,
+            guard=guard,
+            on_shadow=self.on_shadow,
+        )
+        return primary.traffic
+
+    async def promote(self, model: str, *, drain_timeout: float | None = None) -> bool:
+        """The candidate takes all the model's requests (one dict store), then the old primary
+        drains (its in-flight calls finish). False when there was no candidate."""
+        primary = self.active.get(model)
+        traffic = primary.traffic if primary is not None else None
+        if primary is None or traffic is None:
+            return False
+        primary.traffic = None
+        self.activate(traffic.group)
+        await self.retire(primary, drain_timeout)
+        return True
+
+    async def abort(self, model: str, *, drain_timeout: float | None = None) -> bool:
+        """The candidate takes no more requests (one attribute store) and drains. False when
+        there was none."""
+        primary = self.active.get(model)
+        traffic = primary.traffic if primary is not None else None
+        if primary is None or traffic is None:
+            return False
+        primary.traffic = None
+        await self.retire(traffic.group, drain_timeout)
+        return True
 
     async def stop(self, model: str, *, drain_timeout: float | None = None) -> bool:
         """Drain the model's group (predictions get 503 meanwhile), then unroute it (404
@@ -124,9 +190,18 @@ class Supervisor:
         return True
 
     async def retire(self, group: ReplicaGroup, drain_timeout: float | None = None) -> None:
-        """Drain a group and forget it; unroute it if it is still the model's route."""
+        """Drain a group (and its candidate) and forget it; unroute it if it is still the
+        model's route."""
+        traffic, group.traffic = group.traffic, None
         try:
-            await group.drain(drain_timeout)
+            if traffic is not None:
+                await asyncio.gather(
+                    group.drain(drain_timeout),
+                    self.retire(traffic.group, drain_timeout),
+                    return_exceptions=True,
+                )
+            else:
+                await group.drain(drain_timeout)
         finally:
             self.groups.discard(group)
             if self.active.get(group.spec.model) is group:
