@@ -53,9 +53,10 @@ def _is_prediction_path(path: bytes) -> bool:
     )
 
 
-class _Lane(msgspec.Struct):
+class _Lane(msgspec.Struct, gc=False):
     """A prediction whose body is being read: past ``cap`` bytes its chunks are counted in
-    ``size``, not kept (the answer is 413). (A Struct: slots, made in C, cheaper than __init__.)"""
+    ``size``, not kept (the answer is 413). (A Struct: slots, made in C, cheaper than __init__;
+    untracked by the cyclic GC: nothing it holds refers back to it.)"""
 
     scope: dict[str, Any]
     cap: int
@@ -64,7 +65,7 @@ class _Lane(msgspec.Struct):
     size: int = 0
 
 
-class _Reply(msgspec.Struct):
+class _Reply(msgspec.Struct, gc=False):
     """A prediction's place in its connection's order: ``data`` (the whole response) is None
     until it is answered."""
 
@@ -91,6 +92,9 @@ class PredictionProtocol(HttpToolsProtocol):
     _lane: _Lane | None = None  # the prediction whose body is being read
     _answers: deque[_Reply] | None = None  # this connection's predictions, in order
     _close_after = False
+    # This connection's first prediction was HTTP/1.1: kept alive as its requests ask. (One that
+    # starts as HTTP/1.0 is closed after its answer, as uvicorn does.)
+    _http11 = False
     _idle_since = 0.0  # keep-alive after a prediction: the sweeper closes it past the timeout
 
     @property
@@ -157,7 +161,10 @@ class PredictionProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _start_lane(self, parsed: URL) -> None:
-        keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+        parser = self.parser
+        if not self._http11:  # asked once per connection: httptools formats it anew (~2k instr.)
+            self._http11 = parser.get_http_version() == "1.1"
+        keep_alive = self._http11 and parser.should_keep_alive()
         scope = {
             "type": "http",
             "method": "POST",
