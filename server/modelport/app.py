@@ -234,7 +234,7 @@ class Services:
             log.info("sealed the env values of %d deployments written before sealing", sealed)
         self.deployer = Deployer(self.db, self.builder, self.supervisor, self.sealer)
         self.deployer.replay_gate = promotion_gate(self.db)  # promote --if-replay-matches
-        self.replays = Replays(self.db, self.supervisor, self.deployer, self.monitor)
+        self.replays = Replays(self.db, self.supervisor, self.deployer, self.monitor, node=s.node)
         await self.replays.open()
         self.admin_token = await first_start(self.auth, s)
         await self.auth.drop_stale_token_file()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import httpx
+import msgspec
 import pytest
 
 from tests.e2e.test_deployments import Deployed
@@ -25,7 +27,7 @@ OTHER = "def predict(x: str) -> str:\n    return x\n"
 def rp(tmp_path_factory, wheel_links):
     """One server with model `rp`: builds one, same (the same code), changed (one constant
     changed) and other (another input schema); one deployed capturing every request, after 10
-    good predictions (rp-0…rp-9) and a refused one."""
+    good predictions (rp-0…rp-9), a refused one and one in MessagePack."""
     from tests.conftest import Server, free_port, server_env
 
     tmp = tmp_path_factory.mktemp("replays")
@@ -44,6 +46,17 @@ def rp(tmp_path_factory, wheel_links):
             r = d.predict("rp", {"a": a}, headers={"X-Request-Id": f"rp-{a}"})
             assert r.status_code == 200, r.text
         assert d.predict("rp", {"a": "not a number"}).status_code == 422  # an error, captured
+        packed = httpx.post(  # MessagePack both ways: replayed as it came, compared as values
+            f"{srv.url}/models/rp/predict",
+            content=msgspec.msgpack.encode({"a": 20}),
+            headers={
+                "Authorization": f"Bearer {d.keys['rp']}",
+                "Content-Type": "application/msgpack",
+                "Accept": "application/msgpack",
+                "X-Request-Id": "rp-packed",
+            },
+        )
+        assert msgspec.msgpack.decode(packed.content)["total"] == 21.0
         d.viewer = d.c.post("/api/v1/tokens", json={"name": "v", "role": "viewer"}).json()["token"]
         yield d
     finally:
@@ -66,7 +79,7 @@ def replay(d: Deployed, **body) -> dict:
 def test_a_build_against_itself_is_all_equal(rp):
     report = replay(rp, from_build=rp.one, to_build=rp.one)
     assert report["status"] == "done", report
-    assert (report["replayed"], report["equal"], report["different"]) == (11, 11, 0)
+    assert (report["replayed"], report["equal"], report["different"]) == (12, 12, 0)
     assert report["errors_from"] == report["errors_to"] == 1  # the refused request, refused again
     assert report["diffs"] == [] and report["skipped"] == 0
     assert report["p50_ms_from"] > 0 and report["p50_ms_to"] > 0
@@ -74,19 +87,19 @@ def test_a_build_against_itself_is_all_equal(rp):
     replicas = rp.c.get("/api/v1/models/rp/replicas").json()["items"]
     assert len(replicas) == 1 and replicas[0]["id"].startswith(f"rp-{rp.one}-")
     again = replay(rp, from_build=rp.one, to_build=rp.same)
-    assert (again["replayed"], again["equal"], again["different"]) == (11, 11, 0)
+    assert (again["replayed"], again["equal"], again["different"]) == (12, 12, 0)
 
 
 def test_a_changed_constant_names_exactly_the_outputs_it_changes(rp):
     report = replay(rp, from_build=rp.one, to_build=rp.changed)
     assert report["status"] == "done", report
-    assert (report["replayed"], report["equal"], report["different"]) == (11, 1, 10)
+    assert (report["replayed"], report["equal"], report["different"]) == (12, 1, 11)
     assert {d["path"] for d in report["diffs"]} == {"$.total", "$.parts[1]"}
-    assert len(report["diffs"]) == 20
+    assert len(report["diffs"]) == 22
     first = next(d for d in report["diffs"] if d["request_id"] == "rp-3" and d["path"] == "$.total")
     assert (first["old"], first["new"], first["kind"]) == (4.0, 4.5, "changed")
     tolerant = replay(rp, from_build=rp.one, to_build=rp.changed, atol=0.6)
-    assert (tolerant["equal"], tolerant["different"]) == (11, 0)
+    assert (tolerant["equal"], tolerant["different"]) == (12, 0)
     listed = rp.c.get("/api/v1/models/rp/replays", params={"build": rp.changed}).json()["items"]
     assert [r["id"] for r in listed][:2] == [tolerant["id"], report["id"]]
     assert all(rp.changed in (r["from_build"], r["to_build"]) for r in listed)
@@ -142,10 +155,10 @@ def test_the_cli_replays_waits_and_prints_the_report(rp):
     run = _cli(rp.srv)
     same = run("replay", "rp", "--build", str(rp.same), "--since", "1h")
     assert same.returncode == 0, same.stderr
-    assert "replayed 11 · equal 11 · different 0" in same.stdout
+    assert "replayed 12 · equal 12 · different 0" in same.stdout
     changed = run("replay", "rp", "--build", str(rp.changed))
     assert changed.returncode == 1, changed.stderr
-    assert "different 10" in changed.stdout and "$.parts[1]" in changed.stdout
+    assert "different 11" in changed.stdout and "$.parts[1]" in changed.stdout
     assert "$.total" in changed.stdout and "rp-3" in changed.stdout
     as_json = run("replay", "rp", "--build", str(rp.changed), "--atol", "1", "--json")
     assert as_json.returncode == 0 and '"different": 0' in as_json.stdout
@@ -158,5 +171,5 @@ def test_the_cli_replays_waits_and_prints_the_report(rp):
 def test_the_store_counts_captures_and_reports(rp):
     replay(rp, from_build=rp.one, to_build=rp.one)
     stats = rp.c.get("/api/v1/store").json()
-    assert stats["captures"] == 11 and stats["capture_bytes"] > 11 * len('{"a":0}')
+    assert stats["captures"] == 12 and stats["capture_bytes"] > 12 * len('{"a":0}')
     assert stats["replay_reports"] >= 1 and stats["replay_report_bytes"] > 0

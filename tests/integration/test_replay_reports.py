@@ -84,3 +84,25 @@ def test_reports_and_the_gate(registry):
             await db.close()
 
     asyncio.run(run())
+
+
+def test_a_restarting_server_fails_only_its_own_running_replays(registry):
+    async def run():
+        db = await registry.open()
+        try:
+            m = await _model(db, "two")
+            mine = await _report(db, m, 1, 2)
+            theirs = await _report(db, m, 1, 2)
+            async with db.write() as tx:
+                await tx.execute("UPDATE replay_reports SET node = 'a' WHERE id = ?", (mine,))
+                await tx.execute("UPDATE replay_reports SET node = 'b' WHERE id = ?", (theirs,))
+            assert await report_rows.interrupted(db, "a", "the server stopped", 5.0) == 1
+            failed = await report_rows.row(db, m, mine)
+            assert failed is not None
+            assert (failed["status"], failed["error"]) == ("failed", "the server stopped")
+            other = await report_rows.row(db, m, theirs)
+            assert other is not None and other["status"] == "running"
+        finally:
+            await db.close()
+
+    asyncio.run(run())

@@ -26,7 +26,7 @@ RESULT_FIELDS = (
 
 async def create(db: Database, **fields: Any) -> Row:
     """A running report (model_id, from_build, to_build, source, since, until, max_requests,
-    rtol, atol, created_by, at)."""
+    rtol, atol, created_by, at, node)."""
     names = sorted(fields)
     async with db.write() as tx:
         report_id = await tx.insert(
@@ -70,13 +70,14 @@ async def of_model(
     )
 
 
-async def interrupted(db: Database, why: str, at: float) -> int:
-    """Reports a stopped server left running: failed, saying why (at start-up)."""
+async def interrupted(db: Database, node: str, why: str, at: float) -> int:
+    """Reports this server (``node``) left running when it stopped: failed, saying why (at
+    start-up; another server's running replays are its own)."""
     async with db.write() as tx:
         return await tx.execute(
             "UPDATE replay_reports SET status = 'failed', error = ?, finished_at = ?"
-            " WHERE status = 'running'",
-            (why, at),
+            " WHERE status = 'running' AND node = ?",
+            (why, at, node),
         )
 
 

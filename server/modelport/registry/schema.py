@@ -325,4 +325,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deployments ADD COLUMN guard TEXT;
     ALTER TABLE captures ADD COLUMN source TEXT NOT NULL DEFAULT 'sample';
     """,
+    # 13: the server a replay runs on (several servers on one registry: a restarting server fails
+    # only the replays it ran itself)
+    """
+    ALTER TABLE replay_reports ADD COLUMN node TEXT NOT NULL DEFAULT '';
+    """,
 ]

@@ -58,17 +58,19 @@ class Replays:
         deployer: Deployer,
         monitor: Monitor,
         *,
+        node: str = "",
         rate: float = RATE_PER_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db, self.supervisor, self.deployer, self.monitor = db, supervisor, deployer, monitor
+        self.node = node  # this server's name among those sharing the registry
         self.rate, self.clock = rate, clock
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        """Reports a stopped server left running are failed, saying so."""
+        """The reports this server left running when it stopped are failed, saying so."""
         await report_rows.interrupted(
-            self.db, "the server stopped while the replay ran", self.clock()
+            self.db, self.node, "the server stopped while the replay ran", self.clock()
         )
 
     async def start(
@@ -119,6 +121,7 @@ class Replays:
             atol=atol,
             created_by=actor,
             at=self.clock(),
+            node=self.node,
         )
         self._spawn(self._run(model, report))
         return report
