@@ -63,8 +63,8 @@ def rp(tmp_path_factory, wheel_links):
         srv.stop()
 
 
-def replay(d: Deployed, **body) -> dict:
-    r = d.c.post("/api/v1/models/rp/replays", json={"since": "1h", **body})
+def replay(d: Deployed, model: str = "rp", **body) -> dict:
+    r = d.c.post(f"/api/v1/models/{model}/replays", json={"since": "1h", **body})
     assert r.status_code == 202, r.text
     report = r.json()
     assert report["status"] == "running"
@@ -72,7 +72,7 @@ def replay(d: Deployed, **body) -> dict:
     while report["status"] == "running":
         assert time.monotonic() < deadline, report
         time.sleep(0.1)
-        report = d.c.get(f"/api/v1/models/rp/replays/{report['id']}").json()
+        report = d.c.get(f"/api/v1/models/{model}/replays/{report['id']}").json()
     return report
 
 
@@ -173,3 +173,78 @@ def test_the_store_counts_captures_and_reports(rp):
     stats = rp.c.get("/api/v1/store").json()
     assert stats["captures"] == 12 and stats["capture_bytes"] > 12 * len('{"a":0}')
     assert stats["replay_reports"] >= 1 and stats["replay_report_bytes"] > 0
+
+
+def test_a_shadow_candidates_pairs_and_the_promote_gate(tmp_path_factory, wheel_links):
+    """A shadow candidate answering one output differently: its recorded pairs give a report
+    naming that output; a replay of captures goes to the candidate's own group; promote is
+    refused on the differing report (409 replay.mismatch) and goes through on a matching one."""
+    from tests.conftest import Server, free_port, server_env
+
+    tmp = tmp_path_factory.mktemp("shadow")
+    data = tmp / "data"
+    env = {**server_env(data), "MODELPORT_FIND_LINKS": str(wheel_links), "MODELPORT_NO_INDEX": "1"}
+    srv = Server(data_dir=data, port=free_port(), env=env).start()
+    try:
+        d = Deployed(srv, tmp)
+        d.model("sh")
+        one = d.build("sh", {"predict.py": model(0.0)})
+        changed = d.build("sh", {"predict.py": model(0.5)})
+        same = d.build("sh", {"predict.py": model(0.0)})
+        d.deploy("sh", one)
+        r = d.c.post("/api/v1/models/sh/deployments", json={"build": changed, "shadow": True})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 90
+        while (
+            d.c.get("/api/v1/models/sh/deployments/current/traffic").json().get("candidate_status")
+            != "serving"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for a in range(5):
+            answer = d.predict("sh", {"a": a}, headers={"X-Request-Id": f"sh-{a}"})
+            assert answer.status_code == 200 and answer.headers["x-model-build"] == str(one)
+        deadline = time.monotonic() + 30
+        while (
+            d.c.get("/api/v1/models/sh/deployments/current/traffic").json()["shadow"]["recorded"]
+            < 5
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        shadowed = replay(d, from_build=one, to_build=changed, source="shadow", model="sh")
+        assert shadowed["status"] == "done", shadowed
+        assert (shadowed["replayed"], shadowed["different"]) == (5, 5)
+        assert {x["path"] for x in shadowed["diffs"]} == {"$.total", "$.parts[1]"}
+        refused = d.c.post("/api/v1/models/sh/promote", json={"if_replay_matches": shadowed["id"]})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "replay.mismatch"
+        assert "5 of 5" in refused.json()["error"]["message"]
+        none_yet = d.c.post(
+            "/api/v1/models/sh/replays",
+            json={"from_build": one, "to_build": same, "since": "1h", "source": "shadow"},
+        )
+        assert none_yet.status_code == 422 and "shadowed" in none_yet.json()["error"]["message"]
+
+        # a matching candidate: the captured requests sent to its own group, then promoted
+        assert d.c.post("/api/v1/models/sh/abort").status_code == 200
+        r = d.c.post(
+            "/api/v1/models/sh/deployments",
+            json={"build": same, "canary_percent": 0, "capture_percent": 100},
+        )
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 90
+        while (
+            d.c.get("/api/v1/models/sh/deployments/current/traffic").json().get("candidate_status")
+            != "serving"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        matching = replay(d, from_build=one, to_build=same, model="sh")
+        assert matching["status"] == "done" and matching["different"] == 0, matching
+        assert matching["replayed"] == 5  # the primary's shadowed requests, captured
+        wrong = d.c.post("/api/v1/models/sh/promote", json={"if_replay_matches": shadowed["id"]})
+        assert wrong.status_code == 409 and "not the primary" in wrong.json()["error"]["message"]
+        promoted = d.c.post("/api/v1/models/sh/promote", json={"if_replay_matches": matching["id"]})
+        assert promoted.status_code in (200, 202), promoted.text
+    finally:
+        srv.stop()

@@ -95,17 +95,6 @@ async def in_window(
     )
 
 
-async def of_requests(db: Database, model_id: int, build: int, request_ids: list[str]) -> list[Row]:
-    """The build's captures of these request ids (a shadow's recorded answers)."""
-    if not request_ids:
-        return []
-    marks = ", ".join("?" for _ in request_ids)
-    return await db.all(
-        f"SELECT * FROM captures WHERE model_id = ? AND build = ? AND request_id IN ({marks})",
-        (model_id, build, *request_ids),
-    )
-
-
 async def stats(db: Database) -> tuple[int, int]:
     """(captures, bytes of their requests and responses)."""
     found = await db.one(

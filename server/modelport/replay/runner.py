@@ -102,7 +102,17 @@ class Replays:
         if until <= since:
             raise RequestInvalid("`until` must be after `since`.", field="until")
         await self.monitor.flush_pending()
-        if not await capture_rows.in_window(self.db, model.id, from_build, since, until, 1):
+        if source == "shadow":
+            if not await capture_rows.shadow_pairs(
+                self.db, model.id, from_build, to_build, since=since, until=until, limit=1
+            ):
+                raise RequestInvalid(
+                    f"No request of build #{from_build} was shadowed on build #{to_build} in "
+                    f"the window: add #{to_build} as a shadow (deploy --shadow), or widen "
+                    "`since`.",
+                    field="since",
+                )
+        elif not await capture_rows.in_window(self.db, model.id, from_build, since, until, 1):
             raise RequestInvalid(
                 f"Build #{from_build} has no captured requests in the window: deploy it with "
                 "capture_percent above 0 (CLI --capture-percent), or widen `since`.",
@@ -158,6 +168,10 @@ class Replays:
             log.exception("could not record that replay %s failed", report["id"])
 
     async def _replay(self, model: ModelRow, report: Row) -> dict[str, Any]:
+        tally = _Tally(report, await self._cap(model))
+        if report["source"] == "shadow":
+            await self._pairs(model, report, tally)
+            return tally.result()
         captured = await capture_rows.in_window(
             self.db,
             model.id,
@@ -166,11 +180,7 @@ class Replays:
             report["until"],
             report["max_requests"],
         )
-        tally = _Tally(report, await self._cap(model))
-        if report["source"] == "shadow":
-            await self._pairs(model, report, captured, tally)
-        else:
-            await self._send(model, report, captured, tally)
+        await self._send(model, report, captured, tally)
         return tally.result()
 
     async def _cap(self, model: ModelRow) -> int:
@@ -180,24 +190,26 @@ class Replays:
         )
         return int(row["capture_max_bytes"]) if row is not None else 65_536
 
-    async def _pairs(
-        self, model: ModelRow, report: Row, captured: list[Row], tally: _Tally
-    ) -> None:
-        ids = [c["request_id"] for c in captured]
-        theirs: dict[str, Row] = {}
-        for k in range(0, len(ids), 500):
-            for row in await capture_rows.of_requests(
-                self.db, model.id, report["to_build"], ids[k : k + 500]
-            ):
-                theirs[row["request_id"]] = row
-        for c in captured:
-            other = theirs.get(c["request_id"])
-            if other is None or c["truncated"] or other["truncated"]:
-                tally.skipped += 1
-                continue
-            tally.add(
-                c, int(other["status"]), _decoded(other["response"]), other["latency_s"] * 1000
-            )
+    async def _pairs(self, model: ModelRow, report: Row, tally: _Tally) -> None:
+        """A shadow's recorded pairs (the primary's answer and the candidate's to one request),
+        compared as they are."""
+        pairs = await capture_rows.shadow_pairs(
+            self.db,
+            model.id,
+            report["from_build"],
+            report["to_build"],
+            since=report["since"],
+            until=report["until"],
+            limit=report["max_requests"],
+        )
+        for p in pairs:
+            old = {
+                "request_id": p["request_id"],
+                "status": p["old_status"],
+                "latency_s": p["old_latency_s"],
+                "response": p["old"],
+            }
+            tally.add(old, int(p["new_status"]), _decoded(p["new"]), p["new_latency_s"] * 1000)
 
     async def _send(self, model: ModelRow, report: Row, captured: list[Row], tally: _Tally) -> None:
         group, started = await self._target(model, report)
@@ -234,15 +246,9 @@ class Replays:
     async def _target(self, model: ModelRow, report: Row) -> tuple[ReplicaGroup, bool]:
         """(the group to send to, whether the run started it)."""
         build = report["to_build"]
-        active = self.supervisor.active.get(model.name)
-        for group in list(self.supervisor.groups):  # a candidate serving beside the primary
-            if (
-                group.spec.model == model.name
-                and group.spec.build == build
-                and group is not active
-                and group.state == "running"
-            ):
-                return group, False
+        candidate = self.supervisor.candidate(model.name)  # serving beside the primary
+        if candidate is not None and candidate.spec.build == build and candidate.state == "running":
+            return candidate, False
         row = await deployment_rows.current(self.db, model.id) or await deployment_rows.latest(
             self.db, model.id
         )
