@@ -169,7 +169,10 @@ class Services:
         backend: ReplicaBackend = LocalBackend(settings.node)
         if settings.replicas:  # MODELPORT_REPLICAS=ray://head:port
             backend = RayBackend(
-                settings.replicas, store_root=settings.store_dir, store_url=settings.store_url
+                settings.replicas,
+                store_root=settings.store_dir,
+                store_url=settings.store_url,
+                tls=settings.replica_tls,
             )
         self.supervisor = Supervisor(
             runtime_dir=runtime_dir(settings.data_dir),

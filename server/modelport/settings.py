@@ -65,6 +65,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Where replicas run: None here (MODELPORT_REPLICAS=local), or the Ray cluster's head address
     # host:port (MODELPORT_REPLICAS=ray://host:port), which the server joins as a driver
     replicas: str | None = None
+    # The server↔replica link of replicas on Ray nodes in TLS 1.3 (MODELPORT_REPLICA_TLS=on): a
+    # key and certificate made for each replica start, the only one the server then trusts
+    replica_tls: bool = False
     # Servers sharing a PostgreSQL registry hear each other's changes at once (LISTEN/NOTIFY) and
     # reload everything from it every reconcile_s seconds besides (MODELPORT_RECONCILE_S)
     reconcile_s: int = 10
@@ -150,6 +153,13 @@ class Settings(msgspec.Struct, kw_only=True):
                 values[key] = found
         if env.get("MODELPORT_METRICS", "") in ("0", "false"):
             values["metrics"] = False
+        tls = env.get("MODELPORT_REPLICA_TLS", "").strip().lower()
+        if tls in ("on", "1", "true", "yes"):
+            values["replica_tls"] = True
+        elif tls not in ("", "off", "0", "false", "no"):
+            raise SettingError(
+                f"MODELPORT_REPLICA_TLS must be on or off, not {env['MODELPORT_REPLICA_TLS']!r}"
+            )
         switch = env.get("MODELPORT_SANDBOX", "").strip().lower()
         if switch in ("off", "0", "false", "no"):
             values["sandbox"] = False

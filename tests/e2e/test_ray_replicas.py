@@ -681,3 +681,36 @@ def test_a_partitioned_node_s_replicas_are_replaced_on_the_other(
     )
     assert d.predict("apart", {"a": 2}).json()["sum"] == 3.0
     srv.stop()
+
+
+@pytest.mark.slow
+def test_with_replica_tls_the_link_to_each_node_is_tls(offline_server, tmp_path, ray_cluster):
+    """MODELPORT_REPLICA_TLS=on: each replica start gets its own key and certificate (the only
+    one the server trusts for it), the link is TLS 1.3 with the Hello inside; predictions and
+    a boot failure's message reach the server through it."""
+    srv = offline_server()
+    srv.env.update(MODELPORT_REPLICAS=ray_cluster.url, MODELPORT_REPLICA_TLS="on")
+    d = Deployed(srv.start(timeout=120), tmp_path)
+    d.model("sealed")
+    created = d.deploy("sealed", d.build("sealed", MODEL), wait=False, replicas=2, cpus=0.25)
+    assert d.wait("sealed", created["id"], timeout=240)["status"] == "deployed"
+    replicas = _replicas(d, "sealed")
+    assert sorted(r["node"] for r in replicas) == ["127.0.0.2", "127.0.0.3"]
+    answers = [d.predict("sealed", {"a": i, "b": 1}) for i in range(20)]
+    assert [r.json()["sum"] for r in answers] == [i + 1.0 for i in range(20)]
+    placed = re.findall(r"placed on Ray node \S+ .*?environment \w+; TLS\)", srv.log())
+    assert len(placed) == 2, srv.log()[-3000:]
+    d.model("cracked")
+    files = {
+        "predict.py": (
+            "import os\n"
+            "if os.environ.get('BOOM'):\n"
+            "    raise ImportError('no weights on this node')\n"
+            "def predict(a: float) -> float:\n"
+            "    return a\n"
+        )
+    }
+    build = d.build("cracked", files)
+    created = d.deploy("cracked", build, wait=False, replicas=1, cpus=0.25, env={"BOOM": "1"})
+    done = d.wait("cracked", created["id"], timeout=240)
+    assert done["status"] == "failed" and "no weights on this node" in (done["reason"] or "")

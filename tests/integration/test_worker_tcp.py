@@ -241,3 +241,78 @@ def test_the_worker_is_killed_when_its_launcher_goes(model_dir):
     else:
         os.kill(pid, 9)
         pytest.fail("the worker outlived its launcher")
+
+
+def _tls_worker(model_dir: Path, entry: str = "model.py:add") -> tuple[subprocess.Popen, int]:
+    """A worker with --tls: its secret, then this start's certificate and key, on stdin."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "modelport.runtime.worker", "--project", str(model_dir),
+         "--entry", entry, "--tls", "--listen-fd", str(listener.fileno())],
+        pass_fds=[listener.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    listener.close()
+    return proc, port
+
+
+def test_with_tls_the_link_is_tls_1_3_to_the_start_s_own_certificate_only(model_dir):
+    """--tls: a plain client with the right secret is refused (nothing run); a TLS client that
+    trusts another certificate fails its handshake; the server's context for this start (it
+    trusts only the certificate it made) opens, says Hello inside TLS and is served."""
+    import ssl
+
+    from modelport.serving.ray_replicas import replica_tls
+
+    pem, ctx = replica_tls("m-1-1-beef")
+    _, other = replica_tls("someone-else")
+    secret = _secret()
+    proc, port = _tls_worker(model_dir)
+    assert proc.stdin is not None
+    proc.stdin.write(secret + b"\n" + pem)
+    proc.stdin.close()
+    proc.stdin = None
+    # The right secret in plain TCP: not TLS, refused, nothing run.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as plain:
+        send_frame(plain, Hello(secret, time.monotonic()))
+        assert _closed(plain)
+    # TLS to a worker whose certificate this client does not trust: the handshake fails.
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with raw, pytest.raises(ssl.SSLCertVerificationError):
+        other.wrap_socket(raw, server_hostname=None)
+    assert proc.poll() is None
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with raw, ctx.wrap_socket(raw, server_hostname=None) as conn:
+        assert conn.version() == "TLSv1.3"
+        send_frame(conn, Hello(secret, time.monotonic()))
+        assert isinstance(recv_frame(conn), Ready)
+        send_frame(conn, Call(1, b'{"a": 41}'))
+        answer = recv_frame(conn)
+        assert isinstance(answer, Result) and answer.body == b"42.0"
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.decode().count("loading weights") == 1 and out.decode().count("adding") == 1
+    assert err.decode().count("refused a connection") == 2
+    assert b"PRIVATE KEY" not in out + err
+
+
+def test_with_tls_a_boot_failure_reaches_the_server_inside_tls(tmp_path):
+    (tmp_path / "model.py").write_text("raise ImportError('no weights here')\n")
+    from modelport.runtime.protocol import Boot
+    from modelport.serving.ray_replicas import replica_tls
+
+    pem, ctx = replica_tls("m-1-1-beef")
+    secret = _secret()
+    proc, port = _tls_worker(tmp_path)
+    assert proc.stdin is not None
+    proc.stdin.write(secret + b"\n" + pem)
+    proc.stdin.close()
+    proc.stdin = None
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with raw, ctx.wrap_socket(raw, server_hostname=None) as conn:
+        send_frame(conn, Hello(secret, time.monotonic()))
+        boot = recv_frame(conn)
+        assert isinstance(boot, Boot) and "no weights here" in boot.error
+    proc.communicate(timeout=30)
+    assert proc.returncode == 3

@@ -190,3 +190,13 @@ def test_a_ray_node_confines_its_worker_as_a_local_replica_or_starts_nothing(tmp
     lacking = {**job, "sandbox": [*job["sandbox"], "landlock_future"]}
     with pytest.raises(RuntimeError, match="lacks landlock_future of the server's sandbox"):
         ReplicaHost()._confined(here, built, lacking, ["worker"], {})
+
+
+def test_modelport_replica_tls_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELPORT_HOME", str(tmp_path))
+    for value, on in (("on", True), ("1", True), ("off", False), ("", False)):
+        monkeypatch.setenv("MODELPORT_REPLICA_TLS", value)
+        assert Settings.from_env().replica_tls is on
+    monkeypatch.setenv("MODELPORT_REPLICA_TLS", "sometimes")
+    with pytest.raises(SettingError, match="MODELPORT_REPLICA_TLS must be on or off"):
+        Settings.from_env()

@@ -9,7 +9,9 @@ With --listen-fd (a replica on another node than the server: an inherited, liste
 socket), the worker reads its secret from the first line of stdin, then serves the first
 connection whose first frame is a Hello with that secret; a connection without it is closed
 (nothing is run for it) and the worker waits for the next one. Once one is in, it listens no
-more.
+more. With --tls as well, stdin holds after that line this start's own certificate and key (PEM,
+made by the server, which trusts only that certificate): the connection is TLS 1.3 first, and
+the Hello comes inside it.
 
 Exit codes: 0 stopped (end of stream, SIGTERM/SIGINT after in-flight calls finish),
 2 bad command line, 3 boot failure (import or entry error; Boot was sent — do not restart),
@@ -39,6 +41,7 @@ from .protocol import (
     Boot,
     Call,
     Failure,
+    FrameReader,
     Hello,
     MessageProtocol,
     Ping,
@@ -46,6 +49,7 @@ from .protocol import (
     ProtocolError,
     Ready,
     Result,
+    encode_frame,
     recv_frame,
     send_frame,
 )
@@ -221,18 +225,24 @@ def serve(
     busy_poll_s: float = 0.0,
     max_call: int = MAX_FRAME,
     skew: float = 0.0,
+    link: tuple[asyncio.AbstractEventLoop, asyncio.Transport] | None = None,
 ) -> int:
     """Serve Calls on ``sock`` until the server closes it or a stop signal; return the exit code.
-    A frame longer than ``max_call`` bytes is a broken stream: the connection is closed."""
-    loop = _new_loop(loop_kind)
+    A frame longer than ``max_call`` bytes is a broken stream: the connection is closed.
+    ``link``: a TLS connection already open on its loop (``sock`` is then unused)."""
+    loop = link[0] if link is not None else _new_loop(loop_kind)
     asyncio.set_event_loop(loop)
     done: asyncio.Future[None] = loop.create_future()
     replica = _Replica(invoker, max_concurrency, done, busy_poll_s, max_call, skew)
     if replica.r is not None:
         replica.r.start(loop, replica.relayed)
-    unix = sock.family == socket.AF_UNIX
-    connect = loop.create_unix_connection if unix else loop.create_connection
-    loop.run_until_complete(connect(lambda: replica, sock=sock))
+    if link is not None:
+        link[1].set_protocol(replica)
+        replica.connection_made(link[1])
+    else:
+        unix = sock.family == socket.AF_UNIX
+        connect = loop.create_unix_connection if unix else loop.create_connection
+        loop.run_until_complete(connect(lambda: replica, sock=sock))
     for signum in (signal.SIGTERM, signal.SIGINT):
         # not the main thread / Windows: no handler
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -314,10 +324,13 @@ class Refused(Exception):
     """A connection to the listening socket did not open with the replica's secret."""
 
 
-def _read_secret() -> bytes:
-    """The first line of stdin (the launcher's pipe, closed after): never in argv or environ."""
+def _read_secret(rest: list[bytes] | None = None) -> bytes:
+    """The first line of stdin (the launcher's pipe, closed after): never in argv or environ.
+    ``rest``: gets what follows it (the TLS certificate and key), up to 64 KiB."""
     try:
         line = sys.stdin.buffer.readline(1024)
+        if rest is not None:
+            rest.append(sys.stdin.buffer.read(65536))
     except (OSError, ValueError, AttributeError):
         line = b""
     with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -366,6 +379,95 @@ def accept(listener: socket.socket, secret: bytes) -> tuple[socket.socket, float
         listener.close()
 
 
+def _tls_context(pem: bytes) -> Any:
+    """This start's certificate and key (PEM) as a TLS 1.3 server context. The ssl module loads
+    a key only from a file: a private one in TMPDIR (the sandbox's own temp dir), removed at
+    once, before the model is imported."""
+    import ssl
+    import tempfile
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    fd, path = tempfile.mkstemp(prefix=".tls-")
+    try:
+        os.write(fd, pem)
+        os.close(fd)
+        ctx.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+    return ctx
+
+
+class _FirstFrame(asyncio.Protocol):
+    """The first frame of a TLS connection (its Hello)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.reader = FrameReader(HELLO_MAX)
+        self.first: asyncio.Future[Any] = loop.create_future()
+
+    def itself(self) -> _FirstFrame:
+        return self
+
+    def data_received(self, data: bytes) -> None:
+        if self.first.done():
+            return
+        try:
+            msgs = self.reader.feed(data)
+        except ProtocolError as exc:
+            self.first.set_exception(Refused(f"no Hello ({type(exc).__name__})"))
+            return
+        if msgs:
+            self.first.set_result(msgs[0])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.first.done():
+            self.first.set_exception(Refused("closed before its Hello"))
+
+
+async def accept_tls(listener: socket.socket, secret: bytes, ctx: Any) -> tuple[Any, float]:
+    """As ``accept``, each connection TLS first (a handshake and a Hello within
+    HELLO_TIMEOUT_S): the transport of the first one with the secret, and the clock skew."""
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    try:
+        while True:
+            conn, peer = await loop.sock_accept(listener)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            proto, transport = _FirstFrame(loop), None
+            try:
+                opened = loop.connect_accepted_socket(
+                    proto.itself, conn, ssl=ctx, ssl_handshake_timeout=HELLO_TIMEOUT_S
+                )
+                transport, _ = await asyncio.wait_for(opened, HELLO_TIMEOUT_S)
+                msg = await asyncio.wait_for(proto.first, HELLO_TIMEOUT_S)
+                received = time.monotonic()
+                if type(msg) is not Hello:
+                    raise Refused("its first frame is not a Hello")
+                if not hmac.compare_digest(msg.secret, secret):
+                    raise Refused("wrong secret")
+            except (Refused, OSError, TimeoutError, ProtocolError) as exc:
+                if transport is not None:
+                    transport.abort()
+                conn.close()
+                why = str(exc) or type(exc).__name__
+                print(f"modelport worker: refused a connection from {peer}: {why}", file=sys.stderr)
+                continue
+            return transport, received - msg.clock if msg.clock else 0.0
+    finally:
+        listener.close()
+
+
+def _connect_tls(args: argparse.Namespace) -> tuple[asyncio.AbstractEventLoop, Any, float]:
+    rest: list[bytes] = []
+    secret = _read_secret(rest)
+    ctx = _tls_context(rest[0] if rest else b"")
+    loop = _new_loop(args.loop)
+    asyncio.set_event_loop(loop)
+    listener = socket.socket(fileno=args.listen_fd)
+    transport, skew = loop.run_until_complete(accept_tls(listener, secret, ctx))
+    return loop, transport, skew
+
+
 def _connect(args: argparse.Namespace) -> tuple[socket.socket, float]:
     if args.listen_fd is not None:
         secret = _read_secret()
@@ -404,6 +506,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="an inherited, listening TCP socket: serve the first connection with the secret "
         "read from stdin",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="with --listen-fd: TLS 1.3 with the certificate and key that follow the secret",
     )
     p.add_argument(
         "--max-concurrency", type=int, default=1, help="calls served at once (default 1)"
@@ -457,11 +564,23 @@ def main(argv: list[str] | None = None) -> int:
     _line_buffered()
     _die_with_parent()
     _limit_resources()
+    link = None
     try:
-        sock, skew = _connect(args)
-    except OSError as exc:
+        if args.tls and args.listen_fd is not None:
+            loop, transport, skew = _connect_tls(args)
+            link, sock = (loop, transport), None
+        else:
+            sock, skew = _connect(args)
+    except (OSError, ValueError) as exc:
         print(f"modelport worker: cannot connect to the server: {exc}", file=sys.stderr)
         return EXIT_CONNECT
+
+    def send(msg: Any) -> None:
+        if link is None:
+            send_frame(sock, msg)  # type: ignore[arg-type]
+        else:
+            link[1].write(encode_frame(msg))
+
     r = is_r_entry(args.entry)
     try:
         if r:  # an R function: its R process starts, sources the file and says it is ready
@@ -475,19 +594,24 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _flush()
         with contextlib.suppress(OSError):
-            send_frame(sock, Boot(str(exc) if r else error_text(exc)))
+            send(Boot(str(exc) if r else error_text(exc)))
+        if link is not None:  # the loop sends it, then the close
+            link[1].close()
+            with contextlib.suppress(Exception):
+                link[0].run_until_complete(asyncio.sleep(0.5))
         return EXIT_BOOT
     gc.collect()
     gc.freeze()  # the model's objects (weights) need not be scanned by every collection
-    send_frame(sock, Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
+    send(Ready(os.getpid(), invoker.sig.form, invoker.sig.is_async))
     code = serve(
-        sock,
+        sock,  # type: ignore[arg-type]
         invoker,
         1 if r else max(1, args.max_concurrency),
         args.loop,
         max(0, args.busy_poll_us) / 1e6,
         max(1, args.max_call_bytes),
         skew,
+        link,
     )
     if r:
         invoker.close()  # drained: R ends once its input closes

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import Callable
@@ -166,11 +167,14 @@ class Pipe:
         self._conn = conn = _Framing(self, self.max_response_bytes + FRAME_OVERHEAD)
         return conn
 
-    async def open(self, sock: socket.socket) -> None:
-        """Speak over ``sock``, a connected stream socket (Unix or TCP)."""
+    async def open(self, sock: socket.socket, ssl: ssl_module.SSLContext | None = None) -> None:
+        """Speak over ``sock``, a connected stream socket (Unix or TCP; over TLS with ``ssl``,
+        its handshake done here: the context says whom it trusts, no host name is checked)."""
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
             await loop.create_unix_connection(self.protocol, sock=sock)
+        elif ssl is not None:
+            await loop.create_connection(self.protocol, sock=sock, ssl=ssl, server_hostname="")
         else:
             await loop.create_connection(self.protocol, sock=sock)
 

@@ -134,7 +134,8 @@ class ReplicaHost:
         finally:
             listener.close()
         assert self.proc.stdin is not None
-        self.proc.stdin.write(job["secret"].encode() + b"\n")
+        # The secret, then (TLS) this start's certificate and key: never in argv or environ
+        self.proc.stdin.write(job["secret"].encode() + b"\n" + (job.get("tls_pem") or b""))
         with contextlib.suppress(OSError):
             await self.proc.stdin.drain()
         self.proc.stdin.close()

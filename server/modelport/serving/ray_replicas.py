@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ from .replica import BootFailed, Replica
 if TYPE_CHECKING:
     from .group import ReplicaGroup
 
-__all__ = ["RayBackend", "RayReplica"]
+__all__ = ["RayBackend", "RayReplica", "replica_tls"]
 
 log = logging.getLogger("modelport.serving")
 
@@ -54,6 +55,46 @@ DEAD_NODE_S = 10.0  # an actor dead: how long Ray may take to say its node is de
 UNREACHABLE_S = 30.0  # an actor unreachable this long, its node still alive: taken as lost
 
 
+def replica_tls(name: str) -> tuple[bytes, ssl.SSLContext]:
+    """A new key and self-signed certificate for one replica start (PEM: the certificate, then
+    the key, handed to the worker with its secret), and the client context that trusts only
+    that certificate (TLS 1.3; no host name to check: the certificate itself is the identity).
+    A model that reads its own replica's key learns nothing it could use elsewhere."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"modelport replica {name}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=10))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    ctx.load_verify_locations(cadata=cert_pem.decode())
+    return cert_pem + key_pem, ctx
+
+
 class RayBackend(ReplicaBackend):
     """Places replicas on the Ray cluster whose head is at ``address``; the server joins it as a
     driver at start. The nodes read builds from the same store as this server: its S3 bucket
@@ -62,8 +103,11 @@ class RayBackend(ReplicaBackend):
 
     name = "ray"
 
-    def __init__(self, address: str, *, store_root: Path, store_url: str | None) -> None:
+    def __init__(
+        self, address: str, *, store_root: Path, store_url: str | None, tls: bool = False
+    ) -> None:
         self.address, self.store_root, self.store_url = address, store_root, store_url
+        self.tls = tls  # the link to each worker in TLS (MODELPORT_REPLICA_TLS)
         self.host_class: Any = None
 
     async def open(self) -> None:
@@ -165,7 +209,7 @@ class RayReplica(Replica):
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def _job(self, secret: str) -> dict[str, Any]:
+    def _job(self, secret: str, tls_pem: bytes | None = None) -> dict[str, Any]:
         spec, t = self.group.spec, self.tuning
         return {
             "rid": self.id,
@@ -181,11 +225,13 @@ class RayReplica(Replica):
                 str(spec.max_body_bytes + FRAME_OVERHEAD),
                 "--max-result-bytes",
                 str(t.max_response_bytes),
+                *(["--tls"] if tls_pem else []),
             ],
             "env": self.env,
             "memory_mb": spec.memory_mb,
             "rss_interval_s": t.rss_interval_s,
             "secret": secret,
+            "tls_pem": tls_pem,  # this start's certificate and key, after the secret on stdin
             # The server's sandbox (what GET /api/v1/health lists; [] when off): the node confines
             # the worker as a local replica is, and starts nothing if its kernel has less.
             "sandbox": self._protections(),
@@ -216,8 +262,11 @@ class RayReplica(Replica):
             if isinstance(r, RayReplica) and r is not self and r.node_id and r.state == "ready"
         ]
         secret = secrets.token_hex(32)
+        tls_pem, tls = replica_tls(self.id) if self.backend.tls else (None, None)
         try:
-            placed = await asyncio.wait_for(self._place(secret, siblings), self.boot_timeout_s)
+            placed = await asyncio.wait_for(
+                self._place(secret, siblings, tls_pem), self.boot_timeout_s
+            )
         except BaseException as exc:
             await self._fetch_logs()
             await self._end_actor()
@@ -236,13 +285,14 @@ class RayReplica(Replica):
         self.pid, self.node, self.node_id = placed["pid"], placed["host"], placed["node"]
         self._started = time.monotonic()
         log.info(
-            "replica %s placed on Ray node %s (%s), worker pid %s, port %s (environment %s)",
+            "replica %s placed on Ray node %s (%s), worker pid %s, port %s (environment %s%s)",
             self.id,
             self.node,
             self.node_id[:12],
             self.pid,
             placed["port"],
             "reused" if placed["cached"] else "made",
+            "; TLS" if tls is not None else "",
         )
         self._exited = asyncio.create_task(self._wait_exit_ray())
         try:
@@ -252,9 +302,15 @@ class RayReplica(Replica):
                 loop.sock_connect(sock, (placed["host"], placed["port"])),
                 max(1.0, deadline - time.monotonic()),
             )
-            await loop.sock_sendall(sock, encode_frame(Hello(secret.encode(), time.monotonic())))
-            await self.pipe.open(sock)
-        except (OSError, TimeoutError) as exc:
+            hello = encode_frame(Hello(secret.encode(), time.monotonic()))
+            if tls is None:
+                await loop.sock_sendall(sock, hello)
+                await self.pipe.open(sock)
+            else:  # TLS first, then the Hello inside it
+                await self.pipe.open(sock, ssl=tls)
+                assert self.pipe.transport is not None
+                self.pipe.transport.write(hello)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             sock.close()
             reason = f"its port {placed['host']}:{placed['port']} could not be reached: {exc}"
             await self._boot_failed(reason)
@@ -289,7 +345,9 @@ class RayReplica(Replica):
             reason = f"not ready within boot_timeout_s={self.boot_timeout_s:g}s"
         await self._boot_failed(reason)
 
-    async def _place(self, secret: str, siblings: list[str]) -> dict[str, Any]:
+    async def _place(
+        self, secret: str, siblings: list[str], tls_pem: bytes | None = None
+    ) -> dict[str, Any]:
         """A new actor, started: placed again when its node dies under it meanwhile (a node
         lost before Ray noticed); an error of the build's own (RayTaskError) is not retried."""
         import ray
@@ -299,7 +357,8 @@ class RayReplica(Replica):
                 **self.backend.options(self.group.spec, siblings)
             ).remote()
             try:
-                placed: dict[str, Any] = await self._actor.start.remote(self._job(secret))
+                job = self._job(secret, tls_pem)
+                placed: dict[str, Any] = await self._actor.start.remote(job)
                 return placed
             except ray.exceptions.RayActorError as exc:
                 note = f"its actor died while starting ({_first_line(exc)}); placing it again"
