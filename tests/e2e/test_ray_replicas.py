@@ -135,19 +135,20 @@ def test_ray_settings_are_kept_and_bad_ones_are_422(offline_server, tmp_path):
 
 @pytest.mark.slow
 def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
-    """SIGKILL of the second node's raylet (a machine lost) under load: its replica ends
-    `lost`, the deployment's history says so, a replacement starts on the remaining node, and
-    the requests that failed are only those that were running on the lost replica."""
+    """SIGKILL of the second node's raylet (a machine lost) under load (8 threads), 4 replicas
+    over the 2 nodes: its replicas end `lost`, the deployment's history says so, replacements
+    start on the remaining node (4 ready there), and the requests that failed are only those
+    that were running on the lost replicas."""
     import threading
 
     d = on_ray
     d.model("sturdy")
     build = d.build("sturdy", MODEL)
-    created = d.deploy("sturdy", build, wait=False, replicas=2, cpus=0.5)
+    created = d.deploy("sturdy", build, wait=False, replicas=4, cpus=0.5)
     assert d.wait("sturdy", created["id"], timeout=240)["status"] == "deployed"
-    before = {r["node"]: r for r in _replicas(d, "sturdy")}
-    assert sorted(before) == ["127.0.0.2", "127.0.0.3"]
-    lost = before["127.0.0.3"]
+    before = _replicas(d, "sturdy")
+    assert {r["node"] for r in before} == {"127.0.0.2", "127.0.0.3"}
+    lost = {r["id"] for r in before if r["node"] == "127.0.0.3"}
 
     outcomes: list[tuple[int, str]] = []
     messages: list[str] = []
@@ -179,7 +180,7 @@ def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
         def replaced() -> list[dict] | None:
             now = _replicas(d, "sturdy")
             ready = [r for r in now if r["state"] == "ready"]
-            if len(ready) == 2 and all(r["node"] == "127.0.0.2" for r in ready):
+            if len(ready) == 4 and all(r["node"] == "127.0.0.2" for r in ready):
                 return now
             return None
 
@@ -193,16 +194,16 @@ def test_a_lost_node_s_replicas_are_replaced_on_the_other(on_ray, ray_cluster):
             t.join(60)
         ray_cluster.remove_second()
         ray_cluster.add_second()
-    print(f"lost node: 2 ready replicas on the remaining node {back_in:.1f}s after the kill")
-    assert lost["id"] in {r["id"] for r in now}  # the same slot, started again
+    print(f"lost node: 4 ready replicas on the remaining node {back_in:.1f}s after the kill")
+    assert lost <= {r["id"] for r in now}  # the same slots, started again
     failed = [o for o in outcomes if o[0] != 200]
     # Only requests running on the lost replica fail (model.crashed); none waiting or unsent.
     assert all(code == "model.crashed" for _, code in failed), (failed, messages)
     assert len(failed) <= 8, failed  # at most one per client thread: each was running there
     history = d.c.get("/api/v1/models/sturdy/deployments/current").json()["events"]
     crashed = [e for e in history if e["kind"] == "replica.crashed"]
-    assert crashed and crashed[0]["detail"]["replica"] == lost["id"]
-    assert crashed[0]["detail"]["reason"].startswith("lost: its Ray node 127.0.0.3")
+    assert {e["detail"]["replica"] for e in crashed} == lost
+    assert all(e["detail"]["reason"].startswith("lost: its Ray node 127.0.0.3") for e in crashed)
     assert d.predict("sturdy", {"a": 2}).json()["sum"] == 3.0
 
 
