@@ -6,10 +6,12 @@ single build measured in the same round.
 
 One `modelport serve` holds three models of the same adder (tests/models/add): `single` (one
 build), `canary` (its primary and a candidate taking 10 % of requests) and `shadow` (its
-primary and a shadow candidate getting a copy of every request). Each has ``--replicas``
-replicas per build. Every round measures the three one after the other with wrk (serving.py's
-helpers; one thread, since the machine has 2 cores); the median round is reported with the
-spread of all. Targets (issue 17): canary ≥ 0.9 of single, shadow ≥ 0.45 (it does each request
+primary and a shadow candidate getting a copy of every request). Each primary has
+``--replicas`` replicas, each candidate ``--candidate-replicas``. Every round measures the three
+one after the other with wrk (serving.py's helpers; one thread, since the machine has 2 cores);
+the ratios are each round's, the median round is reported with the spread of all. A shadow's
+copies past what its candidate keeps up with are dropped (counted, printed).
+Targets (issue 17): canary ≥ 0.9 of single, shadow ≥ 0.45 (it does each request
 twice). The server binds 127.0.0.1 and is stopped by its pid.
 """
 
@@ -38,6 +40,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--candidate-replicas", type=int, default=1, help="the canary's and the shadow's"
+    )
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
     args = ap.parse_args()
     sys.path.insert(0, str(sv.ROOT / "server"))
@@ -53,7 +58,7 @@ def main() -> None:
             for name, traffic in (("canary", {"canary_percent": 10}), ("shadow", {"shadow": True})):
                 folder, entry = sv.ENTRY["adder"]
                 built = client.build(sv.ROOT / folder, name, entry)
-                candidate(client, name, built["number"], args.replicas, **traffic)
+                candidate(client, name, built["number"], args.candidate_replicas, **traffic)
             scripts = {
                 name: sv.lua_script(
                     sv.BODIES["adder"], {"Authorization": f"Bearer {key}"}, Path(tmp)
@@ -86,7 +91,10 @@ def main() -> None:
     for name in ("single", "canary", "shadow"):
         result[name] = sv.median_row([r[name] for r in rounds])
     result["shadow_copies"] = shown.get("shadow")
-    print(f"c={args.connections}, {args.replicas} replica(s) per build, {args.rounds} rounds")
+    print(
+        f"c={args.connections}, {args.replicas} replica(s) per primary, "
+        f"{args.candidate_replicas} per candidate, {args.rounds} rounds"
+    )
     for name, row in result.items():
         if name == "shadow_copies":
             print(f"shadow copies: {row}")

@@ -81,6 +81,6 @@ def test_a_window_forgets_what_is_older_than_it():
 
 def test_a_shadow_copies_up_to_the_candidates_free_slots():
     t = traffic(100, mode="shadow")
-    assert t.max_copies == 1 and not t.split and t.shadow
+    assert t.max_copies == 16 and not t.split and t.shadow
     t2 = Traffic(group(1), group(2, replicas=2, max_concurrency=3), mode="shadow", percent=100)  # type: ignore[arg-type]
-    assert t2.max_copies == 6
+    assert t2.max_copies == 96

@@ -32,6 +32,7 @@ __all__ = ["Guard", "OnShadow", "Traffic", "TrafficMode", "Window"]
 log = logging.getLogger("modelport.serving")
 
 TrafficMode = Literal["split", "shadow"]
+COPY_QUEUE = 16  # a shadow's copies in flight at most, per slot of the candidate
 # on_shadow(model, primary build, candidate build, request id, request body, primary status,
 # primary answer, primary seconds, candidate status, candidate answer, candidate seconds,
 # capture_max_bytes): a shadow's pair, to record (in memory; no I/O)
@@ -126,9 +127,10 @@ class Traffic:
 
     @property
     def max_copies(self) -> int:
-        """Copies in flight at most: the candidate's free slots, never a queue."""
+        """Copies in flight at most: the candidate's slots, and as many waiting for one (a copy
+        past that finds the candidate busy: dropped, never a longer queue)."""
         spec = self.group.spec
-        return max(1, spec.replicas * max(1, spec.max_concurrency))
+        return COPY_QUEUE * max(1, spec.replicas * max(1, spec.max_concurrency))
 
     # -- the hot path -----------------------------------------------------------------------------
 
