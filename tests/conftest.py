@@ -615,18 +615,22 @@ def ray_cluster() -> Iterator[RayCluster]:
     os.environ["MODELPORT_NODE_DIR"] = str(temp / "nodes")
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "node_ip_address": RayCluster.HEAD_IP,
-            "num_cpus": 4,
-            "include_dashboard": False,
-            "object_store_memory": 80_000_000,
-            "temp_dir": str(temp),
-            # A node lost is noticed within ~3 s, not Ray's default ~15 s (docs/scale-out.md)
-            "_system_config": RAY_HEALTH_CHECKS,
-        },
-    )
+    head = {
+        "node_ip_address": RayCluster.HEAD_IP,
+        "num_cpus": 4,
+        "include_dashboard": False,
+        "object_store_memory": 80_000_000,
+        "temp_dir": str(temp),
+        # A node lost is noticed within ~3 s, not Ray's default ~15 s (docs/scale-out.md)
+        "_system_config": RAY_HEALTH_CHECKS,
+    }
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+    except Exception as exc:  # Ray gives a raylet 30 s to register: once missed, load ~15 here
+        if "timed out during startup" not in str(exc):
+            raise
+        time.sleep(5)
+        cluster = Cluster(initialize_head=True, head_node_args=head)
     ray = RayCluster(cluster=cluster, temp_dir=temp)
     try:
         ray.add_second()
