@@ -229,7 +229,12 @@ def test_a_shadow_candidates_pairs_and_the_promote_gate(tmp_path_factory, wheel_
         assert d.c.post("/api/v1/models/sh/abort").status_code == 200
         r = d.c.post(
             "/api/v1/models/sh/deployments",
-            json={"build": same, "canary_percent": 0, "capture_percent": 100},
+            json={
+                "build": same,
+                "canary_percent": 0,
+                "capture_percent": 100,
+                "require_replay": True,
+            },
         )
         assert r.status_code == 202, r.text
         deadline = time.monotonic() + 90
@@ -244,7 +249,10 @@ def test_a_shadow_candidates_pairs_and_the_promote_gate(tmp_path_factory, wheel_
         assert matching["replayed"] == 5  # the primary's shadowed requests, captured
         wrong = d.c.post("/api/v1/models/sh/promote", json={"if_replay_matches": shadowed["id"]})
         assert wrong.status_code == 409 and "not the primary" in wrong.json()["error"]["message"]
+        bare = d.c.post("/api/v1/models/sh/promote", json={})  # require_replay: a report first
+        assert bare.status_code == 409 and "require_replay" in bare.json()["error"]["message"]
         promoted = d.c.post("/api/v1/models/sh/promote", json={"if_replay_matches": matching["id"]})
         assert promoted.status_code in (200, 202), promoted.text
+        assert promoted.json()["require_replay"] is True
     finally:
         srv.stop()

@@ -101,6 +101,7 @@ class DeploymentCreate(msgspec.Struct, forbid_unknown_fields=True):
         | Unset
     ) = msgspec.UNSET
     placement: Annotated[Placement, _left_out("placement")] | Unset = msgspec.UNSET
+    require_replay: Annotated[bool, _left_out("require_replay")] | Unset = msgspec.UNSET
     keep_current: bool = False
     canary_percent: (
         Annotated[

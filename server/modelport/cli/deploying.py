@@ -254,6 +254,12 @@ def _deploy_target(
     "--sticky-header",
     help="With --canary: callers sticky by this header's value (e.g. X-User-Id).",
 )
+@click.option(
+    "--require-replay/--no-require-replay",
+    default=None,
+    help="Promote a candidate only on a replay report that matches (`promote "
+    "--if-replay-matches`; default: the current deployment's, else not required).",
+)
 @allow_breaking_option
 @client_options
 @json_option
@@ -284,6 +290,7 @@ def deploy(
     canary,
     shadow,
     sticky_header,
+    require_replay,
     allow_breaking,
     as_json,
 ) -> None:
@@ -339,6 +346,7 @@ def deploy(
             gpus=gpus,
             resources=_resources(resource_pairs) or None,
             placement=placement,
+            require_replay=require_replay,
             keep_current=True,
             allow_breaking=allow_breaking or None,
             canary_percent=canary,

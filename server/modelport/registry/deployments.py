@@ -83,6 +83,7 @@ def _stored_settings(row: Row) -> dict[str, Any]:
     """A deployment's settings columns as their types (its env as stored: sealed)."""
     values = {name: row[name] for name in SETTING_NAMES}
     values["network"] = bool(values["network"])
+    values["require_replay"] = bool(values["require_replay"])
     values["resources"] = msgspec.json.decode(values["resources"])
     values["env"] = msgspec.json.decode(values["env"])
     return values

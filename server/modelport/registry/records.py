@@ -56,6 +56,9 @@ class DeploymentSettings(msgspec.Struct, frozen=True, kw_only=True):
     gpus: int = 0
     resources: dict[str, float] = {}
     placement: Placement = "spread"
+    # A candidate of this deployment (or this deployment as a candidate) is promoted only on a
+    # replay report that matches (POST …/promote with if_replay_matches)
+    require_replay: bool = False
 
 
 DEPLOYMENT_DEFAULTS = DeploymentSettings()
@@ -111,6 +114,7 @@ class Deployment(msgspec.Struct):
     gpus: int = 0
     resources: dict[str, float] = {}
     placement: Placement = "spread"
+    require_replay: bool = False
     # A candidate's own row: the deployment it is the candidate of; on the current deployment,
     # its candidate. ``traffic`` and ``guard`` are the candidate's (on both rows).
     candidate_of: int | None = None
