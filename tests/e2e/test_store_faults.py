@@ -182,6 +182,44 @@ def test_radosgw_stopped_a_build_is_refused_whole_serving_and_restarts_go_on(
     c.close()
 
 
+# Imported by the build's check for a few seconds: the build is still running when radosgw stops
+SLOW_IMPORT = "import time\ntime.sleep(8)\n" + CODE
+
+
+def test_radosgw_stopped_during_a_build_fails_it_and_leaves_nothing_half_made(
+    offline_server, s3, tmp_path
+):
+    srv = _s3_server(offline_server, s3, s3.prefix()).start()
+    c = srv.client()
+    c.post("/api/v1/models", json={"name": "m"})
+    files = {"predict.py": SLOW_IMPORT, "w.bin": random.Random(9).randbytes(1 << 20)}
+    accepted = _upload(c, tmp_path, "m", files)
+    assert accepted.status_code == 202, accepted.text
+    number = accepted.json()["number"]
+    path = f"/api/v1/models/m/builds/{number}"
+    _until(lambda: c.get(path).json()["status"] == "building", what="the build running")
+    s3.stop_gateway()
+    try:
+        failed = wait_build(c, "m", number)  # it ends, failed, naming the store: not building
+        assert failed["status"] == "failed", failed
+        assert f"s3://modelport/{srv.prefix}" in failed["error"], failed["error"]
+        assert "cannot be reached" in failed["error"]
+        log = c.get(f"{path}/log").text
+        assert "FAILED" in log and "cannot be reached" in log, log
+        deploying = c.post("/api/v1/models/m/deployments", json={"build": number})
+        assert deploying.status_code == 409, deploying.text
+        assert deploying.json()["error"]["code"] == "build.not_ready"
+        assert _leftovers(srv.data_dir) == []
+    finally:
+        s3.start_gateway()
+    again = _upload(c, tmp_path, "m", files)  # the same project again, no server restart
+    assert again.status_code == 202, again.text
+    done = wait_build(c, "m", again.json()["number"])
+    assert done["status"] == "built", done["error"]
+    assert _leftovers(srv.data_dir) == []
+    c.close()
+
+
 def _at_once(*calls):
     """Each call in its own thread, released together; their results in order."""
     start = threading.Barrier(len(calls))
