@@ -139,7 +139,8 @@ def test_a_canary_made_with_clicks_is_split_then_promoted(page, site):
     assert predict(site, 60) == {"1", "2"}
     candidate = page.locator("section[data-role=candidate]")
     expect(candidate).to_contain_text("Build #2")
-    expect(candidate).to_contain_text("requests", timeout=20_000)
+    expect(candidate).to_contain_text(re.compile(r"[1-9]\d* requests"), timeout=20_000)
+    expect(candidate.get_by_role("img", name="Requests per second")).to_be_visible(timeout=40_000)
     expect(page.locator("section[data-role=primary]")).to_contain_text("Build #1")
     shot(page, "31-canary-split")
 

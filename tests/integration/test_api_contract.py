@@ -33,6 +33,7 @@ def test_unknown_paths_are_json_404s_never_the_web_ui(app_client, path):
         "/models/m",
         "/models/m/builds",
         "/models/m/monitoring",
+        "/models/m/traffic",
         "/models/m/builds/3",
         "/models/m/builds/3/log",
         "/models/m/builds/3/diff",

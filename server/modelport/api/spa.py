@@ -33,7 +33,7 @@ PUBLIC = {"perm": "public"}
 # any other path under /models/ is an API path nobody serves, answered in JSON (route.not_found).
 PAGES = ["/", "/tokens", "/audit", "/models/{name:str}", "/models/{name:str}/{rest:path}"]
 MODEL_PAGE = re.compile(
-    r"^/(?:(?:builds|deployments|replicas|test|monitoring|settings)"
+    r"^/(?:(?:builds|deployments|traffic|replicas|test|monitoring|settings)"
     r"|builds/\d+(?:/(?:files|dependencies|log|diff(?:/\d+)?))?)/?$"
 )
 
