@@ -9,17 +9,10 @@ import asyncio
 import pytest
 from modelport.registry import deployments as rows
 from modelport.registry.db import Database
+from modelport.registry.records import DEPLOYMENT_DEFAULTS
 from modelport.registry.sealed import Sealer
 
-SETTINGS = {
-    "replicas": 1,
-    "memory_mb": None,
-    "timeout_s": 30.0,
-    "max_concurrency": 1,
-    "queue_timeout_s": 30.0,
-    "max_body_mb": 5.0,
-    "env": {},
-}
+SETTINGS = DEPLOYMENT_DEFAULTS
 
 
 def _run(registry, body):

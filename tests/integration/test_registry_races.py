@@ -10,6 +10,7 @@ import random
 import pytest
 from modelport.errors import Conflict, TokenNotFound
 from modelport.registry import builds, deployments, models, tokens
+from modelport.registry.records import DEPLOYMENT_DEFAULTS
 from modelport.registry.sealed import Sealer
 
 ROUNDS = 12
@@ -32,7 +33,7 @@ def _two(registry, body):
 
 async def _model(db, name="m") -> int:
     await models.create(db, name=name, description="", auth=True, owner="me", key_hash="h" + name)
-    return (await models.row(db, name))["id"]
+    return (await models.row(db, name)).id
 
 
 def _new_build() -> builds.NewBuild:
@@ -53,7 +54,7 @@ def test_build_numbers_of_one_model_are_unique_and_gapless_from_two_servers(regi
 
         async def make(db) -> int:
             row = await builds.create(db, model_id, "m", "me", _new_build())
-            return row["number"]
+            return row.number
 
         numbers = await asyncio.gather(*(make(db) for _ in range(ROUNDS) for db in (a, b)))
         stored = [r["number"] for r in await b.all("SELECT number FROM builds ORDER BY number")]
@@ -65,15 +66,7 @@ def test_build_numbers_of_one_model_are_unique_and_gapless_from_two_servers(regi
 
 def test_two_servers_switching_deployments_of_one_model_leave_one_deployed_the_newest(registry):
     sealer = Sealer(b"k" * 32)
-    settings = {
-        "replicas": 1,
-        "memory_mb": None,
-        "timeout_s": 30.0,
-        "max_concurrency": 1,
-        "queue_timeout_s": 30.0,
-        "max_body_mb": 5.0,
-        "env": {},
-    }
+    settings = DEPLOYMENT_DEFAULTS
 
     async def body(a, b):
         model_id = await _model(a)
@@ -85,7 +78,7 @@ def test_two_servers_switching_deployments_of_one_model_leave_one_deployed_the_n
                     db,
                     model_id=model_id,
                     model="m",
-                    build_id=build["id"],
+                    build_id=build.id,
                     build_number=1,
                     settings=settings,
                     actor="me",
