@@ -112,3 +112,32 @@ def test_every_change_a_person_makes_to_a_model_is_in_the_audit_trail(offline_se
     assert by_people[5]["target"] == by_people[2]["target"]  # the deployment it stopped
     table = run("audit", "--model", "aud")
     assert "deployment.stop" in table.stdout and "deployment.restart" in table.stdout
+
+
+def test_canary_traffic_promote_and_abort_from_the_cli(offline_server, tmp_path):
+    run = _cli(offline_server().start())
+    assert _deploy_folder(run, tmp_path, "c", 1.0).returncode == 0
+    canary = _deploy_folder(run, tmp_path, "c", 2.0, "--canary", "30")
+    assert canary.returncode == 0, canary.stderr
+    assert "build #2 is c's candidate: 30 % of requests" in canary.stdout
+    shown = run("traffic", "c")
+    assert shown.returncode == 0 and "#1 70 % · #2 30 %" in shown.stdout
+    moved = run("traffic", "c", "--set", "1=40")  # the primary 40 %, the candidate the rest
+    assert moved.returncode == 0 and "#1 40 % · #2 60 %" in moved.stdout
+    live = msgspec.json.decode(run("traffic", "c", "--json").stdout)
+    assert live["traffic"]["candidate_percent"] == 60.0
+    assert [b["role"] for b in live["builds"]] == ["primary", "candidate"]
+    wrong = run("traffic", "c", "--set", "9=10")
+    assert wrong.returncode != 0 and "serves no share" in wrong.stderr
+    second = run("deploy", "c", "--build", "1", "--shadow")
+    assert second.returncode != 0 and "candidate.exists" in second.stderr
+    promoted = run("promote", "c")
+    assert promoted.returncode == 0 and "serves build #2 (promoted)" in promoted.stdout
+    assert run("predict", "c", '{"a": 1}').stdout.strip() == "3.0"
+    none = run("abort", "c")
+    assert none.returncode != 0 and "candidate.none" in none.stderr
+    shadow = run("deploy", "c", "--build", "1", "--shadow")
+    assert shadow.returncode == 0 and "a copy of every request (shadow)" in shadow.stdout
+    assert "shadow" in run("traffic", "c").stdout
+    assert run("abort", "c").returncode == 0
+    assert "no candidate" in run("traffic", "c").stdout
