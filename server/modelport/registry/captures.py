@@ -29,11 +29,12 @@ async def shadow_pairs(
 ) -> list[Row]:
     """A shadow's recorded pairs, oldest first: request_id, at, request, old and new (the
     primary's and the candidate's answers), old_status, new_status, old_latency_s,
-    new_latency_s."""
+    new_latency_s, old_truncated, new_truncated."""
     return await db.all(
         "SELECT p.request_id, p.at, p.request, p.response AS old, c.response AS new,"
         " p.status AS old_status, c.status AS new_status, p.latency_s AS old_latency_s,"
-        " c.latency_s AS new_latency_s FROM captures p JOIN captures c ON"
+        " c.latency_s AS new_latency_s, p.truncated AS old_truncated,"
+        " c.truncated AS new_truncated FROM captures p JOIN captures c ON"
         " c.model_id = p.model_id AND c.request_id = p.request_id AND c.build = ?"
         " AND c.source = 'shadow' AND c.id != p.id WHERE p.model_id = ? AND p.build = ?"
         " AND p.source = 'shadow' AND p.at >= ? AND p.at <= ? ORDER BY p.id LIMIT ?",

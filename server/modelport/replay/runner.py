@@ -203,6 +203,9 @@ class Replays:
             limit=report["max_requests"],
         )
         for p in pairs:
+            if p["old_truncated"] or p["new_truncated"]:  # an answer was cut: no comparison
+                tally.skipped += 1
+                continue
             old = {
                 "request_id": p["request_id"],
                 "status": p["old_status"],
