@@ -35,6 +35,7 @@ from modelport.builder.service import Builds
 from modelport.cluster import Cluster
 from modelport.datadir import TOKENS_CHANGED, DataDirLock, prepare, tighten, write_admin_token
 from modelport.errors import disk_full, handle_exception
+from modelport.gateway.forward import Forwarder
 from modelport.gateway.predict import Gateway
 from modelport.gateway.routes import Routes
 from modelport.models import Models
@@ -196,6 +197,10 @@ class Services:
         self.supervisor.on_shadow = self.monitor.recorder.on_shadow  # a shadow's pairs
         self.models = Models(self.db, self.auth, self.routes, self.monitor.recorder)
         self._jobs: list[asyncio.Task] = []
+        # Several servers on one registry: predictions of a model whose replicas run elsewhere
+        # are forwarded to those servers (the deployer keeps `hosts`: model → their addresses)
+        self.hosts: dict[str, list[str]] = {}
+        self.forwarder = Forwarder(settings.node, self.hosts) if settings.database_url else None
 
     async def _on_change(self, group: ReplicaGroup, event: GroupEvent, detail: dict) -> None:
         if hasattr(self, "deployer"):
@@ -244,7 +249,7 @@ class Services:
         await self.builder.start()
         await self.supervisor.backend.open()  # a Ray cluster: joined as a driver
         log.info("replicas run on: %s", (s.replicas and f"ray://{s.replicas}") or "local")
-        await self.deployer.restore()
+        self.deployer.hosts = self.hosts
         self.cluster = Cluster(
             self.db,
             self.auth,
@@ -254,6 +259,8 @@ class Services:
             address=s.advertise_url or s.url,
             reconcile_s=s.reconcile_s,
         )
+        await self.cluster.join()
+        await self.deployer.restore()
         self.cluster.start()
         self._tokens_seen = await asyncio.to_thread(_mtime, s.run_dir / TOKENS_CHANGED)
         self._jobs = [
@@ -279,6 +286,8 @@ class Services:
             job.cancel()
         if hasattr(self, "cluster"):
             await self.cluster.close()
+        if self.forwarder is not None:
+            await self.forwarder.close()
         if hasattr(self, "replays"):
             await self.replays.close()
         if hasattr(self, "deployer"):
@@ -392,4 +401,5 @@ def create_asgi(settings: Settings, *, lock: DataDirLock | None = None) -> Gatew
         default_max_body_mb=DEPLOYMENT_DEFAULTS.max_body_mb,  # a model not deployed
         on_result=services.monitor.on_result if settings.metrics else None,
         poller=services.supervisor.poller,
+        forwarder=services.forwarder,
     )

@@ -71,6 +71,23 @@ class Cluster:
     def shared(self) -> bool:
         return self.db.dialect == "postgresql"
 
+    async def join(self) -> None:
+        """Before this server serves: its heartbeat written and the live servers read, so that
+        its first placement counts the others (SQLite: nothing)."""
+        if self.shared:
+            await servers.heartbeat(self.db, self.node, self.address, self.started_at)
+            await self._seen()
+
+    async def _seen(self) -> None:
+        """The live servers as the registry has them; a change re-places the replicas."""
+        nodes = {r["node"]: r["address"] for r in await servers.live(self.db, LIVE_S)}
+        if nodes != self.deployer.nodes:
+            if self.deployer.nodes:
+                log.info("servers now: %s", ", ".join(sorted(nodes)) or "none")
+            self.deployer.nodes = nodes
+            self._due.add("deployments")
+            self._wake.set()
+
     def start(self) -> None:
         if not self.shared or self._tasks:
             return
@@ -111,10 +128,10 @@ class Cluster:
         while True:
             try:
                 await servers.heartbeat(self.db, self.node, self.address, self.started_at)
+                await self._seen()
                 term = self.term
                 if term is not None:
-                    live = {r["node"] for r in await servers.live(self.db, LIVE_S)}
-                    settled = await self.deployer.settle(term, live)
+                    settled = await self.deployer.settle(term, set(self.deployer.nodes))
                     if settled:
                         log.info("settled %d deployments left half-way by a gone server", settled)
                 said = ""

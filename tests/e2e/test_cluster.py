@@ -93,6 +93,11 @@ def wait_status(srv, name: str, deployment_id: int, status: str, timeout: float 
     return until(check, timeout, every=0.1)[0]
 
 
+def replicas(srv, name: str) -> list[dict]:
+    found = srv.client().get(f"/api/v1/models/{name}/replicas").json()
+    return found["items"] if isinstance(found, dict) else found
+
+
 def test_a_key_rotated_or_a_token_revoked_on_one_server_is_refused_on_the_other(pair):
     a, b = pair
     made = a.client().post("/api/v1/models", json={"name": "m"})
@@ -132,10 +137,9 @@ def test_what_one_server_deploys_rolls_back_and_stops_the_other_serves(pair, tmp
     assert served.json() == 5.0 and served.headers["x-model-build"] == str(first)
     print(f"deployed on a, served on b {took * 1000:.0f} ms after a's deployment was deployed")
 
-    deploy(a, "calc", second, replicas=2)
+    deploy(a, "calc", second, replicas=2)  # spread: one on each server
     until(lambda: predict(b, "calc", key).json() == 6.0)
-    replicas = b.client().get("/api/v1/models/calc/replicas").json()
-    assert len(replicas["items"] if isinstance(replicas, dict) else replicas) == 2
+    until(lambda: [len(replicas(srv, "calc")) for srv in (a, b)] == [1, 1])
 
     started = time.monotonic()
     rolled = a.client().post("/api/v1/models/calc/rollback", json={})
@@ -174,12 +178,12 @@ def test_the_controller_killed_under_load_another_takes_over_and_nothing_is_lost
     assert until(lambda: leader(postgres, pg_url)[0] == "a")[0]  # a started first
     key = a.client().post("/api/v1/models", json={"name": "calc"}).json()["access_key"]
     number = build(a, tmp_path, "calc", SLOW)
-    serving = deploy(a, "calc", number)
-    until(lambda: predict(b, "calc", key).status_code == 200)
+    serving = deploy(a, "calc", number, replicas=2)  # spread: one on each server
+    until(lambda: [len(replicas(srv, "calc")) for srv in (a, b)] == [1, 1])
     # a rolls out a deployment that cannot be ready before a dies (its replicas boot for 120 s)
     slow = a.client().post(
         "/api/v1/models/calc/deployments",
-        json={"build": number, "env": {"SLOW_BOOT": "1"}},
+        json={"build": number, "replicas": 2, "env": {"SLOW_BOOT": "1"}},
     )
     assert slow.status_code == 202
     until(
@@ -226,8 +230,92 @@ def test_the_controller_killed_under_load_another_takes_over_and_nothing_is_lost
     )
     assert set(answers) == {200}, sorted(set(answers))  # b kept serving throughout
     assert "server a, which rolled it out, is gone" in settled["reason"]
+    until(lambda: len(replicas(b, "calc")) == 2)  # a's share of what serves now runs on b
     current = b.client().get("/api/v1/models/calc").json()
     assert current["deployment"]["id"] == serving  # the one before still serves
     again = deploy(b, "calc", number, replicas=2)  # and b manages alone now
     assert b.client().get("/api/v1/models/calc").json()["deployment"]["id"] == again
     assert predict(b, "calc", key).json() == 5.0
+
+
+def test_a_server_without_replicas_of_a_model_forwards_its_predictions_to_one_with(pair, tmp_path):
+    import signal
+
+    a, b = pair
+    key = a.client().post("/api/v1/models", json={"name": "one"}).json()["access_key"]
+    deploy(a, "one", build(a, tmp_path, "one", ADDER))  # 1 replica: on one of the two
+    counts, _ = until(
+        lambda: (n := [len(replicas(s, "one")) for s in (a, b)]) in ([1, 0], [0, 1]) and n
+    )
+    host, other = (a, b) if counts == [1, 0] else (b, a)
+    answer, _ = until(lambda: (r := predict(other, "one", key)).status_code == 200 and r)
+    assert answer.json() == 5.0
+    assert answer.headers["x-replica-id"] == replicas(host, "one")[0]["id"]  # the host's headers
+    assert answer.headers["x-model-build"] == "1"
+    looped = httpx.post(  # a forwarded request is never forwarded again
+        f"{other.url}/models/one/predict",
+        json={"a": 1, "b": 1},
+        headers={"Authorization": f"Bearer {key}", "X-Modelport-Forwarded": "elsewhere"},
+        timeout=30,
+    )
+    assert looped.status_code == 503 and looped.json()["error"]["code"] == "model.unavailable"
+
+    host.stop(signal.SIGKILL)  # the forwarding target dies
+    seen: set[tuple[int, str]] = set()
+
+    def served_here():
+        r = predict(other, "one", key)
+        seen.add((r.status_code, r.json()["error"]["code"] if r.status_code != 200 else ""))
+        return (
+            r.status_code == 200
+            and r.headers["x-replica-id"] != answer.headers["x-replica-id"]
+            and r
+        )
+
+    back, took = until(served_here, timeout=90, every=0.05)
+    print(
+        f"forwarding target killed: {other.env['MODELPORT_NODE']} serves 'one' itself "
+        f"{took:.2f} s later; answers meanwhile: {sorted(seen)}"
+    )
+    assert back.json() == 5.0
+    assert seen <= {(200, ""), (503, "model.unavailable")}  # a clear 503 while it moves
+    assert len(replicas(other, "one")) == 1
+
+
+def test_two_servers_creating_or_deploying_one_model_at_once_one_wins(pair, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = pair
+    with ThreadPoolExecutor(2) as pool:
+        made = list(
+            pool.map(lambda srv: srv.client().post("/api/v1/models", json={"name": "twin"}), (a, b))
+        )
+    assert sorted(r.status_code for r in made) == [201, 409]
+    lost = next(r for r in made if r.status_code == 409)
+    assert lost.json()["error"]["code"] == "model.exists"
+    key = next(r for r in made if r.status_code == 201).json()["access_key"]
+    number = build(a, tmp_path, "twin", ADDER)
+    with ThreadPoolExecutor(2) as pool:
+        started = list(
+            pool.map(
+                lambda srv: srv.client().post(
+                    "/api/v1/models/twin/deployments", json={"build": number}
+                ),
+                (a, b),
+            )
+        )
+    assert [r.status_code for r in started] == [202, 202]
+    ids = [r.json()["id"] for r in started]
+
+    def settled():
+        found = [
+            a.client().get(f"/api/v1/models/twin/deployments/{i}").json()["status"] for i in ids
+        ]
+        return found if all(s in ("deployed", "stopped", "failed") for s in found) else None
+
+    statuses, _ = until(settled, timeout=120, every=0.2)
+    assert statuses.count("deployed") == 1, statuses  # one wins; the other made way
+    winner = ids[statuses.index("deployed")]
+    assert a.client().get("/api/v1/models/twin").json()["deployment"]["id"] == winner
+    for srv in (a, b):
+        until(lambda srv=srv: predict(srv, "twin", key).status_code == 200)

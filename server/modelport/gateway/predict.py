@@ -32,6 +32,7 @@ from modelport.runtime.protocol import Result
 from modelport.serving.balancer import Draining
 from modelport.serving.poller import Poller
 
+from .forward import Forwarder, forwarded
 from .ratelimit import RateLimit
 from .routes import Routes
 
@@ -124,8 +125,10 @@ class Gateway:
         default_max_body_mb: float = 5.0,
         on_result: OnResult | None = None,
         poller: Poller | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.app, self.routes, self.auth = app, routes, auth
+        self.forwarder = forwarder  # servers sharing a registry: to the hosts of a model
         self.poller = poller or Poller(0)  # the supervisor's: see modelport.serving.poller
         self._limits = routes.limits  # model → RateLimit, only for models that have one
         self.default_max_body = int(default_max_body_mb * MiB)
@@ -211,6 +214,10 @@ class Gateway:
                     group = self._group(model)  # it may have been switched meanwhile
                 else:
                     body = _whole(given, length, group.max_body)
+            if not group.replicas:  # none here: the model's replicas run on other servers
+                sent = await self._forward(model, scope, body)
+                if sent is not None:
+                    return sent, None  # (the host that answered counts it)
             traffic = group.traffic  # None unless the model has a candidate
             if traffic is not None:
                 primary = group
@@ -254,6 +261,17 @@ class Gateway:
                 out,
             )
         return (status, headers, out), outcome
+
+    async def _forward(self, model: str, scope: Scope, body: bytes) -> Answer | None:
+        """A prediction of a model this server runs no replica of, sent to one that does (the
+        same path, its answer as that server gave it); None to answer here (a request that was
+        forwarded already, or no other server hosts it: then the model is unavailable)."""
+        headers = scope["headers"]
+        if self.forwarder is None or forwarded(headers) or not self.forwarder.can(model):
+            raise ModelUnavailable(f"No replica of model '{model}' runs on this server now.")
+        return await self.forwarder.send(
+            model, scope["path"], scope.get("query_string") or b"", headers, body
+        )
 
     def _admit(self, name: str, authz: bytes, scope: Scope) -> ReplicaGroup:
         """POST /models/{name}/predict: the model's group, once the caller may call it (its key

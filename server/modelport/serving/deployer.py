@@ -39,6 +39,7 @@ from modelport.registry.sealed import Sealer
 from modelport.registry.states import EventKind
 from modelport.runtime.rbridge import is_r_entry
 from modelport.serving.config import GroupEvent, GroupSpec
+from modelport.serving.placement import shares
 from modelport.serving.supervisor import GroupFailed, Interrupted, ReplicaGroup, Supervisor
 from modelport.serving.traffic import Guard as LiveGuard
 from modelport.store import manifest as mf
@@ -70,10 +71,15 @@ class Deployer:
         self._holding: dict[str, int] = {}  # model → the deployment whose rollout holds the lock
         self._given_up: dict[int, str] = {}  # deployment id → why
         self._following: set[str] = set()  # models being brought in line with the registry
+        # Servers sharing the registry (set by cluster.py): the live ones' names and addresses;
+        # empty: this server alone runs every replica. ``forwarder`` learns each model's hosts.
+        self.nodes: dict[str, str] = {}
+        self.hosts: dict[str, list[str]] = {}  # model → other servers running some (forward)
         # model → (deployment id, group): another server's rollout, started here ahead, unrouted
         self._ahead: dict[str, tuple[int, ReplicaGroup]] = {}
         self.replay_gate: ReplayGate | None = None
         self._guarding: asyncio.Task[None] | None = None
+        self._starting_ahead: dict[str, tuple[int, asyncio.Task[None]]] = {}  # booting so
 
     # -- what the API asks for -------------------------------------------------------------------
 
@@ -650,7 +656,10 @@ class Deployer:
             digest=manifest.digest,
             manifest=build.manifest,
             deployment_id=str(row["id"]),
-            **msgspec.structs.asdict(self.settings_of(row)),
+            **{  # of the deployment's replicas, those that run on this server
+                **msgspec.structs.asdict(self.settings_of(row)),
+                "replicas": self.share(name, row["replicas"], row["placement"]),
+            },
             rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "",
             r_libs=r_libs,
         )
@@ -824,6 +833,7 @@ class Deployer:
         it takes the traffic here as soon as the registry says it took it there."""
         want = {row["model"]: row for row in await rows.deployed(self.db)}
         starting = {row["model"]: row for row in await rows.deployed(self.db, status="deploying")}
+        self._hosts(want)
         mine = set(self._holding.values())
         for name, (deployment_id, group) in list(self._ahead.items()):
             if deployment_id not in (
@@ -832,11 +842,19 @@ class Deployer:
             ):
                 del self._ahead[name]  # failed, stopped or replaced there
                 self._spawn(self.supervisor.retire(group))
+        for name, (deployment_id, _task) in list(self._starting_ahead.items()):
+            if deployment_id not in (
+                starting.get(name, {}).get("id"),
+                want.get(name, {}).get("id"),
+            ):
+                self.supervisor.interrupt(name, "the rollout was given up on its server")
         for name, ahead in starting.items():
-            if ahead["id"] in mine or name in self._following or name in self._ahead:
+            if ahead["id"] in mine or name in self._starting_ahead or name in self._ahead:
                 continue
-            self._following.add(name)
-            self._spawn(self._start_ahead(name, ahead))
+            task = asyncio.create_task(self._start_ahead(name, ahead))
+            self._starting_ahead[name] = (ahead["id"], task)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for name in sorted(set(want) | set(self.supervisor.active)):
             row = want.get(name)
             if self._same(self.supervisor.group(name), row) or name in self._following:
@@ -844,27 +862,51 @@ class Deployer:
             self._following.add(name)
             self._spawn(self._follow_one(name))
 
-    @staticmethod
-    def _same(group: ReplicaGroup | None, row: Row | None) -> bool:
+    def share(self, name: str, replicas: int, placement: str) -> int:
+        """How many of a deployment's replicas run here (serving/placement.py)."""
+        if self.settings.node not in self.nodes:  # alone (SQLite), or not yet seen: all
+            return replicas
+        return shares(name, replicas, placement, list(self.nodes))[self.settings.node]
+
+    def _hosts(self, want: dict[str, Row]) -> None:
+        """The forwarder's table: model → the addresses of the other servers running some."""
+        hosts: dict[str, list[str]] = {}
+        for name, row in want.items():
+            placed = shares(name, row["replicas"], row["placement"], list(self.nodes))
+            hosts[name] = [
+                self.nodes[node]
+                for node, count in placed.items()
+                if count and node != self.settings.node
+            ]
+        self.hosts.clear()  # in place: the gateway's forwarder reads this dict
+        self.hosts.update(hosts)
+
+    def _same(self, group: ReplicaGroup | None, row: Row | None) -> bool:
         if group is None or row is None:
             return group is None and row is None
-        return group.spec.deployment_id == str(row["id"]) and len(group.replicas) == row["replicas"]
+        here = self.share(row["model"], row["replicas"], row["placement"])
+        return group.spec.deployment_id == str(row["id"]) and len(group.replicas) == here
 
     async def _start_ahead(self, name: str, row: Row) -> None:
+        """Not under the model's lock (a boot may take minutes, and the rollout may be given up
+        there meanwhile: `follow` interrupts it then)."""
         try:
-            async with self._locks[name]:
-                found = await rows.deployed(self.db, name, status="deploying")
-                if not found or found[0]["id"] != row["id"]:
-                    return
-                build = await build_rows.by_id(self.db, row["build_id"])
-                spec = await self.spec_for(name, row, build)
-                log.info("%s: starting deployment %d here ahead", name, row["id"])
-                group = await self.supervisor.start_group(spec)
-                self._ahead[name] = (row["id"], group)
+            build = await build_rows.by_id(self.db, row["build_id"])
+            spec = await self.spec_for(name, row, build)
+            log.info("%s: starting deployment %d here ahead", name, row["id"])
+            group = await self.supervisor.start_group(spec)
+        except Interrupted:
+            return
         except Exception as exc:
             log.warning("could not start %s's deployment %s here ahead: %s", name, row["id"], exc)
+            return
         finally:
-            self._following.discard(name)
+            self._starting_ahead.pop(name, None)
+        active = self.supervisor.group(name)
+        if active is not None and active.spec.deployment_id == str(row["id"]):
+            await self.supervisor.retire(group)  # it serves here already
+            return
+        self._ahead[name] = (row["id"], group)
         await self.follow()  # it may have taken the traffic there meanwhile
 
     async def _follow_one(self, name: str) -> None:
@@ -880,8 +922,9 @@ class Deployer:
                         log.info("%s was stopped on another server: stopping it here", name)
                         await self.supervisor.stop(name, drain_timeout=group.spec.timeout_s)
                 elif group is not None and group.spec.deployment_id == str(row["id"]):
-                    log.info("%s scaled to %d on another server", name, row["replicas"])
-                    await group.scale(row["replicas"])
+                    here = self.share(name, row["replicas"], row["placement"])
+                    log.info("%s: %d of its %d replicas run here", name, here, row["replicas"])
+                    await group.scale(here)
                 else:
                     log.info(
                         "%s: deployment %d (build #%d) took the traffic on another server",
@@ -889,6 +932,9 @@ class Deployer:
                         row["id"],
                         row["build_number"],
                     )
+                    pending = self._starting_ahead.get(name)
+                    if pending is not None and pending[0] == row["id"]:
+                        await asyncio.wait([pending[1]])  # its boot is under way: use it
                     ahead = self._ahead.pop(name, None)
                     if ahead is not None and ahead[0] == row["id"] and ahead[1].state == "running":
                         log.info("%s: the group started ahead takes the traffic", name)
