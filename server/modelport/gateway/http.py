@@ -206,7 +206,9 @@ class PredictionProtocol(HttpToolsProtocol):
         if self._answers is None:
             self._answers = deque()
         self._answers.append(reply)
-        task = self.loop.create_task(self._answer(lane, reply))
+        # Task(…, name=…), not loop.create_task: uvloop's formats a "Task-N" name for every task
+        # first (~1.7k instructions a request)
+        task = asyncio.Task(self._answer(lane, reply), loop=self.loop, name="prediction")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
