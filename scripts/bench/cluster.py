@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,8 @@ def main() -> None:
         servers.append(one)
         a = bench.modelport_server(tmp / "a", MODELPORT_NODE="a", **shared)
         servers.append(a)
+        (tmp / "b").mkdir()
+        (tmp / "b" / "admin.token").write_text(a[2])  # the registry's first token, a's
         b = bench.modelport_server(tmp / "b", MODELPORT_NODE="b", **shared)
         servers.append(b)
         token = a[2]
@@ -180,6 +183,7 @@ def main() -> None:
             subprocess.run([str(ROOT / "scripts/s3-server"), "stop", str(s3)], check=False)
         if started_pg:
             subprocess.run([str(ROOT / "scripts/pg-server"), "stop", str(pg)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
