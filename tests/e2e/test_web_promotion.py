@@ -89,7 +89,7 @@ def test_a_replay_started_from_the_build_diff_shows_its_diffs(page, site):
     assert float(first.locator("td.new").inner_text()) == old + 1
     expect(first).to_have_attribute("data-path", "$")
     expect(page.get_by_role("table", name="Changed files")).to_be_visible()  # the build diff beside
-    shot(page, "34-replay-report-diffs")
+    shot(page, "29-replay-report-diffs")
 
     # A viewer reads the model but no replay report: one short line, no error.
     with site.api() as c:
@@ -173,9 +173,44 @@ def test_a_canary_made_with_clicks_is_split_then_promoted(page, site):
     assert predict(site, 10) == {"2"}
     shot(page, "33-promoted")
 
+    # A shadow of build 1: refused first in words (build 1 does not take `c`, which callers of
+    # build 2 may send), then allowed; callers see build 2 only; Abort ends it.
+    traffic.get_by_role("button", name="Shadow…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.locator("#shadow-build").select_option("1")
+    expect(dialog).to_contain_text("gets a copy of each request after build #2")
+    dialog.get_by_role("button", name="Start the shadow").click()
+    expect(dialog.get_by_role("alert")).to_contain_text("schema.breaking")
+    dialog.locator("#shadow-allow-breaking").check()
+    dialog.get_by_role("button", name="Start the shadow").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_test_id("split")).to_have_attribute("data-mode", "shadow")
+    expect(page.get_by_test_id("split-label")).to_have_text(
+        "#2 100 % · shadow #1 gets a copy of 100 %"
+    )
+    expect(traffic.get_by_role("button", name="Promote #1…")).to_be_enabled(timeout=90_000)
+    assert predict(site, 10) == {"2"}
+    expect(page.get_by_test_id("shadow-counts")).to_contain_text(
+        re.compile(r"[1-9]\d* recorded"), timeout=20_000
+    )
+    shot(page, "34-shadow")
+    traffic.get_by_role("button", name="Abort…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_test_id("abort-what")).to_have_text(
+        re.compile(r"Build #1 takes no more requests.*build #2\s+answers every request")
+    )
+    dialog.get_by_role("button", name="Abort").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_test_id("split")).to_have_count(0)
+    expect(traffic).to_contain_text("Build #2 answers every request")
+    assert site.current_build("adder") == 2
+
     page.get_by_role("link", name="Deployments").click()
     expect(page.locator("section.current")).to_contain_text("Build #2")
     timeline = page.get_by_role("list", name="Deployment history").locator("li")
-    expect(timeline.first).to_have_attribute("data-build", "2")
-    expect(timeline.first).to_have_attribute("data-status", "deployed")
+    expect(timeline.first).to_have_attribute("data-build", "1")  # the aborted shadow
+    expect(timeline.first).to_have_attribute("data-status", "stopped")
+    serving = page.locator("li[data-status=deployed]")
+    expect(serving).to_have_count(1)
+    expect(serving).to_have_attribute("data-build", "2")  # the promoted canary
     expect(page).to_have_url(re.compile(r"/models/adder/deployments$"))
