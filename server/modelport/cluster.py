@@ -57,6 +57,7 @@ class Cluster:
         self.node, self.address, self.deployer = node, address, deployer
         self.term: int | None = None  # while this server is the controller
         self.started_at = now_iso()
+        self.started: dict[str, str] = {}  # live server → when it started
         self._reloads: dict[str, Callable[[], Awaitable[None]]] = {
             "models": models.reload,
             "tokens": auth.load,
@@ -80,7 +81,9 @@ class Cluster:
 
     async def _seen(self) -> None:
         """The live servers as the registry has them; a change re-places the replicas."""
-        nodes = {r["node"]: r["address"] for r in await servers.live(self.db, LIVE_S)}
+        found = await servers.live(self.db, LIVE_S)
+        self.started = {r["node"]: r["started_at"] for r in found}
+        nodes = {r["node"]: r["address"] for r in found}
         if nodes != self.deployer.nodes:
             if self.deployer.nodes:
                 log.info("servers now: %s", ", ".join(sorted(nodes)) or "none")
@@ -131,7 +134,7 @@ class Cluster:
                 await self._seen()
                 term = self.term
                 if term is not None:
-                    settled = await self.deployer.settle(term, set(self.deployer.nodes))
+                    settled = await self.deployer.settle(term, self.started)
                     if settled:
                         log.info("settled %d deployments left half-way by a gone server", settled)
                 said = ""

@@ -681,9 +681,9 @@ class Deployer:
 
     async def restore(self) -> None:
         """Serve again what served before the server stopped; settle what was half-way. On a
-        registry other servers share, this server only serves what is deployed (`follow`): what
-        was half-way is the controller's to settle (`settle`), once its server is gone."""
-        if self.db.dialect == "postgresql":
+        registry other live servers share, this server only serves what is deployed (`follow`):
+        what was half-way is the controller's to settle (`settle`), once its server is gone."""
+        if set(self.nodes) - {self.settings.node}:  # other servers live: theirs to finish
             await self.follow()
             return
         latest: dict[str, Row] = {}
@@ -784,11 +784,12 @@ class Deployer:
                     reason=f"could not be restored: {exc}",
                 )
 
-    async def settle(self, term: int, live: set[str]) -> int:
+    async def settle(self, term: int, live: dict[str, str]) -> int:
         """The controller's part (one server at a time, in its ``term``): the deployments left
-        half-way by a server that is gone (not in ``live``; this one's own that it is not rolling
-        out any more, after a restart) are settled — one that never served is interrupted (the
-        one before it still serves), one stopping is stopped. Each write checks the term
+        half-way by a server that is gone (not in ``live``: node → when it started; or made
+        before that server's restart; this one's own that it is not rolling out) are settled:
+        one that never served is interrupted (the one before it still serves), one stopping is
+        stopped. Each write checks the term
         (servers.Fenced once another server leads). The number settled."""
         busy = set(self._holding.values()) | {i for ids in self._waiting.values() for i in ids}
         settled = 0
@@ -796,8 +797,8 @@ class Deployer:
             node = row.get("node")
             if row["status"] in ("deployed", "candidate") or row["id"] in busy:
                 continue
-            if node in live and node != self.settings.node:
-                continue  # its server is rolling it out
+            if node in live and node != self.settings.node and row["created_at"] >= live[node]:
+                continue  # its server is rolling it out (not one of its life before a restart)
             ours = node == self.settings.node
             if row["status"] == "stopping":
                 await rows.transition(
