@@ -54,7 +54,7 @@ async def _another(db: Database, model_id: int) -> int:
         actor="me",
         sealer=Sealer(bytes(32)),
     )
-    return int(row["id"])
+    return row.id
 
 
 async def _shown(db: Database, model_id: int, deployment_id: int):

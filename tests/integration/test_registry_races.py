@@ -86,7 +86,7 @@ def test_two_servers_switching_deployments_of_one_model_leave_one_deployed_the_n
                 )
                 for db in (a, b, a, b, a)
             ]
-            ids = [row["id"] for row in made]
+            ids = [row.id for row in made]
             order = ids[:]
             random.shuffle(order)
 

@@ -35,6 +35,7 @@ from modelport.registry.records import (
     Replica,
     Traffic,
 )
+from modelport.registry.rows import DeploymentRow
 from modelport.serving.procs import read_tail
 
 ResourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$", max_length=100)]
@@ -188,7 +189,7 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     allow_breaking: bool = False
 
 
-async def _shown(db: Database, row: dict, name: str) -> Deployment:
+async def _shown(db: Database, row: DeploymentRow, name: str) -> Deployment:
     return await rows.full(db, row, name)
 
 
@@ -292,10 +293,10 @@ class DeploymentsController(Controller):
         row = await rows.current(db, model.id)
         if row is None:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
-        cand = await rows.candidate(db, row["id"])
-        shown = LiveTraffic(row["id"], row["build_number"])
+        cand = await rows.candidate(db, row.id)
+        shown = LiveTraffic(row.id, row.build_number)
         if cand is not None:
-            shown.candidate, shown.candidate_build = cand["id"], cand["build_number"]
+            shown.candidate, shown.candidate_build = cand.id, cand.build_number
             shown.candidate_status = (
                 "serving" if deployer.supervisor.candidate(name) else ("starting")
             )

@@ -128,5 +128,5 @@ async def model_openapi(request: Request, db: DbDep, name: FromPath[str]) -> dic
     current = await deployment_rows.current(db, model.id)
     if current is None:
         raise ModelNotDeployed(f"Model '{name}' has no deployment.")
-    build = await build_rows.by_id(db, current["build_id"])
+    build = await build_rows.by_id(db, current.build_id)
     return document(name, build, str(request.base_url).rstrip("/"))

@@ -20,7 +20,13 @@ from modelport.registry.records import (
     Guard,
     Traffic,
 )
-from modelport.registry.rows import BuildRow, load
+from modelport.registry.rows import (
+    BuildRow,
+    DeploymentRow,
+    NamedDeploymentRow,
+    load,
+    load_all,
+)
 from modelport.registry.sealed import Sealer, SealError
 from modelport.registry.states import (
     ACTIVE_DEPLOYMENT,
@@ -35,42 +41,40 @@ from modelport.registry.states import (
 log = logging.getLogger("modelport.registry")
 
 
-def traffic_of(row: Row) -> Traffic | None:
+def traffic_of(row: DeploymentRow) -> Traffic | None:
     """A candidate row's traffic (None for a deployment that never was a candidate)."""
-    if row["traffic_mode"] is None:
+    if row.traffic_mode is None:
         return None
-    return Traffic(row["traffic_mode"], row["candidate_percent"], row["sticky_header"])
+    return Traffic(row.traffic_mode, row.candidate_percent, row.sticky_header)
 
 
-def guard_of(row: Row) -> Guard | None:
-    return msgspec.json.decode(row["guard"], type=Guard) if row["guard"] else None
+def guard_of(row: DeploymentRow) -> Guard | None:
+    return msgspec.json.decode(row.guard, type=Guard) if row.guard else None
 
 
 def to_deployment(
-    row: Row,
+    row: DeploymentRow,
     model: str,
     events: list[DeploymentEvent] | None = None,
-    candidate: Row | None = None,
+    candidate: DeploymentRow | None = None,
 ) -> Deployment:
     shown = candidate if candidate is not None else row
-    is_candidate = row["status"] == CANDIDATE
-    settings = _stored_settings(row)
-    del settings["env"]  # the API shows its names only
+    is_candidate = row.status == CANDIDATE
     return Deployment(
-        id=row["id"],
+        id=row.id,
         model=model,
-        build=row["build_number"],
-        status=row["status"],
-        env_keys=sorted(msgspec.json.decode(row["env"])),
-        created_by=row["created_by"],
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        reason=row["reason"],
+        build=row.build_number,
+        status=row.status,
+        env_keys=sorted(row.env),  # the API shows its names only
+        created_by=row.created_by,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        reason=row.reason,
         events=events or [],
-        **settings,
-        candidate_of=row["candidate_of"],
+        **{name: getattr(row, name) for name in SETTING_NAMES if name != "env"},
+        candidate_of=row.candidate_of,
         candidate=(
-            CandidateOf(candidate["id"], candidate["build_number"], candidate["status"])
+            CandidateOf(candidate.id, candidate.build_number, candidate.status)
             if candidate is not None
             else None
         ),
@@ -79,25 +83,18 @@ def to_deployment(
     )
 
 
-def _stored_settings(row: Row) -> dict[str, Any]:
-    """A deployment's settings columns as their types (its env as stored: sealed)."""
-    values = {name: row[name] for name in SETTING_NAMES}
-    values["network"] = bool(values["network"])
-    values["require_replay"] = bool(values["require_replay"])
-    values["resources"] = msgspec.json.decode(values["resources"])
-    values["env"] = msgspec.json.decode(values["env"])
-    return values
-
-
-def settings_of(row: Row, sealer: Sealer) -> DeploymentSettings:
+def settings_of(row: DeploymentRow, sealer: Sealer) -> DeploymentSettings:
     """What a deployment was created with, its env in clear (for its replicas, or a deployment
     that carries them over: keep_current, a rollback)."""
-    values = _stored_settings(row)
-    values["env"] = env_of(row, sealer)
-    return msgspec.convert(values, DeploymentSettings, strict=False)
+    values = {name: getattr(row, name) for name in SETTING_NAMES}
+    return DeploymentSettings(**(values | {"env": env_of(row, sealer)}))
 
 
-async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, Row]:
+def _one(found: Row | None) -> DeploymentRow | None:
+    return None if found is None else load(DeploymentRow, found)
+
+
+async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, DeploymentRow]:
     """The active deployment row of each model that has one."""
     ids = list(model_ids)
     if not ids:
@@ -109,7 +106,7 @@ async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, 
         "ORDER BY id",
         [*ids, *ACTIVE_DEPLOYMENT],
     )
-    return {row["model_id"]: row for row in rows}
+    return {row.model_id: row for row in load_all(DeploymentRow, rows)}
 
 
 async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
@@ -122,16 +119,19 @@ async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
     ]
 
 
-async def full(db: Database, row: Row, model: str) -> Deployment:
-    cand = await candidate(db, row["id"]) if row["status"] in ACTIVE_DEPLOYMENT else None
-    return to_deployment(row, model, await events_of(db, row["id"]), cand)
+async def full(db: Database, row: DeploymentRow, model: str) -> Deployment:
+    cand = await candidate(db, row.id) if row.status in ACTIVE_DEPLOYMENT else None
+    return to_deployment(row, model, await events_of(db, row.id), cand)
 
 
-async def candidate(db: Database, deployment_id: int) -> Row | None:
+async def candidate(db: Database, deployment_id: int) -> DeploymentRow | None:
     """The candidate of a deployment (a canary or a shadow beside it), if it has one."""
-    return await db.one(
-        "SELECT * FROM deployments WHERE candidate_of = ? AND status = ? ORDER BY id DESC LIMIT 1",
-        (deployment_id, CANDIDATE),
+    return _one(
+        await db.one(
+            "SELECT * FROM deployments WHERE candidate_of = ? AND status = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (deployment_id, CANDIDATE),
+        )
     )
 
 
@@ -239,34 +239,42 @@ async def promoted(
         await tx.notify("deployments")
 
 
-async def by_id(db: Database, model_id: int, deployment_id: int) -> Row | None:
-    return await db.one(
-        "SELECT * FROM deployments WHERE id = ? AND model_id = ?", (deployment_id, model_id)
+async def by_id(db: Database, model_id: int, deployment_id: int) -> DeploymentRow | None:
+    return _one(
+        await db.one(
+            "SELECT * FROM deployments WHERE id = ? AND model_id = ?", (deployment_id, model_id)
+        )
     )
 
 
-async def current(db: Database, model_id: int) -> Row | None:
+async def current(db: Database, model_id: int) -> DeploymentRow | None:
     return (await current_by_model(db, [model_id])).get(model_id)
 
 
-async def latest(db: Database, model_id: int) -> Row | None:
+async def latest(db: Database, model_id: int) -> DeploymentRow | None:
     """The model's newest deployment, whatever its status."""
-    return await db.one(
-        "SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC LIMIT 1", (model_id,)
+    return _one(
+        await db.one(
+            "SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC LIMIT 1", (model_id,)
+        )
     )
 
 
-async def history(db: Database, model_id: int, *, limit: int, cursor: int | None) -> list[Row]:
-    return await db.all(
-        "SELECT * FROM deployments WHERE model_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (model_id, cursor if cursor is not None else 2**62, limit + 1),
+async def history(
+    db: Database, model_id: int, *, limit: int, cursor: int | None
+) -> list[DeploymentRow]:
+    return load_all(
+        DeploymentRow,
+        await db.all(
+            "SELECT * FROM deployments WHERE model_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (model_id, cursor if cursor is not None else 2**62, limit + 1),
+        ),
     )
 
 
-def env_of(row: Row, sealer: Sealer) -> dict[str, str]:
+def env_of(row: DeploymentRow, sealer: Sealer) -> dict[str, str]:
     """A deployment's env in clear (for its replicas, or a deployment that carries it over)."""
-    env = msgspec.json.decode(row["env"])
-    return sealer.unseal_env(env) if row["env_sealed"] else env
+    return sealer.unseal_env(row.env) if row.env_sealed else row.env
 
 
 KEY_CHECK = ("modelport", "the registry's key check")  # (name, value) sealed in seal_check
@@ -326,7 +334,7 @@ async def create(
     candidate_of: int | None = None,
     traffic: Traffic | None = None,
     guard: Guard | None = None,
-) -> Row:
+) -> DeploymentRow:
     """A pending deployment; ``schema_note`` (how the input schema changed from the build
     that served) goes into its created event and the audit entry; ``node``: the server that
     rolls it out (the controller settles it if that server is gone before it served). With
@@ -400,7 +408,8 @@ async def create(
             },
         )
         await tx.notify("deployments")
-    return await db.found("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+    found = await db.found("SELECT * FROM deployments WHERE id = ?", (deployment_id,))
+    return load(DeploymentRow, found)
 
 
 async def transition(
@@ -598,22 +607,30 @@ async def last_served_build(db: Database, model_id: int) -> BuildRow | None:
     return None if found is None else load(BuildRow, found)
 
 
-async def to_restore(db: Database) -> list[Row]:
+async def to_restore(db: Database) -> list[NamedDeploymentRow]:
     """At startup: what should serve again (a candidate too), and what was left half-way."""
-    return await db.all(
-        "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
-        f" WHERE d.status IN ({','.join('?' * (len(ACTIVE_DEPLOYMENT) + 1))}) ORDER BY d.id",
-        (*ACTIVE_DEPLOYMENT, CANDIDATE),
+    return load_all(
+        NamedDeploymentRow,
+        await db.all(
+            "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
+            f" WHERE d.status IN ({','.join('?' * (len(ACTIVE_DEPLOYMENT) + 1))}) ORDER BY d.id",
+            (*ACTIVE_DEPLOYMENT, CANDIDATE),
+        ),
     )
 
 
-async def deployed(db: Database, model: str | None = None, status: str = "deployed") -> list[Row]:
+async def deployed(
+    db: Database, model: str | None = None, status: str = "deployed"
+) -> list[NamedDeploymentRow]:
     """The deployments that take traffic now (one a model at most), with their model's name;
     only ``model``'s when named: what every server sharing the registry serves. With
     ``status="deploying"``: those being rolled out (that other servers may start ahead)."""
     where, params = ("AND m.name = ?", (status, model)) if model is not None else ("", (status,))
-    return await db.all(
-        "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
-        f" WHERE d.status = ? {where} ORDER BY d.id",
-        params,
+    return load_all(
+        NamedDeploymentRow,
+        await db.all(
+            "SELECT d.*, m.name AS model FROM deployments d JOIN models m ON m.id = d.model_id"
+            f" WHERE d.status = ? {where} ORDER BY d.id",
+            params,
+        ),
     )

@@ -7,14 +7,14 @@ from typing import Any
 from modelport.clock import now_iso
 from modelport.errors import ModelActive, ModelExists, ModelNotFound
 from modelport.registry import audit
-from modelport.registry.db import Database, IntegrityError, Row
+from modelport.registry.db import Database, IntegrityError
 from modelport.registry.deployments import current_by_model, to_deployment
 from modelport.registry.paging import next_cursor
 from modelport.registry.records import Model, Page
-from modelport.registry.rows import ModelRow, load, load_all
+from modelport.registry.rows import DeploymentRow, ModelRow, load, load_all
 
 
-def _to_model(row: ModelRow, deployment: Row | None = None) -> Model:
+def _to_model(row: ModelRow, deployment: DeploymentRow | None = None) -> Model:
     return Model(
         name=row.name,
         description=row.description,
@@ -129,7 +129,7 @@ async def delete(db: Database, name: str, actor: str) -> None:
     found = await row(db, name)
     current = await current_by_model(db, [found.id])
     if found.id in current:
-        state = current[found.id]["status"]
+        state = current[found.id].status
         raise ModelActive(
             f"Model '{name}' still has a deployment ({state}); stop it first "
             f"(`modelport stop {name}` or POST /api/v1/models/{name}/stop)."

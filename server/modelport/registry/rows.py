@@ -8,12 +8,12 @@ field's type (SQLite's 0/1 to a bool, say)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import msgspec
 
 from modelport.registry.db import Row
-from modelport.registry.records import BuildStatus, Role
+from modelport.registry.records import BuildStatus, DeploymentStatus, Placement, Role
 
 R = TypeVar("R", bound="Stored")
 
@@ -95,6 +95,55 @@ class BuildCount(Stored, frozen=True, kw_only=True):
     model: str
     status: BuildStatus
     n: int
+
+
+class DeploymentRow(Stored, frozen=True, kw_only=True):
+    """A deployment as stored: its settings' columns (DeploymentSettings' names, a unit test
+    keeps them so) with its env as stored, sealed when env_sealed (deployments.settings_of gives
+    the settings in clear)."""
+
+    json_columns = ("env", "resources")
+
+    id: int
+    model_id: int
+    build_id: int
+    build_number: int
+    status: DeploymentStatus
+    replicas: int
+    memory_mb: int | None
+    timeout_s: float
+    max_concurrency: int
+    queue_timeout_s: float
+    max_body_mb: float
+    env: dict[str, str]
+    env_sealed: bool
+    capture_percent: float
+    capture_max_bytes: int
+    network: bool
+    boot_timeout_s: float
+    cpus: float
+    gpus: int
+    resources: dict[str, float]
+    placement: Placement
+    require_replay: bool
+    created_by: str
+    created_at: str
+    finished_at: str | None
+    reason: str | None
+    node: str | None = None  # the server that rolls it out (several on one registry)
+    # A candidate (status candidate): the deployment it is the candidate of, its traffic
+    # (split | shadow, its percent, the sticky header) and its guard (JSON)
+    candidate_of: int | None = None
+    traffic_mode: Literal["split", "shadow"] | None = None
+    candidate_percent: float = 0.0
+    sticky_header: str | None = None
+    guard: str | None = None
+
+
+class NamedDeploymentRow(DeploymentRow, frozen=True, kw_only=True):
+    """A deployment with its model's name (the queries over every model's deployments)."""
+
+    model: str
 
 
 class TokenRow(Stored, frozen=True, kw_only=True):

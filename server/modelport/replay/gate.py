@@ -11,6 +11,7 @@ from modelport.errors import ReplayMismatch
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import replays as report_rows
 from modelport.registry.db import Database, Row
+from modelport.registry.rows import DeploymentRow
 
 
 def verdict(report: Row | None, *, primary_build: int, candidate_build: int) -> str | None:
@@ -64,7 +65,7 @@ def promotion_gate(db: Database):
     """``check_promotion`` as the deployer's ``replay_gate`` hook takes it: (model, report id,
     the candidate's deployment row); the primary is the model's current deployment."""
 
-    async def gate(model, report_id: int, candidate: Row) -> None:
+    async def gate(model, report_id: int, candidate: DeploymentRow) -> None:
         model_id = model["id"] if isinstance(model, dict) else model.id
         primary = await deployment_rows.current(db, model_id)
         if primary is None:
@@ -72,10 +73,10 @@ def promotion_gate(db: Database):
         await check_promotion(
             db,
             model_id,
-            primary_build=int(primary["build_number"]),
-            candidate_build=int(candidate["build_number"]),
+            primary_build=primary.build_number,
+            candidate_build=candidate.build_number,
             report_id=report_id,
-            required=bool(candidate.get("require_replay") or primary.get("require_replay")),
+            required=candidate.require_replay or primary.require_replay,
         )
 
     return gate

@@ -33,6 +33,7 @@ from modelport.registry import captures as capture_rows
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import replays as report_rows
 from modelport.registry.db import Database, Row
+from modelport.registry.records import DEPLOYMENT_DEFAULTS
 from modelport.registry.rows import ModelRow
 from modelport.replay.compare import compare
 from modelport.runtime.protocol import Result
@@ -188,7 +189,7 @@ class Replays:
         row = await deployment_rows.current(self.db, model.id) or await deployment_rows.latest(
             self.db, model.id
         )
-        return int(row["capture_max_bytes"]) if row is not None else 65_536
+        return row.capture_max_bytes if row is not None else DEPLOYMENT_DEFAULTS.capture_max_bytes
 
     async def _pairs(self, model: ModelRow, report: Row, tally: _Tally) -> None:
         """A shadow's recorded pairs (the primary's answer and the candidate's to one request),

@@ -32,9 +32,9 @@ from modelport.errors import (
 )
 from modelport.registry import builds as build_rows
 from modelport.registry import deployments as rows
-from modelport.registry.db import Database, Row
+from modelport.registry.db import Database
 from modelport.registry.records import DeploymentSettings, Guard, Traffic
-from modelport.registry.rows import BuildRow, ModelRow
+from modelport.registry.rows import BuildRow, DeploymentRow, ModelRow, NamedDeploymentRow
 from modelport.registry.sealed import Sealer
 from modelport.registry.states import EventKind
 from modelport.runtime.rbridge import is_r_entry
@@ -48,7 +48,7 @@ log = logging.getLogger("modelport.deployer")
 
 # promote --if-replay-matches: (model, report id, the candidate's row) → None, or the 409
 # replay.mismatch error (set by the replay service)
-ReplayGate = Callable[[ModelRow, int | None, Row], Awaitable[None]]
+ReplayGate = Callable[[ModelRow, int | None, DeploymentRow], Awaitable[None]]
 GUARD_CHECK_S = 0.5  # how often each candidate's guard is looked at
 GUARD_MIN_REQUESTS = 5  # the fewest answers of the window before the guard judges
 
@@ -91,7 +91,7 @@ class Deployer:
         actor: str,
         reason: str | None = None,
         allow_breaking: bool = False,
-    ) -> Row:
+    ) -> DeploymentRow:
         """Record a pending deployment and roll it out in the background."""
         build = await build_rows.row(self.db, model.id, build_number, model.name)
         if build.status != "built":
@@ -116,8 +116,8 @@ class Deployer:
             schema_note=note,
             node=self.settings.node,
         )
-        await self._give_up(model.name, f"replaced by deployment {row['id']} before it served")
-        self._waiting[model.name].add(row["id"])
+        await self._give_up(model.name, f"replaced by deployment {row.id} before it served")
+        self._waiting[model.name].add(row.id)
         self._spawn(self._roll_out(model.name, row, build, actor))
         return row
 
@@ -132,7 +132,7 @@ class Deployer:
         traffic: Traffic,
         guard: Guard | None = None,
         allow_breaking: bool = False,
-    ) -> Row:
+    ) -> DeploymentRow:
         """Record a candidate beside the current deployment and start its replicas in the
         background; the primary keeps serving. 409 candidate.exists when it has one."""
         build = await build_rows.row(self.db, model.id, build_number, model.name)
@@ -145,16 +145,16 @@ class Deployer:
                 field="max_concurrency",
             )
         current = await self._current(model)
-        if current["status"] != "deployed":
+        if current.status != "deployed":
             raise ModelNotDeployed(
-                f"Model '{model.name}' has no deployment serving yet ({current['status']}): "
+                f"Model '{model.name}' has no deployment serving yet ({current.status}): "
                 "a candidate goes beside one that serves."
             )
-        existing = await rows.candidate(self.db, current["id"])
+        existing = await rows.candidate(self.db, current.id)
         if existing is not None:
             raise CandidateExists(
-                f"Deployment {current['id']} has a candidate already: build "
-                f"#{existing['build_number']} (deployment {existing['id']}). Promote or abort it "
+                f"Deployment {current.id} has a candidate already: build "
+                f"#{existing.build_number} (deployment {existing.id}). Promote or abort it "
                 "first."
             )
         note = await self._schema_gate(model, build, allow_breaking)
@@ -168,9 +168,9 @@ class Deployer:
             actor=actor,
             sealer=self.sealer,
             reason=f"{'shadow' if traffic.mode == 'shadow' else 'canary'} of deployment "
-            f"{current['id']} (build #{current['build_number']})",
+            f"{current.id} (build #{current.build_number})",
             schema_note=note,
-            candidate_of=current["id"],
+            candidate_of=current.id,
             traffic=traffic,
             guard=guard,
         )
@@ -178,7 +178,9 @@ class Deployer:
         self._guard_on()
         return row
 
-    async def _start_candidate(self, name: str, primary: Row, row: Row, build: BuildRow) -> None:
+    async def _start_candidate(
+        self, name: str, primary: DeploymentRow, row: DeploymentRow, build: BuildRow
+    ) -> None:
         try:
             spec = await self.spec_for(name, row, build)
             group = await self.supervisor.start_group(spec)
@@ -188,50 +190,50 @@ class Deployer:
             why = str(exc) if isinstance(exc, GroupFailed | RestoreFailed | OSError) else repr(exc)
             await rows.candidate_event(
                 self.db,
-                primary["id"],
-                row["id"],
+                primary.id,
+                row.id,
                 "failed",
                 primary_kind="candidate.failed",
-                detail={"build": row["build_number"], "error": why},
+                detail={"build": row.build_number, "error": why},
                 reason=why,
             )
             return
-        await self._attach(name, primary, row["id"], group)
+        await self._attach(name, primary, row.id, group)
 
     async def _attach(
-        self, name: str, primary: Row, candidate_id: int, group: ReplicaGroup
+        self, name: str, primary: DeploymentRow, candidate_id: int, group: ReplicaGroup
     ) -> None:
         """A started candidate group takes its share, if it is still the candidate of what
         serves; else it drains."""
-        row = await rows.by_id(self.db, primary["model_id"], candidate_id)
+        row = await rows.by_id(self.db, primary.model_id, candidate_id)
         serving = self.supervisor.group(name)
         if (
             row is None
-            or row["status"] != "candidate"
+            or row.status != "candidate"
             or serving is None
-            or serving.spec.deployment_id != str(primary["id"])
+            or serving.spec.deployment_id != str(primary.id)
             or serving.traffic is not None
         ):
             await self.supervisor.retire(group, 0)
             return
         self.supervisor.attach(
             group,
-            mode=row["traffic_mode"],
-            percent=row["candidate_percent"],
-            sticky_header=row["sticky_header"],
+            mode=row.traffic_mode or "split",
+            percent=row.candidate_percent,
+            sticky_header=row.sticky_header,
             guard=_live_guard(rows.guard_of(row)),
         )
         await rows.candidate_event(
             self.db,
-            primary["id"],
+            primary.id,
             candidate_id,
             "candidate.ready",
-            detail={"build": row["build_number"], "replicas": row["replicas"]},
+            detail={"build": row.build_number, "replicas": row.replicas},
         )
 
-    async def _candidate_of(self, model: ModelRow) -> tuple[Row, Row]:
+    async def _candidate_of(self, model: ModelRow) -> tuple[DeploymentRow, DeploymentRow]:
         current = await self._current(model)
-        cand = await rows.candidate(self.db, current["id"])
+        cand = await rows.candidate(self.db, current.id)
         if cand is None:
             raise CandidateNone(
                 f"Model '{model.name}' has no candidate: deploy one with canary_percent "
@@ -239,16 +241,16 @@ class Deployer:
             )
         return current, cand
 
-    async def set_traffic(self, model: ModelRow, percent: float, actor: str) -> Row:
+    async def set_traffic(self, model: ModelRow, percent: float, actor: str) -> DeploymentRow:
         """Move the split: the candidate's share (a shadow's: the share of requests copied)."""
         current, cand = await self._candidate_of(model)
         await rows.traffic_changed(
             self.db,
-            current["id"],
-            cand["id"],
+            current.id,
+            cand.id,
             percent,
             actor=actor,
-            detail={"build": cand["build_number"], "from": cand["candidate_percent"]},
+            detail={"build": cand.build_number, "from": cand.candidate_percent},
             audited=("deployment.traffic", model.name),
         )
         group = self.supervisor.group(model.name)
@@ -259,7 +261,7 @@ class Deployer:
 
     async def promote(
         self, model: ModelRow, actor: str, if_replay_matches: int | None = None
-    ) -> Row:
+    ) -> DeploymentRow:
         """The candidate takes all the traffic (the registry says so first, in one write), then
         the old primary drains: no failed request."""
         current, cand = await self._candidate_of(model)
@@ -270,43 +272,43 @@ class Deployer:
         async with self._locks[model.name]:
             if self.supervisor.candidate(model.name) is None:
                 raise CandidateNone(
-                    f"Build #{cand['build_number']} (deployment {cand['id']}) is still starting: "
+                    f"Build #{cand.build_number} (deployment {cand.id}) is still starting: "
                     "promote it once it serves its share."
                 )
             try:
                 await rows.promoted(
                     self.db,
-                    current["id"],
-                    cand["id"],
+                    current.id,
+                    cand.id,
                     actor=actor,
                     detail={
-                        "build": cand["build_number"],
-                        "from_build": current["build_number"],
+                        "build": cand.build_number,
+                        "from_build": current.build_number,
                         "if_replay_matches": if_replay_matches,
                     },
                 )
             except rows.Superseded as exc:
                 raise CandidateNone(str(exc)) from None
-            await self.supervisor.promote(model.name, drain_timeout=current["timeout_s"])
-        return await self._by_id(model, cand["id"])
+            await self.supervisor.promote(model.name, drain_timeout=current.timeout_s)
+        return await self._by_id(model, cand.id)
 
-    async def abort(self, model: ModelRow, actor: str, reason: str | None = None) -> Row:
+    async def abort(self, model: ModelRow, actor: str, reason: str | None = None) -> DeploymentRow:
         """The candidate stops: its share goes back to the primary at once, its replicas drain."""
         current, cand = await self._candidate_of(model)
         why = reason or f"aborted by {actor}"
         await rows.candidate_event(
             self.db,
-            current["id"],
-            cand["id"],
+            current.id,
+            cand.id,
             "aborted",
             actor=actor,
-            detail={"build": cand["build_number"], "reason": why},
+            detail={"build": cand.build_number, "reason": why},
             primary_kind="traffic",
             reason=why,
             audited=("deployment.abort", model.name),
         )
-        if not await self.supervisor.abort(model.name, drain_timeout=cand["timeout_s"]):
-            self.supervisor.interrupt(model.name, why, deployment_id=str(cand["id"]))
+        if not await self.supervisor.abort(model.name, drain_timeout=cand.timeout_s):
+            self.supervisor.interrupt(model.name, why, deployment_id=str(cand.id))
         return current
 
     def live_traffic(self, model: str) -> dict[str, Any] | None:
@@ -410,7 +412,7 @@ class Deployer:
 
     async def rollback(
         self, model: ModelRow, to_build: int | None, actor: str, allow_breaking: bool = False
-    ) -> Row:
+    ) -> DeploymentRow:
         """The build before the current deployment's (or ``to_build``), with its settings; from
         a stopped model, the build before the last deployment's, with that one's settings."""
         current = await rows.current(self.db, model.id) or await rows.latest(self.db, model.id)
@@ -418,7 +420,7 @@ class Deployer:
             raise ModelNotDeployed(f"Model '{model.name}' has no deployment.")
         if to_build is None:
             to_build = await rows.previous_build(
-                self.db, model.id, current["id"], current["build_number"]
+                self.db, model.id, current.id, current.build_number
             )
             if to_build is None:
                 raise RequestInvalid(
@@ -431,11 +433,11 @@ class Deployer:
             to_build,
             settings,
             actor,
-            reason=f"rollback from #{current['build_number']} to #{to_build}",
+            reason=f"rollback from #{current.build_number} to #{to_build}",
             allow_breaking=allow_breaking,
         )
 
-    async def scale(self, model: ModelRow, replicas: int, actor: str) -> Row:
+    async def scale(self, model: ModelRow, replicas: int, actor: str) -> DeploymentRow:
         current = await self._current(model)
         async with self._locks[model.name]:
             group = self.supervisor.group(model.name)
@@ -445,7 +447,7 @@ class Deployer:
                 except GroupFailed as exc:
                     await rows.transition(
                         self.db,
-                        current["id"],
+                        current.id,
                         "scale_failed",
                         actor=actor,
                         detail={"to": replicas, "error": str(exc)},
@@ -453,16 +455,16 @@ class Deployer:
                     raise ScaleFailed(f"Scaling to {replicas} replicas failed: {exc}") from None
             await rows.transition(
                 self.db,
-                current["id"],
+                current.id,
                 "scaled",
                 actor=actor,
-                detail={"from": current["replicas"], "to": replicas},
+                detail={"from": current.replicas, "to": replicas},
                 replicas=replicas,
                 audited=("deployment.scale", model.name),
             )
-        return await self._by_id(model, current["id"])
+        return await self._by_id(model, current.id)
 
-    async def stop(self, model: ModelRow, actor: str) -> Row:
+    async def stop(self, model: ModelRow, actor: str) -> DeploymentRow:
         """At once: a deployment still starting is interrupted (its replicas killed), those
         waiting to start are given up; then the one serving drains (in-flight calls finish)."""
         current = await self._current(model)
@@ -476,51 +478,51 @@ class Deployer:
                     actor,
                     "deployment.stop",
                     model.name,
-                    current["id"],
-                    {"build": current["build_number"]},
+                    current.id,
+                    {"build": current.build_number},
                 )
-                return await self._by_id(model, current["id"])
+                return await self._by_id(model, current.id)
             await rows.transition(
                 self.db,
-                serving["id"],
+                serving.id,
                 "stopping",
                 actor=actor,
-                detail={"build": serving["build_number"]},
+                detail={"build": serving.build_number},
                 audited=("deployment.stop", model.name),
             )
-            cand = await rows.candidate(self.db, serving["id"])
+            cand = await rows.candidate(self.db, serving.id)
             if cand is not None:  # it stops with its deployment (its group drains with it)
                 await rows.candidate_event(
                     self.db,
-                    serving["id"],
-                    cand["id"],
+                    serving.id,
+                    cand.id,
                     "aborted",
                     actor=actor,
-                    detail={"build": cand["build_number"], "reason": f"stopped by {actor}"},
+                    detail={"build": cand.build_number, "reason": f"stopped by {actor}"},
                     primary_kind="traffic",
-                    reason=f"stopped with deployment {serving['id']}",
+                    reason=f"stopped with deployment {serving.id}",
                 )
-                self.supervisor.interrupt(model.name, "stopped", deployment_id=str(cand["id"]))
-            await self.supervisor.stop(model.name, drain_timeout=serving["timeout_s"])
+                self.supervisor.interrupt(model.name, "stopped", deployment_id=str(cand.id))
+            await self.supervisor.stop(model.name, drain_timeout=serving.timeout_s)
             await rows.transition(
                 self.db,
-                serving["id"],
+                serving.id,
                 "stopped",
                 actor=actor,
                 reason=f"stopped by {actor}",
             )
-        return await self._by_id(model, current["id"])
+        return await self._by_id(model, current.id)
 
-    async def restart(self, model: ModelRow, actor: str) -> Row:
+    async def restart(self, model: ModelRow, actor: str) -> DeploymentRow:
         """New replicas of the same deployment; ready before the old ones drain."""
         current = await self._current(model)
-        build = await build_rows.row(self.db, model.id, current["build_number"], model.name)
+        build = await build_rows.row(self.db, model.id, current.build_number, model.name)
         await rows.transition(
             self.db,
-            current["id"],
+            current.id,
             "restarting",
             actor=actor,
-            detail={"build": current["build_number"]},
+            detail={"build": current.build_number},
             audited=("deployment.restart", model.name),
         )
         self._spawn(self._roll_out(model.name, current, build, actor, restart=True))
@@ -529,13 +531,13 @@ class Deployer:
     # -- the work --------------------------------------------------------------------------------
 
     async def _roll_out(
-        self, name: str, row: Row, build: BuildRow, actor: str, restart: bool = False
+        self, name: str, row: DeploymentRow, build: BuildRow, actor: str, restart: bool = False
     ) -> None:
-        async with self._locks[name], self._turn(name, row["id"]):
-            if row["id"] in self._given_up:  # stopped or replaced while it waited: recorded
+        async with self._locks[name], self._turn(name, row.id):
+            if row.id in self._given_up:  # stopped or replaced while it waited: recorded
                 return
             if not restart:
-                await rows.transition(self.db, row["id"], "deploying", actor=actor)
+                await rows.transition(self.db, row.id, "deploying", actor=actor)
             switched = False
 
             async def record_switch() -> None:
@@ -545,7 +547,7 @@ class Deployer:
                 nonlocal switched
                 try:
                     await rows.switched(
-                        self.db, row["id"], actor=actor, detail={"replicas": spec.replicas}
+                        self.db, row.id, actor=actor, detail={"replicas": spec.replicas}
                     )
                 except rows.Superseded as exc:  # another server's newer deployment serves
                     raise Interrupted(str(exc)) from None
@@ -553,10 +555,10 @@ class Deployer:
 
             try:
                 spec = await self.spec_for(name, row, build)
-                self._go_on(row["id"])
+                self._go_on(row.id)
                 await self.supervisor.deploy(
                     spec,
-                    drain_timeout=row["timeout_s"],
+                    drain_timeout=row.timeout_s,
                     on_switch=None if restart else record_switch,
                 )
             except Interrupted as exc:
@@ -567,12 +569,12 @@ class Deployer:
                     await self._failed(row, str(exc), restart)
                 return
             except Exception as exc:
-                log.exception("deployment %s of %s failed", row["id"], name)
+                log.exception("deployment %s of %s failed", row.id, name)
                 if not switched:
                     await self._failed(row, f"internal error: {exc!r}", restart)
                 return
             if restart:
-                await rows.transition(self.db, row["id"], "restarted", actor=actor)
+                await rows.transition(self.db, row.id, "restarted", actor=actor)
 
     @contextlib.asynccontextmanager
     async def _turn(self, name: str, deployment_id: int) -> AsyncIterator[None]:
@@ -610,31 +612,31 @@ class Deployer:
             self._given_up[holding] = why
             self.supervisor.interrupt(name, why)
 
-    async def _interrupted(self, row: Row, why: str, restart: bool) -> None:
+    async def _interrupted(self, row: DeploymentRow, why: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving (until the stop that interrupted it)
-            await rows.transition(self.db, row["id"], "restart_interrupted", detail={"reason": why})
+            await rows.transition(self.db, row.id, "restart_interrupted", detail={"reason": why})
             return
         await rows.transition(
             self.db,
-            row["id"],
+            row.id,
             "interrupted",
             reason=why,
             detail={"reason": why},
         )
 
-    async def _failed(self, row: Row, reason: str, restart: bool) -> None:
+    async def _failed(self, row: DeploymentRow, reason: str, restart: bool) -> None:
         if restart:  # the running replicas keep serving
-            await rows.transition(self.db, row["id"], "restart_failed", detail={"error": reason})
+            await rows.transition(self.db, row.id, "restart_failed", detail={"error": reason})
             return
         await rows.transition(
             self.db,
-            row["id"],
+            row.id,
             "failed",
             reason=reason,
             detail={"error": reason},
         )
 
-    async def spec_for(self, name: str, row: Row, build: BuildRow) -> GroupSpec:
+    async def spec_for(self, name: str, row: DeploymentRow, build: BuildRow) -> GroupSpec:
         """Everything a replica needs on disk, from the store alone (no package index)."""
         if build.manifest is None:
             raise BuildNotReady(f"Build #{build.number} is {build.status}, not built.")
@@ -655,10 +657,10 @@ class Deployer:
             entry=manifest.content.entrypoint,
             digest=manifest.digest,
             manifest=build.manifest,
-            deployment_id=str(row["id"]),
+            deployment_id=str(row.id),
             **{  # of the deployment's replicas, those that run on this server
                 **msgspec.structs.asdict(self.settings_of(row)),
-                "replicas": self.share(name, row["replicas"], row["placement"]),
+                "replicas": self.share(name, row.replicas, row.placement),
             },
             rscript=self.settings.rscript if is_r_entry(manifest.content.entrypoint) else "",
             r_libs=r_libs,
@@ -686,70 +688,71 @@ class Deployer:
         if set(self.nodes) - {self.settings.node}:  # other servers live: theirs to finish
             await self.follow()
             return
-        latest: dict[str, Row] = {}
-        candidates: list[Row] = []
+        latest: dict[str, NamedDeploymentRow] = {}
+        candidates: list[NamedDeploymentRow] = []
         for row in await rows.to_restore(self.db):
-            if row["status"] == "candidate":
+            if row.status == "candidate":
                 candidates.append(row)
-            elif row["status"] == "deployed":
-                previous = latest.get(row["model"])
+            elif row.status == "deployed":
+                previous = latest.get(row.model)
                 if previous is not None:
                     await rows.transition(
                         self.db,
-                        previous["id"],
+                        previous.id,
                         "replaced",
-                        reason=f"replaced by deployment {row['id']}",
+                        reason=f"replaced by deployment {row.id}",
                     )
-                latest[row["model"]] = row
-            elif row["status"] == "stopping":
+                latest[row.model] = row
+            elif row.status == "stopping":
                 await rows.transition(
                     self.db,
-                    row["id"],
+                    row.id,
                     "stopped",
                     reason="stopped (the server restarted while stopping)",
                 )
             else:  # it never took traffic: a deployment takes it in the write that says so
                 await rows.transition(
                     self.db,
-                    row["id"],
+                    row.id,
                     "interrupted",
                     at_restart=True,
                     reason="interrupted by a server restart before it took traffic",
                 )
-        kept: dict[str, Row] = {}  # model → its candidate, started again with the primary
+        # model → its candidate, started again with the primary
+        kept: dict[str, NamedDeploymentRow] = {}
         for cand in candidates:
-            primary = latest.get(cand["model"])
-            if primary is None or primary["id"] != cand["candidate_of"]:
+            primary = latest.get(cand.model)
+            if primary is None or primary.id != cand.candidate_of:
                 await rows.transition(
                     self.db,
-                    cand["id"],
+                    cand.id,
                     "interrupted",
                     at_restart=True,
                     reason="its deployment does not serve after the server restarted",
                 )
             else:
-                kept[cand["model"]] = cand
+                kept[cand.model] = cand
         for name, row in latest.items():
-            build = await build_rows.by_id(self.db, row["build_id"])
+            build = await build_rows.by_id(self.db, row.build_id)
             await rows.transition(
-                self.db, row["id"], "restoring", detail={"reason": "server restarted"}
+                self.db, row.id, "restoring", detail={"reason": "server restarted"}
             )
             self._spawn(self._restore_one(name, row, build, kept.get(name)))
         if kept:
             self._guard_on()
 
     async def _restore_one(
-        self, name: str, row: Row, build: BuildRow, candidate: Row | None = None
+        self, name: str, row: DeploymentRow, build: BuildRow, candidate: DeploymentRow | None = None
     ) -> None:
-        async with self._locks[name], self._turn(name, row["id"]):
+        async with self._locks[name], self._turn(name, row.id):
             try:
                 spec = await self.spec_for(name, row, build)
-                self._go_on(row["id"])
+                self._go_on(row.id)
                 if candidate is not None:  # both start at once; the split serves when both do
-                    cbuild = await build_rows.by_id(self.db, candidate["build_id"])
+                    cbuild = await build_rows.by_id(self.db, candidate.build_id)
                     cspec = await self.spec_for(name, candidate, cbuild)
                     started = await asyncio.gather(
-                        self.supervisor.deploy(spec, drain_timeout=row["timeout_s"]),
+                        self.supervisor.deploy(spec, drain_timeout=row.timeout_s),
                         self.supervisor.start_group(cspec),
                         return_exceptions=True,
                     )
@@ -757,29 +760,29 @@ class Deployer:
                         if isinstance(started[1], ReplicaGroup):
                             await self.supervisor.retire(started[1], 0)
                         raise started[0]
-                    await rows.transition(self.db, row["id"], "restored")
+                    await rows.transition(self.db, row.id, "restored")
                     if isinstance(started[1], ReplicaGroup):
-                        await self._attach(name, row, candidate["id"], started[1])
+                        await self._attach(name, row, candidate.id, started[1])
                     else:
                         why = f"could not be restored: {started[1]}"
                         await rows.candidate_event(
                             self.db,
-                            row["id"],
-                            candidate["id"],
+                            row.id,
+                            candidate.id,
                             "failed",
                             primary_kind="candidate.failed",
-                            detail={"build": candidate["build_number"], "error": why},
+                            detail={"build": candidate.build_number, "error": why},
                             reason=why,
                         )
                     return
-                await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
-                await rows.transition(self.db, row["id"], "restored")
+                await self.supervisor.deploy(spec, drain_timeout=row.timeout_s)
+                await rows.transition(self.db, row.id, "restored")
             except Interrupted as exc:
                 await self._interrupted(row, str(exc), False)
             except Exception as exc:
                 await rows.transition(
                     self.db,
-                    row["id"],
+                    row.id,
                     "failed",
                     reason=f"could not be restored: {exc}",
                 )
@@ -794,16 +797,16 @@ class Deployer:
         busy = set(self._holding.values()) | {i for ids in self._waiting.values() for i in ids}
         settled = 0
         for row in await rows.to_restore(self.db):
-            node = row.get("node")
-            if row["status"] in ("deployed", "candidate") or row["id"] in busy:
+            node = row.node
+            if row.status in ("deployed", "candidate") or row.id in busy:
                 continue
-            if node in live and node != self.settings.node and row["created_at"] >= live[node]:
+            if node in live and node != self.settings.node and row.created_at >= live[node]:
                 continue  # its server is rolling it out (not one of its life before a restart)
             ours = node == self.settings.node
-            if row["status"] == "stopping":
+            if row.status == "stopping":
                 await rows.transition(
                     self.db,
-                    row["id"],
+                    row.id,
                     "stopped",
                     reason="stopped (the server restarted while stopping)"
                     if ours
@@ -813,7 +816,7 @@ class Deployer:
             else:
                 await rows.transition(
                     self.db,
-                    row["id"],
+                    row.id,
                     "interrupted",
                     at_restart=True,
                     reason="interrupted by a server restart before it took traffic"
@@ -832,28 +835,28 @@ class Deployer:
         one model at a time under its lock (after any operation of this server's on it). A
         deployment another server is rolling out is started here meanwhile, unrouted, so that
         it takes the traffic here as soon as the registry says it took it there."""
-        want = {row["model"]: row for row in await rows.deployed(self.db)}
-        starting = {row["model"]: row for row in await rows.deployed(self.db, status="deploying")}
+        want = {row.model: row for row in await rows.deployed(self.db)}
+        starting = {row.model: row for row in await rows.deployed(self.db, status="deploying")}
         self._hosts(want)
         mine = set(self._holding.values())
         for name, (deployment_id, group) in list(self._ahead.items()):
             if deployment_id not in (
-                starting.get(name, {}).get("id"),
-                want.get(name, {}).get("id"),
+                _id_of(starting.get(name)),
+                _id_of(want.get(name)),
             ):
                 del self._ahead[name]  # failed, stopped or replaced there
                 self._spawn(self.supervisor.retire(group))
         for name, (deployment_id, _task) in list(self._starting_ahead.items()):
             if deployment_id not in (
-                starting.get(name, {}).get("id"),
-                want.get(name, {}).get("id"),
+                _id_of(starting.get(name)),
+                _id_of(want.get(name)),
             ):
                 self.supervisor.interrupt(name, "the rollout was given up on its server")
         for name, ahead in starting.items():
-            if ahead["id"] in mine or name in self._starting_ahead or name in self._ahead:
+            if ahead.id in mine or name in self._starting_ahead or name in self._ahead:
                 continue
             task = asyncio.create_task(self._start_ahead(name, ahead))
-            self._starting_ahead[name] = (ahead["id"], task)
+            self._starting_ahead[name] = (ahead.id, task)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         for name in sorted(set(want) | set(self.supervisor.active)):
@@ -869,11 +872,11 @@ class Deployer:
             return replicas
         return shares(name, replicas, placement, list(self.nodes))[self.settings.node]
 
-    def _hosts(self, want: dict[str, Row]) -> None:
+    def _hosts(self, want: dict[str, NamedDeploymentRow]) -> None:
         """The forwarder's table: model → the addresses of the other servers running some."""
         hosts: dict[str, list[str]] = {}
         for name, row in want.items():
-            placed = shares(name, row["replicas"], row["placement"], list(self.nodes))
+            placed = shares(name, row.replicas, row.placement, list(self.nodes))
             hosts[name] = [
                 self.nodes[node]
                 for node, count in placed.items()
@@ -882,32 +885,32 @@ class Deployer:
         self.hosts.clear()  # in place: the gateway's forwarder reads this dict
         self.hosts.update(hosts)
 
-    def _same(self, group: ReplicaGroup | None, row: Row | None) -> bool:
+    def _same(self, group: ReplicaGroup | None, row: NamedDeploymentRow | None) -> bool:
         if group is None or row is None:
             return group is None and row is None
-        here = self.share(row["model"], row["replicas"], row["placement"])
-        return group.spec.deployment_id == str(row["id"]) and len(group.replicas) == here
+        here = self.share(row.model, row.replicas, row.placement)
+        return group.spec.deployment_id == str(row.id) and len(group.replicas) == here
 
-    async def _start_ahead(self, name: str, row: Row) -> None:
+    async def _start_ahead(self, name: str, row: DeploymentRow) -> None:
         """Not under the model's lock (a boot may take minutes, and the rollout may be given up
         there meanwhile: `follow` interrupts it then)."""
         try:
-            build = await build_rows.by_id(self.db, row["build_id"])
+            build = await build_rows.by_id(self.db, row.build_id)
             spec = await self.spec_for(name, row, build)
-            log.info("%s: starting deployment %d here ahead", name, row["id"])
+            log.info("%s: starting deployment %d here ahead", name, row.id)
             group = await self.supervisor.start_group(spec)
         except Interrupted:
             return
         except Exception as exc:
-            log.warning("could not start %s's deployment %s here ahead: %s", name, row["id"], exc)
+            log.warning("could not start %s's deployment %s here ahead: %s", name, row.id, exc)
             return
         finally:
             self._starting_ahead.pop(name, None)
         active = self.supervisor.group(name)
-        if active is not None and active.spec.deployment_id == str(row["id"]):
+        if active is not None and active.spec.deployment_id == str(row.id):
             await self.supervisor.retire(group)  # it serves here already
             return
-        self._ahead[name] = (row["id"], group)
+        self._ahead[name] = (row.id, group)
         await self.follow()  # it may have taken the traffic there meanwhile
 
     async def _follow_one(self, name: str) -> None:
@@ -922,32 +925,32 @@ class Deployer:
                     if group is not None and group.state != "starting":
                         log.info("%s was stopped on another server: stopping it here", name)
                         await self.supervisor.stop(name, drain_timeout=group.spec.timeout_s)
-                elif group is not None and group.spec.deployment_id == str(row["id"]):
-                    here = self.share(name, row["replicas"], row["placement"])
-                    log.info("%s: %d of its %d replicas run here", name, here, row["replicas"])
+                elif group is not None and group.spec.deployment_id == str(row.id):
+                    here = self.share(name, row.replicas, row.placement)
+                    log.info("%s: %d of its %d replicas run here", name, here, row.replicas)
                     await group.scale(here)
                 else:
                     log.info(
                         "%s: deployment %d (build #%d) took the traffic on another server",
                         name,
-                        row["id"],
-                        row["build_number"],
+                        row.id,
+                        row.build_number,
                     )
                     pending = self._starting_ahead.get(name)
-                    if pending is not None and pending[0] == row["id"]:
+                    if pending is not None and pending[0] == row.id:
                         await asyncio.wait([pending[1]])  # its boot is under way: use it
                     ahead = self._ahead.pop(name, None)
-                    if ahead is not None and ahead[0] == row["id"] and ahead[1].state == "running":
+                    if ahead is not None and ahead[0] == row.id and ahead[1].state == "running":
                         log.info("%s: the group started ahead takes the traffic", name)
                         old = self.supervisor.activate(ahead[1])
                         if old is not None:
-                            await self.supervisor.retire(old, row["timeout_s"])
+                            await self.supervisor.retire(old, row.timeout_s)
                         return
                     if ahead is not None:
                         await self.supervisor.retire(ahead[1])
-                    build = await build_rows.by_id(self.db, row["build_id"])
+                    build = await build_rows.by_id(self.db, row.build_id)
                     spec = await self.spec_for(name, row, build)
-                    await self.supervisor.deploy(spec, drain_timeout=row["timeout_s"])
+                    await self.supervisor.deploy(spec, drain_timeout=row.timeout_s)
         except Exception:
             log.exception("could not serve here what the registry says %s serves", name)
         finally:
@@ -973,14 +976,14 @@ class Deployer:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _by_id(self, model: ModelRow, deployment_id: int) -> Row:
+    async def _by_id(self, model: ModelRow, deployment_id: int) -> DeploymentRow:
         """A deployment row just written; LookupError if it is gone (its model deleted)."""
         row = await rows.by_id(self.db, model.id, deployment_id)
         if row is None:
             raise LookupError(f"deployment {deployment_id} of {model.name!r} is gone")
         return row
 
-    async def _current(self, model: ModelRow) -> Row:
+    async def _current(self, model: ModelRow) -> DeploymentRow:
         current = await rows.current(self.db, model.id)
         if current is None:
             name = model.name
@@ -992,7 +995,7 @@ class Deployer:
             raise ModelNotDeployed(f"Model '{name}' has no deployment.")
         return current
 
-    def settings_of(self, row: Row) -> DeploymentSettings:
+    def settings_of(self, row: DeploymentRow) -> DeploymentSettings:
         """What a deployment was created with, its env in clear."""
         return rows.settings_of(row, self.sealer)
 
@@ -1006,3 +1009,7 @@ def _live_guard(guard: Guard | None) -> LiveGuard | None:
     if guard is None or (guard.max_error_rate is None and guard.max_p99_ms is None):
         return None
     return LiveGuard(guard.max_error_rate, guard.max_p99_ms, guard.window_s)
+
+
+def _id_of(row: DeploymentRow | None) -> int | None:
+    return None if row is None else row.id
