@@ -93,15 +93,7 @@ class Deployer:
         allow_breaking: bool = False,
     ) -> DeploymentRow:
         """Record a pending deployment and roll it out in the background."""
-        build = await build_rows.row(self.db, model.id, build_number, model.name)
-        if build.status != "built":
-            raise BuildNotReady(f"Build #{build_number} is {build.status}, not built.")
-        if is_r_entry(build.entrypoint) and settings.max_concurrency > 1:
-            raise RequestInvalid(
-                "An R replica runs one call at a time: max_concurrency must be 1 "
-                "for an R function (add replicas to serve more at once).",
-                field="max_concurrency",
-            )
+        build = await self._startable(model, build_number, settings)
         note = await self._schema_gate(model, build, allow_breaking)
         row = await rows.create(
             self.db,
@@ -121,6 +113,22 @@ class Deployer:
         self._spawn(self._roll_out(model.name, row, build, actor))
         return row
 
+    async def _startable(
+        self, model: ModelRow, build_number: int, settings: DeploymentSettings
+    ) -> BuildRow:
+        """The build, when replicas of it can start with these settings: 409 build.not_ready
+        unless it is built; 422 for an R function asked to run more than one call at a time."""
+        build = await build_rows.row(self.db, model.id, build_number, model.name)
+        if build.status != "built":
+            raise BuildNotReady(f"Build #{build_number} is {build.status}, not built.")
+        if is_r_entry(build.entrypoint) and settings.max_concurrency > 1:
+            raise RequestInvalid(
+                "An R replica runs one call at a time: max_concurrency must be 1 "
+                "for an R function (add replicas to serve more at once).",
+                field="max_concurrency",
+            )
+        return build
+
     # -- a candidate beside the current deployment (canary, shadow) ------------------------------
 
     async def add_candidate(
@@ -135,15 +143,7 @@ class Deployer:
     ) -> DeploymentRow:
         """Record a candidate beside the current deployment and start its replicas in the
         background; the primary keeps serving. 409 candidate.exists when it has one."""
-        build = await build_rows.row(self.db, model.id, build_number, model.name)
-        if build.status != "built":
-            raise BuildNotReady(f"Build #{build_number} is {build.status}, not built.")
-        if is_r_entry(build.entrypoint) and settings.max_concurrency > 1:
-            raise RequestInvalid(
-                "An R replica runs one call at a time: max_concurrency must be 1 "
-                "for an R function (add replicas to serve more at once).",
-                field="max_concurrency",
-            )
+        build = await self._startable(model, build_number, settings)
         current = await self._current(model)
         if current.status != "deployed":
             raise ModelNotDeployed(
