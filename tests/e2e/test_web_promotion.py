@@ -214,3 +214,104 @@ def test_a_canary_made_with_clicks_is_split_then_promoted(page, site):
     expect(serving).to_have_count(1)
     expect(serving).to_have_attribute("data-build", "2")  # the promoted canary
     expect(page).to_have_url(re.compile(r"/models/adder/deployments$"))
+
+
+BROKEN_ADDER = (
+    "def predict(a: float, b: float = 0.0, c: int = 0) -> float:\n"
+    "    raise ValueError('broken on purpose')\n"
+)
+
+
+def test_a_viewer_sees_no_actions_and_a_tripped_guard_shows_why(page, site):
+    """A viewer's token reads the Traffic and Deployments tabs without a button it would be
+    refused; a deployer's sees them, and a canary whose every answer fails trips its guard: the
+    Traffic tab says so, why and when."""
+    with site.api() as c:
+        tokens = {
+            role: c.post("/api/v1/tokens", json={"name": f"web-{role}", "role": role}).json()[
+                "token"
+            ]
+            for role in ("viewer", "deployer")
+        }
+    broken = site.start_build("adder", {"predict.py": BROKEN_ADDER}, message="always fails")
+    with site.api() as c:
+        assert wait_build(c, "adder", broken)["status"] == "built"
+
+    page.goto(site.url + "/models/adder/traffic")
+    sign_in(page, tokens["viewer"])
+    traffic = page.get_by_role("region", name="Traffic")
+    expect(traffic).to_contain_text("answers every request")
+    for name in ("Canary…", "Shadow…"):
+        expect(traffic.get_by_role("button", name=name)).to_have_count(0)
+    page.get_by_role("link", name="Deployments").click()
+    expect(page.locator("section.current")).to_contain_text("Build #")
+    for name in ("Deploy a build…", "Scale…", "Restart…", "Roll back…", "Stop…"):
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+    page.get_by_role("button", name="Sign out").click()
+
+    sign_in(page, tokens["deployer"])
+    page.get_by_role("button", name="Deploy a build…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("More settings").click()
+    expect(dialog.locator("#deploy-require-replay")).not_to_be_checked()
+    expect(dialog).to_contain_text("require_replay")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+
+    serving = site.current_build("adder")
+    with site.api() as c:
+        made = c.post(
+            "/api/v1/models/adder/deployments",
+            json={
+                "build": broken,
+                "canary_percent": 50,
+                "guard": {"max_error_rate": 0.05, "window_s": 30},
+                "allow_breaking": True,
+            },
+        )
+        assert made.status_code == 202, made.text
+        cand = made.json()["id"]
+        deadline = time.monotonic() + 90
+        while not any(
+            e["kind"] == "candidate.ready"
+            for e in c.get(f"/api/v1/models/adder/deployments/{cand}").json()["events"]
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        failed = 0
+        while True:  # requests until the guard judged the failures
+            found = c.get(f"/api/v1/models/adder/deployments/{cand}").json()
+            if any(e["kind"] == "guard.tripped" for e in found["events"]):
+                break
+            assert time.monotonic() < deadline, found
+            for a in range(10):
+                answer = c.post(
+                    "/models/adder/predict",
+                    json={"a": a, "b": 1},
+                    headers={"Authorization": f"Bearer {site.keys['adder']}"},
+                )
+                failed += answer.status_code == 500
+            time.sleep(0.2)
+        assert failed > 0
+
+    page.get_by_role("link", name="Traffic").click()
+    banner = page.get_by_test_id("guard-tripped")
+    expect(banner).to_contain_text("The guard tripped", timeout=20_000)
+    expect(banner).to_contain_text("broke max_error_rate 0.05")
+    expect(banner).to_contain_text(f"Build #{broken} gets no requests (it had 50 %)")
+    expect(banner.locator("time")).to_have_count(1)
+    expect(page.get_by_test_id("split-label")).to_contain_text(f"#{broken} 0 %")
+    expect(
+        page.get_by_role("region", name="Traffic").get_by_role("button", name="Abort…")
+    ).to_be_visible()
+    shot(page, "35-guard-tripped")
+
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, tokens["viewer"])
+    expect(page.get_by_test_id("guard-tripped")).to_contain_text("broke max_error_rate 0.05")
+    expect(page.get_by_role("region", name="Traffic").get_by_role("button")).to_have_count(0)
+    page.get_by_role("button", name="Sign out").click()
+    with site.api() as c:
+        assert c.post("/api/v1/models/adder/abort").status_code == 200
+    assert site.current_build("adder") == serving

@@ -4,6 +4,7 @@ import {
   between,
   buildSeries,
   diffsByRequest,
+  guardTrip,
   ms,
   parsePercent,
   percent,
@@ -175,5 +176,35 @@ describe("replay reports", () => {
     ];
     expect(between(all, 6, 7).map((r) => r.id)).toEqual([3, 1]);
     expect(between(all, 7, 8)).toEqual([]);
+  });
+});
+
+describe("guardTrip", () => {
+  const tripped = {
+    kind: "guard.tripped",
+    at: "2026-12-03T13:00:05Z",
+    actor: null,
+    detail: { build: 7, from: 10, why: "error rate 1 over 6 requests broke max_error_rate 0.05", candidate_percent: 0 },
+  };
+  const added = { kind: "candidate.added", at: "2026-12-03T13:00:00Z", detail: {} };
+  const atZero = { ...CANARY, traffic: { ...CANARY.traffic, candidate_percent: 0 } };
+
+  test("the trip's reason, time and former share while the candidate stays at 0 %", () => {
+    expect(guardTrip({ events: [added, tripped] }, atZero)).toEqual({
+      why: "error rate 1 over 6 requests broke max_error_rate 0.05",
+      at: "2026-12-03T13:00:05Z",
+      from: 10,
+    });
+  });
+
+  test("nothing once the split moved again, or without a trip", () => {
+    const moved = { kind: "traffic", at: "2026-12-03T13:01:00Z", detail: { candidate_percent: 0 } };
+    expect(guardTrip({ events: [added, tripped, moved] }, atZero)).toBeNull();
+    expect(guardTrip({ events: [added, tripped] }, CANARY)).toBeNull(); // back above 0 %
+    expect(guardTrip({ events: [added] }, atZero)).toBeNull();
+    expect(guardTrip(null, atZero)).toBeNull();
+    expect(guardTrip({ events: [tripped] }, null)).toBeNull();
+    const shadow = { ...atZero, traffic: { mode: "shadow", candidate_percent: 0 } };
+    expect(guardTrip({ events: [tripped] }, shadow)).toBeNull();
   });
 });

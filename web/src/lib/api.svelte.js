@@ -1,12 +1,14 @@
 // The REST client: one `api()` for every call, errors as ApiError with the server's words.
 // The token lives in sessionStorage only (this tab, until it closes or "Sign out").
 
+import { roleOf } from "./roles.js";
+
 const KEY = "modelport.token";
 const ROLE = "modelport.role";
 
 export const session = $state({
   token: sessionStorage.getItem(KEY) || "",
-  role: sessionStorage.getItem(ROLE) || "", // "admin" or "" (not admin / unknown)
+  role: sessionStorage.getItem(ROLE) || "", // the token's role (GET /api/v1/whoami); "" unknown
   notice: "", // why the user was signed out
 });
 
@@ -69,6 +71,20 @@ export function signIn(token, role) {
   session.notice = "";
   sessionStorage.setItem(KEY, token);
   sessionStorage.setItem(ROLE, role);
+}
+
+/** Ask the server for the token's role when the tab does not know it (a tab signed in before). */
+export async function learnRole() {
+  if (!session.token || session.role) return;
+  try {
+    const role = roleOf(await api("/api/v1/whoami"));
+    if (role && session.token) {
+      session.role = role;
+      sessionStorage.setItem(ROLE, role);
+    }
+  } catch {
+    /* the pages say what went wrong; an unknown role shows no write buttons */
+  }
 }
 
 export function signOut(notice = "") {

@@ -141,3 +141,17 @@ export function between(reports, a, b) {
     .filter((r) => (r.from_build === a && r.to_build === b) || (r.from_build === b && r.to_build === a))
     .sort((x, y) => y.id - x.id);
 }
+
+/**
+ * The guard's last trip, while it still holds: the candidate deployment's latest change of share
+ * is a `guard.tripped` event and the candidate is at 0 % now. `{why, at, from}` or null.
+ */
+export function guardTrip(candidate, live) {
+  if (!candidate || !live || !live.traffic) return null;
+  if (live.traffic.mode === "shadow" || Number(live.traffic.candidate_percent) !== 0) return null;
+  const moves = (candidate.events || []).filter((e) => e.kind === "traffic" || e.kind === "guard.tripped");
+  const last = moves.at(-1);
+  if (!last || last.kind !== "guard.tripped") return null;
+  const detail = last.detail || {};
+  return { why: detail.why || "its guard broke", at: last.at, from: detail.from ?? null };
+}
