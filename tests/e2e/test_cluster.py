@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -321,3 +322,84 @@ def test_two_servers_creating_or_deploying_one_model_at_once_one_wins(pair, tmp_
     assert a.client().get("/api/v1/models/twin").json()["deployment"]["id"] == winner
     for srv in (a, b):
         until(lambda srv=srv: predict(srv, "twin", key).status_code == 200)
+
+
+PLUS = {"predict.py": "def predict(a: float, b: float) -> float:\n    return a + b + 10\n"}
+
+
+def builds_seen(srv, name: str, key: str, n: int = 40) -> Counter:
+    """Which builds answered ``n`` predictions (each a 200)."""
+    seen: Counter = Counter()
+    with httpx.Client(
+        base_url=srv.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as c:
+        for _ in range(n):
+            r = c.post(f"/models/{name}/predict", json={"a": 2, "b": 3})
+            assert r.status_code == 200, r.text
+            seen[int(r.headers["x-model-build"])] += 1
+    return seen
+
+
+def wait_ready(srv, name: str, deployment_id: int) -> None:
+    def ready():
+        found = srv.client().get(f"/api/v1/models/{name}/deployments/{deployment_id}").json()
+        assert found["status"] == "candidate", found
+        return any(e["kind"] == "candidate.ready" for e in found["events"])
+
+    until(ready, 120, every=0.1)
+
+
+def test_a_canary_added_moved_promoted_or_aborted_on_one_server_the_other_follows(pair, tmp_path):
+    a, b = pair
+    key = a.client().post("/api/v1/models", json={"name": "can"}).json()["access_key"]
+    one = build(a, tmp_path, "can", ADDER)
+    two = build(a, tmp_path, "can", TIMES)
+    three = build(a, tmp_path, "can", PLUS)
+    url = "/api/v1/models/can"
+    deploy(a, "can", one, replicas=2)  # spread: one replica on each server
+    until(lambda: [len(replicas(s, "can")) for s in (a, b)] == [1, 1])
+
+    started = time.monotonic()
+    made = a.client().post(
+        url + "/deployments", json={"build": two, "canary_percent": 50, "replicas": 2}
+    )
+    assert made.status_code == 202, made.text
+    cand = made.json()
+    wait_ready(a, "can", cand["id"])
+    seen, _ = until(lambda: len(s := builds_seen(b, "can", key)) == 2 and s, 120, every=0.1)
+    print(f"canary added on a, b serves both builds {time.monotonic() - started:.2f} s later")
+    assert set(seen) == {one, two}
+    split = builds_seen(b, "can", key, 200)
+    print(f"b at 50 %: {dict(split)}")
+    assert 50 <= split[two] <= 150  # about half of 200
+    # b answers with the candidate's own replica: its build's answer
+    assert a.client().get(url + "/deployments/current/traffic").status_code == 200
+
+    moved = a.client().patch(url + "/deployments/current/traffic", json={"candidate_percent": 0})
+    assert moved.status_code == 200, moved.text
+    until(lambda: set(builds_seen(b, "can", key, 20)) == {one})
+    assert builds_seen(b, "can", key, 100) == {one: 100}  # 0 % seen on b
+
+    back = a.client().patch(url + "/deployments/current/traffic", json={"candidate_percent": 50})
+    assert back.status_code == 200, back.text
+    until(lambda: set(builds_seen(b, "can", key)) == {one, two})
+    promoted = a.client().post(url + "/promote", json={})
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["status"] == "deployed"
+    until(lambda: set(builds_seen(b, "can", key, 20)) == {two})
+    assert builds_seen(b, "can", key, 100) == {two: 100}  # only the promoted build
+    until(lambda: [len(replicas(s, "can")) for s in (a, b)] == [1, 1])  # old primary drained
+    assert {r["build"] for s in (a, b) for r in replicas(s, "can")} == {two}
+
+    made = a.client().post(
+        url + "/deployments", json={"build": three, "canary_percent": 50, "replicas": 2}
+    )
+    assert made.status_code == 202, made.text
+    wait_ready(a, "can", made.json()["id"])
+    until(lambda: set(builds_seen(b, "can", key)) == {two, three}, 120, every=0.1)
+    aborted = a.client().post(url + "/abort", json={})
+    assert aborted.status_code == 200, aborted.text
+    until(lambda: set(builds_seen(b, "can", key, 20)) == {two})
+    assert builds_seen(b, "can", key, 100) == {two: 100}  # only the primary
+    gone = a.client().get(f"{url}/deployments/{made.json()['id']}").json()
+    assert gone["status"] == "stopped"

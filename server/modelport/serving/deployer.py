@@ -80,6 +80,10 @@ class Deployer:
         self.replay_gate: ReplayGate | None = None
         self._guarding: asyncio.Task[None] | None = None
         self._starting_ahead: dict[str, tuple[int, asyncio.Task[None]]] = {}  # booting so
+        # model → the candidate whose replicas this server is starting (added here, or another
+        # server's, followed); candidates that could not start here (not tried again)
+        self._cand_starting: dict[str, int] = {}
+        self._cand_failed: set[int] = set()
 
     # -- what the API asks for -------------------------------------------------------------------
 
@@ -158,22 +162,28 @@ class Deployer:
                 "first."
             )
         note = await self._schema_gate(model, build, allow_breaking)
-        row = await rows.create(
-            self.db,
-            model_id=model.id,
-            model=model.name,
-            build_id=build.id,
-            build_number=build_number,
-            settings=settings,
-            actor=actor,
-            sealer=self.sealer,
-            reason=f"{'shadow' if traffic.mode == 'shadow' else 'canary'} of deployment "
-            f"{current.id} (build #{current.build_number})",
-            schema_note=note,
-            candidate_of=current.id,
-            traffic=traffic,
-            guard=guard,
-        )
+        self._cand_starting[model.name] = -1  # this server starts it (not `follow`)
+        try:
+            row = await rows.create(
+                self.db,
+                model_id=model.id,
+                model=model.name,
+                build_id=build.id,
+                build_number=build_number,
+                settings=settings,
+                actor=actor,
+                sealer=self.sealer,
+                reason=f"{'shadow' if traffic.mode == 'shadow' else 'canary'} of deployment "
+                f"{current.id} (build #{current.build_number})",
+                schema_note=note,
+                candidate_of=current.id,
+                traffic=traffic,
+                guard=guard,
+            )
+        except BaseException:
+            self._cand_starting.pop(model.name, None)
+            raise
+        self._cand_starting[model.name] = row.id
         self._spawn(self._start_candidate(model.name, current, row, build))
         self._guard_on()
         return row
@@ -185,8 +195,10 @@ class Deployer:
             spec = await self.spec_for(name, row, build)
             group = await self.supervisor.start_group(spec)
         except Interrupted:
+            self._cand_starting.pop(name, None)
             return  # aborted while starting: recorded by the abort
         except Exception as exc:
+            self._cand_starting.pop(name, None)
             why = str(exc) if isinstance(exc, GroupFailed | RestoreFailed | OSError) else repr(exc)
             await rows.candidate_event(
                 self.db,
@@ -198,13 +210,22 @@ class Deployer:
                 reason=why,
             )
             return
-        await self._attach(name, primary, row.id, group)
+        try:
+            await self._attach(name, primary, row.id, group)
+        finally:
+            self._cand_starting.pop(name, None)
 
     async def _attach(
-        self, name: str, primary: DeploymentRow, candidate_id: int, group: ReplicaGroup
+        self,
+        name: str,
+        primary: DeploymentRow,
+        candidate_id: int,
+        group: ReplicaGroup,
+        record: bool = True,
     ) -> None:
         """A started candidate group takes its share, if it is still the candidate of what
-        serves; else it drains."""
+        serves; else it drains. ``record``: its candidate.ready event is written (by the server
+        that added it; not by one that follows it)."""
         row = await rows.by_id(self.db, primary.model_id, candidate_id)
         serving = self.supervisor.group(name)
         if (
@@ -223,6 +244,8 @@ class Deployer:
             sticky_header=row.sticky_header,
             guard=_live_guard(rows.guard_of(row)),
         )
+        if not record:
+            return
         await rows.candidate_event(
             self.db,
             primary.id,
@@ -865,6 +888,87 @@ class Deployer:
                 continue
             self._following.add(name)
             self._spawn(self._follow_one(name))
+        self._follow_candidates(
+            {row.model: row for row in await rows.deployed(self.db, status="candidate")}, want
+        )
+
+    def _follow_candidates(
+        self, cands: dict[str, NamedDeploymentRow], want: dict[str, NamedDeploymentRow]
+    ) -> None:
+        """Candidates as the registry has them (another server added, moved, promoted or
+        aborted one): a candidate of the deployment serving here is started here (its share of
+        replicas) and attached with its mode, percent and sticky header; a moved split is
+        applied (no I/O); one that is no longer a candidate drains (promoted: `_follow_one`)."""
+        with_traffic = {n for n, g in self.supervisor.active.items() if g.traffic is not None}
+        for name in sorted(set(cands) | with_traffic | set(self._cand_starting)):
+            cand, group = cands.get(name), self.supervisor.group(name)
+            traffic = group.traffic if group is not None else None
+            if traffic is not None:
+                ours = traffic.group.spec.deployment_id
+                if cand is not None and str(cand.id) == ours:
+                    if traffic.percent != cand.candidate_percent:
+                        traffic.set_percent(cand.candidate_percent)
+                        traffic.candidate_window().clear()
+                    continue
+                served = want.get(name)
+                if served is not None and str(served.id) == ours:
+                    continue  # promoted: `_follow_one` makes it the primary here
+                self._spawn(self._drop_candidate(name, traffic.group))
+                continue
+            starting = self._cand_starting.get(name)
+            if starting is not None:
+                if starting >= 0 and (cand is None or cand.id != starting):
+                    self.supervisor.interrupt(
+                        name, "the candidate was ended", deployment_id=str(starting)
+                    )
+                continue
+            if (
+                cand is None
+                or cand.id in self._cand_failed
+                or group is None
+                or group.spec.deployment_id != str(cand.candidate_of)
+                or self.share(name, cand.replicas, cand.placement) == 0
+            ):
+                continue
+            self._cand_starting[name] = cand.id
+            self._spawn(self._follow_candidate(name, cand))
+
+    async def _follow_candidate(self, name: str, cand: NamedDeploymentRow) -> None:
+        """Another server's candidate: its replicas started here, then attached beside the
+        primary as the registry has it then (no event written: the adding server's)."""
+        try:
+            try:
+                build = await build_rows.by_id(self.db, cand.build_id)
+                spec = await self.spec_for(name, cand, build)
+                log.info("%s: starting candidate %d (build #%d) here", name, cand.id, build.number)
+                group = await self.supervisor.start_group(spec)
+            except Interrupted:
+                return
+            except Exception as exc:
+                log.warning("could not start %s's candidate %d here: %s", name, cand.id, exc)
+                self._cand_failed.add(cand.id)
+                return
+            async with self._locks[name]:
+                primary = await rows.by_id(self.db, cand.model_id, cand.candidate_of or 0)
+                if primary is None:
+                    await self.supervisor.retire(group, 0)
+                    return
+                await self._attach(name, primary, cand.id, group, record=False)
+            self._guard_on()
+        except Exception:
+            log.exception("could not follow %s's candidate %d", name, cand.id)
+        finally:
+            self._cand_starting.pop(name, None)
+
+    async def _drop_candidate(self, name: str, candidate: ReplicaGroup) -> None:
+        """A candidate ended on another server (aborted, stopped, replaced) drains here."""
+        async with self._locks[name]:
+            group = self.supervisor.group(name)
+            if group is not None and group.traffic is not None and group.traffic.group is candidate:
+                log.info(
+                    "%s: candidate %s ended: it drains here", name, candidate.spec.deployment_id
+                )
+                await self.supervisor.abort(name, drain_timeout=candidate.spec.timeout_s)
 
     def share(self, name: str, replicas: int, placement: str) -> int:
         """How many of a deployment's replicas run here (serving/placement.py)."""
@@ -936,6 +1040,17 @@ class Deployer:
                         row.id,
                         row.build_number,
                     )
+                    traffic = group.traffic if group is not None else None
+                    if traffic is not None and traffic.group.spec.deployment_id == str(row.id):
+                        log.info("%s: its candidate was promoted: it serves everything", name)
+                        promoted = traffic.group
+                        await self.supervisor.promote(
+                            name, drain_timeout=traffic.primary.spec.timeout_s
+                        )
+                        here = self.share(name, row.replicas, row.placement)
+                        if len(promoted.replicas) != here:
+                            await promoted.scale(here)
+                        return
                     pending = self._starting_ahead.get(name)
                     if pending is not None and pending[0] == row.id:
                         await asyncio.wait([pending[1]])  # its boot is under way: use it
