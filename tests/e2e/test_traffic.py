@@ -300,7 +300,8 @@ def test_the_guard_sets_a_broken_candidate_to_zero_and_the_primary_is_untouched(
 
     for build, guard, extra in (
         (errs, {"max_error_rate": 0.05, "window_s": 30}, {}),
-        (hangs, {"max_p99_ms": 300, "window_s": 30}, {"timeout_s": 1}),
+        # a hanging candidate's calls are judged in flight, long before its timeout_s
+        (hangs, {"max_p99_ms": 300, "window_s": 30}, {"timeout_s": 10}),
         (crashes, {"max_error_rate": 0.05, "window_s": 30}, {}),
     ):
         cand = candidate(d, "g", build, canary_percent=50, guard=guard, **extra)
@@ -310,6 +311,9 @@ def test_the_guard_sets_a_broken_candidate_to_zero_and_the_primary_is_untouched(
         event = next(e for e in tripped["events"] if e["kind"] == "guard.tripped")
         assert event["detail"]["candidate_percent"] == 0
         assert event["detail"]["why"]  # says which limit broke, and by how much
+        if build == hangs:  # tripped by calls still in flight (none had timed out: 10 s)
+            assert "calls in flight longer than that counted" in event["detail"]["why"]
+            assert event["detail"]["p99_ms"] < 10_000
         assert tripped["traffic"]["candidate_percent"] == 0
         # the primary answered every request it was given
         assert all(status == 200 for status, b in seen if b == str(one)), Counter(seen)

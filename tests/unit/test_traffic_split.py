@@ -3,6 +3,7 @@ the live figures the guard reads; no I/O."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -84,3 +85,20 @@ def test_a_shadow_copies_up_to_the_candidates_free_slots():
     assert t.max_copies == 16 and not t.split and t.shadow
     t2 = Traffic(group(1), group(2, replicas=2, max_concurrency=3), mode="shadow", percent=100)  # type: ignore[arg-type]
     assert t2.max_copies == 96
+
+
+def test_calls_in_flight_past_a_limit_count_as_that_slow_until_they_end():
+    t = traffic(50)
+    done, hung = t.begin(), t.begin()
+    t._open[hung] -= 2.0  # went out 2 s ago
+    t.end(done)
+    late = t.late(0.3)
+    assert len(late) == 1 and late[0] >= 2.0
+    w = Window()
+    for _ in range(4):
+        w.samples.append((time.monotonic(), False, 0.01))
+    figures = w.summary(30, late=late)
+    assert figures["requests"] == 5 and figures["errors"] == 0
+    assert figures["p99_ms"] >= 2000
+    t.end(hung)
+    assert t.late(0.3) == [] and w.summary(30)["requests"] == 4

@@ -201,6 +201,7 @@ class Gateway:
         body = b""  # as read, once it is
         traffic: Traffic | None = None
         primary: ReplicaGroup | None = None
+        opened = 0  # the candidate's call in flight (its guard's), when it answers this one
         try:
             if model is None:
                 model, body, content_type, caller = await self._cloudera(
@@ -225,6 +226,7 @@ class Gateway:
                     started = time.perf_counter()
                 if traffic.split and traffic.pick(scope["headers"]):
                     group = traffic.group
+                    opened = traffic.begin()
             try:
                 replica, msg = await group.call(body, content_type, wants, request_id)
             except Draining:  # replaced while we were on our way: follow the route
@@ -233,6 +235,8 @@ class Gateway:
                 )
             status, headers, out = _reply(msg, group, replica, wants, rid, target is BY_KEY)
         except _ClientGone:
+            if opened and traffic is not None:
+                traffic.end(opened)
             return None
         except ModelportError as exc:
             status, headers, out = _refusal(exc, rid, group, replica)
@@ -244,6 +248,8 @@ class Gateway:
         outcome = None
         if traffic is not None and model is not None:
             seconds = time.perf_counter() - started
+            if opened:
+                traffic.end(opened)
             traffic.seen(group is not primary, status, seconds)
             if traffic.shadow and group is primary:
                 traffic.mirror(model, body, content_type, wants, request_id, status, out, seconds)

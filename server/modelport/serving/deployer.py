@@ -365,7 +365,10 @@ class Deployer:
         traffic = group.traffic
         assert traffic is not None and traffic.guard is not None
         guard = traffic.guard
-        figures = traffic.candidate_window().summary(guard.window_s)
+        # a call in flight for longer than max_p99_ms counts as one that took that long: a
+        # hanging candidate is judged before its calls time out
+        late = traffic.late(guard.max_p99_ms / 1000) if guard.max_p99_ms is not None else []
+        figures = traffic.candidate_window().summary(guard.window_s, late=late)
         if figures["requests"] < GUARD_MIN_REQUESTS:
             return
         why = None
@@ -376,6 +379,8 @@ class Deployer:
             )
         elif guard.max_p99_ms is not None and (figures["p99_ms"] or 0) > guard.max_p99_ms:
             why = f"p99 {figures['p99_ms']:g} ms broke max_p99_ms {guard.max_p99_ms:g}"
+            if late:
+                why += f" ({len(late)} calls in flight longer than that counted)"
         if why is None:
             return
         before = traffic.percent
@@ -927,6 +932,7 @@ class Deployer:
                 or cand.id in self._cand_failed
                 or group is None
                 or group.spec.deployment_id != str(cand.candidate_of)
+                or not group.replicas  # this server forwards the model's requests
                 or self.share(name, cand.replicas, cand.placement) == 0
             ):
                 continue
@@ -1018,6 +1024,7 @@ class Deployer:
         await self.follow()  # it may have taken the traffic there meanwhile
 
     async def _follow_one(self, name: str) -> None:
+        placed = False  # a new primary serves here
         try:
             async with self._locks[name]:
                 found = await rows.deployed(self.db, name)
@@ -1058,6 +1065,7 @@ class Deployer:
                     if ahead is not None and ahead[0] == row.id and ahead[1].state == "running":
                         log.info("%s: the group started ahead takes the traffic", name)
                         old = self.supervisor.activate(ahead[1])
+                        placed = True
                         if old is not None:
                             await self.supervisor.retire(old, row.timeout_s)
                         return
@@ -1066,10 +1074,19 @@ class Deployer:
                     build = await build_rows.by_id(self.db, row.build_id)
                     spec = await self.spec_for(name, row, build)
                     await self.supervisor.deploy(spec, drain_timeout=row.timeout_s)
+                    placed = True
         except Exception:
             log.exception("could not serve here what the registry says %s serves", name)
         finally:
             self._following.discard(name)
+        if placed:  # a candidate of it may be waiting for it (added meanwhile, or restored)
+            self._spawn(self._follow_again())
+
+    async def _follow_again(self) -> None:
+        try:
+            await self.follow()
+        except Exception:
+            log.exception("could not follow the registry")
 
     async def on_change(
         self, group: ReplicaGroup, event: GroupEvent, detail: dict[str, Any]

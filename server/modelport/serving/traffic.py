@@ -58,10 +58,15 @@ class Window:
     def __init__(self, maxlen: int = 100_000) -> None:
         self.samples: deque[tuple[float, bool, float]] = deque(maxlen=maxlen)
 
-    def summary(self, window_s: float, now: float | None = None) -> dict[str, Any]:
-        """Requests, errors, error_rate, p50_ms and p99_ms of the last ``window_s`` seconds."""
+    def summary(
+        self, window_s: float, now: float | None = None, late: list[float] | None = None
+    ) -> dict[str, Any]:
+        """Requests, errors, error_rate, p50_ms and p99_ms of the last ``window_s`` seconds;
+        ``late``: the ages (seconds) of calls still in flight, counted as answers that took
+        that long (the guard's: a hanging call is judged before it times out)."""
         since = (time.monotonic() if now is None else now) - window_s
         recent = [s for s in self.samples if s[0] >= since]
+        recent += [(0.0, False, age) for age in late or ()]
         n = len(recent)
         errors = sum(1 for s in recent if s[1])
         latencies = sorted(s[2] for s in recent)
@@ -118,6 +123,9 @@ class Traffic:
         # shadow copies: sent, dropped (the candidate busy), failed (an error or no answer)
         self.copies = {"sent": 0, "dropped": 0, "failed": 0, "recorded": 0}
         self._in_copy = 0
+        # the candidate's calls in flight: token → time.monotonic() when it went out
+        self._open: dict[int, float] = {}
+        self._opened = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._random = random.random
 
@@ -147,6 +155,20 @@ class Traffic:
                 if key == sticky:
                     return zlib.crc32(value) % 10_000 < threshold
         return self._random() * 10_000 < threshold
+
+    def begin(self) -> int:
+        """A call to the candidate goes out: its token, for ``end``."""
+        self._opened += 1
+        self._open[self._opened] = time.monotonic()
+        return self._opened
+
+    def end(self, token: int) -> None:
+        self._open.pop(token, None)
+
+    def late(self, over_s: float) -> list[float]:
+        """The ages (seconds) of the candidate's calls in flight for longer than ``over_s``."""
+        now = time.monotonic()
+        return [now - t for t in self._open.values() if now - t > over_s]
 
     def seen(self, candidate: bool, status: int, seconds: float) -> None:
         """One answer of the primary (or the candidate): for the live figures and the guard."""
@@ -196,6 +218,7 @@ class Traffic:
     ) -> None:
         group = self.group
         started = time.perf_counter()
+        token = self.begin()
         try:
             try:
                 _, msg = await group.call(body, content_type, wants, rid)
@@ -235,6 +258,7 @@ class Traffic:
         except Exception:
             log.exception("a shadow copy failed inside the server")
         finally:
+            self.end(token)
             self._in_copy -= 1
 
     # -- what the API shows -----------------------------------------------------------------------
