@@ -79,17 +79,8 @@ def render(
         memory=memory,
         settings=settings,
     )
-    problems = check(opts)
-    if problems:
-        for problem in problems:
-            err_console.print(f"[red]error:[/] {problem}")
-        sys.exit(2)
-    text = to_yaml(render(opts), opts)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        output.write_text(text)
-        err_console.print(f"Wrote {output}: ConfigMap, Deployment ({gateways}), Service")
+    _refuse(check(opts))
+    _write(to_yaml(render(opts), opts), output, f"ConfigMap, Deployment ({gateways}), Service")
 
 
 @k8s.command("ray")
@@ -134,20 +125,30 @@ def ray(
         secret=secret,
         ray_version=ray_version,
     )
-    problems = check_ray(opts)
+    _refuse(check_ray(opts))
+    _write(
+        ray_to_yaml(render_ray(opts), opts),
+        output,
+        f"RayCluster {name} ({workers} workers); gateways: "
+        f"--set MODELPORT_REPLICAS={ray_address(opts)}",
+    )
+
+
+def _refuse(problems: list[str]) -> None:
+    """Exit 2 naming each problem of the options, rendering nothing; return when there is none."""
     if problems:
         for problem in problems:
             err_console.print(f"[red]error:[/] {problem}")
         sys.exit(2)
-    text = ray_to_yaml(render_ray(opts), opts)
+
+
+def _write(text: str, output: Path | None, what: str) -> None:
+    """The manifests on stdout, or into ``output`` with a line saying what it holds."""
     if output is None:
         click.echo(text, nl=False)
     else:
         output.write_text(text)
-        err_console.print(
-            f"Wrote {output}: RayCluster {name} ({workers} workers); gateways: "
-            f"--set MODELPORT_REPLICAS={ray_address(opts)}"
-        )
+        err_console.print(f"Wrote {output}: {what}")
 
 
 COMMANDS = [k8s]
