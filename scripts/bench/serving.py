@@ -9,6 +9,9 @@ Every run is bounded in time and stops by itself; servers bind to 127.0.0.1 and 
 Figures are reported as ratios to the bare baseline of the same round: each round measures the
 bare server right before modelport's deployments (1 and 2 replicas), and the median round is
 reported with the spread of all rounds, since this machine's speed drifts by 2× at times.
+Next to it, in the same rounds, ``floor``: the bare server handing each body to a child process
+that does the work (bare_server.py --pipe) — the four hand-offs of a prediction through a
+replica and nothing else, the least a server in front of replica processes can take.
 With --sandbox-off-too a second server runs the same deployments with MODELPORT_SANDBOX=off, in
 the same rounds: `vs off` is the sandbox's cost (req/s with it over req/s without).
 """
@@ -276,6 +279,17 @@ def main() -> None:
                     ],
                     ready="ready",
                 )
+                floor_port = free_port()
+                floor = start(
+                    [
+                        PY,
+                        str(ROOT / "scripts/bench/bare_server.py"),
+                        str(floor_port),
+                        BARE.get(kind, kind),
+                        "--pipe",
+                    ],
+                    ready="ready",
+                )
                 try:
                     targets = [
                         (
@@ -284,7 +298,14 @@ def main() -> None:
                             f"http://127.0.0.1:{port}/",
                             lua_script(BODIES[kind], {}, tmp),
                             None,
-                        )
+                        ),
+                        (
+                            "floor",
+                            "-",
+                            f"http://127.0.0.1:{floor_port}/",
+                            lua_script(BODIES[kind], {}, tmp),
+                            None,
+                        ),
                     ]
                     for label, proc, where, secret in servers:
                         with Client(where, secret) as client:
@@ -333,6 +354,7 @@ def main() -> None:
                             rows.append(row)
                 finally:
                     stop(bare)
+                    stop(floor)
         finally:
             for _, proc, _, _ in servers:
                 stop(proc)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,7 +31,6 @@ from modelport.gateway.predict import BY_KEY, Gateway
 from modelport.settings import env_number
 
 if TYPE_CHECKING:
-    from httptools.parser.url_parser import URL
     from uvicorn._types import ASGI3Application
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
@@ -39,18 +40,9 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _CLOSE = b"connection: close\r\n"
 _SLASH = ord("/")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# uvicorn's default headers (date, server) rendered once per list: (the list, its bytes)
+_defaults: list[Any] = [None, b""]
 _INTERNAL = b'{"error":{"code":"internal","message":"Internal server error."}}'
-
-
-def _is_prediction_path(path: bytes) -> bool:
-    if path == b"/model":
-        return True
-    return (
-        path[:8] == b"/models/"
-        and path[-8:] == b"/predict"
-        and _SLASH not in path[8:-8]  # (an int: `b"/" in` would first try b"/" as one)
-        and len(path) > 16
-    )
 
 
 class _Lane(msgspec.Struct, gc=False):
@@ -109,7 +101,26 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._progress += len(data)
-        super().data_received(data)
+        if self.timeout_keep_alive_task is not None or self.parser is None:
+            super().data_received(data)  # (uvicorn's, which cancels its keep-alive timer)
+            return
+        try:  # uvicorn's data_received without a call for its keep-alive timer: none is set
+            self.parser.feed_data(data)  # after a prediction (the sweeper watches instead)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._parse_error(data)
+
+    def _parse_error(self, data: bytes) -> None:
+        """What uvicorn does with a request it cannot parse (400) or an upgrade."""
+        exc_type = sys.exc_info()[0]
+        if exc_type is httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         _Sweeper.forget(self)
@@ -144,49 +155,49 @@ class PredictionProtocol(HttpToolsProtocol):
         self.scope = None  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
+        """A prediction starts its lane here (one function: this runs for every request)."""
         self._phase, self._since, self._seen = 2, _Sweeper.now, self._progress
+        gateway, parser = self.gateway, self.parser
         if (
-            self.gateway is not None
-            and self.parser.get_method() == b"POST"
+            gateway is not None
+            and parser.get_method() == b"POST"
             and (self.cycle is None or self.cycle.response_complete)
         ):
             parsed = httptools.parse_url(self.url)
-            if _is_prediction_path(parsed.path):
-                self._start_lane(parsed)
+            path = parsed.path
+            if path == b"/model":  # the model is known once its key is read: the largest limit
+                cap = gateway.routes.max_body(gateway.default_max_body)
+            elif (
+                path[:8] == b"/models/"
+                and path[-8:] == b"/predict"
+                and _SLASH not in path[8:-8]  # (an int: `b"/" in` would first try b"/" as one)
+                and len(path) > 16
+            ):
+                group = gateway.routes.group(path[8:-8].decode("latin-1"))
+                cap = group.max_body if group is not None else gateway.default_max_body
+            else:
+                cap = -1
+            if cap >= 0:
+                if not self._http11:  # asked once per connection: httptools formats it anew
+                    self._http11 = parser.get_http_version() == "1.1"  # (~2k instructions)
+                scope = {
+                    "type": "http",
+                    "method": "POST",
+                    "path": path.decode("latin-1"),
+                    "query_string": parsed.query or b"",
+                    "headers": self.headers,
+                    "client": self.client,
+                }
+                # past cap, the body's bytes are counted, not kept
+                self._lane = _Lane(scope, cap + 1, self._http11 and parser.should_keep_alive())
+                if self.expect_100_continue:
+                    self.transport.write(_CONTINUE)
                 return
         url, headers, expect = self.url, self.headers, self.expect_100_continue
         HttpToolsProtocol.on_message_begin(self)  # uvicorn's scope, then what was read so far
         self.url, self.headers, self.expect_100_continue = url, headers, expect
         self.scope["headers"] = headers
         super().on_headers_complete()
-
-    def _start_lane(self, parsed: URL) -> None:
-        parser = self.parser
-        if not self._http11:  # asked once per connection: httptools formats it anew (~2k instr.)
-            self._http11 = parser.get_http_version() == "1.1"
-        keep_alive = self._http11 and parser.should_keep_alive()
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": parsed.path.decode("latin-1"),
-            "query_string": parsed.query or b"",
-            "headers": self.headers,
-            "client": self.client,
-        }
-        cap = self._body_limit(parsed.path) + 1  # past it, bytes are counted, not kept
-        self._lane = _Lane(scope, cap, keep_alive)
-        if self.expect_100_continue:
-            self.transport.write(_CONTINUE)
-
-    def _body_limit(self, path: bytes) -> int:
-        """The model's own limit; for POST /model (model unknown until the key is read) the
-        largest of all."""
-        gateway = self.gateway
-        assert gateway is not None  # a lane starts only when there is a gateway
-        if path == b"/model":
-            return gateway.routes.max_body(gateway.default_max_body)
-        group = gateway.routes.group(path[8:-8].decode("latin-1"))
-        return group.max_body if group is not None else gateway.default_max_body
 
     def on_body(self, body: bytes) -> None:
         lane = self._lane
@@ -206,11 +217,7 @@ class PredictionProtocol(HttpToolsProtocol):
         if self._answers is None:
             self._answers = deque()
         self._answers.append(reply)
-        # Task(…, name=…), not loop.create_task: uvloop's formats a "Task-N" name for every task
-        # first (~1.7k instructions a request)
-        task = asyncio.Task(self._answer(lane, reply), loop=self.loop, name="prediction")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        _Step(self._answer(lane, reply), self.loop, self.tasks).run()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if self._answering:  # pipelined behind a prediction: wait for its answer
@@ -232,8 +239,10 @@ class PredictionProtocol(HttpToolsProtocol):
             assert handled is not None  # None only when reading the body, here already, fails
             (status, headers, out), outcome = handled
             head.append(_STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode())
-            for name, value in self.server_state.default_headers:
-                head.extend((name, b": ", value, b"\r\n"))
+            defaults = self.server_state.default_headers  # a new list each second (its date)
+            if defaults is not _defaults[0]:
+                _defaults[:] = defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+            head.append(_defaults[1])
             for name, value in headers:
                 if name == b"connection" and value == b"close":
                     keep_alive = False
@@ -293,6 +302,51 @@ class PredictionProtocol(HttpToolsProtocol):
             self._close_after = True  # the answers in progress are sent, then the connection ends
             return
         super().shutdown()
+
+
+class _Step:
+    """Runs one prediction's coroutine without an asyncio Task: its first part at once, inside
+    the parser's callback (no loop iteration before the call leaves), then each part when the
+    future it awaits is done. What the prediction path awaits are futures only (the pipe's
+    answer, the balancer's queue); a bare ``yield`` (asyncio.sleep(0)) is resumed soon. In the
+    server's set of tasks while it runs, so that a shutdown waits for it or cancels it."""
+
+    __slots__ = ("_coro", "_done", "_loop", "_tasks", "_waiting")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop, tasks: set[Any]
+    ) -> None:
+        self._coro, self._loop, self._tasks = coro, loop, tasks
+        self._waiting: asyncio.Future[Any] | None = None
+        self._done = False
+
+    def run(self, _fut: object = None, exc: BaseException | None = None) -> None:
+        self._waiting = None
+        try:
+            yielded = self._coro.send(None) if exc is None else self._coro.throw(exc)
+        except BaseException:  # StopIteration: answered (_answer catches its own errors)
+            self._done = True
+            self._tasks.discard(self)
+            return
+        if yielded is None:  # a bare yield: go on at the next iteration
+            self._loop.call_soon(self.run)
+        else:
+            yielded._asyncio_future_blocking = False
+            self._waiting = yielded
+            yielded.add_done_callback(self.run)
+        if not self._done:
+            self._tasks.add(self)
+
+    def cancel(self, msg: object = None) -> bool:
+        """uvicorn's shutdown past its grace: end the prediction where it waits."""
+        if self._done:
+            return False
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.remove_done_callback(self.run)
+            self._waiting = None
+        self.run(exc=asyncio.CancelledError(msg))
+        return True
 
 
 class _Sweeper:

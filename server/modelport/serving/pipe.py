@@ -11,7 +11,8 @@ connection to a replica elsewhere. It knows nothing of processes. Its contract:
 - ``await pipe.first``: the peer's first message, ``Ready`` or ``Boot``; ``await pipe.closed``:
   the connection ended.
 - ``await pipe.call(...)``: one ``Call`` out, its ``Result`` or ``Failure`` back. The calls of
-  one loop iteration leave in one write. Raises NotSent when the call never left (safe to send
+  one loop iteration leave in one write
+  (a call alone leaves at once). Raises NotSent when the call never left (safe to send
   elsewhere), ModelTimeout past its timeout, ModelBusy when it sat queued past ``start_by``,
   ModelCrashed (or ModelFailed, after an answer over the cap) when the connection ended with it.
 - ``pipe.ping(now)`` sends a Ping; ``heard`` is when the peer last sent anything, ``ping_at``
@@ -219,16 +220,21 @@ class Pipe:
             raise NotSent(self.peer)
         self._seq += 1
         cid = self._seq
-        if not self._outbox:
-            self._loop.call_soon(self._flush)
         poller = self.poller
         alone = poller.sent(self._loop)
-        self._outbox.append(
-            encode_frame(
-                Call(cid, body, content_type, accept, request_id, start_by, alone, self.turns)
-            )
+        frame = encode_frame(
+            Call(cid, body, content_type, accept, request_id, start_by, alone, self.turns)
         )
-        self._unsent.add(cid)
+        if self.in_flight or self._outbox:  # others are out: this iteration's calls, one write
+            if not self._outbox:
+                self._loop.call_soon(self._flush)
+            self._outbox.append(frame)
+            self._unsent.add(cid)
+        else:  # the only one: it leaves now, not an iteration later
+            transport.write(frame)
+            if transport.is_closing():  # the write failed: the peer never saw it
+                self._unsent.add(cid)
+                self.on_broken()
         fut: asyncio.Future[Result | Failure] = self._loop.create_future()
         self._pending[cid] = fut
         self.in_flight += 1
