@@ -178,6 +178,12 @@ def start(
     raise RuntimeError(f"{cmd} did not start")
 
 
+def bare_server(port: int, kind: str, *options: str) -> subprocess.Popen:
+    """scripts/bench/bare_server.py on ``port`` doing ``kind``'s work (--pipe: the floor)."""
+    script = str(ROOT / "scripts/bench/bare_server.py")
+    return start([PY, script, str(port), kind, *options], ready="ready")
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -269,27 +275,9 @@ def main() -> None:
                 )
             for kind in args.models.split(","):
                 ensure_model_deps(kind)
-                port = free_port()
-                bare = start(
-                    [
-                        PY,
-                        str(ROOT / "scripts/bench/bare_server.py"),
-                        str(port),
-                        BARE.get(kind, kind),
-                    ],
-                    ready="ready",
-                )
-                floor_port = free_port()
-                floor = start(
-                    [
-                        PY,
-                        str(ROOT / "scripts/bench/bare_server.py"),
-                        str(floor_port),
-                        BARE.get(kind, kind),
-                        "--pipe",
-                    ],
-                    ready="ready",
-                )
+                port, floor_port = free_port(), free_port()
+                bare = bare_server(port, BARE.get(kind, kind))
+                floor = bare_server(floor_port, BARE.get(kind, kind), "--pipe")
                 try:
                     targets = [
                         (

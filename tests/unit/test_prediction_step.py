@@ -9,6 +9,28 @@ import asyncio
 from modelport.gateway.http import _Step
 
 
+def started(prediction, loop) -> tuple[_Step, set]:
+    """``prediction`` run by a _Step at once; the step and the server's task set."""
+    tasks: set = set()
+    step = _Step(prediction(), loop, tasks)
+    step.run()
+    return step, tasks
+
+
+def catching(kind: type[BaseException], fut: asyncio.Future, caught: list) -> object:
+    """A prediction that awaits ``fut`` and keeps the ``kind`` of error raised there (again)."""
+
+    async def prediction():
+        try:
+            await fut
+        except kind as exc:
+            caught.append(exc)
+            if kind is asyncio.CancelledError:
+                raise
+
+    return prediction
+
+
 def test_runs_at_once_then_when_its_future_is_done():
     async def main():
         loop = asyncio.get_running_loop()
@@ -21,9 +43,7 @@ def test_runs_at_once_then_when_its_future_is_done():
             await asyncio.sleep(0)  # a bare yield: resumed at the next iteration
             seen.append("answered")
 
-        tasks: set = set()
-        step = _Step(prediction(), loop, tasks)
-        step.run()
+        step, tasks = started(prediction, loop)
         assert seen == ["started"]  # before any loop iteration
         assert tasks == {step}
         fut.set_result("the answer")
@@ -42,14 +62,7 @@ def test_an_error_of_the_awaited_future_is_raised_where_it_awaits():
         fut = loop.create_future()
         caught: list[BaseException] = []
 
-        async def prediction():
-            try:
-                await fut
-            except RuntimeError as exc:
-                caught.append(exc)
-
-        tasks: set = set()
-        _Step(prediction(), loop, tasks).run()
+        _, tasks = started(catching(RuntimeError, fut, caught), loop)
         fut.set_exception(RuntimeError("replica gone"))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
@@ -65,16 +78,7 @@ def test_cancel_ends_it_where_it_waits():
         fut = loop.create_future()
         caught: list[BaseException] = []
 
-        async def prediction():
-            try:
-                await fut
-            except asyncio.CancelledError as exc:
-                caught.append(exc)
-                raise
-
-        tasks: set = set()
-        step = _Step(prediction(), loop, tasks)
-        step.run()
+        step, tasks = started(catching(asyncio.CancelledError, fut, caught), loop)
         assert step.cancel("timeout graceful shutdown exceeded")
         assert [type(e) for e in caught] == [asyncio.CancelledError]
         assert tasks == set()
