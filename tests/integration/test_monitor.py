@@ -121,20 +121,20 @@ def test_tracked_metrics_ground_truth_and_bounds(env):
         db, monitor, clock = await env()
         monitor.on_result(Outcome("m", 2, 200, 0.01, "req-1", {"score": 0.9}, None, None, b"", b""))
         row = await monitor.prediction(1, "req-1")
-        assert row["metrics"] == {"score": 0.9} and row["build"] == 2
+        assert row is not None and row.metrics == {"score": 0.9} and row.build == 2
         row = await monitor.add_metrics(1, "req-1", {"truth": 1.0})
-        assert row["metrics"] == {"score": 0.9, "truth": 1.0} and row["build"] == 2
-        assert (await monitor.add_metrics(1, "later", {"truth": 0.0}))["build"] is None
+        assert row.metrics == {"score": 0.9, "truth": 1.0} and row.build == 2
+        assert (await monitor.add_metrics(1, "later", {"truth": 0.0})).build is None
         for i in range(4):
             clock.t += 1
             monitor.on_result(
                 Outcome("m", 2, 200, 0.01, f"x{i}", {"other": i}, None, None, b"", b"")
             )
         rows = await monitor.tracked(1, since=0, until=1e12, name="truth", after=None, limit=10)
-        assert [r["request_id"] for r in rows] == ["req-1", "later"]
+        assert [r.request_id for r in rows] == ["req-1", "later"]
         await monitor.prune(clock.t)  # at most 3 rows: the oldest go first
         rows = await monitor.tracked(1, since=0, until=1e12, name=None, after=None, limit=10)
-        assert [r["request_id"] for r in rows] == ["x1", "x2", "x3"]
+        assert [r.request_id for r in rows] == ["x1", "x2", "x3"]
         clock.t += 15 * 86_400
         await monitor.prune(clock.t)
         assert await monitor.tracked(1, since=0, until=1e12, name=None, after=None, limit=10) == []
@@ -152,9 +152,9 @@ def test_captures_kept_per_build_and_pruned(env):
                 Outcome("m", 1, 200, 0.01, f"c{i}", {}, group, None, b'{"a": %d}' % i, b"%d" % i)
             )
         rows = await monitor.captures(1, 1, after_id=None, limit=10)
-        assert [r["request_id"] for r in rows] == ["c2", "c1", "c0"]
+        assert [r.request_id for r in rows] == ["c2", "c1", "c0"]
         await monitor.prune(clock.t)
-        assert [r["request_id"] for r in await monitor.captures(1, 1, after_id=None, limit=10)] == [
+        assert [r.request_id for r in await monitor.captures(1, 1, after_id=None, limit=10)] == [
             "c2",
             "c1",
         ]

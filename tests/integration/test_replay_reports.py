@@ -32,7 +32,7 @@ async def _report(db, model_id: int, from_build: int, to_build: int, at: float =
         created_by="t",
         at=at,
     )
-    return int(row["id"])
+    return row.id
 
 
 def test_reports_and_the_gate(registry):
@@ -41,7 +41,7 @@ def test_reports_and_the_gate(registry):
         try:
             m = await _model(db, "gated")
             first = await _report(db, m, 6, 7)
-            assert (await report_rows.row(db, m, first))["status"] == "running"
+            assert (await report_rows.row(db, m, first)).status == "running"
             with pytest.raises(ReplayMismatch, match="running, not done"):
                 await check_promotion(db, m, primary_build=6, candidate_build=7, report_id=first)
             diffs = [{"request_id": "r1", "path": "$.a", "old": 1, "new": 2, "kind": "changed"}]
@@ -53,7 +53,7 @@ def test_reports_and_the_gate(registry):
             good = await _report(db, m, 6, 7)
             await report_rows.finish(db, good, [], status="done", replayed=3, equal=3)
             found = await check_promotion(db, m, primary_build=6, candidate_build=7, report_id=good)
-            assert found is not None and found["id"] == good
+            assert found is not None and found.id == good
             with pytest.raises(ReplayMismatch, match="not the primary #6 on the candidate #8"):
                 await check_promotion(db, m, primary_build=6, candidate_build=8, report_id=good)
             other = await _model(db, "other")
@@ -68,10 +68,10 @@ def test_reports_and_the_gate(registry):
                 is None
             )
             listed = await report_rows.of_model(db, m, build=None, after_id=None, limit=10)
-            assert [r["id"] for r in listed] == [good, first]
+            assert [r.id for r in listed] == [good, first]
             await _report(db, m, 2, 3)
             of7 = await report_rows.of_model(db, m, build=7, after_id=None, limit=10)
-            assert [r["id"] for r in of7] == [good, first]
+            assert [r.id for r in of7] == [good, first]
             count, size = await report_rows.stats(db)
             assert count == 3 and size > 0
             old = await _report(db, m, 6, 7, at=10.0)
@@ -99,9 +99,9 @@ def test_a_restarting_server_fails_only_its_own_running_replays(registry):
             assert await report_rows.interrupted(db, "a", "the server stopped", 5.0) == 1
             failed = await report_rows.row(db, m, mine)
             assert failed is not None
-            assert (failed["status"], failed["error"]) == ("failed", "the server stopped")
+            assert (failed.status, failed.error) == ("failed", "the server stopped")
             other = await report_rows.row(db, m, theirs)
-            assert other is not None and other["status"] == "running"
+            assert other is not None and other.status == "running"
         finally:
             await db.close()
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from modelport.registry.rows import BuildRow, ModelRow, TokenRow, load
+from modelport.registry.records import ReplayDiff
+from modelport.registry.rows import (
+    BuildRow,
+    CaptureRow,
+    ModelRow,
+    ReplayReportRow,
+    TokenRow,
+    TrackedRow,
+    load,
+)
 
 MODEL = {
     "id": 3,
@@ -90,3 +99,71 @@ def test_a_token_row_decodes_its_models():
         "revoked_at": None,
     }
     assert load(TokenRow, token).models == ["adder"]
+
+
+CAPTURE = {
+    "id": 7,
+    "model_id": 3,
+    "build": 2,
+    "request_id": "r1",
+    "at": 1700000000.5,
+    "status": 200,
+    "latency_s": 0.01,
+    "request": b'{"a": 1}',
+    "response": b"2",
+    "truncated": 0,  # SQLite's boolean
+    "source": "shadow",
+}
+
+
+def test_a_capture_keeps_its_bytes_and_reads_its_flag():
+    row = load(CaptureRow, CAPTURE)
+    assert row.request == b'{"a": 1}' and row.response == b"2"
+    assert row.truncated is False and row.source == "shadow"
+    assert load(CaptureRow, CAPTURE | {"truncated": 1}).truncated is True
+
+
+def test_a_replay_report_decodes_its_diffs():
+    report = {
+        "id": 4,
+        "model_id": 3,
+        "from_build": 1,
+        "to_build": 2,
+        "source": "capture",
+        "status": "done",
+        "since": 0.0,
+        "until": 50.0,
+        "max_requests": 10,
+        "rtol": 1e-9,
+        "atol": 0.0,
+        "replayed": 2,
+        "equal": 1,
+        "different": 1,
+        "skipped": 0,
+        "errors_from": 0,
+        "errors_to": 0,
+        "p50_ms_from": 1.5,
+        "p50_ms_to": None,
+        "diffs": '[{"request_id":"r1","path":"$.a","old":1,"new":[2],"kind":"changed"}]',
+        "error": None,
+        "created_by": "admin",
+        "at": 100.0,
+        "finished_at": 101.0,
+        "node": "a",
+    }
+    row = load(ReplayReportRow, report)
+    assert row.diffs == [ReplayDiff("r1", "$.a", 1, [2], "changed")]
+    with pytest.raises(msgspec.ValidationError):
+        load(ReplayReportRow, report | {"status": "paused"})
+
+
+def test_tracked_metrics_are_decoded_and_a_value_stored_as_null_stays_none():
+    tracked = {
+        "id": 1,
+        "model_id": 3,
+        "request_id": "r1",
+        "build": None,
+        "at": 5.0,
+        "metrics": '{"score":0.5,"odd":null}',
+    }
+    assert load(TrackedRow, tracked).metrics == {"score": 0.5, "odd": None}

@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+from modelport.registry.rows import ReplayReportRow, load
 from modelport.replay.gate import verdict
 
+DONE = {
+    "id": 4,
+    "model_id": 1,
+    "from_build": 6,
+    "to_build": 7,
+    "source": "capture",
+    "status": "done",
+    "since": 0.0,
+    "until": 50.0,
+    "max_requests": 1000,
+    "rtol": 1e-9,
+    "atol": 0.0,
+    "replayed": 20,
+    "equal": 20,
+    "different": 0,
+    "skipped": 0,
+    "errors_from": 0,
+    "errors_to": 0,
+    "p50_ms_from": 1.0,
+    "p50_ms_to": 1.0,
+    "diffs": "[]",
+    "error": None,
+    "created_by": "t",
+    "at": 100.0,
+    "finished_at": 110.0,
+    "node": "",
+}
 
-def report(**over) -> dict:
-    row = {
-        "id": 4,
-        "from_build": 6,
-        "to_build": 7,
-        "status": "done",
-        "replayed": 20,
-        "equal": 20,
-        "different": 0,
-    }
-    return row | over
+
+def report(**over) -> ReplayReportRow:
+    return load(ReplayReportRow, DONE | over)
 
 
 def test_a_done_report_of_the_two_builds_with_no_difference_passes():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -19,6 +19,7 @@ from modelport.observability.series import Point, to_point
 from modelport.registry import models as model_rows
 from modelport.registry.paging import clamp_limit, decode_cursor, encode_cursor
 from modelport.registry.records import Page
+from modelport.registry.rows import TrackedRow
 
 Text = Annotated[
     str | None,
@@ -78,8 +79,10 @@ def _body(blob: bytes, truncated: bool) -> tuple[Any, str | None]:
     return None, base64.b64encode(blob).decode()
 
 
-def _prediction(row: dict) -> PredictionMetrics:
-    return PredictionMetrics(row["request_id"], row["metrics"], row["build"], _iso(row["at"]))
+def _prediction(row: TrackedRow) -> PredictionMetrics:
+    # A value that was not finite is stored as null, and shown so (the schema says a number)
+    metrics = cast(dict[str, float], row.metrics)
+    return PredictionMetrics(row.request_id, metrics, row.build, _iso(row.at))
 
 
 @get("/metrics", opt={"perm": "any"}, tags=["monitoring"], media_type="text/plain")
@@ -158,7 +161,7 @@ class MonitoringController(Controller):
         nxt = None
         if len(rows) > size:
             del rows[size:]
-            nxt = encode_cursor(f"{rows[-1]['at']!r}:{rows[-1]['id']}")
+            nxt = encode_cursor(f"{rows[-1].at!r}:{rows[-1].id}")
         return Page([_prediction(r) for r in rows], nxt)
 
     @get("/predictions/{request_id:str}/metrics")
@@ -206,21 +209,20 @@ class MonitoringController(Controller):
         nxt = None
         if len(rows) > size:
             del rows[size:]
-            nxt = encode_cursor(rows[-1]["id"])
+            nxt = encode_cursor(rows[-1].id)
         items = []
         for r in rows:
-            truncated = bool(r["truncated"])
-            req, req_b64 = _body(r["request"], truncated)
-            resp, resp_b64 = _body(r["response"], truncated)
+            req, req_b64 = _body(r.request, r.truncated)
+            resp, resp_b64 = _body(r.response, r.truncated)
             items.append(
                 CapturedRequest(
-                    r["id"],
-                    r["request_id"],
-                    r["build"],
-                    _iso(r["at"]),
-                    r["status"],
-                    round(r["latency_s"] * 1000, 3),
-                    truncated,
+                    r.id,
+                    r.request_id,
+                    r.build,
+                    _iso(r.at),
+                    r.status,
+                    round(r.latency_s * 1000, 3),
+                    r.truncated,
                     req,
                     resp,
                     req_b64,

@@ -5,7 +5,7 @@ Captures and reports may hold personal data: deployer and admin only (a viewer g
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -25,9 +25,9 @@ from modelport.clock import iso
 from modelport.errors import ReplayNotFound
 from modelport.registry import models as model_rows
 from modelport.registry import replays as report_rows
-from modelport.registry.db import Row
 from modelport.registry.paging import clamp_limit, decode_cursor, next_cursor
-from modelport.registry.records import Page
+from modelport.registry.records import Page, ReplayDiff
+from modelport.registry.rows import ReplayReportRow
 from modelport.replay.runner import DEFAULT_MAX_REQUESTS
 
 When = Annotated[
@@ -56,14 +56,6 @@ class ReplayCreate(msgspec.Struct, forbid_unknown_fields=True):
             "compare the answers a shadow recorded for the same requests (nothing sent)"
         ),
     ] = "capture"
-
-
-class ReplayDiff(msgspec.Struct):
-    request_id: str
-    path: str
-    old: Any
-    new: Any
-    kind: str  # changed | added | removed | type
 
 
 class ReplayReport(msgspec.Struct):
@@ -96,31 +88,18 @@ def _iso(unix: float | None) -> str | None:
     return None if unix is None else iso(datetime.fromtimestamp(unix, UTC))
 
 
-def shown(row: Row) -> ReplayReport:
+# What a report shows as it is stored; its times are shown in ISO-8601 (created_at: its `at`)
+_TIMES = ("since", "until", "created_at", "finished_at")
+_AS_STORED = tuple(f for f in ReplayReport.__struct_fields__ if f not in _TIMES)
+
+
+def shown(row: ReplayReportRow) -> ReplayReport:
     return ReplayReport(
-        id=row["id"],
-        status=row["status"],
-        source=row["source"],
-        from_build=row["from_build"],
-        to_build=row["to_build"],
-        since=_iso(row["since"]) or "",
-        until=_iso(row["until"]) or "",
-        max_requests=row["max_requests"],
-        rtol=row["rtol"],
-        atol=row["atol"],
-        replayed=row["replayed"],
-        equal=row["equal"],
-        different=row["different"],
-        skipped=row["skipped"],
-        errors_from=row["errors_from"],
-        errors_to=row["errors_to"],
-        diffs=msgspec.json.decode(row["diffs"], type=list[ReplayDiff]),
-        p50_ms_from=row["p50_ms_from"],
-        p50_ms_to=row["p50_ms_to"],
-        error=row["error"],
-        created_by=row["created_by"],
-        created_at=_iso(row["at"]) or "",
-        finished_at=_iso(row["finished_at"]),
+        **{f: getattr(row, f) for f in _AS_STORED},
+        since=_iso(row.since) or "",
+        until=_iso(row.until) or "",
+        created_at=_iso(row.at) or "",
+        finished_at=_iso(row.finished_at),
     )
 
 

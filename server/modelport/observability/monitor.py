@@ -13,8 +13,8 @@ from modelport.registry import captures as capture_rows
 from modelport.registry import metric_points as point_rows
 from modelport.registry import replays as report_rows
 from modelport.registry import tracked as tracked_rows
-from modelport.registry.db import Database, Row
-from modelport.registry.rows import BuildCount
+from modelport.registry.db import Database
+from modelport.registry.rows import BuildCount, CaptureRow, MetricPointRow, TrackedRow
 
 from . import procstat
 from .backlog import Backlog, Batch
@@ -28,10 +28,10 @@ log = logging.getLogger("modelport.monitor")
 MAX_POINTS = 2000  # a series asks for a coarser step rather than return more grid cells
 
 
-def _merge_rows(old: dict, new: dict) -> dict:
+def _merge_rows(old: MetricPointRow, new: MetricPointRow) -> MetricPointRow:
     b = Bucket.from_row(old)
     b.merge(Bucket.from_row(new))
-    return b.row()
+    return b.row(old.model_id, old.build, old.res)
 
 
 class Monitor:
@@ -153,7 +153,7 @@ class Monitor:
             ids = await point_rows.model_ids(conn)
             for model, build, b in closed:
                 if model in ids:
-                    await point_rows.upsert(conn, ids[model], build, SLOT_S, b.row(), _merge_rows)
+                    await point_rows.upsert(conn, b.row(ids[model], build, SLOT_S), _merge_rows)
             await tracked_rows.merge_many(
                 conn,
                 [
@@ -225,13 +225,13 @@ class Monitor:
                     continue
                 merged: dict[tuple[int, int, int], Bucket] = {}
                 for row in rows:
-                    t = row["t"] - row["t"] % dst
-                    b = merged.get((row["model_id"], row["build"], t))
+                    t = row.t - row.t % dst
+                    b = merged.get((row.model_id, row.build, t))
                     if b is None:
-                        b = merged[(row["model_id"], row["build"], t)] = Bucket(t)
+                        b = merged[(row.model_id, row.build, t)] = Bucket(t)
                     b.merge(Bucket.from_row(row))
                 for (model_id, build, _), b in merged.items():
-                    await point_rows.upsert(conn, model_id, build, dst, b.row(), _merge_rows)
+                    await point_rows.upsert(conn, b.row(model_id, build, dst), _merge_rows)
                 await point_rows.delete_older(conn, src, before)
 
     async def prune(self, now: float) -> None:
@@ -279,21 +279,23 @@ class Monitor:
                 if lo <= b.t < hi
             ]
         want = step or self.default_step(since, self.clock())
-        want = max(want, max((r["res"] for r in rows), default=SLOT_S))
+        want = max(want, max((r.res for r in rows), default=SLOT_S))
         span = max(hi - lo, 1)
         if span / want > MAX_POINTS:
             want = -(-span // MAX_POINTS)
         want = -(-want // SLOT_S) * SLOT_S  # a multiple of 10 s
-        grid = rebucket([(r["build"], Bucket.from_row(r)) for r in rows] + live, want)
+        grid = rebucket([(r.build, Bucket.from_row(r)) for r in rows] + live, want)
         return want, sorted(
             ((t, build, b) for (t, build), b in grid.items()), key=lambda x: (x[0], x[1])
         )
 
-    async def prediction(self, model_id: int, request_id: str) -> dict | None:
+    async def prediction(self, model_id: int, request_id: str) -> TrackedRow | None:
         await self.flush_pending()
         return await tracked_rows.of_request(self.db, model_id, request_id)
 
-    async def add_metrics(self, model_id: int, request_id: str, metrics: dict[str, float]) -> Row:
+    async def add_metrics(
+        self, model_id: int, request_id: str, metrics: dict[str, float]
+    ) -> TrackedRow:
         """Delayed metrics (ground truth) for a prediction, merged into what it recorded."""
         await self.flush_pending()
         async with self.db.write() as conn:
@@ -305,10 +307,10 @@ class Monitor:
             raise LookupError(f"no metrics of request {request_id!r} after writing them")
         return row
 
-    async def tracked(self, model_id: int, **query) -> list[dict]:
+    async def tracked(self, model_id: int, **query) -> list[TrackedRow]:
         await self.flush_pending()
         return await tracked_rows.in_range(self.db, model_id, **query)
 
-    async def captures(self, model_id: int, build: int, **query) -> list[dict]:
+    async def captures(self, model_id: int, build: int, **query) -> list[CaptureRow]:
         await self.flush_pending()
         return await capture_rows.of_build(self.db, model_id, build, **query)

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import msgspec
 
+from modelport.registry.rows import MetricPointRow
+
 __all__ = [
     "RESOLUTIONS",
     "SLOT_S",
@@ -101,29 +103,32 @@ class Bucket:
         self.cpu_s += other.cpu_s
         self.memory_bytes = max(self.memory_bytes, other.memory_bytes)
 
-    def row(self) -> dict:
+    def row(self, model_id: int, build: int, res: int) -> MetricPointRow:
         """As the registry keeps it (``hist`` as a small msgpack blob)."""
-        return {
-            "t": self.t,
-            "requests": self.requests,
-            "errors": self.errors,
-            "server_errors": self.server_errors,
-            "latency_s": self.latency_s,
-            "hist": encode_hist(self.hist),
-            "request_bytes": self.request_bytes,
-            "response_bytes": self.response_bytes,
-            "cpu_s": self.cpu_s,
-            "memory_bytes": self.memory_bytes,
-        }
+        return MetricPointRow(
+            model_id=model_id,
+            build=build,
+            res=res,
+            t=self.t,
+            requests=self.requests,
+            errors=self.errors,
+            server_errors=self.server_errors,
+            latency_s=self.latency_s,
+            hist=encode_hist(self.hist),
+            request_bytes=self.request_bytes,
+            response_bytes=self.response_bytes,
+            cpu_s=self.cpu_s,
+            memory_bytes=self.memory_bytes,
+        )
 
     @classmethod
-    def from_row(cls, row: dict, t: int | None = None) -> Bucket:
-        b = cls(row["t"] if t is None else t)
-        b.requests, b.errors, b.server_errors = row["requests"], row["errors"], row["server_errors"]
-        b.latency_s = row["latency_s"]
-        b.hist = decode_hist(row["hist"])
-        b.request_bytes, b.response_bytes = row["request_bytes"], row["response_bytes"]
-        b.cpu_s, b.memory_bytes = row["cpu_s"], row["memory_bytes"]
+    def from_row(cls, row: MetricPointRow) -> Bucket:
+        b = cls(row.t)
+        b.requests, b.errors, b.server_errors = row.requests, row.errors, row.server_errors
+        b.latency_s = row.latency_s
+        b.hist = decode_hist(row.hist)
+        b.request_bytes, b.response_bytes = row.request_bytes, row.response_bytes
+        b.cpu_s, b.memory_bytes = row.cpu_s, row.memory_bytes
         return b
 
 

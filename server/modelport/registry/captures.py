@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelport.registry.db import Database, Row, Tx
+from modelport.registry.rows import CaptureRow, ShadowPair, load, load_all
 
 
 async def add_many(tx: Tx, items: list[tuple[Any, ...]]) -> None:
@@ -17,6 +18,17 @@ async def add_many(tx: Tx, items: list[tuple[Any, ...]]) -> None:
     )
 
 
+# A shadow's pair is two captures joined: the primary's (p) and the candidate's (c), each one's
+# columns under its own prefix.
+_PAIR_COLUMNS = ", ".join(
+    f"{side}.{c} AS {side}_{c}" for side in "pc" for c in CaptureRow.__struct_fields__
+)
+
+
+def _side(row: Row, side: str) -> CaptureRow:
+    return load(CaptureRow, {c: row[f"{side}_{c}"] for c in CaptureRow.__struct_fields__})
+
+
 async def shadow_pairs(
     db: Database,
     model_id: int,
@@ -26,15 +38,11 @@ async def shadow_pairs(
     since: float = 0.0,
     until: float | None = None,
     limit: int = 1_000,
-) -> list[Row]:
-    """A shadow's recorded pairs, oldest first: request_id, at, request, old and new (the
-    primary's and the candidate's answers), old_status, new_status, old_latency_s,
-    new_latency_s, old_truncated, new_truncated."""
-    return await db.all(
-        "SELECT p.request_id, p.at, p.request, p.response AS old, c.response AS new,"
-        " p.status AS old_status, c.status AS new_status, p.latency_s AS old_latency_s,"
-        " c.latency_s AS new_latency_s, p.truncated AS old_truncated,"
-        " c.truncated AS new_truncated FROM captures p JOIN captures c ON"
+) -> list[ShadowPair]:
+    """A shadow's recorded pairs, oldest first: the primary's capture (old) and the
+    candidate's (new) of one request."""
+    rows = await db.all(
+        f"SELECT {_PAIR_COLUMNS} FROM captures p JOIN captures c ON"
         " c.model_id = p.model_id AND c.request_id = p.request_id AND c.build = ?"
         " AND c.source = 'shadow' AND c.id != p.id WHERE p.model_id = ? AND p.build = ?"
         " AND p.source = 'shadow' AND p.at >= ? AND p.at <= ? ORDER BY p.id LIMIT ?",
@@ -47,6 +55,7 @@ async def shadow_pairs(
             limit,
         ),
     )
+    return [ShadowPair(old=_side(r, "p"), new=_side(r, "c")) for r in rows]
 
 
 async def count(db: Database, model_id: int, build: int, source: str | None = None) -> int:
@@ -65,13 +74,14 @@ async def count(db: Database, model_id: int, build: int, source: str | None = No
 
 async def of_build(
     db: Database, model_id: int, build: int, *, after_id: int | None, limit: int
-) -> list[Row]:
-    """Newest first."""
-    return await db.all(
+) -> list[CaptureRow]:
+    """Newest first (``limit`` + 1 of them at most: one more tells a next page is there)."""
+    rows = await db.all(
         "SELECT * FROM captures WHERE model_id = ? AND build = ? AND id < ? ORDER BY id DESC"
         " LIMIT ?",
         (model_id, build, after_id if after_id is not None else 2**62, limit + 1),
     )
+    return load_all(CaptureRow, rows)
 
 
 async def prune(tx: Tx, before: float, per_build: int) -> int:
@@ -87,13 +97,14 @@ async def prune(tx: Tx, before: float, per_build: int) -> int:
 
 async def in_window(
     db: Database, model_id: int, build: int, since: float, until: float, limit: int
-) -> list[Row]:
+) -> list[CaptureRow]:
     """The build's captures made in [since, until), oldest first, at most ``limit``."""
-    return await db.all(
+    rows = await db.all(
         "SELECT * FROM captures WHERE model_id = ? AND build = ? AND at >= ? AND at < ?"
         " ORDER BY id LIMIT ?",
         (model_id, build, since, until, limit),
     )
+    return load_all(CaptureRow, rows)
 
 
 async def stats(db: Database) -> tuple[int, int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from modelport.registry.db import Database, Row, Tx
+from modelport.registry.db import Database, Tx
+from modelport.registry.rows import MetricPointRow, load, load_all
 
+KEY = ("model_id", "t", "build", "res")
 COLUMNS = (
     "requests",
     "errors",
@@ -17,36 +19,37 @@ COLUMNS = (
     "cpu_s",
     "memory_bytes",
 )
-Merge = Callable[[Row, Row], Row]  # (stored row, new row) → the row to keep
+Merge = Callable[[MetricPointRow, MetricPointRow], MetricPointRow]  # (stored, new) → to keep
 
 
 async def model_ids(tx: Tx) -> dict[str, int]:
     return {r["name"]: r["id"] for r in await tx.all("SELECT name, id FROM models")}
 
 
-async def upsert(tx: Tx, model_id: int, build: int, res: int, row: Row, merge: Merge) -> None:
+async def upsert(tx: Tx, point: MetricPointRow, merge: Merge) -> None:
     """Insert a point, or merge it into the one already there (a restart within a slot)."""
-    key = (model_id, row["t"], build, res)
-    old = await tx.one(
+    key = tuple(getattr(point, k) for k in KEY)
+    found = await tx.one(
         "SELECT * FROM metric_points WHERE model_id = ? AND t = ? AND build = ? AND res = ?", key
     )
-    if old is not None:
-        row = merge(old, row)
+    if found is not None:
+        point = merge(load(MetricPointRow, found), point)
         await tx.execute(
             f"UPDATE metric_points SET {', '.join(f'{c} = ?' for c in COLUMNS)}"
             " WHERE model_id = ? AND t = ? AND build = ? AND res = ?",
-            (*(row[c] for c in COLUMNS), *key),
+            (*(getattr(point, c) for c in COLUMNS), *key),
         )
         return
     await tx.execute(
-        f"INSERT INTO metric_points (model_id, t, build, res, {', '.join(COLUMNS)})"
-        f" VALUES (?, ?, ?, ?, {', '.join('?' * len(COLUMNS))})",
-        (*key, *(row[c] for c in COLUMNS)),
+        f"INSERT INTO metric_points ({', '.join(KEY)}, {', '.join(COLUMNS)})"
+        f" VALUES ({', '.join('?' * (len(KEY) + len(COLUMNS)))})",
+        tuple(getattr(point, c) for c in (*KEY, *COLUMNS)),
     )
 
 
-async def older(tx: Tx, res: int, before: int) -> list[Row]:
-    return await tx.all("SELECT * FROM metric_points WHERE res = ? AND t < ?", (res, before))
+async def older(tx: Tx, res: int, before: int) -> list[MetricPointRow]:
+    rows = await tx.all("SELECT * FROM metric_points WHERE res = ? AND t < ?", (res, before))
+    return load_all(MetricPointRow, rows)
 
 
 async def delete_older(tx: Tx, res: int | None, before: int) -> int:
@@ -57,14 +60,17 @@ async def delete_older(tx: Tx, res: int | None, before: int) -> int:
 
 async def in_range(
     db: Database, model_id: int, since: int, until: int, builds: Iterable[int] | None = None
-) -> list[Row]:
-    rows = await db.all(
-        "SELECT * FROM metric_points WHERE model_id = ? AND t >= ? AND t < ? ORDER BY t",
-        (model_id, since, until),
+) -> list[MetricPointRow]:
+    rows = load_all(
+        MetricPointRow,
+        await db.all(
+            "SELECT * FROM metric_points WHERE model_id = ? AND t >= ? AND t < ? ORDER BY t",
+            (model_id, since, until),
+        ),
     )
     if builds is not None:
         wanted = set(builds)
-        rows = [r for r in rows if r["build"] in wanted]
+        rows = [r for r in rows if r.build in wanted]
     return rows
 
 

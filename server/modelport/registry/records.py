@@ -201,6 +201,16 @@ class TokenCreated(Token, kw_only=True):
     token: str
 
 
+class ReplayDiff(msgspec.Struct):
+    """Where a replayed answer differs from the captured one (a report keeps the first ones)."""
+
+    request_id: str
+    path: str
+    old: Any
+    new: Any
+    kind: str  # changed | added | removed | type
+
+
 class AuditEntry(msgspec.Struct):
     id: int
     at: str

@@ -6,7 +6,9 @@ from typing import Any
 
 import msgspec
 
-from modelport.registry.db import Database, Row, Tx
+from modelport.registry.db import Database, Tx
+from modelport.registry.records import ReplayDiff
+from modelport.registry.rows import ReplayReportRow, load, load_all
 
 # What a finished run writes (the counts, the latencies, the first diffs, or why it failed).
 RESULT_FIELDS = (
@@ -24,7 +26,7 @@ RESULT_FIELDS = (
 )
 
 
-async def create(db: Database, **fields: Any) -> Row:
+async def create(db: Database, **fields: Any) -> ReplayReportRow:
     """A running report (model_id, from_build, to_build, source, since, until, max_requests,
     rtol, atol, created_by, at, node)."""
     names = sorted(fields)
@@ -34,10 +36,12 @@ async def create(db: Database, **fields: Any) -> Row:
             f" VALUES ({', '.join('?' for _ in names)}) RETURNING id",
             [fields[n] for n in names],
         )
-    return await db.found("SELECT * FROM replay_reports WHERE id = ?", (report_id,))
+    return load(
+        ReplayReportRow, await db.found("SELECT * FROM replay_reports WHERE id = ?", (report_id,))
+    )
 
 
-async def finish(db: Database, report_id: int, diffs: list[Any], **result: Any) -> None:
+async def finish(db: Database, report_id: int, diffs: list[ReplayDiff], **result: Any) -> None:
     unknown = set(result) - set(RESULT_FIELDS)
     if unknown:
         raise ValueError(f"not fields of a report's result: {sorted(unknown)}")
@@ -50,24 +54,27 @@ async def finish(db: Database, report_id: int, diffs: list[Any], **result: Any) 
         )
 
 
-async def row(db: Database, model_id: int, report_id: int) -> Row | None:
-    return await db.one(
+async def row(db: Database, model_id: int, report_id: int) -> ReplayReportRow | None:
+    found = await db.one(
         "SELECT * FROM replay_reports WHERE model_id = ? AND id = ?", (model_id, report_id)
     )
+    return None if found is None else load(ReplayReportRow, found)
 
 
 async def of_model(
     db: Database, model_id: int, *, build: int | None, after_id: int | None, limit: int
-) -> list[Row]:
-    """Newest first; with ``build``, the reports from or to that build."""
+) -> list[ReplayReportRow]:
+    """Newest first (``limit`` + 1 at most: one more tells a next page is there); with
+    ``build``, the reports from or to that build."""
     where, params = "model_id = ? AND id < ?", [model_id, after_id if after_id else 2**62]
     if build is not None:
         where += " AND (from_build = ? OR to_build = ?)"
         params += [build, build]
-    return await db.all(
+    rows = await db.all(
         f"SELECT * FROM replay_reports WHERE {where} ORDER BY id DESC LIMIT ?",
         [*params, limit + 1],
     )
+    return load_all(ReplayReportRow, rows)
 
 
 async def interrupted(db: Database, node: str, why: str, at: float) -> int:

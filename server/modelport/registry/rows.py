@@ -13,7 +13,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 import msgspec
 
 from modelport.registry.db import Row
-from modelport.registry.records import BuildStatus, DeploymentStatus, Placement, Role
+from modelport.registry.records import (
+    BuildStatus,
+    DeploymentStatus,
+    Placement,
+    ReplayDiff,
+    Role,
+)
 
 R = TypeVar("R", bound="Stored")
 
@@ -159,3 +165,94 @@ class TokenRow(Stored, frozen=True, kw_only=True):
     expires_at: str | None
     last_used_at: str | None
     revoked_at: str | None
+
+
+class CaptureRow(Stored, frozen=True, kw_only=True):
+    """A sampled request and its answer (``request``/``response``: the bytes as they came, cut
+    to the deployment's capture_max_bytes when ``truncated``), or one side of a shadow's pair."""
+
+    id: int
+    model_id: int
+    build: int
+    request_id: str
+    at: float  # unix seconds
+    status: int
+    latency_s: float
+    request: bytes
+    response: bytes
+    truncated: bool
+    source: Literal["sample", "shadow"] = "sample"
+
+
+class ShadowPair(msgspec.Struct, frozen=True, kw_only=True):
+    """A shadow's pair (two captures joined, not a table's row): the primary's capture and the
+    candidate's of the same request."""
+
+    old: CaptureRow
+    new: CaptureRow
+
+
+class ReplayReportRow(Stored, frozen=True, kw_only=True):
+    """A replay's report: what was asked (builds, window, tolerances), then the counts, each
+    side's p50 and the first diffs once done, or why it failed. Times are unix seconds."""
+
+    json_columns = ("diffs",)
+
+    id: int
+    model_id: int
+    from_build: int
+    to_build: int
+    source: Literal["capture", "shadow"]
+    status: Literal["running", "done", "failed"]
+    since: float
+    until: float
+    max_requests: int
+    rtol: float
+    atol: float
+    replayed: int
+    equal: int
+    different: int
+    skipped: int
+    errors_from: int
+    errors_to: int
+    p50_ms_from: float | None
+    p50_ms_to: float | None
+    diffs: list[ReplayDiff]
+    error: str | None
+    created_by: str
+    at: float
+    finished_at: float | None
+    node: str = ""  # the server that runs it (several on one registry)
+
+
+class TrackedRow(Stored, frozen=True, kw_only=True):
+    """What `track_metric` recorded for one prediction, with the delayed metrics merged in
+    (a value that was not finite is stored as JSON's null)."""
+
+    json_columns = ("metrics",)
+
+    id: int
+    model_id: int
+    request_id: str
+    build: int | None  # None: only delayed metrics came for this request id
+    at: float
+    metrics: dict[str, float | None]
+
+
+class MetricPointRow(Stored, frozen=True, kw_only=True):
+    """One point of a monitoring series: a (model, build) over ``res`` seconds from ``t``, its
+    counters, and its latency histogram as the monitor encodes it (``hist``, msgpack)."""
+
+    model_id: int
+    build: int
+    res: int
+    t: int
+    requests: int
+    errors: int
+    server_errors: int
+    latency_s: float
+    hist: bytes | None
+    request_bytes: int
+    response_bytes: int
+    cpu_s: float
+    memory_bytes: int

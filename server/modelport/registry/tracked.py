@@ -6,10 +6,10 @@ from typing import Any
 
 import msgspec
 
-from modelport.registry.db import Database, Row, Tx
+from modelport.registry.db import Database, Tx
+from modelport.registry.rows import TrackedRow, load, load_all
 
 _encode = msgspec.json.encode
-_decode = msgspec.json.decode
 
 # A row whose metrics (a JSON object, stored as text) has a given name: the one filter spelt
 # differently per backend, since JSON functions are not standard SQL.
@@ -24,32 +24,30 @@ async def merge_many(
 ) -> None:
     """(model id, request id, build, at, metrics): new rows, or new names merged into old ones."""
     for model_id, request_id, build, at, metrics in items:
-        old = await tx.one(
-            "SELECT id, metrics FROM tracked_metrics WHERE model_id = ? AND request_id = ?",
+        found = await tx.one(
+            "SELECT * FROM tracked_metrics WHERE model_id = ? AND request_id = ?",
             (model_id, request_id),
         )
-        if old is None:
+        if found is None:
             await tx.execute(
                 "INSERT INTO tracked_metrics (model_id, request_id, build, at, metrics)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (model_id, request_id, build, at, _encode(metrics).decode()),
             )
         else:
-            merged = {**_decode(old["metrics"]), **metrics}
+            old = load(TrackedRow, found)
             await tx.execute(
                 "UPDATE tracked_metrics SET metrics = ? WHERE id = ?",
-                (_encode(merged).decode(), old["id"]),
+                (_encode({**old.metrics, **metrics}).decode(), old.id),
             )
 
 
-async def of_request(db: Database, model_id: int, request_id: str) -> Row | None:
-    row = await db.one(
+async def of_request(db: Database, model_id: int, request_id: str) -> TrackedRow | None:
+    found = await db.one(
         "SELECT * FROM tracked_metrics WHERE model_id = ? AND request_id = ?",
         (model_id, request_id),
     )
-    if row is not None:
-        row["metrics"] = _decode(row["metrics"])
-    return row
+    return None if found is None else load(TrackedRow, found)
 
 
 async def in_range(
@@ -61,9 +59,10 @@ async def in_range(
     name: str | None,
     after: tuple[float, int] | None,
     limit: int,
-) -> list[Row]:
+) -> list[TrackedRow]:
     """Predictions between ``since`` and ``until`` (oldest first), those with ``name`` only if
-    given; paged by (at, id): ``after`` is the last one of the previous page."""
+    given; paged by (at, id): ``after`` is the last one of the previous page (``limit`` + 1 at
+    most: one more tells a next page is there)."""
     where = ["model_id = ?", "at >= ?", "at < ?"]
     params: list[Any] = [model_id, since, until]
     if after is not None:
@@ -76,9 +75,7 @@ async def in_range(
         f"SELECT * FROM tracked_metrics WHERE {' AND '.join(where)} ORDER BY at, id LIMIT ?",
         (*params, limit + 1),
     )
-    for row in rows:
-        row["metrics"] = _decode(row["metrics"])
-    return rows
+    return load_all(TrackedRow, rows)
 
 
 async def prune(tx: Tx, before: float, max_rows: int) -> int:

@@ -10,27 +10,29 @@ from __future__ import annotations
 from modelport.errors import ReplayMismatch
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import replays as report_rows
-from modelport.registry.db import Database, Row
-from modelport.registry.rows import DeploymentRow
+from modelport.registry.db import Database
+from modelport.registry.rows import DeploymentRow, ModelRow, ReplayReportRow
 
 
-def verdict(report: Row | None, *, primary_build: int, candidate_build: int) -> str | None:
+def verdict(
+    report: ReplayReportRow | None, *, primary_build: int, candidate_build: int
+) -> str | None:
     """Why ``report`` does not let the candidate be promoted, or None when it does (pure)."""
     if report is None:
         return "there is no such replay report of this model"
-    if (report["from_build"], report["to_build"]) != (primary_build, candidate_build):
+    if (report.from_build, report.to_build) != (primary_build, candidate_build):
         return (
-            f"report {report['id']} replayed build #{report['from_build']} on "
-            f"#{report['to_build']}, not the primary #{primary_build} on the candidate "
+            f"report {report.id} replayed build #{report.from_build} on "
+            f"#{report.to_build}, not the primary #{primary_build} on the candidate "
             f"#{candidate_build}"
         )
-    if report["status"] != "done":
-        return f"report {report['id']} is {report['status']}, not done"
-    if report["replayed"] == 0:
-        return f"report {report['id']} replayed no request"
-    if report["different"]:
+    if report.status != "done":
+        return f"report {report.id} is {report.status}, not done"
+    if report.replayed == 0:
+        return f"report {report.id} replayed no request"
+    if report.different:
         return (
-            f"report {report['id']}: {report['different']} of {report['replayed']} replayed "
+            f"report {report.id}: {report.different} of {report.replayed} replayed "
             "requests were answered differently"
         )
     return None
@@ -44,7 +46,7 @@ async def check_promotion(
     candidate_build: int,
     report_id: int | None,
     required: bool = False,
-) -> Row | None:
+) -> ReplayReportRow | None:
     """The report that lets the candidate be promoted (None when none was asked for nor
     required); ReplayMismatch (409 replay.mismatch) saying why not otherwise."""
     if report_id is None:
@@ -65,14 +67,13 @@ def promotion_gate(db: Database):
     """``check_promotion`` as the deployer's ``replay_gate`` hook takes it: (model, report id,
     the candidate's deployment row); the primary is the model's current deployment."""
 
-    async def gate(model, report_id: int, candidate: DeploymentRow) -> None:
-        model_id = model["id"] if isinstance(model, dict) else model.id
-        primary = await deployment_rows.current(db, model_id)
+    async def gate(model: ModelRow, report_id: int | None, candidate: DeploymentRow) -> None:
+        primary = await deployment_rows.current(db, model.id)
         if primary is None:
             raise ReplayMismatch("Not promoted: the model has no primary deployment.")
         await check_promotion(
             db,
-            model_id,
+            model.id,
             primary_build=primary.build_number,
             candidate_build=candidate.build_number,
             report_id=report_id,

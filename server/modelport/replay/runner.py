@@ -32,9 +32,9 @@ from modelport.registry import builds as build_rows
 from modelport.registry import captures as capture_rows
 from modelport.registry import deployments as deployment_rows
 from modelport.registry import replays as report_rows
-from modelport.registry.db import Database, Row
-from modelport.registry.records import DEPLOYMENT_DEFAULTS
-from modelport.registry.rows import ModelRow
+from modelport.registry.db import Database
+from modelport.registry.records import DEPLOYMENT_DEFAULTS, ReplayDiff
+from modelport.registry.rows import CaptureRow, ModelRow, ReplayReportRow
 from modelport.replay.compare import compare
 from modelport.runtime.protocol import Result
 from modelport.serving.deployer import Deployer
@@ -87,7 +87,7 @@ class Replays:
         atol: float,
         source: Source,
         actor: str,
-    ) -> Row:
+    ) -> ReplayReportRow:
         """Check the request, record a running report and start the run; the report row."""
         old = await build_rows.row(self.db, model.id, from_build, model.name)
         new = await build_rows.row(self.db, model.id, to_build, model.name)
@@ -144,7 +144,7 @@ class Replays:
 
     # -- the run ---------------------------------------------------------------------------------
 
-    async def _run(self, model: ModelRow, report: Row) -> None:
+    async def _run(self, model: ModelRow, report: ReplayReportRow) -> None:
         try:
             result = await self._replay(model, report)
         except asyncio.CancelledError:
@@ -152,34 +152,29 @@ class Replays:
             raise
         except Exception as exc:
             if not isinstance(exc, ModelportError | OSError):
-                log.exception("replay %s of %s failed", report["id"], model.name)
+                log.exception("replay %s of %s failed", report.id, model.name)
             await self._fail(report, str(exc) or repr(exc))
             return
         diffs = result.pop("diffs")
         await report_rows.finish(
-            self.db, report["id"], diffs, status="done", finished_at=self.clock(), **result
+            self.db, report.id, diffs, status="done", finished_at=self.clock(), **result
         )
 
-    async def _fail(self, report: Row, why: str) -> None:
+    async def _fail(self, report: ReplayReportRow, why: str) -> None:
         try:
             await report_rows.finish(
-                self.db, report["id"], [], status="failed", error=why, finished_at=self.clock()
+                self.db, report.id, [], status="failed", error=why, finished_at=self.clock()
             )
         except Exception:
-            log.exception("could not record that replay %s failed", report["id"])
+            log.exception("could not record that replay %s failed", report.id)
 
-    async def _replay(self, model: ModelRow, report: Row) -> dict[str, Any]:
-        tally = _Tally(report, await self._cap(model))
-        if report["source"] == "shadow":
+    async def _replay(self, model: ModelRow, report: ReplayReportRow) -> dict[str, Any]:
+        tally = _Tally(rtol=report.rtol, atol=report.atol, cap=await self._cap(model))
+        if report.source == "shadow":
             await self._pairs(model, report, tally)
             return tally.result()
         captured = await capture_rows.in_window(
-            self.db,
-            model.id,
-            report["from_build"],
-            report["since"],
-            report["until"],
-            report["max_requests"],
+            self.db, model.id, report.from_build, report.since, report.until, report.max_requests
         )
         await self._send(model, report, captured, tally)
         return tally.result()
@@ -191,37 +186,37 @@ class Replays:
         )
         return row.capture_max_bytes if row is not None else DEPLOYMENT_DEFAULTS.capture_max_bytes
 
-    async def _pairs(self, model: ModelRow, report: Row, tally: _Tally) -> None:
+    async def _pairs(self, model: ModelRow, report: ReplayReportRow, tally: _Tally) -> None:
         """A shadow's recorded pairs (the primary's answer and the candidate's to one request),
         compared as they are."""
         pairs = await capture_rows.shadow_pairs(
             self.db,
             model.id,
-            report["from_build"],
-            report["to_build"],
-            since=report["since"],
-            until=report["until"],
-            limit=report["max_requests"],
+            report.from_build,
+            report.to_build,
+            since=report.since,
+            until=report.until,
+            limit=report.max_requests,
         )
         for p in pairs:
-            if p["old_truncated"] or p["new_truncated"]:  # an answer was cut: no comparison
+            if p.old.truncated or p.new.truncated:  # an answer was cut: no comparison
                 tally.skipped += 1
                 continue
-            old = {
-                "request_id": p["request_id"],
-                "status": p["old_status"],
-                "latency_s": p["old_latency_s"],
-                "response": p["old"],
-            }
-            tally.add(old, int(p["new_status"]), _decoded(p["new"]), p["new_latency_s"] * 1000)
+            tally.add(p.old, p.new.status, _decoded(p.new.response), p.new.latency_s * 1000)
 
-    async def _send(self, model: ModelRow, report: Row, captured: list[Row], tally: _Tally) -> None:
+    async def _send(
+        self,
+        model: ModelRow,
+        report: ReplayReportRow,
+        captured: list[CaptureRow],
+        tally: _Tally,
+    ) -> None:
         group, started = await self._target(model, report)
         try:
             gap = 1.0 / self.rate if self.rate > 0 else 0.0
             next_at = time.monotonic()
             for n, c in enumerate(captured):
-                if c["truncated"]:  # the request was cut: it cannot be sent as it was
+                if c.truncated:  # the request was cut: it cannot be sent as it was
                     tally.skipped += 1
                     continue
                 delay = next_at - time.monotonic()
@@ -229,11 +224,11 @@ class Replays:
                     await asyncio.sleep(delay)
                 await _behind_live(group)
                 next_at = time.monotonic() + gap
-                body = bytes(c["request"])
+                body = c.request
                 kind = "json" if _is_json(body) else "msgpack"
                 began = time.perf_counter()
                 try:
-                    _, msg = await group.call(body, kind, "json", f"replay-{report['id']}-{n}")
+                    _, msg = await group.call(body, kind, "json", f"replay-{report.id}-{n}")
                     if isinstance(msg, Result):
                         status, out = 200, msg.body
                     else:
@@ -247,9 +242,9 @@ class Replays:
             if started:
                 await self.supervisor.retire(group, drain_timeout=10.0)
 
-    async def _target(self, model: ModelRow, report: Row) -> tuple[ReplicaGroup, bool]:
+    async def _target(self, model: ModelRow, report: ReplayReportRow) -> tuple[ReplicaGroup, bool]:
         """(the group to send to, whether the run started it)."""
-        build = report["to_build"]
+        build = report.to_build
         candidate = self.supervisor.candidate(model.name)  # serving beside the primary
         if candidate is not None and candidate.spec.build == build and candidate.state == "running":
             return candidate, False
@@ -262,7 +257,7 @@ class Replays:
             model.name, row, await build_rows.row(self.db, model.id, build, model.name)
         )
         spec = msgspec.structs.replace(
-            spec, replicas=1, deployment_id=f"replay-{report['id']}", capture_percent=0.0
+            spec, replicas=1, deployment_id=f"replay-{report.id}", capture_percent=0.0
         )
         return await self.supervisor.start_group(spec), True
 
@@ -275,22 +270,24 @@ class Replays:
 class _Tally:
     """The counts of one run, and its first diffs (each value cut to the capture's bound)."""
 
-    def __init__(self, report: Row, cap: int) -> None:
-        self.rtol, self.atol, self.cap = report["rtol"], report["atol"], cap
+    def __init__(self, *, rtol: float, atol: float, cap: int) -> None:
+        self.rtol, self.atol, self.cap = rtol, atol, cap
         self.replayed = self.equal = self.different = self.skipped = 0
         self.errors_from = self.errors_to = 0
         self.ms_from: list[float] = []
         self.ms_to: list[float] = []
-        self.diffs: list[dict[str, Any]] = []
+        self.diffs: list[ReplayDiff] = []
 
-    def add(self, captured: Row, status: int, new: Any, ms_to: float) -> None:
+    def add(self, captured: CaptureRow, status: int, new: Any, ms_to: float) -> None:
+        """One captured answer (``captured``) against its replayed one (``status``, ``new``,
+        ``ms_to``: decoded, and how long it took)."""
         self.replayed += 1
-        old_status = int(captured["status"])
+        old_status = captured.status
         self.errors_from += old_status != 200
         self.errors_to += status != 200
-        self.ms_from.append(captured["latency_s"] * 1000)
+        self.ms_from.append(captured.latency_s * 1000)
         self.ms_to.append(ms_to)
-        old = _decoded(bytes(captured["response"]))
+        old = _decoded(captured.response)
         room = MAX_DIFFS - len(self.diffs)
         found = compare(old, new, rtol=self.rtol, atol=self.atol, limit=max(room, 1))
         if old_status != status and not found:
@@ -301,13 +298,7 @@ class _Tally:
         self.different += 1
         for d in found[:room]:
             self.diffs.append(
-                {
-                    "request_id": captured["request_id"],
-                    "path": d.path,
-                    "old": self._cut(d.old),
-                    "new": self._cut(d.new),
-                    "kind": d.kind,
-                }
+                ReplayDiff(captured.request_id, d.path, self._cut(d.old), self._cut(d.new), d.kind)
             )
 
     def _cut(self, value: Any) -> Any:
