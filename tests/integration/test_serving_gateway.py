@@ -377,3 +377,29 @@ def test_metrics_reach_the_on_result_hook(hx, client):
     last = hx.last_outcome()
     assert (last.model, last.build, last.status, last.request_id) == ("metrics", 4, 200, "m-1")
     assert last.metrics == {"input": 2.0, "doubled": 4.0} and 0 < last.seconds < 5
+
+
+def test_a_key_or_token_that_answered_is_refused_at_once_when_rotated_or_revoked(hx, client):
+    """The gateway remembers each Authorization header's secret hash (by the header's hash()):
+    what it remembers is checked against the live keys and tokens on every request."""
+
+    def call(secret: str) -> int:
+        return client.post("/models/add/predict", json={"a": 1}, headers=bearer(secret)).status_code
+
+    assert call(KEYS["add"]) == 200 and call(KEYS["add"]) == 200  # remembered now
+    hx.auth.remember_key("add", hash_secret("mp_key_add_rotated"))  # the old key is forgotten
+    try:
+        r = client.post("/models/add/predict", json={"a": 1}, headers=bearer(KEYS["add"]))
+        assert err(r) == (401, "auth.invalid", None)
+        assert call("mp_key_add_rotated") == 200
+    finally:
+        hx.auth.remember_key("add", hash_secret(KEYS["add"]))
+    assert call("predict-add") == 200
+    digest = hash_secret("predict-add")
+    identity = hx.auth._tokens.pop(digest)  # revoked
+    try:
+        r = client.post("/models/add/predict", json={"a": 1}, headers=bearer("predict-add"))
+        assert err(r)[:2] == (401, "auth.invalid")
+    finally:
+        hx.auth._tokens[digest] = identity
+    assert call(KEYS["add"]) == 200
