@@ -201,12 +201,13 @@ class Gateway:
         replica: Replica | None = None
         msg: Result | Failure | None = None
         body = b""  # as read, once it is
+        envelope = b""  # POST /model: the whole body (forwarded as it came)
         traffic: Traffic | None = None
         primary: ReplicaGroup | None = None
         opened = 0  # the candidate's call in flight (its guard's), when it answers this one
         try:
             if model is None:
-                model, body, content_type, caller = await self._cloudera(
+                model, body, content_type, caller, envelope = await self._cloudera(
                     scope, receive, given, length, content_type, authz
                 )
                 group = self._admit_by_key(model, caller)
@@ -218,7 +219,8 @@ class Gateway:
                 else:
                     body = _whole(given, length, group.max_body)
             if not group.replicas:  # none here: the model's replicas run on other servers
-                sent = await self._forward(model, scope, body)
+                # (POST /model: the request as it came, accessKey and all, to the host's /model)
+                sent = await self._forward(model, scope, body if target is not BY_KEY else envelope)
                 if sent is not None:
                     return sent, None  # (the host that answered counts it)
             traffic = group.traffic  # None unless the model has a candidate
@@ -367,9 +369,9 @@ class Gateway:
         length: int,
         content_type: str,
         authz: bytes,
-    ) -> tuple[str, bytes, str, str]:
+    ) -> tuple[str, bytes, str, str, bytes]:
         """POST /model: the model named by the access key, the inner request's bytes, its content
-        type and the key's hash."""
+        type, the key's hash and the whole body as it came."""
         key = None
         query = scope.get("query_string")
         if query and query.find(b"accessKey") >= 0:  # (find, not `in`: see _kind)
@@ -394,7 +396,7 @@ class Gateway:
             raise ModelNotFound("The model of this access key no longer exists.")
         if len(raw) > self._group(name).max_body:
             raise RequestTooLarge(f"The body is over {self._group(name).max_body} bytes.")
-        return name, bytes(req.request), content_type, digest
+        return name, bytes(req.request), content_type, digest, raw
 
 
 def _headers(headers: Headers) -> tuple[bytes, bytes, bytes, int, bytes]:
