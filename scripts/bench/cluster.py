@@ -19,12 +19,14 @@ rollbacks through a, polling b every 5 ms for the old build.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -46,6 +48,56 @@ def replicas(client, name: str) -> int:
     return len(client.replicas(name)["items"])
 
 
+@contextlib.contextmanager
+def shared_registry(prefix: str) -> Iterator[tuple[Path, dict[str, str], list]]:
+    """A temp folder, a PostgreSQL and a radosgw in it, and what servers sharing them need in
+    their environment; the list is for the servers started meanwhile (proc, url, token), all
+    stopped by pid at the end, then the services, then the folder removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    pg, s3 = tmp / "pg", tmp / "s3"
+    pg.mkdir()
+    os.chmod(tmp, 0o755)
+    pg_port, s3_port = bench.free_port(), bench.free_port()
+    servers: list = []
+    started_pg = started_s3 = False
+    try:
+        script("pg-server", "start", str(pg), str(pg_port))
+        started_pg = True
+        script("s3-server", "start", str(s3), str(s3_port), "modelport")
+        started_s3 = True
+        key_file = tmp / "sealing.key"
+        key_file.write_bytes(os.urandom(32))
+        yield (
+            tmp,
+            {
+                **CREDENTIALS,
+                "MODELPORT_DATABASE_URL": f"postgresql://modelport@127.0.0.1:{pg_port}/modelport",
+                "MODELPORT_STORE_URL": f"s3://modelport/bench?endpoint=http://127.0.0.1:{s3_port}"
+                "&region=us-east-1",
+                "MODELPORT_SECRET_KEY_FILE": str(key_file),
+            },
+            servers,
+        )
+    finally:
+        for proc, _, _ in servers:
+            bench.stop(proc)
+        if started_s3:
+            subprocess.run([str(ROOT / "scripts/s3-server"), "stop", str(s3)], check=False)
+        if started_pg:
+            subprocess.run([str(ROOT / "scripts/pg-server"), "stop", str(pg)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def join(tmp: Path, servers: list, node: str, shared: dict[str, str], **extra: str):
+    """Server ``node`` on the shared registry (the first one's admin token: the registry's)."""
+    if servers:
+        (tmp / node).mkdir()
+        (tmp / node / "admin.token").write_text(servers[0][2])
+    srv = bench.modelport_server(tmp / node, MODELPORT_NODE=node, **shared, **extra)
+    servers.append(srv)
+    return srv
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
@@ -55,35 +107,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "server"))
     from modelport.client import Client
 
-    tmp = Path(tempfile.mkdtemp(prefix="mp-cb-", dir="/tmp"))
-    pg, s3 = tmp / "pg", tmp / "s3"
-    pg.mkdir()
-    os.chmod(tmp, 0o755)
-    pg_port, s3_port = bench.free_port(), bench.free_port()
-    servers = []
-    started_pg = started_s3 = False
-    try:
-        script("pg-server", "start", str(pg), str(pg_port))
-        started_pg = True
-        script("s3-server", "start", str(s3), str(s3_port), "modelport")
-        started_s3 = True
-        key_file = tmp / "sealing.key"
-        key_file.write_bytes(os.urandom(32))
-        shared = {
-            **CREDENTIALS,
-            "MODELPORT_DATABASE_URL": f"postgresql://modelport@127.0.0.1:{pg_port}/modelport",
-            "MODELPORT_STORE_URL": f"s3://modelport/bench?endpoint=http://127.0.0.1:{s3_port}"
-            "&region=us-east-1",
-            "MODELPORT_SECRET_KEY_FILE": str(key_file),
-        }
+    with shared_registry("mp-cb-") as (tmp, shared, servers):
+        a = join(tmp, servers, "a", shared)
+        b = join(tmp, servers, "b", shared)
         one = bench.modelport_server(tmp / "sqlite")
         servers.append(one)
-        a = bench.modelport_server(tmp / "a", MODELPORT_NODE="a", **shared)
-        servers.append(a)
-        (tmp / "b").mkdir()
-        (tmp / "b" / "admin.token").write_text(a[2])  # the registry's first token, a's
-        b = bench.modelport_server(tmp / "b", MODELPORT_NODE="b", **shared)
-        servers.append(b)
         token = a[2]
         with Client(one[1], one[2]) as c:
             key_one = bench.deploy(c, "adder", "adder", 1)
@@ -176,14 +204,6 @@ def main() -> None:
             + ", ".join(f"{t:.3f}" for t in took)
             + f" s (median {sorted(took)[len(took) // 2]:.3f})"
         )
-    finally:
-        for proc, _, _ in servers:
-            bench.stop(proc)
-        if started_s3:
-            subprocess.run([str(ROOT / "scripts/s3-server"), "stop", str(s3)], check=False)
-        if started_pg:
-            subprocess.run([str(ROOT / "scripts/pg-server"), "stop", str(pg)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
