@@ -223,7 +223,8 @@ class _Pool:
         self.host_line = b"host: " + parts.netloc.encode("latin-1") + b"\r\n"
         self.loop = asyncio.get_running_loop()
         self.limit = limit
-        self.free = asyncio.Semaphore(limit)
+        self.in_use = 0  # connections taken by requests (each holds one until answered)
+        self.waiting: deque[asyncio.Future[None]] = deque()  # requests past the limit, in order
         self.idle: deque[_Connection] = deque()
         self.max_idle = max_idle
         self.connect_timeout_s = connect_timeout_s
@@ -234,16 +235,10 @@ class _Pool:
         """One request (``head`` the path and query, ``rest`` the headers after Host, ending
         with the empty line) on a pooled connection or a new one."""
         data = b"".join((b"POST ", self.prefix, head, b" HTTP/1.1\r\n", self.host_line, rest, body))
-        free = self.free
-        if not free.locked():
-            await free.acquire()  # (at once)
-        else:  # every connection busy: wait for one, within the timeout (not sent meanwhile)
-            try:
-                await asyncio.wait_for(free.acquire(), timeout_s)
-            except TimeoutError:
-                raise Unreachable(
-                    f"all {self.limit} connections busy for {timeout_s:g} s"
-                ) from None
+        if self.in_use < self.limit:
+            self.in_use += 1
+        else:
+            await self._wait(timeout_s)
         try:
             conn = self._idle()
             if conn is None:  # none idle, or the one there was closed by the host: a fresh one
@@ -262,7 +257,34 @@ class _Pool:
                 conn.close()
             return answer
         finally:
-            free.release()
+            self._release()
+
+    # Futures and timers only, no asyncio.timeout/wait_for (they need a Task, and the server's
+    # fast lane runs a prediction's coroutine without one: gateway/http.py).
+    async def _wait(self, timeout_s: float) -> None:
+        """Every connection is taken: wait for one to be handed over, within the timeout (the
+        request is not sent meanwhile, so the next host may take it)."""
+        turn: asyncio.Future[None] = self.loop.create_future()
+        self.waiting.append(turn)
+        timer = self.loop.call_later(timeout_s, _expire, turn)
+        try:
+            await turn
+        except TimeoutError:
+            raise Unreachable(f"all {self.limit} connections busy for {timeout_s:g} s") from None
+        except BaseException:  # cancelled: a connection handed over meanwhile goes on
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._release()
+            raise
+        finally:
+            timer.cancel()
+
+    def _release(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the connection taken is handed over: in_use unchanged
+                return
+        self.in_use -= 1
 
     def _idle(self) -> _Connection | None:
         idle = self.idle
@@ -274,21 +296,33 @@ class _Pool:
         return None
 
     async def _connect(self) -> _Connection:
-        try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: _Connection(self),
-                    self.hostname,
-                    self.port,
-                    ssl=self._tls,
-                    server_hostname=self.hostname if self._tls else None,
-                ),
-                self.connect_timeout_s,
+        connecting = asyncio.ensure_future(
+            self.loop.create_connection(
+                lambda: _Connection(self),
+                self.hostname,
+                self.port,
+                ssl=self._tls,
+                server_hostname=self.hostname if self._tls else None,
             )
-        except TimeoutError:
-            raise Unreachable(f"no connection within {self.connect_timeout_s:g} s") from None
+        )
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            connecting.cancel()
+
+        timer = self.loop.call_later(self.connect_timeout_s, expire)
+        try:
+            _, conn = await connecting
+        except asyncio.CancelledError:
+            if expired:
+                raise Unreachable(f"no connection within {self.connect_timeout_s:g} s") from None
+            connecting.cancel()  # the request itself was cancelled
+            raise
         except OSError as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        finally:
+            timer.cancel()
         return conn
 
     def forget(self, conn: _Connection) -> None:
@@ -300,6 +334,11 @@ class _Pool:
         for conn in [*self.idle, *self.busy]:
             conn.close()
         self.idle.clear()
+
+
+def _expire(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_exception(TimeoutError())
 
 
 class Forwarder:
