@@ -82,7 +82,9 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {key}"}
         for label, (_, url, _) in nodes.items():  # every server answers it (the others forward)
             predict = f"{url}/models/solo/predict"
-            while httpx.post(predict, json=bench.BODIES["adder"], headers=headers).is_error:
+            while httpx.post(
+                predict, json=bench.BODIES["adder"], headers=headers, timeout=60
+            ).is_error:
                 assert time.monotonic() < deadline, f"{label} does not answer"
                 time.sleep(0.2)
         lua = bench.lua_script(bench.BODIES["adder"], headers, tmp)
