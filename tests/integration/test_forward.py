@@ -359,3 +359,31 @@ def test_connections_to_a_host_are_bounded_and_requests_past_the_bound_wait(host
     answers = run(lambda: Forwarder("a", {"m": [host.url]}, max_connections=3), work)
     assert [a[0] for a in answers] == [200] * 8
     assert host.most_open == 3 and host.connections == 3  # reused as they came free
+
+
+def test_it_runs_without_an_asyncio_task_as_the_fast_lane_runs_a_prediction(hosts):
+    """gateway/http.py drives a prediction's coroutine itself (_Step), with no Task: connecting,
+    skipping a refused host and waiting for a free connection work there too."""
+    from modelport.gateway.http import _Step
+
+    slow = hosts("slow")
+
+    async def work(fwd: Forwarder):
+        loop = asyncio.get_running_loop()
+        answers: list[asyncio.Future] = [loop.create_future() for _ in range(3)]
+
+        async def predict(done: asyncio.Future) -> None:
+            try:
+                got = await forward(fwd)
+                assert asyncio.current_task() is None
+                done.set_result(got)
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        for done in answers:
+            loop.call_soon(_Step(predict(done), loop, set()).run)  # outside any Task
+        return [await done for done in answers]
+
+    answers = run(lambda: Forwarder("a", {"m": [refused_url(), slow.url]}, max_connections=1), work)
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert len(slow.requests) == 3 and slow.most_open == 1
