@@ -18,7 +18,7 @@ goes on a fresh connection, since it cannot have been sent. A request once writt
 again, to this host or another (a prediction is not always idempotent): a host that goes away or
 does not answer within ``timeout_s`` after it was sent gives 503 model.unavailable saying so.
 (httpx did this before: +2.4 ms p50 a forwarded prediction, and 0.03× the direct req/s at 16
-clients, against +0.2-0.35 ms and 0.33× with this client: scripts/bench/forwarding.py.)
+clients, against +0.35 ms and 0.35-0.44× with this client: scripts/bench/forwarding.py.)
 """
 
 from __future__ import annotations
