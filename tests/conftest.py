@@ -20,10 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELPORT = [sys.executable, "-m", "modelport.cli"]
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one handed out before in this session: the kernel may give
+    the same port again once the probe socket is closed, and two servers made one after the
+    other then share it (the second fails to bind while the first answers its health check)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @dataclass
