@@ -159,7 +159,9 @@ def start(
 ):
     proc = subprocess.Popen(
         cmd,
-        stdout=subprocess.PIPE,
+        # read only for its "ready" line: a server watched by its URL writes nowhere, since a
+        # pipe nobody reads blocks it once full (a server logging every request)
+        stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
