@@ -128,6 +128,8 @@ class PipeHttp(Http):
         self.link.transport.write(struct.pack("!I", len(body)) + body)
 
     def reply(self, out: bytes) -> None:
+        if self.transport.is_closing():  # the client left (wrk's end): uvloop would raise
+            return
         self.transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(out)).encode() + b"\r\n\r\n" + out
