@@ -4,6 +4,7 @@ without a restart — keys, tokens, models, deployments, rollbacks, stops."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -151,9 +152,69 @@ def test_what_one_server_deploys_rolls_back_and_stops_the_other_serves(pair, tmp
     print(f"rollback called on a, b serves the old build {time.monotonic() - started:.3f} s later")
     wait_status(a, "calc", rolled.json()["id"], "deployed")
 
+    # a restart through a renews b's share too, and says restarted once both are renewed
+    until(lambda: [len(replicas(srv, "calc")) for srv in (a, b)] == [1, 1])
+    before = {srv.port: {(r["id"], r["pid"]) for r in replicas(srv, "calc")} for srv in (a, b)}
+    with answering((a, b), "calc", key) as answers:
+        restarted = a.client().post("/api/v1/models/calc/restart")
+        assert restarted.status_code == 202, restarted.text
+        done = until(lambda: restart_ended(a, "calc", restarted.json()["id"]), 120, every=0.1)[0]
+    assert done["kind"] == "restarted", done
+    assert answers and set(answers) == {(200, first)}  # answered throughout, by the same build
+    for srv in (a, b):  # new replicas on both servers (new ids, new processes)
+        now = {(r["id"], r["pid"]) for r in replicas(srv, "calc")}
+        assert len(now) == 1 and not now & before[srv.port], (srv.port, before, now)
+    events = a.client().get(f"/api/v1/models/calc/deployments/{rolled.json()['id']}").json()
+    kinds = [e["kind"] for e in events["events"]]
+    renewed = [e["detail"] for e in events["events"] if e["kind"] == "server.restarted"]
+    assert [(d["server"], d["replicas"]) for d in renewed] == [("b", 1)]
+    assert kinds.index("restarting") < kinds.index("server.restarted") < kinds.index("restarted")
+
     assert a.client().post("/api/v1/models/calc/stop").status_code == 200
     stopped, _ = until(lambda: (r := predict(b, "calc", key)).status_code == 404 and r)
     assert stopped.json()["error"]["code"] == "model.not_deployed"
+
+
+def restart_ended(srv, name: str, deployment_id: int) -> dict | None:
+    """The restart's last event once it ended (restarted, restart_failed), else None."""
+    found = srv.client().get(f"/api/v1/models/{name}/deployments/{deployment_id}").json()
+    ended = [e for e in found["events"] if e["kind"] in ("restarted", "restart_failed")]
+    return ended[-1] if ended else None
+
+
+@contextlib.contextmanager
+def answering(servers, name: str, key: str, check=None):
+    """Predictions through each server in turn until the block ends: the list of (status,
+    build) answers. ``check(status, build)`` runs on each as it comes; what it raises is raised
+    when the block ends."""
+    import threading
+
+    answers: list[tuple[int, int | None]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            while not stop.is_set() and not errors:
+                for srv in servers:
+                    r = http.post(f"{srv.url}/models/{name}/predict", json={"a": 2, "b": 3})
+                    build = int(r.headers["x-model-build"]) if r.status_code == 200 else None
+                    try:
+                        if check is not None:
+                            check(r.status_code, build)
+                    except BaseException as exc:
+                        errors.append(exc)
+                    answers.append((r.status_code, build))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 SLOW = {
@@ -403,3 +464,71 @@ def test_a_canary_added_moved_promoted_or_aborted_on_one_server_the_other_follow
     assert builds_seen(b, "can", key, 100) == {two: 100}  # only the primary
     gone = a.client().get(f"{url}/deployments/{made.json()['id']}").json()
     assert gone["status"] == "stopped"
+
+
+def test_a_rollout_switches_once_every_server_with_a_share_is_ready_or_fails_whole(pair, tmp_path):
+    from modelport.serving.placement import shares
+
+    a, b = pair
+    # a model whose one replica is placed on b: a, which takes the calls, runs none of it
+    name = next(
+        n for n in (f"far{i}" for i in range(99)) if shares(n, 1, "spread", ["a", "b"])["b"]
+    )
+    key = a.client().post("/api/v1/models", json={"name": name}).json()["access_key"]
+    first = build(a, tmp_path, name, ADDER)
+    slow = build(
+        a, tmp_path, name, {"predict.py": "import time\n\ntime.sleep(3)\n\n" + TIMES["predict.py"]}
+    )
+    marker = f"{b.data_dir}/"  # a build that cannot start on b (its files are under b's data dir)
+    broken = build(
+        a,
+        tmp_path,
+        name,
+        {
+            "predict.py": f"if {marker!r} in __file__:\n    raise RuntimeError('no GPU on this "
+            "server')\n\n" + PLUS["predict.py"]
+        },
+    )
+    deploy(a, name, first)
+    until(lambda: [len(replicas(s, name)) for s in (a, b)] == [0, 1])
+    url = f"/api/v1/models/{name}/deployments"
+
+    # a build that boots for 3 s, deployed through a: the old build answers through both until
+    # the registry says the new one is deployed, which it says once b's share is ready
+    made = a.client().post(url, json={"build": slow})
+    assert made.status_code == 202, made.text
+    slow_id = made.json()["id"]
+
+    def served_only_once_deployed(status: int, number: int | None) -> None:
+        if number == slow:  # the new build answered: the registry says it serves already
+            found = a.client().get(f"{url}/{slow_id}").json()
+            assert found["status"] == "deployed", found
+
+    with answering((a, b), name, key, served_only_once_deployed) as answers:
+        wait_status(a, name, slow_id, "deployed")
+        until(lambda: {n for _, n in answers[-4:]} == {slow}, 60)
+    assert {s for s, _ in answers} == {200}, sorted(set(answers))
+    assert (200, first) in answers  # the old build answered while the new one booted
+    for srv in (a, b):
+        assert builds_seen(srv, name, key, 20) == {slow: 20}
+    history = a.client().get(f"{url}/{slow_id}").json()["events"]
+    kinds = [e["kind"] for e in history]
+    ready = [e["detail"] for e in history if e["kind"] == "server.ready"]
+    assert ready == [{"server": "b", "replicas": 1}], history
+    assert kinds.index("server.ready") < kinds.index("deployed"), kinds
+
+    # a build whose replicas cannot start on b (2 replicas: one on each): a's starts, b's
+    # fails; the deployment fails naming b, nothing switches anywhere, a drops its new replica
+    made = a.client().post(url, json={"build": broken, "replicas": 2})
+    assert made.status_code == 202, made.text
+    with answering((a, b), name, key) as answers:
+        failed = wait_status(a, name, made.json()["id"], "failed")
+    assert set(answers) == {(200, slow)}, sorted(set(answers))  # the old build, throughout
+    assert failed["reason"].startswith("server b could not start its share (1 replica): ")
+    assert "no GPU on this server" in failed["reason"]
+    assert "deployed" not in [e["kind"] for e in failed["events"]]
+    assert a.client().get(f"/api/v1/models/{name}").json()["deployment"]["id"] == slow_id
+    until(lambda: [len(replicas(s, name)) for s in (a, b)] == [0, 1])
+    assert [r["build"] for r in replicas(b, name)] == [slow]
+    for srv in (a, b):
+        assert builds_seen(srv, name, key, 20) == {slow: 20}

@@ -64,13 +64,17 @@ HISTORY_ONLY = {
     "candidate.failed",
     "traffic",
     "guard.tripped",
+    "server.ready",
+    "server.failed",
+    "server.restarted",
+    "server.restart_failed",
 }
 BEFORE = [None, *DEPLOYMENT_STATUSES]
 
 
 def test_every_event_kind_has_its_entry_and_no_other():
     assert set(LEADS_TO) == set(EVENT_KINDS)
-    assert len(EVENT_KINDS) == len(set(EVENT_KINDS)) == 26
+    assert len(EVENT_KINDS) == len(set(EVENT_KINDS)) == 30
     assert {kind for _, kind in MOVES} | HISTORY_ONLY == set(EVENT_KINDS)
     assert {kind for kind, moves in LEADS_TO.items() if moves is None} == HISTORY_ONLY
 

@@ -616,7 +616,15 @@ def restart(client, name: str, no_wait: bool, as_json: bool) -> None:
 
     def show(event: dict) -> None:
         if not as_json and event["kind"] not in ("restarted", "restart_failed"):
-            err_console.print(f"deployment {started['id']}: {event['kind']}", highlight=False)
+            detail = event.get("detail") or {}
+            where = (  # another server's report of its share (a shared registry)
+                f" on server {detail['server']} ({detail.get('replicas')} replicas)"
+                if "server" in detail
+                else ""
+            )
+            err_console.print(
+                f"deployment {started['id']}: {event['kind']}{where}", highlight=False
+            )
 
     done = client.wait_restart(name, started, on_event=show)
     ended = done["events"][-1] if done["events"] else {}

@@ -40,6 +40,18 @@ from modelport.registry.states import (
 
 log = logging.getLogger("modelport.registry")
 
+# History-only events the other servers sharing the registry act on: a restart renews every
+# server's share of the deployment (each reports server.restarted: `restarts`); a server's
+# report of its share, which the rolling-out server waits for.
+HEARD: tuple[EventKind, ...] = (
+    "restarting",
+    "server.ready",
+    "server.failed",
+    "server.restarted",
+    "server.restart_failed",
+)
+RESTART_ENDS: tuple[EventKind, ...] = ("restarted", "restart_failed", "restart_interrupted")
+
 
 def traffic_of(row: DeploymentRow) -> Traffic | None:
     """A candidate row's traffic (None for a deployment that never was a candidate)."""
@@ -109,9 +121,15 @@ async def current_by_model(db: Database, model_ids: Iterable[int]) -> dict[int, 
     return {row.model_id: row for row in load_all(DeploymentRow, rows)}
 
 
-async def events_of(db: Database, deployment_id: int) -> list[DeploymentEvent]:
+async def events_of(
+    db: Database, deployment_id: int, kinds: tuple[EventKind, ...] = ()
+) -> list[DeploymentEvent]:
+    """A deployment's history, oldest first; only the events of ``kinds`` when given (the other
+    servers' reports of their share: server.ready, server.failed...)."""
+    only = f" AND kind IN ({','.join('?' * len(kinds))})" if kinds else ""
     rows = await db.all(
-        "SELECT * FROM deployment_events WHERE deployment_id = ? ORDER BY id", (deployment_id,)
+        f"SELECT * FROM deployment_events WHERE deployment_id = ?{only} ORDER BY id",
+        (deployment_id, *kinds),
     )
     return [
         DeploymentEvent(r["at"], r["kind"], r["actor"], msgspec.json.decode(r["detail"]))
@@ -424,18 +442,19 @@ async def transition(
     replicas: int | None = None,
     audited: tuple[str, str] | None = None,
     term: int | None = None,
-) -> None:
-    """Record an event of a deployment and the status it leads to (``states.status_after``).
-    ``at_restart``: the server's restart is the cause. ``audited`` (action, model name): a
-    person's change, in the audit trail in the same transaction. ``term``: the controller's
-    write, refused (servers.Fenced) once another server leads."""
+) -> str:
+    """Record an event of a deployment and the status it leads to (``states.status_after``);
+    the event's time. ``at_restart``: the server's restart is the cause. ``audited`` (action,
+    model name): a person's change, in the audit trail in the same transaction. ``term``: the
+    controller's write, refused (servers.Fenced) once another server leads."""
     async with db.write() as tx:
         if term is not None:
             await servers.check_term(tx, term)
+        at = now_iso()
         await _move(
             tx,
             deployment_id,
-            now_iso(),
+            at,
             kind,
             actor,
             detail or {},
@@ -453,6 +472,7 @@ async def transition(
                 target=str(deployment_id),
                 detail=detail,
             )
+    return at
 
 
 async def _move(
@@ -497,6 +517,8 @@ async def _move(
         )
         if "status = ?" in sets or replicas is not None:  # what other servers serve changed
             await tx.notify("deployments")
+    if kind in HEARD:
+        await tx.notify("deployments")
     await _event(tx, deployment_id, at, kind, actor, detail)
 
 
@@ -579,6 +601,21 @@ async def _event(
         " VALUES (?, ?, ?, ?, ?)",
         (deployment_id, at, kind, actor, msgspec.json.encode(detail).decode()),
     )
+
+
+async def restarts(db: Database) -> dict[int, str]:
+    """The restarts under way: deployed deployment id → the time of its newest `restarting`
+    event (what names the restart), when no restarted, restart_failed or restart_interrupted
+    came after it."""
+    kinds = ("restarting", *RESTART_ENDS)
+    found = await db.all(
+        "SELECT e.deployment_id, e.kind, e.at FROM deployment_events e"
+        " JOIN deployments d ON d.id = e.deployment_id WHERE d.status = ? AND e.kind IN"
+        f" ({','.join('?' * len(kinds))}) ORDER BY e.id",
+        ("deployed", *kinds),
+    )
+    last = {r["deployment_id"]: r for r in found}
+    return {i: r["at"] for i, r in last.items() if r["kind"] == "restarting"}
 
 
 async def previous_build(

@@ -63,6 +63,13 @@ EventKind = Literal[
     "candidate.failed",  # its replicas could not start: the primary kept serving alone
     "traffic",  # the split changed: candidate_percent (by a person, or the guard)
     "guard.tripped",  # the candidate broke its guard: candidate_percent went to 0, and why
+    # another server sharing the registry, of its share of a rollout or a restart (detail:
+    # server, replicas; error; restart: the restarting event's id): the rolling-out server
+    # switches (or says restarted) once every server with a share is ready
+    "server.ready",  # its share of the deployment being rolled out started, unrouted
+    "server.failed",  # its share could not start: the deployment fails, nothing switches
+    "server.restarted",  # its share of the restart renewed
+    "server.restart_failed",  # its share could not be renewed (its replicas before keep serving)
 ]
 EVENT_KINDS: Final[tuple[EventKind, ...]] = get_args(EventKind)
 
@@ -108,6 +115,10 @@ LEADS_TO: Final[Mapping[EventKind, Mapping[DeploymentStatus | None, DeploymentSt
     "candidate.failed": None,
     "traffic": None,
     "guard.tripped": None,
+    "server.ready": None,
+    "server.failed": None,
+    "server.restarted": None,
+    "server.restart_failed": None,
 }
 
 # What differs when the server's restart is the cause (the restore at startup): a deployment

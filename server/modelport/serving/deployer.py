@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -51,12 +52,18 @@ log = logging.getLogger("modelport.deployer")
 ReplayGate = Callable[[ModelRow, int | None, DeploymentRow], Awaitable[None]]
 GUARD_CHECK_S = 0.5  # how often each candidate's guard is looked at
 GUARD_MIN_REQUESTS = 5  # the fewest answers of the window before the guard judges
+SHARES_CHECK_S = 0.1  # how often a rollout looks again at the other servers' reports
 
 # The replica group's events a deployment's history records, as the kinds they are recorded as.
 RECORDED_GROUP_EVENTS: dict[GroupEvent, EventKind] = {
     "group.failed": "group.failed",
     "replica.crashed": "replica.crashed",
 }
+
+
+class ShareFailed(Exception):
+    """Another server's share of a rollout (or a restart) could not start, or was not reported
+    ready within the deployment's boot_timeout_s; ``str()`` names the server and why."""
 
 
 class Deployer:
@@ -84,6 +91,11 @@ class Deployer:
         # server's, followed); candidates that could not start here (not tried again)
         self._cand_starting: dict[str, int] = {}
         self._cand_failed: set[int] = set()
+        # restarts: the deployments this server restarts itself; deployment id → the restart
+        # (its restarting event's time) another server asked for that this one renewed
+        self._restarting: set[int] = set()
+        self._renewed: dict[int, str] = {}
+        self._heard: set[asyncio.Event] = set()  # rollouts waiting for other servers' reports
 
     # -- what the API asks for -------------------------------------------------------------------
 
@@ -199,7 +211,7 @@ class Deployer:
             return  # aborted while starting: recorded by the abort
         except Exception as exc:
             self._cand_starting.pop(name, None)
-            why = str(exc) if isinstance(exc, GroupFailed | RestoreFailed | OSError) else repr(exc)
+            why = _why(exc)
             await rows.candidate_event(
                 self.db,
                 primary.id,
@@ -545,34 +557,57 @@ class Deployer:
         """New replicas of the same deployment; ready before the old ones drain."""
         current = await self._current(model)
         build = await build_rows.row(self.db, model.id, current.build_number, model.name)
-        await rows.transition(
-            self.db,
-            current.id,
-            "restarting",
-            actor=actor,
-            detail={"build": current.build_number},
-            audited=("deployment.restart", model.name),
-        )
-        self._spawn(self._roll_out(model.name, current, build, actor, restart=True))
+        self._restarting.add(current.id)  # (not renewed again by `follow` when it hears it)
+        try:
+            asked = await rows.transition(
+                self.db,
+                current.id,
+                "restarting",
+                actor=actor,
+                detail={"build": current.build_number},
+                audited=("deployment.restart", model.name),
+            )
+        except BaseException:
+            self._restarting.discard(current.id)
+            raise
+        self._spawn(self._roll_out(model.name, current, build, actor, restart=asked))
         return current
 
     # -- the work --------------------------------------------------------------------------------
 
     async def _roll_out(
-        self, name: str, row: DeploymentRow, build: BuildRow, actor: str, restart: bool = False
+        self,
+        name: str,
+        row: DeploymentRow,
+        build: BuildRow,
+        actor: str,
+        restart: str | None = None,
+    ) -> None:
+        """A deployment rolled out here (or, with ``restart``: the restart asked then, a
+        restart of the one serving)."""
+        try:
+            await self._roll_out_locked(name, row, build, actor, restart)
+        finally:
+            if restart is not None:
+                self._restarting.discard(row.id)
+
+    async def _roll_out_locked(
+        self, name: str, row: DeploymentRow, build: BuildRow, actor: str, restart: str | None
     ) -> None:
         async with self._locks[name], self._turn(name, row.id):
             if row.id in self._given_up:  # stopped or replaced while it waited: recorded
                 return
-            if not restart:
+            if restart is None:
                 await rows.transition(self.db, row.id, "deploying", actor=actor)
             switched = False
 
             async def record_switch() -> None:
-                """The new group is ready and about to take the traffic: the registry says so
-                first, in one write (deployed, and what it replaces stopped), so that whenever
-                the server dies, a restart brings back what clients were last served."""
+                """The new group is ready and about to take the traffic: once every other
+                server's share is ready too, the registry says so first, in one write
+                (deployed, and what it replaces stopped), so that whenever the server dies, a
+                restart brings back what clients were last served."""
                 nonlocal switched
+                await self._shares_ready(name, row)
                 try:
                     await rows.switched(
                         self.db, row.id, actor=actor, detail={"replicas": spec.replicas}
@@ -587,22 +622,110 @@ class Deployer:
                 await self.supervisor.deploy(
                     spec,
                     drain_timeout=row.timeout_s,
-                    on_switch=None if restart else record_switch,
+                    on_switch=None if restart is not None else record_switch,
                 )
+                if restart is not None:
+                    await self._shares_ready(name, row, restart)
             except Interrupted as exc:
-                await self._interrupted(row, str(exc), restart)
+                await self._interrupted(row, str(exc), restart is not None)
                 return
-            except (GroupFailed, RestoreFailed, deps.DependencyError, OSError) as exc:
+            except (ShareFailed, GroupFailed, RestoreFailed, deps.DependencyError, OSError) as exc:
                 if not switched:
-                    await self._failed(row, str(exc), restart)
+                    await self._failed(row, str(exc), restart is not None)
                 return
             except Exception as exc:
                 log.exception("deployment %s of %s failed", row.id, name)
                 if not switched:
-                    await self._failed(row, f"internal error: {exc!r}", restart)
+                    await self._failed(row, f"internal error: {exc!r}", restart is not None)
                 return
-            if restart:
+            if restart is not None:
                 await rows.transition(self.db, row.id, "restarted", actor=actor)
+
+    async def _shares_ready(
+        self, name: str, row: DeploymentRow, restart: str | None = None
+    ) -> None:
+        """Before the switch (with ``restart``: before `restarted`), every other live server
+        with a share of the deployment has reported that share ready (server.ready; of this
+        restart, server.restarted). A report notifies, and this server's `follow` wakes the
+        wait; it looks again at least each SHARES_CHECK_S anyway: the live servers change, and
+        a server gone no longer counts (its share moves by placement). Alone (SQLite, or the
+        only live server): at once. ShareFailed naming the server when one reports its
+        failure, or has not reported within the deployment's boot_timeout_s; Interrupted when
+        the rollout was given up meanwhile (here, or by another server)."""
+        deadline = time.monotonic() + row.boot_timeout_s
+        heard = asyncio.Event()  # set by `follow` (a report notifies): looked at again at once
+        self._heard.add(heard)
+        try:
+            while not await self._shares_reported(name, row, restart, deadline):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), SHARES_CHECK_S)
+                heard.clear()
+        finally:
+            self._heard.discard(heard)
+
+    async def _shares_reported(
+        self,
+        name: str,
+        row: DeploymentRow,
+        restart: str | None,
+        deadline: float,
+    ) -> bool:
+        """True once every other server with a share reported it ready (`_shares_ready`)."""
+        kinds: tuple[EventKind, EventKind] = (
+            ("server.restarted", "server.restart_failed")
+            if restart
+            else ("server.ready", "server.failed")
+        )
+        failed = kinds[1]
+        still: tuple[str, ...] = ("deployed",) if restart else ("pending", "deploying")
+        placed = shares(name, row.replicas, row.placement, list(self.nodes))
+        others = {n: c for n, c in placed.items() if c and n != self.settings.node}
+        if not others:
+            return True
+        if restart is None:
+            self._go_on(row.id)
+        now = await rows.by_id(self.db, row.model_id, row.id)
+        if now is None or now.status not in still:
+            raise Interrupted(f"deployment {row.id} is {now.status if now else 'gone'} meanwhile")
+        last = {
+            event.detail.get("server"): event
+            for event in await rows.events_of(self.db, row.id, kinds)
+            if event.detail.get("restart") == restart
+        }
+        waiting = []
+        for node, count in sorted(others.items()):
+            event = last.get(node)
+            if event is not None and event.kind == failed:
+                raise ShareFailed(
+                    f"server {node} could not {'renew' if restart else 'start'} its share "
+                    f"({_replicas(event.detail.get('replicas', count))}): "
+                    f"{event.detail.get('error')}"
+                )
+            if event is None or event.detail.get("replicas") != count:
+                waiting.append(f"server {node} ({_replicas(count)})")
+        if not waiting:
+            return True
+        if time.monotonic() >= deadline:
+            raise ShareFailed(
+                f"{', '.join(waiting)} did not report its share ready within "
+                f"boot_timeout_s ({row.boot_timeout_s:g} s)"
+            )
+        return False
+
+    async def _report(
+        self, row: DeploymentRow, kind: EventKind, replicas: int, **detail: Any
+    ) -> None:
+        """This server's share of another server's rollout or restart, in the deployment's
+        history (what that server waits for)."""
+        try:
+            await rows.transition(
+                self.db,
+                row.id,
+                kind,
+                detail={"server": self.settings.node, "replicas": replicas, **detail},
+            )
+        except Exception:
+            log.exception("could not report %s of deployment %s", kind, row.id)
 
     @contextlib.asynccontextmanager
     async def _turn(self, name: str, deployment_id: int) -> AsyncIterator[None]:
@@ -863,15 +986,20 @@ class Deployer:
         one model at a time under its lock (after any operation of this server's on it). A
         deployment another server is rolling out is started here meanwhile, unrouted, so that
         it takes the traffic here as soon as the registry says it took it there."""
+        for heard in self._heard:
+            heard.set()
         want = {row.model: row for row in await rows.deployed(self.db)}
         starting = {row.model: row for row in await rows.deployed(self.db, status="deploying")}
         self._hosts(want)
         mine = set(self._holding.values())
         for name, (deployment_id, group) in list(self._ahead.items()):
-            if deployment_id not in (
-                _id_of(starting.get(name)),
-                _id_of(want.get(name)),
-            ):
+            ahead = starting.get(name)
+            moved = (  # its share here changed meanwhile (a server came or went): again
+                ahead is not None
+                and ahead.id == deployment_id
+                and len(group.replicas) != self.share(name, ahead.replicas, ahead.placement)
+            )
+            if moved or deployment_id not in (_id_of(ahead), _id_of(want.get(name))):
                 del self._ahead[name]  # failed, stopped or replaced there
                 self._spawn(self.supervisor.retire(group))
         for name, (deployment_id, _task) in list(self._starting_ahead.items()):
@@ -893,9 +1021,53 @@ class Deployer:
                 continue
             self._following.add(name)
             self._spawn(self._follow_one(name))
+        self._follow_restarts(await rows.restarts(self.db), want)
         self._follow_candidates(
             {row.model: row for row in await rows.deployed(self.db, status="candidate")}, want
         )
+
+    def _follow_restarts(self, asked: dict[int, str], want: dict[str, NamedDeploymentRow]) -> None:
+        """A restart asked on another server (deployment id → when): this server's share of
+        the deployment is renewed too, once, and reported (what that server waits for)."""
+        self._renewed = {i: at for i, at in self._renewed.items() if asked.get(i) == at}
+        for name, row in want.items():
+            at, group = asked.get(row.id), self.supervisor.group(name)
+            if (
+                at is None
+                or self._renewed.get(row.id) == at
+                or row.id in self._restarting
+                or group is None
+                or group.spec.deployment_id != str(row.id)
+                or not group.replicas
+            ):
+                continue
+            self._renewed[row.id] = at
+            self._spawn(self._renew(name, row, at))
+
+    async def _renew(self, name: str, row: NamedDeploymentRow, asked: str) -> None:
+        """New replicas of this server's share, ready before the old ones drain (as `restart`
+        does on the server asked), then reported: server.restarted, or server.restart_failed
+        (the replicas before keep serving)."""
+        replicas = 0
+        try:
+            async with self._locks[name]:
+                group = self.supervisor.group(name)
+                if group is None or group.spec.deployment_id != str(row.id):
+                    return  # replaced or stopped meanwhile
+                build = await build_rows.by_id(self.db, row.build_id)
+                spec = await self.spec_for(name, row, build)
+                replicas = spec.replicas
+                log.info("%s: restarted on another server: renewing its replicas here", name)
+                await self.supervisor.deploy(spec, drain_timeout=row.timeout_s)
+        except Interrupted:
+            return
+        except Exception as exc:
+            log.warning("could not renew %s's replicas here: %s", name, exc)
+            await self._report(
+                row, "server.restart_failed", replicas, restart=asked, error=_why(exc)
+            )
+            return
+        await self._report(row, "server.restarted", replicas, restart=asked)
 
     def _follow_candidates(
         self, cands: dict[str, NamedDeploymentRow], want: dict[str, NamedDeploymentRow]
@@ -1003,16 +1175,22 @@ class Deployer:
 
     async def _start_ahead(self, name: str, row: DeploymentRow) -> None:
         """Not under the model's lock (a boot may take minutes, and the rollout may be given up
-        there meanwhile: `follow` interrupts it then)."""
+        there meanwhile: `follow` interrupts it then). A share of replicas is reported, ready
+        (server.ready) or not (server.failed): the rolling-out server switches on that."""
+        here = self.share(name, row.replicas, row.placement)
         try:
             build = await build_rows.by_id(self.db, row.build_id)
             spec = await self.spec_for(name, row, build)
+            here = spec.replicas
             log.info("%s: starting deployment %d here ahead", name, row.id)
             group = await self.supervisor.start_group(spec)
         except Interrupted:
+            self._spawn(self._follow_again())  # a newer one may be waiting for this one's turn
             return
         except Exception as exc:
             log.warning("could not start %s's deployment %s here ahead: %s", name, row.id, exc)
+            if here:
+                await self._report(row, "server.failed", here, error=_why(exc))
             return
         finally:
             self._starting_ahead.pop(name, None)
@@ -1021,6 +1199,8 @@ class Deployer:
             await self.supervisor.retire(group)  # it serves here already
             return
         self._ahead[name] = (row.id, group)
+        if here:
+            await self._report(row, "server.ready", here)
         await self.follow()  # it may have taken the traffic there meanwhile
 
     async def _follow_one(self, name: str) -> None:
@@ -1145,3 +1325,12 @@ def _live_guard(guard: Guard | None) -> LiveGuard | None:
 
 def _id_of(row: DeploymentRow | None) -> int | None:
     return None if row is None else row.id
+
+
+def _why(exc: Exception) -> str:
+    """A start's failure as a user reads it: the boot error, else what went wrong."""
+    return str(exc) if isinstance(exc, GroupFailed | RestoreFailed | OSError) else repr(exc)
+
+
+def _replicas(count: int) -> str:
+    return f"{count} replica{'s' if count != 1 else ''}"
