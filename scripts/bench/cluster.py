@@ -4,7 +4,7 @@ setup, in the same run: prediction throughput through one gateway, a forwarded p
 added latency, and the time from a rollback call on one server until the other serves the old
 build.
 
-    scripts/bench/cluster.py [--duration 5] [--rounds 3] [--rollbacks 3]
+    scripts/bench/cluster.py [--duration 5] [--rounds 3] [--rollbacks 3] [--rollback-only]
 
 Starts a PostgreSQL (scripts/pg-server) and a radosgw (scripts/s3-server) in a temp folder, a
 SQLite server, and servers a and b sharing the database, the bucket and a sealing key; every
@@ -13,7 +13,7 @@ runs it with 2 (spread: one on each), so that one gateway of the pair has one re
 own, as the SQLite server does. wrk at c=64 alternates between the SQLite server and a in each
 round (the median round is reported with the spread: this machine is shared). Then a model
 with 1 replica: p50 at c=1 on the server that hosts it and on the one that forwards it. Then
-rollbacks through a, polling b every 5 ms for the old build.
+rollbacks through a, polling b every 5 ms for the old build (only those with --rollback-only).
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rollbacks", type=int, default=3)
+    ap.add_argument(
+        "--rollback-only", action="store_true", help="only the rollbacks (no wrk, no SQLite)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "server"))
     from modelport.client import Client
@@ -110,70 +113,18 @@ def main() -> None:
     with shared_registry("mp-cb-") as (tmp, shared, servers):
         a = join(tmp, servers, "a", shared)
         b = join(tmp, servers, "b", shared)
-        one = bench.modelport_server(tmp / "sqlite")
-        servers.append(one)
+        one = None if args.rollback_only else bench.modelport_server(tmp / "sqlite")
+        if one is not None:
+            servers.append(one)
         token = a[2]
-        with Client(one[1], one[2]) as c:
-            key_one = bench.deploy(c, "adder", "adder", 1)
         with Client(a[1], token) as ca, Client(b[1], token) as cb:
             key_pair = bench.deploy(ca, "adder", "adder", 2)
             deadline = time.monotonic() + 60
             while (replicas(ca, "adder"), replicas(cb, "adder")) != (1, 1):
                 assert time.monotonic() < deadline, "the pair did not spread its replicas"
                 time.sleep(0.2)
-            key_fwd = bench.deploy(ca, "adder", "solo", 1)
-            while sorted((replicas(ca, "solo"), replicas(cb, "solo"))) != [0, 1]:
-                time.sleep(0.2)
-            host, other = (a, b) if replicas(ca, "solo") == 1 else (b, a)
-
-        def target(label, srv, name, key):
-            lua = bench.lua_script(bench.BODIES["adder"], {"Authorization": f"Bearer {key}"}, tmp)
-            return label, f"{srv[1]}/models/{name}/predict", lua, srv[0].pid
-
-        print(
-            f"{'target':14} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non2xx':>6}"
-            f" {'×sqlite':>8}  spread"
-        )
-        pair = [
-            target("sqlite, 1 proc", one, "adder", key_one),
-            target("a of a+b (PG)", a, "adder", key_pair),
-        ]
-        runs: dict[str, list[dict]] = {}
-        for _ in range(args.rounds):
-            base = None
-            for label, url, lua, pid in pair:
-                got = bench.measure(url, lua, 64, args.duration, pid)
-                if base is None:
-                    base = got
-                else:
-                    got["ratio"] = round(got["rps"] / base["rps"], 3)
-                runs.setdefault(label, []).append(got)
-        for label, found in runs.items():
-            r = bench.median_row(found)
-            print(
-                f"{label:14} {64:>3} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f}"
-                f" {r['non_2xx']:>6} {r.get('ratio', ''):>8}"
-                f"  {' '.join(f'{v:g}' for v in r['spread'])}",
-                flush=True,
-            )
-
-        fwd = [
-            target("solo on host", host, "solo", key_fwd),
-            target("solo forwarded", other, "solo", key_fwd),
-        ]
-        p50s: dict[str, list[float]] = {}
-        for _ in range(args.rounds):
-            for label, url, lua, _pid in fwd:
-                got = bench.wrk(url, lua, 1, args.duration)
-                assert got["non_2xx"] == 0, got
-                p50s.setdefault(label, []).append(got["p50_ms"])
-        med = {k: sorted(v)[len(v) // 2] for k, v in p50s.items()}
-        print(
-            f"c=1 p50: on the host {med['solo on host']:.3f} ms, forwarded "
-            f"{med['solo forwarded']:.3f} ms: +{med['solo forwarded'] - med['solo on host']:.3f}"
-            f" ms (rounds {p50s})",
-            flush=True,
-        )
+        if one is not None:
+            gateways(args, tmp, one, a, b, token, key_pair)
 
         took = []
         with Client(a[1], token) as ca:
@@ -204,6 +155,59 @@ def main() -> None:
             + ", ".join(f"{t:.3f}" for t in took)
             + f" s (median {sorted(took)[len(took) // 2]:.3f})"
         )
+
+
+def gateways(args, tmp: Path, one, a, b, token: str, key_pair: str) -> None:
+    """Throughput through a against the SQLite server, then a forwarded prediction's p50."""
+    from modelport.client import Client
+
+    with Client(one[1], one[2]) as c:
+        key_one = bench.deploy(c, "adder", "adder", 1)
+    with Client(a[1], token) as ca, Client(b[1], token) as cb:
+        key_fwd = bench.deploy(ca, "adder", "solo", 1)
+        while sorted((replicas(ca, "solo"), replicas(cb, "solo"))) != [0, 1]:
+            time.sleep(0.2)
+        host, other = (a, b) if replicas(ca, "solo") == 1 else (b, a)
+
+    def target(label, srv, name, key):
+        lua = bench.lua_script(bench.BODIES["adder"], {"Authorization": f"Bearer {key}"}, tmp)
+        return label, f"{srv[1]}/models/{name}/predict", lua, srv[0].pid
+
+    print(
+        f"{'target':14} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non2xx':>6}"
+        f" {'×sqlite':>8}  spread"
+    )
+    pair = [
+        target("sqlite, 1 proc", one, "adder", key_one),
+        target("a of a+b (PG)", a, "adder", key_pair),
+    ]
+    runs = bench.alternate(pair, 64, args.rounds, args.duration)
+    for label, found in runs.items():
+        r = bench.median_row(found)
+        print(
+            f"{label:14} {64:>3} {r['rps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.2f}"
+            f" {r['non_2xx']:>6} {r.get('ratio', ''):>8}"
+            f"  {' '.join(f'{v:g}' for v in r['spread'])}",
+            flush=True,
+        )
+
+    fwd = [
+        target("solo on host", host, "solo", key_fwd),
+        target("solo forwarded", other, "solo", key_fwd),
+    ]
+    p50s: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for label, url, lua, _pid in fwd:
+            got = bench.wrk(url, lua, 1, args.duration)
+            assert got["non_2xx"] == 0, got
+            p50s.setdefault(label, []).append(got["p50_ms"])
+    med = {k: sorted(v)[len(v) // 2] for k, v in p50s.items()}
+    print(
+        f"c=1 p50: on the host {med['solo on host']:.3f} ms, forwarded "
+        f"{med['solo forwarded']:.3f} ms: +{med['solo forwarded'] - med['solo on host']:.3f}"
+        f" ms (rounds {p50s})",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

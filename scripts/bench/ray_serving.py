@@ -101,16 +101,7 @@ def main() -> None:
                 f" {'×local':>7} {'srv µs/req':>10}  spread"
             )
             for c in (64, 1):
-                runs: dict[str, list[dict]] = {}
-                for _ in range(args.rounds):
-                    base = None
-                    for label, where, script, pid in targets:
-                        got = bench.measure(where, script, c, args.duration, pid)
-                        if base is None:
-                            base = got
-                        else:
-                            got["ratio"] = round(got["rps"] / base["rps"], 3)
-                        runs.setdefault(label, []).append(got)
+                runs = bench.alternate(targets, c, args.rounds, args.duration)
                 for label, found in runs.items():
                     r = (
                         bench.median_row(found)

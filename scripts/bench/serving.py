@@ -237,6 +237,22 @@ def measure(url: str, script: Path, c: int, duration: int, server_pid: int | Non
     return got
 
 
+def alternate(targets: list[tuple], c: int, rounds: int, duration: int) -> dict[str, list[dict]]:
+    """label → its runs: each round measures every (label, url, script, server pid) in turn, the
+    first the others' baseline (their "ratio" is to its req/s in the same round)."""
+    runs: dict[str, list[dict]] = {}
+    for _ in range(rounds):
+        base = None
+        for label, url, script, pid in targets:
+            got = measure(url, script, c, duration, pid)
+            if base is None:
+                base = got
+            else:
+                got["ratio"] = round(got["rps"] / base["rps"], 3)
+            runs.setdefault(label, []).append(got)
+    return runs
+
+
 def median_row(runs: list[dict]) -> dict:
     """The run with the median ratio (or req/s), its own figures kept together."""
     key = "ratio" if "ratio" in runs[0] else "rps"
