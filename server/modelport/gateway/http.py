@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import deque
 from collections.abc import Coroutine
 from http import HTTPStatus
@@ -102,26 +101,7 @@ class PredictionProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._progress += len(data)
-        if self.timeout_keep_alive_task is not None or self.parser is None:
-            super().data_received(data)  # (uvicorn's, which cancels its keep-alive timer)
-            return
-        try:  # uvicorn's data_received without a call for its keep-alive timer: none is set
-            self.parser.feed_data(data)  # after a prediction (the sweeper watches instead)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self._parse_error(data)
-
-    def _parse_error(self, data: bytes) -> None:
-        """What uvicorn does with a request it cannot parse (400) or an upgrade."""
-        exc_type = sys.exc_info()[0]
-        if exc_type is httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-            return
-        msg = "Invalid HTTP request received."
-        self.logger.warning(msg)
-        self.send_400_response(msg)
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         _Sweeper.forget(self)
