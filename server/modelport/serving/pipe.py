@@ -10,11 +10,11 @@ connection to a replica elsewhere. It knows nothing of processes. Its contract:
   socket. A new connection replaces the one before (whose calls out then fail as crashed).
 - ``await pipe.first``: the peer's first message, ``Ready`` or ``Boot``; ``await pipe.closed``:
   the connection ended.
-- ``await pipe.call(...)``: one ``Call`` out, its ``Result`` or ``Failure`` back. The calls of
-  one loop iteration leave in one write
-  (a call alone leaves at once). Raises NotSent when the call never left (safe to send
-  elsewhere), ModelTimeout past its timeout, ModelBusy when it sat queued past ``start_by``,
-  ModelCrashed (or ModelFailed, after an answer over the cap) when the connection ended with it.
+- ``await pipe.call(...)``: one ``Call`` out, its ``Result`` or ``Failure`` back. A call alone
+  leaves at once; those of one loop iteration while others are out, in one write. Raises
+  NotSent when the call never left (safe to send elsewhere), ModelTimeout past its timeout,
+  ModelBusy when it sat queued past ``start_by``, ModelCrashed (or ModelFailed, after an answer
+  over the cap) when the connection ended with it.
 - ``pipe.ping(now)`` sends a Ping; ``heard`` is when the peer last sent anything, ``ping_at``
   when the last Ping left, ``rss_kb`` what its last Pong said; ``pipe.listen(callback)`` calls
   ``callback()`` once, at the next message heard (a late replica answering again).
@@ -225,19 +225,20 @@ class Pipe:
         frame = encode_frame(
             Call(cid, body, content_type, accept, request_id, start_by, alone, self.turns)
         )
-        if self.in_flight or self._outbox:  # others are out: this iteration's calls, one write
+        only = not self.in_flight and not self._outbox
+        fut: asyncio.Future[Result | Failure] = self._loop.create_future()
+        self._pending[cid] = fut
+        self.in_flight += 1
+        if only:  # the only call out: it leaves now, not an iteration later
+            transport.write(frame)
+            if transport.is_closing():  # the write failed: the peer never saw it (as _flush)
+                self._unsent.add(cid)
+                self.on_broken()
+        else:  # others are out: this iteration's calls leave in one write
             if not self._outbox:
                 self._loop.call_soon(self._flush)
             self._outbox.append(frame)
             self._unsent.add(cid)
-        else:  # the only one: it leaves now, not an iteration later
-            transport.write(frame)
-            if transport.is_closing():  # the write failed: the peer never saw it
-                self._unsent.add(cid)
-                self.on_broken()
-        fut: asyncio.Future[Result | Failure] = self._loop.create_future()
-        self._pending[cid] = fut
-        self.in_flight += 1
         self._timeout = timeout
         if self.inline:
             order = self._order
