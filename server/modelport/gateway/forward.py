@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from modelport.errors import ModelUnavailable
+from modelport.serving.balancer import expire
 
 log = logging.getLogger("modelport.gateway")
 
@@ -266,7 +267,7 @@ class _Pool:
         request is not sent meanwhile, so the next host may take it)."""
         turn: asyncio.Future[None] = self.loop.create_future()
         self.waiting.append(turn)
-        timer = self.loop.call_later(timeout_s, _expire, turn)
+        timer = self.loop.call_later(timeout_s, expire, turn)
         try:
             await turn
         except TimeoutError:
@@ -334,11 +335,6 @@ class _Pool:
         for conn in [*self.idle, *self.busy]:
             conn.close()
         self.idle.clear()
-
-
-def _expire(turn: asyncio.Future[None]) -> None:
-    if not turn.done():
-        turn.set_exception(TimeoutError())
 
 
 class Forwarder:

@@ -176,7 +176,7 @@ class Balancer:
                 self._waiters.appendleft(fut)
             else:
                 self._waiters.append(fut)
-            timer = loop.call_later(max(0.0, deadline - loop.time()), _expire, fut)
+            timer = loop.call_later(max(0.0, deadline - loop.time()), expire, fut)
             try:
                 await fut
             except BaseException as exc:
@@ -246,7 +246,8 @@ class Balancer:
             return False
 
 
-def _expire(fut: asyncio.Future[None]) -> None:
+def expire(fut: asyncio.Future[None]) -> None:
+    """A waiter's timer: TimeoutError in ``fut`` unless it is done (call_later(…, expire, fut))."""
     if not fut.done():
         fut.set_exception(TimeoutError())
 
