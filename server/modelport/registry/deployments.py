@@ -515,9 +515,8 @@ async def _move(
         await tx.execute(
             f"UPDATE deployments SET {', '.join(sets)} WHERE id = ?", (*params, deployment_id)
         )
-        if "status = ?" in sets or replicas is not None:  # what other servers serve changed
-            await tx.notify("deployments")
-    if kind in HEARD:
+    # what other servers serve changed, or an event they act on (a report, a restart)
+    if "status = ?" in sets or replicas is not None or kind in HEARD:
         await tx.notify("deployments")
     await _event(tx, deployment_id, at, kind, actor, detail)
 

@@ -64,7 +64,7 @@ EventKind = Literal[
     "traffic",  # the split changed: candidate_percent (by a person, or the guard)
     "guard.tripped",  # the candidate broke its guard: candidate_percent went to 0, and why
     # another server sharing the registry, of its share of a rollout or a restart (detail:
-    # server, replicas; error; restart: the restarting event's id): the rolling-out server
+    # server, replicas; error; restart: the restarting event's time): the rolling-out server
     # switches (or says restarted) once every server with a share is ready
     "server.ready",  # its share of the deployment being rolled out started, unrouted
     "server.failed",  # its share could not start: the deployment fails, nothing switches
